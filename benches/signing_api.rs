@@ -1,0 +1,2 @@
+//! Signing API benchmark (see README).
+fn main() {}

@@ -1,0 +1,290 @@
+use std::fmt;
+
+use thiserror::Error;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+use crate::Identity;
+
+/// The public-key types meshca accepts in a CSR (DESIGN: ECDSA P-256/P-384,
+/// Ed25519, RSA 2048–4096 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyAlgorithm {
+    /// ECDSA over NIST P-256.
+    EcdsaP256,
+    /// ECDSA over NIST P-384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA with the given modulus size in bits.
+    Rsa {
+        /// Modulus length in bits, between 2048 and 4096.
+        bits: usize,
+    },
+}
+
+impl KeyAlgorithm {
+    /// RSA keys also get keyEncipherment (DESIGN section 3); others only
+    /// digitalSignature.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa { .. })
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EcdsaP256 => f.write_str("ECDSA P-256"),
+            Self::EcdsaP384 => f.write_str("ECDSA P-384"),
+            Self::Ed25519 => f.write_str("Ed25519"),
+            Self::Rsa { bits } => write!(f, "RSA {bits}"),
+        }
+    }
+}
+
+/// Why a CSR was refused. Nothing a refused CSR asked for is ever used.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CsrError {
+    /// Not a DER PKCS#10 request (after PEM decoding).
+    #[error("failed to parse the certificate request: {0}")]
+    Malformed(String),
+    /// The request is not signed by the key it carries: whoever sent it does
+    /// not hold that key.
+    #[error("the certificate request's signature does not verify with its own public key")]
+    BadSignature,
+    /// A key type outside the accepted set.
+    #[error(
+        "unsupported public key: {0}; accepted are ECDSA P-256/P-384, Ed25519 and RSA 2048-4096"
+    )]
+    UnsupportedKey(String),
+    /// The request asks for a CA certificate.
+    #[error("the certificate request asks for a CA certificate (basicConstraints CA:TRUE)")]
+    CaRequested,
+    /// The request carries an extension meshca does not accept.
+    #[error("the certificate request carries an extension meshca does not accept: {0}")]
+    UnsupportedExtension(String),
+    /// The request names something the authenticated caller is not.
+    #[error("the certificate request asks for {requested:?}, which is not the caller's identity {identity}")]
+    NameNotAllowed {
+        /// The refused name as the request spelled it.
+        requested: String,
+        /// The identity the caller authenticated as.
+        identity: String,
+    },
+}
+
+impl CsrError {
+    /// True when the request is well formed but asks for someone else's
+    /// names: a 403 at the API edge rather than a 400.
+    pub fn is_identity_mismatch(&self) -> bool {
+        matches!(self, Self::NameNotAllowed { .. })
+    }
+}
+
+/// A CSR whose signature verified, whose key is acceptable and whose every
+/// requested name belongs to one authenticated [`Identity`].
+///
+/// It is the only CSR type a [`Provider`](crate::Provider) sees, so a backend
+/// cannot be handed an unchecked request. Of the request, only the public key
+/// is ever used: names come from the identity, usages from policy.
+#[derive(Clone)]
+pub struct ValidatedCsr {
+    der: Vec<u8>,
+    identity: Identity,
+    spki_der: Vec<u8>,
+    public_key: Vec<u8>,
+    key_algorithm: KeyAlgorithm,
+}
+
+impl fmt::Debug for ValidatedCsr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidatedCsr")
+            .field("identity", &self.identity)
+            .field("key_algorithm", &self.key_algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ValidatedCsr {
+    /// Check a DER PKCS#10 request on behalf of `identity`.
+    ///
+    /// # Errors
+    /// Every way a request can be unacceptable is a [`CsrError`]; the checks
+    /// run cheapest first, and the signature before anything that depends on
+    /// who made the request.
+    pub fn new(der: &[u8], identity: &Identity) -> Result<Self, CsrError> {
+        let (rest, csr) = X509CertificationRequest::from_der(der)
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CsrError::Malformed(
+                "trailing data after the request".into(),
+            ));
+        }
+        let info = &csr.certification_request_info;
+        let spki = &info.subject_pki;
+        let key_algorithm = key_algorithm(spki)?;
+        csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+
+        let allowed_dns = identity.dns_name();
+        let allowed_uri = identity.spiffe_id();
+        let refuse = |requested: &str| CsrError::NameNotAllowed {
+            requested: requested.to_owned(),
+            identity: allowed_dns.clone(),
+        };
+
+        for cn in info.subject.iter_common_name() {
+            let cn = cn
+                .as_str()
+                .map_err(|_| CsrError::Malformed("subject CN is not a string".into()))?;
+            if cn != allowed_dns {
+                return Err(refuse(cn));
+            }
+        }
+
+        for attr in info.iter_attributes() {
+            match &attr.parsed_attribute() {
+                ParsedCriAttribute::ExtensionRequest(req) => {
+                    for ext in &req.extensions {
+                        match &ext.parsed_extension() {
+                            ParsedExtension::SubjectAlternativeName(san) => {
+                                for name in &san.general_names {
+                                    match name {
+                                        GeneralName::DNSName(n) if *n == allowed_dns => {}
+                                        GeneralName::URI(u) if *u == allowed_uri => {}
+                                        other => return Err(refuse(&other.to_string())),
+                                    }
+                                }
+                            }
+                            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                                return Err(CsrError::CaRequested)
+                            }
+                            // Usages are decided by policy, not copied; a
+                            // request may state them, as Go and OpenSSL do.
+                            ParsedExtension::BasicConstraints(_)
+                            | ParsedExtension::KeyUsage(_)
+                            | ParsedExtension::ExtendedKeyUsage(_) => {}
+                            _ => {
+                                return Err(CsrError::UnsupportedExtension(ext.oid.to_id_string()))
+                            }
+                        }
+                    }
+                }
+                ParsedCriAttribute::ChallengePassword(_) => {}
+                ParsedCriAttribute::UnsupportedAttribute => {
+                    return Err(CsrError::UnsupportedExtension(format!(
+                        "attribute {}",
+                        attr.oid.to_id_string()
+                    )))
+                }
+            }
+        }
+
+        Ok(Self {
+            der: der.to_vec(),
+            identity: identity.clone(),
+            spki_der: spki.raw.to_vec(),
+            public_key: spki.subject_public_key.data.to_vec(),
+            key_algorithm,
+        })
+    }
+
+    /// The identity this request was authorised for.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The request as received (DER), for backends that sign CSRs themselves
+    /// (Vault, cert-manager). They are told the names separately.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The DER SubjectPublicKeyInfo, compared byte for byte with what a
+    /// backend returns.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The raw subject public key (the BIT STRING contents of the SPKI).
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// The key's algorithm.
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.key_algorithm
+    }
+}
+
+fn key_algorithm(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<KeyAlgorithm, CsrError> {
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
+        if curve == OID_EC_P256 {
+            Ok(KeyAlgorithm::EcdsaP256)
+        } else if curve == OID_NIST_EC_P384 {
+            Ok(KeyAlgorithm::EcdsaP384)
+        } else {
+            Err(CsrError::UnsupportedKey(format!(
+                "EC curve {}",
+                curve.to_id_string()
+            )))
+        }
+    } else if *alg == OID_SIG_ED25519 {
+        Ok(KeyAlgorithm::Ed25519)
+    } else if *alg == OID_PKCS1_RSAENCRYPTION {
+        let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+            return Err(CsrError::Malformed("invalid RSA public key".into()));
+        };
+        let bits = rsa_bits(rsa.modulus);
+        if (2048..=4096).contains(&bits) {
+            Ok(KeyAlgorithm::Rsa { bits })
+        } else {
+            Err(CsrError::UnsupportedKey(format!("RSA {bits}")))
+        }
+    } else {
+        Err(CsrError::UnsupportedKey(format!(
+            "algorithm {}",
+            alg.to_id_string()
+        )))
+    }
+}
+
+/// Modulus length in bits, ignoring DER's leading zero bytes.
+fn rsa_bits(modulus: &[u8]) -> usize {
+    let trimmed = match modulus.iter().position(|b| *b != 0) {
+        Some(i) => &modulus[i..],
+        None => return 0,
+    };
+    trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rsa_bits;
+
+    #[test]
+    fn rsa_size_ignores_sign_padding() {
+        let mut m = vec![0u8];
+        m.extend([0xC0; 256]);
+        assert_eq!(rsa_bits(&m), 2048);
+        assert_eq!(rsa_bits(&[0x01, 0x00]), 9);
+        assert_eq!(rsa_bits(&[0, 0]), 0);
+    }
+}

@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why a provider could not produce a certificate or its trust anchors.
+///
+/// Retryability is explicit ([`ProviderError::is_retryable`]): the API edge
+/// turns retryable errors into 503 with `Retry-After`, the rest into errors
+/// a client should not simply repeat.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The backend cannot be reached or is not ready (sealed, restarting,
+    /// timed out). Trying again later may succeed.
+    #[error("the signing backend is unavailable: {message}")]
+    Unavailable {
+        /// What failed, for logs and the API message.
+        message: String,
+        /// A suggested delay before retrying.
+        retry_after: Duration,
+    },
+    /// The backend answered and refused this request (e.g. cert-manager's
+    /// `Failed` condition). Repeating the same request will not help.
+    #[error("the signing backend rejected the request ({reason}): {message}")]
+    Rejected {
+        /// A short machine-readable reason from the backend.
+        reason: String,
+        /// The backend's message.
+        message: String,
+    },
+    /// The backend's policy forbids this identity or name (a Vault role's
+    /// `allowed_domains`, a cert-manager approver's denial).
+    #[error("the signing backend's policy denied the request: {0}")]
+    Denied(String),
+    /// The backend returned something that fails meshca's checks (wrong
+    /// names, a CA certificate, a chain that does not reach the anchors).
+    /// Such a certificate is never handed out.
+    #[error("the signing backend returned an unacceptable certificate: {0}")]
+    InvalidResponse(String),
+    /// meshca's configuration of the backend is wrong (credentials refused,
+    /// missing mount). An operator has to act.
+    #[error("the signing backend is misconfigured: {0}")]
+    Misconfigured(String),
+    /// A local failure while signing (key unusable, encoding failed).
+    #[error("failed to sign: {0}")]
+    Internal(String),
+}
+
+impl ProviderError {
+    /// Whether the same request may succeed later without anyone acting.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::InvalidResponse(_))
+    }
+
+    /// The delay to suggest to a client, for retryable errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::InvalidResponse(_) => Some(Duration::from_secs(30)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+use std::fmt;
+
+use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+
+use crate::{LeafProfile, ProviderError, ValidatedCsr};
+
+/// Which backend signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// meshca's own root (generated or loaded).
+    Tresor,
+    /// cert-manager, through `CertificateRequest` objects.
+    CertManager,
+    /// HashiCorp Vault's PKI engine.
+    Vault,
+}
+
+impl ProviderKind {
+    /// The name used in configuration, metrics labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tresor => "tresor",
+            Self::CertManager => "cert-manager",
+            Self::Vault => "vault",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider's view of whether it can sign right now; feeds `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Signing should succeed.
+    Healthy,
+    /// Signing will fail until the backend recovers; the text says why.
+    Unhealthy(String),
+}
+
+/// What a backend returned: the leaf first, then any intermediates, not yet
+/// checked. Only [`Checked`](crate::Checked) turns it into an
+/// [`Issued`](crate::Issued).
+#[derive(Clone, Debug)]
+pub struct SignedChain(pub Vec<CertificateDer<'static>>);
+
+/// How much of a returned chain's cryptography [`Checked`](crate::Checked)
+/// re-verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Verify every signature up to a trust anchor (remote backends).
+    Full,
+    /// The provider signs in-process with a key it proved, when it was
+    /// built, to belong to its anchor; re-verifying each of its own
+    /// signatures would double the cost of issuing. Names, usages, validity,
+    /// key binding and issuer linkage are still checked on every leaf.
+    LocalSigner,
+}
+
+/// A certificate backend.
+///
+/// Deliberately narrow (sign a checked CSR, say what to trust, say whether
+/// it works): queueing, policy, metrics and the validation of results live
+/// outside, once for every backend.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Which backend this is.
+    fn kind(&self) -> ProviderKind;
+
+    /// Sign `csr` for `leaf.identity()` for `leaf.ttl()`. The caller has
+    /// already authenticated the identity and checked the CSR.
+    ///
+    /// # Errors
+    /// [`ProviderError`], with retryability stated by the variant.
+    async fn sign(
+        &self,
+        csr: &ValidatedCsr,
+        leaf: &LeafProfile,
+    ) -> Result<SignedChain, ProviderError>;
+
+    /// The trust anchors (self-signed roots) that this provider's
+    /// certificates chain to.
+    async fn trust_anchors(&self) -> Result<Vec<CertificateDer<'static>>, ProviderError>;
+
+    /// Whether signing should work now.
+    async fn health(&self) -> Health;
+
+    /// How far [`Checked`](crate::Checked) re-verifies signatures; remote
+    /// backends keep the default.
+    fn signature_check(&self) -> SignatureCheck {
+        SignatureCheck::Full
+    }
+}

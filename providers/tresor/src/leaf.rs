@@ -1,0 +1,87 @@
+use meshca_provider::{KeyAlgorithm, LeafProfile, ValidatedCsr, CLOCK_SKEW_ALLOWANCE};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::{CaCertificate, TresorError};
+
+/// The CSR's public key, presented to rcgen: the only part of a request
+/// that ends up in a leaf.
+struct CsrKey<'a>(&'a ValidatedCsr);
+
+impl PublicKeyData for CsrKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.public_key()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        // rcgen writes the SPKI algorithm identifier from this; the issued
+        // key is compared byte for byte with the CSR's afterwards.
+        match self.0.key_algorithm() {
+            KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlgorithm::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+            _ => &rcgen::PKCS_ECDSA_P256_SHA256,
+        }
+    }
+}
+
+/// A random, positive 128-bit serial number (CA/B Forum asks for at least
+/// 64 bits of entropy).
+pub(crate) fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // SystemRandom only fails if the OS has no entropy source, in which
+    // case nothing in the process can be trusted to continue.
+    #[allow(clippy::expect_used)]
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source failed");
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Build the leaf of DESIGN section 3 for `profile` and sign it with `ca`.
+pub(crate) fn sign(
+    ca: &CaCertificate,
+    csr: &ValidatedCsr,
+    profile: &LeafProfile,
+) -> Result<CertificateDer<'static>, TresorError> {
+    let identity = profile.identity();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.dns_name());
+    params.distinguished_name = dn;
+
+    let mut sans = Vec::with_capacity(2 + profile.extra_names().len());
+    for dns in profile.dns_names() {
+        sans.push(SanType::DnsName(dns.try_into()?));
+    }
+    sans.push(SanType::URI(identity.spiffe_id().try_into()?));
+    sans.extend(profile.ip_addresses().into_iter().map(SanType::IpAddress));
+    params.subject_alt_names = sans;
+
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = if csr.key_algorithm().is_rsa() {
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW_ALLOWANCE;
+    params.not_after = (now + profile.ttl()).min(ca.not_after());
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+
+    let cert = params.signed_by(&CsrKey(csr), ca.issuer())?;
+    Ok(cert.der().clone())
+}

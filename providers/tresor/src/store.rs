@@ -1,0 +1,158 @@
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{CaCertificate, RootKeyAlgorithm, TresorError};
+
+const CERT_FILE: &str = "root.crt";
+const KEY_FILE: &str = "root.key";
+
+/// Where Tresor's root comes from.
+#[derive(Clone, Debug)]
+pub enum RootSource {
+    /// Generated on first start and persisted in `dir` (`root.crt`, and
+    /// `root.key` with mode 0600); every later start loads it again.
+    Generated {
+        /// The directory holding the root; created if missing.
+        dir: PathBuf,
+        /// Key algorithm for a new root.
+        algorithm: RootKeyAlgorithm,
+        /// Lifetime of a new root.
+        validity: Duration,
+        /// Subject CN of a new root.
+        common_name: String,
+    },
+    /// Brought by the operator: a PEM certificate and a PEM key (PKCS#8,
+    /// PKCS#1 or SEC1).
+    Files {
+        /// The CA certificate.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+}
+
+/// A root as loaded, and whether this start created it.
+#[derive(Debug)]
+pub struct StoredRoot {
+    /// The CA.
+    pub root: CaCertificate,
+    /// True when it was generated just now.
+    pub created: bool,
+}
+
+impl RootSource {
+    /// Load the root, generating and persisting it first if this is a
+    /// generated root that does not exist yet.
+    ///
+    /// Creation is atomic: the files are written into a temporary directory
+    /// that is then renamed into place, so two daemons starting on one state
+    /// directory end up with the same root, and a crash never leaves a
+    /// certificate without its key.
+    ///
+    /// # Errors
+    /// See [`TresorError`].
+    pub fn load_or_create(&self) -> Result<StoredRoot, TresorError> {
+        match self {
+            Self::Files { cert, key } => Ok(StoredRoot {
+                root: load_files(cert, key)?,
+                created: false,
+            }),
+            Self::Generated {
+                dir,
+                algorithm,
+                validity,
+                common_name,
+            } => {
+                if dir.join(CERT_FILE).exists() {
+                    return Ok(StoredRoot {
+                        root: load_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE))?,
+                        created: false,
+                    });
+                }
+                let root = CaCertificate::generate_root(*algorithm, *validity, common_name)?;
+                if persist(dir, &root)? {
+                    Ok(StoredRoot {
+                        root,
+                        created: true,
+                    })
+                } else {
+                    // Another process created it first: use theirs.
+                    Ok(StoredRoot {
+                        root: load_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE))?,
+                        created: false,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> TresorError + 'a {
+    move |source| TresorError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn load_files(cert: &Path, key: &Path) -> Result<CaCertificate, TresorError> {
+    let cert_pem = fs::read(cert).map_err(io_err("read", cert))?;
+    let meta = fs::metadata(key).map_err(io_err("read", key))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %key.display(), "the CA key file is readable by group or others; chmod 600 it");
+    }
+    let key_pem = zeroize::Zeroizing::new(fs::read(key).map_err(io_err("read", key))?);
+    CaCertificate::from_pem(&cert_pem, &key_pem)
+}
+
+/// Write `root` into `dir` atomically; false if `dir` appeared meanwhile.
+fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".tresor-")
+        .tempdir_in(parent)
+        .map_err(io_err("create a directory in", parent))?;
+    write_file(
+        &staging.path().join(KEY_FILE),
+        root.key_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &staging.path().join(CERT_FILE),
+        root.cert_pem().as_bytes(),
+        0o644,
+    )?;
+    let staged = staging.keep();
+    match fs::rename(&staged, dir) {
+        Ok(()) => Ok(true),
+        Err(_) if dir.join(CERT_FILE).exists() => {
+            let _ = fs::remove_dir_all(&staged);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staged);
+            Err(io_err("create", dir)(e))
+        }
+    }
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TresorError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    f.write_all(contents).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("write", path))
+}

@@ -1,0 +1,155 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateSigningRequestDer;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{ApiError, ApiState};
+use crate::auth::PeerCertificates;
+use crate::metrics::IssuedLabels;
+
+/// Body of `POST /v1/certificates`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateRequest {
+    csr: String,
+    ttl_seconds: Option<u64>,
+}
+
+/// Successful answer of `POST /v1/certificates`; exactly the contract's
+/// fields.
+#[derive(Serialize)]
+struct CertificateResponse {
+    identity: String,
+    spiffe_id: String,
+    certificate_chain: String,
+    trust_bundle: String,
+    serial: String,
+    not_before: String,
+    not_after: String,
+    renew_after: String,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub(super) async fn create_certificate(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let provider = state.issuer.provider().kind().as_str();
+    let result = issue(&state, peer.as_ref().map(|p| &p.0), &headers, body).await;
+    let code = match &result {
+        Ok(_) => "success",
+        Err(e) => e.code(),
+    };
+    state
+        .metrics
+        .certificates_issued
+        .get_or_create(&IssuedLabels {
+            provider,
+            result: code,
+        })
+        .inc();
+    match result {
+        Ok(ok) => Json(ok).into_response(),
+        Err(e) => {
+            tracing::info!(code = e.code(), "certificate request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn issue(
+    state: &ApiState,
+    peer: Option<&PeerCertificates>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<CertificateResponse, ApiError> {
+    let caller = state
+        .auth
+        .authenticate(headers.get(header::AUTHORIZATION), peer)?;
+
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)))?;
+
+    let limit = state.max_body_bytes;
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::TooLarge(limit)
+            } else {
+                ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let request: CertificateRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+    let ttl = match request.ttl_seconds {
+        Some(0) => {
+            return Err(ApiError::InvalidRequest(
+                "ttl_seconds must be greater than zero".into(),
+            ))
+        }
+        other => other.map(Duration::from_secs),
+    };
+    let csr =
+        CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes()).map_err(|e| {
+            ApiError::InvalidCsr(format!(
+                "csr must be a PEM \"CERTIFICATE REQUEST\" block: {e}"
+            ))
+        })?;
+
+    let issued = state
+        .issuer
+        .issue(&caller.identity, csr.as_ref(), ttl)
+        .await?;
+    let cert = &issued.issued;
+    tracing::info!(
+        identity = %cert.identity(),
+        serial = cert.serial(),
+        not_after = %cert.not_after(),
+        method = ?caller.method,
+        "issued a certificate"
+    );
+    Ok(CertificateResponse {
+        identity: cert.identity().dns_name(),
+        spiffe_id: cert.identity().spiffe_id(),
+        certificate_chain: meshca_provider::pem::encode_certificates(cert.chain()),
+        trust_bundle: issued.trust_bundle.pem().to_owned(),
+        serial: cert.serial().to_owned(),
+        not_before: rfc3339(cert.not_before()),
+        not_after: rfc3339(cert.not_after()),
+        renew_after: rfc3339(issued.renew_after),
+    })
+}
+
+pub(super) async fn get_bundle(State(state): State<Arc<ApiState>>) -> Response {
+    let pem = state.bundle.borrow().pem().to_owned();
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
+}

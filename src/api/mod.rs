@@ -1,0 +1,64 @@
+//! The HTTPS signing API (DESIGN section 4) and the plain-HTTP health and
+//! metrics endpoints.
+
+mod error;
+mod handlers;
+mod health;
+mod server;
+mod tls;
+
+pub use error::ApiError;
+pub use health::{health_router, Readiness};
+pub use server::serve_tls;
+pub use tls::{serving_certificate, ServingTls};
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::auth::Authenticator;
+use crate::bundle::BundleReceiver;
+use crate::config::ApiLimits;
+use crate::issuer::Issuer;
+use crate::metrics::Metrics;
+
+/// Everything the signing API's handlers need.
+#[derive(Debug)]
+pub struct ApiState {
+    issuer: Issuer,
+    auth: Authenticator,
+    bundle: BundleReceiver,
+    metrics: Arc<Metrics>,
+    max_body_bytes: usize,
+    in_flight: Semaphore,
+}
+
+impl ApiState {
+    /// Assemble the API's dependencies.
+    pub fn new(
+        issuer: Issuer,
+        auth: Authenticator,
+        bundle: BundleReceiver,
+        metrics: Arc<Metrics>,
+        limits: ApiLimits,
+    ) -> Self {
+        Self {
+            issuer,
+            auth,
+            bundle,
+            metrics,
+            max_body_bytes: limits.max_body_bytes,
+            in_flight: Semaphore::new(limits.max_in_flight),
+        }
+    }
+}
+
+/// The signing API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/certificates", post(handlers::create_certificate))
+        .route("/v1/bundle", get(handlers::get_bundle))
+        .with_state(state)
+}

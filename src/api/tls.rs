@@ -1,0 +1,113 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use meshca_provider::{Identity, ServerName};
+use rustls::ServerConfig;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::danger::DeferredClientAuth;
+use crate::issuer::{IssueError, Issuer};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::rotation;
+
+/// The signing API's current TLS configuration; swapped whole when the
+/// serving certificate is renewed, so new handshakes use the new certificate
+/// while established connections carry on.
+pub type ServingTls = Arc<ArcSwap<ServerConfig>>;
+
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Issue the daemon's own serving certificate through its provider and
+/// return the TLS configuration plus the task that renews it (at two thirds
+/// of its lifetime) until `shutdown`.
+///
+/// The key is generated here and never leaves memory.
+///
+/// # Errors
+/// The first issuance failed; the daemon cannot serve without it.
+pub async fn serving_certificate(
+    issuer: Issuer,
+    identity: Identity,
+    names: Vec<ServerName>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(ServingTls, impl Future<Output = ()>), IssueError> {
+    let (config, not_before, not_after) = issue(&issuer, &identity, &names, &metrics).await?;
+    let tls: ServingTls = Arc::new(ArcSwap::from_pointee(config));
+    let handle = tls.clone();
+    let task = async move {
+        let mut wait = rotation::renewal_delay(
+            not_before,
+            not_after,
+            OffsetDateTime::now_utc(),
+            rotation::random_jitter(),
+        );
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match issue(&issuer, &identity, &names, &metrics).await {
+                Ok((config, nb, na)) => {
+                    handle.store(Arc::new(config));
+                    tracing::info!(not_after = %na, "renewed the signing API's serving certificate");
+                    wait = rotation::renewal_delay(
+                        nb,
+                        na,
+                        OffsetDateTime::now_utc(),
+                        rotation::random_jitter(),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to renew the serving certificate; retrying");
+                    wait = RETRY;
+                }
+            }
+        }
+    };
+    Ok((tls, task))
+}
+
+async fn issue(
+    issuer: &Issuer,
+    identity: &Identity,
+    names: &[ServerName],
+    metrics: &Metrics,
+) -> Result<(ServerConfig, OffsetDateTime, OffsetDateTime), IssueError> {
+    let internal = |m: String| IssueError::Provider(meshca_provider::ProviderError::Internal(m));
+    let key = keys::generate().map_err(|e| internal(e.to_string()))?;
+    let csr = keys::request_for(&key).map_err(|e| internal(e.to_string()))?;
+    let issued = issuer
+        .issue_server(identity, csr.der(), names.to_vec())
+        .await?;
+    let cert = &issued.issued;
+    metrics
+        .serving_cert_expiry
+        .set(cert.not_after().unix_timestamp());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = server_config(cert.chain().to_vec(), key).map_err(|e| internal(e.to_string()))?;
+    Ok((config, cert.not_before(), cert.not_after()))
+}
+
+/// TLS 1.2 and 1.3 only, ring only, h2 and HTTP/1.1, client certificates
+/// requested but validated per request (see [`crate::auth::danger`]).
+fn server_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(DeferredClientAuth::new(
+        provider.signature_verification_algorithms,
+    ));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

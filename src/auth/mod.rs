@@ -1,0 +1,112 @@
+//! Who is calling the signing API.
+//!
+//! A caller proves an identity with a bearer token (the static token store)
+//! or with a client certificate meshca issued earlier (renewal). The
+//! identity put in a certificate always comes from here, never from the CSR.
+
+pub mod danger;
+mod mtls;
+mod tokens;
+
+pub use mtls::PeerCertificates;
+pub use tokens::TokenStore;
+
+use http::HeaderValue;
+use meshca_provider::{Identity, TrustDomain};
+use thiserror::Error;
+
+use crate::bundle::BundleReceiver;
+
+/// Why a caller was not authenticated. Every variant is a 401.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// Neither a bearer token nor a client certificate was presented.
+    #[error("no credential: send `Authorization: Bearer <token>` or a client certificate issued by meshca")]
+    Missing,
+    /// The Authorization header is not `Bearer <token>`.
+    #[error("the Authorization header must be `Bearer <token>`")]
+    MalformedHeader,
+    /// The token is not in the store.
+    #[error("the bearer token is not valid")]
+    UnknownToken,
+    /// The client certificate does not authenticate anyone.
+    #[error("the client certificate is not valid: {0}")]
+    ClientCertificate(String),
+    /// The token store could not be read.
+    #[error("failed to read the token store: {0}")]
+    Store(String),
+}
+
+/// How the caller authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A bearer token.
+    Token,
+    /// A client certificate meshca issued.
+    ClientCertificate,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who it is.
+    pub identity: Identity,
+    /// How it proved it.
+    pub method: AuthMethod,
+}
+
+/// Authenticates callers against the token store and the trust bundle.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    tokens: TokenStore,
+    trust_domain: TrustDomain,
+    bundle: BundleReceiver,
+}
+
+impl Authenticator {
+    /// Authenticate with `tokens` and certificates chaining to `bundle`,
+    /// for identities in `trust_domain`.
+    pub fn new(tokens: TokenStore, trust_domain: TrustDomain, bundle: BundleReceiver) -> Self {
+        Self {
+            tokens,
+            trust_domain,
+            bundle,
+        }
+    }
+
+    /// Authenticate a request. A bearer token, when present, decides;
+    /// otherwise the connection's client certificate does.
+    ///
+    /// # Errors
+    /// [`AuthError`].
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        peer: Option<&PeerCertificates>,
+    ) -> Result<Caller, AuthError> {
+        if let Some(header) = authorization {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or(AuthError::MalformedHeader)?;
+            let identity = self.tokens.lookup(token, &self.trust_domain)?;
+            return Ok(Caller {
+                identity,
+                method: AuthMethod::Token,
+            });
+        }
+        if let Some(peer) = peer {
+            let bundle = self.bundle.borrow().clone();
+            let identity = mtls::authenticate(peer, bundle.anchors(), &self.trust_domain)?;
+            return Ok(Caller {
+                identity,
+                method: AuthMethod::ClientCertificate,
+            });
+        }
+        Err(AuthError::Missing)
+    }
+}

@@ -1,0 +1,70 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::{BundleError, BundleSink, TrustBundle};
+
+/// The bundle as a file (`<state_dir>/bundle/ca.crt` by default), replaced
+/// atomically (temporary file in the same directory, then rename) so that a
+/// reader never sees a partial bundle.
+#[derive(Debug)]
+pub struct FileSink {
+    path: PathBuf,
+}
+
+impl FileSink {
+    /// A sink writing to `path`; its directory is created when needed.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+}
+
+#[async_trait]
+impl BundleSink for FileSink {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    async fn publish(&self, bundle: &TrustBundle) -> Result<(), BundleError> {
+        let path = self.path.clone();
+        let pem = bundle.pem().to_owned();
+        let fail = |message: String| BundleError::Sink {
+            sink: format!("file {}", self.path.display()),
+            message,
+        };
+        tokio::task::spawn_blocking(move || write_atomically(&path, pem.as_bytes(), 0o644))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    async fn holds(&self, bundle: &TrustBundle) -> bool {
+        tokio::fs::read(&self.path)
+            .await
+            .is_ok_and(|b| b == bundle.pem().as_bytes())
+    }
+}
+
+/// Write `contents` to `path` through a temporary file and a rename, with
+/// `mode` permissions; the directory is created if missing.
+pub(crate) fn write_atomically(
+    path: &std::path::Path,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    // NamedTempFile is created 0600; widen only after the content is there.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

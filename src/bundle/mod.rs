@@ -1,0 +1,114 @@
+//! The trust bundle: every anchor a peer may present now, and the sinks it
+//! is published to.
+//!
+//! The current bundle travels through a `tokio::sync::watch` channel; the
+//! API, the serving-certificate task and the [`publisher`] all read it from
+//! there. A bundle is never empty: [`TrustBundle::new`] refuses that, so no
+//! sink can be handed one.
+
+mod file;
+pub(crate) use file::write_atomically;
+mod publisher;
+
+pub use file::FileSink;
+pub use publisher::{publisher, PublishStatus};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+use thiserror::Error;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Why a bundle could not be built or published.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// A bundle must hold at least one anchor.
+    #[error("refusing to publish an empty trust bundle")]
+    Empty,
+    /// An anchor is not a parseable certificate.
+    #[error("failed to parse a trust anchor: {0}")]
+    BadAnchor(String),
+    /// Writing to a sink failed.
+    #[error("failed to publish the trust bundle to {sink}: {message}")]
+    Sink {
+        /// The sink's name.
+        sink: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An immutable, non-empty set of trust anchors and its PEM text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    anchors: Vec<CertificateDer<'static>>,
+    pem: String,
+    earliest_expiry: i64,
+}
+
+impl TrustBundle {
+    /// Build a bundle from anchors, dropping duplicates and keeping order.
+    ///
+    /// # Errors
+    /// [`BundleError::Empty`] or [`BundleError::BadAnchor`].
+    pub fn new(anchors: Vec<CertificateDer<'static>>) -> Result<Self, BundleError> {
+        let mut unique: Vec<CertificateDer<'static>> = Vec::with_capacity(anchors.len());
+        for a in anchors {
+            if !unique.contains(&a) {
+                unique.push(a);
+            }
+        }
+        if unique.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        let mut earliest_expiry = i64::MAX;
+        for a in &unique {
+            let (_, cert) =
+                X509Certificate::from_der(a).map_err(|e| BundleError::BadAnchor(e.to_string()))?;
+            earliest_expiry = earliest_expiry.min(cert.validity().not_after.timestamp());
+        }
+        let pem = meshca_provider::pem::encode_certificates(&unique);
+        Ok(Self {
+            anchors: unique,
+            pem,
+            earliest_expiry,
+        })
+    }
+
+    /// The anchors.
+    pub fn anchors(&self) -> &[CertificateDer<'static>] {
+        &self.anchors
+    }
+
+    /// The bundle as concatenated PEM certificates (the `ca.crt` format).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Unix time at which the first anchor expires.
+    pub fn earliest_expiry(&self) -> i64 {
+        self.earliest_expiry
+    }
+}
+
+/// A place the bundle is published to (a file; a Kubernetes Secret).
+#[async_trait]
+pub trait BundleSink: Send + Sync + 'static {
+    /// A short name for logs, metrics and `/readyz`.
+    fn name(&self) -> &str;
+
+    /// Make the sink hold exactly `bundle`.
+    ///
+    /// # Errors
+    /// [`BundleError::Sink`]; the publisher retries.
+    async fn publish(&self, bundle: &TrustBundle) -> Result<(), BundleError>;
+
+    /// Whether the sink still holds `bundle`; a sink someone edited or
+    /// removed is published again.
+    async fn holds(&self, bundle: &TrustBundle) -> bool;
+}
+
+/// Shared handle on the current bundle.
+pub type BundleReceiver = tokio::sync::watch::Receiver<Arc<TrustBundle>>;

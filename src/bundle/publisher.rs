@@ -1,0 +1,153 @@
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{BundleReceiver, BundleSink, TrustBundle};
+use crate::metrics::{Metrics, PublishLabels, SinkLabels};
+
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A sink's name and, while it is failing, its last error.
+type SinkState = (String, Option<String>);
+
+/// Per-sink state of the publisher, read by `/readyz`.
+#[derive(Clone, Debug, Default)]
+pub struct PublishStatus {
+    inner: Arc<RwLock<Vec<SinkState>>>,
+}
+
+impl PublishStatus {
+    /// `Ok` when every sink holds the current bundle; otherwise the names
+    /// of the failing sinks and their last errors.
+    pub fn check(&self) -> Result<(), String> {
+        let sinks = self.inner.read().map_err(|_| "publisher state poisoned")?;
+        let failing: Vec<String> = sinks
+            .iter()
+            .filter_map(|(name, err)| err.as_ref().map(|e| format!("{name}: {e}")))
+            .collect();
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("; "))
+        }
+    }
+
+    fn set(&self, index: usize, error: Option<String>) {
+        if let Ok(mut sinks) = self.inner.write() {
+            sinks[index].1 = error;
+        }
+    }
+}
+
+/// Keep every sink holding the current bundle.
+///
+/// Returns the status handle and the task to spawn. The task publishes each
+/// new bundle to every sink, retries a failing sink with backoff, checks
+/// every `resync` that sinks still hold the bundle (re-publishing one that
+/// was edited or removed), and ends when `shutdown` fires.
+pub fn publisher(
+    sinks: Vec<Arc<dyn BundleSink>>,
+    mut bundles: BundleReceiver,
+    resync: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (PublishStatus, impl Future<Output = ()>) {
+    let status = PublishStatus {
+        inner: Arc::new(RwLock::new(
+            sinks
+                .iter()
+                .map(|s| (s.name().to_owned(), Some("not yet published".to_owned())))
+                .collect(),
+        )),
+    };
+    let task_status = status.clone();
+    let task = async move {
+        let mut current = bundles.borrow_and_update().clone();
+        let mut pending: Vec<bool> = vec![true; sinks.len()];
+        let mut backoff = RETRY_MIN;
+        loop {
+            let mut all_ok = true;
+            for (i, sink) in sinks.iter().enumerate() {
+                if !pending[i] {
+                    continue;
+                }
+                let ok = publish_one(sink.as_ref(), &current, &metrics).await;
+                task_status.set(i, ok.clone().err());
+                pending[i] = ok.is_err();
+                all_ok &= ok.is_ok();
+            }
+            let wait = if all_ok {
+                backoff = RETRY_MIN;
+                resync
+            } else {
+                let w = backoff;
+                backoff = (backoff * 2).min(RETRY_MAX);
+                w
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = bundles.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    current = bundles.borrow_and_update().clone();
+                    pending.iter_mut().for_each(|p| *p = true);
+                    backoff = RETRY_MIN;
+                }
+                () = tokio::time::sleep(wait) => {
+                    if all_ok {
+                        for (i, sink) in sinks.iter().enumerate() {
+                            if !sink.holds(&current).await {
+                                tracing::warn!(sink = sink.name(), "the trust bundle was changed or removed outside meshca; restoring it");
+                                pending[i] = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    (status, task)
+}
+
+async fn publish_one(
+    sink: &dyn BundleSink,
+    bundle: &TrustBundle,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let labels = |result| PublishLabels {
+        sink: sink.name().to_owned(),
+        result,
+    };
+    let result = sink.publish(bundle).await;
+    let up = metrics.bundle_sink_up.get_or_create(&SinkLabels {
+        sink: sink.name().to_owned(),
+    });
+    match result {
+        Ok(()) => {
+            metrics
+                .bundle_publish
+                .get_or_create(&labels("success"))
+                .inc();
+            up.set(1);
+            tracing::info!(
+                sink = sink.name(),
+                anchors = bundle.anchors().len(),
+                "published the trust bundle"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            metrics
+                .bundle_publish
+                .get_or_create(&labels("failure"))
+                .inc();
+            up.set(0);
+            tracing::warn!(sink = sink.name(), error = %e, "failed to publish the trust bundle; will retry");
+            Err(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! meshca's configuration: one YAML file, parsed into raw serde structs that
+//! refuse unknown keys, then validated once into [`Config`].
+//!
+//! Every later component receives already-valid values; nothing re-checks a
+//! setting at use. `meshca config check` runs exactly this code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshca_provider::{Identity, ServerName, TrustDomain};
+use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The configuration used when no file is given: Tresor with a generated
+/// ECDSA P-256 root under `./meshca-data`, a file bundle, static tokens.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
+
+/// Why a configuration was refused. Every problem found is listed, each
+/// prefixed with the path of the offending key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, a key is unknown or a value has the wrong type.
+    #[error("invalid config: {path}: {message}")]
+    Syntax {
+        /// Path of the key, e.g. `certificates.max_ttl`.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Values parse but do not make sense together.
+    #[error("invalid config:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+    /// Address of the HTTPS signing API.
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP health and metrics endpoints.
+    pub metrics_listen: SocketAddr,
+    /// Where meshca keeps its files (generated root, tokens, bundle).
+    pub state_dir: PathBuf,
+    /// The daemon's own identity, which its serving certificate carries.
+    pub daemon_identity: Identity,
+    /// Extra names clients dial the daemon by.
+    pub server_names: Vec<ServerName>,
+    /// The signing backend.
+    pub provider: ProviderConfig,
+    /// Workload certificate lifetimes.
+    pub certificates: Lifetimes,
+    /// Where the trust bundle is published.
+    pub bundle: BundleConfig,
+    /// How callers authenticate.
+    pub auth: AuthConfig,
+    /// Limits of the signing API.
+    pub api: ApiLimits,
+}
+
+/// Which backend signs, with its settings.
+#[derive(Clone, Debug)]
+pub enum ProviderConfig {
+    /// meshca's own root.
+    Tresor(TresorConfig),
+}
+
+/// Bounds on certificate lifetimes; a requested TTL is clamped into them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Used when a request names none.
+    pub default_ttl: Duration,
+    /// The shortest lifetime handed out.
+    pub min_ttl: Duration,
+    /// The longest lifetime handed out.
+    pub max_ttl: Duration,
+}
+
+impl Lifetimes {
+    /// The lifetime to request for a caller who asked for `requested`.
+    pub fn clamp(&self, requested: Option<Duration>) -> Duration {
+        requested
+            .unwrap_or(self.default_ttl)
+            .clamp(self.min_ttl, self.max_ttl)
+    }
+}
+
+/// Where the trust bundle goes.
+#[derive(Clone, Debug)]
+pub struct BundleConfig {
+    /// The bundle file, written atomically.
+    pub file: PathBuf,
+    /// How often the provider's anchors are re-read.
+    pub refresh_interval: Duration,
+}
+
+/// Caller authentication.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The static token store (hashes only).
+    pub tokens_file: PathBuf,
+}
+
+/// Limits that protect the signing API.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Signing requests processed at once; more get 429.
+    pub max_in_flight: usize,
+}
+
+// === raw (as written) ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_metrics_listen")]
+    metrics_listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    daemon_identity: RawDaemonIdentity,
+    #[serde(default = "default_server_names")]
+    server_names: Vec<String>,
+    #[serde(default)]
+    provider: RawProvider,
+    #[serde(default)]
+    certificates: RawLifetimes,
+    #[serde(default)]
+    bundle: RawBundle,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    api: RawApi,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9443))
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./meshca-data")
+}
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemonIdentity {
+    namespace: String,
+    service_account: String,
+}
+
+impl Default for RawDaemonIdentity {
+    fn default() -> Self {
+        Self {
+            namespace: "osm-system".into(),
+            service_account: "meshca".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: RawProviderKind,
+    #[serde(default)]
+    tresor: RawTresor,
+}
+
+impl Default for RawProvider {
+    fn default() -> Self {
+        Self {
+            kind: RawProviderKind::Tresor,
+            tresor: RawTresor::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawProviderKind {
+    Tresor,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum RawKeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTresor {
+    #[serde(default = "default_key_algorithm")]
+    key_algorithm: RawKeyAlgorithm,
+    #[serde(default = "default_root_validity", with = "humantime_serde")]
+    root_validity: Duration,
+    #[serde(default = "default_common_name")]
+    common_name: String,
+    root_cert_file: Option<PathBuf>,
+    root_key_file: Option<PathBuf>,
+    intermediate: Option<RawIntermediate>,
+}
+
+fn default_key_algorithm() -> RawKeyAlgorithm {
+    RawKeyAlgorithm::EcdsaP256
+}
+fn default_root_validity() -> Duration {
+    Duration::from_secs(87_600 * 3600)
+}
+fn default_common_name() -> String {
+    "meshca root CA".into()
+}
+
+impl Default for RawTresor {
+    fn default() -> Self {
+        Self {
+            key_algorithm: default_key_algorithm(),
+            root_validity: default_root_validity(),
+            common_name: default_common_name(),
+            root_cert_file: None,
+            root_key_file: None,
+            intermediate: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntermediate {
+    #[serde(with = "humantime_serde")]
+    validity: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifetimes {
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    default_ttl: Duration,
+    #[serde(default = "default_min_ttl", with = "humantime_serde")]
+    min_ttl: Duration,
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    max_ttl: Duration,
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+
+impl Default for RawLifetimes {
+    fn default() -> Self {
+        Self {
+            default_ttl: default_ttl(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBundle {
+    file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    refresh_interval: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+// === loading ===
+
+impl Config {
+    /// Load `path`, or the embedded default when `None`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem, each with its key's path.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::from_yaml(EMBEDDED_DEFAULT),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_yaml(&text)
+            }
+        }
+    }
+
+    /// Parse and validate YAML text.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Syntax {
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        Self::try_from(raw)
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, msg: String| errors.push(format!("{path}: {msg}"));
+
+        let trust_domain = TrustDomain::new(&raw.trust_domain)
+            .map_err(|e| err("trust_domain", e.to_string()))
+            .ok();
+        let daemon_identity = trust_domain.clone().and_then(|td| {
+            Identity::new(
+                td,
+                &raw.daemon_identity.namespace,
+                &raw.daemon_identity.service_account,
+            )
+            .map_err(|e| err("daemon_identity", e.to_string()))
+            .ok()
+        });
+
+        let mut server_names = Vec::new();
+        for (i, name) in raw.server_names.iter().enumerate() {
+            let parsed = ServerName::parse(name);
+            if let ServerName::Dns(d) = &parsed {
+                if TrustDomain::new(d).is_err() && !d.starts_with("*.") {
+                    err(
+                        &format!("server_names[{i}]"),
+                        format!("{name:?} is neither an IP address nor a lower-case DNS name"),
+                    );
+                }
+            }
+            server_names.push(parsed);
+        }
+
+        let lt = &raw.certificates;
+        if lt.min_ttl.is_zero() {
+            err("certificates.min_ttl", "must be greater than zero".into());
+        }
+        if lt.min_ttl > lt.max_ttl {
+            err(
+                "certificates.min_ttl",
+                format!(
+                    "{} is longer than certificates.max_ttl {}",
+                    humantime::format_duration(lt.min_ttl),
+                    humantime::format_duration(lt.max_ttl)
+                ),
+            );
+        }
+        if lt.default_ttl < lt.min_ttl || lt.default_ttl > lt.max_ttl {
+            err(
+                "certificates.default_ttl",
+                "must lie between certificates.min_ttl and certificates.max_ttl".into(),
+            );
+        }
+
+        let RawProviderKind::Tresor = raw.provider.kind;
+        let t = &raw.provider.tresor;
+        let root = match (&t.root_cert_file, &t.root_key_file) {
+            (Some(cert), Some(key)) => Some(RootSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => {
+                if t.root_validity <= lt.max_ttl {
+                    err(
+                        "provider.tresor.root_validity",
+                        "must be longer than certificates.max_ttl".into(),
+                    );
+                }
+                Some(RootSource::Generated {
+                    dir: raw.state_dir.join("tresor"),
+                    algorithm: match t.key_algorithm {
+                        RawKeyAlgorithm::EcdsaP256 => RootKeyAlgorithm::EcdsaP256,
+                        RawKeyAlgorithm::EcdsaP384 => RootKeyAlgorithm::EcdsaP384,
+                        RawKeyAlgorithm::Ed25519 => RootKeyAlgorithm::Ed25519,
+                    },
+                    validity: t.root_validity,
+                    common_name: t.common_name.clone(),
+                })
+            }
+            (Some(_), None) => {
+                err(
+                    "provider.tresor.root_key_file",
+                    "required when provider.tresor.root_cert_file is set".into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                err(
+                    "provider.tresor.root_cert_file",
+                    "required when provider.tresor.root_key_file is set".into(),
+                );
+                None
+            }
+        };
+        if let Some(i) = &t.intermediate {
+            if i.validity <= lt.max_ttl {
+                err(
+                    "provider.tresor.intermediate.validity",
+                    "must be longer than certificates.max_ttl".into(),
+                );
+            }
+        }
+
+        if raw.api.max_body_bytes < 1024 {
+            err("api.max_body_bytes", "must be at least 1024".into());
+        }
+        if raw.api.max_in_flight == 0 {
+            err("api.max_in_flight", "must be at least 1".into());
+        }
+        let refresh_interval = raw
+            .bundle
+            .refresh_interval
+            .unwrap_or(Duration::from_secs(60));
+        if refresh_interval < Duration::from_secs(1) {
+            err("bundle.refresh_interval", "must be at least 1s".into());
+        }
+
+        match (trust_domain, daemon_identity, root) {
+            (Some(trust_domain), Some(daemon_identity), Some(root)) if errors.is_empty() => {
+                Ok(Config {
+                    trust_domain,
+                    listen: raw.listen,
+                    metrics_listen: raw.metrics_listen,
+                    daemon_identity,
+                    server_names,
+                    provider: ProviderConfig::Tresor(TresorConfig {
+                        root,
+                        intermediate_validity: t.intermediate.as_ref().map(|i| i.validity),
+                    }),
+                    certificates: Lifetimes {
+                        default_ttl: lt.default_ttl,
+                        min_ttl: lt.min_ttl,
+                        max_ttl: lt.max_ttl,
+                    },
+                    bundle: BundleConfig {
+                        file: raw
+                            .bundle
+                            .file
+                            .unwrap_or_else(|| raw.state_dir.join("bundle").join("ca.crt")),
+                        refresh_interval,
+                    },
+                    auth: AuthConfig {
+                        tokens_file: raw
+                            .auth
+                            .tokens_file
+                            .unwrap_or_else(|| raw.state_dir.join("tokens.yaml")),
+                    },
+                    api: ApiLimits {
+                        max_body_bytes: raw.api.max_body_bytes,
+                        max_in_flight: raw.api.max_in_flight,
+                    },
+                    state_dir: raw.state_dir,
+                })
+            }
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_uses_tresor_with_a_file_bundle() {
+        let c = Config::load(None).expect("embedded default loads");
+        assert_eq!(c.listen, "127.0.0.1:9443".parse().expect("addr"));
+        assert_eq!(c.metrics_listen, "127.0.0.1:9090".parse().expect("addr"));
+        assert_eq!(c.bundle.file, Path::new("./meshca-data/bundle/ca.crt"));
+        assert_eq!(c.trust_domain.as_str(), "cluster.local");
+        let ProviderConfig::Tresor(t) = &c.provider;
+        assert!(matches!(
+            &t.root,
+            RootSource::Generated { algorithm: RootKeyAlgorithm::EcdsaP256, dir, .. }
+                if dir == Path::new("./meshca-data/tresor")
+        ));
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_path() {
+        let e =
+            Config::from_yaml("provider:\n  kind: tresor\n  tresor:\n    key_algoritm: ed25519\n")
+                .expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("provider.tresor"), "{msg}");
+        assert!(msg.contains("key_algoritm"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_path() {
+        let e = Config::from_yaml("certificates:\n  max_ttl: forever\n").expect_err("must fail");
+        assert!(e.to_string().contains("certificates.max_ttl"), "{e}");
+        let e = Config::from_yaml("provider:\n  kind: nope\n").expect_err("must fail");
+        assert!(e.to_string().contains("provider.kind"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_listed_at_once() {
+        let e = Config::from_yaml(
+            "trust_domain: Not_A_Domain\ncertificates:\n  min_ttl: 2h\n  max_ttl: 1h\n  default_ttl: 3h\nprovider:\n  kind: tresor\n  tresor:\n    root_cert_file: /x\n",
+        )
+        .expect_err("must fail");
+        let msg = e.to_string();
+        for needle in [
+            "trust_domain:",
+            "certificates.min_ttl:",
+            "certificates.default_ttl:",
+            "provider.tresor.root_key_file:",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+    }
+
+    #[test]
+    fn requested_lifetimes_are_clamped() {
+        let l = Lifetimes {
+            default_ttl: Duration::from_secs(100),
+            min_ttl: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(1000),
+        };
+        assert_eq!(l.clamp(None), Duration::from_secs(100));
+        assert_eq!(
+            l.clamp(Some(Duration::from_secs(1))),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            l.clamp(Some(Duration::from_secs(5000))),
+            Duration::from_secs(1000)
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! Wiring of the daemon: build the provider, the bundle, the issuer and the
+//! servers from a validated [`Config`], spawn every background task with one
+//! shared [`CancellationToken`], and stop them together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_provider::{Checked, Provider, ProviderError};
+use meshca_tresor::{Tresor, TresorError};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, Readiness};
+use crate::auth::{Authenticator, TokenStore};
+use crate::bundle::{self, BundleError, BundleSink, FileSink, TrustBundle};
+use crate::config::{Config, ProviderConfig};
+use crate::issuer::{IssueError, Issuer};
+use crate::metrics::Metrics;
+
+/// Why the daemon could not start.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The Tresor CA could not be set up.
+    #[error("failed to set up the Tresor CA: {0}")]
+    Tresor(#[from] TresorError),
+    /// The provider did not give its trust anchors.
+    #[error("failed to read the provider's trust anchors: {0}")]
+    Anchors(#[from] ProviderError),
+    /// The anchors do not make a bundle.
+    #[error("failed to build the trust bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// The serving certificate could not be issued.
+    #[error("failed to issue the signing API's own certificate: {0}")]
+    ServingCertificate(#[from] IssueError),
+    /// A listener could not be bound.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct RunningDaemon {
+    api_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningDaemon {
+    /// Where the signing API listens (useful with port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Where health and metrics are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stop every task and wait for them (connections are drained).
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Wait until the shutdown token is cancelled (by a signal handler, for
+    /// instance), then stop.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+fn build_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, DaemonError> {
+    match config {
+        ProviderConfig::Tresor(t) => Ok(Arc::new(Tresor::new(t)?)),
+    }
+}
+
+/// Start the daemon described by `config`.
+///
+/// CA material is loaded and checked, the first bundle is built and the
+/// serving certificate issued before any listener accepts, so a daemon that
+/// starts is able to sign.
+///
+/// # Errors
+/// [`DaemonError`] for anything that prevents serving.
+pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+
+    let provider_config = config.provider.clone();
+    let provider = tokio::task::spawn_blocking(move || build_provider(&provider_config))
+        .await
+        .map_err(|e| DaemonError::Anchors(ProviderError::Internal(e.to_string())))??;
+    let provider = Checked::new(provider);
+    tracing::info!(provider = %provider.kind(), "signing provider ready");
+
+    let bundle = TrustBundle::new(provider.trust_anchors().await?)?;
+    metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
+    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle));
+
+    let mut tasks = JoinSet::new();
+
+    let sinks: Vec<Arc<dyn BundleSink>> = vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
+    let (publish_status, publisher) = bundle::publisher(
+        sinks,
+        bundle_rx.clone(),
+        config.bundle.refresh_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(publisher);
+    tasks.spawn(refresh_anchors(
+        provider.clone(),
+        bundle_tx,
+        config.bundle.refresh_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let issuer = Issuer::new(
+        provider.clone(),
+        config.certificates,
+        bundle_rx.clone(),
+        metrics.clone(),
+    );
+    let (serving_tls, renew_serving) = api::serving_certificate(
+        issuer.clone(),
+        config.daemon_identity.clone(),
+        config.server_names.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(renew_serving);
+
+    let auth = Authenticator::new(
+        TokenStore::new(config.auth.tokens_file.clone()),
+        config.trust_domain.clone(),
+        bundle_rx.clone(),
+    );
+    let state = Arc::new(ApiState::new(
+        issuer,
+        auth,
+        bundle_rx,
+        metrics.clone(),
+        config.api,
+    ));
+
+    let api_listener = bind(config.listen).await?;
+    let metrics_listener = bind(config.metrics_listen).await?;
+    let api_addr = local_addr(&api_listener, config.listen)?;
+    let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
+
+    tasks.spawn(api::serve_tls(
+        api_listener,
+        serving_tls,
+        api::router(state),
+        shutdown.clone(),
+    ));
+    let health = api::health_router(Readiness {
+        provider,
+        publish: publish_status,
+        metrics,
+    });
+    let health_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, health)
+            .with_graceful_shutdown(health_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "the health server failed");
+        }
+    });
+
+    tracing::info!(%api_addr, %metrics_addr, "meshca is serving");
+    Ok(RunningDaemon {
+        api_addr,
+        metrics_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
+    l.local_addr()
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+/// Re-read the provider's anchors every `interval` and publish a new bundle
+/// when they change; a failed read keeps the current bundle.
+async fn refresh_anchors(
+    provider: Checked,
+    bundle: tokio::sync::watch::Sender<Arc<TrustBundle>>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let fresh = match provider.trust_anchors().await {
+            Ok(anchors) => TrustBundle::new(anchors),
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to refresh the trust anchors; keeping the current bundle");
+                continue;
+            }
+        };
+        match fresh {
+            Ok(fresh) => {
+                metrics.trust_anchor_expiry.set(fresh.earliest_expiry());
+                bundle.send_if_modified(|current| {
+                    if **current == fresh {
+                        false
+                    } else {
+                        tracing::info!(
+                            anchors = fresh.anchors().len(),
+                            "the trust anchors changed"
+                        );
+                        *current = Arc::new(fresh);
+                        true
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring an unusable set of trust anchors"),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The one place that turns an authenticated request into a certificate:
+//! CSR policy, lifetime clamping, the provider call (through the
+//! [`Checked`] gate) and the bookkeeping a response needs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshca_provider::{
+    Checked, CsrError, Identity, Issued, LeafProfile, ProviderError, ServerName, ValidatedCsr,
+};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::bundle::{BundleReceiver, TrustBundle};
+use crate::config::Lifetimes;
+use crate::metrics::Metrics;
+use crate::rotation;
+
+/// Why no certificate was issued.
+#[derive(Debug, Error)]
+pub enum IssueError {
+    /// The CSR was refused.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The provider failed or returned something unacceptable.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// A certificate ready to hand out, with the bundle to trust alongside it.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The checked certificate.
+    pub issued: Issued,
+    /// Every anchor a peer may present now.
+    pub trust_bundle: Arc<TrustBundle>,
+    /// When the holder should renew.
+    pub renew_after: OffsetDateTime,
+}
+
+/// Issues certificates through one provider.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    provider: Checked,
+    lifetimes: Lifetimes,
+    bundle: BundleReceiver,
+    metrics: Arc<Metrics>,
+}
+
+impl Issuer {
+    /// An issuer signing through `provider` with lifetimes within
+    /// `lifetimes`, answering with the bundle `bundle` currently holds.
+    pub fn new(
+        provider: Checked,
+        lifetimes: Lifetimes,
+        bundle: BundleReceiver,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            provider,
+            lifetimes,
+            bundle,
+            metrics,
+        }
+    }
+
+    /// The provider behind this issuer.
+    pub fn provider(&self) -> &Checked {
+        &self.provider
+    }
+
+    /// Issue a workload certificate for `identity` (already authenticated)
+    /// from a DER CSR, for `ttl` clamped to the configured bounds.
+    ///
+    /// # Errors
+    /// [`IssueError::Csr`] when the CSR is unacceptable for this identity,
+    /// [`IssueError::Provider`] when signing failed.
+    pub async fn issue(
+        &self,
+        identity: &Identity,
+        csr_der: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let csr = ValidatedCsr::new(csr_der, identity)?;
+        let profile = LeafProfile::workload(identity.clone(), self.lifetimes.clamp(ttl));
+        self.sign(&csr, &profile).await
+    }
+
+    /// Issue the daemon's own serving certificate, which also names the
+    /// hosts clients dial. Not reachable from the signing API.
+    ///
+    /// # Errors
+    /// As [`Issuer::issue`].
+    pub async fn issue_server(
+        &self,
+        identity: &Identity,
+        csr_der: &[u8],
+        names: Vec<ServerName>,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let csr = ValidatedCsr::new(csr_der, identity)?;
+        let profile = LeafProfile::server(identity.clone(), self.lifetimes.default_ttl, names);
+        self.sign(&csr, &profile).await
+    }
+
+    async fn sign(
+        &self,
+        csr: &ValidatedCsr,
+        profile: &LeafProfile,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let started = Instant::now();
+        let issued = self.provider.sign(csr, profile).await;
+        self.metrics
+            .sign_duration
+            .observe(started.elapsed().as_secs_f64());
+        let issued = issued?;
+        let renew_after = rotation::renew_after(issued.not_before(), issued.not_after());
+        Ok(IssuedCertificate {
+            trust_bundle: self.bundle.borrow().clone(),
+            renew_after,
+            issued,
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! The `meshca` command: the daemon, the workload agent and admin tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meshca::{AgentConfig, Config, Identity, TokenStore};
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for a configuration or usage problem (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "meshca",
+    version,
+    about = "Certificate authority for service meshes"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing-subscriber syntax); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info", env = "MESHCA_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA daemon.
+    Serve {
+        /// Config file; the embedded default (Tresor, file bundle) when absent.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Obtain and renew a workload certificate.
+    Agent {
+        /// Signing API base URL.
+        #[arg(long, default_value = "https://127.0.0.1:9443")]
+        server: String,
+        /// CA bundle to verify the server with.
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// File holding the bearer token (re-read on every request).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Directory for cert.pem, key.pem and ca.pem.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Requested certificate lifetime, e.g. 1h (the server clamps it).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// How often to re-fetch the trust bundle between renewals.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        bundle_refresh: Duration,
+        /// Exit after the first certificate is written.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Manage static bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the trust bundle (PEM).
+    Bundle {
+        /// Config file whose bundle file to read.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a ServiceAccount identity and print it (only its
+    /// hash is stored).
+    Create {
+        /// Config file naming the token store.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Namespace of the identity.
+        #[arg(long)]
+        namespace: String,
+        /// ServiceAccount of the identity.
+        #[arg(long)]
+        service_account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a config file, listing every problem with its key.
+    Check {
+        /// The file to check.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    // ring is the one crypto provider; make it the process default so no
+    // other can be picked up implicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let daemon = match meshca::start(config).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "failed to start");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let token = daemon.shutdown_token();
+            tokio::spawn(cancel_on_signal(token));
+            daemon.wait().await;
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Command::Agent {
+            server,
+            ca_file,
+            token_file,
+            out_dir,
+            ttl,
+            bundle_refresh,
+            once,
+        } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let config = AgentConfig {
+                server,
+                ca_file,
+                token_file,
+                out_dir,
+                ttl,
+                once,
+                bundle_refresh,
+            };
+            match meshca::run_agent(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    config,
+                    namespace,
+                    service_account,
+                },
+        } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let identity =
+                match Identity::new(config.trust_domain.clone(), &namespace, &service_account) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EX_USAGE);
+                    }
+                };
+            match TokenStore::new(config.auth.tokens_file.clone()).create(&identity) {
+                Ok(token) => {
+                    eprintln!(
+                        "created a token for {identity} in {}",
+                        config.auth.tokens_file.display()
+                    );
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bundle { config } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match std::fs::read_to_string(&config.bundle.file) {
+                Ok(pem) => {
+                    print!("{pem}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: failed to read the trust bundle {}: {e} (has `meshca serve` run with this config?)",
+                        config.bundle.file.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match Config::load(Some(&config)) {
+            Ok(c) => {
+                println!(
+                    "{}: valid (provider {}, trust domain {}, API {})",
+                    config.display(),
+                    match c.provider {
+                        meshca::ProviderConfig::Tresor(_) => "tresor",
+                    },
+                    c.trust_domain,
+                    c.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(EX_USAGE)
+            }
+        },
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}
