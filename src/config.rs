@@ -5,6 +5,7 @@
 //! setting at use. `meshca config check` runs exactly this code.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,6 +121,11 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Signing requests processed at once; more get 429.
     pub max_in_flight: usize,
+    /// Sustained signing requests per second allowed to one identity.
+    pub per_identity_per_second: NonZeroU32,
+    /// Requests one identity may make at once before the sustained rate
+    /// applies.
+    pub per_identity_burst: NonZeroU32,
 }
 
 // === raw (as written) ===
@@ -310,6 +316,17 @@ struct RawApi {
     max_body_bytes: usize,
     #[serde(default = "default_max_in_flight")]
     max_in_flight: usize,
+    #[serde(default = "default_per_identity_per_second")]
+    per_identity_per_second: u32,
+    #[serde(default = "default_per_identity_burst")]
+    per_identity_burst: u32,
+}
+
+fn default_per_identity_per_second() -> u32 {
+    50
+}
+fn default_per_identity_burst() -> u32 {
+    200
 }
 
 fn default_max_body() -> usize {
@@ -324,6 +341,8 @@ impl Default for RawApi {
         Self {
             max_body_bytes: default_max_body(),
             max_in_flight: default_max_in_flight(),
+            per_identity_per_second: default_per_identity_per_second(),
+            per_identity_burst: default_per_identity_burst(),
         }
     }
 }
@@ -479,6 +498,14 @@ impl TryFrom<RawConfig> for Config {
         if raw.api.max_in_flight == 0 {
             err("api.max_in_flight", "must be at least 1".into());
         }
+        let per_identity_per_second = NonZeroU32::new(raw.api.per_identity_per_second);
+        if per_identity_per_second.is_none() {
+            err("api.per_identity_per_second", "must be at least 1".into());
+        }
+        let per_identity_burst = NonZeroU32::new(raw.api.per_identity_burst);
+        if per_identity_burst.is_none() {
+            err("api.per_identity_burst", "must be at least 1".into());
+        }
         let refresh_interval = raw
             .bundle
             .refresh_interval
@@ -487,43 +514,55 @@ impl TryFrom<RawConfig> for Config {
             err("bundle.refresh_interval", "must be at least 1s".into());
         }
 
-        match (trust_domain, daemon_identity, root) {
-            (Some(trust_domain), Some(daemon_identity), Some(root)) if errors.is_empty() => {
-                Ok(Config {
-                    trust_domain,
-                    listen: raw.listen,
-                    metrics_listen: raw.metrics_listen,
-                    daemon_identity,
-                    server_names,
-                    provider: ProviderConfig::Tresor(TresorConfig {
-                        root,
-                        intermediate_validity: t.intermediate.as_ref().map(|i| i.validity),
-                    }),
-                    certificates: Lifetimes {
-                        default_ttl: lt.default_ttl,
-                        min_ttl: lt.min_ttl,
-                        max_ttl: lt.max_ttl,
-                    },
-                    bundle: BundleConfig {
-                        file: raw
-                            .bundle
-                            .file
-                            .unwrap_or_else(|| raw.state_dir.join("bundle").join("ca.crt")),
-                        refresh_interval,
-                    },
-                    auth: AuthConfig {
-                        tokens_file: raw
-                            .auth
-                            .tokens_file
-                            .unwrap_or_else(|| raw.state_dir.join("tokens.yaml")),
-                    },
-                    api: ApiLimits {
-                        max_body_bytes: raw.api.max_body_bytes,
-                        max_in_flight: raw.api.max_in_flight,
-                    },
-                    state_dir: raw.state_dir,
-                })
-            }
+        match (
+            trust_domain,
+            daemon_identity,
+            root,
+            per_identity_per_second,
+            per_identity_burst,
+        ) {
+            (
+                Some(trust_domain),
+                Some(daemon_identity),
+                Some(root),
+                Some(per_identity_per_second),
+                Some(per_identity_burst),
+            ) if errors.is_empty() => Ok(Config {
+                trust_domain,
+                listen: raw.listen,
+                metrics_listen: raw.metrics_listen,
+                daemon_identity,
+                server_names,
+                provider: ProviderConfig::Tresor(TresorConfig {
+                    root,
+                    intermediate_validity: t.intermediate.as_ref().map(|i| i.validity),
+                }),
+                certificates: Lifetimes {
+                    default_ttl: lt.default_ttl,
+                    min_ttl: lt.min_ttl,
+                    max_ttl: lt.max_ttl,
+                },
+                bundle: BundleConfig {
+                    file: raw
+                        .bundle
+                        .file
+                        .unwrap_or_else(|| raw.state_dir.join("bundle").join("ca.crt")),
+                    refresh_interval,
+                },
+                auth: AuthConfig {
+                    tokens_file: raw
+                        .auth
+                        .tokens_file
+                        .unwrap_or_else(|| raw.state_dir.join("tokens.yaml")),
+                },
+                api: ApiLimits {
+                    max_body_bytes: raw.api.max_body_bytes,
+                    max_in_flight: raw.api.max_in_flight,
+                    per_identity_per_second,
+                    per_identity_burst,
+                },
+                state_dir: raw.state_dir,
+            }),
             _ => Err(ConfigError::Invalid(errors)),
         }
     }

@@ -125,6 +125,11 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         shutdown.clone(),
     );
     tasks.spawn(publisher);
+    // Serve only once the bundle is out where workloads read it, unless a
+    // sink keeps failing: then serve anyway, with /readyz saying why.
+    if let Err(why) = publish_status.wait_published(Duration::from_secs(10)).await {
+        tracing::warn!(%why, "serving before every bundle sink holds the bundle");
+    }
     tasks.spawn(refresh_anchors(
         provider.clone(),
         bundle_tx,

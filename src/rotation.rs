@@ -19,15 +19,25 @@ pub fn point_in_lifetime(
     not_before + lifetime * fraction.clamp(0.0, 1.0)
 }
 
-/// When a holder should renew: two thirds into the lifetime.
-pub fn renew_after(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
-    point_in_lifetime(not_before, not_after, RENEW_FRACTION)
+/// When a holder should renew: two thirds into the lifetime that remains
+/// from `now` (issuance, or receipt).
+///
+/// Counting from `now` rather than NotBefore matters for short lifetimes:
+/// NotBefore is backdated for clock skew, and two thirds of a lifetime
+/// that includes the backdate can already lie in the past.
+pub fn renew_after(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
+    point_in_lifetime(not_before.max(now), not_after, RENEW_FRACTION)
 }
 
 /// How long to wait from `now` before renewing, spread by `jitter` (a
-/// number in `[-1, 1]`, usually random) over ±10 % of the lifetime so that
-/// many workloads issued together do not renew together. Never less than
-/// zero, never past 90 % of the lifetime.
+/// number in `[-1, 1]`, usually random) over ±10 % of the remaining
+/// lifetime so that many workloads issued together do not renew together.
+/// Never less than zero, never past 90 % of the remaining lifetime. As in
+/// [`renew_after`], the lifetime counts from `now` at the latest.
 pub fn renewal_delay(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -35,7 +45,7 @@ pub fn renewal_delay(
     jitter: f64,
 ) -> Duration {
     let fraction = (RENEW_FRACTION + 0.1 * jitter.clamp(-1.0, 1.0)).min(0.9);
-    let at = point_in_lifetime(not_before, not_after, fraction);
+    let at = point_in_lifetime(not_before.max(now), not_after, fraction);
     (at - now).try_into().unwrap_or(Duration::ZERO)
 }
 
@@ -58,7 +68,20 @@ mod tests {
     fn renewal_is_two_thirds_into_the_lifetime() {
         let nb = datetime!(2026-01-01 00:00 UTC);
         let na = datetime!(2026-01-01 03:00 UTC);
-        assert_eq!(renew_after(nb, na), datetime!(2026-01-01 02:00 UTC));
+        assert_eq!(renew_after(nb, na, nb), datetime!(2026-01-01 02:00 UTC));
+    }
+
+    #[test]
+    fn a_backdated_not_before_does_not_make_a_short_certificate_due_at_once() {
+        // Issued at 00:01 for 3 s, NotBefore backdated one minute.
+        let issued = datetime!(2026-01-01 00:01 UTC);
+        let nb = datetime!(2026-01-01 00:00 UTC);
+        let na = issued + time::Duration::seconds(3);
+        assert_eq!(
+            renew_after(nb, na, issued),
+            issued + time::Duration::seconds(2)
+        );
+        assert_eq!(renewal_delay(nb, na, issued, 0.0), Duration::from_secs(2));
     }
 
     #[test]

@@ -124,7 +124,12 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// loop, and failed rounds are retried with backoff.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let initial_roots = read_pem_certs(&config.ca_file)?;
-    let mut held: Option<Held> = None;
+    // Without a token, renewal rests on the certificate a previous run
+    // wrote; with one, every round starts from the token.
+    let mut held: Option<Held> = match &config.token_file {
+        Some(_) => None,
+        None => Some(load_held(&config.out_dir)?),
+    };
     let mut backoff = RETRY_MIN;
     loop {
         match fetch_certificate(&config, &initial_roots, held.as_ref()).await {
@@ -195,6 +200,40 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+}
+
+/// The certificate, key and bundle a previous run left in `dir`.
+fn load_held(dir: &Path) -> Result<Held, AgentError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| AgentError::Io {
+            action: "read",
+            path,
+            source,
+        })
+    };
+    let chain_pem = read("cert.pem")?;
+    let key_pem = Zeroizing::new(read("key.pem")?);
+    let bundle_pem = read("ca.pem")?;
+    let chain = meshca_provider::pem::decode_certificates(chain_pem.as_bytes())
+        .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
+    let not_before = leaf.validity().not_before.to_datetime();
+    let not_after = leaf.validity().not_after.to_datetime();
+    if not_after <= OffsetDateTime::now_utc() {
+        return Err(AgentError::Setup(format!(
+            "the certificate in {} expired at {not_after}; a token file is needed to get a new one",
+            dir.display()
+        )));
+    }
+    Ok(Held {
+        chain_pem,
+        key_pem,
+        bundle_pem,
+        not_before,
+        not_after,
+    })
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {

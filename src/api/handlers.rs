@@ -17,6 +17,9 @@ use super::{ApiError, ApiState};
 use crate::auth::PeerCertificates;
 use crate::metrics::IssuedLabels;
 
+/// Time a client gets to send its request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Body of `POST /v1/certificates`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,15 +94,16 @@ async fn issue(
         return Err(ApiError::UnsupportedMediaType);
     }
 
-    let _permit = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)))?;
+    state
+        .per_identity
+        .check(&caller.identity)
+        .map_err(ApiError::RateLimited)?;
 
     let limit = state.max_body_bytes;
-    let bytes = Limited::new(body, limit)
-        .collect()
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
         .await
+        .map_err(|_| ApiError::InvalidRequest("the request body did not arrive in time".into()))?;
+    let bytes = collected
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
                 ApiError::TooLarge(limit)
@@ -125,6 +129,10 @@ async fn issue(
             ))
         })?;
 
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)))?;
     let issued = state
         .issuer
         .issue(&caller.identity, csr.as_ref(), ttl)

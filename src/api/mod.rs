@@ -4,6 +4,7 @@
 mod error;
 mod handlers;
 mod health;
+mod limit;
 mod server;
 mod tls;
 
@@ -33,6 +34,7 @@ pub struct ApiState {
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
     in_flight: Semaphore,
+    per_identity: limit::IdentityLimiter,
 }
 
 impl ApiState {
@@ -51,6 +53,10 @@ impl ApiState {
             metrics,
             max_body_bytes: limits.max_body_bytes,
             in_flight: Semaphore::new(limits.max_in_flight),
+            per_identity: limit::IdentityLimiter::new(
+                limits.per_identity_per_second,
+                limits.per_identity_burst,
+            ),
         }
     }
 }

@@ -17,6 +17,7 @@ type SinkState = (String, Option<String>);
 #[derive(Clone, Debug, Default)]
 pub struct PublishStatus {
     inner: Arc<RwLock<Vec<SinkState>>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl PublishStatus {
@@ -35,10 +36,26 @@ impl PublishStatus {
         }
     }
 
+    /// Wait until every sink holds the bundle, or `timeout` passes; the
+    /// result is [`PublishStatus::check`]'s at that point.
+    pub async fn wait_published(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if self.check().is_ok() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.check();
+            }
+        }
+    }
+
     fn set(&self, index: usize, error: Option<String>) {
         if let Ok(mut sinks) = self.inner.write() {
             sinks[index].1 = error;
         }
+        self.changed.notify_waiters();
     }
 }
 
@@ -62,6 +79,7 @@ pub fn publisher(
                 .map(|s| (s.name().to_owned(), Some("not yet published".to_owned())))
                 .collect(),
         )),
+        changed: Arc::default(),
     };
     let task_status = status.clone();
     let task = async move {

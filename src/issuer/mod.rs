@@ -113,7 +113,11 @@ impl Issuer {
             .sign_duration
             .observe(started.elapsed().as_secs_f64());
         let issued = issued?;
-        let renew_after = rotation::renew_after(issued.not_before(), issued.not_after());
+        let renew_after = rotation::renew_after(
+            issued.not_before(),
+            issued.not_after(),
+            OffsetDateTime::now_utc(),
+        );
         Ok(IssuedCertificate {
             trust_bundle: self.bundle.borrow().clone(),
             renew_after,

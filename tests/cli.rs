@@ -1,0 +1,213 @@
+//! The `meshca` binary as a user runs it: `config check`, `serve` on the
+//! embedded layout, `token create`, `agent --once`, `bundle`, JSON logs and
+//! a clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshca");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn meshca(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("meshca runs")
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_names_the_bad_key_of_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        "trust_domain: mesh.example\ncertificates: { default_ttl: 2h }\n",
+    )
+    .expect("write");
+    let out = meshca(dir.path(), &["config", "check", "-c", "good.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "certificates:\n  max_tll: 2h\n",
+    )
+    .expect("write");
+    let out = meshca(dir.path(), &["config", "check", "-c", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(64), "EX_USAGE");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificates") && err.contains("max_tll"),
+        "{err}"
+    );
+
+    let out = meshca(dir.path(), &["config", "check", "-c", "missing.yaml"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn serve_token_agent_and_bundle_work_together_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, metrics) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("meshca.yaml"),
+        format!("listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\n"),
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--log-format", "json", "serve", "-c", "meshca.yaml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut serve = Serve(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let serving = line.contains("meshca is serving");
+            lines.push(line);
+            if serving {
+                break;
+            }
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("meshca is serving")),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("PRIVATE KEY")),
+        "no key material in logs"
+    );
+
+    let data = dir.path().join("meshca-data");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("tresor/root.key"))
+            .expect("root key")
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    let bundle = std::fs::read_to_string(data.join("bundle/ca.crt")).expect("bundle file");
+    assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----") && !bundle.contains("PRIVATE"));
+
+    let out = meshca(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "-c",
+            "meshca.yaml",
+            "--namespace",
+            "bookstore",
+            "--service-account",
+            "bookstore",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    std::fs::write(dir.path().join("token"), token.trim()).expect("write");
+    let tokens = std::fs::read_to_string(data.join("tokens.yaml")).expect("store");
+    assert!(!tokens.contains(token.trim()), "only the hash is stored");
+
+    let out = meshca(
+        dir.path(),
+        &[
+            "agent",
+            "--server",
+            &format!("https://127.0.0.1:{api}"),
+            "--ca-file",
+            "meshca-data/bundle/ca.crt",
+            "--token-file",
+            "token",
+            "--out-dir",
+            "out",
+            "--once",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["cert.pem", "key.pem", "ca.pem"] {
+        assert!(dir.path().join("out").join(f).exists(), "{f}");
+    }
+    let verify = Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "verify",
+            "-CAfile",
+            "out/ca.pem",
+            "-purpose",
+            "sslserver",
+            "out/cert.pem",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let out = meshca(dir.path(), &["bundle", "-c", "meshca.yaml"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), bundle);
+
+    // SIGTERM stops it cleanly.
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = serve.0.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

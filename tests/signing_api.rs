@@ -1,0 +1,550 @@
+//! The signing API over real HTTPS (rustls client, in-process daemon on a
+//! loopback port): the CSR → certificate round trip, independent chain
+//! verification, and every error code of the contract with a real bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CustomExtension, IsCa, SanType};
+use serde_json::json;
+use support::{certs, csr, csr_signed_by_another_key, csr_with, key, verify, TestDaemon};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+const RESPONSE_FIELDS: [&str; 8] = [
+    "identity",
+    "spiffe_id",
+    "certificate_chain",
+    "trust_bundle",
+    "serial",
+    "not_before",
+    "not_after",
+    "renew_after",
+];
+
+fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(!message.is_empty());
+    assert_eq!(body.as_object().expect("object").len(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn a_csr_with_a_token_becomes_a_certificate_that_verifies_for_server_and_client_auth() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let k = key();
+    let (status, _, body) = d
+        .post(
+            &client,
+            Some(&token),
+            &json!({ "csr": csr(&k), "ttl_seconds": 3600 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let fields: Vec<&str> = body
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = RESPONSE_FIELDS.to_vec();
+    want.sort_unstable();
+    let mut got = fields.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "exactly the contract's fields");
+    assert_eq!(body["identity"], "bookstore.bookstore.cluster.local");
+    assert_eq!(
+        body["spiffe_id"],
+        "spiffe://cluster.local/ns/bookstore/sa/bookstore"
+    );
+
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let bundle = body["trust_bundle"].as_str().expect("bundle");
+    assert_eq!(
+        bundle,
+        d.bundle_pem().await,
+        "the response carries the published bundle"
+    );
+    verify(chain, bundle, webpki::KeyUsage::server_auth()).expect("valid for serverAuth");
+    verify(chain, bundle, webpki::KeyUsage::client_auth()).expect("valid for clientAuth");
+
+    let leaf_der = &certs(chain)[0];
+    let ee = webpki::EndEntityCert::try_from(leaf_der).expect("leaf");
+    ee.verify_is_valid_for_subject_name(
+        &rustls_pki_types::ServerName::try_from("bookstore.bookstore.cluster.local").expect("name"),
+    )
+    .expect("DNS SAN is the identity");
+
+    let (_, leaf) = X509Certificate::from_der(leaf_der).expect("parse");
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("ext")
+        .expect("SAN")
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::URI(u) => format!("URI:{u}"),
+            other => format!("other:{other}"),
+        })
+        .collect();
+    assert_eq!(
+        sans,
+        [
+            "DNS:bookstore.bookstore.cluster.local",
+            "URI:spiffe://cluster.local/ns/bookstore/sa/bookstore"
+        ]
+    );
+    assert!(!leaf.is_ca());
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        k.public_key_raw()
+    );
+    assert_eq!(leaf.raw_serial().len() >= 16, true, "128-bit serial");
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(
+        (3600..=3600 + 120).contains(&lifetime),
+        "ttl honoured with a small backdate: {lifetime}"
+    );
+    let not_after = time::OffsetDateTime::parse(
+        body["not_after"].as_str().expect("not_after"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    assert_eq!(
+        not_after.unix_timestamp(),
+        leaf.validity().not_after.timestamp()
+    );
+}
+
+#[tokio::test]
+async fn the_requested_lifetime_is_clamped_to_the_configured_bounds() {
+    let d =
+        TestDaemon::start("certificates: { default_ttl: 1h, min_ttl: 30m, max_ttl: 2h }\n").await;
+    let token = d.token("ns", "sa");
+    let client = d.client().await;
+    for (asked, want) in [(Some(60), 1800), (Some(100_000), 7200), (None, 3600)] {
+        let mut body = json!({ "csr": csr(&key()) });
+        if let Some(a) = asked {
+            body["ttl_seconds"] = a.into();
+        }
+        let (status, _, body) = d.post(&client, Some(&token), &body).await;
+        assert_eq!(status, 200, "{body}");
+        let (_, leaf) = X509Certificate::from_der(
+            &certs(body["certificate_chain"].as_str().expect("chain"))[0],
+        )
+        .map(|(r, c)| (r.len(), c.validity().not_after.timestamp()))
+        .expect("parse");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            (leaf - now - want).abs() < 30,
+            "asked {asked:?}, got {}s",
+            leaf - now
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_csr_naming_the_identity_itself_is_accepted() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let pem = csr_with(&key(), |p| {
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "bookstore.bookstore.cluster.local",
+        );
+        p.subject_alt_names = vec![
+            SanType::DnsName("bookstore.bookstore.cluster.local".try_into().expect("dns")),
+            SanType::URI(
+                "spiffe://cluster.local/ns/bookstore/sa/bookstore"
+                    .try_into()
+                    .expect("uri"),
+            ),
+        ];
+    });
+    let (status, _, body) = d
+        .post(&d.client().await, Some(&token), &json!({ "csr": pem }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn malformed_pem_is_invalid_csr() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("ns", "sa");
+    let client = d.client().await;
+    for bad in [
+        "not a pem at all",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n",
+    ] {
+        let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": bad })).await;
+        assert_error(status, &body, 400, "invalid_csr");
+    }
+}
+
+#[tokio::test]
+async fn a_csr_signed_by_another_key_is_invalid_csr() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("ns", "sa");
+    let pem = csr_signed_by_another_key(&key(), &key());
+    let (status, _, body) = d
+        .post(&d.client().await, Some(&token), &json!({ "csr": pem }))
+        .await;
+    assert_error(status, &body, 400, "invalid_csr");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("signature"));
+}
+
+#[tokio::test]
+async fn a_csr_asking_for_a_ca_or_an_unknown_extension_is_invalid_csr() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("ns", "sa");
+    let client = d.client().await;
+    let ca = csr_with(&key(), |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+    });
+    let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": ca })).await;
+    assert_error(status, &body, 400, "invalid_csr");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("CA"));
+
+    let odd = csr_with(&key(), |p| {
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 4, 1, 99999, 1],
+            vec![0x05, 0x00],
+        )];
+    });
+    let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": odd })).await;
+    assert_error(status, &body, 400, "invalid_csr");
+}
+
+#[tokio::test]
+async fn a_csr_naming_someone_else_is_identity_mismatch() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let cases: Vec<Box<dyn Fn(&mut rcgen::CertificateParams)>> = vec![
+        Box::new(|p| {
+            p.subject_alt_names = vec![SanType::DnsName(
+                "bookbuyer.bookbuyer.cluster.local".try_into().expect("dns"),
+            )]
+        }),
+        Box::new(|p| {
+            p.subject_alt_names = vec![SanType::URI(
+                "spiffe://cluster.local/ns/bookstore/sa/admin"
+                    .try_into()
+                    .expect("uri"),
+            )]
+        }),
+        Box::new(|p| {
+            p.subject_alt_names = vec![SanType::IpAddress("10.0.0.1".parse().expect("ip"))]
+        }),
+        Box::new(|p| {
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "evil.example.com")
+        }),
+    ];
+    for edit in cases {
+        let pem = csr_with(&key(), |p| edit(p));
+        let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": pem })).await;
+        assert_error(status, &body, 403, "identity_mismatch");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_too_large() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("ns", "sa");
+    let big = "A".repeat(100 * 1024);
+    let (status, _, body) = d
+        .post(&d.client().await, Some(&token), &json!({ "csr": big }))
+        .await;
+    assert_error(status, &body, 413, "too_large");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_refused() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("ns", "sa");
+    let client = d.client().await;
+    let resp = client
+        .post(d.url("/v1/certificates"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(csr(&key()))
+        .send()
+        .await
+        .expect("sent");
+    let status = resp.status().as_u16();
+    assert_error(
+        status,
+        &resp.json().await.expect("json"),
+        415,
+        "unsupported_media_type",
+    );
+
+    for bad in [
+        "{not json",
+        r#"{"csr": 5}"#,
+        r#"{"csr": "x", "extra": 1}"#,
+        r#"{"csr": "x", "ttl_seconds": 0}"#,
+    ] {
+        let resp = client
+            .post(d.url("/v1/certificates"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .expect("sent");
+        let status = resp.status().as_u16();
+        assert_error(
+            status,
+            &resp.json().await.expect("json"),
+            400,
+            "invalid_request",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_unknown_token_is_unauthenticated() {
+    let d = TestDaemon::start("").await;
+    let client = d.client().await;
+    let body = json!({ "csr": csr(&key()) });
+    let (status, headers, b) = d.post(&client, None, &body).await;
+    assert_error(status, &b, 401, "unauthenticated");
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, b) = d
+        .post(&client, Some("meshca_not-a-real-token"), &body)
+        .await;
+    assert_error(status, &b, 401, "unauthenticated");
+    let resp = client
+        .post(d.url("/v1/certificates"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = resp.status().as_u16();
+    assert_error(
+        status,
+        &resp.json().await.expect("json"),
+        401,
+        "unauthenticated",
+    );
+}
+
+#[tokio::test]
+async fn a_valid_client_certificate_renews_the_same_identity_without_a_token() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let k = key();
+    let (_, _, first) = d
+        .post(&d.client().await, Some(&token), &json!({ "csr": csr(&k) }))
+        .await;
+    let chain = first["certificate_chain"].as_str().expect("chain");
+    let mtls = support::client(&d.bundle_pem().await, Some((chain, &k.serialize_pem())));
+
+    let (status, _, renewed) = d.post(&mtls, None, &json!({ "csr": csr(&key()) })).await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["identity"], "bookstore.bookstore.cluster.local");
+    assert_ne!(renewed["serial"], first["serial"]);
+
+    let other = csr_with(&key(), |p| {
+        p.subject_alt_names = vec![SanType::DnsName(
+            "admin.kube-system.cluster.local".try_into().expect("dns"),
+        )];
+    });
+    let (status, _, body) = d.post(&mtls, None, &json!({ "csr": other })).await;
+    assert_error(status, &body, 403, "identity_mismatch");
+}
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_unauthenticated() {
+    let d =
+        TestDaemon::start("certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\n").await;
+    let token = d.token("bookstore", "bookstore");
+    let k = key();
+    let (status, _, first) = d
+        .post(
+            &d.client().await,
+            Some(&token),
+            &json!({ "csr": csr(&k), "ttl_seconds": 1 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let chain = first["certificate_chain"].as_str().expect("chain");
+    let mtls = support::client(&d.bundle_pem().await, Some((chain, &k.serialize_pem())));
+    let (status, _, body) = d.post(&mtls, None, &json!({ "csr": csr(&key()) })).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("expired"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_unauthenticated() {
+    let d = TestDaemon::start("").await;
+    let foreign_ca_key = key();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&foreign_ca_key).expect("ca");
+    let ca = rcgen::Issuer::new(ca_params, foreign_ca_key);
+    let leaf_key = key();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/bookstore/sa/bookstore"
+            .try_into()
+            .expect("uri"),
+    )];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = leaf.signed_by(&leaf_key, &ca).expect("leaf");
+    let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
+    let mtls = support::client(
+        &d.bundle_pem().await,
+        Some((&chain, &leaf_key.serialize_pem())),
+    );
+    let (status, _, body) = d.post(&mtls, None, &json!({ "csr": csr(&key()) })).await;
+    assert_error(status, &body, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn an_identity_beyond_its_rate_is_rate_limited_while_others_are_not() {
+    let d = TestDaemon::start("api: { per_identity_per_second: 1, per_identity_burst: 3 }\n").await;
+    let busy = d.token("ns", "busy");
+    let quiet = d.token("ns", "quiet");
+    let client = d.client().await;
+    for _ in 0..3 {
+        let (status, _, b) = d
+            .post(&client, Some(&busy), &json!({ "csr": csr(&key()) }))
+            .await;
+        assert_eq!(status, 200, "{b}");
+    }
+    let (status, headers, b) = d
+        .post(&client, Some(&busy), &json!({ "csr": csr(&key()) }))
+        .await;
+    assert_error(status, &b, 429, "rate_limited");
+    let retry: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    let (status, _, b) = d
+        .post(&client, Some(&quiet), &json!({ "csr": csr(&key()) }))
+        .await;
+    assert_eq!(status, 200, "another identity is unaffected: {b}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, b) = d
+        .post(&client, Some(&busy), &json!({ "csr": csr(&key()) }))
+        .await;
+    assert_eq!(status, 200, "the bucket refills: {b}");
+}
+
+#[tokio::test]
+async fn the_bundle_health_and_metrics_endpoints_answer() {
+    let d = TestDaemon::start("").await;
+    let client = d.client().await;
+    let resp = client.get(d.url("/v1/bundle")).send().await.expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-pem-file");
+    assert_eq!(resp.text().await.expect("text"), d.bundle_pem().await);
+
+    let plain = reqwest::Client::new();
+    let healthz = plain
+        .get(d.metrics_url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(healthz.status(), 200);
+    let mut ready = false;
+    for _ in 0..50 {
+        if plain
+            .get(d.metrics_url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready once the bundle is published");
+
+    let token = d.token("ns", "sa");
+    d.post(&client, Some(&token), &json!({ "csr": csr(&key()) }))
+        .await;
+    d.post(&client, None, &json!({ "csr": csr(&key()) })).await;
+    let metrics = plain
+        .get(d.metrics_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .contains(r#"meshca_certificates_issued_total{provider="tresor",result="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"meshca_certificates_issued_total{provider="tresor",result="unauthenticated"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meshca_sign_duration_seconds_count"));
+    assert!(metrics.contains("meshca_trust_anchor_expiry_timestamp_seconds"));
+}
+
+#[tokio::test]
+async fn the_daemons_own_certificate_is_issued_by_its_provider_and_names_its_hosts() {
+    let d = TestDaemon::start("").await;
+    let bundle = d.bundle_pem().await;
+    let roots = certs(&bundle);
+    let mut store = rustls::RootCertStore::empty();
+    store.add(roots[0].clone()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("tls12")
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = d.daemon.as_ref().expect("running").api_addr();
+    for name in ["localhost", "127.0.0.1", "meshca.osm-system.cluster.local"] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let server_name = rustls_pki_types::ServerName::try_from(name)
+            .expect("name")
+            .to_owned();
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .expect("TLS 1.2 handshake verifies the daemon");
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Shared helpers for the integration tests: an in-process daemon on
+//! loopback ports chosen by the kernel, real HTTPS clients, CSR builders
+//! and independent verification with rustls-webpki.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca::{Config, Identity, RunningDaemon, TokenStore};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A daemon running in this process with its own state directory.
+pub struct TestDaemon {
+    pub daemon: Option<RunningDaemon>,
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+/// YAML for a daemon keeping its state in `dir`, listening on free ports,
+/// with `extra` appended (top-level keys).
+pub fn config_yaml(dir: &Path, extra: &str) -> String {
+    format!(
+        "state_dir: {}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n{extra}",
+        dir.display()
+    )
+}
+
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl TestDaemon {
+    /// Start a daemon with the default Tresor provider plus `extra` config.
+    pub async fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra).await
+    }
+
+    /// Start a daemon on an existing state directory.
+    pub async fn start_in(dir: TempDir, extra: &str) -> Self {
+        install_crypto_provider();
+        let config = Config::from_yaml(&config_yaml(dir.path(), extra)).expect("valid config");
+        let daemon = meshca::start(config.clone()).await.expect("daemon starts");
+        Self {
+            daemon: Some(daemon),
+            dir,
+            config,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+
+    fn running(&self) -> &RunningDaemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            self.running().api_addr().port()
+        )
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().metrics_addr())
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.config.bundle.file.clone()
+    }
+
+    /// The bundle as published to the file sink (waits for the publisher).
+    pub async fn bundle_pem(&self) -> String {
+        for _ in 0..100 {
+            if let Ok(pem) = std::fs::read_to_string(self.bundle_path()) {
+                if !pem.is_empty() {
+                    return pem;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the bundle file was never written");
+    }
+
+    pub fn token(&self, namespace: &str, service_account: &str) -> String {
+        let id = Identity::new(self.config.trust_domain.clone(), namespace, service_account)
+            .expect("identity");
+        TokenStore::new(self.config.auth.tokens_file.clone())
+            .create(&id)
+            .expect("token")
+    }
+
+    /// An HTTPS client trusting only the published bundle.
+    pub async fn client(&self) -> reqwest::Client {
+        client(&self.bundle_pem().await, None)
+    }
+
+    /// POST /v1/certificates with a JSON body.
+    pub async fn post(
+        &self,
+        client: &reqwest::Client,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = client.post(self.url("/v1/certificates")).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let json = resp.json::<Value>().await.expect("JSON body");
+        (status, headers, json)
+    }
+}
+
+/// An HTTPS client (rustls, ring) trusting `bundle_pem`, optionally
+/// presenting a client certificate.
+pub fn client(bundle_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let tls = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("chain"),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("client")
+}
+
+/// A P-256 key.
+pub fn key() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
+}
+
+/// A PEM CSR for `key`, with an empty subject unless `edit` changes it.
+pub fn csr_with(key: &KeyPair, edit: impl FnOnce(&mut CertificateParams)) -> String {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    edit(&mut params);
+    params
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+}
+
+pub fn csr(key: &KeyPair) -> String {
+    csr_with(key, |_| {})
+}
+
+pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates")
+}
+
+/// Verify `chain_pem` (leaf first) against `bundle_pem` for `usage`, now,
+/// with rustls-webpki, independently of meshca's own checks.
+pub fn verify(
+    chain_pem: &str,
+    bundle_pem: &str,
+    usage: webpki::KeyUsage,
+) -> Result<(), webpki::Error> {
+    let chain = certs(chain_pem);
+    let anchors_der = certs(bundle_pem);
+    let anchors: Vec<_> = anchors_der
+        .iter()
+        .map(|a| webpki::anchor_from_trusted_cert(a).expect("anchor"))
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(&chain[0]).expect("leaf");
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &chain[1..],
+        UnixTime::now(),
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// DER length prefix.
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend(&bytes[skip..]);
+    }
+}
+
+fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    der_len(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// A CSR naming `subject_key`'s public key but signed with `signer`: what
+/// someone without the key would have to send.
+pub fn csr_signed_by_another_key(subject_key: &KeyPair, signer: &KeyPair) -> String {
+    use rcgen::SigningKey;
+    use x509_parser::prelude::FromDer;
+    let original =
+        rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr(subject_key).as_bytes())
+            .expect("csr");
+    let (_, parsed) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(original.as_ref())
+            .expect("parse");
+    let info = parsed.certification_request_info.raw;
+    let signature = signer.sign(info).expect("sign");
+    // ecdsa-with-SHA256
+    let alg = [
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+    let mut bits = vec![0u8];
+    bits.extend(signature);
+    let mut body = info.to_vec();
+    body.extend(alg);
+    body.extend(der_tlv(0x03, &bits));
+    let der = der_tlv(0x30, &body);
+    let mut pem = String::new();
+    meshca_provider::pem::encode_block("CERTIFICATE REQUEST", &der, &mut pem);
+    pem
+}
