@@ -21,6 +21,9 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Async worker threads (default: one per CPU core).
+    #[arg(long, global = true, env = "MESHCA_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Log filter (tracing-subscriber syntax); RUST_LOG also works.
     #[arg(long, global = true, default_value = "info", env = "MESHCA_LOG")]
     log_level: String,

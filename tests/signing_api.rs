@@ -246,26 +246,24 @@ async fn a_csr_naming_someone_else_is_identity_mismatch() {
     let d = TestDaemon::start("").await;
     let token = d.token("bookstore", "bookstore");
     let client = d.client().await;
-    let cases: Vec<Box<dyn Fn(&mut rcgen::CertificateParams)>> = vec![
-        Box::new(|p| {
+    let cases: [fn(&mut rcgen::CertificateParams); 4] = [
+        |p| {
             p.subject_alt_names = vec![SanType::DnsName(
                 "bookbuyer.bookbuyer.cluster.local".try_into().expect("dns"),
             )]
-        }),
-        Box::new(|p| {
+        },
+        |p| {
             p.subject_alt_names = vec![SanType::URI(
                 "spiffe://cluster.local/ns/bookstore/sa/admin"
                     .try_into()
                     .expect("uri"),
             )]
-        }),
-        Box::new(|p| {
-            p.subject_alt_names = vec![SanType::IpAddress("10.0.0.1".parse().expect("ip"))]
-        }),
-        Box::new(|p| {
+        },
+        |p| p.subject_alt_names = vec![SanType::IpAddress("10.0.0.1".parse().expect("ip"))],
+        |p| {
             p.distinguished_name
                 .push(rcgen::DnType::CommonName, "evil.example.com")
-        }),
+        },
     ];
     for edit in cases {
         let pem = csr_with(&key(), edit);

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use meshca_provider::{Identity, TrustDomain};
@@ -36,10 +36,16 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
+/// How long a successful look at the file's metadata is trusted, so that a
+/// burst of requests costs one `stat`, not one each.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 struct Cache {
     /// Modification time and length of the file the map was read from.
     stamp: Option<(SystemTime, u64)>,
+    /// When the stamp was last compared with the file.
+    checked_at: Option<Instant>,
     by_hash: HashMap<String, TokenRecord>,
 }
 
@@ -82,13 +88,16 @@ impl TokenStore {
     /// [`AuthError::UnknownToken`], or [`AuthError::Store`] when the file
     /// exists but cannot be read.
     pub fn lookup(&self, token: &str, trust_domain: &TrustDomain) -> Result<Identity, AuthError> {
-        self.refresh()?;
         let hash = sha256_hex(token);
-        let cache = self
-            .cache
-            .read()
-            .map_err(|_| AuthError::Store("token cache poisoned".into()))?;
-        let record = cache.by_hash.get(&hash).ok_or(AuthError::UnknownToken)?;
+        self.refresh(false)?;
+        let record = match self.find(&hash)? {
+            Some(r) => r,
+            // A token created a moment ago may not be in the cache yet.
+            None => {
+                self.refresh(true)?;
+                self.find(&hash)?.ok_or(AuthError::UnknownToken)?
+            }
+        };
         Identity::new(
             trust_domain.clone(),
             &record.namespace,
@@ -97,7 +106,24 @@ impl TokenStore {
         .map_err(|e| AuthError::Store(e.to_string()))
     }
 
-    fn refresh(&self) -> Result<(), AuthError> {
+    fn find(&self, hash: &str) -> Result<Option<TokenRecord>, AuthError> {
+        let cache = self
+            .cache
+            .read()
+            .map_err(|_| AuthError::Store("token cache poisoned".into()))?;
+        Ok(cache.by_hash.get(hash).cloned())
+    }
+
+    /// Re-read the file if it changed; unless `force`, trust a recent
+    /// look at its metadata.
+    fn refresh(&self, force: bool) -> Result<(), AuthError> {
+        if !force
+            && self.cache.read().is_ok_and(|c| {
+                c.stamp.is_some() && c.checked_at.is_some_and(|t| t.elapsed() < RECHECK_AFTER)
+            })
+        {
+            return Ok(());
+        }
         let stamp = match std::fs::metadata(&self.path) {
             Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -121,6 +147,7 @@ impl TokenStore {
             .map(|r| (r.sha256.clone(), r))
             .collect();
         cache.stamp = stamp;
+        cache.checked_at = Some(Instant::now());
         tracing::debug!(path = %self.path.display(), tokens = cache.by_hash.len(), "loaded the token store");
         Ok(())
     }

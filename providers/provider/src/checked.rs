@@ -304,3 +304,254 @@ fn check_issuer_linkage(
     }
     Err("the chain does not end at a trust anchor".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrustDomain;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
+        Issuer as RcgenIssuer, KeyPair, SanType,
+    };
+
+    struct Ca {
+        cert: CertificateDer<'static>,
+        issuer: RcgenIssuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("ca").der().clone();
+        Ca {
+            cert,
+            issuer: RcgenIssuer::new(params, key),
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity::new(TrustDomain::new("cluster.local").expect("td"), "ns", "sa").expect("id")
+    }
+
+    fn csr(key: &KeyPair) -> ValidatedCsr {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        let der = p.serialize_request(key).expect("csr");
+        ValidatedCsr::new(der.der(), &identity()).expect("valid csr")
+    }
+
+    /// A leaf as a well-behaved backend would return it; `edit` breaks it.
+    fn leaf(
+        ca: &Ca,
+        key: &KeyPair,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateDer<'static> {
+        let id = identity();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![
+            SanType::DnsName(id.dns_name().try_into().expect("dns")),
+            SanType::URI(id.spiffe_id().try_into().expect("uri")),
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.is_ca = IsCa::ExplicitNoCa;
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::from_secs(60);
+        p.not_after = now + Duration::from_secs(3600);
+        edit(&mut p);
+        p.signed_by(key, &ca.issuer).expect("sign").der().clone()
+    }
+
+    fn run(
+        chain: Vec<CertificateDer<'static>>,
+        csr: &ValidatedCsr,
+        anchors: &[CertificateDer<'static>],
+        mode: SignatureCheck,
+    ) -> Result<Issued, String> {
+        let profile = LeafProfile::workload(identity(), Duration::from_secs(3600));
+        check(
+            chain,
+            csr,
+            &profile,
+            anchors,
+            OffsetDateTime::now_utc(),
+            mode,
+            ProviderKind::Vault,
+        )
+    }
+
+    #[test]
+    fn a_correct_leaf_passes_and_its_expiry_is_read_from_the_certificate() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let issued = run(
+            vec![leaf(&ca, &key, |p| {
+                p.not_after = OffsetDateTime::now_utc() + Duration::from_secs(600)
+            })],
+            &csr(&key),
+            std::slice::from_ref(&ca.cert),
+            SignatureCheck::Full,
+        )
+        .expect("accepted");
+        let left = issued.not_after() - OffsetDateTime::now_utc();
+        assert!(left.whole_seconds() <= 600 && left.whole_seconds() > 590);
+    }
+
+    #[test]
+    fn a_leaf_with_other_names_is_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        for edit in [
+            (|p: &mut CertificateParams| {
+                p.subject_alt_names.push(SanType::DnsName(
+                    "evil.example.com".try_into().expect("dns"),
+                ))
+            }) as fn(&mut CertificateParams),
+            |p| {
+                p.subject_alt_names.pop();
+            },
+            |p| p.subject_alt_names = vec![],
+        ] {
+            let e = run(
+                vec![leaf(&ca, &key, edit)],
+                &csr(&key),
+                std::slice::from_ref(&ca.cert),
+                SignatureCheck::Full,
+            )
+            .expect_err("refused");
+            assert!(e.contains("names"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_ca_leaf_is_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let e = run(
+            vec![leaf(&ca, &key, |p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+            })],
+            &csr(&key),
+            std::slice::from_ref(&ca.cert),
+            SignatureCheck::Full,
+        )
+        .expect_err("refused");
+        assert!(e.contains("CA"), "{e}");
+    }
+
+    #[test]
+    fn a_leaf_for_another_key_is_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let other = KeyPair::generate().expect("key");
+        let e = run(
+            vec![leaf(&ca, &other, |_| {})],
+            &csr(&key),
+            std::slice::from_ref(&ca.cert),
+            SignatureCheck::Full,
+        )
+        .expect_err("refused");
+        assert!(e.contains("public key"), "{e}");
+    }
+
+    #[test]
+    fn a_leaf_from_another_ca_is_refused_in_both_modes() {
+        let ca1 = ca("root");
+        let ca2 = ca("other root");
+        let key = KeyPair::generate().expect("key");
+        for mode in [SignatureCheck::Full, SignatureCheck::LocalSigner] {
+            let e = run(
+                vec![leaf(&ca2, &key, |_| {})],
+                &csr(&key),
+                std::slice::from_ref(&ca1.cert),
+                mode,
+            )
+            .expect_err("refused");
+            assert!(e.contains("anchor"), "{mode:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_forged_leaf_naming_the_right_issuer_fails_the_full_check() {
+        // Same subject as the real root, different key: only a signature
+        // check tells them apart.
+        let real = ca("root");
+        let forger = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let e = run(
+            vec![leaf(&forger, &key, |_| {})],
+            &csr(&key),
+            std::slice::from_ref(&real.cert),
+            SignatureCheck::Full,
+        )
+        .expect_err("refused");
+        assert!(e.contains("chain"), "{e}");
+    }
+
+    #[test]
+    fn lifetimes_outside_the_request_are_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let now = OffsetDateTime::now_utc();
+        for (edit, needle) in [
+            (
+                Box::new(move |p: &mut CertificateParams| {
+                    p.not_after = now + Duration::from_secs(48 * 3600)
+                }) as Box<dyn FnOnce(&mut CertificateParams)>,
+                "beyond",
+            ),
+            (
+                Box::new(move |p: &mut CertificateParams| {
+                    p.not_before = now - Duration::from_secs(7200);
+                    p.not_after = now - Duration::from_secs(60);
+                }),
+                "expired",
+            ),
+            (
+                Box::new(move |p: &mut CertificateParams| {
+                    p.not_before = now + Duration::from_secs(3600)
+                }),
+                "not valid before",
+            ),
+        ] {
+            let e = run(
+                vec![leaf(&ca, &key, edit)],
+                &csr(&key),
+                std::slice::from_ref(&ca.cert),
+                SignatureCheck::Full,
+            )
+            .expect_err("refused");
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_leaf_without_both_usages_is_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let e = run(
+            vec![leaf(&ca, &key, |p| {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+            })],
+            &csr(&key),
+            std::slice::from_ref(&ca.cert),
+            SignatureCheck::Full,
+        )
+        .expect_err("refused");
+        assert!(e.contains("usage"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_chain_is_refused() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        assert!(run(vec![], &csr(&key), &[ca.cert], SignatureCheck::Full).is_err());
+    }
+}
