@@ -1,0 +1,32 @@
+//! Every example config in examples/ loads and validates, and the embedded
+//! default is the documented one.
+
+use std::path::Path;
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut seen = 0;
+    for dir in ["examples/tresor"] {
+        for entry in
+            std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
+        {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                meshca::Config::load(Some(&path))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "examples found: {seen}");
+}
+
+#[test]
+fn the_generated_root_example_matches_the_embedded_default() {
+    let example = meshca::Config::load(Some(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tresor/generated-root.yaml"),
+    ))
+    .expect("example");
+    let default = meshca::Config::load(None).expect("default");
+    assert_eq!(format!("{example:?}"), format!("{default:?}"));
+}
