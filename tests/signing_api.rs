@@ -288,21 +288,15 @@ async fn a_body_that_is_not_json_is_refused() {
     let d = TestDaemon::start("").await;
     let token = d.token("ns", "sa");
     let client = d.client().await;
-    let resp = client
-        .post(d.url("/v1/certificates"))
-        .bearer_auth(&token)
-        .header("content-type", "text/plain")
-        .body(csr(&key()))
-        .send()
-        .await
-        .expect("sent");
-    let status = resp.status().as_u16();
-    assert_error(
-        status,
-        &resp.json().await.expect("json"),
-        415,
-        "unsupported_media_type",
-    );
+    let auth = format!("Bearer {token}");
+    let (status, body) = d
+        .post_raw(
+            &client,
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            &csr(&key()),
+        )
+        .await;
+    assert_error(status, &body, 415, "unsupported_media_type");
 
     for bad in [
         "{not json",
@@ -310,21 +304,17 @@ async fn a_body_that_is_not_json_is_refused() {
         r#"{"csr": "x", "extra": 1}"#,
         r#"{"csr": "x", "ttl_seconds": 0}"#,
     ] {
-        let resp = client
-            .post(d.url("/v1/certificates"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(bad)
-            .send()
-            .await
-            .expect("sent");
-        let status = resp.status().as_u16();
-        assert_error(
-            status,
-            &resp.json().await.expect("json"),
-            400,
-            "invalid_request",
-        );
+        let (status, body) = d
+            .post_raw(
+                &client,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                bad,
+            )
+            .await;
+        assert_error(status, &body, 400, "invalid_request");
     }
 }
 
@@ -340,20 +330,17 @@ async fn a_missing_or_unknown_token_is_unauthenticated() {
         .post(&client, Some("meshca_not-a-real-token"), &body)
         .await;
     assert_error(status, &b, 401, "unauthenticated");
-    let resp = client
-        .post(d.url("/v1/certificates"))
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
-    let status = resp.status().as_u16();
-    assert_error(
-        status,
-        &resp.json().await.expect("json"),
-        401,
-        "unauthenticated",
-    );
+    let (status, b) = d
+        .post_raw(
+            &client,
+            &[
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("content-type", "application/json"),
+            ],
+            &body.to_string(),
+        )
+        .await;
+    assert_error(status, &b, 401, "unauthenticated");
 }
 
 #[tokio::test]

@@ -162,6 +162,24 @@ async fn a_byo_root_with_a_sec1_ec_key_is_used() {
     .await;
 }
 
+/// Start a daemon on `cert` + `key` in `dir`, expecting it to refuse.
+async fn start_error(dir: &Path, cert: &str, key: &str) -> String {
+    support::install_crypto_provider();
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = meshca::Config::from_yaml(&support::config_yaml(
+        state.path(),
+        &format!(
+            "provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {0}/{cert}\n    root_key_file: {0}/{key}\n",
+            dir.display()
+        ),
+    ))
+    .expect("config");
+    meshca::start(config)
+        .await
+        .expect_err("must refuse")
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_byo_root_whose_key_is_not_the_certificates_is_refused_at_start() {
     let byo = tempfile::tempdir().expect("tempdir");
@@ -190,18 +208,8 @@ async fn a_byo_root_whose_key_is_not_the_certificates_is_refused_at_start() {
         ],
     );
     openssl_ca(byo.path(), "a.pem", "ca.pem");
-    support::install_crypto_provider();
-    let state = tempfile::tempdir().expect("tempdir");
-    let config = meshca::Config::from_yaml(&support::config_yaml(
-        state.path(),
-        &format!(
-            "provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {0}/ca.pem\n    root_key_file: {0}/b.pem\n",
-            byo.path().display()
-        ),
-    ))
-    .expect("config");
-    let err = meshca::start(config).await.expect_err("must refuse");
-    assert!(err.to_string().contains("does not match"), "{err}");
+    let err = start_error(byo.path(), "ca.pem", "b.pem").await;
+    assert!(err.contains("does not match"), "{err}");
 }
 
 #[tokio::test]
@@ -237,18 +245,8 @@ async fn a_byo_certificate_that_is_not_a_ca_is_refused_at_start() {
             "c.pem",
         ],
     );
-    support::install_crypto_provider();
-    let state = tempfile::tempdir().expect("tempdir");
-    let config = meshca::Config::from_yaml(&support::config_yaml(
-        state.path(),
-        &format!(
-            "provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {0}/c.pem\n    root_key_file: {0}/k.pem\n",
-            byo.path().display()
-        ),
-    ))
-    .expect("config");
-    let err = meshca::start(config).await.expect_err("must refuse");
-    assert!(err.to_string().contains("not a CA"), "{err}");
+    let err = start_error(byo.path(), "c.pem", "k.pem").await;
+    assert!(err.contains("not a CA"), "{err}");
 }
 
 #[tokio::test]

@@ -123,6 +123,26 @@ impl TestDaemon {
     }
 }
 
+impl TestDaemon {
+    /// POST /v1/certificates with exactly these headers and body text.
+    pub async fn post_raw(
+        &self,
+        client: &reqwest::Client,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = client
+            .post(self.url("/v1/certificates"))
+            .body(body.to_owned());
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("JSON body"))
+    }
+}
+
 /// An HTTPS client (rustls, ring) trusting `bundle_pem`, optionally
 /// presenting a client certificate.
 pub fn client(bundle_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {

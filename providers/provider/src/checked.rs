@@ -387,6 +387,25 @@ mod tests {
         )
     }
 
+    /// Check a leaf `edit`ed from a good one, signed by `signer`, for the
+    /// CSR of `key`, against `anchor`; return the refusal.
+    fn refusal(
+        signer: &Ca,
+        anchor: &Ca,
+        key: &KeyPair,
+        subject_key: &KeyPair,
+        mode: SignatureCheck,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> String {
+        run(
+            vec![leaf(signer, subject_key, edit)],
+            &csr(key),
+            std::slice::from_ref(&anchor.cert),
+            mode,
+        )
+        .expect_err("refused")
+    }
+
     #[test]
     fn a_correct_leaf_passes_and_its_expiry_is_read_from_the_certificate() {
         let ca = ca("root");
@@ -419,13 +438,7 @@ mod tests {
             },
             |p| p.subject_alt_names = vec![],
         ] {
-            let e = run(
-                vec![leaf(&ca, &key, edit)],
-                &csr(&key),
-                std::slice::from_ref(&ca.cert),
-                SignatureCheck::Full,
-            )
-            .expect_err("refused");
+            let e = refusal(&ca, &ca, &key, &key, SignatureCheck::Full, edit);
             assert!(e.contains("names"), "{e}");
         }
     }
@@ -434,15 +447,9 @@ mod tests {
     fn a_ca_leaf_is_refused() {
         let ca = ca("root");
         let key = KeyPair::generate().expect("key");
-        let e = run(
-            vec![leaf(&ca, &key, |p| {
-                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
-            })],
-            &csr(&key),
-            std::slice::from_ref(&ca.cert),
-            SignatureCheck::Full,
-        )
-        .expect_err("refused");
+        let e = refusal(&ca, &ca, &key, &key, SignatureCheck::Full, |p| {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+        });
         assert!(e.contains("CA"), "{e}");
     }
 
@@ -451,13 +458,7 @@ mod tests {
         let ca = ca("root");
         let key = KeyPair::generate().expect("key");
         let other = KeyPair::generate().expect("key");
-        let e = run(
-            vec![leaf(&ca, &other, |_| {})],
-            &csr(&key),
-            std::slice::from_ref(&ca.cert),
-            SignatureCheck::Full,
-        )
-        .expect_err("refused");
+        let e = refusal(&ca, &ca, &key, &other, SignatureCheck::Full, |_| {});
         assert!(e.contains("public key"), "{e}");
     }
 
@@ -467,13 +468,7 @@ mod tests {
         let ca2 = ca("other root");
         let key = KeyPair::generate().expect("key");
         for mode in [SignatureCheck::Full, SignatureCheck::LocalSigner] {
-            let e = run(
-                vec![leaf(&ca2, &key, |_| {})],
-                &csr(&key),
-                std::slice::from_ref(&ca1.cert),
-                mode,
-            )
-            .expect_err("refused");
+            let e = refusal(&ca2, &ca1, &key, &key, mode, |_| {});
             assert!(e.contains("anchor"), "{mode:?}: {e}");
         }
     }
@@ -485,13 +480,7 @@ mod tests {
         let real = ca("root");
         let forger = ca("root");
         let key = KeyPair::generate().expect("key");
-        let e = run(
-            vec![leaf(&forger, &key, |_| {})],
-            &csr(&key),
-            std::slice::from_ref(&real.cert),
-            SignatureCheck::Full,
-        )
-        .expect_err("refused");
+        let e = refusal(&forger, &real, &key, &key, SignatureCheck::Full, |_| {});
         assert!(e.contains("chain"), "{e}");
     }
 
@@ -521,13 +510,7 @@ mod tests {
                 "not valid before",
             ),
         ] {
-            let e = run(
-                vec![leaf(&ca, &key, edit)],
-                &csr(&key),
-                std::slice::from_ref(&ca.cert),
-                SignatureCheck::Full,
-            )
-            .expect_err("refused");
+            let e = refusal(&ca, &ca, &key, &key, SignatureCheck::Full, edit);
             assert!(e.contains(needle), "{e}");
         }
     }
@@ -536,15 +519,9 @@ mod tests {
     fn a_leaf_without_both_usages_is_refused() {
         let ca = ca("root");
         let key = KeyPair::generate().expect("key");
-        let e = run(
-            vec![leaf(&ca, &key, |p| {
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
-            })],
-            &csr(&key),
-            std::slice::from_ref(&ca.cert),
-            SignatureCheck::Full,
-        )
-        .expect_err("refused");
+        let e = refusal(&ca, &ca, &key, &key, SignatureCheck::Full, |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+        });
         assert!(e.contains("usage"), "{e}");
     }
 
