@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use meshca_provider::{Identity, ServerName, TrustDomain};
 use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
+use meshca_vault::{VaultAuth, VaultConfig};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -76,6 +77,18 @@ pub struct Config {
 pub enum ProviderConfig {
     /// meshca's own root.
     Tresor(TresorConfig),
+    /// A Vault / OpenBao PKI engine.
+    Vault(VaultConfig),
+}
+
+impl ProviderConfig {
+    /// The configured kind, as written in `provider.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tresor(_) => "tresor",
+            Self::Vault(_) => "vault",
+        }
+    }
 }
 
 /// Bounds on certificate lifetimes; a requested TTL is clamped into them.
@@ -195,6 +208,7 @@ struct RawProvider {
     kind: RawProviderKind,
     #[serde(default)]
     tresor: RawTresor,
+    vault: Option<RawVault>,
 }
 
 impl Default for RawProvider {
@@ -202,6 +216,7 @@ impl Default for RawProvider {
         Self {
             kind: RawProviderKind::Tresor,
             tresor: RawTresor::default(),
+            vault: None,
         }
     }
 }
@@ -210,6 +225,80 @@ impl Default for RawProvider {
 #[serde(rename_all = "kebab-case")]
 enum RawProviderKind {
     Tresor,
+    Vault,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: String,
+    #[serde(default = "default_vault_mount")]
+    mount: String,
+    #[serde(default = "default_vault_role")]
+    role: String,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default = "default_vault_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_vault_anchors_refresh", with = "humantime_serde")]
+    anchors_refresh: Duration,
+    auth: RawVaultAuth,
+}
+
+fn default_vault_mount() -> String {
+    "pki".into()
+}
+fn default_vault_role() -> String {
+    "openservicemesh".into()
+}
+fn default_vault_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_vault_anchors_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Exactly one of the fields must be set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultAuth {
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    kubernetes: Option<RawVaultKubernetes>,
+    approle: Option<RawVaultAppRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultKubernetes {
+    #[serde(default = "default_kubernetes_mount")]
+    mount: String,
+    role: String,
+    #[serde(default = "default_jwt_file")]
+    jwt_file: PathBuf,
+}
+
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+fn default_jwt_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultAppRole {
+    #[serde(default = "default_approle_mount")]
+    mount: String,
+    role_id: String,
+    secret_id_file: PathBuf,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
 }
 
 #[derive(Deserialize)]
@@ -443,7 +532,17 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
-        let RawProviderKind::Tresor = raw.provider.kind;
+        let vault = match (&raw.provider.kind, &raw.provider.vault) {
+            (RawProviderKind::Vault, None) => {
+                err(
+                    "provider.vault",
+                    "required when provider.kind is vault".into(),
+                );
+                None
+            }
+            (_, Some(v)) => vault_config(v, &mut err),
+            (RawProviderKind::Tresor, None) => None,
+        };
         let t = &raw.provider.tresor;
         let root = match (&t.root_cert_file, &t.root_key_file) {
             (Some(cert), Some(key)) => Some(RootSource::Files {
@@ -514,17 +613,28 @@ impl TryFrom<RawConfig> for Config {
             err("bundle.refresh_interval", "must be at least 1s".into());
         }
 
+        let provider = match (&raw.provider.kind, root, vault) {
+            (RawProviderKind::Tresor, Some(root), _) => {
+                Some(ProviderConfig::Tresor(TresorConfig {
+                    root,
+                    intermediate_validity: t.intermediate.as_ref().map(|i| i.validity),
+                }))
+            }
+            (RawProviderKind::Vault, _, Some(v)) => Some(ProviderConfig::Vault(v)),
+            _ => None,
+        };
+
         match (
             trust_domain,
             daemon_identity,
-            root,
+            provider,
             per_identity_per_second,
             per_identity_burst,
         ) {
             (
                 Some(trust_domain),
                 Some(daemon_identity),
-                Some(root),
+                Some(provider),
                 Some(per_identity_per_second),
                 Some(per_identity_burst),
             ) if errors.is_empty() => Ok(Config {
@@ -533,10 +643,7 @@ impl TryFrom<RawConfig> for Config {
                 metrics_listen: raw.metrics_listen,
                 daemon_identity,
                 server_names,
-                provider: ProviderConfig::Tresor(TresorConfig {
-                    root,
-                    intermediate_validity: t.intermediate.as_ref().map(|i| i.validity),
-                }),
+                provider,
                 certificates: Lifetimes {
                     default_ttl: lt.default_ttl,
                     min_ttl: lt.min_ttl,
@@ -568,6 +675,88 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
+/// Validate the Vault section, reporting problems through `err`.
+fn vault_config(v: &RawVault, err: &mut impl FnMut(&str, String)) -> Option<VaultConfig> {
+    let mut ok = true;
+    if v.address.starts_with("http://") {
+        if !v.allow_http {
+            err(
+                "provider.vault.address",
+                "plain http:// needs provider.vault.allow_http: true".into(),
+            );
+            ok = false;
+        }
+    } else if !v.address.starts_with("https://") {
+        err(
+            "provider.vault.address",
+            format!("{:?} must be an https:// URL", v.address),
+        );
+        ok = false;
+    }
+    let client_cert = match (&v.client_cert_file, &v.client_key_file) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            err(
+                "provider.vault.client_cert_file",
+                "client_cert_file and client_key_file go together".into(),
+            );
+            ok = false;
+            None
+        }
+    };
+    let a = &v.auth;
+    let mut methods = Vec::new();
+    if let Some(f) = &a.token_file {
+        methods.push(VaultAuth::TokenFile(f.clone()));
+    }
+    if let Some(e) = &a.token_env {
+        methods.push(VaultAuth::TokenEnv(e.clone()));
+    }
+    if let Some(k) = &a.kubernetes {
+        methods.push(VaultAuth::Kubernetes {
+            mount: k.mount.clone(),
+            role: k.role.clone(),
+            jwt_file: k.jwt_file.clone(),
+        });
+    }
+    if let Some(r) = &a.approle {
+        methods.push(VaultAuth::AppRole {
+            mount: r.mount.clone(),
+            role_id: r.role_id.clone(),
+            secret_id_file: r.secret_id_file.clone(),
+        });
+    }
+    if methods.len() != 1 {
+        err(
+            "provider.vault.auth",
+            format!(
+                "set exactly one of token_file, token_env, kubernetes, approle (found {})",
+                methods.len()
+            ),
+        );
+        ok = false;
+    }
+    if v.timeout.is_zero() {
+        err("provider.vault.timeout", "must be greater than zero".into());
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(VaultConfig {
+        address: v.address.clone(),
+        mount: v.mount.clone(),
+        role: v.role.clone(),
+        ca_file: v.ca_file.clone(),
+        client_cert,
+        allow_http: v.allow_http,
+        timeout: v.timeout,
+        anchors_refresh: v.anchors_refresh,
+        auth: methods.remove(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,7 +768,9 @@ mod tests {
         assert_eq!(c.metrics_listen, "127.0.0.1:9090".parse().expect("addr"));
         assert_eq!(c.bundle.file, Path::new("./meshca-data/bundle/ca.crt"));
         assert_eq!(c.trust_domain.as_str(), "cluster.local");
-        let ProviderConfig::Tresor(t) = &c.provider;
+        let ProviderConfig::Tresor(t) = &c.provider else {
+            panic!("the default provider is Tresor");
+        };
         assert!(matches!(
             &t.root,
             RootSource::Generated { algorithm: RootKeyAlgorithm::EcdsaP256, dir, .. }
@@ -620,6 +811,39 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in {msg}");
         }
+    }
+
+    #[test]
+    fn vault_needs_exactly_one_auth_method_and_explicit_http() {
+        let e = Config::from_yaml(
+            "provider:\n  kind: vault\n  vault:\n    address: http://v:8200\n    auth: { token_file: /t, token_env: T }\n",
+        )
+        .expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("provider.vault.auth:"), "{msg}");
+        assert!(msg.contains("provider.vault.address:"), "{msg}");
+
+        let e = Config::from_yaml("provider:\n  kind: vault\n").expect_err("must fail");
+        assert!(e.to_string().contains("provider.vault:"), "{e}");
+
+        let e = Config::from_yaml(
+            "provider:\n  kind: vault\n  vault:\n    address: https://v:8200\n    auth: { token: s.secret }\n",
+        )
+        .expect_err("a token in the config file itself is refused");
+        assert!(e.to_string().contains("provider.vault.auth"), "{e}");
+
+        let c = Config::from_yaml(
+            "provider:\n  kind: vault\n  vault:\n    address: https://v:8200\n    auth: { approle: { role_id: r, secret_id_file: /s } }\n",
+        )
+        .expect("valid");
+        let ProviderConfig::Vault(v) = c.provider else {
+            panic!("vault");
+        };
+        assert_eq!(
+            (v.mount.as_str(), v.role.as_str()),
+            ("pki", "openservicemesh")
+        );
+        assert!(matches!(v.auth, VaultAuth::AppRole { ref mount, .. } if mount == "approle"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use meshca_provider::{Checked, Provider, ProviderError};
 use meshca_tresor::{Tresor, TresorError};
+use meshca_vault::Vault;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -26,8 +27,8 @@ pub enum DaemonError {
     /// The Tresor CA could not be set up.
     #[error("failed to set up the Tresor CA: {0}")]
     Tresor(#[from] TresorError),
-    /// The provider did not give its trust anchors.
-    #[error("failed to read the provider's trust anchors: {0}")]
+    /// The provider could not be set up or did not give its trust anchors.
+    #[error("failed to set up the signing provider: {0}")]
     Anchors(#[from] ProviderError),
     /// The anchors do not make a bundle.
     #[error("failed to build the trust bundle: {0}")]
@@ -85,9 +86,29 @@ impl RunningDaemon {
     }
 }
 
-fn build_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, DaemonError> {
+/// A provider and, for providers that need one, the task that keeps it
+/// working (token renewal).
+type BuiltProvider = (
+    Arc<dyn Provider>,
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+);
+
+async fn build_provider(
+    config: &ProviderConfig,
+    shutdown: &CancellationToken,
+) -> Result<BuiltProvider, DaemonError> {
     match config {
-        ProviderConfig::Tresor(t) => Ok(Arc::new(Tresor::new(t)?)),
+        ProviderConfig::Tresor(t) => {
+            let t = t.clone();
+            let tresor = tokio::task::spawn_blocking(move || Tresor::new(&t))
+                .await
+                .map_err(|e| DaemonError::Anchors(ProviderError::Internal(e.to_string())))??;
+            Ok((Arc::new(tresor), None))
+        }
+        ProviderConfig::Vault(v) => {
+            let (vault, task) = Vault::connect(v.clone(), shutdown.clone()).await?;
+            Ok((Arc::new(vault), Some(Box::pin(task))))
+        }
     }
 }
 
@@ -103,18 +124,18 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
 
-    let provider_config = config.provider.clone();
-    let provider = tokio::task::spawn_blocking(move || build_provider(&provider_config))
-        .await
-        .map_err(|e| DaemonError::Anchors(ProviderError::Internal(e.to_string())))??;
+    let mut tasks = JoinSet::new();
+
+    let (provider, provider_task) = build_provider(&config.provider, &shutdown).await?;
+    if let Some(task) = provider_task {
+        tasks.spawn(task);
+    }
     let provider = Checked::new(provider);
     tracing::info!(provider = %provider.kind(), "signing provider ready");
 
     let bundle = TrustBundle::new(provider.trust_anchors().await?)?;
     metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle));
-
-    let mut tasks = JoinSet::new();
 
     let sinks: Vec<Arc<dyn BundleSink>> = vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
     let (publish_status, publisher) = bundle::publisher(

@@ -262,9 +262,7 @@ async fn run(command: Command) -> ExitCode {
                 println!(
                     "{}: valid (provider {}, trust domain {}, API {})",
                     config.display(),
-                    match c.provider {
-                        meshca::ProviderConfig::Tresor(_) => "tresor",
-                    },
+                    c.provider.kind(),
                     c.trust_domain,
                     c.listen
                 );

@@ -6,7 +6,7 @@ use std::path::Path;
 #[test]
 fn every_example_config_is_valid() {
     let mut seen = 0;
-    for dir in ["examples/tresor"] {
+    for dir in ["examples/tresor", "examples/vault"] {
         for entry in
             std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
         {
@@ -18,7 +18,7 @@ fn every_example_config_is_valid() {
             }
         }
     }
-    assert!(seen >= 3, "examples found: {seen}");
+    assert!(seen >= 4, "examples found: {seen}");
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! and independent verification with rustls-webpki.
 #![allow(dead_code)]
 
+pub mod kube;
+pub mod openbao;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Set up a Vault (or OpenBao) PKI engine for meshca: a mount with a root CA,
+# the role meshca signs with, and a policy that allows exactly what meshca
+# does. Run with an admin token:
+#
+#   export VAULT_ADDR=https://vault.example:8200 VAULT_TOKEN=...   # or BAO_ADDR / BAO_TOKEN
+#   ./setup-pki.sh
+#
+# Variables: VAULT (CLI, default `vault`; `bao` works the same), MOUNT
+# (pki), ROLE (openservicemesh), TRUST_DOMAIN (cluster.local), MAX_TTL (72h).
+set -eu
+VAULT=${VAULT:-vault}
+MOUNT=${MOUNT:-pki}
+ROLE=${ROLE:-openservicemesh}
+TRUST_DOMAIN=${TRUST_DOMAIN:-cluster.local}
+MAX_TTL=${MAX_TTL:-72h}
+
+"$VAULT" secrets enable -path="$MOUNT" pki
+"$VAULT" secrets tune -max-lease-ttl=87600h "$MOUNT"
+"$VAULT" write -field=issuer_id "$MOUNT/root/generate/internal" \
+  common_name="meshca Vault root" issuer_name=root-1 key_type=ec key_bits=256 ttl=87600h >/dev/null
+
+# Leaves carry SA.NS.TD plus spiffe://TD/ns/NS/sa/SA; names come from meshca,
+# never from the CSR. localhost and IP SANs are for meshca's own serving
+# certificate (server_names in meshca's config).
+"$VAULT" write "$MOUNT/roles/$ROLE" \
+  allowed_domains="$TRUST_DOMAIN" allow_subdomains=true allow_bare_domains=false \
+  allow_localhost=true allow_ip_sans=true \
+  allowed_uri_sans="spiffe://$TRUST_DOMAIN/*" \
+  use_csr_common_name=false use_csr_sans=false \
+  server_flag=true client_flag=true key_usage=DigitalSignature,KeyEncipherment \
+  key_type=any \
+  max_ttl="$MAX_TTL" >/dev/null
+
+"$VAULT" policy write meshca - <<POLICY
+path "$MOUNT/sign/$ROLE" { capabilities = ["create", "update"] }
+path "$MOUNT/issuers"    { capabilities = ["list"] }
+path "$MOUNT/issuer/*"   { capabilities = ["read"] }
+path "$MOUNT/ca_chain"   { capabilities = ["read"] }
+POLICY

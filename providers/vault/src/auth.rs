@@ -1,0 +1,245 @@
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::client::{parse_auth, read_secret, Client, VaultError};
+
+/// How meshca authenticates to Vault. Secrets are only ever read from
+/// files or the environment, never from the config file or command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// A token in a file (re-read when it is replaced).
+    TokenFile(PathBuf),
+    /// A token in the named environment variable.
+    TokenEnv(String),
+    /// Kubernetes auth: log in with the pod's ServiceAccount JWT.
+    Kubernetes {
+        /// Mount of the auth method (default `kubernetes`).
+        mount: String,
+        /// The Vault role to log in as.
+        role: String,
+        /// The projected ServiceAccount token.
+        jwt_file: PathBuf,
+    },
+    /// AppRole: `role_id` plus a secret id from a file.
+    AppRole {
+        /// Mount of the auth method (default `approle`).
+        mount: String,
+        /// The role id (an identifier, not a secret).
+        role_id: String,
+        /// File holding the secret id.
+        secret_id_file: PathBuf,
+    },
+}
+
+impl VaultAuth {
+    fn describe(&self) -> String {
+        match self {
+            Self::TokenFile(p) => format!("token file {}", p.display()),
+            Self::TokenEnv(v) => format!("token from ${v}"),
+            Self::Kubernetes { mount, role, .. } => {
+                format!("kubernetes auth (auth/{mount}, role {role})")
+            }
+            Self::AppRole { mount, .. } => format!("AppRole (auth/{mount})"),
+        }
+    }
+}
+
+struct Token {
+    secret: Zeroizing<String>,
+    obtained: Instant,
+    /// Zero when the token does not expire.
+    ttl: Duration,
+    renewable: bool,
+}
+
+impl Token {
+    fn expired(&self) -> bool {
+        !self.ttl.is_zero() && self.obtained.elapsed() >= self.ttl
+    }
+}
+
+/// The current Vault token and how to get a new one.
+pub(crate) struct Session {
+    method: VaultAuth,
+    current: Mutex<Option<Token>>,
+}
+
+impl Session {
+    pub(crate) fn new(method: VaultAuth) -> Self {
+        Self {
+            method,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn can_login(&self) -> bool {
+        self.method.can_login()
+    }
+
+    /// The current token, logging in first if there is none or it expired.
+    pub(crate) async fn token(&self, client: &Client) -> Result<Zeroizing<String>, VaultError> {
+        let mut current = self.current.lock().await;
+        if let Some(t) = current.as_ref().filter(|t| !t.expired()) {
+            return Ok(t.secret.clone());
+        }
+        let fresh = self.obtain(client).await?;
+        let secret = fresh.secret.clone();
+        *current = Some(fresh);
+        Ok(secret)
+    }
+
+    /// Forget the token, so the next call logs in.
+    pub(crate) async fn invalidate(&self) {
+        *self.current.lock().await = None;
+    }
+
+    /// When the token should next be refreshed: two thirds into its TTL,
+    /// or in five minutes for tokens that do not expire (a replaced token
+    /// file is picked up then).
+    pub(crate) async fn refresh_in(&self) -> Duration {
+        match self.current.lock().await.as_ref() {
+            Some(t) if !t.ttl.is_zero() => {
+                let due = t.ttl.mul_f64(2.0 / 3.0);
+                due.saturating_sub(t.obtained.elapsed())
+                    .max(Duration::from_millis(500))
+            }
+            Some(_) => Duration::from_secs(300),
+            None => Duration::from_secs(1),
+        }
+    }
+
+    /// Renew the token if Vault allows it, else obtain a new one.
+    pub(crate) async fn refresh(&self, client: &Client) -> Result<(), VaultError> {
+        let mut current = self.current.lock().await;
+        if let Some(t) = current.as_ref().filter(|t| t.renewable && !t.expired()) {
+            let result = client
+                .raw(
+                    Method::POST,
+                    "auth/token/renew-self",
+                    Some(&t.secret),
+                    Some(&json!({})),
+                )
+                .await?;
+            if result.0.is_success() {
+                let (_, ttl, renewable) = parse_auth(&result.1)?;
+                // Vault caps renewals at the token's max TTL; a renewal that
+                // barely extends it means the end is near: log in again.
+                if ttl >= t.ttl / 2 || !self.can_login() {
+                    tracing::debug!(ttl = ?ttl, "renewed the Vault token");
+                    *current = Some(Token {
+                        secret: t.secret.clone(),
+                        obtained: Instant::now(),
+                        ttl,
+                        renewable,
+                    });
+                    return Ok(());
+                }
+            } else {
+                tracing::info!(status = %result.0, "Vault refused to renew the token; obtaining a new one");
+            }
+        }
+        *current = Some(self.obtain(client).await?);
+        Ok(())
+    }
+
+    async fn obtain(&self, client: &Client) -> Result<Token, VaultError> {
+        let login = |path: String, body: Value| async move {
+            let (status, bytes) = client.raw(Method::POST, &path, None, Some(&body)).await?;
+            if status.is_success() {
+                parse_auth(&bytes)
+            } else if status.is_server_error() {
+                Err(VaultError::Unavailable(format!(
+                    "login answered HTTP {status}"
+                )))
+            } else {
+                Err(VaultError::Forbidden(format!(
+                    "login with {} failed: HTTP {status}: {}",
+                    self.method.describe(),
+                    String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                )))
+            }
+        };
+        let (secret, ttl, renewable) = match &self.method {
+            VaultAuth::TokenFile(path) => self.lookup(client, read_secret(path)?).await?,
+            VaultAuth::TokenEnv(var) => {
+                let token = std::env::var(var).map_err(|_| {
+                    VaultError::Config(format!("environment variable {var} is not set"))
+                })?;
+                self.lookup(client, Zeroizing::new(token)).await?
+            }
+            VaultAuth::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = read_secret(jwt_file)?;
+                login(
+                    format!("auth/{mount}/login"),
+                    json!({ "role": role, "jwt": jwt.as_str() }),
+                )
+                .await?
+            }
+            VaultAuth::AppRole {
+                mount,
+                role_id,
+                secret_id_file,
+            } => {
+                let secret_id = read_secret(secret_id_file)?;
+                login(
+                    format!("auth/{mount}/login"),
+                    json!({ "role_id": role_id, "secret_id": secret_id.as_str() }),
+                )
+                .await?
+            }
+        };
+        tracing::info!(method = %self.method.describe(), ttl = ?ttl, renewable, "obtained a Vault token");
+        Ok(Token {
+            secret,
+            obtained: Instant::now(),
+            ttl,
+            renewable,
+        })
+    }
+
+    /// Check a static token and learn its TTL.
+    async fn lookup(
+        &self,
+        client: &Client,
+        token: Zeroizing<String>,
+    ) -> Result<(Zeroizing<String>, Duration, bool), VaultError> {
+        let (status, body) = client
+            .raw(Method::GET, "auth/token/lookup-self", Some(&token), None)
+            .await?;
+        if status.is_server_error() {
+            return Err(VaultError::Unavailable(format!(
+                "token lookup answered HTTP {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(VaultError::Forbidden(format!(
+                "Vault does not accept the {}: HTTP {status}",
+                self.method.describe()
+            )));
+        }
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| VaultError::Protocol(e.to_string()))?;
+        let data = v.get("data");
+        let ttl = data
+            .and_then(|d| d.get("ttl"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let renewable = data
+            .and_then(|d| d.get("renewable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok((token, Duration::from_secs(ttl), renewable))
+    }
+}

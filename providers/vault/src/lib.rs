@@ -1,0 +1,134 @@
+//! meshca provider backed by a HashiCorp Vault (or OpenBao) PKI secrets
+//! engine.
+//!
+//! Workload keys never leave the workload: meshca sends the CSR to
+//! `POST /v1/<mount>/sign/<role>` with the names of the authenticated
+//! identity. The trust anchors are the self-signed roots among the mount's
+//! issuers, re-read periodically so that a root rotated inside Vault reaches
+//! the bundle; intermediates travel in the chain.
+//!
+//! meshca logs in with a token (from a file or an environment variable),
+//! Kubernetes auth or AppRole, renews the token before it expires and logs
+//! in again when renewal is refused. While Vault is unreachable or sealed,
+//! requests fail fast with a retry hint and back off with jitter.
+//!
+//! The public interface is:
+#![forbid(unsafe_code)]
+
+mod auth;
+mod breaker;
+mod client;
+mod pki;
+
+pub use auth::VaultAuth;
+pub use client::VaultError;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meshca_provider::{
+    Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain, ValidatedCsr,
+};
+use rustls_pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+/// How to reach and use Vault; built by the daemon from its validated
+/// config.
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    /// Base address, e.g. `https://vault.vault:8200`.
+    pub address: String,
+    /// Mount path of the PKI engine (default `pki`).
+    pub mount: String,
+    /// The PKI role that signs workload certificates (default
+    /// `openservicemesh`).
+    pub role: String,
+    /// CA bundle that verifies Vault's TLS certificate; the system roots
+    /// when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for TLS to Vault, if it asks for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Permit an `http://` address. Never implied.
+    pub allow_http: bool,
+    /// Time limit of one request to Vault.
+    pub timeout: Duration,
+    /// How long the trust anchors read from Vault are reused.
+    pub anchors_refresh: Duration,
+    /// How meshca authenticates to Vault.
+    pub auth: VaultAuth,
+}
+
+/// The Vault provider.
+pub struct Vault {
+    inner: Arc<client::Client>,
+    pki: pki::Pki,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("address", &self.inner.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Connect: build the HTTP client, log in, and read the trust anchors,
+    /// so that a misconfiguration is reported at start, not at the first
+    /// CSR. Returns the provider and the task that keeps its token fresh
+    /// until `shutdown`.
+    ///
+    /// # Errors
+    /// [`ProviderError::Misconfigured`] for local problems (files, address,
+    /// credentials refused); [`ProviderError::Unavailable`] when Vault
+    /// cannot be reached.
+    pub async fn connect(
+        config: VaultConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
+        let inner = Arc::new(client::Client::new(&config)?);
+        inner.login().await.map_err(VaultError::into_provider)?;
+        let pki = pki::Pki::new(inner.clone(), &config);
+        pki.refresh_anchors()
+            .await
+            .map_err(VaultError::into_provider)?;
+        let maintenance = {
+            let inner = inner.clone();
+            async move { inner.maintain_token(shutdown).await }
+        };
+        tracing::info!(address = %config.address, mount = %config.mount, role = %config.role, "connected to Vault");
+        Ok((Self { inner, pki }, maintenance))
+    }
+}
+
+#[async_trait]
+impl Provider for Vault {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Vault
+    }
+
+    async fn sign(
+        &self,
+        csr: &ValidatedCsr,
+        leaf: &LeafProfile,
+    ) -> Result<SignedChain, ProviderError> {
+        self.pki
+            .sign(csr, leaf)
+            .await
+            .map_err(VaultError::into_provider)
+    }
+
+    async fn trust_anchors(&self) -> Result<Vec<CertificateDer<'static>>, ProviderError> {
+        self.pki.anchors().await.map_err(VaultError::into_provider)
+    }
+
+    async fn health(&self) -> Health {
+        match self.inner.health().await {
+            Ok(()) => Health::Healthy,
+            Err(e) => Health::Unhealthy(e.to_string()),
+        }
+    }
+}

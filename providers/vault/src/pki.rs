@@ -1,0 +1,216 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshca_provider::{LeafProfile, SignedChain, ValidatedCsr};
+use reqwest::Method;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+use tokio::sync::RwLock;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::client::{Client, VaultError};
+use crate::VaultConfig;
+
+/// The PKI engine at one mount, signing with one role.
+pub(crate) struct Pki {
+    client: Arc<Client>,
+    mount: String,
+    role: String,
+    refresh: Duration,
+    anchors: RwLock<Option<(Instant, Vec<CertificateDer<'static>>)>>,
+}
+
+fn is_self_signed(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+}
+
+fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, VaultError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| VaultError::Protocol(format!("malformed PEM from Vault: {e}")))
+}
+
+fn json(body: &[u8]) -> Result<Value, VaultError> {
+    serde_json::from_slice(body).map_err(|e| VaultError::Protocol(e.to_string()))
+}
+
+impl Pki {
+    pub(crate) fn new(client: Arc<Client>, config: &VaultConfig) -> Self {
+        Self {
+            client,
+            mount: config.mount.trim_matches('/').to_owned(),
+            role: config.role.clone(),
+            refresh: config.anchors_refresh,
+            anchors: RwLock::new(None),
+        }
+    }
+
+    /// `POST <mount>/sign/<role>` with the CSR and the identity's names.
+    pub(crate) async fn sign(
+        &self,
+        csr: &ValidatedCsr,
+        leaf: &LeafProfile,
+    ) -> Result<SignedChain, VaultError> {
+        let mut csr_pem = String::new();
+        meshca_provider::pem::encode_block("CERTIFICATE REQUEST", csr.der(), &mut csr_pem);
+        let identity = leaf.identity();
+        let ips: Vec<String> = leaf
+            .ip_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let body = json!({
+            "csr": csr_pem,
+            "common_name": identity.dns_name(),
+            "alt_names": leaf.dns_names().join(","),
+            "uri_sans": identity.spiffe_id(),
+            "ip_sans": ips.join(","),
+            "ttl": format!("{}s", leaf.ttl().as_secs()),
+            "format": "pem",
+        });
+        let bytes = self
+            .client
+            .call(
+                Method::POST,
+                &format!("{}/sign/{}", self.mount, self.role),
+                Some(&body),
+            )
+            .await?;
+        let v = json(&bytes)?;
+        let data = v
+            .get("data")
+            .ok_or_else(|| VaultError::Protocol("sign answer without data".into()))?;
+        let certificate = data
+            .get("certificate")
+            .and_then(Value::as_str)
+            .ok_or_else(|| VaultError::Protocol("sign answer without certificate".into()))?;
+        let mut chain = pem_certs(certificate)?;
+        if chain.is_empty() {
+            return Err(VaultError::Protocol(
+                "sign answer with an empty certificate".into(),
+            ));
+        }
+        let mut issuers = Vec::new();
+        if let Some(ca_chain) = data.get("ca_chain").and_then(Value::as_array) {
+            for pem in ca_chain.iter().filter_map(Value::as_str) {
+                issuers.extend(pem_certs(pem)?);
+            }
+        } else if let Some(issuing) = data.get("issuing_ca").and_then(Value::as_str) {
+            issuers.extend(pem_certs(issuing)?);
+        }
+        // Intermediates go in the chain; a root there is an anchor instead.
+        let (roots, intermediates): (Vec<_>, Vec<_>) =
+            issuers.into_iter().partition(|c| is_self_signed(c));
+        chain.extend(intermediates);
+
+        // A root that appeared since the anchors were read (rotation in
+        // Vault) must be known before the leaf is checked against them.
+        let known = self
+            .anchors
+            .read()
+            .await
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default();
+        if roots.iter().any(|r| !known.contains(r)) {
+            tracing::info!(
+                "Vault signed under a root meshca has not seen yet; re-reading the trust anchors"
+            );
+            self.refresh_anchors().await?;
+        }
+        Ok(SignedChain(chain))
+    }
+
+    /// The cached anchors, re-read when older than the refresh interval. If
+    /// Vault cannot be read, the last known anchors stay in use: the bundle
+    /// must never shrink because Vault is down.
+    pub(crate) async fn anchors(&self) -> Result<Vec<CertificateDer<'static>>, VaultError> {
+        if let Some((at, anchors)) = self.anchors.read().await.as_ref() {
+            if at.elapsed() < self.refresh {
+                return Ok(anchors.clone());
+            }
+        }
+        match self.refresh_anchors().await {
+            Ok(a) => Ok(a),
+            Err(e) => match self.anchors.read().await.as_ref() {
+                Some((_, anchors)) => {
+                    tracing::warn!(error = %e, "failed to re-read the trust anchors from Vault; keeping the last known");
+                    Ok(anchors.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Read every issuer of the mount and keep the self-signed ones.
+    pub(crate) async fn refresh_anchors(&self) -> Result<Vec<CertificateDer<'static>>, VaultError> {
+        let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
+        let mut add = |certs: Vec<CertificateDer<'static>>| {
+            for c in certs {
+                if is_self_signed(&c) && !anchors.contains(&c) {
+                    anchors.push(c);
+                }
+            }
+        };
+        match self
+            .client
+            .call(
+                Method::GET,
+                &format!("{}/issuers?list=true", self.mount),
+                None,
+            )
+            .await
+        {
+            Ok(bytes) => {
+                let v = json(&bytes)?;
+                let ids: Vec<String> = v
+                    .pointer("/data/keys")
+                    .and_then(Value::as_array)
+                    .map(|k| {
+                        k.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for id in ids {
+                    let bytes = self
+                        .client
+                        .call(
+                            Method::GET,
+                            &format!("{}/issuer/{id}/json", self.mount),
+                            None,
+                        )
+                        .await?;
+                    let v = json(&bytes)?;
+                    if let Some(cert) = v.pointer("/data/certificate").and_then(Value::as_str) {
+                        add(pem_certs(cert)?);
+                    }
+                    if let Some(chain) = v.pointer("/data/ca_chain").and_then(Value::as_array) {
+                        for pem in chain.iter().filter_map(Value::as_str) {
+                            add(pem_certs(pem)?);
+                        }
+                    }
+                }
+            }
+            // Engines without the issuers API: the default chain.
+            Err(VaultError::NotFound(_)) => {
+                let bytes = self
+                    .client
+                    .call(Method::GET, &format!("{}/ca_chain", self.mount), None)
+                    .await?;
+                add(pem_certs(&String::from_utf8_lossy(&bytes))?);
+            }
+            Err(e) => return Err(e),
+        }
+        if anchors.is_empty() {
+            return Err(VaultError::Config(format!(
+                "the PKI mount {} has no root CA; generate or import one",
+                self.mount
+            )));
+        }
+        *self.anchors.write().await = Some((Instant::now(), anchors.clone()));
+        Ok(anchors)
+    }
+}

