@@ -1,21 +1,40 @@
-//! Kubernetes API stand-in, served over real HTTPS on 127.0.0.1:0 with its
-//! own CA (as an apiserver is), because no real kube-apiserver can run on
-//! these machines. It answers only what
-//! the tests that use it need, with the apiserver's wire format:
-//! `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview), which
-//! Vault's Kubernetes auth calls to check meshca's ServiceAccount token.
+//! Kubernetes API stand-in.
+//!
+//! No real kube-apiserver can run on these machines, so tests that need one
+//! use this: an in-process server over real HTTPS on 127.0.0.1:0, with its
+//! own cluster CA, speaking the apiserver's wire format where meshca (via
+//! kube-rs), OpenBao and kubectl depend on it:
+//!
+//! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>/<v>`;
+//! - a store with a monotonically increasing `resourceVersion`, `uid`,
+//!   `creationTimestamp`, and lists that carry `kind` and the list's RV;
+//! - watch with resume from a resourceVersion, bookmarks, `timeoutSeconds`,
+//!   and `410 Gone` (an `ERROR` event with reason `Expired`) for a
+//!   resourceVersion older than the compacted history;
+//! - create (409 `AlreadyExists`), replace (409 `Conflict` on a stale
+//!   resourceVersion), merge / strategic-merge (as merge) / JSON /
+//!   server-side-apply (as merge, creating if absent) patch, delete with a
+//!   body (`DeleteOptions` preconditions; 404 with reason `NotFound`);
+//! - a `status` subresource for the resources that have one;
+//! - `TokenReview` (authentication.k8s.io/v1), `Lease`
+//!   (coordination.k8s.io/v1), `Ingress` (networking.k8s.io/v1 and, when
+//!   enabled, v1beta1), cert-manager's `CertificateRequest`;
+//! - fault injection: unavailability (503) and forced update conflicts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 /// A ServiceAccount a token stands for.
 #[derive(Clone, Debug)]
@@ -25,11 +44,143 @@ pub struct ServiceAccount {
     pub uid: String,
 }
 
+/// A resource the stand-in serves.
+#[derive(Clone, Debug)]
+struct ResourceDef {
+    group: &'static str,
+    versions: Vec<&'static str>,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    status: bool,
+}
+
+impl ResourceDef {
+    fn api_version(&self, version: &str) -> String {
+        if self.group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{}/{version}", self.group)
+        }
+    }
+}
+
+/// Which optional APIs this stand-in serves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Ingress versions served (`v1`, `v1beta1`); empty: no Ingress API.
+    pub ingress_versions: Vec<&'static str>,
+    /// How many watch events are kept for resuming; older ones are
+    /// compacted and resuming from them gets 410 Gone.
+    pub history: usize,
+    /// Bookmark period on watches that ask for bookmarks.
+    pub bookmark_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ingress_versions: vec!["v1"],
+            history: 10_000,
+            bookmark_every: Duration::from_secs(1),
+        }
+    }
+}
+
+fn resources(options: &Options) -> Vec<ResourceDef> {
+    let core = |plural, kind, namespaced| ResourceDef {
+        group: "",
+        versions: vec!["v1"],
+        plural,
+        kind,
+        namespaced,
+        status: false,
+    };
+    let mut r = vec![
+        core("namespaces", "Namespace", false),
+        core("secrets", "Secret", true),
+        core("configmaps", "ConfigMap", true),
+        core("serviceaccounts", "ServiceAccount", true),
+        core("events", "Event", true),
+        ResourceDef {
+            status: true,
+            ..core("services", "Service", true)
+        },
+        ResourceDef {
+            status: true,
+            ..core("pods", "Pod", true)
+        },
+        ResourceDef {
+            group: "coordination.k8s.io",
+            versions: vec!["v1"],
+            plural: "leases",
+            kind: "Lease",
+            namespaced: true,
+            status: false,
+        },
+        ResourceDef {
+            group: "cert-manager.io",
+            versions: vec!["v1"],
+            plural: "certificaterequests",
+            kind: "CertificateRequest",
+            namespaced: true,
+            status: true,
+        },
+        ResourceDef {
+            group: "authentication.k8s.io",
+            versions: vec!["v1"],
+            plural: "tokenreviews",
+            kind: "TokenReview",
+            namespaced: false,
+            status: false,
+        },
+    ];
+    if !options.ingress_versions.is_empty() {
+        r.push(ResourceDef {
+            group: "networking.k8s.io",
+            versions: options.ingress_versions.clone(),
+            plural: "ingresses",
+            kind: "Ingress",
+            namespaced: true,
+            status: true,
+        });
+    }
+    r
+}
+
+/// One stored change, for watches.
+#[derive(Clone, Debug)]
+struct Event {
+    rv: u64,
+    kind: &'static str,
+    group: &'static str,
+    plural: &'static str,
+    namespace: String,
+    object: Value,
+}
+
+type Key = (&'static str, &'static str, String, String);
+
 #[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Event>,
+    /// Events at or below this resourceVersion are gone.
+    compacted: u64,
+}
+
 struct Inner {
+    options: Options,
+    resources: Vec<ResourceDef>,
+    store: Mutex<Store>,
+    events: broadcast::Sender<Event>,
     tokens: Mutex<HashMap<String, ServiceAccount>>,
     reviewers: Mutex<Vec<String>>,
     reviews: AtomicUsize,
+    unavailable: AtomicBool,
+    forced_conflicts: AtomicUsize,
+    requests: Mutex<Vec<String>>,
 }
 
 /// The running stand-in.
@@ -37,18 +188,36 @@ pub struct KubeStandIn {
     pub addr: SocketAddr,
     ca_pem: String,
     inner: Arc<Inner>,
-    _server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for KubeStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl KubeStandIn {
     pub async fn start() -> Self {
-        let inner = Arc::new(Inner::default());
-        let app = Router::new()
-            .route(
-                "/apis/authentication.k8s.io/v1/tokenreviews",
-                post(token_review),
-            )
-            .with_state(inner.clone());
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            resources: resources(&options),
+            options,
+            store: Mutex::default(),
+            events,
+            tokens: Mutex::default(),
+            reviewers: Mutex::default(),
+            reviews: AtomicUsize::new(0),
+            unavailable: AtomicBool::new(false),
+            forced_conflicts: AtomicUsize::new(0),
+            requests: Mutex::default(),
+        });
+        let app = Router::new().fallback(dispatch).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -74,27 +243,157 @@ impl KubeStandIn {
                 });
             }
         });
-        Self {
+        let s = Self {
             addr,
             ca_pem,
             inner,
-            _server: server,
+            server,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for ns in ["default", "kube-system", "osm-system"] {
+            s.create_namespace(ns);
         }
+        s
     }
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.addr.port())
     }
 
-    /// The CA that signed the stand-in's serving certificate (the
-    /// cluster CA a client is configured with).
+    /// The cluster CA (what a kubeconfig's certificate-authority-data holds).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
+    /// A kubeconfig file for this cluster, authenticating with a token.
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        let path = self.dir.path().join("kubeconfig");
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
+                 users:\n- name: admin\n  user:\n    token: stand-in-admin\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: admin\n    namespace: osm-system\n\
+                 current-context: stand-in\n",
+                self.url()
+            ),
+        )
+        .expect("kubeconfig");
+        path
+    }
+
+    /// Answer every request with 503 while `down`.
+    pub fn set_unavailable(&self, down: bool) {
+        self.inner.unavailable.store(down, Ordering::SeqCst);
+    }
+
+    /// Make the next `n` replaces (PUT) answer 409 Conflict.
+    pub fn force_conflicts(&self, n: usize) {
+        self.inner.forced_conflicts.store(n, Ordering::SeqCst);
+    }
+
+    /// Drop the watch history up to now: resuming from an older
+    /// resourceVersion then gets 410 Gone.
+    pub fn compact(&self) {
+        let mut store = self.inner.store.lock().expect("lock");
+        store.compacted = store.rv;
+        store.history.clear();
+    }
+
+    /// `METHOD path` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.inner.requests.lock().expect("lock").clone()
+    }
+
+    /// Read an object directly from the store.
+    pub fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.inner.store.lock().expect("lock");
+        store
+            .objects
+            .iter()
+            .find(|((g, p, ns, n), _)| *g == group && *p == plural && ns == namespace && n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Objects of one resource in a namespace.
+    pub fn list(&self, group: &str, plural: &str, namespace: &str) -> Vec<Value> {
+        let store = self.inner.store.lock().expect("lock");
+        store
+            .objects
+            .iter()
+            .filter(|((g, p, ns, _), _)| *g == group && *p == plural && ns == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Create or overwrite an object as a cluster user would (`kubectl
+    /// apply`), bumping its resourceVersion and notifying watchers.
+    pub fn put(&self, group: &str, plural: &str, object: Value) -> Value {
+        let def = self.def(group, plural);
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .expect("name")
+            .to_owned();
+        let mut store = self.inner.store.lock().expect("lock");
+        let key = (def.group, def.plural, ns.clone(), name);
+        let existed = store.objects.get(&key).cloned();
+        let mut object = object;
+        stamp(&mut object, &def, def.versions[0]);
+        if let Some(old) = &existed {
+            object["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            object["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+        }
+        let kind = if existed.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        commit(&self.inner, &mut store, &def, key, Some(object), kind).expect("stored")
+    }
+
+    /// Delete an object as a cluster user would.
+    pub fn delete(&self, group: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let def = self.def(group, plural);
+        let mut store = self.inner.store.lock().expect("lock");
+        let key = (def.group, def.plural, namespace.to_owned(), name.to_owned());
+        if !store.objects.contains_key(&key) {
+            return false;
+        }
+        commit(&self.inner, &mut store, &def, key, None, "DELETED").is_some()
+    }
+
+    pub fn create_namespace(&self, name: &str) {
+        self.put("", "namespaces", json!({ "metadata": { "name": name } }));
+    }
+
+    fn def(&self, group: &str, plural: &str) -> ResourceDef {
+        self.inner
+            .resources
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .cloned()
+            .unwrap_or_else(|| panic!("the stand-in does not serve {group}/{plural}"))
+    }
+
     /// Issue a ServiceAccount token (JWT-shaped, as the kubelet projects
-    /// them) that TokenReview will accept for `namespace/name`.
+    /// them) that TokenReview accepts for `namespace/name`, for the given
+    /// audiences (any audience when empty).
     pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.service_account_token_for(namespace, name, &[])
+    }
+
+    pub fn service_account_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+    ) -> String {
         let sa = ServiceAccount {
             namespace: namespace.into(),
             name: name.into(),
@@ -103,10 +402,12 @@ impl KubeStandIn {
         let b64 =
             |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let header = json!({ "alg": "RS256", "kid": "stand-in" });
+        let serial = self.inner.tokens.lock().expect("lock").len();
         let claims = json!({
             "iss": "https://kubernetes.default.svc.cluster.local",
             "sub": format!("system:serviceaccount:{namespace}:{name}"),
-            "aud": ["https://kubernetes.default.svc.cluster.local"],
+            "aud": audiences,
+            "jti": format!("stand-in-{serial}"),
             "kubernetes.io": { "namespace": namespace, "serviceaccount": { "name": name, "uid": sa.uid } },
             "kubernetes.io/serviceaccount/namespace": namespace,
             "kubernetes.io/serviceaccount/service-account.name": name,
@@ -121,8 +422,13 @@ impl KubeStandIn {
         token
     }
 
+    /// Revoke a token: TokenReview stops accepting it.
+    pub fn revoke(&self, token: &str) {
+        self.inner.tokens.lock().expect("lock").remove(token);
+    }
+
     /// Allow the holder of `token` to create TokenReviews (the RBAC grant a
-    /// reviewer needs).
+    /// reviewer needs). Without any grant, every bearer may.
     pub fn allow_reviewer(&self, token: &str) {
         self.inner
             .reviewers
@@ -135,6 +441,926 @@ impl KubeStandIn {
     pub fn reviews(&self) -> usize {
         self.inner.reviews.load(Ordering::SeqCst)
     }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Fill kind, apiVersion, uid and creationTimestamp as the apiserver does.
+fn stamp(object: &mut Value, def: &ResourceDef, version: &str) {
+    object["kind"] = json!(def.kind);
+    object["apiVersion"] = json!(def.api_version(version));
+    if object.get("metadata").is_none() {
+        object["metadata"] = json!({});
+    }
+    let meta = &mut object["metadata"];
+    if meta.get("uid").is_none() {
+        meta["uid"] = json!(uuid_like());
+    }
+    if meta.get("creationTimestamp").is_none() {
+        meta["creationTimestamp"] = json!(now_rfc3339());
+    }
+}
+
+fn uuid_like() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("random");
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Store (or remove) an object under a new resourceVersion and tell
+/// watchers. Returns what was stored (or removed).
+fn commit(
+    inner: &Inner,
+    store: &mut Store,
+    def: &ResourceDef,
+    key: Key,
+    object: Option<Value>,
+    kind: &'static str,
+) -> Option<Value> {
+    store.rv += 1;
+    let rv = store.rv;
+    let namespace = key.2.clone();
+    let object = match object {
+        Some(mut o) => {
+            o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            store.objects.insert(key, o.clone());
+            o
+        }
+        None => {
+            let mut o = store.objects.remove(&key)?;
+            o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            o
+        }
+    };
+    let event = Event {
+        rv,
+        kind,
+        group: def.group,
+        plural: def.plural,
+        namespace,
+        object: object.clone(),
+    };
+    store.history.push_back(event.clone());
+    while store.history.len() > inner.options.history {
+        if let Some(e) = store.history.pop_front() {
+            store.compacted = e.rv;
+        }
+    }
+    let _ = inner.events.send(event);
+    Some(object)
+}
+
+fn status_error(code: u16, reason: &str, message: String, kind: &str, name: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason,
+        "details": { "name": name, "kind": kind }, "code": code,
+    });
+    (
+        StatusCode::from_u16(code).expect("status"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// A parsed resource path.
+struct Target {
+    def: ResourceDef,
+    version: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(inner: &Inner, path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, rest @ ..] if !r.is_empty() => (Some((*ns).to_owned()), {
+            let mut v = vec![*r];
+            v.extend_from_slice(rest);
+            v
+        }),
+        r => (None, r.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some((*n).to_owned()), None),
+        [p, n, s] => (*p, Some((*n).to_owned()), Some((*s).to_owned())),
+        _ => return None,
+    };
+    // `/api/v1/namespaces/NAME` addresses a namespace itself.
+    let (plural, name, namespace) = if namespace.is_some() && plural.is_empty() {
+        ("namespaces", namespace, None)
+    } else {
+        (plural, name, namespace)
+    };
+    let def = inner
+        .resources
+        .iter()
+        .find(|d| d.group == group && d.plural == plural && d.versions.contains(&version))?
+        .clone();
+    Some(Target {
+        def,
+        version: version.to_owned(),
+        namespace,
+        name,
+        subresource: sub,
+    })
+}
+
+fn selector_matches(
+    object: &Value,
+    label_selector: Option<&str>,
+    field_selector: Option<&str>,
+) -> bool {
+    let labels = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    for term in label_selector
+        .unwrap_or("")
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            label(k.trim()) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            label(k.trim()) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            label(k.trim()).is_none()
+        } else {
+            label(term.trim()).is_some()
+        };
+        if !ok {
+            return false;
+        }
+    }
+    for term in field_selector
+        .unwrap_or("")
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let (k, v, negate) = match term.split_once("!=") {
+            Some((k, v)) => (k, v, true),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((k, v)) => (k, v, false),
+                None => return false,
+            },
+        };
+        let pointer = format!("/{}", k.trim().replace('.', "/"));
+        let actual = object
+            .pointer(&pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if (actual == v.trim()) == negate {
+            return false;
+        }
+    }
+    true
+}
+
+async fn dispatch(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    inner
+        .requests
+        .lock()
+        .expect("lock")
+        .push(format!("{method} {}", uri.path()));
+    if inner.unavailable.load(Ordering::SeqCst) {
+        return status_error(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+            "",
+            "",
+        );
+    }
+    let path = uri.path();
+    match (method.clone(), path) {
+        (Method::GET, "/version") => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "major": "1", "minor": "33", "gitVersion": "v1.33.0-meshca-stand-in",
+                    "platform": "linux/amd64", "goVersion": "go1.24", "compiler": "gc",
+                    "gitCommit": "0000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                }),
+            )
+        }
+        (Method::GET, "/api") => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1" }],
+                }),
+            )
+        }
+        (Method::GET, "/apis") => return json_response(StatusCode::OK, &api_group_list(&inner)),
+        _ => {}
+    }
+    if method == Method::GET {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["api", v] => return resource_list(&inner, "", v),
+            ["apis", g, v] => return resource_list(&inner, g, v),
+            _ => {}
+        }
+    }
+    let Some(target) = parse_path(&inner, path) else {
+        return status_error(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({method} {path})"),
+            "",
+            "",
+        );
+    };
+    if target.def.plural == "tokenreviews" {
+        return token_review(&inner, &headers, &body);
+    }
+    match method {
+        Method::GET if target.name.is_some() => get(&inner, &target),
+        Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            watch(&inner, &target, &query)
+        }
+        Method::GET => list(&inner, &target, &query),
+        Method::POST => create(&inner, &target, &body),
+        Method::PUT => replace(&inner, &target, &body),
+        Method::PATCH => patch(&inner, &target, &headers, &body),
+        Method::DELETE => delete(&inner, &target, &body),
+        _ => status_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported"),
+            "",
+            "",
+        ),
+    }
+}
+
+fn api_group_list(inner: &Inner) -> Value {
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in inner.resources.iter().filter(|d| !d.group.is_empty()) {
+        let e = groups.entry(d.group).or_default();
+        for v in &d.versions {
+            if !e.contains(v) {
+                e.push(v);
+            }
+        }
+    }
+    json!({
+        "kind": "APIGroupList", "apiVersion": "v1",
+        "groups": groups.iter().map(|(g, vs)| json!({
+            "name": g,
+            "versions": vs.iter().map(|v| json!({ "groupVersion": format!("{g}/{v}"), "version": v })).collect::<Vec<_>>(),
+            "preferredVersion": { "groupVersion": format!("{g}/{}", vs[0]), "version": vs[0] },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
+    let defs: Vec<&ResourceDef> = inner
+        .resources
+        .iter()
+        .filter(|d| d.group == group && d.versions.contains(&version))
+        .collect();
+    if defs.is_empty() {
+        return status_error(
+            404,
+            "NotFound",
+            format!("no API group version {group}/{version}"),
+            "",
+            "",
+        );
+    }
+    let mut resources = Vec::new();
+    for d in defs {
+        let verbs: Vec<&str> = if d.plural == "tokenreviews" {
+            vec!["create"]
+        } else {
+            vec![
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        };
+        resources.push(json!({
+            "name": d.plural, "singularName": d.kind.to_lowercase(), "namespaced": d.namespaced,
+            "kind": d.kind, "verbs": verbs,
+        }));
+        if d.status {
+            resources.push(json!({
+                "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "kind": d.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources,
+        }),
+    )
+}
+
+fn key_of(target: &Target, name: &str) -> Key {
+    (
+        target.def.group,
+        target.def.plural,
+        target.namespace.clone().unwrap_or_default(),
+        name.to_owned(),
+    )
+}
+
+/// The object as served at the requested version.
+fn at_version(mut object: Value, target: &Target) -> Value {
+    object["apiVersion"] = json!(target.def.api_version(&target.version));
+    object
+}
+
+fn not_found(target: &Target, name: &str) -> Response {
+    status_error(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", target.def.plural),
+        target.def.plural,
+        name,
+    )
+}
+
+fn get(inner: &Inner, target: &Target) -> Response {
+    let name = target.name.as_deref().unwrap_or_default();
+    let store = inner.store.lock().expect("lock");
+    match store.objects.get(&key_of(target, name)) {
+        Some(o) => json_response(StatusCode::OK, &at_version(o.clone(), target)),
+        None => not_found(target, name),
+    }
+}
+
+fn list(inner: &Inner, target: &Target, query: &HashMap<String, String>) -> Response {
+    let store = inner.store.lock().expect("lock");
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((g, p, ns, _), o)| {
+            *g == target.def.group
+                && *p == target.def.plural
+                && target.namespace.as_ref().is_none_or(|t| t == ns)
+                && selector_matches(
+                    o,
+                    query.get("labelSelector").map(String::as_str),
+                    query.get("fieldSelector").map(String::as_str),
+                )
+        })
+        .map(|(_, o)| at_version(o.clone(), target))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", target.def.kind),
+            "apiVersion": target.def.api_version(&target.version),
+            "metadata": { "resourceVersion": store.rv.to_string() },
+            "items": items,
+        }),
+    )
+}
+
+fn watch(inner: &Arc<Inner>, target: &Target, query: &HashMap<String, String>) -> Response {
+    let label = query.get("labelSelector").cloned();
+    let field = query.get("fieldSelector").cloned();
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let from: Option<u64> = query
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0);
+    let matches = {
+        let target_ns = target.namespace.clone();
+        let (group, plural) = (target.def.group, target.def.plural);
+        move |e: &Event| {
+            e.group == group
+                && e.plural == plural
+                && target_ns.as_ref().is_none_or(|ns| *ns == e.namespace)
+                && selector_matches(&e.object, label.as_deref(), field.as_deref())
+        }
+    };
+    let api_version = target.def.api_version(&target.version);
+    let kind = target.def.kind;
+    let mut live = inner.events.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let line = |v: Value| Ok(Bytes::from(format!("{v}\n")));
+
+    // Replay under the lock, so nothing between replay and live is missed.
+    let (replay, mut last_rv, gone) = {
+        let store = inner.store.lock().expect("lock");
+        match from {
+            Some(rv) if rv < store.compacted => (Vec::new(), rv, true),
+            Some(rv) => (
+                store
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > rv && matches(e))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                store.rv,
+                false,
+            ),
+            None => {
+                let synthetic = store
+                    .objects
+                    .iter()
+                    .filter(|((g, p, ns, _), o)| {
+                        *g == target.def.group
+                            && *p == target.def.plural
+                            && target.namespace.as_ref().is_none_or(|t| t == ns)
+                            && selector_matches(
+                                o,
+                                query.get("labelSelector").map(String::as_str),
+                                query.get("fieldSelector").map(String::as_str),
+                            )
+                    })
+                    .map(|((g, p, ns, _), o)| Event {
+                        rv: 0,
+                        kind: "ADDED",
+                        group: g,
+                        plural: p,
+                        namespace: ns.clone(),
+                        object: o.clone(),
+                    })
+                    .collect();
+                (synthetic, store.rv, false)
+            }
+        }
+    };
+    let every = inner.options.bookmark_every;
+    let av = api_version.clone();
+    tokio::spawn(async move {
+        if gone {
+            let _ = tx
+                .send(line(json!({ "type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "too old resource version", "reason": "Expired", "code": 410,
+                }})))
+                .await;
+            return;
+        }
+        for e in replay {
+            let mut o = e.object;
+            o["apiVersion"] = json!(av);
+            if tx
+                .send(line(json!({ "type": e.kind, "object": o })))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                _ = tick.tick(), if bookmarks => {
+                    let b = json!({ "type": "BOOKMARK", "object": {
+                        "kind": kind, "apiVersion": av, "metadata": { "resourceVersion": last_rv.to_string() },
+                    }});
+                    if tx.send(line(b)).await.is_err() { return; }
+                }
+                e = live.recv() => match e {
+                    Ok(e) if e.rv > last_rv => {
+                        last_rv = e.rv;
+                        if matches(&e) {
+                            let mut o = e.object;
+                            o["apiVersion"] = json!(av);
+                            if tx.send(line(json!({ "type": e.kind, "object": o }))).await.is_err() { return; }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, String> {
+    serde_json::from_slice(body)
+        .or_else(|_| serde_yaml_ng::from_slice(body))
+        .map_err(|e| format!("invalid body: {e}"))
+}
+
+fn bad_request(message: String) -> Response {
+    status_error(400, "BadRequest", message, "", "")
+}
+
+fn create(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+    let mut object = match parse_body(body) {
+        Ok(o) => o,
+        Err(m) => return bad_request(m),
+    };
+    let name = match object.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) => n.to_owned(),
+        None => match object
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+        {
+            Some(prefix) => format!("{prefix}{}", &uuid_like()[..5]),
+            None => {
+                return status_error(
+                    422,
+                    "Invalid",
+                    "metadata.name: Required value".into(),
+                    target.def.kind,
+                    "",
+                )
+            }
+        },
+    };
+    object["metadata"]["name"] = json!(name);
+    if let Some(ns) = &target.namespace {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        meta.remove("uid");
+    }
+    let mut store = inner.store.lock().expect("lock");
+    let key = key_of(target, &name);
+    if store.objects.contains_key(&key) {
+        return status_error(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", target.def.plural),
+            target.def.plural,
+            &name,
+        );
+    }
+    if let Some(ns) = &target.namespace {
+        if !store
+            .objects
+            .contains_key(&("", "namespaces", String::new(), ns.clone()))
+        {
+            return status_error(
+                404,
+                "NotFound",
+                format!("namespaces \"{ns}\" not found"),
+                "namespaces",
+                ns,
+            );
+        }
+    }
+    stamp(&mut object, &target.def, &target.version);
+    match commit(inner, &mut store, &target.def, key, Some(object), "ADDED") {
+        Some(o) => json_response(StatusCode::CREATED, &at_version(o, target)),
+        None => status_error(500, "InternalError", "store failed".into(), "", ""),
+    }
+}
+
+fn precondition_rv(object: &Value) -> Option<String> {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Store `new` for an existing object, honouring the status subresource.
+fn update(
+    inner: &Inner,
+    store: &mut Store,
+    target: &Target,
+    name: &str,
+    mut new: Value,
+    current: Value,
+) -> Response {
+    let key = key_of(target, name);
+    if target.def.status {
+        if target.subresource.as_deref() == Some("status") {
+            let status = new.get("status").cloned().unwrap_or(Value::Null);
+            new = current.clone();
+            new["status"] = status;
+        } else if let Some(s) = current.get("status") {
+            new["status"] = s.clone();
+        }
+    }
+    new["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    new["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+    new["metadata"]["name"] = json!(name);
+    if let Some(ns) = &target.namespace {
+        new["metadata"]["namespace"] = json!(ns);
+    }
+    stamp(&mut new, &target.def, &target.version);
+    match commit(inner, store, &target.def, key, Some(new), "MODIFIED") {
+        Some(o) => json_response(StatusCode::OK, &at_version(o, target)),
+        None => status_error(500, "InternalError", "store failed".into(), "", ""),
+    }
+}
+
+fn conflict(target: &Target, name: &str) -> Response {
+    status_error(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            target.def.plural
+        ),
+        target.def.plural,
+        name,
+    )
+}
+
+fn replace(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+    let name = target.name.clone().unwrap_or_default();
+    let new = match parse_body(body) {
+        Ok(o) => o,
+        Err(m) => return bad_request(m),
+    };
+    if inner
+        .forced_conflicts
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return conflict(target, &name);
+    }
+    let mut store = inner.store.lock().expect("lock");
+    let Some(current) = store.objects.get(&key_of(target, &name)).cloned() else {
+        return not_found(target, &name);
+    };
+    if let Some(rv) = precondition_rv(&new) {
+        if Some(rv) != precondition_rv(&current) {
+            return conflict(target, &name);
+        }
+    }
+    update(inner, &mut store, target, &name, new, current)
+}
+
+fn patch(inner: &Inner, target: &Target, headers: &HeaderMap, body: &Bytes) -> Response {
+    let name = target.name.clone().unwrap_or_default();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let mut store = inner.store.lock().expect("lock");
+    let current = store.objects.get(&key_of(target, &name)).cloned();
+    let patched = match (content_type.as_str(), current.clone()) {
+        ("application/json-patch+json", Some(cur)) => {
+            let ops: json_patch::Patch = match serde_json::from_slice(body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return status_error(
+                        400,
+                        "BadRequest",
+                        format!("invalid JSON patch: {e}"),
+                        "",
+                        "",
+                    )
+                }
+            };
+            let mut doc = cur;
+            if let Err(e) = json_patch::patch(&mut doc, &ops) {
+                return status_error(
+                    422,
+                    "Invalid",
+                    format!("the JSON patch could not be applied: {e}"),
+                    target.def.kind,
+                    &name,
+                );
+            }
+            doc
+        }
+        ("application/merge-patch+json" | "application/strategic-merge-patch+json", Some(cur)) => {
+            let p = match parse_body(body) {
+                Ok(p) => p,
+                Err(m) => return bad_request(m),
+            };
+            if let Some(rv) = precondition_rv(&p) {
+                if Some(rv) != precondition_rv(&cur) {
+                    return conflict(target, &name);
+                }
+            }
+            let mut doc = cur;
+            json_patch::merge(&mut doc, &p);
+            doc
+        }
+        ("application/apply-patch+yaml" | "application/apply-patch+cbor", current) => {
+            let p = match parse_body(body) {
+                Ok(p) => p,
+                Err(m) => return bad_request(m),
+            };
+            match current {
+                Some(cur) => {
+                    let mut doc = cur;
+                    json_patch::merge(&mut doc, &p);
+                    doc
+                }
+                None => {
+                    drop(store);
+                    let body = Bytes::from(p.to_string());
+                    let t = Target {
+                        name: None,
+                        subresource: None,
+                        def: target.def.clone(),
+                        version: target.version.clone(),
+                        namespace: target.namespace.clone(),
+                    };
+                    return create(inner, &t, &body);
+                }
+            }
+        }
+        (_, None) => return not_found(target, &name),
+        (other, _) => {
+            return status_error(
+                415,
+                "UnsupportedMediaType",
+                format!("unsupported patch type {other:?}"),
+                "",
+                "",
+            )
+        }
+    };
+    let cur = current.unwrap_or(Value::Null);
+    update(inner, &mut store, target, &name, patched, cur)
+}
+
+fn delete(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+    let name = target.name.clone().unwrap_or_default();
+    let options: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut store = inner.store.lock().expect("lock");
+    let key = key_of(target, &name);
+    let Some(current) = store.objects.get(&key).cloned() else {
+        return not_found(target, &name);
+    };
+    if let Some(rv) = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if Some(rv.to_owned()) != precondition_rv(&current) {
+            return conflict(target, &name);
+        }
+    }
+    if let Some(uid) = options
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+    {
+        if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+            return conflict(target, &name);
+        }
+    }
+    match commit(inner, &mut store, &target.def, key, None, "DELETED") {
+        Some(o) => json_response(StatusCode::OK, &at_version(o, target)),
+        None => not_found(target, &name),
+    }
+}
+
+fn token_review(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Response {
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let reviewers = inner.reviewers.lock().expect("lock").clone();
+    if !reviewers.is_empty() && !reviewers.contains(&caller) {
+        return status_error(
+            403,
+            "Forbidden",
+            "tokenreviews.authentication.k8s.io is forbidden: the caller cannot create tokenreviews".into(),
+            "tokenreviews",
+            "",
+        );
+    }
+    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    inner.reviews.fetch_add(1, Ordering::SeqCst);
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let wanted: Vec<String> = review
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let token_audiences: Vec<String> = token
+        .split('.')
+        .nth(1)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+        .and_then(|c| c.get("aud").and_then(Value::as_array).cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // As the apiserver: the token must be valid for one of the requested
+    // audiences (tokens minted without audiences are valid for any).
+    let audiences: Vec<String> = if token_audiences.is_empty() {
+        wanted.clone()
+    } else {
+        wanted
+            .iter()
+            .filter(|a| token_audiences.contains(a))
+            .cloned()
+            .collect()
+    };
+    let status = match inner.tokens.lock().expect("lock").get(token) {
+        Some(_) if !wanted.is_empty() && audiences.is_empty() => {
+            json!({ "authenticated": false, "error": "token audiences do not match the requested audiences" })
+        }
+        Some(sa) => json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
+                "uid": sa.uid,
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
+            },
+            "audiences": audiences,
+        }),
+        None => json!({ "authenticated": false, "error": "invalid bearer token" }),
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": { "creationTimestamp": null },
+            "spec": review.get("spec").cloned().unwrap_or(json!({})),
+            "status": status,
+        }),
+    )
 }
 
 /// A throwaway cluster CA and a serving certificate for 127.0.0.1 /
@@ -157,65 +1383,13 @@ fn serving_tls() -> (String, rustls::ServerConfig) {
     ])
     .expect("params");
     let cert = params.signed_by(&key, &ca).expect("cert");
-    let config = rustls::ServerConfig::builder()
+    let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.der().clone()],
             rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .expect("tls config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca_cert.pem(), config)
-}
-
-async fn token_review(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Json(review): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let caller = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .to_owned();
-    if !inner.reviewers.lock().expect("lock").contains(&caller) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-                "message": "tokenreviews.authentication.k8s.io is forbidden: the caller cannot create tokenreviews",
-            })),
-        );
-    }
-    inner.reviews.fetch_add(1, Ordering::SeqCst);
-    let token = review
-        .pointer("/spec/token")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let audiences = review
-        .pointer("/spec/audiences")
-        .cloned()
-        .unwrap_or(json!([]));
-    let status = match inner.tokens.lock().expect("lock").get(token) {
-        Some(sa) => json!({
-            "authenticated": true,
-            "user": {
-                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
-                "uid": sa.uid,
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
-            },
-            "audiences": audiences,
-        }),
-        None => json!({ "authenticated": false, "error": "invalid bearer token" }),
-    };
-    (
-        StatusCode::CREATED,
-        Json(json!({
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": { "creationTimestamp": null },
-            "spec": review.get("spec").cloned().unwrap_or(json!({})),
-            "status": status,
-        })),
-    )
 }
