@@ -12,6 +12,8 @@ use std::time::Duration;
 use meshca_provider::{Identity, ServerName, TrustDomain};
 use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
 use meshca_vault::{VaultAuth, VaultConfig};
+
+pub use crate::kube::{KubernetesConfig, SecretRef};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -70,6 +72,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Limits of the signing API.
     pub api: ApiLimits,
+    /// The cluster, when meshca runs with one.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// Which backend signs, with its settings.
@@ -116,6 +120,8 @@ impl Lifetimes {
 pub struct BundleConfig {
     /// The bundle file, written atomically.
     pub file: PathBuf,
+    /// The bundle Secret (`ca.crt`), with a cluster.
+    pub secret: Option<SecretRef>,
     /// How often the provider's anchors are re-read.
     pub refresh_interval: Duration,
 }
@@ -125,6 +131,17 @@ pub struct BundleConfig {
 pub struct AuthConfig {
     /// The static token store (hashes only).
     pub tokens_file: PathBuf,
+    /// ServiceAccount tokens checked with TokenReview, with a cluster.
+    pub kubernetes: Option<TokenReviewConfig>,
+}
+
+/// How ServiceAccount tokens are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenReviewConfig {
+    /// The audience the projected tokens are issued for.
+    pub audience: String,
+    /// How long an accepted token is remembered.
+    pub cache_ttl: Duration,
 }
 
 /// Limits that protect the signing API.
@@ -168,6 +185,97 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    kubernetes: RawKubernetes,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    /// Absent: on when a kubeconfig is given or meshca runs in a pod.
+    enabled: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    #[serde(default = "default_meshca_namespace")]
+    namespace: String,
+    #[serde(default = "default_root_secret")]
+    root_secret: String,
+    #[serde(default = "default_lease_name")]
+    lease_name: String,
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    lease_duration: Duration,
+}
+
+impl Default for RawKubernetes {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            kubeconfig: None,
+            namespace: default_meshca_namespace(),
+            root_secret: default_root_secret(),
+            lease_name: default_lease_name(),
+            lease_duration: default_lease_duration(),
+        }
+    }
+}
+
+fn default_meshca_namespace() -> String {
+    "osm-system".into()
+}
+fn default_root_secret() -> String {
+    "meshca-tresor-root".into()
+}
+fn default_lease_name() -> String {
+    "meshca-leader".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    #[serde(default = "default_meshca_namespace")]
+    namespace: String,
+    #[serde(default = "default_bundle_secret")]
+    name: String,
+}
+
+impl Default for RawSecretRef {
+    fn default() -> Self {
+        Self {
+            namespace: default_meshca_namespace(),
+            name: default_bundle_secret(),
+        }
+    }
+}
+
+fn default_bundle_secret() -> String {
+    "osm-ca-bundle".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenReview {
+    #[serde(default = "default_audience")]
+    audience: String,
+    #[serde(default = "default_review_cache", with = "humantime_serde")]
+    cache_ttl: Duration,
+}
+
+impl Default for RawTokenReview {
+    fn default() -> Self {
+        Self {
+            audience: default_audience(),
+            cache_ttl: default_review_cache(),
+        }
+    }
+}
+
+fn default_audience() -> String {
+    "meshca".into()
+}
+fn default_review_cache() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_trust_domain() -> String {
@@ -388,6 +496,8 @@ impl Default for RawLifetimes {
 #[serde(deny_unknown_fields)]
 struct RawBundle {
     file: Option<PathBuf>,
+    #[serde(default)]
+    kubernetes_secret: RawSecretRef,
     #[serde(default, with = "humantime_serde")]
     refresh_interval: Option<Duration>,
 }
@@ -396,6 +506,8 @@ struct RawBundle {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     tokens_file: Option<PathBuf>,
+    #[serde(default)]
+    kubernetes: RawTokenReview,
 }
 
 #[derive(Deserialize)]
@@ -613,6 +725,49 @@ impl TryFrom<RawConfig> for Config {
             err("bundle.refresh_interval", "must be at least 1s".into());
         }
 
+        let k = &raw.kubernetes;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = k
+            .enabled
+            .unwrap_or(k.kubeconfig.is_some() || in_cluster)
+            .then(|| KubernetesConfig {
+                kubeconfig: k.kubeconfig.clone(),
+                namespace: k.namespace.clone(),
+                root_secret: k.root_secret.clone(),
+                lease_name: k.lease_name.clone(),
+                lease_duration: k.lease_duration,
+            });
+        if kubernetes.is_some() {
+            for (path, value) in [
+                ("kubernetes.namespace", &k.namespace),
+                ("kubernetes.root_secret", &k.root_secret),
+                ("kubernetes.lease_name", &k.lease_name),
+                (
+                    "bundle.kubernetes_secret.namespace",
+                    &raw.bundle.kubernetes_secret.namespace,
+                ),
+                (
+                    "bundle.kubernetes_secret.name",
+                    &raw.bundle.kubernetes_secret.name,
+                ),
+            ] {
+                if TrustDomain::new(value).is_err() {
+                    err(path, format!("{value:?} is not a valid Kubernetes name"));
+                }
+            }
+            if k.lease_duration < Duration::from_secs(3) {
+                err("kubernetes.lease_duration", "must be at least 3s".into());
+            }
+            if raw.bundle.kubernetes_secret.namespace == k.namespace
+                && raw.bundle.kubernetes_secret.name == k.root_secret
+            {
+                err(
+                    "kubernetes.root_secret",
+                    "must differ from bundle.kubernetes_secret: the root key never goes into the bundle Secret".into(),
+                );
+            }
+        }
+
         let provider = match (&raw.provider.kind, root, vault) {
             (RawProviderKind::Tresor, Some(root), _) => {
                 Some(ProviderConfig::Tresor(TresorConfig {
@@ -650,6 +805,10 @@ impl TryFrom<RawConfig> for Config {
                     max_ttl: lt.max_ttl,
                 },
                 bundle: BundleConfig {
+                    secret: kubernetes.as_ref().map(|_| SecretRef {
+                        namespace: raw.bundle.kubernetes_secret.namespace.clone(),
+                        name: raw.bundle.kubernetes_secret.name.clone(),
+                    }),
                     file: raw
                         .bundle
                         .file
@@ -661,6 +820,10 @@ impl TryFrom<RawConfig> for Config {
                         .auth
                         .tokens_file
                         .unwrap_or_else(|| raw.state_dir.join("tokens.yaml")),
+                    kubernetes: kubernetes.as_ref().map(|_| TokenReviewConfig {
+                        audience: raw.auth.kubernetes.audience.clone(),
+                        cache_ttl: raw.auth.kubernetes.cache_ttl,
+                    }),
                 },
                 api: ApiLimits {
                     max_body_bytes: raw.api.max_body_bytes,
@@ -669,6 +832,7 @@ impl TryFrom<RawConfig> for Config {
                     per_identity_burst,
                 },
                 state_dir: raw.state_dir,
+                kubernetes,
             }),
             _ => Err(ConfigError::Invalid(errors)),
         }

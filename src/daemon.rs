@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshca_provider::{Checked, Provider, ProviderError};
-use meshca_tresor::{Tresor, TresorError};
+use meshca_tresor::{CaCertificate, RootSource, Tresor, TresorConfig, TresorError};
 use meshca_vault::Vault;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,7 @@ use crate::auth::{Authenticator, TokenStore};
 use crate::bundle::{self, BundleError, BundleSink, FileSink, TrustBundle};
 use crate::config::{Config, ProviderConfig};
 use crate::issuer::{IssueError, Issuer};
+use crate::kube::{SecretSink, TokenReviewer};
 use crate::metrics::Metrics;
 
 /// Why the daemon could not start.
@@ -36,6 +38,9 @@ pub enum DaemonError {
     /// The serving certificate could not be issued.
     #[error("failed to issue the signing API's own certificate: {0}")]
     ServingCertificate(#[from] IssueError),
+    /// The cluster could not be used.
+    #[error("failed to use the Kubernetes API: {0}")]
+    Kubernetes(#[from] crate::kube::KubeError),
     /// A listener could not be bound.
     #[error("failed to listen on {addr}: {source}")]
     Bind {
@@ -94,10 +99,40 @@ type BuiltProvider = (
 );
 
 async fn build_provider(
-    config: &ProviderConfig,
+    config: &Config,
+    cluster: Option<&kube::Client>,
     shutdown: &CancellationToken,
 ) -> Result<BuiltProvider, DaemonError> {
-    match config {
+    match &config.provider {
+        // With a cluster, a generated root lives in its own Secret.
+        ProviderConfig::Tresor(TresorConfig {
+            root:
+                RootSource::Generated {
+                    algorithm,
+                    validity,
+                    common_name,
+                    ..
+                },
+            intermediate_validity,
+        }) if cluster.is_some() => {
+            let (Some(client), Some(k)) = (cluster, &config.kubernetes) else {
+                unreachable!("guarded by cluster.is_some()")
+            };
+            let (algorithm, validity, cn) = (*algorithm, *validity, common_name.clone());
+            let (root, origin) = crate::kube::root::load_or_create(
+                client.clone(),
+                &k.namespace,
+                &k.root_secret,
+                config.bundle.secret.as_ref(),
+                move || CaCertificate::generate_root(algorithm, validity, &cn),
+            )
+            .await?;
+            tracing::info!(subject = %root.subject(), secret = %format!("{}/{}", k.namespace, k.root_secret), ?origin, "Tresor root ready");
+            Ok((
+                Arc::new(Tresor::from_root(root, *intermediate_validity)?),
+                None,
+            ))
+        }
         ProviderConfig::Tresor(t) => {
             let t = t.clone();
             let tresor = tokio::task::spawn_blocking(move || Tresor::new(&t))
@@ -126,7 +161,27 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
 
     let mut tasks = JoinSet::new();
 
-    let (provider, provider_task) = build_provider(&config.provider, &shutdown).await?;
+    let cluster = match &config.kubernetes {
+        Some(k) => Some(crate::kube::connect(k).await?),
+        None => None,
+    };
+    let leader = match (&cluster, &config.kubernetes) {
+        (Some(client), Some(k)) => {
+            let (leader, task) = crate::kube::leader::elect(
+                client.clone(),
+                &k.namespace,
+                &k.lease_name,
+                replica_identity(),
+                k.lease_duration,
+                shutdown.clone(),
+            );
+            tasks.spawn(task);
+            Some(leader)
+        }
+        _ => None,
+    };
+
+    let (provider, provider_task) = build_provider(&config, cluster.as_ref(), &shutdown).await?;
     if let Some(task) = provider_task {
         tasks.spawn(task);
     }
@@ -137,11 +192,19 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle));
 
-    let sinks: Vec<Arc<dyn BundleSink>> = vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
+    let resync_now = Arc::new(Notify::new());
+    let mut sinks: Vec<Arc<dyn BundleSink>> =
+        vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
+    if let (Some(client), Some(secret), Some(leader)) = (&cluster, &config.bundle.secret, &leader) {
+        let sink = SecretSink::new(client.clone(), secret.clone(), leader.clone());
+        tasks.spawn(sink.watch_changes(resync_now.clone(), shutdown.clone()));
+        sinks.push(Arc::new(sink));
+    }
     let (publish_status, publisher) = bundle::publisher(
         sinks,
         bundle_rx.clone(),
         config.bundle.refresh_interval,
+        resync_now,
         metrics.clone(),
         shutdown.clone(),
     );
@@ -175,11 +238,19 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     .await?;
     tasks.spawn(renew_serving);
 
-    let auth = Authenticator::new(
+    let mut auth = Authenticator::new(
         TokenStore::new(config.auth.tokens_file.clone()),
         config.trust_domain.clone(),
         bundle_rx.clone(),
     );
+    if let (Some(client), Some(review)) = (&cluster, &config.auth.kubernetes) {
+        auth = auth.with_kubernetes(Arc::new(TokenReviewer::new(
+            client.clone(),
+            review.audience.clone(),
+            config.trust_domain.clone(),
+            review.cache_ttl,
+        )));
+    }
     let state = Arc::new(ApiState::new(
         issuer,
         auth,
@@ -203,6 +274,7 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         provider,
         publish: publish_status,
         metrics,
+        cluster: cluster.clone(),
     });
     let health_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -221,6 +293,21 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         shutdown,
         tasks,
     })
+}
+
+/// This replica's name in the Lease: the pod name when there is one.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("meshca-{}", std::process::id()))
+        + &format!("-{:08x}", rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u32::from_be_bytes(b)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {

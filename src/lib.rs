@@ -16,6 +16,7 @@ mod config;
 mod daemon;
 mod issuer;
 mod keys;
+mod kube;
 mod metrics;
 mod rotation;
 

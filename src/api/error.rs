@@ -28,6 +28,8 @@ pub enum ApiError {
     TooLarge(usize),
     /// 415 `unsupported_media_type`.
     UnsupportedMediaType,
+    /// 503 `auth_unavailable`: the credential cannot be checked now.
+    AuthUnavailable(String),
     /// 429 `rate_limited`.
     RateLimited(Duration),
     /// 503 `provider_unavailable`: retry later.
@@ -67,6 +69,7 @@ impl ApiError {
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited(_) => "rate_limited",
+            Self::AuthUnavailable(_) => "auth_unavailable",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::ProviderRejected(_) => "provider_rejected",
             Self::Internal(_) => "internal",
@@ -81,9 +84,9 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ProviderUnavailable { .. } | Self::ProviderRejected(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ProviderUnavailable { .. }
+            | Self::ProviderRejected(_)
+            | Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,7 +97,8 @@ impl ApiError {
             | Self::InvalidRequest(m)
             | Self::IdentityMismatch(m)
             | Self::ProviderDenied(m)
-            | Self::ProviderRejected(m) => m.clone(),
+            | Self::ProviderRejected(m)
+            | Self::AuthUnavailable(m) => m.clone(),
             Self::ProviderUnavailable { message, .. } => message.clone(),
             Self::Unauthenticated(e) => e.to_string(),
             Self::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
@@ -110,6 +114,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited(d) => Some(*d),
+            Self::AuthUnavailable(_) => Some(Duration::from_secs(5)),
             Self::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -149,6 +154,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Store(m) => Self::Internal(m),
+            AuthError::Unavailable(m) => Self::AuthUnavailable(m),
             other => Self::Unauthenticated(other),
         }
     }

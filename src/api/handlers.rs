@@ -83,7 +83,8 @@ async fn issue(
 ) -> Result<CertificateResponse, ApiError> {
     let caller = state
         .auth
-        .authenticate(headers.get(header::AUTHORIZATION), peer)?;
+        .authenticate(headers.get(header::AUTHORIZATION), peer)
+        .await?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)

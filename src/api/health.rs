@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 
 /// What `/readyz` checks: the provider can sign and every bundle sink holds
 /// the current bundle.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Readiness {
     /// The provider.
     pub provider: Checked,
@@ -20,6 +20,17 @@ pub struct Readiness {
     pub publish: PublishStatus,
     /// Metrics to render on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The cluster, whose API server must answer.
+    pub cluster: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("provider", &self.provider)
+            .field("cluster", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, served on plain HTTP.
@@ -35,6 +46,11 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     let mut problems = Vec::new();
     if let Health::Unhealthy(why) = r.provider.health().await {
         problems.push(format!("provider {}: {why}", r.provider.kind()));
+    }
+    if let Some(client) = &r.cluster {
+        if let Err(why) = crate::kube::probe(client).await {
+            problems.push(format!("kubernetes API: {why}"));
+        }
     }
     if let Err(why) = r.publish.check() {
         problems.push(format!("trust bundle: {why}"));

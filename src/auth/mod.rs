@@ -15,7 +15,10 @@ use http::HeaderValue;
 use meshca_provider::{Identity, TrustDomain};
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::bundle::BundleReceiver;
+use crate::kube::TokenReviewer;
 
 /// Why a caller was not authenticated. Every variant is a 401.
 #[derive(Debug, Error)]
@@ -30,6 +33,12 @@ pub enum AuthError {
     /// The token is not in the store.
     #[error("the bearer token is not valid")]
     UnknownToken,
+    /// The Kubernetes API server did not accept the token for meshca.
+    #[error("{0}")]
+    Rejected(String),
+    /// The token cannot be checked right now (API server unreachable).
+    #[error("cannot verify the token now: {0}")]
+    Unavailable(String),
     /// The client certificate does not authenticate anyone.
     #[error("the client certificate is not valid: {0}")]
     ClientCertificate(String),
@@ -56,10 +65,12 @@ pub struct Caller {
     pub method: AuthMethod,
 }
 
-/// Authenticates callers against the token store and the trust bundle.
+/// Authenticates callers against the token store, Kubernetes (when
+/// configured) and the trust bundle.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     tokens: TokenStore,
+    kubernetes: Option<Arc<TokenReviewer>>,
     trust_domain: TrustDomain,
     bundle: BundleReceiver,
 }
@@ -70,17 +81,26 @@ impl Authenticator {
     pub fn new(tokens: TokenStore, trust_domain: TrustDomain, bundle: BundleReceiver) -> Self {
         Self {
             tokens,
+            kubernetes: None,
             trust_domain,
             bundle,
         }
     }
 
+    /// Also accept ServiceAccount tokens, checked by `reviewer`.
+    pub fn with_kubernetes(mut self, reviewer: Arc<TokenReviewer>) -> Self {
+        self.kubernetes = Some(reviewer);
+        self
+    }
+
     /// Authenticate a request. A bearer token, when present, decides;
-    /// otherwise the connection's client certificate does.
+    /// otherwise the connection's client certificate does. meshca's own
+    /// tokens (prefix `meshca_`) are looked up in the store; any other
+    /// token goes to Kubernetes, when configured.
     ///
     /// # Errors
     /// [`AuthError`].
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         authorization: Option<&HeaderValue>,
         peer: Option<&PeerCertificates>,
@@ -93,7 +113,10 @@ impl Authenticator {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or(AuthError::MalformedHeader)?;
-            let identity = self.tokens.lookup(token, &self.trust_domain)?;
+            let identity = match &self.kubernetes {
+                Some(reviewer) if !TokenStore::is_static(token) => reviewer.review(token).await?,
+                _ => self.tokens.lookup(token, &self.trust_domain)?,
+            };
             return Ok(Caller {
                 identity,
                 method: AuthMethod::Token,

@@ -77,6 +77,11 @@ impl TokenStore {
         }
     }
 
+    /// Whether `token` has the form of a token this store issues.
+    pub fn is_static(token: &str) -> bool {
+        token.starts_with(TOKEN_PREFIX)
+    }
+
     /// The file behind the store.
     pub fn path(&self) -> &Path {
         &self.path

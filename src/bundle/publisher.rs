@@ -64,11 +64,13 @@ impl PublishStatus {
 /// Returns the status handle and the task to spawn. The task publishes each
 /// new bundle to every sink, retries a failing sink with backoff, checks
 /// every `resync` that sinks still hold the bundle (re-publishing one that
-/// was edited or removed), and ends when `shutdown` fires.
+/// was edited or removed) or at once when `resync_now` is notified (a
+/// sink that watches its target does so), and ends when `shutdown` fires.
 pub fn publisher(
     sinks: Vec<Arc<dyn BundleSink>>,
     mut bundles: BundleReceiver,
     resync: Duration,
+    resync_now: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (PublishStatus, impl Future<Output = ()>) {
@@ -114,6 +116,14 @@ pub fn publisher(
                     current = bundles.borrow_and_update().clone();
                     pending.iter_mut().for_each(|p| *p = true);
                     backoff = RETRY_MIN;
+                }
+                () = resync_now.notified() => {
+                    for (i, sink) in sinks.iter().enumerate() {
+                        if !pending[i] && !sink.holds(&current).await {
+                            tracing::warn!(sink = sink.name(), "the trust bundle was changed or removed outside meshca; restoring it");
+                            pending[i] = true;
+                        }
+                    }
                 }
                 () = tokio::time::sleep(wait) => {
                     if all_ok {

@@ -961,7 +961,7 @@ fn watch(inner: &Arc<Inner>, target: &Target, query: &HashMap<String, String>) -
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
@@ -1097,8 +1097,15 @@ fn update(
             let status = new.get("status").cloned().unwrap_or(Value::Null);
             new = current.clone();
             new["status"] = status;
-        } else if let Some(s) = current.get("status") {
-            new["status"] = s.clone();
+        } else {
+            match current.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
         }
     }
     new["metadata"]["uid"] = current["metadata"]["uid"].clone();

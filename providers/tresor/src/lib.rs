@@ -70,8 +70,21 @@ impl Tresor {
         } else {
             tracing::info!(subject = %root.subject(), "loaded the Tresor root");
         }
+        Self::from_root(root, config.intermediate_validity)
+    }
+
+    /// Sign with `root` (loaded from wherever the caller keeps it, e.g. a
+    /// Kubernetes Secret), through a new intermediate when
+    /// `intermediate_validity` is set.
+    ///
+    /// # Errors
+    /// The intermediate could not be issued.
+    pub fn from_root(
+        root: CaCertificate,
+        intermediate_validity: Option<Duration>,
+    ) -> Result<Self, TresorError> {
         let anchor = root.der().clone();
-        match config.intermediate_validity {
+        match intermediate_validity {
             None => Ok(Self {
                 signer: root,
                 chain_tail: Vec::new(),

@@ -1,0 +1,171 @@
+//! The Tresor root in the cluster: its own `kubernetes.io/tls` Secret,
+//! never the bundle Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{ObjectMeta, PostParams};
+use kube::Api;
+use meshca_tresor::CaCertificate;
+
+use super::{is_reason, KubeError, SecretRef, MANAGED_BY};
+
+/// Where OSM kept its root key, next to `ca.crt` in `osm-ca-bundle`.
+const OSM_KEY: &str = "private.key";
+
+fn data<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
+fn load(secret: &Secret, what: &str) -> Result<CaCertificate, KubeError> {
+    let (Some(cert), Some(key)) = (data(secret, "tls.crt"), data(secret, "tls.key")) else {
+        return Err(KubeError::Invalid(format!(
+            "{what} lacks tls.crt or tls.key"
+        )));
+    };
+    CaCertificate::from_pem(cert, &zeroize::Zeroizing::new(key.to_vec()))
+        .map_err(|e| KubeError::Invalid(format!("{what}: {e}")))
+}
+
+/// How the root was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from the root Secret.
+    Loaded,
+    /// Generated here and stored.
+    Created,
+    /// Imported from an OSM-style bundle Secret.
+    Migrated,
+}
+
+/// Load the root from `root` (in `namespace`), or create it.
+///
+/// If the root Secret does not exist and the bundle Secret carries OSM's
+/// `ca.crt` + `private.key`, that CA is imported once. Otherwise `generate`
+/// makes a new one. Creation goes through the API server's atomic create:
+/// when several replicas race, the loser loads the winner's root. Once the
+/// root is in its own Secret, an OSM `private.key` matching it is removed
+/// from the bundle Secret.
+///
+/// # Errors
+/// API failures, or a stored root that cannot be used.
+pub async fn load_or_create(
+    client: kube::Client,
+    namespace: &str,
+    root: &str,
+    bundle: Option<&SecretRef>,
+    generate: impl FnOnce() -> Result<CaCertificate, meshca_tresor::TresorError>,
+) -> Result<(CaCertificate, Origin), KubeError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let what = format!("secret {namespace}/{root}");
+    let bundle_api = bundle.map(|b| (Api::<Secret>::namespaced(client, &b.namespace), b));
+
+    let (ca, origin) = match api
+        .get_opt(root)
+        .await
+        .map_err(KubeError::api(format!("read {what}")))?
+    {
+        Some(s) => (load(&s, &what)?, Origin::Loaded),
+        None => {
+            let mut osm = None;
+            if let Some((bapi, b)) = &bundle_api {
+                if let Some(s) = bapi
+                    .get_opt(&b.name)
+                    .await
+                    .map_err(KubeError::api("read the bundle Secret"))?
+                {
+                    if let (Some(cert), Some(key)) = (data(&s, "ca.crt"), data(&s, OSM_KEY)) {
+                        let ca =
+                            CaCertificate::from_pem(cert, &zeroize::Zeroizing::new(key.to_vec()))
+                                .map_err(|e| {
+                                KubeError::Invalid(format!(
+                                    "the OSM root in {}/{}: {e}",
+                                    b.namespace, b.name
+                                ))
+                            })?;
+                        osm = Some(ca);
+                    }
+                }
+            }
+            let (ca, origin) = match osm {
+                Some(ca) => (ca, Origin::Migrated),
+                None => (
+                    generate().map_err(|e| KubeError::Invalid(e.to_string()))?,
+                    Origin::Created,
+                ),
+            };
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(root.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        MANAGED_BY.0.to_owned(),
+                        MANAGED_BY.1.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("kubernetes.io/tls".to_owned()),
+                data: Some(BTreeMap::from([
+                    ("tls.crt".to_owned(), ByteString(ca.cert_pem().into_bytes())),
+                    (
+                        "tls.key".to_owned(),
+                        ByteString(ca.key_pem().as_bytes().to_vec()),
+                    ),
+                ])),
+                ..Secret::default()
+            };
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => (ca, origin),
+                // Another replica created it first: use theirs.
+                Err(e) if is_reason(&e, 409) => {
+                    let s = api
+                        .get(root)
+                        .await
+                        .map_err(KubeError::api(format!("read {what}")))?;
+                    (load(&s, &what)?, Origin::Loaded)
+                }
+                Err(e) => return Err(KubeError::api(format!("create {what}"))(e)),
+            }
+        }
+    };
+
+    if let Some((bapi, b)) = &bundle_api {
+        remove_osm_key(bapi, b, &ca).await?;
+    }
+    Ok((ca, origin))
+}
+
+/// Remove OSM's `private.key` from the bundle Secret if it is this root's
+/// key: the root key must not stay where workloads read the bundle.
+async fn remove_osm_key(
+    api: &Api<Secret>,
+    bundle: &SecretRef,
+    ca: &CaCertificate,
+) -> Result<(), KubeError> {
+    let Some(s) = api
+        .get_opt(&bundle.name)
+        .await
+        .map_err(KubeError::api("read the bundle Secret"))?
+    else {
+        return Ok(());
+    };
+    let (Some(cert), Some(key)) = (data(&s, "ca.crt"), data(&s, OSM_KEY)) else {
+        return Ok(());
+    };
+    let theirs = CaCertificate::from_pem(cert, &zeroize::Zeroizing::new(key.to_vec()));
+    if !theirs.is_ok_and(|t| t.der() == ca.der()) {
+        return Ok(());
+    }
+    // Replace with the resourceVersion just read: a concurrent writer
+    // makes this fail with 409, and the next start tries again.
+    let mut updated = s.clone();
+    if let Some(d) = updated.data.as_mut() {
+        d.remove(OSM_KEY);
+    }
+    api.replace(&bundle.name, &PostParams::default(), &updated)
+        .await
+        .map_err(KubeError::api("remove private.key from the bundle Secret"))?;
+    tracing::info!(secret = %format!("{}/{}", bundle.namespace, bundle.name), "removed the imported root's private.key from the bundle Secret");
+    Ok(())
+}

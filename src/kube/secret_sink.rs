@@ -1,0 +1,175 @@
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::Api;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{is_reason, SecretRef, MANAGED_BY};
+use crate::bundle::{BundleError, BundleSink, TrustBundle};
+
+/// The data key that holds the bundle.
+const KEY: &str = "ca.crt";
+/// Attempts of read-modify-write before giving up to the publisher's retry.
+const ATTEMPTS: usize = 5;
+
+/// The bundle as `ca.crt` in a Secret (`osm-system/osm-ca-bundle` by
+/// default). Only `ca.crt` is meshca's: other data keys are left alone.
+/// Writes use the object's resourceVersion and are retried on conflict.
+/// Only the leader writes; other replicas report the sink as holding the
+/// bundle.
+pub struct SecretSink {
+    api: Api<Secret>,
+    secret: SecretRef,
+    name: String,
+    leader: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for SecretSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSink")
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl SecretSink {
+    /// A sink for `secret`, writing while `leader` is true.
+    pub fn new(client: kube::Client, secret: SecretRef, leader: watch::Receiver<bool>) -> Self {
+        Self {
+            api: Api::namespaced(client, &secret.namespace),
+            name: format!("secret {}/{}", secret.namespace, secret.name),
+            secret,
+            leader,
+        }
+    }
+
+    /// A task that wakes `resync` whenever the Secret changes or
+    /// disappears, so an edit or a deletion is repaired within seconds,
+    /// and whenever leadership changes.
+    pub fn watch_changes(
+        &self,
+        resync: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let api = self.api.clone();
+        let selector = format!("metadata.name={}", self.secret.name);
+        let mut leader = self.leader.clone();
+        async move {
+            let mut events = watcher(api, watcher::Config::default().fields(&selector)).boxed();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = leader.changed() => {
+                        if changed.is_err() { return; }
+                        resync.notify_one();
+                    }
+                    event = events.next() => match event {
+                        Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => resync.notify_one(),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "watch of the bundle Secret interrupted; resuming");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    fn fail(&self, message: String) -> BundleError {
+        BundleError::Sink {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+}
+
+fn holds_pem(secret: &Secret, pem: &str) -> bool {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KEY))
+        .is_some_and(|v| v.0 == pem.as_bytes())
+}
+
+#[async_trait]
+impl BundleSink for SecretSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn publish(&self, bundle: &TrustBundle) -> Result<(), BundleError> {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let pem = bundle.pem();
+        for _ in 0..ATTEMPTS {
+            let current = self
+                .api
+                .get_opt(&self.secret.name)
+                .await
+                .map_err(|e| self.fail(e.to_string()))?;
+            let result = match current {
+                Some(s) if holds_pem(&s, pem) => return Ok(()),
+                Some(mut s) => {
+                    s.data
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(KEY.to_owned(), ByteString(pem.as_bytes().to_vec()));
+                    self.api
+                        .replace(&self.secret.name, &PostParams::default(), &s)
+                        .await
+                        .map(drop)
+                }
+                None => {
+                    let s = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(self.secret.name.clone()),
+                            namespace: Some(self.secret.namespace.clone()),
+                            labels: Some(BTreeMap::from([(
+                                MANAGED_BY.0.to_owned(),
+                                MANAGED_BY.1.to_owned(),
+                            )])),
+                            ..ObjectMeta::default()
+                        },
+                        type_: Some("Opaque".to_owned()),
+                        data: Some(BTreeMap::from([(
+                            KEY.to_owned(),
+                            ByteString(pem.as_bytes().to_vec()),
+                        )])),
+                        ..Secret::default()
+                    };
+                    self.api.create(&PostParams::default(), &s).await.map(drop)
+                }
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                // Someone wrote in between: read again and retry.
+                Err(e) if is_reason(&e, 409) => {
+                    tracing::debug!(secret = %self.name, "conflict writing the bundle Secret; retrying");
+                }
+                Err(e) => return Err(self.fail(e.to_string())),
+            }
+        }
+        Err(self.fail(format!("still conflicting after {ATTEMPTS} attempts")))
+    }
+
+    async fn holds(&self, bundle: &TrustBundle) -> bool {
+        if !self.is_leader() {
+            return true;
+        }
+        matches!(self.api.get_opt(&self.secret.name).await, Ok(Some(s)) if holds_pem(&s, bundle.pem()))
+    }
+}
