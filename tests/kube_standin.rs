@@ -413,7 +413,7 @@ async fn discovery_serves_the_configured_ingress_versions_only() {
 }
 
 fn kubectl(kube: &KubeStandIn, args: &[&str]) -> std::process::Output {
-    Command::new("kubectl")
+    Command::new(support::tool("kubectl"))
         .arg("--kubeconfig")
         .arg(kube.kubeconfig())
         .args(args)

@@ -88,7 +88,7 @@ async fn the_bundle_secret_holds_only_ca_crt_and_the_root_lives_in_its_own_tls_s
     );
 
     // The user's command from the OSM docs works unchanged.
-    let out = std::process::Command::new("kubectl")
+    let out = std::process::Command::new(support::tool("kubectl"))
         .args(["--kubeconfig", kube.kubeconfig().to_str().expect("utf8")])
         .args([
             "get",

@@ -18,7 +18,8 @@
 //! - a `status` subresource for the resources that have one;
 //! - `TokenReview` (authentication.k8s.io/v1), `Lease`
 //!   (coordination.k8s.io/v1), `Ingress` (networking.k8s.io/v1 and, when
-//!   enabled, v1beta1), cert-manager's `CertificateRequest`;
+//!   enabled, v1beta1), cert-manager's `CertificateRequest`, and the kinds
+//!   meshca's Helm chart installs (Deployment, RBAC);
 //! - fault injection: unavailability (503) and forced update conflicts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -125,6 +126,46 @@ fn resources(options: &Options) -> Vec<ResourceDef> {
             kind: "CertificateRequest",
             namespaced: true,
             status: true,
+        },
+        ResourceDef {
+            group: "apps",
+            versions: vec!["v1"],
+            plural: "deployments",
+            kind: "Deployment",
+            namespaced: true,
+            status: true,
+        },
+        ResourceDef {
+            group: "rbac.authorization.k8s.io",
+            versions: vec!["v1"],
+            plural: "roles",
+            kind: "Role",
+            namespaced: true,
+            status: false,
+        },
+        ResourceDef {
+            group: "rbac.authorization.k8s.io",
+            versions: vec!["v1"],
+            plural: "rolebindings",
+            kind: "RoleBinding",
+            namespaced: true,
+            status: false,
+        },
+        ResourceDef {
+            group: "rbac.authorization.k8s.io",
+            versions: vec!["v1"],
+            plural: "clusterroles",
+            kind: "ClusterRole",
+            namespaced: false,
+            status: false,
+        },
+        ResourceDef {
+            group: "rbac.authorization.k8s.io",
+            versions: vec!["v1"],
+            plural: "clusterrolebindings",
+            kind: "ClusterRoleBinding",
+            namespaced: false,
+            status: false,
         },
         ResourceDef {
             group: "authentication.k8s.io",

@@ -24,6 +24,23 @@ pub struct TestDaemon {
     pub config: Config,
 }
 
+/// A command-line tool the tests drive (helm, kubectl): `MESHCA_<NAME>`,
+/// else `./.tools/bin/<name>` as installed by `.ci/install-k8s-tools`, else
+/// the one on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("MESHCA_{}", name.to_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// YAML for a daemon keeping its state in `dir`, listening on free ports,
 /// with `extra` appended (top-level keys).
 pub fn config_yaml(dir: &Path, extra: &str) -> String {

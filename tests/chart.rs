@@ -1,0 +1,236 @@
+//! The Helm chart in charts/meshca, rendered by the real `helm template`
+//! (installed by `.ci/install-k8s-tools`) for every provider, then checked
+//! three ways: every object deserialises into its Kubernetes API type
+//! (k8s-openapi), the rendered meshca config is accepted by meshca itself,
+//! and `kubectl apply --dry-run=client` accepts the manifests against the
+//! Kubernetes API stand-in (with `--validate=false`: the stand-in serves no
+//! OpenAPI schema, which is what kubectl's own field validation needs).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde_json::Value;
+
+fn helm_template(values: &[&str]) -> String {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/meshca");
+    let mut cmd = Command::new(support::tool("helm"));
+    cmd.args(["template", "meshca"])
+        .arg(&chart)
+        .args(["--namespace", "osm-system"]);
+    for v in values {
+        cmd.args(["--set", v]);
+    }
+    let out = cmd
+        .output()
+        .expect("helm runs (.ci/install-k8s-tools installs it)");
+    assert!(
+        out.status.success(),
+        "helm template {values:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn documents(rendered: &str) -> Vec<Value> {
+    rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
+    serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{} does not match its API type: {e}", doc["kind"]))
+}
+
+fn check_objects(docs: &[Value]) -> meshca::Config {
+    let mut kinds: Vec<&str> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().expect("kind"))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let mut config = None;
+    for doc in docs {
+        match doc["kind"].as_str().expect("kind") {
+            "Deployment" => {
+                let d: Deployment = typed(doc);
+                let spec = d.spec.expect("spec");
+                assert_eq!(spec.replicas, Some(2));
+                let pod = spec.template.spec.expect("pod spec");
+                assert_eq!(pod.service_account_name.as_deref(), Some("meshca"));
+                assert_eq!(
+                    pod.security_context.expect("psc").run_as_non_root,
+                    Some(true)
+                );
+                let c = &pod.containers[0];
+                let sc = c.security_context.as_ref().expect("security context");
+                assert_eq!(sc.read_only_root_filesystem, Some(true));
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+                let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+                    p.as_ref()
+                        .and_then(|p| p.http_get.as_ref())
+                        .and_then(|h| h.path.clone())
+                };
+                assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+                assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+            }
+            "Service" => drop(typed::<Service>(doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
+            "ConfigMap" => {
+                let cm: ConfigMap = typed(doc);
+                let yaml = cm.data.expect("data")["meshca.yaml"].clone();
+                config =
+                    Some(meshca::Config::from_yaml(&yaml).unwrap_or_else(|e| {
+                        panic!("meshca refuses the chart's config: {e}\n{yaml}")
+                    }));
+            }
+            "Role" => {
+                let r: Role = typed(doc);
+                let resources: Vec<String> = r
+                    .rules
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|r| r.resources.clone().unwrap_or_default())
+                    .collect();
+                assert_eq!(
+                    resources,
+                    ["secrets", "leases", "certificaterequests"],
+                    "namespaced access only to what meshca uses"
+                );
+            }
+            "ClusterRole" => {
+                let r: ClusterRole = typed(doc);
+                let rules = r.rules.unwrap_or_default();
+                assert_eq!(rules.len(), 1);
+                assert_eq!(
+                    rules[0].resources.as_deref(),
+                    Some(&["tokenreviews".to_owned()][..])
+                );
+                assert_eq!(rules[0].verbs, ["create"]);
+            }
+            "RoleBinding" => drop(typed::<RoleBinding>(doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    config.expect("a ConfigMap with meshca.yaml")
+}
+
+#[test]
+fn the_default_chart_renders_valid_objects_and_a_tresor_config_meshca_accepts() {
+    let config = check_objects(&documents(&helm_template(&[])));
+    assert_eq!(config.provider.kind(), "tresor");
+    let k = config.kubernetes.expect("in-cluster config");
+    assert_eq!(
+        (k.namespace.as_str(), k.root_secret.as_str()),
+        ("osm-system", "meshca-tresor-root")
+    );
+    let secret = config.bundle.secret.expect("bundle Secret");
+    assert_eq!(
+        (secret.namespace.as_str(), secret.name.as_str()),
+        ("osm-system", "osm-ca-bundle")
+    );
+    assert_eq!(
+        config.auth.kubernetes.expect("TokenReview").audience,
+        "meshca"
+    );
+}
+
+#[test]
+fn the_chart_renders_every_vault_auth_method() {
+    for values in [
+        vec!["provider.kind=vault"],
+        vec![
+            "provider.kind=vault",
+            "vault.auth.method=approle",
+            "vault.auth.approle.roleId=abc",
+            "vault.auth.approle.secretIdSecretName=meshca-vault",
+        ],
+        vec![
+            "provider.kind=vault",
+            "vault.auth.method=token",
+            "vault.auth.token.secretName=meshca-vault",
+            "vault.caSecretName=vault-ca",
+        ],
+    ] {
+        let config = check_objects(&documents(&helm_template(&values)));
+        assert_eq!(config.provider.kind(), "vault", "{values:?}");
+    }
+}
+
+#[test]
+fn the_chart_names_its_settings_from_values() {
+    let rendered = helm_template(&[
+        "caBundleSecretName=mesh-roots",
+        "trustDomain=mesh.example",
+        "certManager.issuerName=my-ca",
+        "certManager.issuerKind=ClusterIssuer",
+        "provider.kind=cert-manager",
+    ]);
+    assert!(rendered.contains("name: mesh-roots"));
+    assert!(rendered.contains("trust_domain: mesh.example"));
+    assert!(
+        rendered.contains("issuer_name: my-ca") && rendered.contains("issuer_kind: ClusterIssuer")
+    );
+    let bad = Command::new(support::tool("helm"))
+        .args(["template", "meshca"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/meshca"))
+        .args(["--set", "provider.kind=bogus"])
+        .output()
+        .expect("helm");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("provider.kind must be"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_accepts_the_rendered_manifests_in_a_client_dry_run() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("meshca.yaml");
+    std::fs::write(&file, helm_template(&[])).expect("write");
+    let kubeconfig = kube.kubeconfig();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(support::tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["apply", "--dry-run=client", "--validate=false", "-f"])
+            .arg(&file)
+            .output()
+            .expect("kubectl")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in [
+        "deployment.apps/meshca",
+        "service/meshca",
+        "role.rbac.authorization.k8s.io/meshca",
+        "configmap/meshca",
+    ] {
+        assert!(stdout.contains(object), "{object} missing from:\n{stdout}");
+    }
+}
