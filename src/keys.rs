@@ -1,11 +1,16 @@
 //! Keys and certificate requests made where they are used: by the agent
 //! for its workload, and by the daemon for its own serving certificate.
 //!
-//! The request carries only the public key: the signing side decides every
-//! name from the authenticated identity, so asking for none is both enough
-//! and impossible to get wrong.
+//! A request names exactly the identity it is for (CN and DNS SAN
+//! `SA.NS.TD`, URI SAN `spiffe://…`) plus, for the daemon only, the names
+//! it is dialled by. The signing side checks these against the
+//! authenticated identity; backends such as cert-manager sign only what the
+//! request names, so naming it fully works with every provider.
 
-use rcgen::{CertificateParams, CertificateSigningRequest, DistinguishedName, KeyPair};
+use meshca_provider::{Identity, ServerName};
+use rcgen::{
+    CertificateParams, CertificateSigningRequest, DistinguishedName, DnType, KeyPair, SanType,
+};
 
 /// A fresh ECDSA P-256 key (the mesh default).
 ///
@@ -15,12 +20,29 @@ pub fn generate() -> Result<KeyPair, rcgen::Error> {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
 }
 
-/// A CSR for `key` with an empty subject and no extensions.
+/// A CSR for `key` naming `identity` and `extra` server names.
 ///
 /// # Errors
-/// Signing the request failed.
-pub fn request_for(key: &KeyPair) -> Result<CertificateSigningRequest, rcgen::Error> {
+/// A name rcgen cannot encode, or signing failed.
+pub fn request_for(
+    key: &KeyPair,
+    identity: &Identity,
+    extra: &[ServerName],
+) -> Result<CertificateSigningRequest, rcgen::Error> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.dns_name());
+    params.distinguished_name = dn;
+    let mut sans = vec![
+        SanType::DnsName(identity.dns_name().try_into()?),
+        SanType::URI(identity.spiffe_id().try_into()?),
+    ];
+    for name in extra {
+        sans.push(match name {
+            ServerName::Dns(d) => SanType::DnsName(d.clone().try_into()?),
+            ServerName::Ip(ip) => SanType::IpAddress(*ip),
+        });
+    }
+    params.subject_alt_names = sans;
     params.serialize_request(key)
 }

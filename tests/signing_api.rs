@@ -546,3 +546,31 @@ async fn the_daemons_own_certificate_is_issued_by_its_provider_and_names_its_hos
         );
     }
 }
+
+#[tokio::test]
+async fn the_identity_endpoint_tells_an_authenticated_caller_who_it_is() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let resp = client
+        .get(d.url("/v1/identity"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(
+        body,
+        json!({
+            "identity": "bookstore.bookstore.cluster.local",
+            "spiffe_id": "spiffe://cluster.local/ns/bookstore/sa/bookstore",
+        })
+    );
+    let resp = client
+        .get(d.url("/v1/identity"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 401);
+}

@@ -310,12 +310,13 @@ async fn fetch_certificate(
             ))
         }
     };
+    let client = client(initial_roots, held, token.is_none())?;
+    let identity = whoami(&client, config, token.as_deref().map(String::as_str)).await?;
     let key = keys::generate().map_err(|e| AgentError::Setup(e.to_string()))?;
-    let csr = keys::request_for(&key)
+    let csr = keys::request_for(&key, &identity, &[])
         .and_then(|c| c.pem())
         .map_err(|e| AgentError::Setup(e.to_string()))?;
 
-    let client = client(initial_roots, held, token.is_none())?;
     let url = format!("{}/v1/certificates", config.server.trim_end_matches('/'));
     let mut body = serde_json::json!({ "csr": csr });
     if let Some(ttl) = config.ttl {
@@ -332,25 +333,7 @@ async fn fetch_certificate(
             url: url.clone(),
             source,
         })?;
-    let status = response.status();
-    if !status.is_success() {
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let (code, message) = match response.json::<ErrorBody>().await {
-            Ok(b) => (b.error.code, b.error.message),
-            Err(_) => ("unknown".into(), "no error body".into()),
-        };
-        return Err(AgentError::Refused {
-            status: status.as_u16(),
-            code,
-            message,
-            retry_after,
-        });
-    }
+    let response = refused(response).await?;
     let issued: Issued = response
         .json()
         .await
@@ -369,6 +352,63 @@ async fn fetch_certificate(
         chain_pem: issued.certificate_chain,
         key_pem: Zeroizing::new(key.serialize_pem()),
         bundle_pem: issued.trust_bundle,
+    })
+}
+
+#[derive(Deserialize)]
+struct WhoAmI {
+    spiffe_id: String,
+}
+
+/// Ask the server which identity the credential stands for.
+async fn whoami(
+    client: &reqwest::Client,
+    config: &AgentConfig,
+    token: Option<&str>,
+) -> Result<meshca_provider::Identity, AgentError> {
+    let url = format!("{}/v1/identity", config.server.trim_end_matches('/'));
+    let mut request = client.get(&url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|source| AgentError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+    let response = refused(response).await?;
+    let who: WhoAmI = response
+        .json()
+        .await
+        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
+    meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
+        .map_err(|e| AgentError::InvalidResponse(e.to_string()))
+}
+
+/// Pass a successful response through; turn an error answer into
+/// [`AgentError::Refused`] with the server's code, message and Retry-After.
+async fn refused(response: reqwest::Response) -> Result<reqwest::Response, AgentError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let (code, message) = match response.json::<ErrorBody>().await {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => ("unknown".into(), "no error body".into()),
+    };
+    Err(AgentError::Refused {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
     })
 }
 

@@ -158,6 +158,36 @@ async fn issue(
     })
 }
 
+/// Answer of `GET /v1/identity`: who the credential says the caller is,
+/// so a client can name itself in its CSR.
+#[derive(Serialize)]
+struct IdentityResponse {
+    identity: String,
+    spiffe_id: String,
+}
+
+pub(super) async fn get_identity(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+) -> Response {
+    match state
+        .auth
+        .authenticate(
+            headers.get(header::AUTHORIZATION),
+            peer.as_ref().map(|p| &p.0),
+        )
+        .await
+    {
+        Ok(caller) => Json(IdentityResponse {
+            identity: caller.identity.dns_name(),
+            spiffe_id: caller.identity.spiffe_id(),
+        })
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 pub(super) async fn get_bundle(State(state): State<Arc<ApiState>>) -> Response {
     let pem = state.bundle.borrow().pem().to_owned();
     ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()

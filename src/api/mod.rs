@@ -66,5 +66,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/certificates", post(handlers::create_certificate))
         .route("/v1/bundle", get(handlers::get_bundle))
+        .route("/v1/identity", get(handlers::get_identity))
         .with_state(state)
 }

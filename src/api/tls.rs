@@ -81,7 +81,7 @@ async fn issue(
 ) -> Result<(ServerConfig, OffsetDateTime, OffsetDateTime), IssueError> {
     let internal = |m: String| IssueError::Provider(meshca_provider::ProviderError::Internal(m));
     let key = keys::generate().map_err(|e| internal(e.to_string()))?;
-    let csr = keys::request_for(&key).map_err(|e| internal(e.to_string()))?;
+    let csr = keys::request_for(&key, identity, names).map_err(|e| internal(e.to_string()))?;
     let issued = issuer
         .issue_server(identity, csr.der(), names.to_vec())
         .await?;

@@ -97,7 +97,7 @@ impl Issuer {
         csr_der: &[u8],
         names: Vec<ServerName>,
     ) -> Result<IssuedCertificate, IssueError> {
-        let csr = ValidatedCsr::new(csr_der, identity)?;
+        let csr = ValidatedCsr::with_server_names(csr_der, identity, &names)?;
         let profile = LeafProfile::server(identity.clone(), self.lifetimes.default_ttl, names);
         self.sign(&csr, &profile).await
     }

@@ -231,7 +231,7 @@ fn check_names(cert: &X509Certificate<'_>, leaf: &LeafProfile) -> Result<(), Str
             got.insert(match name {
                 GeneralName::DNSName(d) => format!("DNS:{d}"),
                 GeneralName::URI(u) => format!("URI:{u}"),
-                GeneralName::IPAddress(b) => match ip_from_bytes(b) {
+                GeneralName::IPAddress(b) => match crate::csr::ip_from_bytes(b) {
                     Some(ip) => format!("IP:{ip}"),
                     None => return Err("the leaf carries a malformed IP SAN".into()),
                 },
@@ -243,14 +243,6 @@ fn check_names(cert: &X509Certificate<'_>, leaf: &LeafProfile) -> Result<(), Str
         return Err(format!("the leaf names {got:?}, expected exactly {want:?}"));
     }
     Ok(())
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
-    match b.len() {
-        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
-        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
-        _ => None,
-    }
 }
 
 fn verify_chain(

@@ -11,7 +11,17 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::Identity;
+use std::collections::BTreeSet;
+
+use crate::{Identity, LeafProfile, ServerName};
+
+pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
 
 /// The public-key types meshca accepts in a CSR (DESIGN: ECDSA P-256/P-384,
 /// Ed25519, RSA 2048–4096 bits).
@@ -100,6 +110,8 @@ impl CsrError {
 pub struct ValidatedCsr {
     der: Vec<u8>,
     identity: Identity,
+    /// The SANs the request names, as `DNS:…`, `URI:…`, `IP:…`.
+    requested: BTreeSet<String>,
     spki_der: Vec<u8>,
     public_key: Vec<u8>,
     key_algorithm: KeyAlgorithm,
@@ -122,6 +134,19 @@ impl ValidatedCsr {
     /// run cheapest first, and the signature before anything that depends on
     /// who made the request.
     pub fn new(der: &[u8], identity: &Identity) -> Result<Self, CsrError> {
+        Self::with_server_names(der, identity, &[])
+    }
+
+    /// As [`ValidatedCsr::new`], also allowing `extra` names: only for the
+    /// daemon's own serving certificate, never for a caller's CSR.
+    ///
+    /// # Errors
+    /// As [`ValidatedCsr::new`].
+    pub fn with_server_names(
+        der: &[u8],
+        identity: &Identity,
+        extra: &[ServerName],
+    ) -> Result<Self, CsrError> {
         let (rest, csr) = X509CertificationRequest::from_der(der)
             .map_err(|e| CsrError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
@@ -136,10 +161,25 @@ impl ValidatedCsr {
 
         let allowed_dns = identity.dns_name();
         let allowed_uri = identity.spiffe_id();
+        let extra_dns: Vec<&str> = extra
+            .iter()
+            .filter_map(|n| match n {
+                ServerName::Dns(d) => Some(d.as_str()),
+                ServerName::Ip(_) => None,
+            })
+            .collect();
+        let extra_ips: Vec<std::net::IpAddr> = extra
+            .iter()
+            .filter_map(|n| match n {
+                ServerName::Ip(ip) => Some(*ip),
+                ServerName::Dns(_) => None,
+            })
+            .collect();
         let refuse = |requested: &str| CsrError::NameNotAllowed {
             requested: requested.to_owned(),
             identity: allowed_dns.clone(),
         };
+        let mut requested = BTreeSet::new();
 
         for cn in info.subject.iter_common_name() {
             let cn = cn
@@ -158,8 +198,20 @@ impl ValidatedCsr {
                             ParsedExtension::SubjectAlternativeName(san) => {
                                 for name in &san.general_names {
                                     match name {
-                                        GeneralName::DNSName(n) if *n == allowed_dns => {}
-                                        GeneralName::URI(u) if *u == allowed_uri => {}
+                                        GeneralName::DNSName(n)
+                                            if *n == allowed_dns || extra_dns.contains(n) =>
+                                        {
+                                            requested.insert(format!("DNS:{n}"));
+                                        }
+                                        GeneralName::URI(u) if *u == allowed_uri => {
+                                            requested.insert(format!("URI:{u}"));
+                                        }
+                                        GeneralName::IPAddress(b) => match ip_from_bytes(b) {
+                                            Some(ip) if extra_ips.contains(&ip) => {
+                                                requested.insert(format!("IP:{ip}"));
+                                            }
+                                            _ => return Err(refuse(&name.to_string())),
+                                        },
                                         other => return Err(refuse(&other.to_string())),
                                     }
                                 }
@@ -191,10 +243,24 @@ impl ValidatedCsr {
         Ok(Self {
             der: der.to_vec(),
             identity: identity.clone(),
+            requested,
             spki_der: spki.raw.to_vec(),
             public_key: spki.subject_public_key.data.to_vec(),
             key_algorithm,
         })
+    }
+
+    /// Whether the request itself names exactly the leaf's SANs, as
+    /// backends that take names only from the CSR (cert-manager) need.
+    pub fn names_exactly(&self, leaf: &LeafProfile) -> bool {
+        let mut want: BTreeSet<String> = leaf
+            .dns_names()
+            .into_iter()
+            .map(|d| format!("DNS:{d}"))
+            .collect();
+        want.insert(format!("URI:{}", leaf.identity().spiffe_id()));
+        want.extend(leaf.ip_addresses().iter().map(|ip| format!("IP:{ip}")));
+        self.requested == want
     }
 
     /// The identity this request was authorised for.
