@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshca_cert_manager::{CaSource, CertManagerConfig};
 use meshca_provider::{Identity, ServerName, TrustDomain};
 use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
 use meshca_vault::{VaultAuth, VaultConfig};
@@ -83,6 +84,8 @@ pub enum ProviderConfig {
     Tresor(TresorConfig),
     /// A Vault / OpenBao PKI engine.
     Vault(VaultConfig),
+    /// cert-manager, through CertificateRequests (needs a cluster).
+    CertManager(CertManagerConfig),
 }
 
 impl ProviderConfig {
@@ -91,6 +94,7 @@ impl ProviderConfig {
         match self {
             Self::Tresor(_) => "tresor",
             Self::Vault(_) => "vault",
+            Self::CertManager(_) => "cert-manager",
         }
     }
 }
@@ -317,6 +321,7 @@ struct RawProvider {
     #[serde(default)]
     tresor: RawTresor,
     vault: Option<RawVault>,
+    cert_manager: Option<RawCertManager>,
 }
 
 impl Default for RawProvider {
@@ -325,6 +330,7 @@ impl Default for RawProvider {
             kind: RawProviderKind::Tresor,
             tresor: RawTresor::default(),
             vault: None,
+            cert_manager: None,
         }
     }
 }
@@ -334,6 +340,54 @@ impl Default for RawProvider {
 enum RawProviderKind {
     Tresor,
     Vault,
+    CertManager,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertManager {
+    #[serde(default = "default_issuer_name")]
+    issuer_name: String,
+    #[serde(default = "default_issuer_kind")]
+    issuer_kind: String,
+    #[serde(default = "default_issuer_group")]
+    issuer_group: String,
+    #[serde(default = "default_meshca_namespace")]
+    namespace: String,
+    #[serde(default = "default_cert_manager_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    ca_from: Option<RawCaFrom>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaFrom {
+    secret: Option<RawKeyRef>,
+    config_map: Option<RawKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyRef {
+    name: String,
+    #[serde(default = "default_ca_key")]
+    key: String,
+}
+
+fn default_issuer_name() -> String {
+    "osm-ca".into()
+}
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+fn default_cert_manager_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 #[derive(Deserialize)]
@@ -653,7 +707,7 @@ impl TryFrom<RawConfig> for Config {
                 None
             }
             (_, Some(v)) => vault_config(v, &mut err),
-            (RawProviderKind::Tresor, None) => None,
+            (RawProviderKind::Tresor | RawProviderKind::CertManager, None) => None,
         };
         let t = &raw.provider.tresor;
         let root = match (&t.root_cert_file, &t.root_key_file) {
@@ -768,6 +822,29 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
+        let cert_manager = match (&raw.provider.kind, &raw.provider.cert_manager) {
+            (RawProviderKind::CertManager, None) => Some(cert_manager_config(
+                &RawCertManager {
+                    issuer_name: default_issuer_name(),
+                    issuer_kind: default_issuer_kind(),
+                    issuer_group: default_issuer_group(),
+                    namespace: default_meshca_namespace(),
+                    timeout: default_cert_manager_timeout(),
+                    ca_from: None,
+                },
+                &mut err,
+            )),
+            (_, Some(c)) => Some(cert_manager_config(c, &mut err)),
+            _ => None,
+        }
+        .flatten();
+        if matches!(raw.provider.kind, RawProviderKind::CertManager) && kubernetes.is_none() {
+            err(
+                "provider.kind",
+                "cert-manager needs a cluster: set kubernetes.kubeconfig, or run in a pod".into(),
+            );
+        }
+
         let provider = match (&raw.provider.kind, root, vault) {
             (RawProviderKind::Tresor, Some(root), _) => {
                 Some(ProviderConfig::Tresor(TresorConfig {
@@ -776,6 +853,7 @@ impl TryFrom<RawConfig> for Config {
                 }))
             }
             (RawProviderKind::Vault, _, Some(v)) => Some(ProviderConfig::Vault(v)),
+            (RawProviderKind::CertManager, _, _) => cert_manager.map(ProviderConfig::CertManager),
             _ => None,
         };
 
@@ -837,6 +915,61 @@ impl TryFrom<RawConfig> for Config {
             _ => Err(ConfigError::Invalid(errors)),
         }
     }
+}
+
+/// Validate the cert-manager section, reporting problems through `err`.
+fn cert_manager_config(
+    c: &RawCertManager,
+    err: &mut impl FnMut(&str, String),
+) -> Option<CertManagerConfig> {
+    let mut ok = true;
+    if c.issuer_kind != "Issuer" && c.issuer_kind != "ClusterIssuer" {
+        err(
+            "provider.cert_manager.issuer_kind",
+            format!("{:?} must be Issuer or ClusterIssuer", c.issuer_kind),
+        );
+        ok = false;
+    }
+    if c.timeout < Duration::from_secs(1) {
+        err(
+            "provider.cert_manager.timeout",
+            "must be at least 1s".into(),
+        );
+        ok = false;
+    }
+    let ca_from = match &c.ca_from {
+        None => None,
+        Some(RawCaFrom {
+            secret: Some(r),
+            config_map: None,
+        }) => Some(CaSource::Secret {
+            name: r.name.clone(),
+            key: r.key.clone(),
+        }),
+        Some(RawCaFrom {
+            secret: None,
+            config_map: Some(r),
+        }) => Some(CaSource::ConfigMap {
+            name: r.name.clone(),
+            key: r.key.clone(),
+        }),
+        Some(_) => {
+            err(
+                "provider.cert_manager.ca_from",
+                "set exactly one of secret, config_map".into(),
+            );
+            ok = false;
+            None
+        }
+    };
+    ok.then(|| CertManagerConfig {
+        issuer_name: c.issuer_name.clone(),
+        issuer_kind: c.issuer_kind.clone(),
+        issuer_group: c.issuer_group.clone(),
+        namespace: c.namespace.clone(),
+        timeout: c.timeout,
+        ca_from,
+    })
 }
 
 /// Validate the Vault section, reporting problems through `err`.

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshca_cert_manager::{CertManager, CertManagerMetrics};
 use meshca_provider::{Checked, Provider, ProviderError};
+use meshca_provider::{LeafProfile, ValidatedCsr};
 use meshca_tresor::{CaCertificate, RootSource, Tresor, TresorConfig, TresorError};
 use meshca_vault::Vault;
 use thiserror::Error;
@@ -101,9 +103,21 @@ type BuiltProvider = (
 async fn build_provider(
     config: &Config,
     cluster: Option<&kube::Client>,
+    metrics: &mut Metrics,
     shutdown: &CancellationToken,
 ) -> Result<BuiltProvider, DaemonError> {
     match &config.provider {
+        ProviderConfig::CertManager(c) => {
+            let Some(client) = cluster else {
+                return Err(DaemonError::Anchors(ProviderError::Misconfigured(
+                    "the cert-manager provider needs a cluster".into(),
+                )));
+            };
+            let metrics = Arc::new(CertManagerMetrics::register(metrics.registry_mut()));
+            let probe = probe_request(config)?;
+            let provider = CertManager::connect(client.clone(), c.clone(), metrics, probe).await?;
+            Ok((Arc::new(provider), None))
+        }
         // With a cluster, a generated root lives in its own Secret.
         ProviderConfig::Tresor(TresorConfig {
             root:
@@ -157,7 +171,7 @@ async fn build_provider(
 /// [`DaemonError`] for anything that prevents serving.
 pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
 
     let mut tasks = JoinSet::new();
 
@@ -181,7 +195,9 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         _ => None,
     };
 
-    let (provider, provider_task) = build_provider(&config, cluster.as_ref(), &shutdown).await?;
+    let (provider, provider_task) =
+        build_provider(&config, cluster.as_ref(), &mut metrics, &shutdown).await?;
+    let metrics = Arc::new(metrics);
     if let Some(task) = provider_task {
         tasks.spawn(task);
     }
@@ -293,6 +309,20 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         shutdown,
         tasks,
     })
+}
+
+/// A throwaway request for the daemon's own identity, with which a
+/// provider can check at start that signing works and learn its anchors.
+fn probe_request(config: &Config) -> Result<(ValidatedCsr, LeafProfile), DaemonError> {
+    let internal = |m: String| DaemonError::Anchors(ProviderError::Internal(m));
+    let identity = &config.daemon_identity;
+    let key = crate::keys::generate().map_err(|e| internal(e.to_string()))?;
+    let csr = crate::keys::request_for(&key, identity, &[]).map_err(|e| internal(e.to_string()))?;
+    let csr = ValidatedCsr::new(csr.der(), identity).map_err(|e| internal(e.to_string()))?;
+    Ok((
+        csr,
+        LeafProfile::workload(identity.clone(), config.certificates.min_ttl),
+    ))
 }
 
 /// This replica's name in the Lease: the pod name when there is one.

@@ -116,6 +116,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for providers that export metrics of their own
+    /// (registered under the same `meshca_` prefix).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -178,6 +178,26 @@ fn the_chart_renders_every_vault_auth_method() {
 }
 
 #[test]
+fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
+    let config = check_objects(&documents(&helm_template(&[
+        "provider.kind=cert-manager",
+        "certManager.issuerName=my-ca",
+        "certManager.issuerKind=ClusterIssuer",
+    ])));
+    let meshca::ProviderConfig::CertManager(c) = config.provider else {
+        panic!("cert-manager");
+    };
+    assert_eq!(
+        (
+            c.issuer_name.as_str(),
+            c.issuer_kind.as_str(),
+            c.issuer_group.as_str()
+        ),
+        ("my-ca", "ClusterIssuer", "cert-manager.io")
+    );
+}
+
+#[test]
 fn the_chart_names_its_settings_from_values() {
     let rendered = helm_template(&[
         "caBundleSecretName=mesh-roots",

@@ -171,6 +171,7 @@ impl From<IssueError> for ApiError {
                 ProviderError::Denied(_) => Self::ProviderDenied(p.to_string()),
                 ProviderError::Rejected { .. } => Self::ProviderRejected(p.to_string()),
                 ProviderError::Internal(m) => Self::Internal(m),
+                ProviderError::UnsupportedRequest(m) => Self::InvalidCsr(m),
                 other => Self::ProviderUnavailable {
                     retry_after: other.retry_after().unwrap_or(Duration::from_secs(30)),
                     message: other.to_string(),

@@ -41,6 +41,10 @@ pub enum ProviderError {
     /// missing mount). An operator has to act.
     #[error("the signing backend is misconfigured: {0}")]
     Misconfigured(String),
+    /// This backend cannot sign this CSR as sent (e.g. cert-manager needs
+    /// the CSR to name the identity). The client must send another.
+    #[error("{0}")]
+    UnsupportedRequest(String),
     /// A local failure while signing (key unusable, encoding failed).
     #[error("failed to sign: {0}")]
     Internal(String),

@@ -1,0 +1,216 @@
+//! One CertificateRequest from creation to deletion.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures_util::StreamExt;
+use kube::api::{DeleteParams, DynamicObject, ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::Api;
+use meshca_provider::{LeafProfile, ProviderError};
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+use crate::{pem_certs, CertManager, MANAGED_BY};
+
+/// What an issued request carried.
+pub(crate) struct Outcome {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) ca: Vec<CertificateDer<'static>>,
+}
+
+/// Deletes the request when dropped, whatever happened: success, refusal,
+/// timeout, or the caller going away mid-wait.
+struct Cleanup {
+    api: Api<DynamicObject>,
+    name: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (api, name) = (self.api.clone(), std::mem::take(&mut self.name));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
+                    tracing::warn!(request = %name, error = %e, "failed to delete a CertificateRequest");
+                }
+            });
+        }
+    }
+}
+
+fn condition<'a>(cr: &'a Value, kind: &str) -> Option<&'a Value> {
+    cr.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+}
+
+fn text<'a>(c: &'a Value, field: &str) -> &'a str {
+    c.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+/// What the request's conditions say now: `None` while pending.
+fn judge(cr: &Value) -> Option<Result<Outcome, ProviderError>> {
+    if let Some(c) = condition(cr, "Denied").filter(|c| text(c, "status") == "True") {
+        return Some(Err(ProviderError::Denied(format!(
+            "cert-manager denied the request ({}): {}",
+            text(c, "reason"),
+            text(c, "message")
+        ))));
+    }
+    if let Some(c) = condition(cr, "Approved").filter(|c| text(c, "status") == "False") {
+        return Some(Err(ProviderError::Denied(format!(
+            "cert-manager did not approve the request ({}): {}",
+            text(c, "reason"),
+            text(c, "message")
+        ))));
+    }
+    if let Some(c) = condition(cr, "InvalidRequest").filter(|c| text(c, "status") == "True") {
+        return Some(Err(ProviderError::Rejected {
+            reason: text(c, "reason").to_owned(),
+            message: text(c, "message").to_owned(),
+        }));
+    }
+    let ready = condition(cr, "Ready")?;
+    match (text(ready, "status"), text(ready, "reason")) {
+        ("True", _) => {
+            let decode = |field: &str| {
+                cr.pointer(&format!("/status/{field}"))
+                    .and_then(Value::as_str)
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .map(|pem| pem_certs(&pem))
+                    .unwrap_or_default()
+            };
+            let chain = decode("certificate");
+            if chain.is_empty() {
+                return Some(Err(ProviderError::InvalidResponse(
+                    "the CertificateRequest is Ready but status.certificate holds no certificate"
+                        .into(),
+                )));
+            }
+            Some(Ok(Outcome {
+                chain,
+                ca: decode("ca"),
+            }))
+        }
+        ("False", "Failed" | "Denied") => Some(Err(ProviderError::Rejected {
+            reason: text(ready, "reason").to_owned(),
+            message: format!("cert-manager: {}", text(ready, "message")),
+        })),
+        _ => None,
+    }
+}
+
+pub(crate) async fn issue(
+    cm: &CertManager,
+    request_b64: String,
+    leaf: &LeafProfile,
+) -> Result<Outcome, ProviderError> {
+    let c = &cm.config;
+    let identity = leaf.identity();
+    let mut cr = DynamicObject::new("", &cm.resource);
+    cr.metadata = ObjectMeta {
+        generate_name: Some("meshca-".into()),
+        namespace: Some(c.namespace.clone()),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (
+                "meshca.io/namespace".to_owned(),
+                identity.namespace().to_owned(),
+            ),
+            (
+                "meshca.io/service-account".to_owned(),
+                identity.service_account().to_owned(),
+            ),
+        ])),
+        annotations: Some(BTreeMap::from([
+            ("meshca.io/identity".to_owned(), identity.dns_name()),
+            ("meshca.io/spiffe-id".to_owned(), identity.spiffe_id()),
+        ])),
+        ..ObjectMeta::default()
+    };
+    cr.data = json!({
+        "spec": {
+            "request": request_b64,
+            "issuerRef": { "name": c.issuer_name, "kind": c.issuer_kind, "group": c.issuer_group },
+            "duration": format!("{}s", leaf.ttl().as_secs()),
+            "isCA": false,
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+        }
+    });
+    let unavailable = |m: String| ProviderError::Unavailable {
+        message: m,
+        retry_after: Duration::from_secs(10),
+    };
+    let created = cm
+        .api
+        .create(&PostParams::default(), &cr)
+        .await
+        .map_err(|e| unavailable(format!("failed to create a CertificateRequest: {e}")))?;
+    cm.metrics.created.inc();
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let _cleanup = Cleanup {
+        api: cm.api.clone(),
+        name: name.clone(),
+    };
+    let started = Instant::now();
+
+    let selector = format!("metadata.name={name}");
+    let wait = async {
+        let mut events =
+            watcher(cm.api.clone(), watcher::Config::default().fields(&selector)).boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if let Some(done) = judge(&o.data) {
+                        return done;
+                    }
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    return Err(ProviderError::Rejected {
+                        reason: "Deleted".into(),
+                        message: format!(
+                            "CertificateRequest {name} was deleted before it was answered"
+                        ),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(request = %name, error = %e, "watch interrupted; resuming")
+                }
+            }
+        }
+        Err(unavailable(
+            "the watch on the CertificateRequest ended".into(),
+        ))
+    };
+    let result = match tokio::time::timeout(c.timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => {
+            cm.metrics.outcome("Timeout");
+            return Err(ProviderError::Unavailable {
+                message: format!(
+                    "{} {:?} did not answer CertificateRequest {name} within {}s",
+                    c.issuer_kind,
+                    c.issuer_name,
+                    c.timeout.as_secs()
+                ),
+                retry_after: c.timeout,
+            });
+        }
+    };
+    match &result {
+        Ok(_) => {
+            cm.metrics.outcome("Issued");
+            cm.metrics
+                .time_to_ready
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(ProviderError::Denied(_)) => cm.metrics.outcome("Denied"),
+        Err(ProviderError::Rejected { reason, .. }) => cm.metrics.outcome(reason),
+        Err(_) => cm.metrics.outcome("Error"),
+    }
+    result
+}

@@ -1,0 +1,316 @@
+//! The cert-manager provider. No real cluster or cert-manager can run
+//! here: the tests use the repository's Kubernetes API stand-in, whose CA
+//! issuer plays cert-manager (approves, verifies the CSR, signs what it
+//! names with its own CA, sets conditions) independently of meshca's code.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::kube::{CaIssuer, IssuerBehaviour, KubeStandIn};
+use support::{certs, csr, key, verify, TestDaemon};
+
+/// A CSR naming `ns/sa` exactly, as `meshca agent` sends it.
+fn named_csr(ns: &str, sa: &str) -> String {
+    support::csr_with(&key(), |p| {
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("{sa}.{ns}.cluster.local"),
+        );
+        p.subject_alt_names = vec![
+            rcgen::SanType::DnsName(format!("{sa}.{ns}.cluster.local").try_into().expect("dns")),
+            rcgen::SanType::URI(
+                format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+                    .try_into()
+                    .expect("uri"),
+            ),
+        ];
+    })
+}
+
+fn yaml(kube: &KubeStandIn, kind: &str, extra: &str) -> String {
+    yaml_with_timeout(kube, kind, "3s", extra)
+}
+
+fn yaml_with_timeout(kube: &KubeStandIn, kind: &str, timeout: &str, extra: &str) -> String {
+    format!(
+        "kubernetes: {{ kubeconfig: {} }}\napi: {{ per_identity_burst: 1000, per_identity_per_second: 1000 }}\n\
+         provider:\n  kind: cert-manager\n  cert_manager:\n    issuer_name: osm-ca\n    issuer_kind: {kind}\n    timeout: {timeout}\n{extra}",
+        kube.kubeconfig().display()
+    )
+}
+
+async fn setup(kind: &str) -> (KubeStandIn, CaIssuer, TestDaemon) {
+    let kube = KubeStandIn::start().await;
+    let issuer = kube.start_ca_issuer(kind, "osm-ca");
+    let d = TestDaemon::start(&yaml(&kube, kind, "")).await;
+    (kube, issuer, d)
+}
+
+async fn no_requests_left(kube: &KubeStandIn) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = kube
+            .list("cert-manager.io", "certificaterequests", "osm-system")
+            .len();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} CertificateRequests left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sign(d: &TestDaemon, pem: String) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let token = d.token("bookstore", "bookstore");
+    d.post(
+        &d.client().await,
+        Some(&token),
+        &json!({ "csr": pem, "ttl_seconds": 3600 }),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_or_cluster_issuer_signs_through_certificate_requests_that_are_then_deleted() {
+    for kind in ["Issuer", "ClusterIssuer"] {
+        let (kube, issuer, d) = setup(kind).await;
+        assert_eq!(
+            certs(&d.bundle_pem().await),
+            certs(&issuer.ca_pem),
+            "{kind}: the bundle is the issuer's CA"
+        );
+        let (status, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        assert_eq!(body["identity"], "bookstore.bookstore.cluster.local");
+        verify(
+            body["certificate_chain"].as_str().expect("chain"),
+            &issuer.ca_pem,
+            webpki::KeyUsage::server_auth(),
+        )
+        .expect("chains to the issuer's CA");
+        no_requests_left(&kube).await;
+
+        // What meshca asked cert-manager for.
+        let created: Vec<String> = kube
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r == "POST /apis/cert-manager.io/v1/namespaces/osm-system/certificaterequests"
+            })
+            .collect();
+        assert!(
+            created.len() >= 2,
+            "the start-up probe and the workload's request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_request_carries_the_issuer_ref_duration_usages_and_identity() {
+    let (kube, issuer, d) = setup("Issuer").await;
+    issuer.set(IssuerBehaviour::Ignore);
+    let signer = tokio::spawn({
+        let d_url = d.url("/v1/certificates");
+        let token = d.token("bookstore", "bookstore");
+        let client = d.client().await;
+        async move {
+            client
+                .post(d_url)
+                .bearer_auth(token)
+                .json(&json!({ "csr": named_csr("bookstore", "bookstore"), "ttl_seconds": 3600 }))
+                .send()
+                .await
+        }
+    });
+    let cr = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(cr) = kube
+                .list("cert-manager.io", "certificaterequests", "osm-system")
+                .into_iter()
+                .next()
+            {
+                break cr;
+            }
+            assert!(Instant::now() < deadline, "no CertificateRequest created");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(
+        cr["spec"]["issuerRef"],
+        json!({ "name": "osm-ca", "kind": "Issuer", "group": "cert-manager.io" })
+    );
+    assert_eq!(cr["spec"]["duration"], "3600s");
+    assert_eq!(cr["spec"]["isCA"], false);
+    assert_eq!(
+        cr["spec"]["usages"],
+        json!([
+            "digital signature",
+            "key encipherment",
+            "server auth",
+            "client auth"
+        ])
+    );
+    assert_eq!(
+        cr["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshca"
+    );
+    assert_eq!(cr["metadata"]["labels"]["meshca.io/namespace"], "bookstore");
+    assert_eq!(
+        cr["metadata"]["annotations"]["meshca.io/identity"],
+        "bookstore.bookstore.cluster.local"
+    );
+    let resp = signer.await.expect("join").expect("sent");
+    assert_eq!(resp.status(), 503, "never answered → timeout");
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "provider_unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("did not answer"),
+        "{body}"
+    );
+    no_requests_left(&kube).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_failed_and_unacceptable_answers_are_errors_and_leave_nothing_behind() {
+    let (kube, issuer, d) = setup("Issuer").await;
+    for (behaviour, status, code, needle) in [
+        (
+            IssuerBehaviour::Deny,
+            403,
+            "provider_denied",
+            "approver policy",
+        ),
+        (
+            IssuerBehaviour::Fail,
+            503,
+            "provider_rejected",
+            "CA key is unavailable",
+        ),
+        (
+            IssuerBehaviour::WrongSan,
+            503,
+            "provider_unavailable",
+            "evil.example.com",
+        ),
+        (
+            IssuerBehaviour::CaCert,
+            503,
+            "provider_unavailable",
+            "CA certificate",
+        ),
+    ] {
+        issuer.set(behaviour);
+        let (got, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+        assert_eq!(got, status, "{behaviour:?}: {body}");
+        assert_eq!(body["error"]["code"], code, "{behaviour:?}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .expect("msg")
+                .contains(needle),
+            "{behaviour:?}: {body}"
+        );
+        no_requests_left(&kube).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_that_does_not_name_the_identity_is_refused_before_cert_manager_is_asked() {
+    let (kube, _issuer, d) = setup("Issuer").await;
+    let before = kube.requests().len();
+    let (status, _, body) = sign(&d, csr(&key())).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_csr");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("/v1/identity"));
+    assert!(!kube.requests()[before..]
+        .iter()
+        .any(|r| r.starts_with("POST /apis/cert-manager.io")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_renewals_succeed_and_leave_no_certificate_requests() {
+    let kube = KubeStandIn::start().await;
+    let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+    let d = TestDaemon::start(&yaml_with_timeout(&kube, "Issuer", "20s", "")).await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let url = d.url("/v1/certificates");
+    let requests = (0..500).map(|_| {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        let body = json!({ "csr": named_csr("bookstore", "bookstore") });
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent");
+            let status = r.status().as_u16();
+            if status != 200 {
+                eprintln!("{status}: {}", r.text().await.unwrap_or_default());
+            }
+            status
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        ok,
+        500,
+        "statuses: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert!(issuer.answered() >= 500);
+    no_requests_left(&kube).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_status_ca_anchors_come_from_the_configured_secret_or_startup_fails() {
+    let kube = KubeStandIn::start().await;
+    let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+    issuer.set(IssuerBehaviour::SignWithoutCa);
+    support::install_crypto_provider();
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = meshca::Config::from_yaml(&support::config_yaml(
+        state.path(),
+        &yaml(&kube, "Issuer", ""),
+    ))
+    .expect("config");
+    let err = meshca::start(config)
+        .await
+        .expect_err("no anchors anywhere");
+    assert!(err.to_string().contains("ca_from"), "{err}");
+
+    use base64::Engine;
+    kube.put(
+        "",
+        "secrets",
+        json!({
+            "metadata": { "name": "osm-ca-root", "namespace": "osm-system" },
+            "data": { "ca.crt": base64::engine::general_purpose::STANDARD.encode(&issuer.ca_pem) },
+        }),
+    );
+    let d = TestDaemon::start(&yaml(
+        &kube,
+        "Issuer",
+        "    ca_from: { secret: { name: osm-ca-root } }\n",
+    ))
+    .await;
+    assert_eq!(certs(&d.bundle_pem().await), certs(&issuer.ca_pem));
+    let (status, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+    assert_eq!(status, 200, "{body}");
+}
