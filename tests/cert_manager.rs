@@ -95,6 +95,29 @@ async fn an_issuer_or_cluster_issuer_signs_through_certificate_requests_that_are
         .expect("chains to the issuer's CA");
         no_requests_left(&kube).await;
 
+        let metrics = reqwest::Client::new()
+            .get(d.metrics_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        // Three requests: the start-up probe, the daemon's own serving
+        // certificate and the workload's.
+        assert!(
+            metrics.contains("meshca_cert_manager_requests_created_total 3"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"meshca_cert_manager_request_outcomes_total{reason="Issued"} 3"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("meshca_cert_manager_time_to_ready_seconds_count 3"),
+            "{metrics}"
+        );
+
         // What meshca asked cert-manager for.
         let created: Vec<String> = kube
             .requests()
@@ -313,4 +336,35 @@ async fn without_status_ca_anchors_come_from_the_configured_secret_or_startup_fa
     assert_eq!(certs(&d.bundle_pem().await), certs(&issuer.ca_pem));
     let (status, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_issuer_applies_with_kubectl() {
+    let kube = KubeStandIn::start().await;
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cert-manager/issuer.yaml");
+    let kubeconfig = kube.kubeconfig();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["apply", "--validate=false", "-f"])
+            .arg(&file)
+            .output()
+            .expect("kubectl")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issuer = kube
+        .get("cert-manager.io", "issuers", "osm-system", "osm-ca")
+        .expect("osm-ca Issuer");
+    assert_eq!(issuer["spec"]["ca"]["secretName"], "osm-ca-root");
+    assert!(kube
+        .get("cert-manager.io", "certificates", "osm-system", "osm-ca")
+        .is_some());
 }

@@ -574,3 +574,95 @@ async fn the_identity_endpoint_tells_an_authenticated_caller_who_it_is() {
         .expect("sent");
     assert_eq!(resp.status(), 401);
 }
+
+#[tokio::test]
+async fn the_daemons_serving_certificate_is_renewed_without_a_restart() {
+    let d =
+        TestDaemon::start("certificates: { default_ttl: 3s, min_ttl: 1s, max_ttl: 1h }\n").await;
+    let bundle = d.bundle_pem().await;
+    let addr = d.daemon.as_ref().expect("running").api_addr();
+    let serial = || {
+        let bundle = bundle.clone();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(certs(&bundle)[0].clone()).expect("root");
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(
+                    rustls_pki_types::ServerName::try_from("localhost")
+                        .expect("name")
+                        .to_owned(),
+                    tcp,
+                )
+                .await
+                .expect("handshake verifies");
+            let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+            let (_, c) = X509Certificate::from_der(&leaf).expect("parse");
+            c.raw_serial().to_vec()
+        }
+    };
+    let first = serial().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if serial().await != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the serving certificate was never renewed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_a_certificate_as_the_readme_shows() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let body = json!({ "csr": csr(&key()), "ttl_seconds": 3600 }).to_string();
+    let (url, bundle) = (d.url("/v1/certificates"), d.bundle_path());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--tlsv1.2", "--cacert"])
+            .arg(&bundle)
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+                &url,
+            ])
+            .output()
+            .expect("curl runs (.ci/run installs it)")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(answer["identity"], "bookstore.bookstore.cluster.local");
+
+    // TLS 1.1 is refused at the handshake.
+    let url = d.url("/v1/bundle");
+    let old = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-k", "--tlsv1.1", "--tls-max", "1.1", &url])
+            .output()
+            .expect("curl")
+    })
+    .await
+    .expect("join");
+    assert!(!old.status.success(), "TLS 1.1 must not be negotiated");
+}

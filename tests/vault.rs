@@ -88,6 +88,31 @@ async fn a_token_authenticated_meshca_signs_through_the_pki_role_and_publishes_v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_vault_is_verified_with_the_configured_ca_and_refused_without_it() {
+    let bao = OpenBao::dev_tls().await;
+    bao.script("setup-pki.sh", &[]);
+    let token_file = bao.meshca_token_file();
+    let auth = format!("{{ token_file: {} }}", token_file.display());
+    let d = TestDaemon::start(&bao.provider_yaml(&auth, "")).await;
+    let (status, _, body) = sign(&d, &d.token("bookstore", "bookstore"), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Without Vault's CA (system roots only), the TLS handshake fails.
+    support::install_crypto_provider();
+    let state = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "provider:\n  kind: vault\n  vault:\n    address: {}\n    auth: {auth}\n",
+        bao.addr
+    );
+    let config =
+        meshca::Config::from_yaml(&support::config_yaml(state.path(), &yaml)).expect("config");
+    let err = meshca::start(config)
+        .await
+        .expect_err("untrusted Vault certificate");
+    assert!(err.to_string().contains("unavailable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_above_the_roles_max_ttl_yields_the_shorter_certificate_with_its_real_expiry() {
     let bao = OpenBao::dev().await;
     bao.script("setup-pki.sh", &[("MAX_TTL", "1h")]);
@@ -255,6 +280,30 @@ async fn a_root_rotated_inside_vault_reaches_the_bundle_and_new_leaves_chain_to_
     let old_root = bao.cli(&["read", "-field=certificate", "pki/issuer/root-1"]);
     assert_eq!(certs(&d.bundle_pem().await), certs(&old_root));
 
+    // An agent running before the rotation follows the bundle change.
+    let work = tempfile::tempdir().expect("tempdir");
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, d.token("bookstore", "bookstore")).expect("token");
+    let out = work.path().join("out");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(meshca::run_agent(
+        meshca::AgentConfig {
+            server: d.url(""),
+            ca_file: d.bundle_path(),
+            token_file: Some(token_file),
+            out_dir: out.clone(),
+            ttl: Some(Duration::from_secs(3600)),
+            once: false,
+            bundle_refresh: Duration::from_millis(300),
+        },
+        shutdown.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.join("ca.pem").exists() {
+        assert!(Instant::now() < deadline, "the agent wrote nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     bao.cli(&[
         "write",
         "pki/root/rotate/internal",
@@ -283,6 +332,21 @@ async fn a_root_rotated_inside_vault_reaches_the_bundle_and_new_leaves_chain_to_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ca = certs(&std::fs::read_to_string(out.join("ca.pem")).expect("ca.pem"));
+        if ca.contains(&certs(&new_root)[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never picked up the new bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    agent.await.expect("join").expect("agent stops cleanly");
+
     let (status, _, body) = sign(&d, &d.token("ns", "sa"), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(leaf(&body).issuer().to_string(), "CN=meshca Vault root 2");

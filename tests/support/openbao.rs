@@ -54,24 +54,49 @@ impl Drop for OpenBao {
 impl OpenBao {
     /// `bao server -dev` with a known root token.
     pub async fn dev() -> Self {
+        Self::dev_with(false).await
+    }
+
+    /// `bao server -dev -dev-tls`: HTTPS with a generated CA, whose
+    /// certificate is [`OpenBao::tls_ca`].
+    pub async fn dev_tls() -> Self {
+        Self::dev_with(true).await
+    }
+
+    /// The CA of a `-dev-tls` server.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("tls/vault-ca.pem")
+    }
+
+    async fn dev_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let scheme = if tls { "https" } else { "http" };
         let mut bao = Self {
             child: None,
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
             root_token: "meshca-test-root".into(),
             dir,
             mode: Mode::Dev,
         };
         let log = std::fs::File::create(bao.dir.path().join("bao.log")).expect("log");
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            "-dev-root-token-id=meshca-test-root".to_owned(),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!(
+                "-dev-tls-cert-dir={}",
+                bao.dir.path().join("tls").display()
+            ));
+            std::fs::create_dir_all(bao.dir.path().join("tls")).expect("tls dir");
+        }
         bao.child = Some(
             Command::new(bao_binary())
-                .args([
-                    "server",
-                    "-dev",
-                    "-dev-root-token-id=meshca-test-root",
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
+                .args(&args)
                 .env("HOME", bao.dir.path())
                 .stdout(Stdio::from(log.try_clone().expect("log")))
                 .stderr(Stdio::from(log))
@@ -177,7 +202,17 @@ impl OpenBao {
 
     async fn wait_health(&self, want: &[u16]) {
         super::install_crypto_provider();
-        let client = reqwest::Client::new();
+        let client = if self.addr.starts_with("https") {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !self.tls_ca().exists() {
+                assert!(Instant::now() < deadline, "OpenBao wrote no TLS CA");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            super::client(&std::fs::read_to_string(self.tls_ca()).expect("ca"), None)
+        } else {
+            reqwest::Client::new()
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client
@@ -200,6 +235,10 @@ impl OpenBao {
 
     fn command(&self, program: &Path) -> Command {
         let mut c = Command::new(program);
+        if self.addr.starts_with("https") {
+            c.env("BAO_CACERT", self.tls_ca())
+                .env("VAULT_CACERT", self.tls_ca());
+        }
         c.env("BAO_ADDR", &self.addr)
             .env("VAULT_ADDR", &self.addr)
             .env("BAO_TOKEN", &self.root_token)
@@ -255,8 +294,13 @@ impl OpenBao {
     /// meshca's `provider:` YAML for this server with `auth` (a YAML flow
     /// mapping) and extra vault keys.
     pub fn provider_yaml(&self, auth: &str, extra: &str) -> String {
+        let transport = if self.addr.starts_with("https") {
+            format!("    ca_file: {}\n", self.tls_ca().display())
+        } else {
+            "    allow_http: true\n".to_owned()
+        };
         format!(
-            "provider:\n  kind: vault\n  vault:\n    address: {}\n    allow_http: true\n    auth: {auth}\n{extra}",
+            "provider:\n  kind: vault\n  vault:\n    address: {}\n{transport}    auth: {auth}\n{extra}",
             self.addr
         )
     }
