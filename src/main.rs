@@ -80,6 +80,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Ingress-controller configuration for mesh backends.
+    Ingress {
+        #[command(subcommand)]
+        command: IngressCommand,
+    },
     /// Validate configuration.
     Config {
         #[command(subcommand)]
@@ -101,6 +106,36 @@ enum TokenCommand {
         /// ServiceAccount of the identity.
         #[arg(long)]
         service_account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngressCommand {
+    /// Print the Ingress(es) of a manifest annotated for a controller, plus
+    /// any extra objects and instructions. Works offline on v1 and v1beta1.
+    Render {
+        /// nginx, agic or gloo.
+        #[arg(long)]
+        controller: meshca::Controller,
+        /// The manifest (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Config file for the trust domain and bundle Secret.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Trust domain (overrides the config's).
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// Trust bundle PEM (AGIC uploads it, Gloo copies it).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// `namespace/name` of the Secret with ca.crt.
+        #[arg(long, default_value = "osm-system/osm-ca-bundle")]
+        bundle_secret: String,
+        /// `namespace/name` of the ingress client certificate Secret, for
+        /// mTLS to backends.
+        #[arg(long)]
+        client_secret: Option<String>,
     },
 }
 
@@ -255,6 +290,26 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Ingress {
+            command:
+                IngressCommand::Render {
+                    controller,
+                    file,
+                    config,
+                    trust_domain,
+                    bundle,
+                    bundle_secret,
+                    client_secret,
+                },
+        } => render_ingress(
+            controller,
+            &file,
+            config.as_deref(),
+            trust_domain,
+            bundle,
+            &bundle_secret,
+            client_secret.as_deref(),
+        ),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => match Config::load(Some(&config)) {
@@ -273,6 +328,78 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
+    }
+}
+
+fn split_ref(s: &str) -> Result<(String, String), String> {
+    s.split_once('/')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| format!("{s:?} must be namespace/name"))
+}
+
+fn render_ingress(
+    controller: meshca::Controller,
+    file: &std::path::Path,
+    config: Option<&std::path::Path>,
+    trust_domain: Option<String>,
+    bundle: Option<PathBuf>,
+    bundle_secret: &str,
+    client_secret: Option<&str>,
+) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("error: {m}");
+        ExitCode::from(EX_USAGE)
+    };
+    let td = match (trust_domain, config) {
+        (Some(td), _) => match meshca::TrustDomain::new(&td) {
+            Ok(t) => t,
+            Err(e) => return fail(e.to_string()),
+        },
+        (None, Some(path)) => match Config::load(Some(path)) {
+            Ok(c) => c.trust_domain,
+            Err(e) => return fail(e.to_string()),
+        },
+        (None, None) => match meshca::TrustDomain::new("cluster.local") {
+            Ok(t) => t,
+            Err(e) => return fail(e.to_string()),
+        },
+    };
+    let mut options = meshca::RenderOptions::new(td);
+    match split_ref(bundle_secret) {
+        Ok(r) => options.bundle_secret = r,
+        Err(e) => return fail(e),
+    }
+    if let Some(c) = client_secret {
+        match split_ref(c) {
+            Ok(r) => options.client_secret = Some(r),
+            Err(e) => return fail(e),
+        }
+    }
+    if let Some(path) = bundle {
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => options.bundle_pem = Some(pem),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        }
+    }
+    let manifest = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            return fail(format!("standard input: {e}"));
+        }
+        s
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        }
+    };
+    match meshca::render_manifest(controller, &manifest, &options) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -1,0 +1,14 @@
+//! Ingress policy: expose mesh services through an ingress controller over
+//! HTTPS, with the controller verifying the backend's mesh identity against
+//! the trust bundle.
+//!
+//! - [`model`]: Ingress objects of `networking.k8s.io/v1` and `v1beta1`,
+//!   read into one shape;
+//! - [`render`]: the configuration nginx, Azure Application Gateway (AGIC)
+//!   and Gloo need, offline (`meshca ingress render`).
+
+pub mod model;
+pub mod render;
+
+pub use model::BackendPort;
+pub use render::{render_manifest, Controller, RenderOptions};

@@ -1,0 +1,228 @@
+//! One reading of an Ingress, whichever API version wrote it.
+
+use serde_json::Value;
+
+/// A backend Service port: v1's `port.number` / `port.name`, v1beta1's
+/// `servicePort` (number or name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendPort {
+    /// A port number.
+    Number(u16),
+    /// A named port.
+    Name(String),
+}
+
+impl std::fmt::Display for BackendPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A backend Service of an Ingress.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// The Service's name (in the Ingress's namespace: Ingress backends
+    /// cannot name another namespace).
+    pub service: String,
+    /// The Service port.
+    pub port: BackendPort,
+}
+
+/// An Ingress as meshca needs it.
+#[derive(Clone, Debug)]
+pub struct IngressModel {
+    /// The object as read, for output.
+    pub object: Value,
+    /// Name.
+    pub name: String,
+    /// Namespace (`default` when the manifest names none).
+    pub namespace: String,
+    /// Every distinct backend, default backend included, in order.
+    pub backends: Vec<Backend>,
+}
+
+/// Why a manifest is not an Ingress meshca can read.
+#[derive(Debug, thiserror::Error)]
+#[error("Ingress {name}: {message}")]
+pub struct ModelError {
+    /// The Ingress's name, or `?`.
+    pub name: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl IngressModel {
+    /// Whether `object` is an Ingress at all.
+    pub fn is_ingress(object: &Value) -> bool {
+        object.get("kind").and_then(Value::as_str) == Some("Ingress")
+    }
+
+    /// Read an Ingress of any served version.
+    ///
+    /// # Errors
+    /// [`ModelError`] for an unknown version or a backend without a
+    /// Service.
+    pub fn from_value(object: Value) -> Result<Self, ModelError> {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let fail = |message: String| ModelError {
+            name: name.clone(),
+            message,
+        };
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let v1 = match api_version.as_str() {
+            "networking.k8s.io/v1" => true,
+            "networking.k8s.io/v1beta1" | "extensions/v1beta1" => false,
+            other => return Err(fail(format!("unsupported apiVersion {other:?}"))),
+        };
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        let mut raw_backends: Vec<&Value> = Vec::new();
+        let default_key = if v1 {
+            "/spec/defaultBackend"
+        } else {
+            "/spec/backend"
+        };
+        if let Some(b) = object.pointer(default_key) {
+            raw_backends.push(b);
+        }
+        for rule in object
+            .pointer("/spec/rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for path in rule
+                .pointer("/http/paths")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(b) = path.get("backend") {
+                    raw_backends.push(b);
+                }
+            }
+        }
+        let mut backends = Vec::new();
+        for b in raw_backends {
+            let backend = if v1 {
+                let Some(service) = b.get("service") else {
+                    // A resource backend is not a mesh service.
+                    continue;
+                };
+                let name = service
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| fail("a backend service has no name".into()))?;
+                let port = match (
+                    service.pointer("/port/number").and_then(Value::as_u64),
+                    service.pointer("/port/name").and_then(Value::as_str),
+                ) {
+                    (Some(n), _) => BackendPort::Number(
+                        u16::try_from(n).map_err(|_| fail(format!("port {n} out of range")))?,
+                    ),
+                    (None, Some(n)) => BackendPort::Name(n.to_owned()),
+                    _ => return Err(fail(format!("backend {name} has no port"))),
+                };
+                Backend {
+                    service: name.to_owned(),
+                    port,
+                }
+            } else {
+                let name = b
+                    .get("serviceName")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| fail("a backend has no serviceName".into()))?;
+                let port = match b.get("servicePort") {
+                    Some(Value::Number(n)) => BackendPort::Number(
+                        n.as_u64()
+                            .and_then(|n| u16::try_from(n).ok())
+                            .ok_or_else(|| fail(format!("port {n} out of range")))?,
+                    ),
+                    Some(Value::String(s)) => match s.parse::<u16>() {
+                        Ok(n) => BackendPort::Number(n),
+                        Err(_) => BackendPort::Name(s.clone()),
+                    },
+                    _ => return Err(fail(format!("backend {name} has no servicePort"))),
+                };
+                Backend {
+                    service: name.to_owned(),
+                    port,
+                }
+            };
+            if !backends.contains(&backend) {
+                backends.push(backend);
+            }
+        }
+        Ok(Self {
+            object,
+            name,
+            namespace,
+            backends,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn v1_and_v1beta1_backends_read_the_same() {
+        let v1 = IngressModel::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": { "name": "a", "namespace": "httpbin" },
+            "spec": { "rules": [{ "http": { "paths": [
+                { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "httpbin", "port": { "number": 14001 } } } },
+                { "path": "/x", "pathType": "Prefix", "backend": { "service": { "name": "httpbin", "port": { "name": "http" } } } },
+            ]}}]},
+        }))
+        .expect("v1");
+        let beta = IngressModel::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1beta1", "kind": "Ingress",
+            "metadata": { "name": "a", "namespace": "httpbin" },
+            "spec": { "rules": [{ "http": { "paths": [
+                { "path": "/", "backend": { "serviceName": "httpbin", "servicePort": 14001 } },
+                { "path": "/x", "backend": { "serviceName": "httpbin", "servicePort": "http" } },
+            ]}}]},
+        }))
+        .expect("v1beta1");
+        assert_eq!(v1.backends, beta.backends);
+        assert_eq!(
+            v1.backends[0],
+            Backend {
+                service: "httpbin".into(),
+                port: BackendPort::Number(14001)
+            }
+        );
+        assert_eq!(v1.backends[1].port, BackendPort::Name("http".into()));
+    }
+
+    #[test]
+    fn an_unknown_version_or_a_portless_backend_is_an_error() {
+        assert!(IngressModel::from_value(
+            json!({ "apiVersion": "v9", "kind": "Ingress", "metadata": { "name": "a" } })
+        )
+        .is_err());
+        let e = IngressModel::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": { "name": "a" },
+            "spec": { "defaultBackend": { "service": { "name": "s" } } },
+        }))
+        .expect_err("no port");
+        assert!(e.to_string().contains("no port"));
+    }
+}
