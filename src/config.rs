@@ -75,6 +75,51 @@ pub struct Config {
     pub api: ApiLimits,
     /// The cluster, when meshca runs with one.
     pub kubernetes: Option<KubernetesConfig>,
+    /// Ingress policy.
+    pub ingress: IngressConfig,
+    /// The file this configuration was read from; the daemon watches it
+    /// and applies the settings that can change at run time.
+    pub source: Option<PathBuf>,
+}
+
+/// How ingress controllers reach mesh backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressConfig {
+    /// Whether meshca acts on Ingress objects (needs a cluster).
+    pub enabled: bool,
+    /// HTTP (default) or HTTPS from the controller to backends; HTTPS
+    /// turns HTTP off for ingress backends. Changes apply without restart.
+    pub backend_protocol: BackendProtocol,
+    /// Namespaces whose Ingresses meshca handles, besides those labelled
+    /// `openservicemesh.io/monitored-by`.
+    pub monitored_namespaces: Vec<String>,
+    /// The controller's own certificate (mTLS to backends), if any.
+    pub client_certificate: Option<IngressClientCertificate>,
+    /// Annotate Ingresses for this controller (nginx) instead of leaving it
+    /// to `meshca ingress render`.
+    pub manage_annotations: bool,
+    /// `namespace/name` of the bundle Secret controllers read.
+    pub bundle_secret: (String, String),
+}
+
+/// HTTP or HTTPS to ingress backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// Plain HTTP (the default, as OSM's).
+    Http,
+    /// HTTPS, verified against the mesh CA.
+    Https,
+}
+
+/// The ingress controller's client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressClientCertificate {
+    /// The identity in it (e.g. `ingress-nginx.ingress-nginx.cluster.local`).
+    pub identity: Identity,
+    /// Its lifetime.
+    pub validity: Duration,
+    /// `namespace/name` of the Secret it is kept in.
+    pub secret: (String, String),
 }
 
 /// Which backend signs, with its settings.
@@ -191,6 +236,44 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     kubernetes: RawKubernetes,
+    #[serde(default)]
+    ingress: RawIngress,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    backend_protocol: RawBackendProtocol,
+    #[serde(default)]
+    monitored_namespaces: Vec<String>,
+    client_certificate: Option<RawIngressClient>,
+    #[serde(default)]
+    manage_annotations: bool,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawBackendProtocol {
+    #[default]
+    Http,
+    Https,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngressClient {
+    /// `SA.NS.TD` form, e.g. ingress-nginx.ingress-nginx.cluster.local.
+    san: String,
+    #[serde(default = "default_ingress_client_validity", with = "humantime_serde")]
+    validity: Duration,
+    secret: RawSecretRef,
+}
+
+fn default_ingress_client_validity() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 #[derive(Deserialize)]
@@ -617,7 +700,9 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                Self::from_yaml(&text)
+                let mut config = Self::from_yaml(&text)?;
+                config.source = Some(path.to_owned());
+                Ok(config)
             }
         }
     }
@@ -845,6 +930,59 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
+        let ingress_client = match &raw.ingress.client_certificate {
+            None => None,
+            Some(c) => {
+                let td = raw.trust_domain.as_str();
+                let parsed = c
+                    .san
+                    .strip_suffix(&format!(".{td}"))
+                    .and_then(|rest| rest.split_once('.'))
+                    .and_then(|(sa, ns)| {
+                        TrustDomain::new(td)
+                            .ok()
+                            .and_then(|t| Identity::new(t, ns, sa).ok())
+                    });
+                if parsed.is_none() {
+                    err(
+                        "ingress.client_certificate.san",
+                        format!("{:?} must be SA.NS.{td}", c.san),
+                    );
+                }
+                if c.validity > lt.max_ttl || c.validity < lt.min_ttl {
+                    err(
+                        "ingress.client_certificate.validity",
+                        "must lie between certificates.min_ttl and certificates.max_ttl".into(),
+                    );
+                }
+                parsed.map(|identity| IngressClientCertificate {
+                    identity,
+                    validity: c.validity,
+                    secret: (c.secret.namespace.clone(), c.secret.name.clone()),
+                })
+            }
+        };
+        if raw.ingress.enabled && kubernetes.is_none() {
+            err(
+                "ingress.enabled",
+                "needs a cluster: set kubernetes.kubeconfig, or run in a pod".into(),
+            );
+        }
+        let ingress = IngressConfig {
+            enabled: raw.ingress.enabled,
+            backend_protocol: match raw.ingress.backend_protocol {
+                RawBackendProtocol::Http => BackendProtocol::Http,
+                RawBackendProtocol::Https => BackendProtocol::Https,
+            },
+            monitored_namespaces: raw.ingress.monitored_namespaces.clone(),
+            client_certificate: ingress_client,
+            manage_annotations: raw.ingress.manage_annotations,
+            bundle_secret: (
+                raw.bundle.kubernetes_secret.namespace.clone(),
+                raw.bundle.kubernetes_secret.name.clone(),
+            ),
+        };
+
         let provider = match (&raw.provider.kind, root, vault) {
             (RawProviderKind::Tresor, Some(root), _) => {
                 Some(ProviderConfig::Tresor(TresorConfig {
@@ -911,6 +1049,8 @@ impl TryFrom<RawConfig> for Config {
                 },
                 state_dir: raw.state_dir,
                 kubernetes,
+                ingress,
+                source: None,
             }),
             _ => Err(ConfigError::Invalid(errors)),
         }

@@ -254,6 +254,39 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     .await?;
     tasks.spawn(renew_serving);
 
+    // Settings that may change at run time follow the config file.
+    let config_rx = match &config.source {
+        Some(path) => {
+            let (rx, task) =
+                crate::reload::watch_config(path.clone(), config.clone(), shutdown.clone());
+            tasks.spawn(task);
+            rx
+        }
+        None => {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+            let done = shutdown.clone();
+            tasks.spawn(async move {
+                done.cancelled().await;
+                drop(tx);
+            });
+            rx
+        }
+    };
+    if config.ingress.enabled {
+        if let (Some(client), Some(leader)) = (&cluster, &leader) {
+            let resource = crate::kube::ingress::discover_ingress_api(client).await?;
+            tasks.spawn(crate::kube::ingress::reconciler(
+                client.clone(),
+                resource,
+                issuer.clone(),
+                config_rx.clone(),
+                bundle_rx.clone(),
+                leader.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+
     let mut auth = Authenticator::new(
         TokenStore::new(config.auth.tokens_file.clone()),
         config.trust_domain.clone(),

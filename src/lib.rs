@@ -19,6 +19,7 @@ mod issuer;
 mod keys;
 mod kube;
 mod metrics;
+mod reload;
 mod rotation;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError};

@@ -9,6 +9,7 @@
 //! - [`leader`]: a `coordination.k8s.io/v1` Lease so that work that must
 //!   happen once (publishing) happens on one replica.
 
+pub mod ingress;
 pub mod leader;
 pub mod root;
 mod secret_sink;

@@ -73,6 +73,31 @@ impl TestDaemon {
         }
     }
 
+    /// Start a daemon from a config file in its state directory, so that
+    /// edits of the file reach it.
+    pub async fn start_from_file(extra: &str) -> Self {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meshca.yaml");
+        std::fs::write(&path, config_yaml(dir.path(), extra)).expect("config file");
+        let config = Config::load(Some(&path)).expect("valid config");
+        let daemon = meshca::start(config.clone()).await.expect("daemon starts");
+        Self {
+            daemon: Some(daemon),
+            dir,
+            config,
+        }
+    }
+
+    /// Rewrite the config file (see [`TestDaemon::start_from_file`]).
+    pub fn rewrite_config(&self, extra: &str) {
+        let path = self.dir.path().join("meshca.yaml");
+        // A new mtime even within the same second: write elsewhere, rename.
+        let tmp = self.dir.path().join("meshca.yaml.new");
+        std::fs::write(&tmp, config_yaml(self.dir.path(), extra)).expect("config file");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+
     pub async fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await;

@@ -6,7 +6,7 @@ use thiserror::Error;
 ///
 /// It is both the suffix of the DNS name (`SA.NS.<td>`) and the authority of
 /// the SPIFFE ID (`spiffe://<td>/…`), so it must be a valid DNS name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrustDomain(String);
 
 impl TrustDomain {
@@ -36,7 +36,7 @@ impl fmt::Display for TrustDomain {
 /// An `Identity` is only ever built from an authenticated credential (a
 /// token's binding or a certificate meshca issued), never from what a CSR asks
 /// for; the CSR is checked against it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
     trust_domain: TrustDomain,
     namespace: String,

@@ -1,0 +1,68 @@
+//! Configuration reload: the config file is watched (and SIGHUP re-reads
+//! it); a valid new configuration is published to the components whose
+//! settings may change at run time, an invalid one is logged and the one in
+//! force stays.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// How often the file's modification time is compared.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Publish `initial`, then every valid change of `path`, until `shutdown`.
+pub fn watch_config(
+    path: PathBuf,
+    initial: Config,
+    shutdown: CancellationToken,
+) -> (
+    watch::Receiver<Arc<Config>>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    let task = async move {
+        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last: Option<SystemTime> = stamp(&path);
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let forced = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(POLL) => false,
+                () = hangup => true,
+            };
+            let now = stamp(&path);
+            if !forced && now == last {
+                continue;
+            }
+            last = now;
+            match Config::load(Some(&path)) {
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), "configuration reloaded");
+                    tx.send_replace(Arc::new(config));
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "ignoring an invalid configuration; the previous one stays in force");
+                }
+            }
+        }
+    };
+    (rx, task)
+}
