@@ -24,7 +24,7 @@ mod rotation;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError};
 pub use auth::{AuthError, TokenStore};
-pub use config::{Config, ConfigError, ProviderConfig, EMBEDDED_DEFAULT};
+pub use config::{BackendProtocol, Config, ConfigError, ProviderConfig, EMBEDDED_DEFAULT};
 pub use daemon::{start, DaemonError, RunningDaemon};
 pub use ingress::{render_manifest, Controller, RenderOptions};
 pub use meshca_provider::{Identity, TrustDomain};

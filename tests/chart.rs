@@ -49,9 +49,17 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
         .unwrap_or_else(|e| panic!("{} does not match its API type: {e}", doc["kind"]))
 }
 
+/// The extra RBAC objects the chart adds when ingress policy is on.
+fn is_ingress_rbac(doc: &Value) -> bool {
+    doc["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.ends_with("-ingress"))
+}
+
 fn check_objects(docs: &[Value]) -> meshca::Config {
     let mut kinds: Vec<&str> = docs
         .iter()
+        .filter(|d| !is_ingress_rbac(d))
         .map(|d| d["kind"].as_str().expect("kind"))
         .collect();
     kinds.sort_unstable();
@@ -115,6 +123,18 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                     resources,
                     ["secrets", "leases", "certificaterequests"],
                     "namespaced access only to what meshca uses"
+                );
+            }
+            "ClusterRole"
+                if doc["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-ingress")) =>
+            {
+                let r: ClusterRole = typed(doc);
+                let rules = r.rules.unwrap_or_default();
+                assert!(
+                    rules.iter().all(|r| !r.verbs.contains(&"*".to_owned())),
+                    "no wildcards"
                 );
             }
             "ClusterRole" => {
@@ -194,6 +214,50 @@ fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
             c.issuer_group.as_str()
         ),
         ("my-ca", "ClusterIssuer", "cert-manager.io")
+    );
+}
+
+#[test]
+fn with_ingress_enabled_the_chart_grants_what_the_reconciler_needs_and_configures_it() {
+    let docs = documents(&helm_template(&[
+        "ingress.enabled=true",
+        "ingress.backendProtocol=https",
+        "ingress.clientCertificate.san=ingress-nginx.ingress-nginx.cluster.local",
+        "ingress.clientCertificate.secretNamespace=ingress-nginx",
+        "ingress.clientCertificate.secretName=osm-nginx-client-cert",
+    ]));
+    let config = check_objects(&docs);
+    assert!(config.ingress.enabled);
+    assert_eq!(
+        config.ingress.backend_protocol,
+        meshca::BackendProtocol::Https
+    );
+    let client = config
+        .ingress
+        .client_certificate
+        .expect("client certificate");
+    assert_eq!(
+        client.identity.dns_name(),
+        "ingress-nginx.ingress-nginx.cluster.local"
+    );
+    let ingress_role = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-ingress"))
+        })
+        .expect("ingress ClusterRole");
+    let text = ingress_role.to_string();
+    assert!(text.contains("ingresses") && text.contains("secrets") && text.contains("events"));
+    assert!(
+        documents(&helm_template(&[]))
+            .iter()
+            .all(|d| !d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-ingress"))),
+        "not granted unless enabled"
     );
 }
 
