@@ -326,18 +326,7 @@ async fn fetch_certificate(
     if let Some(token) = &token {
         request = request.bearer_auth(token.as_str());
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|source| AgentError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-    let response = refused(response).await?;
-    let issued: Issued = response
-        .json()
-        .await
-        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
+    let issued: Issued = exchange(request, &url).await?;
     let parse = |s: &str| {
         OffsetDateTime::parse(s, &Rfc3339)
             .map_err(|e| AgentError::InvalidResponse(format!("{s:?}: {e}")))
@@ -371,19 +360,28 @@ async fn whoami(
     if let Some(t) = token {
         request = request.bearer_auth(t);
     }
+    let who: WhoAmI = exchange(request, &url).await?;
+    meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
+        .map_err(|e| AgentError::InvalidResponse(e.to_string()))
+}
+
+/// Send `request` and decode a successful JSON answer; errors carry the
+/// server's code, message and Retry-After.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<T, AgentError> {
     let response = request
         .send()
         .await
         .map_err(|source| AgentError::Transport {
-            url: url.clone(),
+            url: url.to_owned(),
             source,
         })?;
-    let response = refused(response).await?;
-    let who: WhoAmI = response
+    refused(response)
+        .await?
         .json()
         .await
-        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
-    meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
         .map_err(|e| AgentError::InvalidResponse(e.to_string()))
 }
 

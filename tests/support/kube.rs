@@ -395,16 +395,7 @@ impl KubeStandIn {
     /// apply`), bumping its resourceVersion and notifying watchers.
     pub fn put(&self, group: &str, plural: &str, object: Value) -> Value {
         let def = self.def(group, plural);
-        let ns = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .expect("name")
-            .to_owned();
+        let (ns, name) = namespace_and_name(&object);
         let mut store = self.inner.store.lock().expect("lock");
         let key = (def.group, def.plural, ns.clone(), name);
         let existed = store.objects.get(&key).cloned();
@@ -506,6 +497,18 @@ impl KubeStandIn {
     pub fn reviews(&self) -> usize {
         self.inner.reviews.load(Ordering::SeqCst)
     }
+}
+
+/// `metadata.namespace` (empty for cluster-scoped) and `metadata.name`.
+fn namespace_and_name(object: &Value) -> (String, String) {
+    let field = |f: &str| {
+        object
+            .pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (field("namespace"), field("name"))
 }
 
 fn now_rfc3339() -> String {
@@ -1557,16 +1560,7 @@ impl KubeStandIn {
                 let object = event.object.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    let ns = object
-                        .pointer("/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
-                    let n = object
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
+                    let (ns, n) = namespace_and_name(&object);
                     let def = inner
                         .resources
                         .iter()
