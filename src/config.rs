@@ -95,9 +95,11 @@ pub struct IngressConfig {
     pub monitored_namespaces: Vec<String>,
     /// The controller's own certificate (mTLS to backends), if any.
     pub client_certificate: Option<IngressClientCertificate>,
-    /// Annotate Ingresses for this controller (nginx) instead of leaving it
-    /// to `meshca ingress render`.
+    /// Annotate Ingresses for [`IngressConfig::controller`] instead of
+    /// leaving it to `meshca ingress render`.
     pub manage_annotations: bool,
+    /// The controller whose annotations are managed (nginx or AGIC).
+    pub controller: crate::ingress::Controller,
     /// `namespace/name` of the bundle Secret controllers read.
     pub bundle_secret: (String, String),
 }
@@ -240,7 +242,7 @@ struct RawConfig {
     ingress: RawIngress,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIngress {
     #[serde(default)]
@@ -252,6 +254,25 @@ struct RawIngress {
     client_certificate: Option<RawIngressClient>,
     #[serde(default)]
     manage_annotations: bool,
+    #[serde(default = "default_ingress_controller")]
+    controller: String,
+}
+
+fn default_ingress_controller() -> String {
+    "nginx".into()
+}
+
+impl Default for RawIngress {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend_protocol: RawBackendProtocol::default(),
+            monitored_namespaces: Vec::new(),
+            client_certificate: None,
+            manage_annotations: false,
+            controller: default_ingress_controller(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -968,7 +989,22 @@ impl TryFrom<RawConfig> for Config {
                 "needs a cluster: set kubernetes.kubeconfig, or run in a pod".into(),
             );
         }
+        let controller = match raw.ingress.controller.parse::<crate::ingress::Controller>() {
+            Ok(crate::ingress::Controller::Gloo) => {
+                err(
+                    "ingress.controller",
+                    "gloo needs Upstream objects, not annotations: use `meshca ingress render --controller gloo`".into(),
+                );
+                crate::ingress::Controller::Nginx
+            }
+            Ok(c) => c,
+            Err(e) => {
+                err("ingress.controller", e);
+                crate::ingress::Controller::Nginx
+            }
+        };
         let ingress = IngressConfig {
+            controller,
             enabled: raw.ingress.enabled,
             backend_protocol: match raw.ingress.backend_protocol {
                 RawBackendProtocol::Http => BackendProtocol::Http,

@@ -304,3 +304,37 @@ async fn backend_secrets_are_renewed_before_they_expire() {
         "still valid"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_annotations_follow_the_configured_controller() {
+    let kube = KubeStandIn::start().await;
+    httpbin(&kube, "httpbin", true);
+    let _d = TestDaemon::start(&cluster(
+        &kube,
+        "backend_protocol: https, manage_annotations: true, controller: agic",
+    ))
+    .await;
+    ingress(&kube, "httpbin", "v1");
+    let ing = eventually("AGIC annotations", || {
+        let i = kube.get("networking.k8s.io", "ingresses", "httpbin", "httpbin")?;
+        (i["metadata"]["annotations"]["appgw.ingress.kubernetes.io/backend-protocol"] == "https")
+            .then_some(i)
+    })
+    .await;
+    assert_eq!(
+        ing["metadata"]["annotations"]["appgw.ingress.kubernetes.io/backend-hostname"],
+        "httpbin-sa.httpbin.cluster.local"
+    );
+    assert!(ing["metadata"]["annotations"]
+        .get("nginx.ingress.kubernetes.io/backend-protocol")
+        .is_none());
+
+    support::install_crypto_provider();
+    let state = tempfile::tempdir().expect("tempdir");
+    let e = meshca::Config::from_yaml(&support::config_yaml(
+        state.path(),
+        &cluster(&kube, "controller: gloo, manage_annotations: true"),
+    ))
+    .expect_err("gloo has no annotations to manage");
+    assert!(e.to_string().contains("ingress.controller"), "{e}");
+}

@@ -223,6 +223,41 @@ pub fn nginx_annotations(
     ]
 }
 
+/// The AGIC annotations for backends of `identity`.
+pub fn agic_annotations(
+    identity: &Identity,
+    options: &RenderOptions,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "appgw.ingress.kubernetes.io/backend-protocol",
+            "https".into(),
+        ),
+        (
+            "appgw.ingress.kubernetes.io/backend-hostname",
+            identity.dns_name(),
+        ),
+        (
+            "appgw.ingress.kubernetes.io/appgw-trusted-root-certificate",
+            options.agic_root_name.clone(),
+        ),
+    ]
+}
+
+/// The annotations `controller` needs on an Ingress whose backends are
+/// `identity`; Gloo needs Upstream objects instead, so none.
+pub fn annotations_for(
+    controller: Controller,
+    identity: &Identity,
+    options: &RenderOptions,
+) -> Vec<(&'static str, String)> {
+    match controller {
+        Controller::Nginx => nginx_annotations(identity, options),
+        Controller::Agic => agic_annotations(identity, options),
+        Controller::Gloo => Vec::new(),
+    }
+}
+
 /// Render `ingress` for `controller`, with `identities` for its backends.
 ///
 /// # Errors
@@ -256,20 +291,7 @@ pub fn render(
                 .ok_or(RenderError::BundleNeeded("agic"))?;
             out.objects.push(annotate(
                 &reclass(&ingress.object, "azure/application-gateway"),
-                &[
-                    (
-                        "appgw.ingress.kubernetes.io/backend-protocol",
-                        "https".into(),
-                    ),
-                    (
-                        "appgw.ingress.kubernetes.io/backend-hostname",
-                        identity.dns_name(),
-                    ),
-                    (
-                        "appgw.ingress.kubernetes.io/appgw-trusted-root-certificate",
-                        options.agic_root_name.clone(),
-                    ),
-                ],
+                &agic_annotations(identity, options),
             ));
             out.notes.push(format!(
                 "Upload the trust bundle to Application Gateway as trusted root {name:?}:\n  \

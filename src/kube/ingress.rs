@@ -29,7 +29,7 @@ use super::{KubeError, MANAGED_BY};
 use crate::bundle::BundleReceiver;
 use crate::config::{BackendProtocol, Config, IngressConfig};
 use crate::ingress::model::IngressModel;
-use crate::ingress::render::{nginx_annotations, RenderOptions};
+use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
 
 /// The label selecting namespaces the mesh monitors.
@@ -396,7 +396,7 @@ async fn write_secret(
     Ok(())
 }
 
-/// Keep nginx's annotations on an Ingress in step with the mode.
+/// Keep the controller's annotations on an Ingress in step with the mode.
 async fn annotate(
     api: &Api<DynamicObject>,
     ingress: &IngressModel,
@@ -413,10 +413,11 @@ async fn annotate(
             let Some(identity) = identities.iter().next() else {
                 return;
             };
-            let map: serde_json::Map<String, Value> = nginx_annotations(identity, &options)
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), json!(v)))
-                .collect();
+            let map: serde_json::Map<String, Value> =
+                annotations_for(icfg.controller, identity, &options)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), json!(v)))
+                    .collect();
             json!({ "metadata": { "annotations": map } })
         }
         (true, _) => {
@@ -424,7 +425,7 @@ async fn annotate(
             return;
         }
         (false, _) => {
-            let anchor = nginx_annotations(&cfg.daemon_identity, &options);
+            let anchor = annotations_for(icfg.controller, &cfg.daemon_identity, &options);
             let map: serde_json::Map<String, Value> = anchor
                 .into_iter()
                 .map(|(k, _)| (k.to_owned(), Value::Null))
