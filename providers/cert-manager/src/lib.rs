@@ -80,8 +80,14 @@ pub struct CertManager {
     resource: ApiResource,
     config: CertManagerConfig,
     anchors: RwLock<Vec<CertificateDer<'static>>>,
+    /// When `ca_from` was last read; it is re-read at most every
+    /// [`CA_SOURCE_REFRESH`], not on every signature.
+    ca_read_at: RwLock<Option<std::time::Instant>>,
     metrics: Arc<CertManagerMetrics>,
 }
+
+/// How long anchors read from `ca_from` are reused.
+const CA_SOURCE_REFRESH: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,12 +134,14 @@ impl CertManager {
             resource,
             config,
             anchors: RwLock::new(Vec::new()),
+            ca_read_at: RwLock::new(None),
             metrics,
         };
         this.sweep_orphans().await;
         if let Some(source) = this.config.ca_from.clone() {
             let anchors = this.read_ca_source(&source).await?;
             *this.anchors.write().await = anchors;
+            *this.ca_read_at.write().await = Some(std::time::Instant::now());
         } else {
             this.sign(&probe.0, &probe.1).await?;
             if this.anchors.read().await.is_empty() {
@@ -256,8 +264,19 @@ impl Provider for CertManager {
 
     async fn trust_anchors(&self) -> Result<Vec<CertificateDer<'static>>, ProviderError> {
         if let Some(source) = &self.config.ca_from {
-            if let Ok(fresh) = self.read_ca_source(source).await {
-                *self.anchors.write().await = fresh;
+            let stale = self
+                .ca_read_at
+                .read()
+                .await
+                .is_none_or(|t| t.elapsed() >= CA_SOURCE_REFRESH);
+            if stale {
+                match self.read_ca_source(source).await {
+                    Ok(fresh) => *self.anchors.write().await = fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to re-read the CA; keeping the last known anchors")
+                    }
+                }
+                *self.ca_read_at.write().await = Some(std::time::Instant::now());
             }
         }
         Ok(self.anchors.read().await.clone())
