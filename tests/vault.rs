@@ -428,3 +428,32 @@ async fn vault_down_or_sealed_means_503_and_not_ready_and_meshca_recovers_by_its
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_meshcas_policy_is_reported_as_a_configuration_problem_with_vaults_message()
+{
+    let bao = OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    let token = bao.cli(&["token", "create", "-policy=default", "-field=token"]);
+    let token_file = bao.dir.path().join("weak-token");
+    std::fs::write(&token_file, token.trim()).expect("token file");
+    support::install_crypto_provider();
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = meshca::Config::from_yaml(&support::config_yaml(
+        state.path(),
+        &bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), ""),
+    ))
+    .expect("config");
+    let err = meshca::start(config)
+        .await
+        .expect_err("refused at start")
+        .to_string();
+    assert!(
+        err.contains("misconfigured") && err.contains("403"),
+        "{err}"
+    );
+    assert!(
+        err.contains("permission denied"),
+        "Vault's own message: {err}"
+    );
+}
