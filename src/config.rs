@@ -77,9 +77,20 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// Ingress policy.
     pub ingress: IngressConfig,
+    /// Signer changes.
+    pub rotation: RotationConfig,
     /// The file this configuration was read from; the daemon watches it
     /// and applies the settings that can change at run time.
     pub source: Option<PathBuf>,
+}
+
+/// How a change of signer is rolled out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// How long the bundle with old and new anchors must have been
+    /// published before the new signer signs: long enough for every agent
+    /// to fetch it (twice the agents' bundle refresh by default).
+    pub propagation_delay: Duration,
 }
 
 /// How ingress controllers reach mesh backends.
@@ -240,6 +251,27 @@ struct RawConfig {
     kubernetes: RawKubernetes,
     #[serde(default)]
     ingress: RawIngress,
+    #[serde(default)]
+    rotation: RawRotation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    #[serde(default = "default_propagation_delay", with = "humantime_serde")]
+    propagation_delay: Duration,
+}
+
+impl Default for RawRotation {
+    fn default() -> Self {
+        Self {
+            propagation_delay: default_propagation_delay(),
+        }
+    }
+}
+
+fn default_propagation_delay() -> Duration {
+    Duration::from_secs(120)
 }
 
 #[derive(Deserialize)]
@@ -1086,6 +1118,9 @@ impl TryFrom<RawConfig> for Config {
                 state_dir: raw.state_dir,
                 kubernetes,
                 ingress,
+                rotation: RotationConfig {
+                    propagation_delay: raw.rotation.propagation_delay,
+                },
                 source: None,
             }),
             _ => Err(ConfigError::Invalid(errors)),

@@ -24,6 +24,7 @@ use crate::config::{Config, ProviderConfig};
 use crate::issuer::{IssueError, Issuer};
 use crate::kube::{SecretSink, TokenReviewer};
 use crate::metrics::Metrics;
+use crate::rollout::{AnchorSet, Build, Rollout, Signer};
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
@@ -204,7 +205,14 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     let provider = Checked::new(provider);
     tracing::info!(provider = %provider.kind(), "signing provider ready");
 
-    let bundle = TrustBundle::new(provider.trust_anchors().await?)?;
+    // Anchors retained by an earlier signer change stay in the bundle.
+    let extra_anchors = Arc::new(AnchorSet::default());
+    let restored =
+        crate::rollout::restore(&config.state_dir, &extra_anchors, provider.kind().as_str());
+    let mut anchors = provider.trust_anchors().await?;
+    anchors.extend(extra_anchors.snapshot());
+    let signer = Signer::new(provider, restored.generation);
+    let bundle = TrustBundle::new(anchors)?;
     metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle));
 
@@ -230,8 +238,9 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     if let Err(why) = publish_status.wait_published(Duration::from_secs(10)).await {
         tracing::warn!(%why, "serving before every bundle sink holds the bundle");
     }
-    tasks.spawn(refresh_anchors(
-        provider.clone(),
+    tasks.spawn(crate::rollout::anchor_refresher(
+        signer.clone(),
+        extra_anchors.clone(),
         bundle_tx,
         config.bundle.refresh_interval,
         metrics.clone(),
@@ -239,16 +248,18 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     ));
 
     let issuer = Issuer::new(
-        provider.clone(),
+        signer.clone(),
         config.certificates,
         bundle_rx.clone(),
         metrics.clone(),
     );
+    let renew_serving_now = Arc::new(Notify::new());
     let (serving_tls, renew_serving) = api::serving_certificate(
         issuer.clone(),
         config.daemon_identity.clone(),
         config.server_names.clone(),
         metrics.clone(),
+        renew_serving_now.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -272,6 +283,44 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
             rx
         }
     };
+    // A change of signer in the config file is rolled out in stages.
+    let build: Build = {
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        Arc::new(move |cfg: Arc<Config>| {
+            let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+            Box::pin(async move {
+                // A provider rolled in at run time reports no metrics of
+                // its own (the registry is fixed once serving).
+                let mut scratch = Metrics::new();
+                let (provider, task) =
+                    build_provider(&cfg, cluster.as_ref(), &mut scratch, &shutdown)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                if let Some(task) = task {
+                    tokio::spawn(task);
+                }
+                Ok(Checked::new(provider))
+            })
+        })
+    };
+    let (rollout_status, rollout_task) = Rollout {
+        signer: signer.clone(),
+        anchors: extra_anchors,
+        bundle: bundle_rx.clone(),
+        publish: publish_status.clone(),
+        renew_serving: renew_serving_now,
+        state_dir: config.state_dir.clone(),
+        build,
+    }
+    .run(
+        restored,
+        config_rx.clone(),
+        |c| c.rotation.propagation_delay,
+        shutdown.clone(),
+    );
+    tasks.spawn(rollout_task);
+
     if config.ingress.enabled {
         if let (Some(client), Some(leader)) = (&cluster, &leader) {
             let resource = crate::kube::ingress::discover_ingress_api(client).await?;
@@ -306,6 +355,7 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         bundle_rx,
         metrics.clone(),
         config.api,
+        rollout_status,
     ));
 
     let api_listener = bind(config.listen).await?;
@@ -320,7 +370,7 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         shutdown.clone(),
     ));
     let health = api::health_router(Readiness {
-        provider,
+        signer,
         publish: publish_status,
         metrics,
         cluster: cluster.clone(),
@@ -382,46 +432,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
     l.local_addr()
         .map_err(|source| DaemonError::Bind { addr, source })
-}
-
-/// Re-read the provider's anchors every `interval` and publish a new bundle
-/// when they change; a failed read keeps the current bundle.
-async fn refresh_anchors(
-    provider: Checked,
-    bundle: tokio::sync::watch::Sender<Arc<TrustBundle>>,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let fresh = match provider.trust_anchors().await {
-            Ok(anchors) => TrustBundle::new(anchors),
-            Err(e) => {
-                tracing::warn!(error = %e, "failed to refresh the trust anchors; keeping the current bundle");
-                continue;
-            }
-        };
-        match fresh {
-            Ok(fresh) => {
-                metrics.trust_anchor_expiry.set(fresh.earliest_expiry());
-                bundle.send_if_modified(|current| {
-                    if **current == fresh {
-                        false
-                    } else {
-                        tracing::info!(
-                            anchors = fresh.anchors().len(),
-                            "the trust anchors changed"
-                        );
-                        *current = Arc::new(fresh);
-                        true
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "ignoring an unusable set of trust anchors"),
-        }
-    }
 }

@@ -20,6 +20,7 @@ mod keys;
 mod kube;
 mod metrics;
 mod reload;
+mod rollout;
 mod rotation;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError};

@@ -17,6 +17,10 @@ use super::{ApiError, ApiState};
 use crate::auth::PeerCertificates;
 use crate::metrics::IssuedLabels;
 
+/// The signer generation, on certificate and bundle answers: a client
+/// whose certificate came from an older generation renews early.
+pub const GENERATION_HEADER: &str = "x-meshca-generation";
+
 /// Time a client gets to send its request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,7 +71,9 @@ pub(super) async fn create_certificate(
         })
         .inc();
     match result {
-        Ok(ok) => Json(ok).into_response(),
+        Ok((ok, generation)) => {
+            ([(GENERATION_HEADER, generation.to_string())], Json(ok)).into_response()
+        }
         Err(e) => {
             tracing::info!(code = e.code(), "certificate request refused");
             e.into_response()
@@ -80,7 +86,7 @@ async fn issue(
     peer: Option<&PeerCertificates>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<CertificateResponse, ApiError> {
+) -> Result<(CertificateResponse, u64), ApiError> {
     let caller = state
         .auth
         .authenticate(headers.get(header::AUTHORIZATION), peer)
@@ -146,16 +152,19 @@ async fn issue(
         method = ?caller.method,
         "issued a certificate"
     );
-    Ok(CertificateResponse {
-        identity: cert.identity().dns_name(),
-        spiffe_id: cert.identity().spiffe_id(),
-        certificate_chain: meshca_provider::pem::encode_certificates(cert.chain()),
-        trust_bundle: issued.trust_bundle.pem().to_owned(),
-        serial: cert.serial().to_owned(),
-        not_before: rfc3339(cert.not_before()),
-        not_after: rfc3339(cert.not_after()),
-        renew_after: rfc3339(issued.renew_after),
-    })
+    Ok((
+        CertificateResponse {
+            identity: cert.identity().dns_name(),
+            spiffe_id: cert.identity().spiffe_id(),
+            certificate_chain: meshca_provider::pem::encode_certificates(cert.chain()),
+            trust_bundle: issued.trust_bundle.pem().to_owned(),
+            serial: cert.serial().to_owned(),
+            not_before: rfc3339(cert.not_before()),
+            not_after: rfc3339(cert.not_after()),
+            renew_after: rfc3339(issued.renew_after),
+        },
+        issued.generation,
+    ))
 }
 
 /// Answer of `GET /v1/identity`: who the credential says the caller is,
@@ -188,7 +197,22 @@ pub(super) async fn get_identity(
     }
 }
 
+pub(super) async fn get_rotation(State(state): State<Arc<ApiState>>) -> Response {
+    Json(state.rollout.borrow().clone()).into_response()
+}
+
 pub(super) async fn get_bundle(State(state): State<Arc<ApiState>>) -> Response {
     let pem = state.bundle.borrow().pem().to_owned();
-    ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
+    let generation = state.issuer.signer().generation().to_string();
+    (
+        [
+            (
+                header::CONTENT_TYPE.as_str(),
+                "application/x-pem-file".to_owned(),
+            ),
+            (GENERATION_HEADER, generation),
+        ],
+        pem,
+    )
+        .into_response()
 }

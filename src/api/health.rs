@@ -5,7 +5,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use meshca_provider::{Checked, Health};
+use meshca_provider::Health;
+
+use crate::rollout::Signer;
 
 use crate::bundle::PublishStatus;
 use crate::metrics::Metrics;
@@ -14,8 +16,8 @@ use crate::metrics::Metrics;
 /// the current bundle.
 #[derive(Clone)]
 pub struct Readiness {
-    /// The provider.
-    pub provider: Checked,
+    /// The signer slot.
+    pub signer: Arc<Signer>,
     /// The bundle publisher's per-sink state.
     pub publish: PublishStatus,
     /// Metrics to render on `/metrics`.
@@ -27,7 +29,7 @@ pub struct Readiness {
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Readiness")
-            .field("provider", &self.provider)
+            .field("signer", &self.signer)
             .field("cluster", &self.cluster.is_some())
             .finish_non_exhaustive()
     }
@@ -44,8 +46,9 @@ pub fn health_router(readiness: Readiness) -> Router {
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     let mut problems = Vec::new();
-    if let Health::Unhealthy(why) = r.provider.health().await {
-        problems.push(format!("provider {}: {why}", r.provider.kind()));
+    let (provider, _) = r.signer.current();
+    if let Health::Unhealthy(why) = provider.health().await {
+        problems.push(format!("provider {}: {why}", provider.kind()));
     }
     if let Some(client) = &r.cluster {
         if let Err(why) = crate::kube::probe(client).await {

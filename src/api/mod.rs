@@ -35,6 +35,7 @@ pub struct ApiState {
     max_body_bytes: usize,
     in_flight: Semaphore,
     per_identity: limit::IdentityLimiter,
+    rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
 }
 
 impl ApiState {
@@ -45,6 +46,7 @@ impl ApiState {
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
         limits: ApiLimits,
+        rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
     ) -> Self {
         Self {
             issuer,
@@ -53,6 +55,7 @@ impl ApiState {
             metrics,
             max_body_bytes: limits.max_body_bytes,
             in_flight: Semaphore::new(limits.max_in_flight),
+            rollout,
             per_identity: limit::IdentityLimiter::new(
                 limits.per_identity_per_second,
                 limits.per_identity_burst,
@@ -67,5 +70,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/certificates", post(handlers::create_certificate))
         .route("/v1/bundle", get(handlers::get_bundle))
         .route("/v1/identity", get(handlers::get_identity))
+        .route("/v1/rotation", get(handlers::get_rotation))
         .with_state(state)
 }

@@ -35,6 +35,7 @@ pub async fn serving_certificate(
     identity: Identity,
     names: Vec<ServerName>,
     metrics: Arc<Metrics>,
+    renew_now: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) -> Result<(ServingTls, impl Future<Output = ()>), IssueError> {
     let (config, not_before, not_after) = issue(&issuer, &identity, &names, &metrics).await?;
@@ -51,6 +52,7 @@ pub async fn serving_certificate(
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                () = renew_now.notified() => {}
             }
             match issue(&issuer, &identity, &names, &metrics).await {
                 Ok((config, nb, na)) => {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use meshca_provider::{
     Checked, CsrError, Identity, Issued, LeafProfile, ProviderError, ServerName, ValidatedCsr,
 };
+
+use crate::rollout::Signer;
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -36,12 +38,14 @@ pub struct IssuedCertificate {
     pub trust_bundle: Arc<TrustBundle>,
     /// When the holder should renew.
     pub renew_after: OffsetDateTime,
+    /// The signer generation that issued it.
+    pub generation: u64,
 }
 
 /// Issues certificates through one provider.
 #[derive(Clone, Debug)]
 pub struct Issuer {
-    provider: Checked,
+    signer: Arc<Signer>,
     lifetimes: Lifetimes,
     bundle: BundleReceiver,
     metrics: Arc<Metrics>,
@@ -51,22 +55,27 @@ impl Issuer {
     /// An issuer signing through `provider` with lifetimes within
     /// `lifetimes`, answering with the bundle `bundle` currently holds.
     pub fn new(
-        provider: Checked,
+        signer: Arc<Signer>,
         lifetimes: Lifetimes,
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            provider,
+            signer,
             lifetimes,
             bundle,
             metrics,
         }
     }
 
-    /// The provider behind this issuer.
-    pub fn provider(&self) -> &Checked {
-        &self.provider
+    /// The provider signing now.
+    pub fn provider(&self) -> Arc<Checked> {
+        self.signer.current().0
+    }
+
+    /// The signer slot (generation, switches).
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
     }
 
     /// Issue a workload certificate for `identity` (already authenticated)
@@ -108,11 +117,14 @@ impl Issuer {
         profile: &LeafProfile,
     ) -> Result<IssuedCertificate, IssueError> {
         let started = Instant::now();
-        let issued = self.provider.sign(csr, profile).await;
+        let (provider, generation) = self.signer.current();
+        let issued = provider.sign(csr, profile).await;
         self.metrics
             .sign_duration
             .observe(started.elapsed().as_secs_f64());
         let issued = issued?;
+        self.signer
+            .record(generation, issued.not_after().unix_timestamp());
         let renew_after = rotation::renew_after(
             issued.not_before(),
             issued.not_after(),
@@ -121,6 +133,7 @@ impl Issuer {
         Ok(IssuedCertificate {
             trust_bundle: self.bundle.borrow().clone(),
             renew_after,
+            generation,
             issued,
         })
     }

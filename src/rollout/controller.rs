@@ -1,0 +1,254 @@
+//! The rollout task: watches the configuration for a new signer and walks
+//! the stages.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_provider::Checked;
+use rustls_pki_types::CertificateDer;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Retained, RolloutStatus, Stage};
+use super::{AnchorSet, Signer};
+use crate::bundle::{BundleReceiver, PublishStatus};
+use crate::config::Config;
+
+/// Builds a provider from a configuration.
+pub type Build = Arc<
+    dyn Fn(Arc<Config>) -> Pin<Box<dyn Future<Output = Result<Checked, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Everything the rollout needs.
+pub struct Rollout {
+    /// The signer slot.
+    pub signer: Arc<Signer>,
+    /// Extra anchors.
+    pub anchors: Arc<AnchorSet>,
+    /// The published bundle.
+    pub bundle: BundleReceiver,
+    /// Whether every sink holds it.
+    pub publish: PublishStatus,
+    /// Wakes the serving-certificate task for an immediate renewal.
+    pub renew_serving: Arc<Notify>,
+    /// Where the state is kept.
+    pub state_dir: PathBuf,
+    /// Builds the incoming provider.
+    pub build: Build,
+}
+
+fn now_text() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn pem(certs: &[CertificateDer<'static>]) -> String {
+    meshca_provider::pem::encode_certificates(certs)
+}
+
+/// Restore anchors retained before a restart into `anchors`; returns the
+/// status to start from (its generation continues).
+pub fn restore(state_dir: &std::path::Path, anchors: &AnchorSet, provider: &str) -> RolloutStatus {
+    let mut status = RolloutStatus::load(state_dir).unwrap_or(RolloutStatus {
+        stage: Stage::Steady,
+        generation: 0,
+        provider: provider.to_owned(),
+        incoming: None,
+        retained: Vec::new(),
+        history: Vec::new(),
+    });
+    let now = OffsetDateTime::now_utc();
+    let parse = |u: &Option<String>| {
+        u.as_deref()
+            .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
+    };
+    status
+        .retained
+        .retain(|r| parse(&r.until).is_none_or(|u| u > now));
+    for (i, r) in status.retained.iter().enumerate() {
+        let certs = meshca_provider::pem::decode_certificates(r.pem.as_bytes()).unwrap_or_default();
+        anchors.retain(
+            &format!("restored-{i}"),
+            certs,
+            parse(&r.until).map(OffsetDateTime::unix_timestamp),
+        );
+    }
+    if !status.retained.is_empty() {
+        tracing::info!(
+            sets = status.retained.len(),
+            "kept anchors retained before the restart"
+        );
+    }
+    // A rollout interrupted before its switch starts again from the
+    // configuration now in force; one interrupted after it keeps retiring.
+    status.stage = if status.retained.is_empty() {
+        Stage::Steady
+    } else {
+        Stage::Retire
+    };
+    status.provider = provider.to_owned();
+    status.incoming = None;
+    status
+}
+
+impl Rollout {
+    /// Run until `shutdown`, publishing the status on the returned channel.
+    pub fn run(
+        self,
+        initial: RolloutStatus,
+        mut config: watch::Receiver<Arc<Config>>,
+        propagation: impl Fn(&Config) -> Duration + Send + 'static,
+        shutdown: CancellationToken,
+    ) -> (
+        watch::Receiver<RolloutStatus>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = watch::channel(initial);
+        let task = async move {
+            let mut applied = format!("{:?}", config.borrow_and_update().provider);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = config.changed() => if r.is_err() { return },
+                }
+                let cfg = config.borrow_and_update().clone();
+                let wanted = format!("{:?}", cfg.provider);
+                if wanted == applied {
+                    continue;
+                }
+                match self.roll(&cfg, &tx, propagation(&cfg), &shutdown).await {
+                    Ok(()) => applied = wanted,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the signer change failed; the current signer stays");
+                        self.anchors.release("incoming");
+                        tx.send_modify(|s| {
+                            s.incoming = None;
+                            s.stage = if s.retained.is_empty() {
+                                Stage::Steady
+                            } else {
+                                Stage::Retire
+                            };
+                        });
+                        tx.borrow().save(&self.state_dir);
+                    }
+                }
+            }
+        };
+        (rx, task)
+    }
+
+    fn enter(&self, tx: &watch::Sender<RolloutStatus>, stage: Stage) {
+        tx.send_modify(|s| {
+            s.stage = stage;
+            s.history.push((stage, now_text()));
+            if s.history.len() > 50 {
+                s.history.remove(0);
+            }
+        });
+        tracing::info!(?stage, "rollout stage");
+        tx.borrow().save(&self.state_dir);
+    }
+
+    async fn roll(
+        &self,
+        cfg: &Arc<Config>,
+        tx: &watch::Sender<RolloutStatus>,
+        propagation: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let incoming = (self.build)(cfg.clone()).await?;
+        let kind = incoming.kind().to_string();
+        let new_anchors = incoming.trust_anchors().await.map_err(|e| e.to_string())?;
+        tx.send_modify(|s| s.incoming = Some(kind.clone()));
+
+        // 1. Distribute: old + new anchors everywhere, then wait.
+        self.enter(tx, Stage::Distribute);
+        self.anchors.retain("incoming", new_anchors.clone(), None);
+        let mut bundle = self.bundle.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let has_all = {
+                let b = bundle.borrow_and_update();
+                new_anchors.iter().all(|a| b.anchors().contains(a))
+            };
+            if has_all && self.publish.check().is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(
+                    "the new anchors did not reach every bundle sink within 5 minutes".into(),
+                );
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err("shutting down".into()),
+                _ = bundle.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err("shutting down".into()),
+            () = tokio::time::sleep(propagation) => {}
+        }
+
+        // 2. Switch.
+        let (old, _) = self.signer.current();
+        let old_anchors = old.trust_anchors().await.unwrap_or_default();
+        let old_generation = self.signer.switch(incoming);
+        let tag = format!("generation-{old_generation}");
+        self.anchors.retain(&tag, old_anchors.clone(), None);
+        self.anchors.release("incoming");
+        tx.send_modify(|s| {
+            s.generation = old_generation + 1;
+            s.provider = kind.clone();
+            s.incoming = None;
+            s.retained.push(Retained {
+                pem: pem(&old_anchors),
+                until: None,
+            });
+        });
+        self.enter(tx, Stage::Switch);
+
+        // 3. Re-issue: the daemon's own certificate now; agents follow the
+        // generation they see on /v1/bundle.
+        self.renew_serving.notify_one();
+        self.enter(tx, Stage::Reissue);
+        // In-flight signatures of the old generation finish meanwhile.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // 4. Retire once the last old certificate has expired.
+        let until = self
+            .signer
+            .issued_until(old_generation)
+            .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp())
+            + 1;
+        self.anchors.retain(&tag, old_anchors.clone(), Some(until));
+        let until_text = OffsetDateTime::from_unix_timestamp(until)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok());
+        let old_pem = pem(&old_anchors);
+        tx.send_modify(|s| {
+            for r in &mut s.retained {
+                if r.pem == old_pem {
+                    r.until = until_text.clone();
+                }
+            }
+        });
+        self.enter(tx, Stage::Retire);
+        let wait = u64::try_from(until - OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(wait + 1)) => {}
+        }
+        tx.send_modify(|s| s.retained.retain(|r| r.pem != old_pem));
+        self.enter(tx, Stage::Steady);
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Changing the signer (another provider, or a new root) without a gap in
+//! trust, in stages visible at `GET /v1/rotation`:
+//!
+//! 1. **distribute**: the bundle holds the current and the incoming
+//!    anchors; wait until every sink has it, then the propagation delay;
+//! 2. **switch**: the incoming provider signs from now on;
+//! 3. **reissue**: the daemon's own certificate is renewed at once; agents
+//!    see a new generation on `/v1/bundle` and renew early, with jitter;
+//! 4. **retire**: once the last certificate the previous provider issued
+//!    has expired (tracked at issuance), its anchors leave the bundle.
+//!
+//! Retained anchors and the stage are persisted in the state directory, so
+//! a restart does not drop anchors that valid certificates still chain to.
+
+mod anchors;
+mod controller;
+mod signer;
+mod state;
+
+pub use anchors::{anchor_refresher, AnchorSet};
+pub use controller::{restore, Build, Rollout};
+pub use signer::Signer;
+pub use state::RolloutStatus;

@@ -1,0 +1,61 @@
+//! The provider that signs now, swappable while the daemon runs, with a
+//! record of how long certificates from each earlier provider stay valid.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use meshca_provider::Checked;
+
+/// The current signer and its generation (incremented at every switch).
+#[derive(Debug)]
+pub struct Signer {
+    slot: ArcSwap<Checked>,
+    generation: AtomicU64,
+    /// Latest NotAfter (unix seconds) issued under each generation.
+    issued_until: Mutex<BTreeMap<u64, i64>>,
+}
+
+impl Signer {
+    /// Start with `provider` at `generation`.
+    pub fn new(provider: Checked, generation: u64) -> Arc<Self> {
+        Arc::new(Self {
+            slot: ArcSwap::from_pointee(provider),
+            generation: AtomicU64::new(generation),
+            issued_until: Mutex::default(),
+        })
+    }
+
+    /// The provider signing now and its generation.
+    pub fn current(&self) -> (Arc<Checked>, u64) {
+        // Read the generation first: a switch in between makes the pair
+        // err towards the older generation, whose anchors are retained.
+        let generation = self.generation.load(Ordering::SeqCst);
+        (self.slot.load_full(), generation)
+    }
+
+    /// The generation signing now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Make `provider` the signer; returns the previous generation.
+    pub fn switch(&self, provider: Checked) -> u64 {
+        self.slot.store(Arc::new(provider));
+        self.generation.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Note a certificate issued under `generation`.
+    pub fn record(&self, generation: u64, not_after: i64) {
+        if let Ok(mut m) = self.issued_until.lock() {
+            let e = m.entry(generation).or_insert(not_after);
+            *e = (*e).max(not_after);
+        }
+    }
+
+    /// The latest NotAfter issued under `generation`, if any.
+    pub fn issued_until(&self, generation: u64) -> Option<i64> {
+        self.issued_until.lock().ok()?.get(&generation).copied()
+    }
+}

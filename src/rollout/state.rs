@@ -1,0 +1,75 @@
+//! The rollout's stage, its persisted form, and its public view.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a signer change stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// No change under way.
+    Steady,
+    /// The bundle holds old and new anchors; waiting for it to spread.
+    Distribute,
+    /// The new provider signs.
+    Switch,
+    /// Certificates are being re-issued by the new provider.
+    Reissue,
+    /// Waiting for the last old certificate to expire.
+    Retire,
+}
+
+/// What `GET /v1/rotation` answers and `rollout.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutStatus {
+    /// The stage.
+    pub stage: Stage,
+    /// The signer generation (one more at every switch).
+    pub generation: u64,
+    /// The provider signing now.
+    pub provider: String,
+    /// The provider being rolled in, during distribute.
+    pub incoming: Option<String>,
+    /// Anchors kept for certificates of earlier providers, with when they
+    /// may go (RFC 3339; absent while still unknown).
+    pub retained: Vec<Retained>,
+    /// Stages entered, oldest first, with their times (RFC 3339).
+    pub history: Vec<(Stage, String)>,
+}
+
+/// Anchors kept beyond their provider's time.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retained {
+    /// The anchors, PEM.
+    pub pem: String,
+    /// When they may leave the bundle.
+    pub until: Option<String>,
+}
+
+impl RolloutStatus {
+    /// The file that keeps it across restarts.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("rollout.json")
+    }
+
+    /// Load the persisted status, if any.
+    pub fn load(state_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(state_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Persist atomically (0600: it holds no secret, but it is state).
+    pub fn save(&self, state_dir: &Path) {
+        match serde_json::to_vec_pretty(self) {
+            Ok(json) => {
+                if let Err(e) =
+                    crate::bundle::write_atomically(&Self::path(state_dir), &json, 0o600)
+                {
+                    tracing::warn!(error = %e, "failed to persist the rollout state");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "failed to encode the rollout state"),
+        }
+    }
+}
