@@ -1,7 +1,6 @@
 //! The bundle's anchors: the current provider's, plus those retained for
 //! certificates of earlier (or incoming) providers.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +15,12 @@ use crate::metrics::Metrics;
 
 /// Anchors beyond the current provider's, each until an instant (unix
 /// seconds; `None`: until removed).
+/// A tagged set of anchors and when it may go (unix seconds).
+type Tagged = (String, Vec<CertificateDer<'static>>, Option<i64>);
+
 #[derive(Debug, Default)]
 pub struct AnchorSet {
-    extra: Mutex<Vec<(String, Vec<CertificateDer<'static>>, Option<i64>)>>,
+    extra: Mutex<Vec<Tagged>>,
     kick: Notify,
 }
 
@@ -71,15 +73,15 @@ impl AnchorSet {
 /// Publish the union of the current provider's anchors and the retained
 /// ones: every `interval`, whenever the set changes, and when a retained
 /// set expires. A failed read keeps the current bundle.
-pub fn anchor_refresher(
+pub async fn anchor_refresher(
     signer: Arc<Signer>,
     extra: Arc<AnchorSet>,
     bundle: watch::Sender<Arc<TrustBundle>>,
     interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
+) {
+    {
         loop {
             let (provider, _) = signer.current();
             match provider.trust_anchors().await {
