@@ -112,6 +112,23 @@ struct Held {
     bundle_pem: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// The signer generation that issued it, when the server said.
+    generation: Option<u64>,
+}
+
+/// The server's signer generation (`x-meshca-generation`).
+fn generation_of(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("x-meshca-generation")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// After a change of signer: renew within a few seconds, spread so that
+/// every workload does not renew in the same instant.
+fn early_renewal(lifetime: Duration) -> Duration {
+    let spread = (lifetime / 10).min(Duration::from_secs(5));
+    spread.mul_f64((rotation::random_jitter() + 1.0) / 2.0)
 }
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -177,7 +194,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             OffsetDateTime::now_utc(),
             rotation::random_jitter(),
         );
-        let renew_at = tokio::time::Instant::now() + renew_in;
+        let mut renew_at = tokio::time::Instant::now() + renew_in;
         tracing::info!(renew_in = ?renew_in, "next renewal scheduled");
         loop {
             let next_bundle_check =
@@ -190,12 +207,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 break;
             }
             match fetch_bundle(&config, &initial_roots, h).await {
-                Ok(bundle) if bundle != h.bundle_pem => {
-                    files::write(&config.out_dir, &h.chain_pem, &h.key_pem, &bundle)?;
-                    tracing::info!("the trust bundle changed; wrote ca.pem");
-                    h.bundle_pem = bundle;
+                Ok((bundle, generation)) => {
+                    if bundle != h.bundle_pem {
+                        files::write(&config.out_dir, &h.chain_pem, &h.key_pem, &bundle)?;
+                        tracing::info!("the trust bundle changed; wrote ca.pem");
+                        h.bundle_pem = bundle;
+                    }
+                    if let (Some(now), Some(mine)) = (generation, h.generation) {
+                        if now != mine {
+                            let lifetime = (h.not_after - h.not_before)
+                                .try_into()
+                                .unwrap_or(Duration::ZERO);
+                            let soon = tokio::time::Instant::now() + early_renewal(lifetime);
+                            if soon < renew_at {
+                                tracing::info!(
+                                    generation = now,
+                                    "the signer changed; renewing early"
+                                );
+                                renew_at = soon;
+                            }
+                            h.generation = Some(now);
+                        }
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "failed to refresh the trust bundle"),
             }
         }
@@ -233,6 +267,7 @@ fn load_held(dir: &Path) -> Result<Held, AgentError> {
         bundle_pem,
         not_before,
         not_after,
+        generation: None,
     })
 }
 
@@ -326,7 +361,7 @@ async fn fetch_certificate(
     if let Some(token) = &token {
         request = request.bearer_auth(token.as_str());
     }
-    let issued: Issued = exchange(request, &url).await?;
+    let (issued, generation): (Issued, _) = exchange(request, &url).await?;
     let parse = |s: &str| {
         OffsetDateTime::parse(s, &Rfc3339)
             .map_err(|e| AgentError::InvalidResponse(format!("{s:?}: {e}")))
@@ -341,6 +376,7 @@ async fn fetch_certificate(
         chain_pem: issued.certificate_chain,
         key_pem: Zeroizing::new(key.serialize_pem()),
         bundle_pem: issued.trust_bundle,
+        generation,
     })
 }
 
@@ -360,7 +396,7 @@ async fn whoami(
     if let Some(t) = token {
         request = request.bearer_auth(t);
     }
-    let who: WhoAmI = exchange(request, &url).await?;
+    let (who, _): (WhoAmI, _) = exchange(request, &url).await?;
     meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
         .map_err(|e| AgentError::InvalidResponse(e.to_string()))
 }
@@ -370,7 +406,7 @@ async fn whoami(
 async fn exchange<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
     url: &str,
-) -> Result<T, AgentError> {
+) -> Result<(T, Option<u64>), AgentError> {
     let response = request
         .send()
         .await
@@ -378,11 +414,13 @@ async fn exchange<T: serde::de::DeserializeOwned>(
             url: url.to_owned(),
             source,
         })?;
-    refused(response)
-        .await?
+    let response = refused(response).await?;
+    let generation = generation_of(response.headers());
+    let body = response
         .json()
         .await
-        .map_err(|e| AgentError::InvalidResponse(e.to_string()))
+        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
+    Ok((body, generation))
 }
 
 /// Pass a successful response through; turn an error answer into
@@ -414,7 +452,7 @@ async fn fetch_bundle(
     config: &AgentConfig,
     initial_roots: &[CertificateDer<'static>],
     held: &Held,
-) -> Result<String, AgentError> {
+) -> Result<(String, Option<u64>), AgentError> {
     let client = client(initial_roots, Some(held), false)?;
     let url = format!("{}/v1/bundle", config.server.trim_end_matches('/'));
     let response = client
@@ -426,11 +464,12 @@ async fn fetch_bundle(
             url: url.clone(),
             source,
         })?;
+    let generation = generation_of(response.headers());
     let text = response
         .text()
         .await
         .map_err(|source| AgentError::Transport { url, source })?;
     meshca_provider::pem::decode_certificates(text.as_bytes())
         .map_err(AgentError::InvalidResponse)?;
-    Ok(text)
+    Ok((text, generation))
 }

@@ -1,0 +1,362 @@
+//! Changing the signer while mTLS traffic flows, no cluster: two agents
+//! (client and server identities) feed a real rustls server and client that
+//! make a new mTLS handshake every 50 ms, while the config file moves the
+//! signer from Tresor root A to root B and back. No handshake may fail,
+//! the stages must come in order, and an old root may leave the bundle only
+//! after the last certificate it issued has expired.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshca::AgentConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use support::{certs, TestDaemon};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key.to_str().expect("utf8"),
+        ],
+        vec![
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().expect("utf8"),
+            "-subj",
+            &format!("/CN=root {name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            cert.to_str().expect("utf8"),
+        ],
+    ] {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (cert, key)
+}
+
+fn yaml(root: &(PathBuf, PathBuf)) -> String {
+    format!(
+        "certificates: {{ default_ttl: 8s, min_ttl: 1s, max_ttl: 1h }}\nbundle: {{ refresh_interval: 1s }}\nrotation: {{ propagation_delay: 1s }}\n\
+         provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
+        root.0.display(),
+        root.1.display()
+    )
+}
+
+struct Files {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: rustls::RootCertStore,
+}
+
+fn read_files(dir: &Path) -> Files {
+    let chain = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).expect("key");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("root");
+    }
+    Files { chain, key, roots }
+}
+
+fn agent(
+    d: &TestDaemon,
+    dir: &Path,
+    token: String,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), meshca::AgentError>> {
+    let token_file = dir.join("token");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(&token_file, token).expect("token");
+    tokio::spawn(meshca::run_agent(
+        AgentConfig {
+            server: d.url(""),
+            ca_file: d.bundle_path(),
+            token_file: Some(token_file),
+            out_dir: dir.join("out"),
+            ttl: Some(Duration::from_secs(6)),
+            once: false,
+            bundle_refresh: Duration::from_millis(300),
+        },
+        shutdown,
+    ))
+}
+
+async fn rotation(d: &TestDaemon) -> Value {
+    d.client()
+        .await
+        .get(d.url("/v1/rotation"))
+        .send()
+        .await
+        .expect("rotation")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn wait_steady(d: &TestDaemon, generation: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = rotation(d).await;
+        if r["stage"] == "steady" && r["generation"] == generation {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "rollout did not finish: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_and_back() {
+    let roots_dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        openssl_root(roots_dir.path(), "a"),
+        openssl_root(roots_dir.path(), "b"),
+    );
+    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
+    let d = TestDaemon::start_from_file(&yaml(&a)).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let shutdown = CancellationToken::new();
+    let server_dir = work.path().join("server");
+    let client_dir = work.path().join("client");
+    let agents = [
+        agent(
+            &d,
+            &server_dir,
+            d.token("bookstore", "bookstore"),
+            shutdown.clone(),
+        ),
+        agent(
+            &d,
+            &client_dir,
+            d.token("bookbuyer", "bookbuyer"),
+            shutdown.clone(),
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(server_dir.join("out/ca.pem").exists() && client_dir.join("out/ca.pem").exists()) {
+        assert!(Instant::now() < deadline, "agents wrote nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A real mTLS server: certificate, key and trusted roots re-read from
+    // the server agent's files for every connection.
+    support::install_crypto_provider();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server_out = server_dir.join("out");
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let f = read_files(&server_out);
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(f.roots))
+                .build()
+                .expect("verifier");
+            let config = rustls::ServerConfig::builder()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(f.chain, f.key)
+                .expect("server config");
+            tokio::spawn(async move {
+                if let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                    .accept(tcp)
+                    .await
+                {
+                    let mut buf = [0u8; 5];
+                    if tls.read_exact(&mut buf).await.is_ok() {
+                        let _ = tls.write_all(&buf).await;
+                    }
+                }
+            });
+        }
+    });
+
+    // The client: a new handshake every 50 ms with the client agent's files.
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::<String>::new())),
+    );
+    let stop = CancellationToken::new();
+    let client = {
+        let (ok, failed, stop, client_out) = (
+            ok.clone(),
+            failed.clone(),
+            stop.clone(),
+            client_dir.join("out"),
+        );
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let f = read_files(&client_out);
+                let config = rustls::ClientConfig::builder()
+                    .with_root_certificates(f.roots)
+                    .with_client_auth_cert(f.chain, f.key)
+                    .expect("client config");
+                let result = async {
+                    let tcp = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let name =
+                        rustls_pki_types::ServerName::try_from("bookstore.bookstore.cluster.local")
+                            .expect("name");
+                    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("handshake: {e}"))?;
+                    tls.write_all(b"ping\n").await.map_err(|e| e.to_string())?;
+                    let mut buf = [0u8; 5];
+                    tls.read_exact(&mut buf)
+                        .await
+                        .map_err(|e| format!("echo: {e}"))?;
+                    Ok::<_, String>(())
+                }
+                .await;
+                match result {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        failed.lock().expect("lock").push(e);
+                        0
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // Watch root A's presence in the bundle and the last expiry of any
+    // certificate it issued that the agents hold.
+    let (a_left_at, a_last_expiry) = (
+        Arc::new(Mutex::new(None::<i64>)),
+        Arc::new(Mutex::new(0i64)),
+    );
+    let watcher = {
+        let (a_left_at, a_last_expiry, stop) =
+            (a_left_at.clone(), a_last_expiry.clone(), stop.clone());
+        let (bundle, dirs) = (
+            d.bundle_path(),
+            [server_dir.join("out"), client_dir.join("out")],
+        );
+        let root_a = root_a.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let present = std::fs::read_to_string(&bundle)
+                    .map(|b| certs(&b).contains(&root_a))
+                    .unwrap_or(true);
+                {
+                    let mut left = a_left_at.lock().expect("lock");
+                    if !present && left.is_none() {
+                        *left = Some(now);
+                    }
+                }
+                for dir in &dirs {
+                    if let Ok(pem) = std::fs::read_to_string(dir.join("cert.pem")) {
+                        let der = certs(&pem).remove(0);
+                        if let Ok((_, c)) = X509Certificate::from_der(&der) {
+                            if c.issuer().to_string() == "CN=root a" {
+                                let mut last = a_last_expiry.lock().expect("lock");
+                                *last = (*last).max(c.validity().not_after.timestamp());
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    d.rewrite_config(&yaml(&b));
+    let first = wait_steady(&d, 1).await;
+    let left = a_left_at
+        .lock()
+        .expect("lock")
+        .expect("root A left the bundle after the switch to B");
+    let last = *a_last_expiry.lock().expect("lock");
+    assert!(
+        left >= last,
+        "root A left the bundle at {left}, before a certificate it issued expired at {last}"
+    );
+    let stages: Vec<&str> = first["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h[0].as_str().expect("stage"))
+        .collect();
+    assert_eq!(
+        stages,
+        ["distribute", "switch", "reissue", "retire", "steady"],
+        "{first}"
+    );
+    assert_eq!(first["provider"], "tresor");
+
+    // And back to A: the same stages again.
+    d.rewrite_config(&yaml(&a));
+    let second = wait_steady(&d, 2).await;
+    let stages: Vec<&str> = second["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h[0].as_str().expect("stage"))
+        .collect();
+    assert_eq!(stages.len(), 10, "{second}");
+    let bundle = certs(&std::fs::read_to_string(d.bundle_path()).expect("bundle"));
+    assert_eq!(
+        bundle,
+        vec![root_a],
+        "only root A once B's certificates expired"
+    );
+
+    stop.cancel();
+    let _ = client.await;
+    let _ = watcher.await;
+    server.abort();
+    shutdown.cancel();
+    for a in agents {
+        a.await.expect("join").expect("agent");
+    }
+    let failures = failed.lock().expect("lock").clone();
+    let successes = ok.load(Ordering::SeqCst);
+    assert!(successes > 100, "traffic flowed: {successes} handshakes");
+    assert!(
+        failures.is_empty(),
+        "{} failed handshakes out of {}: {:?}",
+        failures.len(),
+        successes + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
