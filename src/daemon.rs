@@ -312,6 +312,7 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         renew_serving: renew_serving_now,
         state_dir: config.state_dir.clone(),
         build,
+        metrics: metrics.clone(),
     }
     .run(
         restored,

@@ -80,6 +80,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Signer changes (rollouts).
+    Rotate {
+        #[command(subcommand)]
+        command: RotateCommand,
+    },
     /// Ingress-controller configuration for mesh backends.
     Ingress {
         #[command(subcommand)]
@@ -106,6 +111,18 @@ enum TokenCommand {
         /// ServiceAccount of the identity.
         #[arg(long)]
         service_account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotateCommand {
+    /// Print the rollout state: stage, generation, retained anchors and the
+    /// stages so far (from the state directory; the daemon serves the same
+    /// at GET /v1/rotation).
+    Status {
+        /// Config file naming the state directory.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -286,6 +303,33 @@ async fn run(command: Command) -> ExitCode {
                         "error: failed to read the trust bundle {}: {e} (has `meshca serve` run with this config?)",
                         config.bundle.file.display()
                     );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rotate {
+            command: RotateCommand::Status { config },
+        } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let path = config.state_dir.join("rollout.json");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("{{\"stage\": \"steady\", \"generation\": 0}}");
+                    eprintln!(
+                        "no signer change recorded in {}",
+                        config.state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
                     ExitCode::FAILURE
                 }
             }

@@ -51,6 +51,17 @@ pub struct Metrics {
     pub bundle_sink_up: Family<SinkLabels, Gauge>,
     /// NotAfter of the daemon's own serving certificate.
     pub serving_cert_expiry: Gauge,
+    /// The signer generation (one more at every switch).
+    pub rotation_generation: Gauge,
+    /// 1 for the rollout stage in force, 0 for the others.
+    pub rotation_stage: Family<StageLabels, Gauge>,
+}
+
+/// Labels of `meshca_rotation_stage`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// The stage's name.
+    pub stage: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,8 +116,22 @@ impl Metrics {
             "Unix time at which the signing API's own certificate expires",
             serving_cert_expiry.clone(),
         );
+        let rotation_generation = Gauge::default();
+        registry.register(
+            "rotation_generation",
+            "Signer generation: one more at every change of signer",
+            rotation_generation.clone(),
+        );
+        let rotation_stage = Family::<StageLabels, Gauge>::default();
+        registry.register(
+            "rotation_stage",
+            "1 for the signer rollout stage in force",
+            rotation_stage.clone(),
+        );
         Self {
             registry,
+            rotation_generation,
+            rotation_stage,
             certificates_issued,
             sign_duration,
             trust_anchor_expiry,

@@ -26,9 +26,10 @@ pub fn watch_config(
     impl Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = watch::channel(Arc::new(initial));
+    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Taken now, not when the task first runs: an edit in between counts.
+    let mut last: Option<SystemTime> = stamp(&path);
     let task = async move {
-        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last: Option<SystemTime> = stamp(&path);
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {

@@ -66,13 +66,23 @@ fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+const COMMON: &str = "certificates: { default_ttl: 8s, min_ttl: 1s, max_ttl: 1h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 1s }\n";
+
 fn yaml(root: &(PathBuf, PathBuf)) -> String {
     format!(
-        "certificates: {{ default_ttl: 8s, min_ttl: 1s, max_ttl: 1h }}\nbundle: {{ refresh_interval: 1s }}\nrotation: {{ propagation_delay: 1s }}\n\
-         provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
+        "{COMMON}provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
         root.0.display(),
         root.1.display()
     )
+}
+
+fn stages(status: &Value) -> Vec<String> {
+    status["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h[0].as_str().expect("stage").to_owned())
+        .collect()
 }
 
 struct Files {
@@ -130,7 +140,7 @@ async fn rotation(d: &TestDaemon) -> Value {
 }
 
 async fn wait_steady(d: &TestDaemon, generation: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let r = rotation(d).await;
         if r["stage"] == "steady" && r["generation"] == generation {
@@ -142,7 +152,10 @@ async fn wait_steady(d: &TestDaemon, generation: u64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_and_back() {
+async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and_back_to_a() {
+    let bao = support::openbao::OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    let vault_token = bao.meshca_token_file();
     let roots_dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (
         openssl_root(roots_dir.path(), "a"),
@@ -311,29 +324,31 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_and_back() {
         left >= last,
         "root A left the bundle at {left}, before a certificate it issued expired at {last}"
     );
-    let stages: Vec<&str> = first["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h[0].as_str().expect("stage"))
-        .collect();
     assert_eq!(
-        stages,
+        stages(&first),
         ["distribute", "switch", "reissue", "retire", "steady"],
         "{first}"
     );
     assert_eq!(first["provider"], "tresor");
 
-    // And back to A: the same stages again.
-    d.rewrite_config(&yaml(&a));
+    // On to Vault (OpenBao), then back to A: the same stages each time.
+    d.rewrite_config(&format!(
+        "{COMMON}{}",
+        bao.provider_yaml(
+            &format!("{{ token_file: {} }}", vault_token.display()),
+            "    anchors_refresh: 1s\n"
+        )
+    ));
     let second = wait_steady(&d, 2).await;
-    let stages: Vec<&str> = second["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h[0].as_str().expect("stage"))
-        .collect();
-    assert_eq!(stages.len(), 10, "{second}");
+    assert_eq!(second["provider"], "vault");
+    let vault_root = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    assert_eq!(
+        certs(&std::fs::read_to_string(d.bundle_path()).expect("bundle")),
+        certs(&vault_root)
+    );
+    d.rewrite_config(&yaml(&a));
+    let third = wait_steady(&d, 3).await;
+    assert_eq!(stages(&third).len(), 15, "{third}");
     let bundle = certs(&std::fs::read_to_string(d.bundle_path()).expect("bundle"));
     assert_eq!(
         bundle,
@@ -359,4 +374,143 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_and_back() {
         successes + failures.len(),
         &failures[..failures.len().min(5)]
     );
+}
+
+async fn wait_stage(d: &TestDaemon, stage: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rotation(d).await;
+        if r["stage"] == stage {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "never reached {stage}: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bundle_roots(d: &TestDaemon) -> Vec<CertificateDer<'static>> {
+    certs(&std::fs::read_to_string(d.bundle_path()).expect("bundle"))
+}
+
+fn slow(root: &(PathBuf, PathBuf)) -> String {
+    yaml(root).replace("propagation_delay: 1s", "propagation_delay: 3s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_during_distribute_undoes_it_without_switching() {
+    let roots_dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        openssl_root(roots_dir.path(), "a"),
+        openssl_root(roots_dir.path(), "b"),
+    );
+    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
+    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    let d = TestDaemon::start_from_file(&slow(&a)).await;
+    d.rewrite_config(&slow(&b));
+    wait_stage(&d, "distribute").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bundle_roots(&d).contains(&root_b) {
+        assert!(Instant::now() < deadline, "root B never distributed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An invalid edit meanwhile is ignored.
+    std::fs::write(
+        d.dir.path().join("meshca.yaml"),
+        "provider: { kind: nonsense }\n",
+    )
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.rewrite_config(&slow(&a));
+    let status = wait_steady(&d, 0).await;
+    assert_eq!(stages(&status), ["distribute", "steady"], "{status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bundle_roots(&d) != vec![root_a.clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "root B stayed in the bundle: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_retiring_keeps_the_old_anchors_until_their_time() {
+    let roots_dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        openssl_root(roots_dir.path(), "a"),
+        openssl_root(roots_dir.path(), "b"),
+    );
+    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
+    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    // Leaves of A live 20 s, so the retire stage lasts.
+    let long = |r: &(PathBuf, PathBuf)| yaml(r).replace("default_ttl: 8s", "default_ttl: 20s");
+    let mut d = TestDaemon::start_from_file(&long(&a)).await;
+    let token = d.token("bookstore", "bookstore");
+    let (status, _, _) = d
+        .post(
+            &d.client().await,
+            Some(&token),
+            &serde_json::json!({ "csr": support::csr(&support::key()), "ttl_seconds": 20 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    d.rewrite_config(&long(&b));
+    let retiring = wait_stage(&d, "retire").await;
+    let until = retiring["retained"][0]["until"]
+        .as_str()
+        .expect("until")
+        .to_owned();
+
+    d.stop().await;
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().expect("tempdir"));
+    let config = meshca::Config::load(Some(&dir.path().join("meshca.yaml"))).expect("config");
+    let restarted = meshca::start(config).await.expect("restart");
+    let d2 = TestDaemon {
+        daemon: Some(restarted),
+        dir,
+        config: d.config.clone(),
+    };
+    let roots = bundle_roots(&d2);
+    assert!(
+        roots.contains(&root_a) && roots.contains(&root_b),
+        "both anchors after the restart"
+    );
+    let status = rotation(&d2).await;
+    assert_eq!(status["stage"], "retire", "{status}");
+    assert_eq!(status["generation"], 1, "no stage repeated: {status}");
+    assert_eq!(status["retained"][0]["until"], until.as_str());
+    let cli = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["rotate", "status", "-c"])
+        .arg(d2.dir.path().join("meshca.yaml"))
+        .output()
+        .expect("meshca rotate status");
+    let printed: Value = serde_json::from_slice(&cli.stdout).expect("JSON");
+    assert_eq!(printed["stage"], "retire");
+    let metrics = reqwest::Client::new()
+        .get(d2.metrics_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("meshca_rotation_generation 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshca_rotation_stage{stage="retire"} 1"#),
+        "{metrics}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while bundle_roots(&d2).contains(&root_a) {
+        assert!(Instant::now() < deadline, "root A never retired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let left = time::OffsetDateTime::now_utc();
+    let until = time::OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339)
+        .expect("until");
+    assert!(left >= until, "root A left at {left}, before {until}");
+    wait_steady(&d2, 1).await;
 }

@@ -42,6 +42,8 @@ pub struct Rollout {
     pub state_dir: PathBuf,
     /// Builds the incoming provider.
     pub build: Build,
+    /// Where the stage and generation are exported.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn now_text() -> String {
@@ -111,38 +113,109 @@ impl Rollout {
         watch::Receiver<RolloutStatus>,
         impl Future<Output = ()> + Send + 'static,
     ) {
+        self.export(&initial);
         let (tx, rx) = watch::channel(initial);
         let task = async move {
             let mut applied = format!("{:?}", config.borrow_and_update().provider);
             loop {
+                // Retained anchors leave at their own time; the stage
+                // follows when the last set is gone.
+                let retire_wait = self.retire_wait(&tx);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = config.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(retire_wait.unwrap_or(Duration::from_secs(3600))), if retire_wait.is_some() => {
+                        self.prune_retained(&tx);
+                        continue;
+                    }
                 }
                 let cfg = config.borrow_and_update().clone();
                 let wanted = format!("{:?}", cfg.provider);
                 if wanted == applied {
                     continue;
                 }
-                match self.roll(&cfg, &tx, propagation(&cfg), &shutdown).await {
-                    Ok(()) => applied = wanted,
+                match self
+                    .roll(&cfg, &tx, propagation(&cfg), &config, &shutdown)
+                    .await
+                {
+                    Ok(Outcome::Done) => applied = wanted,
+                    Ok(Outcome::Superseded) => {
+                        tracing::info!(
+                            "the configuration changed again during distribute; starting over"
+                        );
+                        self.abort(&tx);
+                        // Re-examine the configuration now in force.
+                        config.mark_changed();
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "the signer change failed; the current signer stays");
-                        self.anchors.release("incoming");
-                        tx.send_modify(|s| {
-                            s.incoming = None;
-                            s.stage = if s.retained.is_empty() {
-                                Stage::Steady
-                            } else {
-                                Stage::Retire
-                            };
-                        });
-                        tx.borrow().save(&self.state_dir);
+                        self.abort(&tx);
                     }
                 }
             }
         };
         (rx, task)
+    }
+
+    /// Undo a distribute that did not reach its switch.
+    fn abort(&self, tx: &watch::Sender<RolloutStatus>) {
+        self.anchors.release("incoming");
+        tx.send_modify(|s| s.incoming = None);
+        let stage = if tx.borrow().retained.is_empty() {
+            Stage::Steady
+        } else {
+            Stage::Retire
+        };
+        self.enter(tx, stage);
+    }
+
+    /// How long until the next retained set may go, if any is dated.
+    fn retire_wait(&self, tx: &watch::Sender<RolloutStatus>) -> Option<Duration> {
+        let now = OffsetDateTime::now_utc();
+        tx.borrow()
+            .retained
+            .iter()
+            .filter_map(|r| {
+                r.until
+                    .as_deref()
+                    .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
+            })
+            .min()
+            .map(|u| (u - now).try_into().unwrap_or(Duration::ZERO) + Duration::from_secs(1))
+    }
+
+    /// Forget retained sets whose time has passed; steady when none is left.
+    fn prune_retained(&self, tx: &watch::Sender<RolloutStatus>) {
+        let now = OffsetDateTime::now_utc();
+        tx.send_modify(|s| {
+            s.retained.retain(|r| {
+                r.until
+                    .as_deref()
+                    .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
+                    .is_none_or(|u| u > now)
+            });
+        });
+        let (empty, stage) = {
+            let s = tx.borrow();
+            (s.retained.is_empty(), s.stage)
+        };
+        if empty && stage == Stage::Retire {
+            self.enter(tx, Stage::Steady);
+        } else {
+            tx.borrow().save(&self.state_dir);
+        }
+    }
+
+    fn export(&self, status: &RolloutStatus) {
+        self.metrics
+            .rotation_generation
+            .set(i64::try_from(status.generation).unwrap_or(i64::MAX));
+        for s in Stage::ALL {
+            self.metrics
+                .rotation_stage
+                .get_or_create(&crate::metrics::StageLabels { stage: s.as_str() })
+                .set(i64::from(s == status.stage));
+        }
     }
 
     fn enter(&self, tx: &watch::Sender<RolloutStatus>, stage: Stage) {
@@ -153,7 +226,12 @@ impl Rollout {
                 s.history.remove(0);
             }
         });
-        tracing::info!(?stage, "rollout stage");
+        tracing::info!(
+            stage = stage.as_str(),
+            generation = tx.borrow().generation,
+            "rollout stage"
+        );
+        self.export(&tx.borrow());
         tx.borrow().save(&self.state_dir);
     }
 
@@ -162,8 +240,9 @@ impl Rollout {
         cfg: &Arc<Config>,
         tx: &watch::Sender<RolloutStatus>,
         propagation: Duration,
+        config: &watch::Receiver<Arc<Config>>,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<Outcome, String> {
         let incoming = (self.build)(cfg.clone()).await?;
         let kind = incoming.kind().to_string();
         let new_anchors = incoming.trust_anchors().await.map_err(|e| e.to_string())?;
@@ -182,6 +261,9 @@ impl Rollout {
             if has_all && self.publish.check().is_ok() {
                 break;
             }
+            if superseded(config, cfg) {
+                return Ok(Outcome::Superseded);
+            }
             if tokio::time::Instant::now() > deadline {
                 return Err(
                     "the new anchors did not reach every bundle sink within 5 minutes".into(),
@@ -196,6 +278,9 @@ impl Rollout {
         tokio::select! {
             () = shutdown.cancelled() => return Err("shutting down".into()),
             () = tokio::time::sleep(propagation) => {}
+        }
+        if superseded(config, cfg) {
+            return Ok(Outcome::Superseded);
         }
 
         // 2. Switch.
@@ -242,13 +327,24 @@ impl Rollout {
             }
         });
         self.enter(tx, Stage::Retire);
-        let wait = u64::try_from(until - OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_secs(wait + 1)) => {}
-        }
-        tx.send_modify(|s| s.retained.retain(|r| r.pem != old_pem));
-        self.enter(tx, Stage::Steady);
-        Ok(())
+        Ok(Outcome::Done)
     }
+}
+
+/// How a rollout ended.
+enum Outcome {
+    /// The new signer signs; its predecessor's anchors are retiring.
+    Done,
+    /// The configuration changed before the switch (a rollback, or another
+    /// signer): nothing was switched.
+    Superseded,
+}
+
+/// Whether the configuration moved away from `target` since the rollout to
+/// it began (back to the current signer, or to another one).
+fn superseded(config: &watch::Receiver<Arc<Config>>, target: &Config) -> bool {
+    if !config.has_changed().unwrap_or(false) {
+        return false;
+    }
+    format!("{:?}", config.borrow().provider) != format!("{:?}", target.provider)
 }

@@ -20,6 +20,28 @@ pub enum Stage {
     Retire,
 }
 
+impl Stage {
+    /// Every stage, in rollout order.
+    pub const ALL: [Stage; 5] = [
+        Self::Steady,
+        Self::Distribute,
+        Self::Switch,
+        Self::Reissue,
+        Self::Retire,
+    ];
+
+    /// The name used in JSON, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Steady => "steady",
+            Self::Distribute => "distribute",
+            Self::Switch => "switch",
+            Self::Reissue => "reissue",
+            Self::Retire => "retire",
+        }
+    }
+}
+
 /// What `GET /v1/rotation` answers and `rollout.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RolloutStatus {
