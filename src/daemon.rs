@@ -24,7 +24,10 @@ use crate::config::{Config, ProviderConfig};
 use crate::issuer::{IssueError, Issuer};
 use crate::kube::{SecretSink, TokenReviewer};
 use crate::metrics::Metrics;
-use crate::rollout::{AnchorSet, Build, Rollout, Signer};
+use crate::rollout::{AnchorSet, Build, Rollout, RolloutStatus, Signer, StateStore};
+
+/// The ConfigMap (in meshca's namespace) holding the rollout state.
+const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
@@ -207,8 +210,22 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
 
     // Anchors retained by an earlier signer change stay in the bundle.
     let extra_anchors = Arc::new(AnchorSet::default());
-    let restored =
-        crate::rollout::restore(&config.state_dir, &extra_anchors, provider.kind().as_str());
+    // In a cluster the ConfigMap outlives the pod's state directory.
+    let persisted = match (&cluster, &config.kubernetes) {
+        (Some(client), Some(k)) => {
+            crate::kube::rollout_store::load(client, &k.namespace, ROLLOUT_CONFIGMAP)
+                .await?
+                .and_then(|json| RolloutStatus::parse(&json))
+        }
+        _ => None,
+    }
+    .or_else(|| RolloutStatus::load(&config.state_dir));
+    let restored = crate::rollout::restore(
+        persisted,
+        &extra_anchors,
+        provider.kind().as_str(),
+        config.certificates.max_ttl,
+    );
     let mut anchors = provider.trust_anchors().await?;
     anchors.extend(extra_anchors.snapshot());
     let signer = Signer::new(provider, restored.generation);
@@ -283,6 +300,21 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
             rx
         }
     };
+    let rollout_writer = match (&cluster, &config.kubernetes, &leader) {
+        (Some(client), Some(k), Some(leader)) => {
+            let (tx, rx) = tokio::sync::watch::channel(String::new());
+            tasks.spawn(crate::kube::rollout_store::writer(
+                client.clone(),
+                k.namespace.clone(),
+                ROLLOUT_CONFIGMAP.to_owned(),
+                rx,
+                leader.clone(),
+                shutdown.clone(),
+            ));
+            Some(tx)
+        }
+        _ => None,
+    };
     // A change of signer in the config file is rolled out in stages.
     let build: Build = {
         let cluster = cluster.clone();
@@ -310,7 +342,10 @@ pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
         bundle: bundle_rx.clone(),
         publish: publish_status.clone(),
         renew_serving: renew_serving_now,
-        state_dir: config.state_dir.clone(),
+        store: StateStore {
+            state_dir: config.state_dir.clone(),
+            cluster: rollout_writer,
+        },
         build,
         metrics: metrics.clone(),
     }

@@ -151,6 +151,170 @@ async fn wait_steady(d: &TestDaemon, generation: u64) -> Value {
     }
 }
 
+/// Two agents (server and client identities) and real mTLS traffic
+/// between them: a new handshake every 50 ms.
+struct Traffic {
+    work: tempfile::TempDir,
+    shutdown: CancellationToken,
+    agents: Vec<tokio::task::JoinHandle<Result<(), meshca::AgentError>>>,
+    server: tokio::task::JoinHandle<()>,
+    client: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Traffic {
+    async fn start(d: &TestDaemon) -> Self {
+        let work = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let server_dir = work.path().join("server");
+        let client_dir = work.path().join("client");
+        let agents = [
+            agent(
+                d,
+                &server_dir,
+                d.token("bookstore", "bookstore"),
+                shutdown.clone(),
+            ),
+            agent(
+                d,
+                &client_dir,
+                d.token("bookbuyer", "bookbuyer"),
+                shutdown.clone(),
+            ),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(server_dir.join("out/ca.pem").exists() && client_dir.join("out/ca.pem").exists()) {
+            assert!(Instant::now() < deadline, "agents wrote nothing");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A real mTLS server: certificate, key and trusted roots re-read from
+        // the server agent's files for every connection.
+        support::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server_out = server_dir.join("out");
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let f = read_files(&server_out);
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(f.roots))
+                    .build()
+                    .expect("verifier");
+                let config = rustls::ServerConfig::builder()
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(f.chain, f.key)
+                    .expect("server config");
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                        .accept(tcp)
+                        .await
+                    {
+                        let mut buf = [0u8; 5];
+                        if tls.read_exact(&mut buf).await.is_ok() {
+                            let _ = tls.write_all(&buf).await;
+                        }
+                    }
+                });
+            }
+        });
+
+        // The client: a new handshake every 50 ms with the client agent's files.
+        let (ok, failed) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(Mutex::new(Vec::<String>::new())),
+        );
+        let stop = CancellationToken::new();
+        let client = {
+            let (ok, failed, stop, client_out) = (
+                ok.clone(),
+                failed.clone(),
+                stop.clone(),
+                client_dir.join("out"),
+            );
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let f = read_files(&client_out);
+                    let config = rustls::ClientConfig::builder()
+                        .with_root_certificates(f.roots)
+                        .with_client_auth_cert(f.chain, f.key)
+                        .expect("client config");
+                    let result = async {
+                        let tcp = tokio::net::TcpStream::connect(addr)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let name = rustls_pki_types::ServerName::try_from(
+                            "bookstore.bookstore.cluster.local",
+                        )
+                        .expect("name");
+                        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| format!("handshake: {e}"))?;
+                        tls.write_all(b"ping\n").await.map_err(|e| e.to_string())?;
+                        let mut buf = [0u8; 5];
+                        tls.read_exact(&mut buf)
+                            .await
+                            .map_err(|e| format!("echo: {e}"))?;
+                        Ok::<_, String>(())
+                    }
+                    .await;
+                    match result {
+                        Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            failed.lock().expect("lock").push(e);
+                            0
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+
+        Self {
+            work,
+            shutdown,
+            agents: agents.into(),
+            server,
+            client,
+            stop,
+            ok,
+            failed,
+        }
+    }
+
+    fn out(&self, who: &str) -> PathBuf {
+        self.work.path().join(who).join("out")
+    }
+
+    /// Stop everything; the handshakes that succeeded and the failures.
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.cancel();
+        let _ = self.client.await;
+        self.server.abort();
+        self.shutdown.cancel();
+        for a in self.agents {
+            a.await.expect("join").expect("agent");
+        }
+        let failures = self.failed.lock().expect("lock").clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+fn assert_no_failed_handshakes((successes, failures): (usize, Vec<String>)) {
+    assert!(successes > 20, "traffic flowed: {successes} handshakes");
+    assert!(
+        failures.is_empty(),
+        "{} failed handshakes out of {}: {:?}",
+        failures.len(),
+        successes + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and_back_to_a() {
     let bao = support::openbao::OpenBao::dev().await;
@@ -163,113 +327,12 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and
     );
     let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
     let d = TestDaemon::start_from_file(&yaml(&a)).await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let shutdown = CancellationToken::new();
-    let server_dir = work.path().join("server");
-    let client_dir = work.path().join("client");
-    let agents = [
-        agent(
-            &d,
-            &server_dir,
-            d.token("bookstore", "bookstore"),
-            shutdown.clone(),
-        ),
-        agent(
-            &d,
-            &client_dir,
-            d.token("bookbuyer", "bookbuyer"),
-            shutdown.clone(),
-        ),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(server_dir.join("out/ca.pem").exists() && client_dir.join("out/ca.pem").exists()) {
-        assert!(Instant::now() < deadline, "agents wrote nothing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // A real mTLS server: certificate, key and trusted roots re-read from
-    // the server agent's files for every connection.
-    support::install_crypto_provider();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server_out = server_dir.join("out");
-    let server = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let f = read_files(&server_out);
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(f.roots))
-                .build()
-                .expect("verifier");
-            let config = rustls::ServerConfig::builder()
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(f.chain, f.key)
-                .expect("server config");
-            tokio::spawn(async move {
-                if let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(Arc::new(config))
-                    .accept(tcp)
-                    .await
-                {
-                    let mut buf = [0u8; 5];
-                    if tls.read_exact(&mut buf).await.is_ok() {
-                        let _ = tls.write_all(&buf).await;
-                    }
-                }
-            });
-        }
-    });
-
-    // The client: a new handshake every 50 ms with the client agent's files.
-    let (ok, failed) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Mutex::new(Vec::<String>::new())),
+    let traffic = Traffic::start(&d).await;
+    let (server_dir, client_dir) = (
+        traffic.out("server").parent().expect("dir").to_owned(),
+        traffic.out("client").parent().expect("dir").to_owned(),
     );
     let stop = CancellationToken::new();
-    let client = {
-        let (ok, failed, stop, client_out) = (
-            ok.clone(),
-            failed.clone(),
-            stop.clone(),
-            client_dir.join("out"),
-        );
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let f = read_files(&client_out);
-                let config = rustls::ClientConfig::builder()
-                    .with_root_certificates(f.roots)
-                    .with_client_auth_cert(f.chain, f.key)
-                    .expect("client config");
-                let result = async {
-                    let tcp = tokio::net::TcpStream::connect(addr)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let name =
-                        rustls_pki_types::ServerName::try_from("bookstore.bookstore.cluster.local")
-                            .expect("name");
-                    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| format!("handshake: {e}"))?;
-                    tls.write_all(b"ping\n").await.map_err(|e| e.to_string())?;
-                    let mut buf = [0u8; 5];
-                    tls.read_exact(&mut buf)
-                        .await
-                        .map_err(|e| format!("echo: {e}"))?;
-                    Ok::<_, String>(())
-                }
-                .await;
-                match result {
-                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
-                    Err(e) => {
-                        failed.lock().expect("lock").push(e);
-                        0
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-
     // Watch root A's presence in the bundle and the last expiry of any
     // certificate it issued that the agents hold.
     let (a_left_at, a_last_expiry) = (
@@ -357,23 +420,8 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and
     );
 
     stop.cancel();
-    let _ = client.await;
     let _ = watcher.await;
-    server.abort();
-    shutdown.cancel();
-    for a in agents {
-        a.await.expect("join").expect("agent");
-    }
-    let failures = failed.lock().expect("lock").clone();
-    let successes = ok.load(Ordering::SeqCst);
-    assert!(successes > 100, "traffic flowed: {successes} handshakes");
-    assert!(
-        failures.is_empty(),
-        "{} failed handshakes out of {}: {:?}",
-        failures.len(),
-        successes + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failed_handshakes(traffic.finish().await);
 }
 
 async fn wait_stage(d: &TestDaemon, stage: &str) -> Value {
@@ -513,4 +561,121 @@ async fn a_restart_while_retiring_keeps_the_old_anchors_until_their_time() {
         .expect("until");
     assert!(left >= until, "root A left at {left}, before {until}");
     wait_steady(&d2, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_tresor_to_cert_manager_and_back_keeps_mtls_working_and_survives_a_lost_state_dir(
+) {
+    // No real cluster or cert-manager can run here: the Kubernetes API
+    // stand-in, with its CA issuer playing cert-manager.
+    let kube = support::kube::KubeStandIn::start().await;
+    let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+    let cluster = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        kube.kubeconfig().display()
+    );
+    let tresor = format!("{COMMON}{cluster}");
+    let cert_manager = format!("{COMMON}{cluster}provider:\n  kind: cert-manager\n  cert_manager: {{ issuer_name: osm-ca, timeout: 5s }}\n");
+    let secret_roots = |kube: &support::kube::KubeStandIn| {
+        use base64::Engine;
+        let s = kube
+            .get("", "secrets", "osm-system", "osm-ca-bundle")
+            .expect("bundle Secret");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(s["data"]["ca.crt"].as_str().expect("ca.crt"))
+            .expect("b64");
+        certs(&String::from_utf8(pem).expect("utf8"))
+    };
+
+    let mut d = TestDaemon::start_from_file(&tresor).await;
+    let tresor_root = bundle_roots(&d)[0].clone();
+    let traffic = Traffic::start(&d).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    d.rewrite_config(&cert_manager);
+    let retiring = wait_stage(&d, "retire").await;
+    assert_eq!(retiring["provider"], "cert-manager");
+    let issuer_ca = certs(&issuer.ca_pem)[0].clone();
+    let roots = secret_roots(&kube);
+    assert!(
+        roots.contains(&tresor_root) && roots.contains(&issuer_ca),
+        "the bundle Secret holds both while retiring"
+    );
+
+    // The pod restarts with an empty state directory: the ConfigMap keeps
+    // the rollout, so the Tresor root stays until its certificates expire.
+    assert_no_failed_handshakes(traffic.finish().await);
+    d.stop().await;
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let path = fresh.path().join("meshca.yaml");
+    std::fs::write(&path, support::config_yaml(fresh.path(), &cert_manager)).expect("config");
+    let config = meshca::Config::load(Some(&path)).expect("config");
+    let restarted = meshca::start(config.clone()).await.expect("restart");
+    let mut d2 = TestDaemon {
+        daemon: Some(restarted),
+        dir: fresh,
+        config,
+    };
+    let roots = bundle_roots(&d2);
+    assert!(
+        roots.contains(&tresor_root),
+        "the retained root survived the lost state dir"
+    );
+    assert_eq!(rotation(&d2).await["generation"], 1);
+    let traffic = Traffic::start(&d2).await;
+    wait_steady(&d2, 1).await;
+    assert_eq!(bundle_roots(&d2), vec![issuer_ca.clone()]);
+
+    // And back to Tresor (its root is still in its Secret).
+    d2.rewrite_config(&tresor);
+    wait_steady(&d2, 2).await;
+    assert_eq!(bundle_roots(&d2), vec![tresor_root.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while secret_roots(&kube) != vec![tresor_root.clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "the bundle Secret did not follow"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_no_failed_handshakes(traffic.finish().await);
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_distribute_keeps_the_old_anchors_and_counts_the_switch() {
+    let roots_dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (
+        openssl_root(roots_dir.path(), "a"),
+        openssl_root(roots_dir.path(), "b"),
+    );
+    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
+    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    let mut d = TestDaemon::start_from_file(&slow(&a)).await;
+    d.rewrite_config(&slow(&b));
+    wait_stage(&d, "distribute").await;
+    d.stop().await;
+
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().expect("tempdir"));
+    let config = meshca::Config::load(Some(&dir.path().join("meshca.yaml"))).expect("config");
+    let restarted = meshca::start(config.clone()).await.expect("restart");
+    let d2 = TestDaemon {
+        daemon: Some(restarted),
+        dir,
+        config,
+    };
+    let roots = bundle_roots(&d2);
+    assert!(
+        roots.contains(&root_a),
+        "certificates of root A stay trusted after the restart: {}",
+        std::fs::read_to_string(d2.dir.path().join("rollout.json")).unwrap_or_default()
+    );
+    assert!(roots.contains(&root_b));
+    let status = rotation(&d2).await;
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status["stage"], "retire", "{status}");
+    assert!(
+        status["retained"][0]["until"].is_string(),
+        "bounded by max_ttl: {status}"
+    );
 }

@@ -11,6 +11,7 @@
 
 pub mod ingress;
 pub mod leader;
+pub mod rollout_store;
 pub mod root;
 mod secret_sink;
 mod token_review;

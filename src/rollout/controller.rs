@@ -2,7 +2,6 @@
 //! the stages.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Retained, RolloutStatus, Stage};
+use super::state::{Retained, RolloutStatus, Stage, StateStore};
 use super::{AnchorSet, Signer};
 use crate::bundle::{BundleReceiver, PublishStatus};
 use crate::config::Config;
@@ -39,7 +38,7 @@ pub struct Rollout {
     /// Wakes the serving-certificate task for an immediate renewal.
     pub renew_serving: Arc<Notify>,
     /// Where the state is kept.
-    pub state_dir: PathBuf,
+    pub store: StateStore,
     /// Builds the incoming provider.
     pub build: Build,
     /// Where the stage and generation are exported.
@@ -58,8 +57,13 @@ fn pem(certs: &[CertificateDer<'static>]) -> String {
 
 /// Restore anchors retained before a restart into `anchors`; returns the
 /// status to start from (its generation continues).
-pub fn restore(state_dir: &std::path::Path, anchors: &AnchorSet, provider: &str) -> RolloutStatus {
-    let mut status = RolloutStatus::load(state_dir).unwrap_or(RolloutStatus {
+pub fn restore(
+    persisted: Option<RolloutStatus>,
+    anchors: &AnchorSet,
+    provider: &str,
+    max_ttl: Duration,
+) -> RolloutStatus {
+    let mut status = persisted.unwrap_or(RolloutStatus {
         stage: Stage::Steady,
         generation: 0,
         provider: provider.to_owned(),
@@ -68,6 +72,20 @@ pub fn restore(state_dir: &std::path::Path, anchors: &AnchorSet, provider: &str)
         history: Vec::new(),
     });
     let now = OffsetDateTime::now_utc();
+    // Interrupted during distribute: the signer of the configuration in
+    // force now is the incoming one, so count a switch.
+    if status.stage == Stage::Distribute {
+        status.generation += 1;
+    }
+    // Anchors whose certificates' last expiry was not yet known when the
+    // state was saved (a restart before retire): keep them for the longest
+    // lifetime a certificate can have, since the issuance records are gone.
+    let bound = (now + max_ttl).format(&Rfc3339).ok();
+    for r in &mut status.retained {
+        if r.until.is_none() {
+            r.until.clone_from(&bound);
+        }
+    }
     let parse = |u: &Option<String>| {
         u.as_deref()
             .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
@@ -147,6 +165,9 @@ impl Rollout {
                         // Re-examine the configuration now in force.
                         config.mark_changed();
                     }
+                    // Stopping: keep the persisted stage as it is, so the
+                    // next start resumes from it.
+                    Err(_) if shutdown.is_cancelled() => return,
                     Err(e) => {
                         tracing::error!(error = %e, "the signer change failed; the current signer stays");
                         self.abort(&tx);
@@ -160,7 +181,12 @@ impl Rollout {
     /// Undo a distribute that did not reach its switch.
     fn abort(&self, tx: &watch::Sender<RolloutStatus>) {
         self.anchors.release("incoming");
-        tx.send_modify(|s| s.incoming = None);
+        // The current signer's anchors, noted at distribute, are not
+        // retiring after all.
+        tx.send_modify(|s| {
+            s.incoming = None;
+            s.retained.retain(|r| r.until.is_some());
+        });
         let stage = if tx.borrow().retained.is_empty() {
             Stage::Steady
         } else {
@@ -202,7 +228,7 @@ impl Rollout {
         if empty && stage == Stage::Retire {
             self.enter(tx, Stage::Steady);
         } else {
-            tx.borrow().save(&self.state_dir);
+            self.store.save(&tx.borrow());
         }
     }
 
@@ -232,7 +258,7 @@ impl Rollout {
             "rollout stage"
         );
         self.export(&tx.borrow());
-        tx.borrow().save(&self.state_dir);
+        self.store.save(&tx.borrow());
     }
 
     async fn roll(
@@ -248,7 +274,18 @@ impl Rollout {
         let new_anchors = incoming.trust_anchors().await.map_err(|e| e.to_string())?;
         tx.send_modify(|s| s.incoming = Some(kind.clone()));
 
-        // 1. Distribute: old + new anchors everywhere, then wait.
+        // 1. Distribute: old + new anchors everywhere, then wait. The old
+        // anchors are noted first, so a restart from here keeps them.
+        let (current, _) = self.signer.current();
+        let current_pem = pem(&current.trust_anchors().await.map_err(|e| e.to_string())?);
+        tx.send_modify(|s| {
+            if !s.retained.iter().any(|r| r.pem == current_pem) {
+                s.retained.push(Retained {
+                    pem: current_pem.clone(),
+                    until: None,
+                });
+            }
+        });
         self.enter(tx, Stage::Distribute);
         self.anchors.retain("incoming", new_anchors.clone(), None);
         let mut bundle = self.bundle.clone();
@@ -294,10 +331,13 @@ impl Rollout {
             s.generation = old_generation + 1;
             s.provider = kind.clone();
             s.incoming = None;
-            s.retained.push(Retained {
-                pem: pem(&old_anchors),
-                until: None,
-            });
+            let old = pem(&old_anchors);
+            if !s.retained.iter().any(|r| r.pem == old) {
+                s.retained.push(Retained {
+                    pem: old,
+                    until: None,
+                });
+            }
         });
         self.enter(tx, Stage::Switch);
 

@@ -20,4 +20,4 @@ mod state;
 pub use anchors::{anchor_refresher, AnchorSet};
 pub use controller::{restore, Build, Rollout};
 pub use signer::Signer;
-pub use state::RolloutStatus;
+pub use state::{RolloutStatus, StateStore};

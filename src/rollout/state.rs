@@ -81,14 +81,33 @@ impl RolloutStatus {
         serde_json::from_str(&text).ok()
     }
 
-    /// Persist atomically (0600: it holds no secret, but it is state).
-    pub fn save(&self, state_dir: &Path) {
-        match serde_json::to_vec_pretty(self) {
+    /// Parse a persisted state.
+    pub fn parse(json: &str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+}
+
+/// Where the rollout state is persisted: always the state directory, and,
+/// in a cluster, a ConfigMap (written by the leader) that outlives pods.
+#[derive(Debug)]
+pub struct StateStore {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The ConfigMap writer's input, in a cluster.
+    pub cluster: Option<tokio::sync::watch::Sender<String>>,
+}
+
+impl StateStore {
+    /// Persist `status` (the file atomically, 0600).
+    pub fn save(&self, status: &RolloutStatus) {
+        match serde_json::to_string_pretty(status) {
             Ok(json) => {
-                if let Err(e) =
-                    crate::bundle::write_atomically(&Self::path(state_dir), &json, 0o600)
-                {
+                let path = RolloutStatus::path(&self.state_dir);
+                if let Err(e) = crate::bundle::write_atomically(&path, json.as_bytes(), 0o600) {
                     tracing::warn!(error = %e, "failed to persist the rollout state");
+                }
+                if let Some(tx) = &self.cluster {
+                    tx.send_replace(json);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "failed to encode the rollout state"),

@@ -1,0 +1,101 @@
+//! The rollout state in a ConfigMap, so that a restarted pod (whose state
+//! directory is an emptyDir) still knows which anchors it must keep.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
+use kube::Api;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{is_reason, KubeError, MANAGED_BY};
+
+const KEY: &str = "rollout.json";
+
+/// Read the persisted state, if any.
+///
+/// # Errors
+/// The API server could not be asked.
+pub async fn load(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, KubeError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .get_opt(name)
+        .await
+        .map_err(KubeError::api(format!("read ConfigMap {namespace}/{name}")))?
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(KEY).cloned()))
+}
+
+/// Keep the ConfigMap holding the latest state sent on `states`, while this
+/// replica leads; failed writes are retried.
+pub fn writer(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    mut states: watch::Receiver<String>,
+    leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    async move {
+        let mut pending = true;
+        loop {
+            if pending && *leader.borrow() {
+                let json = states.borrow_and_update().clone();
+                match write(&api, &name, &json).await {
+                    Ok(()) => pending = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to persist the rollout state; retrying")
+                    }
+                }
+            }
+            let retry = if pending { 2 } else { 3600 };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = states.changed() => { if r.is_err() { return } pending = true; }
+                () = tokio::time::sleep(std::time::Duration::from_secs(retry)) => {}
+            }
+        }
+    }
+}
+
+async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), kube::Error> {
+    for _ in 0..5 {
+        let result = match api.get_opt(name).await? {
+            Some(mut cm) => {
+                cm.data
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(KEY.into(), json.to_owned());
+                api.replace(name, &PostParams::default(), &cm)
+                    .await
+                    .map(drop)
+            }
+            None => {
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        labels: Some(BTreeMap::from([(
+                            MANAGED_BY.0.to_owned(),
+                            MANAGED_BY.1.to_owned(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(BTreeMap::from([(KEY.to_owned(), json.to_owned())])),
+                    ..ConfigMap::default()
+                };
+                api.create(&PostParams::default(), &cm).await.map(drop)
+            }
+        };
+        match result {
+            Err(e) if is_reason(&e, 409) => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}
