@@ -121,7 +121,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                     .collect();
                 assert_eq!(
                     resources,
-                    ["secrets", "leases", "certificaterequests"],
+                    ["secrets", "configmaps", "leases", "certificaterequests"],
                     "namespaced access only to what meshca uses"
                 );
             }

@@ -571,9 +571,38 @@ async fn in_a_cluster_tresor_to_cert_manager_and_back_keeps_mtls_working_and_sur
     let kube = support::kube::KubeStandIn::start().await;
     let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
     let cluster = format!(
-        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\ningress: {{ enabled: true, backend_protocol: https, monitored_namespaces: [httpbin] }}\n",
         kube.kubeconfig().display()
     );
+    // An HTTPS ingress backend whose Secret meshca keeps.
+    kube.create_namespace("httpbin");
+    kube.put(
+        "",
+        "services",
+        serde_json::json!({
+            "metadata": { "name": "httpbin", "namespace": "httpbin" },
+            "spec": { "selector": { "app": "httpbin" }, "ports": [{ "port": 14001 }] },
+        }),
+    );
+    kube.put("", "pods", serde_json::json!({
+        "metadata": { "name": "httpbin-1", "namespace": "httpbin", "labels": { "app": "httpbin" } },
+        "spec": { "serviceAccountName": "httpbin", "containers": [{ "name": "httpbin", "image": "kennethreitz/httpbin" }] },
+    }));
+    kube.put("networking.k8s.io", "ingresses", serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "metadata": { "name": "httpbin", "namespace": "httpbin" },
+        "spec": { "defaultBackend": { "service": { "name": "httpbin", "port": { "number": 14001 } } } },
+    }));
+    let backend_issuer = |kube: &support::kube::KubeStandIn| -> Option<String> {
+        use base64::Engine;
+        let s = kube.get("", "secrets", "httpbin", "meshca-httpbin-tls")?;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(s["data"]["tls.crt"].as_str()?)
+            .ok()?;
+        let der = certs(&String::from_utf8(pem).ok()?).remove(0);
+        let (_, c) = X509Certificate::from_der(&der).ok()?;
+        Some(c.issuer().to_string())
+    };
     let tresor = format!("{COMMON}{cluster}");
     let cert_manager = format!("{COMMON}{cluster}provider:\n  kind: cert-manager\n  cert_manager: {{ issuer_name: osm-ca, timeout: 5s }}\n");
     let secret_roots = |kube: &support::kube::KubeStandIn| {
@@ -595,6 +624,17 @@ async fn in_a_cluster_tresor_to_cert_manager_and_back_keeps_mtls_working_and_sur
     d.rewrite_config(&cert_manager);
     let retiring = wait_stage(&d, "retire").await;
     assert_eq!(retiring["provider"], "cert-manager");
+    // The ingress backend's Secret is re-issued by the new signer at once,
+    // not at its next renewal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backend_issuer(&kube).is_some_and(|i| i.contains("cert-manager stand-in")) {
+        assert!(
+            Instant::now() < deadline,
+            "backend Secret still from {:?}",
+            backend_issuer(&kube)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let issuer_ca = certs(&issuer.ca_pem)[0].clone();
     let roots = secret_roots(&kube);
     assert!(

@@ -127,7 +127,7 @@ fn generation_of(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// After a change of signer: renew within a few seconds, spread so that
 /// every workload does not renew in the same instant.
 fn early_renewal(lifetime: Duration) -> Duration {
-    let spread = (lifetime / 10).min(Duration::from_secs(5));
+    let spread = (lifetime / 10).min(Duration::from_secs(300));
     spread.mul_f64((rotation::random_jitter() + 1.0) / 2.0)
 }
 

@@ -38,6 +38,9 @@ const MONITORED_BY: &str = "openservicemesh.io/monitored-by";
 const PURPOSE: &str = "meshca.io/purpose";
 const RENEW_AFTER: &str = "meshca.io/renew-after";
 const IDENTITY: &str = "meshca.io/identity";
+/// The signer generation that issued a Secret's certificate: a switch of
+/// signer re-issues every Secret at once.
+const GENERATION: &str = "meshca.io/generation";
 /// Full resync period, on top of watch events.
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -91,6 +94,8 @@ pub fn reconciler(
         let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut events = watcher(ingresses, watcher::Config::default()).boxed();
         let mut next_wake = RESYNC;
+        let mut seen_generation = issuer.signer().generation();
+        let mut generation_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let cfg = config.borrow().clone();
             if cfg.ingress.enabled && *leader.borrow() {
@@ -108,6 +113,14 @@ pub fn reconciler(
                 r = config.changed() => if r.is_err() { return },
                 r = bundle.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
+                _ = generation_check.tick() => {
+                    // A new signer: re-issue everything it did not sign.
+                    let now = issuer.signer().generation();
+                    if now == seen_generation {
+                        continue;
+                    }
+                    seen_generation = now;
+                }
                 e = events.next() => match e {
                     Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => {}
                     Some(Ok(_)) => continue,
@@ -325,8 +338,10 @@ async fn reconcile(
             .as_ref()
             .and_then(|d| d.get("ca.crt"))
             .is_some_and(|b| b.0 == bundle_pem.as_bytes());
+        let same_signer =
+            annotations.get(GENERATION) == Some(&issuer.signer().generation().to_string());
         match renew_after {
-            Some(t) if t > now && same_identity && same_bundle => {
+            Some(t) if t > now && same_identity && same_bundle && same_signer => {
                 next = next.min((t - now).try_into().unwrap_or(Duration::ZERO));
             }
             _ => write_secret(client, issuer, &key, w, &bundle_pem, Some(s)).await?,
@@ -373,6 +388,7 @@ async fn write_secret(
         .annotations
         .get_or_insert_with(BTreeMap::new);
     annotations.insert(IDENTITY.into(), w.identity.dns_name());
+    annotations.insert(GENERATION.into(), issued.generation.to_string());
     annotations.insert(
         RENEW_AFTER.into(),
         issued.renew_after.format(&Rfc3339).unwrap_or_default(),
