@@ -95,14 +95,7 @@ async fn an_issuer_or_cluster_issuer_signs_through_certificate_requests_that_are
         .expect("chains to the issuer's CA");
         no_requests_left(&kube).await;
 
-        let metrics = reqwest::Client::new()
-            .get(d.metrics_url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = d.metrics().await;
         // Three requests: the start-up probe, the daemon's own serving
         // certificate and the workload's.
         assert!(

@@ -440,19 +440,41 @@ fn bundle_roots(d: &TestDaemon) -> Vec<CertificateDer<'static>> {
     certs(&std::fs::read_to_string(d.bundle_path()).expect("bundle"))
 }
 
+/// Roots A and B made by openssl, with their certificates.
+struct TwoRoots {
+    _dir: tempfile::TempDir,
+    a: (PathBuf, PathBuf),
+    b: (PathBuf, PathBuf),
+    root_a: CertificateDer<'static>,
+    root_b: CertificateDer<'static>,
+}
+
+fn two_roots() -> TwoRoots {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (openssl_root(dir.path(), "a"), openssl_root(dir.path(), "b"));
+    let first = |p: &Path| certs(&std::fs::read_to_string(p).expect("root"))[0].clone();
+    TwoRoots {
+        root_a: first(&a.0),
+        root_b: first(&b.0),
+        a,
+        b,
+        _dir: dir,
+    }
+}
+
 fn slow(root: &(PathBuf, PathBuf)) -> String {
     yaml(root).replace("propagation_delay: 1s", "propagation_delay: 3s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_during_distribute_undoes_it_without_switching() {
-    let roots_dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (
-        openssl_root(roots_dir.path(), "a"),
-        openssl_root(roots_dir.path(), "b"),
-    );
-    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
-    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    let TwoRoots {
+        a,
+        b,
+        root_a,
+        root_b,
+        _dir,
+    } = two_roots();
     let d = TestDaemon::start_from_file(&slow(&a)).await;
     d.rewrite_config(&slow(&b));
     wait_stage(&d, "distribute").await;
@@ -483,13 +505,13 @@ async fn a_rollback_during_distribute_undoes_it_without_switching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_retiring_keeps_the_old_anchors_until_their_time() {
-    let roots_dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (
-        openssl_root(roots_dir.path(), "a"),
-        openssl_root(roots_dir.path(), "b"),
-    );
-    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
-    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    let TwoRoots {
+        a,
+        b,
+        root_a,
+        root_b,
+        _dir,
+    } = two_roots();
     // Leaves of A live 20 s, so the retire stage lasts.
     let long = |r: &(PathBuf, PathBuf)| yaml(r).replace("default_ttl: 8s", "default_ttl: 20s");
     let mut d = TestDaemon::start_from_file(&long(&a)).await;
@@ -534,14 +556,7 @@ async fn a_restart_while_retiring_keeps_the_old_anchors_until_their_time() {
         .expect("meshca rotate status");
     let printed: Value = serde_json::from_slice(&cli.stdout).expect("JSON");
     assert_eq!(printed["stage"], "retire");
-    let metrics = reqwest::Client::new()
-        .get(d2.metrics_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = d2.metrics().await;
     assert!(
         metrics.contains("meshca_rotation_generation 1"),
         "{metrics}"
@@ -684,13 +699,13 @@ async fn in_a_cluster_tresor_to_cert_manager_and_back_keeps_mtls_working_and_sur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_distribute_keeps_the_old_anchors_and_counts_the_switch() {
-    let roots_dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (
-        openssl_root(roots_dir.path(), "a"),
-        openssl_root(roots_dir.path(), "b"),
-    );
-    let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
-    let root_b = certs(&std::fs::read_to_string(&b.0).expect("b"))[0].clone();
+    let TwoRoots {
+        a,
+        b,
+        root_a,
+        root_b,
+        _dir,
+    } = two_roots();
     let mut d = TestDaemon::start_from_file(&slow(&a)).await;
     d.rewrite_config(&slow(&b));
     wait_stage(&d, "distribute").await;

@@ -89,6 +89,19 @@ impl TestDaemon {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        install_crypto_provider();
+        reqwest::Client::new()
+            .get(self.metrics_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Rewrite the config file (see [`TestDaemon::start_from_file`]).
     pub fn rewrite_config(&self, extra: &str) {
         let path = self.dir.path().join("meshca.yaml");
