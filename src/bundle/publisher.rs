@@ -117,28 +117,30 @@ pub fn publisher(
                     pending.iter_mut().for_each(|p| *p = true);
                     backoff = RETRY_MIN;
                 }
-                () = resync_now.notified() => {
-                    for (i, sink) in sinks.iter().enumerate() {
-                        if !pending[i] && !sink.holds(&current).await {
-                            tracing::warn!(sink = sink.name(), "the trust bundle was changed or removed outside meshca; restoring it");
-                            pending[i] = true;
-                        }
-                    }
-                }
+                () = resync_now.notified() => recheck(&sinks, &current, &mut pending).await,
                 () = tokio::time::sleep(wait) => {
                     if all_ok {
-                        for (i, sink) in sinks.iter().enumerate() {
-                            if !sink.holds(&current).await {
-                                tracing::warn!(sink = sink.name(), "the trust bundle was changed or removed outside meshca; restoring it");
-                                pending[i] = true;
-                            }
-                        }
+                        recheck(&sinks, &current, &mut pending).await;
                     }
                 }
             }
         }
     };
     (status, task)
+}
+
+/// Mark for publishing every settled sink that no longer holds `current`
+/// (edited or removed outside meshca).
+async fn recheck(sinks: &[Arc<dyn BundleSink>], current: &TrustBundle, pending: &mut [bool]) {
+    for (i, sink) in sinks.iter().enumerate() {
+        if !pending[i] && !sink.holds(current).await {
+            tracing::warn!(
+                sink = sink.name(),
+                "the trust bundle was changed or removed outside meshca; restoring it"
+            );
+            pending[i] = true;
+        }
+    }
 }
 
 async fn publish_one(

@@ -289,7 +289,7 @@ async fn reconcile(
             }
         }
         if icfg.manage_annotations {
-            annotate(&ingresses, &ingress, &identities, https, icfg, cfg).await;
+            annotate(client, resource, &ingress, &identities, https, icfg, cfg).await;
         }
     }
     if let (true, Some(c)) = (https, &icfg.client_certificate) {
@@ -414,7 +414,8 @@ async fn write_secret(
 
 /// Keep the controller's annotations on an Ingress in step with the mode.
 async fn annotate(
-    api: &Api<DynamicObject>,
+    client: &kube::Client,
+    resource: &ApiResource,
     ingress: &IngressModel,
     identities: &BTreeSet<Identity>,
     https: bool,
@@ -449,11 +450,8 @@ async fn annotate(
             json!({ "metadata": { "annotations": map } })
         }
     };
-    let api_ns: Api<DynamicObject> = Api::namespaced_with(
-        api.clone().into_client(),
-        &ingress.namespace,
-        &api_resource_of(&ingress.object),
-    );
+    let api_ns: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ingress.namespace, resource);
     if let Err(e) = api_ns
         .patch(
             &ingress.name,
@@ -464,16 +462,4 @@ async fn annotate(
     {
         tracing::warn!(ingress = %ingress.name, error = %e, "failed to annotate the Ingress");
     }
-}
-
-fn api_resource_of(object: &Value) -> ApiResource {
-    let version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .and_then(|v| v.rsplit('/').next())
-        .unwrap_or("v1");
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.k8s.io", version, "Ingress"),
-        "ingresses",
-    )
 }

@@ -44,10 +44,6 @@ impl AnchorSet {
 
     /// Every extra anchor still due, dropping the expired ones.
     pub fn snapshot(&self) -> Vec<CertificateDer<'static>> {
-        self.current()
-    }
-
-    fn current(&self) -> Vec<CertificateDer<'static>> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let Ok(mut extra) = self.extra.lock() else {
             return Vec::new();
@@ -81,49 +77,47 @@ pub async fn anchor_refresher(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    {
-        loop {
-            let (provider, _) = signer.current();
-            match provider.trust_anchors().await {
-                Ok(mut anchors) => {
-                    anchors.extend(extra.current());
-                    match TrustBundle::new(anchors) {
-                        Ok(fresh) => {
-                            metrics.trust_anchor_expiry.set(fresh.earliest_expiry());
-                            bundle.send_if_modified(|current| {
-                                if **current == fresh {
-                                    false
-                                } else {
-                                    tracing::info!(
-                                        anchors = fresh.anchors().len(),
-                                        "the trust anchors changed"
-                                    );
-                                    *current = Arc::new(fresh);
-                                    true
-                                }
-                            });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ignoring an unusable set of trust anchors")
-                        }
+    loop {
+        let (provider, _) = signer.current();
+        match provider.trust_anchors().await {
+            Ok(mut anchors) => {
+                anchors.extend(extra.snapshot());
+                match TrustBundle::new(anchors) {
+                    Ok(fresh) => {
+                        metrics.trust_anchor_expiry.set(fresh.earliest_expiry());
+                        bundle.send_if_modified(|current| {
+                            if **current == fresh {
+                                false
+                            } else {
+                                tracing::info!(
+                                    anchors = fresh.anchors().len(),
+                                    "the trust anchors changed"
+                                );
+                                *current = Arc::new(fresh);
+                                true
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring an unusable set of trust anchors")
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to refresh the trust anchors; keeping the current bundle")
-                }
             }
-            let mut wait = interval;
-            if let Some(until) = extra.next_expiry() {
-                let left = until - OffsetDateTime::now_utc().unix_timestamp();
-                wait = wait.min(Duration::from_secs(
-                    u64::try_from(left.max(0)).unwrap_or(0) + 1,
-                ));
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to refresh the trust anchors; keeping the current bundle")
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-                () = extra.kick.notified() => {}
-            }
+        }
+        let mut wait = interval;
+        if let Some(until) = extra.next_expiry() {
+            let left = until - OffsetDateTime::now_utc().unix_timestamp();
+            wait = wait.min(Duration::from_secs(
+                u64::try_from(left.max(0)).unwrap_or(0) + 1,
+            ));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = extra.kick.notified() => {}
         }
     }
 }

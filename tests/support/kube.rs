@@ -905,21 +905,27 @@ fn get(inner: &Inner, target: &Target) -> Response {
     }
 }
 
+/// The stored objects a list or an initial watch of `target` returns.
+fn listed<'a>(
+    store: &'a Store,
+    target: &'a Target,
+    query: &'a HashMap<String, String>,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    store.objects.iter().filter(move |((g, p, ns, _), o)| {
+        *g == target.def.group
+            && *p == target.def.plural
+            && target.namespace.as_ref().is_none_or(|t| t == ns)
+            && selector_matches(
+                o,
+                query.get("labelSelector").map(String::as_str),
+                query.get("fieldSelector").map(String::as_str),
+            )
+    })
+}
+
 fn list(inner: &Inner, target: &Target, query: &HashMap<String, String>) -> Response {
     let store = inner.store.lock().expect("lock");
-    let items: Vec<Value> = store
-        .objects
-        .iter()
-        .filter(|((g, p, ns, _), o)| {
-            *g == target.def.group
-                && *p == target.def.plural
-                && target.namespace.as_ref().is_none_or(|t| t == ns)
-                && selector_matches(
-                    o,
-                    query.get("labelSelector").map(String::as_str),
-                    query.get("fieldSelector").map(String::as_str),
-                )
-        })
+    let items: Vec<Value> = listed(&store, target, query)
         .map(|(_, o)| at_version(o.clone(), target))
         .collect();
     json_response(
@@ -979,19 +985,7 @@ fn watch(inner: &Arc<Inner>, target: &Target, query: &HashMap<String, String>) -
                 false,
             ),
             None => {
-                let synthetic = store
-                    .objects
-                    .iter()
-                    .filter(|((g, p, ns, _), o)| {
-                        *g == target.def.group
-                            && *p == target.def.plural
-                            && target.namespace.as_ref().is_none_or(|t| t == ns)
-                            && selector_matches(
-                                o,
-                                query.get("labelSelector").map(String::as_str),
-                                query.get("fieldSelector").map(String::as_str),
-                            )
-                    })
+                let synthetic = listed(&store, target, query)
                     .map(|((g, p, ns, _), o)| Event {
                         rv: 0,
                         kind: "ADDED",

@@ -217,13 +217,7 @@ fn check(
 }
 
 fn check_names(cert: &X509Certificate<'_>, leaf: &LeafProfile) -> Result<(), String> {
-    let mut want: BTreeSet<String> = leaf
-        .dns_names()
-        .into_iter()
-        .map(|d| format!("DNS:{d}"))
-        .collect();
-    want.insert(format!("URI:{}", leaf.identity().spiffe_id()));
-    want.extend(leaf.ip_addresses().iter().map(|ip| format!("IP:{ip}")));
+    let want = leaf.san_set();
 
     let mut got = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

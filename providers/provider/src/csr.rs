@@ -253,14 +253,7 @@ impl ValidatedCsr {
     /// Whether the request itself names exactly the leaf's SANs, as
     /// backends that take names only from the CSR (cert-manager) need.
     pub fn names_exactly(&self, leaf: &LeafProfile) -> bool {
-        let mut want: BTreeSet<String> = leaf
-            .dns_names()
-            .into_iter()
-            .map(|d| format!("DNS:{d}"))
-            .collect();
-        want.insert(format!("URI:{}", leaf.identity().spiffe_id()));
-        want.extend(leaf.ip_addresses().iter().map(|ip| format!("IP:{ip}")));
-        self.requested == want
+        self.requested == leaf.san_set()
     }
 
     /// The identity this request was authorised for.

@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -103,6 +104,20 @@ impl LeafProfile {
             }
         }
         names
+    }
+
+    /// Every SAN the leaf must carry, as `DNS:…`, `URI:…` and `IP:…`
+    /// strings: the one form in which requested, expected and issued names
+    /// are compared.
+    pub(crate) fn san_set(&self) -> BTreeSet<String> {
+        let mut set: BTreeSet<String> = self
+            .dns_names()
+            .into_iter()
+            .map(|d| format!("DNS:{d}"))
+            .collect();
+        set.insert(format!("URI:{}", self.identity.spiffe_id()));
+        set.extend(self.ip_addresses().iter().map(|ip| format!("IP:{ip}")));
+        set
     }
 
     /// Every IP SAN the leaf must carry.

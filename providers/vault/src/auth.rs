@@ -37,6 +37,11 @@ pub enum VaultAuth {
 }
 
 impl VaultAuth {
+    /// Whether this method can obtain a new token by itself.
+    pub(crate) fn can_login(&self) -> bool {
+        !matches!(self, Self::TokenFile(_) | Self::TokenEnv(_))
+    }
+
     fn describe(&self) -> String {
         match self {
             Self::TokenFile(p) => format!("token file {}", p.display()),

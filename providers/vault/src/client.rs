@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::auth::{Session, VaultAuth};
+use crate::auth::Session;
 use crate::breaker::Breaker;
 use crate::VaultConfig;
 
@@ -354,11 +354,4 @@ pub(crate) fn parse_auth(body: &[u8]) -> Result<(Zeroizing<String>, Duration, bo
         Duration::from_secs(ttl),
         renewable,
     ))
-}
-
-impl VaultAuth {
-    /// Whether this method can obtain a new token by itself.
-    pub(crate) fn can_login(&self) -> bool {
-        !matches!(self, Self::TokenFile(_) | Self::TokenEnv(_))
-    }
 }
