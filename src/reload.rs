@@ -6,14 +6,14 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// How often the file's modification time is compared.
+/// How often the file's content is compared with the one last read.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Publish `initial`, then every valid change of `path`, until `shutdown`.
@@ -26,9 +26,11 @@ pub fn watch_config(
     impl Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = watch::channel(Arc::new(initial));
-    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // The content, not the modification time: two writes within one clock
+    // tick share an mtime, and a config file is small enough to re-read.
+    let read = |p: &PathBuf| std::fs::read(p).ok();
     // Taken now, not when the task first runs: an edit in between counts.
-    let mut last: Option<SystemTime> = stamp(&path);
+    let mut last: Option<Vec<u8>> = read(&path);
     let task = async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -49,7 +51,7 @@ pub fn watch_config(
                 () = tokio::time::sleep(POLL) => false,
                 () = hangup => true,
             };
-            let now = stamp(&path);
+            let now = read(&path);
             if !forced && now == last {
                 continue;
             }

@@ -105,7 +105,7 @@ impl TestDaemon {
     /// Rewrite the config file (see [`TestDaemon::start_from_file`]).
     pub fn rewrite_config(&self, extra: &str) {
         let path = self.dir.path().join("meshca.yaml");
-        // A new mtime even within the same second: write elsewhere, rename.
+        // Replace it whole, as editors and the kubelet do.
         let tmp = self.dir.path().join("meshca.yaml.new");
         std::fs::write(&tmp, config_yaml(self.dir.path(), extra)).expect("config file");
         std::fs::rename(&tmp, &path).expect("rename");
