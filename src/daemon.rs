@@ -1,30 +1,33 @@
-//! Wiring of the daemon: build the provider, the bundle, the issuer and the
-//! servers from a validated [`Config`], spawn every background task with one
-//! shared [`CancellationToken`], and stop them together.
+//! The daemon: build every component from a validated [`Config`], spawn
+//! their tasks into one [`Supervisor`], and stop them together.
+//!
+//! Start-up reads as build → spawn → supervise. CA material is loaded and
+//! checked, the first bundle is published and the serving certificate
+//! issued before any listener accepts, so a daemon that starts can sign.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshca_cert_manager::{CertManager, CertManagerMetrics};
-use meshca_provider::{Checked, Provider, ProviderError};
-use meshca_provider::{LeafProfile, ValidatedCsr};
-use meshca_tresor::{CaCertificate, RootSource, Tresor, TresorConfig, TresorError};
-use meshca_vault::Vault;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, Readiness};
-use crate::auth::{Authenticator, TokenStore};
-use crate::bundle::{self, BundleError, BundleSink, FileSink, TrustBundle};
-use crate::config::{Config, ProviderConfig};
+use crate::api::{self, ApiState, Readiness, ServingTls};
+use crate::auth::{Authenticator, TokenReviewer, TokenStore};
+use crate::bundle::{
+    self, BundleError, BundleReceiver, BundleSink, FileSink, PublishStatus, SecretSink, TrustBundle,
+};
+use crate::cluster::{Cluster, KubeError};
+use crate::config::Config;
+use crate::ingress::{self, Mesh};
 use crate::issuer::{IssueError, Issuer};
-use crate::kube::{SecretSink, TokenReviewer};
 use crate::metrics::Metrics;
-use crate::rollout::{AnchorSet, Build, Rollout, RolloutStatus, Signer, StateStore};
+use crate::provider::{self, BuildError};
+use crate::rollout::{self, AnchorSet, Rollout, RolloutStatus, Signer, StateStore, Target};
+use crate::supervisor::{Spawner, Supervisor};
 
 /// The ConfigMap (in meshca's namespace) holding the rollout state.
 const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
@@ -32,12 +35,12 @@ const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    /// The Tresor CA could not be set up.
-    #[error("failed to set up the Tresor CA: {0}")]
-    Tresor(#[from] TresorError),
-    /// The provider could not be set up or did not give its trust anchors.
-    #[error("failed to set up the signing provider: {0}")]
-    Anchors(#[from] ProviderError),
+    /// The signing provider could not be built.
+    #[error(transparent)]
+    Provider(#[from] BuildError),
+    /// The provider did not give its trust anchors.
+    #[error("failed to read the provider's trust anchors: {0}")]
+    Anchors(#[from] meshca_provider::ProviderError),
     /// The anchors do not make a bundle.
     #[error("failed to build the trust bundle: {0}")]
     Bundle(#[from] BundleError),
@@ -46,7 +49,7 @@ pub enum DaemonError {
     ServingCertificate(#[from] IssueError),
     /// The cluster could not be used.
     #[error("failed to use the Kubernetes API: {0}")]
-    Kubernetes(#[from] crate::kube::KubeError),
+    Kubernetes(#[from] KubeError),
     /// A listener could not be bound.
     #[error("failed to listen on {addr}: {source}")]
     Bind {
@@ -64,7 +67,7 @@ pub struct RunningDaemon {
     api_addr: SocketAddr,
     metrics_addr: SocketAddr,
     shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    supervisor: JoinHandle<()>,
 }
 
 impl RunningDaemon {
@@ -84,9 +87,11 @@ impl RunningDaemon {
     }
 
     /// Stop every task and wait for them (connections are drained).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.supervisor.await {
+            tracing::error!(error = %e, "the supervisor failed while stopping");
+        }
     }
 
     /// Wait until the shutdown token is cancelled (by a signal handler, for
@@ -97,375 +102,386 @@ impl RunningDaemon {
     }
 }
 
-/// A provider and, for providers that need one, the task that keeps it
-/// working (token renewal).
-type BuiltProvider = (
-    Arc<dyn Provider>,
-    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-);
-
-async fn build_provider(
-    config: &Config,
-    cluster: Option<&kube::Client>,
-    metrics: &mut Metrics,
-    shutdown: &CancellationToken,
-) -> Result<BuiltProvider, DaemonError> {
-    match &config.provider {
-        ProviderConfig::CertManager(c) => {
-            let Some(client) = cluster else {
-                return Err(DaemonError::Anchors(ProviderError::Misconfigured(
-                    "the cert-manager provider needs a cluster".into(),
-                )));
-            };
-            let metrics = Arc::new(CertManagerMetrics::register(metrics.registry_mut()));
-            let probe = probe_request(config)?;
-            let provider = CertManager::connect(client.clone(), c.clone(), metrics, probe).await?;
-            Ok((Arc::new(provider), None))
-        }
-        // With a cluster, a generated root lives in its own Secret.
-        ProviderConfig::Tresor(TresorConfig {
-            root:
-                RootSource::Generated {
-                    algorithm,
-                    validity,
-                    common_name,
-                    ..
-                },
-            intermediate_validity,
-        }) if cluster.is_some() => {
-            let (Some(client), Some(k)) = (cluster, &config.kubernetes) else {
-                unreachable!("guarded by cluster.is_some()")
-            };
-            let (algorithm, validity, cn) = (*algorithm, *validity, common_name.clone());
-            let (root, origin) = crate::kube::root::load_or_create(
-                client.clone(),
-                &k.namespace,
-                &k.root_secret,
-                config.bundle.secret.as_ref(),
-                move || CaCertificate::generate_root(algorithm, validity, &cn),
-            )
-            .await?;
-            tracing::info!(subject = %root.subject(), secret = %format!("{}/{}", k.namespace, k.root_secret), ?origin, "Tresor root ready");
-            Ok((
-                Arc::new(Tresor::from_root(root, *intermediate_validity)?),
-                None,
-            ))
-        }
-        ProviderConfig::Tresor(t) => {
-            let t = t.clone();
-            let tresor = tokio::task::spawn_blocking(move || Tresor::new(&t))
-                .await
-                .map_err(|e| DaemonError::Anchors(ProviderError::Internal(e.to_string())))??;
-            Ok((Arc::new(tresor), None))
-        }
-        ProviderConfig::Vault(v) => {
-            let (vault, task) = Vault::connect(v.clone(), shutdown.clone()).await?;
-            Ok((Arc::new(vault), Some(Box::pin(task))))
-        }
-    }
+/// What signs and what the bundle holds, as built at start.
+struct Signing {
+    signer: Arc<Signer>,
+    retained: Arc<AnchorSet>,
+    restored: RolloutStatus,
+    bundle_tx: watch::Sender<Arc<TrustBundle>>,
+    bundle: BundleReceiver,
+    deps: provider::Deps,
 }
 
 /// Start the daemon described by `config`.
 ///
-/// CA material is loaded and checked, the first bundle is built and the
-/// serving certificate issued before any listener accepts, so a daemon that
-/// starts is able to sign.
-///
 /// # Errors
-/// [`DaemonError`] for anything that prevents serving.
+/// [`DaemonError`] for anything that prevents serving; whatever was
+/// started is stopped again.
 pub async fn start(config: Config) -> Result<RunningDaemon, DaemonError> {
     let shutdown = CancellationToken::new();
-    let mut metrics = Metrics::new();
-
-    let mut tasks = JoinSet::new();
-
-    let cluster = match &config.kubernetes {
-        Some(k) => Some(crate::kube::connect(k).await?),
-        None => None,
-    };
-    let leader = match (&cluster, &config.kubernetes) {
-        (Some(client), Some(k)) => {
-            let (leader, task) = crate::kube::leader::elect(
-                client.clone(),
-                &k.namespace,
-                &k.lease_name,
-                replica_identity(),
-                k.lease_duration,
-                shutdown.clone(),
-            );
-            tasks.spawn(task);
-            Some(leader)
+    let supervisor = Supervisor::new(shutdown.clone());
+    let spawner = supervisor.spawner();
+    let failed_tasks = supervisor.failures();
+    let supervisor = tokio::spawn(supervisor.run());
+    match build(&config, &spawner, failed_tasks).await {
+        Ok((api_addr, metrics_addr)) => Ok(RunningDaemon {
+            api_addr,
+            metrics_addr,
+            shutdown,
+            supervisor,
+        }),
+        Err(e) => {
+            shutdown.cancel();
+            let _ = supervisor.await;
+            Err(e)
         }
-        _ => None,
-    };
-
-    let (provider, provider_task) =
-        build_provider(&config, cluster.as_ref(), &mut metrics, &shutdown).await?;
-    let metrics = Arc::new(metrics);
-    if let Some(task) = provider_task {
-        tasks.spawn(task);
     }
-    let provider = Checked::new(provider);
-    tracing::info!(provider = %provider.kind(), "signing provider ready");
+}
 
-    // Anchors retained by an earlier signer change stay in the bundle.
-    let extra_anchors = Arc::new(AnchorSet::default());
+/// Build every component and spawn its task; returns the bound addresses.
+async fn build(
+    config: &Config,
+    spawner: &Spawner,
+    failed_tasks: watch::Receiver<Vec<&'static str>>,
+) -> Result<(SocketAddr, SocketAddr), DaemonError> {
+    let metrics = Arc::new(Metrics::new());
+    let cluster = Cluster::join(config.kubernetes.as_ref(), spawner).await?;
+    let signing = signing(config, cluster.as_ref(), &metrics, spawner).await?;
+    let publish = publish_bundle(config, cluster.as_ref(), &signing, &metrics, spawner).await;
+    spawn_anchor_refresher(config, &signing, &metrics, spawner);
+
+    let issuer = Issuer::new(
+        signing.signer.clone(),
+        config.certificates,
+        signing.bundle.clone(),
+        metrics.clone(),
+    );
+    let renew_serving = Arc::new(Notify::new());
+    let serving_tls =
+        serving_certificate(config, &issuer, &metrics, &renew_serving, spawner).await?;
+
+    let config_rx = follow_config(config, spawner);
+    let rollout = spawn_rollout(
+        config,
+        cluster.as_ref(),
+        &signing,
+        &publish,
+        renew_serving,
+        &config_rx,
+        &metrics,
+        spawner,
+    );
+    if let Some(cluster) = cluster.as_ref().filter(|_| config.ingress.enabled) {
+        spawn_ingress(
+            config,
+            cluster,
+            &issuer,
+            &signing.bundle,
+            &config_rx,
+            spawner,
+        )
+        .await?;
+    }
+
+    let state = Arc::new(ApiState::new(
+        issuer,
+        authenticator(config, cluster.as_ref(), &signing.bundle),
+        signing.bundle.clone(),
+        metrics.clone(),
+        config.api,
+        rollout,
+    ));
+    let readiness = Readiness {
+        probes: api::monitor(signing.signer.clone(), cluster.map(|c| c.client), spawner).await,
+        publish,
+        failed_tasks,
+        metrics,
+    };
+    serve(config, state, serving_tls, readiness, spawner).await
+}
+
+/// The provider, the signer slot around it, the anchors retained by an
+/// earlier rollout and the first bundle.
+async fn signing(
+    config: &Config,
+    cluster: Option<&Cluster>,
+    metrics: &Arc<Metrics>,
+    spawner: &Spawner,
+) -> Result<Signing, DaemonError> {
+    let deps = provider::Deps {
+        cluster: cluster.cloned(),
+        bundle_secret: config.bundle.secret.clone(),
+        daemon_identity: config.daemon_identity.clone(),
+        probe_ttl: config.certificates.min_ttl,
+        cert_manager_metrics: metrics.cert_manager.clone(),
+        spawner: spawner.clone(),
+    };
+    let built = provider::build(&config.provider, &deps).await?;
+    tracing::info!(provider = %built.provider.kind(), "signing provider ready");
+
     // In a cluster the ConfigMap outlives the pod's state directory.
-    let persisted = match (&cluster, &config.kubernetes) {
-        (Some(client), Some(k)) => {
-            crate::kube::rollout_store::load(client, &k.namespace, ROLLOUT_CONFIGMAP)
-                .await?
-                .and_then(|json| RolloutStatus::parse(&json))
-        }
-        _ => None,
+    let persisted = match cluster {
+        Some(c) => rollout::configmap::load(&c.client, &c.config.namespace, ROLLOUT_CONFIGMAP)
+            .await?
+            .and_then(|json| RolloutStatus::parse(&json)),
+        None => None,
     }
     .or_else(|| RolloutStatus::load(&config.state_dir));
-    let restored = crate::rollout::restore(
+    let retained = Arc::new(AnchorSet::default());
+    let restored = rollout::restore(
         persisted,
-        &extra_anchors,
-        provider.kind().as_str(),
+        &retained,
+        built.provider.kind().as_str(),
         config.certificates.max_ttl,
     );
-    let mut anchors = provider.trust_anchors().await?;
-    anchors.extend(extra_anchors.snapshot());
-    let signer = Signer::new(provider, restored.generation);
+    let mut anchors = built.provider.trust_anchors().await?;
+    anchors.extend(retained.snapshot());
     let bundle = TrustBundle::new(anchors)?;
     metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
-    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle));
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
+    Ok(Signing {
+        signer: Signer::new(built.provider, built.stop, restored.generation),
+        retained,
+        restored,
+        bundle_tx,
+        bundle: bundle_rx,
+        deps,
+    })
+}
 
+/// The bundle publisher and its sinks: the file always, the Secret with a
+/// cluster. Waits (briefly) until every sink holds the first bundle.
+async fn publish_bundle(
+    config: &Config,
+    cluster: Option<&Cluster>,
+    signing: &Signing,
+    metrics: &Arc<Metrics>,
+    spawner: &Spawner,
+) -> PublishStatus {
     let resync_now = Arc::new(Notify::new());
     let mut sinks: Vec<Arc<dyn BundleSink>> =
         vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
-    if let (Some(client), Some(secret), Some(leader)) = (&cluster, &config.bundle.secret, &leader) {
-        let sink = SecretSink::new(client.clone(), secret.clone(), leader.clone());
-        tasks.spawn(sink.watch_changes(resync_now.clone(), shutdown.clone()));
+    if let (Some(cluster), Some(secret)) = (cluster, &config.bundle.secret) {
+        let sink = SecretSink::new(
+            cluster.client.clone(),
+            secret.clone(),
+            cluster.leader.clone(),
+        );
+        spawner.spawn_child("bundle-secret-watch", |token| {
+            sink.watch_changes(resync_now.clone(), token)
+        });
         sinks.push(Arc::new(sink));
     }
-    let (publish_status, publisher) = bundle::publisher(
-        sinks,
-        bundle_rx.clone(),
-        config.bundle.refresh_interval,
-        resync_now,
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    tasks.spawn(publisher);
+    let status = spawner.spawn_with("bundle-publisher", |token| {
+        bundle::publisher(
+            sinks,
+            signing.bundle.clone(),
+            config.bundle.refresh_interval,
+            resync_now,
+            metrics.clone(),
+            token,
+        )
+    });
     // Serve only once the bundle is out where workloads read it, unless a
     // sink keeps failing: then serve anyway, with /readyz saying why.
-    if let Err(why) = publish_status.wait_published(Duration::from_secs(10)).await {
+    if let Err(why) = status.wait_published(Duration::from_secs(10)).await {
         tracing::warn!(%why, "serving before every bundle sink holds the bundle");
     }
-    tasks.spawn(crate::rollout::anchor_refresher(
-        signer.clone(),
-        extra_anchors.clone(),
-        bundle_tx,
-        config.bundle.refresh_interval,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    status
+}
 
-    let issuer = Issuer::new(
-        signer.clone(),
-        config.certificates,
-        bundle_rx.clone(),
-        metrics.clone(),
-    );
-    let renew_serving_now = Arc::new(Notify::new());
-    let (serving_tls, renew_serving) = api::serving_certificate(
+/// Keeps the bundle equal to the signer's anchors plus the retained ones.
+fn spawn_anchor_refresher(
+    config: &Config,
+    signing: &Signing,
+    metrics: &Arc<Metrics>,
+    spawner: &Spawner,
+) {
+    spawner.spawn_child("anchor-refresher", |token| {
+        rollout::anchor_refresher(
+            signing.signer.clone(),
+            signing.retained.clone(),
+            signing.bundle_tx.clone(),
+            config.bundle.refresh_interval,
+            metrics.clone(),
+            token,
+        )
+    });
+}
+
+/// The signing API's own certificate, renewed by its task.
+async fn serving_certificate(
+    config: &Config,
+    issuer: &Issuer,
+    metrics: &Arc<Metrics>,
+    renew_now: &Arc<Notify>,
+    spawner: &Spawner,
+) -> Result<ServingTls, DaemonError> {
+    let token = spawner.child_token();
+    let (tls, task) = api::serving_certificate(
         issuer.clone(),
         config.daemon_identity.clone(),
         config.server_names.clone(),
         metrics.clone(),
-        renew_serving_now.clone(),
-        shutdown.clone(),
+        renew_now.clone(),
+        token.clone(),
     )
     .await?;
-    tasks.spawn(renew_serving);
+    spawner.spawn("serving-certificate", token, task);
+    Ok(tls)
+}
 
-    // Settings that may change at run time follow the config file.
-    let config_rx = match &config.source {
-        Some(path) => {
-            let (rx, task) =
-                crate::reload::watch_config(path.clone(), config.clone(), shutdown.clone());
-            tasks.spawn(task);
-            rx
-        }
-        None => {
-            let (tx, rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-            let done = shutdown.clone();
-            tasks.spawn(async move {
-                done.cancelled().await;
-                drop(tx);
-            });
-            rx
-        }
+/// The configuration in force: the file's, followed as it changes, or the
+/// one given, forever.
+fn follow_config(config: &Config, spawner: &Spawner) -> watch::Receiver<Arc<Config>> {
+    let Some(path) = &config.source else {
+        let (tx, rx) = watch::channel(Arc::new(config.clone()));
+        // Dropping the sender would read as "closed" to the followers.
+        spawner.spawn_child("config", |stop| async move {
+            stop.cancelled().await;
+            drop(tx);
+        });
+        return rx;
     };
-    let rollout_writer = match (&cluster, &config.kubernetes, &leader) {
-        (Some(client), Some(k), Some(leader)) => {
-            let (tx, rx) = tokio::sync::watch::channel(String::new());
-            tasks.spawn(crate::kube::rollout_store::writer(
-                client.clone(),
-                k.namespace.clone(),
+    spawner.spawn_with("config-reload", |token| {
+        crate::reload::watch_config(path.clone(), config.clone(), token)
+    })
+}
+
+/// The rollout of signer changes, and (in a cluster) the ConfigMap writer
+/// that keeps its state beyond the pod.
+#[allow(clippy::too_many_arguments)]
+fn spawn_rollout(
+    config: &Config,
+    cluster: Option<&Cluster>,
+    signing: &Signing,
+    publish: &PublishStatus,
+    renew_serving: Arc<Notify>,
+    config_rx: &watch::Receiver<Arc<Config>>,
+    metrics: &Arc<Metrics>,
+    spawner: &Spawner,
+) -> watch::Receiver<RolloutStatus> {
+    let writer = cluster.map(|c| {
+        let (tx, rx) = watch::channel(String::new());
+        spawner.spawn_child("rollout-configmap", |token| {
+            rollout::configmap::writer(
+                c.client.clone(),
+                c.config.namespace.clone(),
                 ROLLOUT_CONFIGMAP.to_owned(),
                 rx,
-                leader.clone(),
-                shutdown.clone(),
-            ));
-            Some(tx)
-        }
-        _ => None,
-    };
-    // A change of signer in the config file is rolled out in stages.
-    let build: Build = {
-        let cluster = cluster.clone();
-        let shutdown = shutdown.clone();
-        Arc::new(move |cfg: Arc<Config>| {
-            let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
-            Box::pin(async move {
-                // A provider rolled in at run time reports no metrics of
-                // its own (the registry is fixed once serving).
-                let mut scratch = Metrics::new();
-                let (provider, task) =
-                    build_provider(&cfg, cluster.as_ref(), &mut scratch, &shutdown)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                if let Some(task) = task {
-                    tokio::spawn(task);
-                }
-                Ok(Checked::new(provider))
-            })
-        })
-    };
-    let (rollout_status, rollout_task) = Rollout {
-        signer: signer.clone(),
-        anchors: extra_anchors,
-        bundle: bundle_rx.clone(),
-        publish: publish_status.clone(),
-        renew_serving: renew_serving_now,
+                c.leader.clone(),
+                token,
+            )
+        });
+        tx
+    });
+    let target = crate::reload::project(
+        config_rx,
+        |c| Target {
+            provider: c.provider.clone(),
+            propagation_delay: c.rotation.propagation_delay,
+        },
+        spawner,
+    );
+    let rollout = Rollout {
+        signer: signing.signer.clone(),
+        anchors: signing.retained.clone(),
+        bundle: signing.bundle.clone(),
+        publish: publish.clone(),
+        renew_serving,
         store: StateStore {
             state_dir: config.state_dir.clone(),
-            cluster: rollout_writer,
+            cluster: writer,
         },
-        build,
+        deps: signing.deps.clone(),
         metrics: metrics.clone(),
-    }
-    .run(
-        restored,
-        config_rx.clone(),
-        |c| c.rotation.propagation_delay,
-        shutdown.clone(),
-    );
-    tasks.spawn(rollout_task);
+    };
+    spawner.spawn_with("rollout", |token| {
+        rollout.run(signing.restored.clone(), target, token)
+    })
+}
 
-    if config.ingress.enabled {
-        if let (Some(client), Some(leader)) = (&cluster, &leader) {
-            let resource = crate::kube::ingress::discover_ingress_api(client).await?;
-            tasks.spawn(crate::kube::ingress::reconciler(
-                client.clone(),
-                resource,
-                issuer.clone(),
-                config_rx.clone(),
-                bundle_rx.clone(),
-                leader.clone(),
-                shutdown.clone(),
-            ));
-        }
-    }
+/// The ingress reconciler, following `ingress:` as the file changes.
+async fn spawn_ingress(
+    config: &Config,
+    cluster: &Cluster,
+    issuer: &Issuer,
+    bundle: &BundleReceiver,
+    config_rx: &watch::Receiver<Arc<Config>>,
+    spawner: &Spawner,
+) -> Result<(), DaemonError> {
+    let resource = ingress::discover_ingress_api(&cluster.client).await?;
+    let settings = crate::reload::project(config_rx, |c| c.ingress.clone(), spawner);
+    let mesh = Mesh {
+        trust_domain: config.trust_domain.clone(),
+        daemon_identity: config.daemon_identity.clone(),
+    };
+    spawner.spawn_child("ingress-reconciler", |token| {
+        ingress::reconciler(
+            cluster,
+            resource,
+            issuer.clone(),
+            mesh,
+            settings,
+            bundle.clone(),
+            token,
+        )
+    });
+    Ok(())
+}
 
-    let mut auth = Authenticator::new(
+/// Static tokens, ServiceAccount tokens (with a cluster) and client
+/// certificates chaining to the bundle.
+fn authenticator(
+    config: &Config,
+    cluster: Option<&Cluster>,
+    bundle: &BundleReceiver,
+) -> Authenticator {
+    let auth = Authenticator::new(
         TokenStore::new(config.auth.tokens_file.clone()),
         config.trust_domain.clone(),
-        bundle_rx.clone(),
+        bundle.clone(),
     );
-    if let (Some(client), Some(review)) = (&cluster, &config.auth.kubernetes) {
-        auth = auth.with_kubernetes(Arc::new(TokenReviewer::new(
-            client.clone(),
+    match (cluster, &config.auth.kubernetes) {
+        (Some(c), Some(review)) => auth.with_kubernetes(Arc::new(TokenReviewer::new(
+            c.client.clone(),
             review.audience.clone(),
             config.trust_domain.clone(),
             review.cache_ttl,
-        )));
+        ))),
+        _ => auth,
     }
-    let state = Arc::new(ApiState::new(
-        issuer,
-        auth,
-        bundle_rx,
-        metrics.clone(),
-        config.api,
-        rollout_status,
-    ));
+}
 
-    let api_listener = bind(config.listen).await?;
-    let metrics_listener = bind(config.metrics_listen).await?;
-    let api_addr = local_addr(&api_listener, config.listen)?;
-    let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
-
-    tasks.spawn(api::serve_tls(
-        api_listener,
-        serving_tls,
-        api::router(state),
-        shutdown.clone(),
-    ));
-    let health = api::health_router(Readiness {
-        signer,
-        publish: publish_status,
-        metrics,
-        cluster: cluster.clone(),
+/// Bind both listeners and spawn their servers.
+async fn serve(
+    config: &Config,
+    state: Arc<ApiState>,
+    tls: ServingTls,
+    readiness: Readiness,
+    spawner: &Spawner,
+) -> Result<(SocketAddr, SocketAddr), DaemonError> {
+    let (api_listener, api_addr) = bind(config.listen).await?;
+    let (health_listener, metrics_addr) = bind(config.metrics_listen).await?;
+    spawner.spawn_child("api-server", |token| {
+        api::serve_tls(api_listener, tls, api::router(state), token)
     });
-    let health_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, health)
-            .with_graceful_shutdown(health_shutdown.cancelled_owned())
+    let health = api::health_router(readiness);
+    spawner.spawn_child("health-server", |stop| async move {
+        if let Err(e) = axum::serve(health_listener, health)
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "the health server failed");
         }
     });
-
     tracing::info!(%api_addr, %metrics_addr, "meshca is serving");
-    Ok(RunningDaemon {
-        api_addr,
-        metrics_addr,
-        shutdown,
-        tasks,
-    })
+    Ok((api_addr, metrics_addr))
 }
 
-/// A throwaway request for the daemon's own identity, with which a
-/// provider can check at start that signing works and learn its anchors.
-fn probe_request(config: &Config) -> Result<(ValidatedCsr, LeafProfile), DaemonError> {
-    let internal = |m: String| DaemonError::Anchors(ProviderError::Internal(m));
-    let identity = &config.daemon_identity;
-    let key = crate::keys::generate().map_err(|e| internal(e.to_string()))?;
-    let csr = crate::keys::request_for(&key, identity, &[]).map_err(|e| internal(e.to_string()))?;
-    let csr = ValidatedCsr::new(csr.der(), identity).map_err(|e| internal(e.to_string()))?;
-    Ok((
-        csr,
-        LeafProfile::workload(identity.clone(), config.certificates.min_ttl),
-    ))
-}
-
-/// This replica's name in the Lease: the pod name when there is one.
-fn replica_identity() -> String {
-    std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("meshca-{}", std::process::id()))
-        + &format!("-{:08x}", rand_u32())
-}
-
-fn rand_u32() -> u32 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    u32::from_be_bytes(b)
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Bind { addr, source })
-}
-
-fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
-    l.local_addr()
-        .map_err(|source| DaemonError::Bind { addr, source })
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), DaemonError> {
+    let failed = |source| DaemonError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
 }

@@ -6,27 +6,34 @@
 //! ([`meshca_provider::Provider`]); the daemon itself authenticates callers,
 //! applies policy and checks what every provider returns.
 //!
-//! Modules are private; the public interface is:
+//! `docs/ARCHITECTURE.md` maps the modules. They are private; the public
+//! interface is the block of `pub use` below.
 
 mod agent;
 mod api;
 mod auth;
 mod bundle;
+mod cli;
+mod cluster;
 mod config;
 mod daemon;
 mod ingress;
 mod issuer;
 mod keys;
-mod kube;
 mod metrics;
+mod provider;
 mod reload;
+mod renewal;
 mod rollout;
-mod rotation;
+mod supervisor;
+mod validation;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError};
 pub use auth::{AuthError, TokenStore};
-pub use config::{BackendProtocol, Config, ConfigError, ProviderConfig, EMBEDDED_DEFAULT};
+pub use cli::main;
+pub use config::{Config, ConfigError, EMBEDDED_DEFAULT};
 pub use daemon::{start, DaemonError, RunningDaemon};
-pub use ingress::{render_manifest, Controller, RenderOptions};
+pub use ingress::{render_manifest, BackendProtocol, Controller, RenderOptions};
 pub use meshca_provider::{Identity, TrustDomain};
-pub use rotation::{renew_after, renewal_delay};
+pub use provider::ProviderConfig;
+pub use renewal::{renew_after, renewal_delay};

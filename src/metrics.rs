@@ -55,6 +55,9 @@ pub struct Metrics {
     pub rotation_generation: Gauge,
     /// 1 for the rollout stage in force, 0 for the others.
     pub rotation_stage: Family<StageLabels, Gauge>,
+    /// The cert-manager provider's own metrics, registered whether or not
+    /// it signs now, so a provider rolled in at run time records for real.
+    pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
 }
 
 /// Labels of `meshca_rotation_stage`.
@@ -128,7 +131,11 @@ impl Metrics {
             "1 for the signer rollout stage in force",
             rotation_stage.clone(),
         );
+        let cert_manager = std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(
+            &mut registry,
+        ));
         Self {
+            cert_manager,
             registry,
             rotation_generation,
             rotation_stage,
@@ -139,12 +146,6 @@ impl Metrics {
             bundle_sink_up,
             serving_cert_expiry,
         }
-    }
-
-    /// The registry, for providers that export metrics of their own
-    /// (registered under the same `meshca_` prefix).
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
     }
 
     /// The Prometheus text exposition.

@@ -208,27 +208,31 @@ async fn denied_failed_and_unacceptable_answers_are_errors_and_leave_nothing_beh
         ),
         (
             IssuerBehaviour::Fail,
-            503,
+            502,
             "provider_rejected",
             "CA key is unavailable",
         ),
         (
             IssuerBehaviour::WrongSan,
-            503,
-            "provider_unavailable",
+            502,
+            "provider_rejected",
             "evil.example.com",
         ),
         (
             IssuerBehaviour::CaCert,
-            503,
-            "provider_unavailable",
+            502,
+            "provider_rejected",
             "CA certificate",
         ),
     ] {
         issuer.set(behaviour);
-        let (got, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+        let (got, headers, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
         assert_eq!(got, status, "{behaviour:?}: {body}");
         assert_eq!(body["error"]["code"], code, "{behaviour:?}");
+        assert!(
+            !headers.contains_key("retry-after"),
+            "{behaviour:?}: repeating cannot help"
+        );
         assert!(
             body["error"]["message"]
                 .as_str()

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::{keys, rotation};
+use crate::{keys, renewal};
 
 /// Settings of `meshca agent`.
 #[derive(Clone, Debug)]
@@ -128,7 +128,7 @@ fn generation_of(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// every workload does not renew in the same instant.
 fn early_renewal(lifetime: Duration) -> Duration {
     let spread = (lifetime / 10).min(Duration::from_secs(300));
-    spread.mul_f64((rotation::random_jitter() + 1.0) / 2.0)
+    spread.mul_f64((renewal::random_jitter() + 1.0) / 2.0)
 }
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -188,11 +188,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
         // Wait for the renewal point, following bundle changes meanwhile.
         let Some(h) = held.as_mut() else { continue };
-        let renew_in = rotation::renewal_delay(
+        let renew_in = renewal::renewal_delay(
             h.not_before,
             h.not_after,
             OffsetDateTime::now_utc(),
-            rotation::random_jitter(),
+            renewal::random_jitter(),
         );
         let mut renew_at = tokio::time::Instant::now() + renew_in;
         tracing::info!(renew_in = ?renew_in, "next renewal scheduled");

@@ -10,7 +10,7 @@ use crate::issuer::IssueError;
 
 /// Every way the signing API answers with an error. This enum and its
 /// [`IntoResponse`] impl are the only place errors become HTTP statuses and
-/// the `{"error": {"code", "message"}}` body of DESIGN section 4.
+/// the `{"error": {"code", "message"}}` body (`docs/api.md`).
 #[derive(Debug)]
 pub enum ApiError {
     /// 400 `invalid_csr`: the CSR is malformed, badly signed or asks for
@@ -39,8 +39,12 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Duration,
     },
-    /// 503 `provider_rejected`: the backend refused this request.
+    /// 502 `provider_rejected`: the backend refused this request, or
+    /// returned a certificate meshca will not hand out. Not retryable.
     ProviderRejected(String),
+    /// 500 `provider_misconfigured`: meshca's settings for the backend are
+    /// wrong (credentials refused, missing mount). Not retryable.
+    ProviderMisconfigured(String),
     /// 500 `internal`.
     Internal(String),
 }
@@ -72,6 +76,7 @@ impl ApiError {
             Self::AuthUnavailable(_) => "auth_unavailable",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::ProviderRejected(_) => "provider_rejected",
+            Self::ProviderMisconfigured(_) => "provider_misconfigured",
             Self::Internal(_) => "internal",
         }
     }
@@ -84,10 +89,11 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ProviderUnavailable { .. }
-            | Self::ProviderRejected(_)
-            | Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ProviderUnavailable { .. } | Self::AuthUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::ProviderRejected(_) => StatusCode::BAD_GATEWAY,
+            Self::ProviderMisconfigured(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -98,6 +104,7 @@ impl ApiError {
             | Self::IdentityMismatch(m)
             | Self::ProviderDenied(m)
             | Self::ProviderRejected(m)
+            | Self::ProviderMisconfigured(m)
             | Self::AuthUnavailable(m) => m.clone(),
             Self::ProviderUnavailable { message, .. } => message.clone(),
             Self::Unauthenticated(e) => e.to_string(),
@@ -167,16 +174,90 @@ impl From<IssueError> for ApiError {
                 Self::IdentityMismatch(csr.to_string())
             }
             IssueError::Csr(csr) => Self::InvalidCsr(csr.to_string()),
-            IssueError::Provider(p) => match p {
-                ProviderError::Denied(_) => Self::ProviderDenied(p.to_string()),
-                ProviderError::Rejected { .. } => Self::ProviderRejected(p.to_string()),
-                ProviderError::Internal(m) => Self::Internal(m),
-                ProviderError::UnsupportedRequest(m) => Self::InvalidCsr(m),
-                other => Self::ProviderUnavailable {
-                    retry_after: other.retry_after().unwrap_or(Duration::from_secs(30)),
-                    message: other.to_string(),
-                },
-            },
+            IssueError::Provider(p) => Self::from(p),
+        }
+    }
+}
+
+/// Retryability decides first ([`ProviderError::is_retryable`]); the rest
+/// say whose move it is: the client's (400), the backend's policy (403),
+/// the backend's answer (502) or the operator's (500).
+impl From<ProviderError> for ApiError {
+    fn from(p: ProviderError) -> Self {
+        if let Some(retry_after) = p.retry_after() {
+            return Self::ProviderUnavailable {
+                retry_after,
+                message: p.to_string(),
+            };
+        }
+        match p {
+            ProviderError::Denied(_) => Self::ProviderDenied(p.to_string()),
+            ProviderError::UnsupportedRequest(m) => Self::InvalidCsr(m),
+            ProviderError::Misconfigured(_) => Self::ProviderMisconfigured(p.to_string()),
+            ProviderError::Internal(m) => Self::Internal(m),
+            other => Self::ProviderRejected(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: ProviderError) -> (StatusCode, &'static str, bool) {
+        let api = ApiError::from(e);
+        let (status, code) = (api.status(), api.code());
+        let response = api.into_response();
+        (
+            status,
+            code,
+            response.headers().contains_key(header::RETRY_AFTER),
+        )
+    }
+
+    #[test]
+    fn only_an_unavailable_backend_is_worth_retrying_and_says_when() {
+        let unavailable = ProviderError::Unavailable {
+            message: "sealed".into(),
+            retry_after: Duration::from_secs(7),
+        };
+        assert_eq!(
+            answer(unavailable),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                true
+            )
+        );
+        let rejected = ProviderError::Rejected {
+            reason: "Failed".into(),
+            message: "no".into(),
+        };
+        for (error, status, code) in [
+            (rejected, StatusCode::BAD_GATEWAY, "provider_rejected"),
+            (
+                ProviderError::InvalidResponse("a CA certificate".into()),
+                StatusCode::BAD_GATEWAY,
+                "provider_rejected",
+            ),
+            (
+                ProviderError::Misconfigured("403 permission denied".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "provider_misconfigured",
+            ),
+            (
+                ProviderError::Denied("allowed_domains".into()),
+                StatusCode::FORBIDDEN,
+                "provider_denied",
+            ),
+            (
+                ProviderError::UnsupportedRequest("name the identity".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_csr",
+            ),
+        ] {
+            assert!(!error.is_retryable(), "{error}");
+            assert_eq!(answer(error), (status, code, false));
         }
     }
 }

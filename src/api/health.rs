@@ -1,4 +1,12 @@
+//! `/healthz`, `/readyz` and `/metrics`, on plain HTTP.
+//!
+//! `/readyz` only reads state that background tasks publish: the health
+//! [`monitor`] (provider and API server, probed on a timer), the bundle
+//! publisher's per-sink status and the supervisor's failed tasks. A probe
+//! from the kubelet never causes a network call of its own.
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -6,33 +14,75 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use meshca_provider::Health;
-
-use crate::rollout::Signer;
+use tokio::sync::watch;
 
 use crate::bundle::PublishStatus;
 use crate::metrics::Metrics;
+use crate::rollout::Signer;
+use crate::supervisor::Spawner;
 
-/// What `/readyz` checks: the provider can sign and every bundle sink holds
-/// the current bundle.
+/// How often the monitor probes the provider and the API server.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What `/readyz` reads.
 #[derive(Clone)]
 pub struct Readiness {
-    /// The signer slot.
-    pub signer: Arc<Signer>,
+    /// Problems the health monitor found in its last round.
+    pub probes: watch::Receiver<Vec<String>>,
     /// The bundle publisher's per-sink state.
     pub publish: PublishStatus,
+    /// Background tasks that ended unexpectedly.
+    pub failed_tasks: watch::Receiver<Vec<&'static str>>,
     /// Metrics to render on `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The cluster, whose API server must answer.
-    pub cluster: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness")
-            .field("signer", &self.signer)
-            .field("cluster", &self.cluster.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Readiness").finish_non_exhaustive()
     }
+}
+
+/// Probe the signing provider and the API server now, then every second,
+/// publishing what is wrong (empty when all is well). The first round runs
+/// before this returns, so readiness is known from the start.
+pub async fn monitor(
+    signer: Arc<Signer>,
+    cluster: Option<kube::Client>,
+    spawner: &Spawner,
+) -> watch::Receiver<Vec<String>> {
+    let (tx, rx) = watch::channel(probe(&signer, cluster.as_ref()).await);
+    spawner.spawn_child("health-monitor", |stop| async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PROBE_EVERY) => {}
+            }
+            let problems = probe(&signer, cluster.as_ref()).await;
+            tx.send_if_modified(|now| {
+                let changed = *now != problems;
+                if changed {
+                    problems.clone_into(now);
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
+async fn probe(signer: &Signer, cluster: Option<&kube::Client>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (provider, _) = signer.current();
+    if let Health::Unhealthy(why) = provider.health().await {
+        problems.push(format!("provider {}: {why}", provider.kind()));
+    }
+    if let Some(client) = cluster {
+        if let Err(why) = crate::cluster::probe(client).await {
+            problems.push(format!("kubernetes API: {why}"));
+        }
+    }
+    problems
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, served on plain HTTP.
@@ -45,18 +95,12 @@ pub fn health_router(readiness: Readiness) -> Router {
 }
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
-    let mut problems = Vec::new();
-    let (provider, _) = r.signer.current();
-    if let Health::Unhealthy(why) = provider.health().await {
-        problems.push(format!("provider {}: {why}", provider.kind()));
-    }
-    if let Some(client) = &r.cluster {
-        if let Err(why) = crate::kube::probe(client).await {
-            problems.push(format!("kubernetes API: {why}"));
-        }
-    }
+    let mut problems = r.probes.borrow().clone();
     if let Err(why) = r.publish.check() {
         problems.push(format!("trust bundle: {why}"));
+    }
+    for task in r.failed_tasks.borrow().iter() {
+        problems.push(format!("background task {task} stopped"));
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()

@@ -1,6 +1,7 @@
-//! The HTTPS signing API (DESIGN section 4) and the plain-HTTP health and
-//! metrics endpoints.
+//! The HTTPS signing API (its contract is `docs/api.md`) and the
+//! plain-HTTP health and metrics endpoints.
 
+mod config;
 mod error;
 mod handlers;
 mod health;
@@ -8,8 +9,9 @@ mod limit;
 mod server;
 mod tls;
 
+pub use config::{ApiLimits, RawApi};
 pub use error::ApiError;
-pub use health::{health_router, Readiness};
+pub use health::{health_router, monitor, Readiness};
 pub use server::serve_tls;
 pub use tls::{serving_certificate, ServingTls};
 
@@ -21,7 +23,6 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::bundle::BundleReceiver;
-use crate::config::ApiLimits;
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 

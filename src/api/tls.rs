@@ -13,7 +13,7 @@ use crate::auth::danger::DeferredClientAuth;
 use crate::issuer::{IssueError, Issuer};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::rotation;
+use crate::renewal;
 
 /// The signing API's current TLS configuration; swapped whole when the
 /// serving certificate is renewed, so new handshakes use the new certificate
@@ -42,11 +42,11 @@ pub async fn serving_certificate(
     let tls: ServingTls = Arc::new(ArcSwap::from_pointee(config));
     let handle = tls.clone();
     let task = async move {
-        let mut wait = rotation::renewal_delay(
+        let mut wait = renewal::renewal_delay(
             not_before,
             not_after,
             OffsetDateTime::now_utc(),
-            rotation::random_jitter(),
+            renewal::random_jitter(),
         );
         loop {
             tokio::select! {
@@ -58,11 +58,11 @@ pub async fn serving_certificate(
                 Ok((config, nb, na)) => {
                     handle.store(Arc::new(config));
                     tracing::info!(not_after = %na, "renewed the signing API's serving certificate");
-                    wait = rotation::renewal_delay(
+                    wait = renewal::renewal_delay(
                         nb,
                         na,
                         OffsetDateTime::now_utc(),
-                        rotation::random_jitter(),
+                        renewal::random_jitter(),
                     );
                 }
                 Err(e) => {

@@ -6,12 +6,25 @@
 //! there. A bundle is never empty: [`TrustBundle::new`] refuses that, so no
 //! sink can be handed one.
 
+mod config;
 mod file;
 pub(crate) use file::write_atomically;
 mod publisher;
+mod secret;
 
+pub use config::{BundleConfig, RawBundle, RawSecretRef};
 pub use file::FileSink;
 pub use publisher::{publisher, PublishStatus};
+pub use secret::SecretSink;
+
+/// A Secret's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
 
 use std::sync::Arc;
 

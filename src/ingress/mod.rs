@@ -7,8 +7,12 @@
 //! - [`render`]: the configuration nginx, Azure Application Gateway (AGIC)
 //!   and Gloo need, offline (`meshca ingress render`).
 
+mod config;
 pub mod model;
+mod reconciler;
 pub mod render;
 
+pub use config::{BackendProtocol, IngressConfig, IngressContext, RawIngress};
 pub use model::BackendPort;
+pub use reconciler::{discover_ingress_api, reconciler, Mesh};
 pub use render::{render_manifest, Controller, RenderOptions};

@@ -2,6 +2,10 @@
 //! CSR policy, lifetime clamping, the provider call (through the
 //! [`Checked`] gate) and the bookkeeping a response needs.
 
+mod config;
+
+pub use config::{Lifetimes, RawLifetimes};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +18,8 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::bundle::{BundleReceiver, TrustBundle};
-use crate::config::Lifetimes;
 use crate::metrics::Metrics;
-use crate::rotation;
+use crate::renewal;
 
 /// Why no certificate was issued.
 #[derive(Debug, Error)]
@@ -125,7 +128,7 @@ impl Issuer {
         let issued = issued?;
         self.signer
             .record(generation, issued.not_after().unix_timestamp());
-        let renew_after = rotation::renew_after(
+        let renew_after = renewal::renew_after(
             issued.not_before(),
             issued.not_after(),
             OffsetDateTime::now_utc(),

@@ -2,11 +2,9 @@
 //! the stages.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshca_provider::Checked;
 use rustls_pki_types::CertificateDer;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -16,14 +14,17 @@ use tokio_util::sync::CancellationToken;
 use super::state::{Retained, RolloutStatus, Stage, StateStore};
 use super::{AnchorSet, Signer};
 use crate::bundle::{BundleReceiver, PublishStatus};
-use crate::config::Config;
+use crate::provider::{self, ProviderConfig};
 
-/// Builds a provider from a configuration.
-pub type Build = Arc<
-    dyn Fn(Arc<Config>) -> Pin<Box<dyn Future<Output = Result<Checked, String>> + Send>>
-        + Send
-        + Sync,
->;
+/// What the rollout follows: the signer the configuration in force names,
+/// and how long to distribute its anchors before it signs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The provider that should sign.
+    pub provider: ProviderConfig,
+    /// `rotation.propagation_delay` in force.
+    pub propagation_delay: Duration,
+}
 
 /// Everything the rollout needs.
 pub struct Rollout {
@@ -39,8 +40,8 @@ pub struct Rollout {
     pub renew_serving: Arc<Notify>,
     /// Where the state is kept.
     pub store: StateStore,
-    /// Builds the incoming provider.
-    pub build: Build,
+    /// What building the incoming provider needs.
+    pub deps: provider::Deps,
     /// Where the stage and generation are exported.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -124,8 +125,7 @@ impl Rollout {
     pub fn run(
         self,
         initial: RolloutStatus,
-        mut config: watch::Receiver<Arc<Config>>,
-        propagation: impl Fn(&Config) -> Duration + Send + 'static,
+        mut config: watch::Receiver<Target>,
         shutdown: CancellationToken,
     ) -> (
         watch::Receiver<RolloutStatus>,
@@ -134,7 +134,7 @@ impl Rollout {
         self.export(&initial);
         let (tx, rx) = watch::channel(initial);
         let task = async move {
-            let mut applied = format!("{:?}", config.borrow_and_update().provider);
+            let mut applied = config.borrow_and_update().provider.clone();
             loop {
                 // Retained anchors leave at their own time; the stage
                 // follows when the last set is gone.
@@ -147,16 +147,12 @@ impl Rollout {
                         continue;
                     }
                 }
-                let cfg = config.borrow_and_update().clone();
-                let wanted = format!("{:?}", cfg.provider);
-                if wanted == applied {
+                let target = config.borrow_and_update().clone();
+                if target.provider == applied {
                     continue;
                 }
-                match self
-                    .roll(&cfg, &tx, propagation(&cfg), &config, &shutdown)
-                    .await
-                {
-                    Ok(Outcome::Done) => applied = wanted,
+                match self.roll(&target, &tx, &config, &shutdown).await {
+                    Ok(Outcome::Done) => applied = target.provider,
                     Ok(Outcome::Superseded) => {
                         tracing::info!(
                             "the configuration changed again during distribute; starting over"
@@ -263,15 +259,23 @@ impl Rollout {
 
     async fn roll(
         &self,
-        cfg: &Arc<Config>,
+        target: &Target,
         tx: &watch::Sender<RolloutStatus>,
-        propagation: Duration,
-        config: &watch::Receiver<Arc<Config>>,
+        config: &watch::Receiver<Target>,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, String> {
-        let incoming = (self.build)(cfg.clone()).await?;
-        let kind = incoming.kind().to_string();
-        let new_anchors = incoming.trust_anchors().await.map_err(|e| e.to_string())?;
+        let incoming = provider::build(&target.provider, &self.deps)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Until the switch, the incoming provider's task stops with any
+        // abort (the guard is defused once it signs).
+        let incoming_guard = incoming.stop.clone().drop_guard();
+        let kind = incoming.provider.kind().to_string();
+        let new_anchors = incoming
+            .provider
+            .trust_anchors()
+            .await
+            .map_err(|e| e.to_string())?;
         tx.send_modify(|s| s.incoming = Some(kind.clone()));
 
         // 1. Distribute: old + new anchors everywhere, then wait. The old
@@ -298,7 +302,7 @@ impl Rollout {
             if has_all && self.publish.check().is_ok() {
                 break;
             }
-            if superseded(config, cfg) {
+            if superseded(config, target) {
                 return Ok(Outcome::Superseded);
             }
             if tokio::time::Instant::now() > deadline {
@@ -314,16 +318,17 @@ impl Rollout {
         }
         tokio::select! {
             () = shutdown.cancelled() => return Err("shutting down".into()),
-            () = tokio::time::sleep(propagation) => {}
+            () = tokio::time::sleep(target.propagation_delay) => {}
         }
-        if superseded(config, cfg) {
+        if superseded(config, target) {
             return Ok(Outcome::Superseded);
         }
 
         // 2. Switch.
         let (old, _) = self.signer.current();
         let old_anchors = old.trust_anchors().await.unwrap_or_default();
-        let old_generation = self.signer.switch(incoming);
+        incoming_guard.disarm();
+        let (old_generation, old_stop) = self.signer.switch(incoming.provider, incoming.stop);
         let tag = format!("generation-{old_generation}");
         self.anchors.retain(&tag, old_anchors.clone(), None);
         self.anchors.release("incoming");
@@ -366,6 +371,9 @@ impl Rollout {
                 }
             }
         });
+        // The old provider signs no more: stop its task (a Vault token
+        // renewal, a re-login) now; its anchors stay until `until`.
+        old_stop.cancel();
         self.enter(tx, Stage::Retire);
         Ok(Outcome::Done)
     }
@@ -382,9 +390,6 @@ enum Outcome {
 
 /// Whether the configuration moved away from `target` since the rollout to
 /// it began (back to the current signer, or to another one).
-fn superseded(config: &watch::Receiver<Arc<Config>>, target: &Config) -> bool {
-    if !config.has_changed().unwrap_or(false) {
-        return false;
-    }
-    format!("{:?}", config.borrow().provider) != format!("{:?}", target.provider)
+fn superseded(config: &watch::Receiver<Target>, target: &Target) -> bool {
+    config.has_changed().unwrap_or(false) && config.borrow().provider != target.provider
 }

@@ -13,11 +13,14 @@
 //! a restart does not drop anchors that valid certificates still chain to.
 
 mod anchors;
+mod config;
+pub mod configmap;
 mod controller;
 mod signer;
 mod state;
 
 pub use anchors::{anchor_refresher, AnchorSet};
-pub use controller::{restore, Build, Rollout};
+pub use config::{RawRotation, RotationConfig};
+pub use controller::{restore, Rollout, Target};
 pub use signer::Signer;
 pub use state::{RolloutStatus, StateStore};

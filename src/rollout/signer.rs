@@ -7,21 +7,25 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use meshca_provider::Checked;
+use tokio_util::sync::CancellationToken;
 
 /// The current signer and its generation (incremented at every switch).
 #[derive(Debug)]
 pub struct Signer {
     slot: ArcSwap<Checked>,
+    /// Stops the task of the provider in the slot.
+    stop: Mutex<CancellationToken>,
     generation: AtomicU64,
     /// Latest NotAfter (unix seconds) issued under each generation.
     issued_until: Mutex<BTreeMap<u64, i64>>,
 }
 
 impl Signer {
-    /// Start with `provider` at `generation`.
-    pub fn new(provider: Checked, generation: u64) -> Arc<Self> {
+    /// Start with `provider` at `generation`; `stop` stops its task.
+    pub fn new(provider: Checked, stop: CancellationToken, generation: u64) -> Arc<Self> {
         Arc::new(Self {
             slot: ArcSwap::from_pointee(provider),
+            stop: Mutex::new(stop),
             generation: AtomicU64::new(generation),
             issued_until: Mutex::default(),
         })
@@ -40,10 +44,18 @@ impl Signer {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Make `provider` the signer; returns the previous generation.
-    pub fn switch(&self, provider: Checked) -> u64 {
+    /// Make `provider` the signer; returns the previous generation and the
+    /// token that stops the previous provider's task, for the caller to
+    /// cancel once that provider's in-flight signatures are done.
+    pub fn switch(&self, provider: Checked, stop: CancellationToken) -> (u64, CancellationToken) {
         self.slot.store(Arc::new(provider));
-        self.generation.fetch_add(1, Ordering::SeqCst)
+        let old_stop = match self.stop.lock() {
+            Ok(mut s) => std::mem::replace(&mut *s, stop),
+            // A poisoned lock held only a token: stop nothing rather than
+            // the wrong provider.
+            Err(_) => CancellationToken::new(),
+        };
+        (self.generation.fetch_add(1, Ordering::SeqCst), old_stop)
     }
 
     /// Note a certificate issued under `generation`.

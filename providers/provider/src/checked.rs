@@ -79,7 +79,7 @@ impl Issued {
     }
 }
 
-/// The one gate every provider's output passes (DESIGN section 2).
+/// The one gate every provider's output passes.
 ///
 /// It wraps any [`Provider`]; the daemon only ever talks to providers through
 /// it, so a backend bug or a compromised backend cannot hand a workload a

@@ -23,7 +23,7 @@ pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
     }
 }
 
-/// The public-key types meshca accepts in a CSR (DESIGN: ECDSA P-256/P-384,
+/// The public-key types meshca accepts in a CSR (ECDSA P-256/P-384,
 /// Ed25519, RSA 2048–4096 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -42,7 +42,7 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
-    /// RSA keys also get keyEncipherment (DESIGN section 3); others only
+    /// RSA keys also get keyEncipherment (see `docs/api.md`, "Identity"); others only
     /// digitalSignature.
     pub fn is_rsa(self) -> bool {
         matches!(self, Self::Rsa { .. })

@@ -4,9 +4,10 @@ use thiserror::Error;
 
 /// Why a provider could not produce a certificate or its trust anchors.
 ///
-/// Retryability is explicit ([`ProviderError::is_retryable`]): the API edge
-/// turns retryable errors into 503 with `Retry-After`, the rest into errors
-/// a client should not simply repeat.
+/// Retryability is explicit and stated once, in
+/// [`ProviderError::is_retryable`]: the API edge turns retryable errors
+/// into 503 with `Retry-After`, the rest into statuses without it, because
+/// repeating the request cannot help until someone acts.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ProviderError {
@@ -34,7 +35,8 @@ pub enum ProviderError {
     Denied(String),
     /// The backend returned something that fails meshca's checks (wrong
     /// names, a CA certificate, a chain that does not reach the anchors).
-    /// Such a certificate is never handed out.
+    /// Such a certificate is never handed out, and the backend will return
+    /// the same again: its configuration has to change.
     #[error("the signing backend returned an unacceptable certificate: {0}")]
     InvalidResponse(String),
     /// meshca's configuration of the backend is wrong (credentials refused,
@@ -51,16 +53,19 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether the same request may succeed later without anyone acting.
+    /// Whether the same request may succeed later without anyone acting:
+    /// only a backend that is unavailable now. A refusal, an unacceptable
+    /// certificate, a misconfiguration or a local failure repeat until
+    /// someone changes something.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::InvalidResponse(_))
+        self.retry_after().is_some()
     }
 
-    /// The delay to suggest to a client, for retryable errors.
+    /// The delay to suggest to a client; `Some` exactly for retryable
+    /// errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { retry_after, .. } => Some(*retry_after),
-            Self::InvalidResponse(_) => Some(Duration::from_secs(30)),
             _ => None,
         }
     }

@@ -43,7 +43,7 @@ pub(crate) fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// Build the leaf of DESIGN section 3 for `profile` and sign it with `ca`.
+/// Build the workload leaf (`docs/api.md`, "Identity") for `profile` and sign it with `ca`.
 pub(crate) fn sign(
     ca: &CaCertificate,
     csr: &ValidatedCsr,

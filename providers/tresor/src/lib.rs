@@ -32,7 +32,7 @@ use meshca_provider::{
 use rustls_pki_types::CertificateDer;
 
 /// How Tresor is set up; built by the daemon from its validated config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TresorConfig {
     /// Where the root comes from.
     pub root: RootSource,

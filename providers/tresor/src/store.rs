@@ -10,7 +10,7 @@ const CERT_FILE: &str = "root.crt";
 const KEY_FILE: &str = "root.key";
 
 /// Where Tresor's root comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RootSource {
     /// Generated on first start and persisted in `dir` (`root.crt`, and
     /// `root.key` with mode 0600); every later start loads it again.

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How to reach and use Vault; built by the daemon from its validated
 /// config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VaultConfig {
     /// Base address, e.g. `https://vault.vault:8200`.
     pub address: String,

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,16 +17,17 @@ use kube::api::{
 };
 use kube::runtime::watcher;
 use kube::Api;
-use meshca_provider::Identity;
+use meshca_provider::{Identity, TrustDomain};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{KubeError, MANAGED_BY};
+use super::{BackendProtocol, IngressConfig};
 use crate::bundle::BundleReceiver;
-use crate::config::{BackendProtocol, Config, IngressConfig};
+use crate::cluster::Cluster;
+use crate::cluster::{KubeError, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
@@ -76,20 +76,27 @@ struct Wanted {
     ttl: Option<Duration>,
 }
 
-/// The reconciler task, to spawn.
-#[allow(clippy::too_many_arguments)]
+/// The mesh names a pass needs besides the run-time ingress settings.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// The trust domain backend identities are in.
+    pub trust_domain: TrustDomain,
+    /// meshca's own identity (the anchor of the annotations it removes).
+    pub daemon_identity: Identity,
+}
+
+/// The reconciler task, to spawn; it acts only while this replica leads.
 pub fn reconciler(
-    client: kube::Client,
+    cluster: &Cluster,
     resource: ApiResource,
     issuer: Issuer,
-    config: watch::Receiver<Arc<Config>>,
-    bundle: BundleReceiver,
-    leader: watch::Receiver<bool>,
+    mesh: Mesh,
+    mut config: watch::Receiver<IngressConfig>,
+    mut bundle: BundleReceiver,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let mut config = config;
-    let mut bundle = bundle;
-    let mut leader = leader;
+    let client = cluster.client.clone();
+    let mut leader = cluster.leader.clone();
     async move {
         let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut events = watcher(ingresses, watcher::Config::default()).boxed();
@@ -98,8 +105,8 @@ pub fn reconciler(
         let mut generation_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let cfg = config.borrow().clone();
-            if cfg.ingress.enabled && *leader.borrow() {
-                match reconcile(&client, &resource, &issuer, &cfg, &bundle).await {
+            if cfg.enabled && *leader.borrow() {
+                match reconcile(&client, &resource, &issuer, &cfg, &mesh, &bundle).await {
                     Ok(wake) => next_wake = wake.min(RESYNC),
                     Err(e) => {
                         tracing::warn!(error = %e, "ingress reconciliation failed; retrying");
@@ -235,10 +242,10 @@ async fn reconcile(
     client: &kube::Client,
     resource: &ApiResource,
     issuer: &Issuer,
-    cfg: &Config,
+    icfg: &IngressConfig,
+    mesh: &Mesh,
     bundle: &BundleReceiver,
 ) -> Result<Duration, KubeError> {
-    let icfg = &cfg.ingress;
     let monitored = monitored_namespaces(client, icfg).await?;
     let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     let list = ingresses
@@ -266,7 +273,7 @@ async fn reconcile(
             match backend_service_account(client, &ingress.namespace, &backend.service, &ingress)
                 .await
             {
-                Ok(sa) => match Identity::new(cfg.trust_domain.clone(), &ingress.namespace, &sa) {
+                Ok(sa) => match Identity::new(mesh.trust_domain.clone(), &ingress.namespace, &sa) {
                     Ok(identity) => {
                         identities.insert(identity.clone());
                         if https {
@@ -289,7 +296,7 @@ async fn reconcile(
             }
         }
         if icfg.manage_annotations {
-            annotate(client, resource, &ingress, &identities, https, icfg, cfg).await;
+            annotate(client, resource, &ingress, &identities, https, icfg, mesh).await;
         }
     }
     if let (true, Some(c)) = (https, &icfg.client_certificate) {
@@ -420,9 +427,9 @@ async fn annotate(
     identities: &BTreeSet<Identity>,
     https: bool,
     icfg: &IngressConfig,
-    cfg: &Config,
+    mesh: &Mesh,
 ) {
-    let mut options = RenderOptions::new(cfg.trust_domain.clone());
+    let mut options = RenderOptions::new(mesh.trust_domain.clone());
     options.bundle_secret = icfg.bundle_secret.clone();
     options.client_secret = icfg.client_certificate.as_ref().map(|c| c.secret.clone());
     let patch = match (https, identities.len()) {
@@ -442,7 +449,7 @@ async fn annotate(
             return;
         }
         (false, _) => {
-            let anchor = annotations_for(icfg.controller, &cfg.daemon_identity, &options);
+            let anchor = annotations_for(icfg.controller, &mesh.daemon_identity, &options);
             let map: serde_json::Map<String, Value> = anchor
                 .into_iter()
                 .map(|(k, _)| (k.to_owned(), Value::Null))

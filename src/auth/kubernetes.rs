@@ -7,7 +7,7 @@ use kube::api::PostParams;
 use kube::Api;
 use meshca_provider::{Identity, TrustDomain};
 
-use crate::auth::AuthError;
+use super::AuthError;
 
 /// How long a refusal is remembered, so a client retrying a bad token does
 /// not turn into a stream of TokenReviews.
@@ -54,14 +54,14 @@ impl TokenReviewer {
             cache: Mutex::default(),
         }
     }
+}
 
-    /// The identity `token` authenticates.
-    ///
-    /// # Errors
-    /// [`AuthError::UnknownToken`] for a token the API server does not
-    /// accept for this audience or that is not a ServiceAccount's;
-    /// [`AuthError::Unavailable`] when the API server cannot be asked.
-    pub async fn review(&self, token: &str) -> Result<Identity, AuthError> {
+#[async_trait::async_trait]
+impl super::ReviewTokens for TokenReviewer {
+    /// The identity `token` authenticates: a token the API server does not
+    /// accept for this audience, or that is not a ServiceAccount's, is
+    /// rejected; an unreachable API server makes it unavailable.
+    async fn review(&self, token: &str) -> Result<Identity, AuthError> {
         let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -95,7 +95,9 @@ impl TokenReviewer {
         }
         outcome.map_err(AuthError::Rejected)
     }
+}
 
+impl TokenReviewer {
     fn cached(&self, key: &[u8; 32]) -> Option<Outcome> {
         let cache = self.cache.lock().ok()?;
         let (outcome, until) = cache.get(key)?;

@@ -9,7 +9,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
 use meshca_tresor::CaCertificate;
 
-use super::{is_reason, KubeError, SecretRef, MANAGED_BY};
+use crate::bundle::SecretRef;
+use crate::cluster::{is_reason, KubeError, MANAGED_BY};
 
 /// Where OSM kept its root key, next to `ca.crt` in `osm-ca-bundle`.
 const OSM_KEY: &str = "private.key";

@@ -10,7 +10,7 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{is_reason, KubeError, MANAGED_BY};
+use crate::cluster::{is_reason, KubeError, MANAGED_BY};
 
 const KEY: &str = "rollout.json";
 

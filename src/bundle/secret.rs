@@ -12,8 +12,8 @@ use kube::Api;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{is_reason, SecretRef, MANAGED_BY};
-use crate::bundle::{BundleError, BundleSink, TrustBundle};
+use super::{BundleError, BundleSink, SecretRef, TrustBundle};
+use crate::cluster::{is_reason, MANAGED_BY};
 
 /// The data key that holds the bundle.
 const KEY: &str = "ca.crt";

@@ -1,0 +1,108 @@
+//! Admin subcommands that work on a config's files: tokens, the bundle,
+//! the rollout state and the config check.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use meshca_provider::Identity;
+
+use super::{load_config, EX_USAGE};
+use crate::auth::TokenStore;
+use crate::config::Config;
+
+/// `meshca token create`: print a new token; only its hash is stored.
+pub fn create_token(config: Option<&Path>, namespace: &str, service_account: &str) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let identity = match Identity::new(config.trust_domain.clone(), namespace, service_account) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match TokenStore::new(config.auth.tokens_file.clone()).create(&identity) {
+        Ok(token) => {
+            eprintln!(
+                "created a token for {identity} in {}",
+                config.auth.tokens_file.display()
+            );
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca bundle`: print the bundle file the config names.
+pub fn print_bundle(config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match std::fs::read_to_string(&config.bundle.file) {
+        Ok(pem) => {
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: failed to read the trust bundle {}: {e} (has `meshca serve` run with this config?)",
+                config.bundle.file.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca rotate status`: the persisted rollout state.
+pub fn rotation_status(config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = crate::rollout::RolloutStatus::path(&config.state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("{{\"stage\": \"steady\", \"generation\": 0}}");
+            eprintln!(
+                "no signer change recorded in {}",
+                config.state_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca config check`: validate as `serve` does; 64 when invalid.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(Some(path)) {
+        Ok(c) => {
+            println!(
+                "{}: valid (provider {}, trust domain {}, API {})",
+                path.display(),
+                c.provider.kind(),
+                c.trust_domain,
+                c.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The `meshca` command line: the daemon, the workload agent and admin
+//! tools. `src/main.rs` only calls [`main`]; each subcommand's handler
+//! lives in this module's files.
+
+mod admin;
+mod ingress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::agent::AgentConfig;
+use crate::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for a configuration or usage problem (sysexits EX_USAGE).
+pub(crate) const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "meshca",
+    version,
+    about = "Certificate authority for service meshes"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Async worker threads (default: one per CPU core).
+    #[arg(long, global = true, env = "MESHCA_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    /// Log filter (tracing-subscriber syntax); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info", env = "MESHCA_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA daemon.
+    Serve {
+        /// Config file; the embedded default (Tresor, file bundle) when absent.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Obtain and renew a workload certificate.
+    Agent {
+        /// Signing API base URL.
+        #[arg(long, default_value = "https://127.0.0.1:9443")]
+        server: String,
+        /// CA bundle to verify the server with.
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// File holding the bearer token (re-read on every request).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Directory for cert.pem, key.pem and ca.pem.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Requested certificate lifetime, e.g. 1h (the server clamps it).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// How often to re-fetch the trust bundle between renewals.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        bundle_refresh: Duration,
+        /// Exit after the first certificate is written.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Manage static bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the trust bundle (PEM).
+    Bundle {
+        /// Config file whose bundle file to read.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Signer changes (rollouts).
+    Rotate {
+        #[command(subcommand)]
+        command: RotateCommand,
+    },
+    /// Ingress-controller configuration for mesh backends.
+    Ingress {
+        #[command(subcommand)]
+        command: IngressCommand,
+    },
+    /// Validate configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a ServiceAccount identity and print it (only its
+    /// hash is stored).
+    Create {
+        /// Config file naming the token store.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Namespace of the identity.
+        #[arg(long)]
+        namespace: String,
+        /// ServiceAccount of the identity.
+        #[arg(long)]
+        service_account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotateCommand {
+    /// Print the rollout state: stage, generation, retained anchors and the
+    /// stages so far (from the state directory; the daemon serves the same
+    /// at GET /v1/rotation).
+    Status {
+        /// Config file naming the state directory.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngressCommand {
+    /// Print the Ingress(es) of a manifest annotated for a controller, plus
+    /// any extra objects and instructions. Works offline on v1 and v1beta1.
+    Render(ingress::RenderArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a config file, listing every problem with its key.
+    Check {
+        /// The file to check.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+/// Parse the command line, set up logging and the runtime, and run the
+/// command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    // ring is the one crypto provider; make it the process default so no
+    // other can be picked up implicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(n);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Load `path` (or the embedded default), or say why not and give the
+/// usage exit code.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Agent {
+            server,
+            ca_file,
+            token_file,
+            out_dir,
+            ttl,
+            bundle_refresh,
+            once,
+        } => {
+            agent(AgentConfig {
+                server,
+                ca_file,
+                token_file,
+                out_dir,
+                ttl,
+                once,
+                bundle_refresh,
+            })
+            .await
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    config,
+                    namespace,
+                    service_account,
+                },
+        } => admin::create_token(config.as_deref(), &namespace, &service_account),
+        Command::Bundle { config } => admin::print_bundle(config.as_deref()),
+        Command::Rotate {
+            command: RotateCommand::Status { config },
+        } => admin::rotation_status(config.as_deref()),
+        Command::Ingress {
+            command: IngressCommand::Render(args),
+        } => ingress::render(args),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => admin::check_config(&config),
+    }
+}
+
+async fn serve(config: Option<&std::path::Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let daemon = match crate::daemon::start(config).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(cancel_on_signal(daemon.shutdown_token()));
+    daemon.wait().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn agent(config: AgentConfig) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match crate::agent::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}

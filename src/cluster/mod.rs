@@ -1,0 +1,172 @@
+//! The cluster meshca runs with: how to reach its API server and which
+//! replica leads.
+//!
+//! Only connection and leader election live here. Each feature keeps its
+//! own Kubernetes adapter (the bundle Secret under `bundle`, TokenReview
+//! under `auth`, the ingress reconciler under `ingress`, the rollout's
+//! ConfigMap under `rollout`, the Tresor root Secret under `provider`).
+
+mod config;
+pub mod leader;
+
+pub use config::{Discovery, KubernetesConfig, RawKubernetes};
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::supervisor::Spawner;
+
+/// A connected cluster: the client, meshca's settings for it, and whether
+/// this replica leads. Built once at start and shared by every feature.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The API client.
+    pub client: kube::Client,
+    /// meshca's own namespace and object names.
+    pub config: KubernetesConfig,
+    /// True while this replica holds the Lease: work that must happen once
+    /// (publishing, answering requests that must be answered once) runs on
+    /// the leader only.
+    pub leader: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("namespace", &self.config.namespace)
+            .field("leader", &*self.leader.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connect as `config` says and start leader election, or `None` when
+    /// no cluster is to be used here.
+    ///
+    /// # Errors
+    /// [`KubeError::Config`] when a configured cluster cannot be reached.
+    pub async fn join(
+        config: Option<&KubernetesConfig>,
+        spawner: &Spawner,
+    ) -> Result<Option<Self>, KubeError> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let Some(client) = connect(config).await? else {
+            tracing::info!("not in a pod and no kubeconfig configured: running without a cluster");
+            return Ok(None);
+        };
+        let leader = spawner.spawn_with("leader-election", |token| {
+            leader::elect(
+                client.clone(),
+                &config.namespace,
+                &config.lease_name,
+                leader::replica_identity(),
+                config.lease_duration,
+                token,
+            )
+        });
+        Ok(Some(Self {
+            client,
+            config: config.clone(),
+            leader,
+        }))
+    }
+}
+
+/// The label every object meshca writes carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshca");
+
+/// Why a Kubernetes operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KubeError {
+    /// No usable client configuration.
+    #[error("failed to configure the Kubernetes client: {0}")]
+    Config(String),
+    /// The API server answered an error or could not be reached.
+    #[error("failed to {action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A stored object is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl KubeError {
+    pub(crate) fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Self::Api { action, source }
+    }
+}
+
+/// Whether a kube error is the API server's `reason`.
+pub(crate) fn is_reason(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Whether the API server answers now (for `/readyz`).
+///
+/// # Errors
+/// Why it does not, within two seconds.
+pub async fn probe(client: &kube::Client) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(2), client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2s".into()),
+    }
+}
+
+/// A client for the configured cluster, or `None` when [`Discovery`]
+/// finds none (outside a pod with nothing configured).
+///
+/// # Errors
+/// [`KubeError::Config`] when the configured source yields no usable
+/// client configuration.
+pub async fn connect(config: &KubernetesConfig) -> Result<Option<kube::Client>, KubeError> {
+    let Some(mut client_config) = client_config(&config.discovery).await? else {
+        return Ok(None);
+    };
+    // Fail fast and let each caller decide: kube-rs would otherwise retry a
+    // 503 for minutes, holding a signing request (TokenReview) hostage.
+    client_config.default_retry = false;
+    client_config.connect_timeout = Some(Duration::from_secs(5));
+    kube::Client::try_from(client_config)
+        .map(Some)
+        .map_err(|e| KubeError::Config(e.to_string()))
+}
+
+/// Whether meshca runs in a pod (the kubelet sets this for every
+/// container).
+pub fn in_pod() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+async fn client_config(discovery: &Discovery) -> Result<Option<kube::Config>, KubeError> {
+    let config = match discovery {
+        Discovery::Kubeconfig(path) => {
+            let failed = |e: &dyn std::fmt::Display| KubeError::Config(format!("{}: {e}", path.display()));
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| failed(&e))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| failed(&e))?
+        }
+        Discovery::Infer => kube::Config::infer().await.map_err(|e| {
+            KubeError::Config(format!(
+                "kubernetes.enabled is true but no cluster was found (KUBECONFIG, ~/.kube/config, in-cluster): {e}"
+            ))
+        })?,
+        Discovery::InPodOnly if in_pod() => {
+            kube::Config::incluster().map_err(|e| KubeError::Config(e.to_string()))?
+        }
+        Discovery::InPodOnly => return Ok(None),
+    };
+    Ok(Some(config))
+}

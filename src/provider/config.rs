@@ -1,0 +1,467 @@
+//! `provider:`: which backend signs, with its settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshca_cert_manager::{CaSource, CertManagerConfig};
+use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
+use meshca_vault::{VaultAuth, VaultConfig};
+use serde::Deserialize;
+
+use crate::validation::Errors;
+
+/// Which backend signs, with its settings. Compared by value: a rollout
+/// starts when the configuration in force differs from the one applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderConfig {
+    /// meshca's own root.
+    Tresor(TresorConfig),
+    /// A Vault / OpenBao PKI engine.
+    Vault(VaultConfig),
+    /// cert-manager, through CertificateRequests (needs a cluster).
+    CertManager(CertManagerConfig),
+}
+
+impl ProviderConfig {
+    /// The configured kind, as written in `provider.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tresor(_) => "tresor",
+            Self::Vault(_) => "vault",
+            Self::CertManager(_) => "cert-manager",
+        }
+    }
+}
+
+/// `provider:` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProvider {
+    kind: RawProviderKind,
+    tresor: RawTresor,
+    vault: Option<RawVault>,
+    cert_manager: Option<RawCertManager>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawProviderKind {
+    #[default]
+    Tresor,
+    Vault,
+    CertManager,
+}
+
+/// What the provider settings are checked against.
+pub struct ProviderContext<'a> {
+    /// Where a generated Tresor root is kept (`<state_dir>/tresor`).
+    pub state_dir: &'a Path,
+    /// `certificates.max_ttl`: a CA must outlive every leaf.
+    pub max_ttl: Duration,
+    /// Whether a cluster may be used at all.
+    pub cluster: bool,
+}
+
+impl RawProvider {
+    /// The provider settings, or `None` with the problems in `errors`.
+    /// Sections of providers other than `kind` are checked too, so a
+    /// prepared swap is valid before it is made.
+    pub fn validate(
+        &self,
+        cx: &ProviderContext<'_>,
+        errors: &mut Errors,
+    ) -> Option<ProviderConfig> {
+        let vault = match &self.vault {
+            Some(v) => v.validate(errors),
+            None if self.kind == RawProviderKind::Vault => {
+                errors.add("provider.vault", "required when provider.kind is vault");
+                None
+            }
+            None => None,
+        };
+        let cert_manager = match &self.cert_manager {
+            Some(c) => c.validate(errors),
+            None if self.kind == RawProviderKind::CertManager => {
+                RawCertManager::default().validate(errors)
+            }
+            None => None,
+        };
+        match self.kind {
+            RawProviderKind::Tresor => self.tresor.validate(cx, errors).map(ProviderConfig::Tresor),
+            RawProviderKind::Vault => vault.map(ProviderConfig::Vault),
+            RawProviderKind::CertManager => {
+                if !cx.cluster {
+                    errors.add(
+                        "provider.kind",
+                        "cert-manager needs a cluster, which kubernetes.enabled: false turns off",
+                    );
+                }
+                cert_manager.map(ProviderConfig::CertManager)
+            }
+        }
+    }
+}
+
+// === tresor ===
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum RawKeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTresor {
+    key_algorithm: RawKeyAlgorithm,
+    #[serde(with = "humantime_serde")]
+    root_validity: Duration,
+    common_name: String,
+    root_cert_file: Option<PathBuf>,
+    root_key_file: Option<PathBuf>,
+    intermediate: Option<RawIntermediate>,
+}
+
+impl Default for RawTresor {
+    fn default() -> Self {
+        Self {
+            key_algorithm: RawKeyAlgorithm::EcdsaP256,
+            root_validity: Duration::from_secs(87_600 * 3600),
+            common_name: "meshca root CA".into(),
+            root_cert_file: None,
+            root_key_file: None,
+            intermediate: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntermediate {
+    #[serde(with = "humantime_serde")]
+    validity: Duration,
+}
+
+impl RawTresor {
+    fn validate(&self, cx: &ProviderContext<'_>, errors: &mut Errors) -> Option<TresorConfig> {
+        let max_ttl = cx.max_ttl;
+        if let Some(i) = &self.intermediate {
+            if i.validity <= max_ttl {
+                errors.add(
+                    "provider.tresor.intermediate.validity",
+                    "must be longer than certificates.max_ttl",
+                );
+            }
+        }
+        let root = match (&self.root_cert_file, &self.root_key_file) {
+            (Some(cert), Some(key)) => RootSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None) => {
+                if self.root_validity <= max_ttl {
+                    errors.add(
+                        "provider.tresor.root_validity",
+                        "must be longer than certificates.max_ttl",
+                    );
+                }
+                RootSource::Generated {
+                    dir: cx.state_dir.join("tresor"),
+                    algorithm: match self.key_algorithm {
+                        RawKeyAlgorithm::EcdsaP256 => RootKeyAlgorithm::EcdsaP256,
+                        RawKeyAlgorithm::EcdsaP384 => RootKeyAlgorithm::EcdsaP384,
+                        RawKeyAlgorithm::Ed25519 => RootKeyAlgorithm::Ed25519,
+                    },
+                    validity: self.root_validity,
+                    common_name: self.common_name.clone(),
+                }
+            }
+            (Some(_), None) => {
+                errors.add(
+                    "provider.tresor.root_key_file",
+                    "required when provider.tresor.root_cert_file is set",
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                errors.add(
+                    "provider.tresor.root_cert_file",
+                    "required when provider.tresor.root_key_file is set",
+                );
+                return None;
+            }
+        };
+        Some(TresorConfig {
+            root,
+            intermediate_validity: self.intermediate.as_ref().map(|i| i.validity),
+        })
+    }
+}
+
+// === cert-manager ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCertManager {
+    issuer_name: String,
+    issuer_kind: String,
+    issuer_group: String,
+    namespace: String,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    ca_from: Option<RawCaFrom>,
+}
+
+impl Default for RawCertManager {
+    fn default() -> Self {
+        Self {
+            issuer_name: "osm-ca".into(),
+            issuer_kind: "Issuer".into(),
+            issuer_group: "cert-manager.io".into(),
+            namespace: "osm-system".into(),
+            timeout: Duration::from_secs(30),
+            ca_from: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaFrom {
+    secret: Option<RawKeyRef>,
+    config_map: Option<RawKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyRef {
+    name: String,
+    #[serde(default = "RawKeyRef::default_key")]
+    key: String,
+}
+
+impl RawKeyRef {
+    fn default_key() -> String {
+        "ca.crt".into()
+    }
+}
+
+impl RawCertManager {
+    fn validate(&self, errors: &mut Errors) -> Option<CertManagerConfig> {
+        let mut ok = true;
+        if self.issuer_kind != "Issuer" && self.issuer_kind != "ClusterIssuer" {
+            errors.add(
+                "provider.cert_manager.issuer_kind",
+                format!("{:?} must be Issuer or ClusterIssuer", self.issuer_kind),
+            );
+            ok = false;
+        }
+        if self.timeout < Duration::from_secs(1) {
+            errors.add("provider.cert_manager.timeout", "must be at least 1s");
+            ok = false;
+        }
+        let ca_from = match &self.ca_from {
+            None => None,
+            Some(RawCaFrom {
+                secret: Some(r),
+                config_map: None,
+            }) => Some(CaSource::Secret {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }),
+            Some(RawCaFrom {
+                secret: None,
+                config_map: Some(r),
+            }) => Some(CaSource::ConfigMap {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }),
+            Some(_) => {
+                errors.add(
+                    "provider.cert_manager.ca_from",
+                    "set exactly one of secret, config_map",
+                );
+                return None;
+            }
+        };
+        ok.then(|| CertManagerConfig {
+            issuer_name: self.issuer_name.clone(),
+            issuer_kind: self.issuer_kind.clone(),
+            issuer_group: self.issuer_group.clone(),
+            namespace: self.namespace.clone(),
+            timeout: self.timeout,
+            ca_from,
+        })
+    }
+}
+
+// === vault ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: String,
+    #[serde(default = "RawVault::default_mount")]
+    mount: String,
+    #[serde(default = "RawVault::default_role")]
+    role: String,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default = "RawVault::default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(
+        default = "RawVault::default_anchors_refresh",
+        with = "humantime_serde"
+    )]
+    anchors_refresh: Duration,
+    auth: RawVaultAuth,
+}
+
+impl RawVault {
+    fn default_mount() -> String {
+        "pki".into()
+    }
+    fn default_role() -> String {
+        "openservicemesh".into()
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_anchors_refresh() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// Exactly one of the fields must be set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultAuth {
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    kubernetes: Option<RawVaultKubernetes>,
+    approle: Option<RawVaultAppRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultKubernetes {
+    #[serde(default = "RawVaultKubernetes::default_mount")]
+    mount: String,
+    role: String,
+    #[serde(default = "RawVaultKubernetes::default_jwt_file")]
+    jwt_file: PathBuf,
+}
+
+impl RawVaultKubernetes {
+    fn default_mount() -> String {
+        "kubernetes".into()
+    }
+    fn default_jwt_file() -> PathBuf {
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultAppRole {
+    #[serde(default = "RawVaultAppRole::default_mount")]
+    mount: String,
+    role_id: String,
+    secret_id_file: PathBuf,
+}
+
+impl RawVaultAppRole {
+    fn default_mount() -> String {
+        "approle".into()
+    }
+}
+
+impl RawVaultAuth {
+    fn methods(&self) -> Vec<VaultAuth> {
+        let mut methods = Vec::new();
+        if let Some(f) = &self.token_file {
+            methods.push(VaultAuth::TokenFile(f.clone()));
+        }
+        if let Some(e) = &self.token_env {
+            methods.push(VaultAuth::TokenEnv(e.clone()));
+        }
+        if let Some(k) = &self.kubernetes {
+            methods.push(VaultAuth::Kubernetes {
+                mount: k.mount.clone(),
+                role: k.role.clone(),
+                jwt_file: k.jwt_file.clone(),
+            });
+        }
+        if let Some(r) = &self.approle {
+            methods.push(VaultAuth::AppRole {
+                mount: r.mount.clone(),
+                role_id: r.role_id.clone(),
+                secret_id_file: r.secret_id_file.clone(),
+            });
+        }
+        methods
+    }
+}
+
+impl RawVault {
+    fn validate(&self, errors: &mut Errors) -> Option<VaultConfig> {
+        let before = errors.len();
+        if self.address.starts_with("http://") {
+            if !self.allow_http {
+                errors.add(
+                    "provider.vault.address",
+                    "plain http:// needs provider.vault.allow_http: true",
+                );
+            }
+        } else if !self.address.starts_with("https://") {
+            errors.add(
+                "provider.vault.address",
+                format!("{:?} must be an https:// URL", self.address),
+            );
+        }
+        let client_cert = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                errors.add(
+                    "provider.vault.client_cert_file",
+                    "client_cert_file and client_key_file go together",
+                );
+                None
+            }
+        };
+        let mut methods = self.auth.methods();
+        if methods.len() != 1 {
+            errors.add(
+                "provider.vault.auth",
+                format!(
+                    "set exactly one of token_file, token_env, kubernetes, approle (found {})",
+                    methods.len()
+                ),
+            );
+        }
+        if self.timeout.is_zero() {
+            errors.add("provider.vault.timeout", "must be greater than zero");
+        }
+        if errors.len() > before {
+            return None;
+        }
+        Some(VaultConfig {
+            address: self.address.clone(),
+            mount: self.mount.clone(),
+            role: self.role.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert,
+            allow_http: self.allow_http,
+            timeout: self.timeout,
+            anchors_refresh: self.anchors_refresh,
+            auth: methods.remove(0),
+        })
+    }
+}
