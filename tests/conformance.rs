@@ -1,0 +1,399 @@
+//! One provider conformance suite, run for every provider: the signing API
+//! must behave the same whichever backend signs.
+//!
+//! - `tresor`: meshca's own root, in process;
+//! - `vault`: a real OpenBao server (Vault's API), set up with
+//!   `examples/vault/setup-pki.sh`;
+//! - `cert_manager`: no real cluster or cert-manager can run here, so the
+//!   repository's Kubernetes API stand-in plays the API server and its CA
+//!   issuer plays cert-manager, signing independently of meshca's code.
+//!
+//! Each case is generated once per provider (`cargo test --test
+//! conformance -- --list`). Tresor signs in process and has no backend to
+//! lose or misconfigure after start, so the two backend-fault cases exist
+//! for `vault` and `cert_manager` only.
+
+mod support;
+
+use rcgen::{KeyPair, SanType};
+use serde_json::{json, Value};
+use support::kube::{CaIssuer, IssuerBehaviour, KubeStandIn};
+use support::openbao::OpenBao;
+use support::{certs, csr_with, TestDaemon};
+
+const NS: &str = "bookstore";
+const SA: &str = "bookstore";
+
+/// Lifetimes every case runs with: short enough to see the cap.
+const LIFETIMES: &str =
+    "certificates: { default_ttl: 1h, min_ttl: 10m, max_ttl: 2h }\napi: { per_identity_burst: 1000, per_identity_per_second: 1000 }\n";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tresor,
+    Vault,
+    CertManager,
+}
+
+/// A daemon signing with one provider, and that provider's backend.
+struct Harness {
+    daemon: TestDaemon,
+    bao: Option<OpenBao>,
+    kube: Option<KubeStandIn>,
+    issuer: Option<CaIssuer>,
+}
+
+impl Harness {
+    async fn start(kind: Kind) -> Self {
+        match kind {
+            Kind::Tresor => Self {
+                daemon: TestDaemon::start(LIFETIMES).await,
+                bao: None,
+                kube: None,
+                issuer: None,
+            },
+            Kind::Vault => {
+                let bao = OpenBao::dev().await;
+                bao.script("setup-pki.sh", &[]);
+                let auth = format!("{{ token_file: {} }}", bao.meshca_token_file().display());
+                let yaml = format!("{LIFETIMES}{}", bao.provider_yaml(&auth, ""));
+                Self {
+                    daemon: TestDaemon::start(&yaml).await,
+                    bao: Some(bao),
+                    kube: None,
+                    issuer: None,
+                }
+            }
+            Kind::CertManager => {
+                let kube = KubeStandIn::start().await;
+                let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+                let yaml = format!(
+                    "{LIFETIMES}kubernetes: {{ kubeconfig: {} }}\nprovider:\n  kind: cert-manager\n  cert_manager: {{ issuer_name: osm-ca, issuer_kind: Issuer, timeout: 3s }}\n",
+                    kube.kubeconfig().display()
+                );
+                Self {
+                    daemon: TestDaemon::start(&yaml).await,
+                    bao: None,
+                    kube: Some(kube),
+                    issuer: Some(issuer),
+                }
+            }
+        }
+    }
+
+    /// The anchors the backend itself says it signs under.
+    fn backend_anchors(&self) -> String {
+        if let Some(bao) = &self.bao {
+            return bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+        }
+        if let Some(issuer) = &self.issuer {
+            return issuer.ca_pem.clone();
+        }
+        std::fs::read_to_string(self.daemon.config.state_dir.join("tresor/root.crt"))
+            .expect("the generated Tresor root")
+    }
+
+    /// Send `csr` with a token for `NS/SA`.
+    async fn sign(
+        &self,
+        csr: String,
+        ttl_seconds: u64,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let token = self.daemon.token(NS, SA);
+        let body = json!({ "csr": csr, "ttl_seconds": ttl_seconds });
+        self.daemon
+            .post(&self.daemon.client().await, Some(&token), &body)
+            .await
+    }
+
+    /// Make the backend unreachable.
+    fn take_down(&mut self) {
+        if let Some(bao) = &mut self.bao {
+            bao.kill();
+        } else if let Some(kube) = &self.kube {
+            kube.set_unavailable(true);
+        }
+    }
+
+    /// Break the backend's configuration so that it refuses every request;
+    /// returns the status and code meshca must then answer.
+    fn misconfigure(&self) -> (u16, &'static str) {
+        if let Some(bao) = &self.bao {
+            // meshca's policy loses pki/sign: Vault answers 403.
+            let policy = self.daemon.config.state_dir.join("no-sign.hcl");
+            std::fs::write(
+                &policy,
+                "path \"pki/issuers\" { capabilities = [\"list\"] }\n",
+            )
+            .expect("policy file");
+            bao.cli(&["policy", "write", "meshca", &policy.display().to_string()]);
+            (500, "provider_misconfigured")
+        } else if let Some(issuer) = &self.issuer {
+            // The issuer's CA key is unusable: every request Fails.
+            issuer.set(IssuerBehaviour::Fail);
+            (502, "provider_rejected")
+        } else {
+            unreachable!("Tresor has no backend to misconfigure")
+        }
+    }
+}
+
+/// A CSR from `key` naming exactly the caller's identity, as `meshca
+/// agent` sends it (cert-manager signs only what a CSR names).
+fn named_csr(key: &KeyPair) -> String {
+    csr_with(key, |p| {
+        let dns = format!("{SA}.{NS}.cluster.local");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, dns.clone());
+        p.subject_alt_names = vec![
+            SanType::DnsName(dns.try_into().expect("dns")),
+            SanType::URI(
+                format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")
+                    .try_into()
+                    .expect("uri"),
+            ),
+        ];
+    })
+}
+
+/// Keys of every type a CSR may carry; RSA from openssl, since ring does
+/// not generate RSA keys.
+fn keys_of_every_type() -> Vec<(&'static str, KeyPair)> {
+    let rsa = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl genpkey");
+    assert!(rsa.status.success(), "openssl genpkey failed");
+    let rsa_pem = String::from_utf8(rsa.stdout).expect("PEM");
+    vec![
+        (
+            "ecdsa-p256",
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key"),
+        ),
+        (
+            "ecdsa-p384",
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key"),
+        ),
+        (
+            "ed25519",
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key"),
+        ),
+        (
+            "rsa-2048",
+            KeyPair::from_pem_and_sign_algo(&rsa_pem, &rcgen::PKCS_RSA_SHA256).expect("rsa key"),
+        ),
+    ]
+}
+
+fn leaf_of(body: &Value) -> (i64, Vec<String>) {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let der = certs(body["certificate_chain"].as_str().expect("chain")).remove(0);
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).expect("leaf");
+    let names = cert
+        .subject_alternative_name()
+        .expect("SAN extension")
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::DNSName(d) => format!("dns:{d}"),
+                    GeneralName::URI(u) => format!("uri:{u}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (cert.validity().not_after.timestamp(), names)
+}
+
+// === the cases ===
+
+async fn a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the_bundle(
+    kind: Kind,
+) {
+    let h = Harness::start(kind).await;
+    let bundle = h.daemon.bundle_pem().await;
+    for (name, key) in keys_of_every_type() {
+        let (status, _, body) = h.sign(named_csr(&key), 3600).await;
+        assert_eq!(status, 200, "{kind:?} {name}: {body}");
+        let (_, mut names) = leaf_of(&body);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("dns:{SA}.{NS}.cluster.local"),
+                format!("uri:spiffe://cluster.local/ns/{NS}/sa/{SA}"),
+            ],
+            "{kind:?} {name}"
+        );
+        let chain = body["certificate_chain"].as_str().expect("chain");
+        support::verify(chain, &bundle, webpki::KeyUsage::client_auth())
+            .unwrap_or_else(|e| panic!("{kind:?} {name}: the chain does not verify: {e:?}"));
+    }
+}
+
+async fn a_requested_lifetime_is_capped_at_max_ttl(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let (status, _, body) = h.sign(named_csr(&key), 10 * 3600).await;
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    let (not_after, _) = leaf_of(&body);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        not_after <= now + 2 * 3600 + 5,
+        "{kind:?}: {}s is beyond certificates.max_ttl (2h)",
+        not_after - now
+    );
+    assert!(
+        not_after >= now + 2 * 3600 - 120,
+        "{kind:?}: the cap, not less: {}s",
+        not_after - now
+    );
+    let stated = time::OffsetDateTime::parse(
+        body["not_after"].as_str().expect("not_after"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    assert_eq!(
+        stated.unix_timestamp(),
+        not_after,
+        "{kind:?}: read from the leaf"
+    );
+}
+
+async fn ca_requests_foreign_names_and_bad_signatures_are_refused(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let ca = csr_with(&key, |p| {
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    });
+    let foreign = csr_with(&key, |p| {
+        p.subject_alt_names = vec![SanType::DnsName(
+            "payments.payments.cluster.local".try_into().expect("dns"),
+        )];
+    });
+    let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let forged = support::csr_signed_by_another_key(&key, &other);
+    for (what, csr, status, code) in [
+        ("CA:TRUE", ca, 400, "invalid_csr"),
+        ("a foreign name", foreign, 403, "identity_mismatch"),
+        ("a bad signature", forged, 400, "invalid_csr"),
+    ] {
+        let (got, headers, body) = h.sign(csr, 3600).await;
+        assert_eq!(got, status, "{kind:?} {what}: {body}");
+        assert_eq!(body["error"]["code"], code, "{kind:?} {what}");
+        assert!(!headers.contains_key("retry-after"), "{kind:?} {what}");
+    }
+}
+
+async fn the_backends_anchors_reach_the_bundle(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let from_backend = certs(&h.backend_anchors());
+    let served = h
+        .daemon
+        .client()
+        .await
+        .get(h.daemon.url("/v1/bundle"))
+        .send()
+        .await
+        .expect("bundle")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(certs(&served), from_backend, "{kind:?}: GET /v1/bundle");
+    assert_eq!(
+        certs(&h.daemon.bundle_pem().await),
+        from_backend,
+        "{kind:?}: the bundle file"
+    );
+}
+
+async fn a_backend_that_is_down_is_retryable(kind: Kind) {
+    let mut h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let (status, _, body) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    h.take_down();
+    let (status, headers, body) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, 503, "{kind:?}: {body}");
+    assert_eq!(body["error"]["code"], "provider_unavailable", "{kind:?}");
+    let after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{kind:?}: Retry-After in seconds: {headers:?}"));
+    assert!(after >= 1, "{kind:?}");
+}
+
+async fn a_misconfigured_backend_is_not_retryable(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let (status, _, body) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    let (want_status, want_code) = h.misconfigure();
+    let (status, headers, body) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, want_status, "{kind:?}: {body}");
+    assert_eq!(body["error"]["code"], want_code, "{kind:?}: {body}");
+    assert!(
+        !headers.contains_key("retry-after"),
+        "{kind:?}: repeating cannot help"
+    );
+}
+
+/// One module per provider, each case named with it.
+macro_rules! conformance {
+    ($provider:ident, $kind:expr, [$($case:ident),* $(,)?]) => {
+        mod $provider {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($kind).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    tresor,
+    super::Kind::Tresor,
+    [
+        a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the_bundle,
+        a_requested_lifetime_is_capped_at_max_ttl,
+        ca_requests_foreign_names_and_bad_signatures_are_refused,
+        the_backends_anchors_reach_the_bundle,
+    ]
+);
+
+conformance!(
+    vault,
+    super::Kind::Vault,
+    [
+        a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the_bundle,
+        a_requested_lifetime_is_capped_at_max_ttl,
+        ca_requests_foreign_names_and_bad_signatures_are_refused,
+        the_backends_anchors_reach_the_bundle,
+        a_backend_that_is_down_is_retryable,
+        a_misconfigured_backend_is_not_retryable,
+    ]
+);
+
+conformance!(
+    cert_manager,
+    super::Kind::CertManager,
+    [
+        a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the_bundle,
+        a_requested_lifetime_is_capped_at_max_ttl,
+        ca_requests_foreign_names_and_bad_signatures_are_refused,
+        the_backends_anchors_reach_the_bundle,
+        a_backend_that_is_down_is_retryable,
+        a_misconfigured_backend_is_not_retryable,
+    ]
+);
