@@ -734,3 +734,62 @@ async fn a_restart_during_distribute_keeps_the_old_anchors_and_counts_the_switch
         "bounded by max_ttl: {status}"
     );
 }
+
+/// Requests OpenBao's audit device logged (one JSON line each), by path.
+fn audited_requests(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "request")
+        .map(|e| e["request"]["path"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_swap_away_from_vault_retires_it_meshca_sends_vault_nothing_more() {
+    let bao = support::openbao::OpenBao::dev_audited().await;
+    bao.script("setup-pki.sh", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = bao.audit_log();
+    // A short-lived token: meshca renews it about every 2 s while Vault is
+    // its provider.
+    let token = bao.cli(&[
+        "token",
+        "create",
+        "-policy=meshca",
+        "-ttl=3s",
+        "-field=token",
+    ]);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).expect("token file");
+    let vault = bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), "");
+    let d = TestDaemon::start_from_file(&format!("{COMMON}{vault}")).await;
+
+    // While Vault signs, meshca keeps its token alive.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !audited_requests(&audit)
+        .iter()
+        .any(|p| p == "auth/token/renew-self")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "meshca never renewed its Vault token"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    d.rewrite_config(COMMON);
+    wait_stage(&d, "retire").await;
+    let at_retire = audited_requests(&audit).len();
+    // Well beyond several renewal periods of the 3 s token.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = audited_requests(&audit);
+    assert_eq!(
+        after[at_retire..],
+        [] as [String; 0],
+        "Vault requests after the retire stage"
+    );
+    let status = rotation(&d).await;
+    assert_eq!(status["provider"], "tresor", "{status}");
+}

@@ -54,13 +54,26 @@ impl Drop for OpenBao {
 impl OpenBao {
     /// `bao server -dev` with a known root token.
     pub async fn dev() -> Self {
-        Self::dev_with(false).await
+        Self::dev_with(false, false).await
+    }
+
+    /// `bao server -dev` with a file audit device, declared in the server's
+    /// configuration as OpenBao requires, logging every request to
+    /// [`OpenBao::audit_log`].
+    pub async fn dev_audited() -> Self {
+        Self::dev_with(false, true).await
+    }
+
+    /// The audit log of a [`OpenBao::dev_audited`] server: one JSON object
+    /// per line, a `request` and a `response` entry per request.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
     }
 
     /// `bao server -dev -dev-tls`: HTTPS with a generated CA, whose
     /// certificate is [`OpenBao::tls_ca`].
     pub async fn dev_tls() -> Self {
-        Self::dev_with(true).await
+        Self::dev_with(true, false).await
     }
 
     /// The CA of a `-dev-tls` server.
@@ -68,7 +81,7 @@ impl OpenBao {
         self.dir.path().join("tls/vault-ca.pem")
     }
 
-    async fn dev_with(tls: bool) -> Self {
+    async fn dev_with(tls: bool, audited: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let scheme = if tls { "https" } else { "http" };
@@ -86,6 +99,15 @@ impl OpenBao {
             "-dev-root-token-id=meshca-test-root".to_owned(),
             format!("-dev-listen-address=127.0.0.1:{port}"),
         ];
+        if audited {
+            let config = bao.dir.path().join("audit.hcl");
+            let stanza = format!(
+                "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                bao.audit_log().display()
+            );
+            std::fs::write(&config, stanza).expect("audit config");
+            args.push(format!("-config={}", config.display()));
+        }
         if tls {
             args.push("-dev-tls".to_owned());
             args.push(format!(
