@@ -119,49 +119,13 @@ impl IngressModel {
         let mut backends = Vec::new();
         for b in raw_backends {
             let backend = if v1 {
-                let Some(service) = b.get("service") else {
+                match backend_v1(b).map_err(fail)? {
+                    Some(backend) => backend,
                     // A resource backend is not a mesh service.
-                    continue;
-                };
-                let name = service
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| fail("a backend service has no name".into()))?;
-                let port = match (
-                    service.pointer("/port/number").and_then(Value::as_u64),
-                    service.pointer("/port/name").and_then(Value::as_str),
-                ) {
-                    (Some(n), _) => BackendPort::Number(
-                        u16::try_from(n).map_err(|_| fail(format!("port {n} out of range")))?,
-                    ),
-                    (None, Some(n)) => BackendPort::Name(n.to_owned()),
-                    _ => return Err(fail(format!("backend {name} has no port"))),
-                };
-                Backend {
-                    service: name.to_owned(),
-                    port,
+                    None => continue,
                 }
             } else {
-                let name = b
-                    .get("serviceName")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| fail("a backend has no serviceName".into()))?;
-                let port = match b.get("servicePort") {
-                    Some(Value::Number(n)) => BackendPort::Number(
-                        n.as_u64()
-                            .and_then(|n| u16::try_from(n).ok())
-                            .ok_or_else(|| fail(format!("port {n} out of range")))?,
-                    ),
-                    Some(Value::String(s)) => match s.parse::<u16>() {
-                        Ok(n) => BackendPort::Number(n),
-                        Err(_) => BackendPort::Name(s.clone()),
-                    },
-                    _ => return Err(fail(format!("backend {name} has no servicePort"))),
-                };
-                Backend {
-                    service: name.to_owned(),
-                    port,
-                }
+                backend_v1beta1(b).map_err(fail)?
             };
             if !backends.contains(&backend) {
                 backends.push(backend);
@@ -174,6 +138,55 @@ impl IngressModel {
             backends,
         })
     }
+}
+
+/// A `networking.k8s.io/v1` backend; `None` for a resource backend.
+fn backend_v1(b: &Value) -> Result<Option<Backend>, String> {
+    let Some(service) = b.get("service") else {
+        return Ok(None);
+    };
+    let name = service
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("a backend service has no name")?;
+    let port = match (
+        service.pointer("/port/number").and_then(Value::as_u64),
+        service.pointer("/port/name").and_then(Value::as_str),
+    ) {
+        (Some(n), _) => {
+            BackendPort::Number(u16::try_from(n).map_err(|_| format!("port {n} out of range"))?)
+        }
+        (None, Some(n)) => BackendPort::Name(n.to_owned()),
+        _ => return Err(format!("backend {name} has no port")),
+    };
+    Ok(Some(Backend {
+        service: name.to_owned(),
+        port,
+    }))
+}
+
+/// A `v1beta1` backend (`serviceName`, `servicePort` number or name).
+fn backend_v1beta1(b: &Value) -> Result<Backend, String> {
+    let name = b
+        .get("serviceName")
+        .and_then(Value::as_str)
+        .ok_or("a backend has no serviceName")?;
+    let port = match b.get("servicePort") {
+        Some(Value::Number(n)) => BackendPort::Number(
+            n.as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| format!("port {n} out of range"))?,
+        ),
+        Some(Value::String(s)) => match s.parse::<u16>() {
+            Ok(n) => BackendPort::Number(n),
+            Err(_) => BackendPort::Name(s.clone()),
+        },
+        _ => return Err(format!("backend {name} has no servicePort")),
+    };
+    Ok(Backend {
+        service: name.to_owned(),
+        port,
+    })
 }
 
 #[cfg(test)]

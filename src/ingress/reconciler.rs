@@ -246,6 +246,18 @@ async fn reconcile(
     mesh: &Mesh,
     bundle: &BundleReceiver,
 ) -> Result<Duration, KubeError> {
+    let wanted = wanted_secrets(client, resource, icfg, mesh).await?;
+    sync_secrets(client, issuer, &wanted, bundle).await
+}
+
+/// The Secrets the Ingresses in monitored namespaces need, keyed by
+/// `(namespace, name)`; managed annotations are kept in step on the way.
+async fn wanted_secrets(
+    client: &kube::Client,
+    resource: &ApiResource,
+    icfg: &IngressConfig,
+    mesh: &Mesh,
+) -> Result<BTreeMap<(String, String), Wanted>, KubeError> {
     let monitored = monitored_namespaces(client, icfg).await?;
     let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     let list = ingresses
@@ -310,6 +322,18 @@ async fn reconcile(
         );
     }
 
+    Ok(wanted)
+}
+
+/// Make meshca's ingress Secrets exactly `wanted`: delete the unneeded,
+/// write the missing and those due for renewal (or signed by an earlier
+/// signer, or holding an old bundle). Returns when the next is due.
+async fn sync_secrets(
+    client: &kube::Client,
+    issuer: &Issuer,
+    wanted: &BTreeMap<(String, String), Wanted>,
+    bundle: &BundleReceiver,
+) -> Result<Duration, KubeError> {
     // Existing Secrets of ours.
     let secrets: Api<Secret> = Api::all(client.clone());
     let selector = format!("{}={},{PURPOSE}", MANAGED_BY.0, MANAGED_BY.1);
@@ -354,7 +378,7 @@ async fn reconcile(
             _ => write_secret(client, issuer, &key, w, &bundle_pem, Some(s)).await?,
         }
     }
-    for (key, w) in &wanted {
+    for (key, w) in wanted {
         if !seen.contains(key) {
             write_secret(client, issuer, key, w, &bundle_pem, None).await?;
         }

@@ -303,72 +303,83 @@ pub fn render(
                 "osm-ca-bundle.pem (the trust bundle; no private key):\n{pem}"
             ));
         }
-        Controller::Gloo => {
-            let pem = options
-                .bundle_pem
-                .as_ref()
-                .ok_or(RenderError::BundleNeeded("gloo"))?;
-            out.objects.push(reclass(&ingress.object, "gloo"));
-            let secret_name = "meshca-ca-bundle";
-            out.notes.push(
-                "Gloo routes this Ingress's Services through the Upstreams below (named as Gloo's discovery names them), which verify the backend's identity with the bundle copy.".to_owned(),
-            );
-            for backend in &ingress.backends {
-                let identity = identities
-                    .get(backend)
-                    .ok_or_else(|| RenderError::Identity {
-                        ingress: ingress.name.clone(),
-                        message: format!("no identity for backend {}", backend.service),
-                    })?;
-                let mut kube = json!({ "serviceName": backend.service, "serviceNamespace": ingress.namespace });
-                match &backend.port {
-                    super::BackendPort::Number(n) => kube["servicePort"] = json!(n),
-                    super::BackendPort::Name(n) => {
-                        out.notes.push(format!(
-                            "Upstream for {}: set spec.kube.servicePort to the number of port {n:?}.",
-                            backend.service
-                        ));
-                    }
-                }
-                let mut ssl = json!({
-                    "sni": identity.dns_name(),
-                    "secretRef": { "name": secret_name, "namespace": options.gloo_namespace },
-                    "verifySubjectAltName": [identity.dns_name()],
-                });
-                if let Some((ns, name)) = &options.client_secret {
-                    out.notes.push(format!(
-                        "For mTLS to backends, copy {ns}/{name} (tls.crt, tls.key, ca.crt) to {}/{secret_name}.",
-                        options.gloo_namespace
-                    ));
-                    ssl["secretRef"]["name"] = json!(secret_name);
-                }
-                // Named as Gloo's discovery names a Service's upstream, so
-                // Ingress routes to this Service use it.
-                out.objects.push(json!({
-                    "apiVersion": "gloo.solo.io/v1",
-                    "kind": "Upstream",
-                    "metadata": {
-                        "name": format!("{}-{}-{}", ingress.namespace, backend.service, backend.port),
-                        "namespace": options.gloo_namespace,
-                        "labels": { "app.kubernetes.io/managed-by": "meshca" },
-                    },
-                    "spec": { "kube": kube, "sslConfig": ssl },
-                }));
-            }
-            out.objects.push(json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": secret_name,
-                    "namespace": options.gloo_namespace,
-                    "labels": { "app.kubernetes.io/managed-by": "meshca" },
-                },
-                "type": "kubernetes.io/tls",
-                "stringData": { "ca.crt": pem, "tls.crt": "", "tls.key": "" },
-            }));
-        }
+        Controller::Gloo => render_gloo(ingress, identities, options, &mut out)?,
     }
     Ok(out)
+}
+
+/// Gloo: the Ingress for Gloo's class, an Upstream per backend that
+/// verifies its identity, and a copy of the bundle for them.
+fn render_gloo(
+    ingress: &IngressModel,
+    identities: &BTreeMap<Backend, Identity>,
+    options: &RenderOptions,
+    out: &mut Rendered,
+) -> Result<(), RenderError> {
+    let pem = options
+        .bundle_pem
+        .as_ref()
+        .ok_or(RenderError::BundleNeeded("gloo"))?;
+    out.objects.push(reclass(&ingress.object, "gloo"));
+    let secret_name = "meshca-ca-bundle";
+    out.notes.push(
+        "Gloo routes this Ingress's Services through the Upstreams below (named as Gloo's discovery names them), which verify the backend's identity with the bundle copy.".to_owned(),
+    );
+    for backend in &ingress.backends {
+        let identity = identities
+            .get(backend)
+            .ok_or_else(|| RenderError::Identity {
+                ingress: ingress.name.clone(),
+                message: format!("no identity for backend {}", backend.service),
+            })?;
+        let mut kube =
+            json!({ "serviceName": backend.service, "serviceNamespace": ingress.namespace });
+        match &backend.port {
+            super::BackendPort::Number(n) => kube["servicePort"] = json!(n),
+            super::BackendPort::Name(n) => {
+                out.notes.push(format!(
+                    "Upstream for {}: set spec.kube.servicePort to the number of port {n:?}.",
+                    backend.service
+                ));
+            }
+        }
+        let mut ssl = json!({
+            "sni": identity.dns_name(),
+            "secretRef": { "name": secret_name, "namespace": options.gloo_namespace },
+            "verifySubjectAltName": [identity.dns_name()],
+        });
+        if let Some((ns, name)) = &options.client_secret {
+            out.notes.push(format!(
+                "For mTLS to backends, copy {ns}/{name} (tls.crt, tls.key, ca.crt) to {}/{secret_name}.",
+                options.gloo_namespace
+            ));
+            ssl["secretRef"]["name"] = json!(secret_name);
+        }
+        // Named as Gloo's discovery names a Service's upstream, so
+        // Ingress routes to this Service use it.
+        out.objects.push(json!({
+            "apiVersion": "gloo.solo.io/v1",
+            "kind": "Upstream",
+            "metadata": {
+                "name": format!("{}-{}-{}", ingress.namespace, backend.service, backend.port),
+                "namespace": options.gloo_namespace,
+                "labels": { "app.kubernetes.io/managed-by": "meshca" },
+            },
+            "spec": { "kube": kube, "sslConfig": ssl },
+        }));
+    }
+    out.objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": options.gloo_namespace,
+            "labels": { "app.kubernetes.io/managed-by": "meshca" },
+        },
+        "type": "kubernetes.io/tls",
+        "stringData": { "ca.crt": pem, "tls.crt": "", "tls.key": "" },
+    }));
+    Ok(())
 }
 
 /// Quote a scalar that YAML 1.1 (what kubectl and Kubernetes read) would

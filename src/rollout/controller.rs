@@ -278,49 +278,11 @@ impl Rollout {
             .map_err(|e| e.to_string())?;
         tx.send_modify(|s| s.incoming = Some(kind.clone()));
 
-        // 1. Distribute: old + new anchors everywhere, then wait. The old
-        // anchors are noted first, so a restart from here keeps them.
-        let (current, _) = self.signer.current();
-        let current_pem = pem(&current.trust_anchors().await.map_err(|e| e.to_string())?);
-        tx.send_modify(|s| {
-            if !s.retained.iter().any(|r| r.pem == current_pem) {
-                s.retained.push(Retained {
-                    pem: current_pem.clone(),
-                    until: None,
-                });
-            }
-        });
-        self.enter(tx, Stage::Distribute);
-        self.anchors.retain("incoming", new_anchors.clone(), None);
-        let mut bundle = self.bundle.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            let has_all = {
-                let b = bundle.borrow_and_update();
-                new_anchors.iter().all(|a| b.anchors().contains(a))
-            };
-            if has_all && self.publish.check().is_ok() {
-                break;
-            }
-            if superseded(config, target) {
-                return Ok(Outcome::Superseded);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(
-                    "the new anchors did not reach every bundle sink within 5 minutes".into(),
-                );
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return Err("shutting down".into()),
-                _ = bundle.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Err("shutting down".into()),
-            () = tokio::time::sleep(target.propagation_delay) => {}
-        }
-        if superseded(config, target) {
+        // 1. Distribute: old + new anchors everywhere, then wait.
+        if let Outcome::Superseded = self
+            .distribute(&new_anchors, target, tx, config, shutdown)
+            .await?
+        {
             return Ok(Outcome::Superseded);
         }
 
@@ -375,6 +337,63 @@ impl Rollout {
         // renewal, a re-login) now; its anchors stay until `until`.
         old_stop.cancel();
         self.enter(tx, Stage::Retire);
+        Ok(Outcome::Done)
+    }
+
+    /// Put the incoming anchors beside the current ones, wait until every
+    /// sink holds them, then the propagation delay. The current anchors are
+    /// noted as retained first, so a restart from here keeps them.
+    async fn distribute(
+        &self,
+        new_anchors: &[CertificateDer<'static>],
+        target: &Target,
+        tx: &watch::Sender<RolloutStatus>,
+        config: &watch::Receiver<Target>,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, String> {
+        let (current, _) = self.signer.current();
+        let current_pem = pem(&current.trust_anchors().await.map_err(|e| e.to_string())?);
+        tx.send_modify(|s| {
+            if !s.retained.iter().any(|r| r.pem == current_pem) {
+                s.retained.push(Retained {
+                    pem: current_pem.clone(),
+                    until: None,
+                });
+            }
+        });
+        self.enter(tx, Stage::Distribute);
+        self.anchors.retain("incoming", new_anchors.to_vec(), None);
+        let mut bundle = self.bundle.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let has_all = {
+                let b = bundle.borrow_and_update();
+                new_anchors.iter().all(|a| b.anchors().contains(a))
+            };
+            if has_all && self.publish.check().is_ok() {
+                break;
+            }
+            if superseded(config, target) {
+                return Ok(Outcome::Superseded);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(
+                    "the new anchors did not reach every bundle sink within 5 minutes".into(),
+                );
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err("shutting down".into()),
+                _ = bundle.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err("shutting down".into()),
+            () = tokio::time::sleep(target.propagation_delay) => {}
+        }
+        if superseded(config, target) {
+            return Ok(Outcome::Superseded);
+        }
         Ok(Outcome::Done)
     }
 }

@@ -103,11 +103,9 @@ fn judge(cr: &Value) -> Option<Result<Outcome, ProviderError>> {
     }
 }
 
-pub(crate) async fn issue(
-    cm: &CertManager,
-    request_b64: String,
-    leaf: &LeafProfile,
-) -> Result<Outcome, ProviderError> {
+/// The CertificateRequest for one CSR: labelled for cleanup and for the
+/// identity it is for, never a CA, with the four usages of a mesh leaf.
+fn certificate_request(cm: &CertManager, request_b64: String, leaf: &LeafProfile) -> DynamicObject {
     let c = &cm.config;
     let identity = leaf.identity();
     let mut cr = DynamicObject::new("", &cm.resource);
@@ -140,6 +138,16 @@ pub(crate) async fn issue(
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
         }
     });
+    cr
+}
+
+pub(crate) async fn issue(
+    cm: &CertManager,
+    request_b64: String,
+    leaf: &LeafProfile,
+) -> Result<Outcome, ProviderError> {
+    let c = &cm.config;
+    let cr = certificate_request(cm, request_b64, leaf);
     let unavailable = |m: String| ProviderError::Unavailable {
         message: m,
         retry_after: Duration::from_secs(10),

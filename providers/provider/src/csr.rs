@@ -3,7 +3,7 @@ use std::fmt;
 use thiserror::Error;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
     OID_SIG_ED25519,
@@ -159,75 +159,21 @@ impl ValidatedCsr {
         let key_algorithm = key_algorithm(spki)?;
         csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
-        let allowed_dns = identity.dns_name();
-        let allowed_uri = identity.spiffe_id();
-        let extra_dns: Vec<&str> = extra
-            .iter()
-            .filter_map(|n| match n {
-                ServerName::Dns(d) => Some(d.as_str()),
-                ServerName::Ip(_) => None,
-            })
-            .collect();
-        let extra_ips: Vec<std::net::IpAddr> = extra
-            .iter()
-            .filter_map(|n| match n {
-                ServerName::Ip(ip) => Some(*ip),
-                ServerName::Dns(_) => None,
-            })
-            .collect();
-        let refuse = |requested: &str| CsrError::NameNotAllowed {
-            requested: requested.to_owned(),
-            identity: allowed_dns.clone(),
-        };
-        let mut requested = BTreeSet::new();
-
+        let allowed = Allowed::new(identity, extra);
         for cn in info.subject.iter_common_name() {
             let cn = cn
                 .as_str()
                 .map_err(|_| CsrError::Malformed("subject CN is not a string".into()))?;
-            if cn != allowed_dns {
-                return Err(refuse(cn));
+            if cn != allowed.dns {
+                return Err(allowed.refuse(cn));
             }
         }
-
+        let mut requested = BTreeSet::new();
         for attr in info.iter_attributes() {
             match &attr.parsed_attribute() {
                 ParsedCriAttribute::ExtensionRequest(req) => {
                     for ext in &req.extensions {
-                        match &ext.parsed_extension() {
-                            ParsedExtension::SubjectAlternativeName(san) => {
-                                for name in &san.general_names {
-                                    match name {
-                                        GeneralName::DNSName(n)
-                                            if *n == allowed_dns || extra_dns.contains(n) =>
-                                        {
-                                            requested.insert(format!("DNS:{n}"));
-                                        }
-                                        GeneralName::URI(u) if *u == allowed_uri => {
-                                            requested.insert(format!("URI:{u}"));
-                                        }
-                                        GeneralName::IPAddress(b) => match ip_from_bytes(b) {
-                                            Some(ip) if extra_ips.contains(&ip) => {
-                                                requested.insert(format!("IP:{ip}"));
-                                            }
-                                            _ => return Err(refuse(&name.to_string())),
-                                        },
-                                        other => return Err(refuse(&other.to_string())),
-                                    }
-                                }
-                            }
-                            ParsedExtension::BasicConstraints(bc) if bc.ca => {
-                                return Err(CsrError::CaRequested)
-                            }
-                            // Usages are decided by policy, not copied; a
-                            // request may state them, as Go and OpenSSL do.
-                            ParsedExtension::BasicConstraints(_)
-                            | ParsedExtension::KeyUsage(_)
-                            | ParsedExtension::ExtendedKeyUsage(_) => {}
-                            _ => {
-                                return Err(CsrError::UnsupportedExtension(ext.oid.to_id_string()))
-                            }
-                        }
+                        allowed.check_extension(ext, &mut requested)?;
                     }
                 }
                 ParsedCriAttribute::ChallengePassword(_) => {}
@@ -332,6 +278,84 @@ fn rsa_bits(modulus: &[u8]) -> usize {
         None => return 0,
     };
     trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
+}
+
+/// The names a CSR may request: the identity's two, plus the daemon's own
+/// server names for its serving certificate.
+struct Allowed<'a> {
+    dns: String,
+    uri: String,
+    extra_dns: Vec<&'a str>,
+    extra_ips: Vec<std::net::IpAddr>,
+}
+
+impl<'a> Allowed<'a> {
+    fn new(identity: &Identity, extra: &'a [ServerName]) -> Self {
+        Self {
+            dns: identity.dns_name(),
+            uri: identity.spiffe_id(),
+            extra_dns: extra
+                .iter()
+                .filter_map(|n| match n {
+                    ServerName::Dns(d) => Some(d.as_str()),
+                    ServerName::Ip(_) => None,
+                })
+                .collect(),
+            extra_ips: extra
+                .iter()
+                .filter_map(|n| match n {
+                    ServerName::Ip(ip) => Some(*ip),
+                    ServerName::Dns(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    fn refuse(&self, requested: &str) -> CsrError {
+        CsrError::NameNotAllowed {
+            requested: requested.to_owned(),
+            identity: self.dns.clone(),
+        }
+    }
+
+    /// Accept one requested extension, adding its names to `requested`,
+    /// or say why the CSR is refused.
+    fn check_extension(
+        &self,
+        ext: &X509Extension<'_>,
+        requested: &mut BTreeSet<String>,
+    ) -> Result<(), CsrError> {
+        match &ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    requested.insert(self.check_name(name)?);
+                }
+                Ok(())
+            }
+            ParsedExtension::BasicConstraints(bc) if bc.ca => Err(CsrError::CaRequested),
+            // Usages are decided by policy, not copied; a request may state
+            // them, as Go and OpenSSL do.
+            ParsedExtension::BasicConstraints(_)
+            | ParsedExtension::KeyUsage(_)
+            | ParsedExtension::ExtendedKeyUsage(_) => Ok(()),
+            _ => Err(CsrError::UnsupportedExtension(ext.oid.to_id_string())),
+        }
+    }
+
+    /// The requested SAN in the form the leaf's set uses, if allowed.
+    fn check_name(&self, name: &GeneralName<'_>) -> Result<String, CsrError> {
+        match name {
+            GeneralName::DNSName(n) if *n == self.dns || self.extra_dns.contains(n) => {
+                Ok(format!("DNS:{n}"))
+            }
+            GeneralName::URI(u) if *u == self.uri => Ok(format!("URI:{u}")),
+            GeneralName::IPAddress(b) => match ip_from_bytes(b) {
+                Some(ip) if self.extra_ips.contains(&ip) => Ok(format!("IP:{ip}")),
+                _ => Err(self.refuse(&name.to_string())),
+            },
+            other => Err(self.refuse(&other.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
