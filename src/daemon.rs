@@ -26,7 +26,7 @@ use crate::ingress::{self, Mesh};
 use crate::issuer::{IssueError, Issuer};
 use crate::metrics::Metrics;
 use crate::provider::{self, BuildError};
-use crate::rollout::{self, AnchorSet, Rollout, RolloutStatus, Signer, StateStore, Target};
+use crate::rollout::{self, Rollout, RolloutStatus, Signer, StateStore, Target};
 use crate::supervisor::{Spawner, Supervisor};
 
 /// The ConfigMap (in meshca's namespace) holding the rollout state.
@@ -105,7 +105,6 @@ impl RunningDaemon {
 /// What signs and what the bundle holds, as built at start.
 struct Signing {
     signer: Arc<Signer>,
-    retained: Arc<AnchorSet>,
     restored: RolloutStatus,
     bundle_tx: watch::Sender<Arc<TrustBundle>>,
     bundle: BundleReceiver,
@@ -148,7 +147,6 @@ async fn build(
     let cluster = Cluster::join(config.kubernetes.as_ref(), spawner).await?;
     let signing = signing(config, cluster.as_ref(), &metrics, spawner).await?;
     let publish = publish_bundle(config, cluster.as_ref(), &signing, &metrics, spawner).await;
-    spawn_anchor_refresher(config, &signing, &metrics, spawner);
 
     let issuer = Issuer::new(
         signing.signer.clone(),
@@ -171,6 +169,7 @@ async fn build(
         &metrics,
         spawner,
     );
+    spawn_anchor_refresher(config, &signing, &rollout, &metrics, spawner);
     if let Some(cluster) = cluster.as_ref().filter(|_| config.ingress.enabled) {
         spawn_ingress(
             config,
@@ -227,21 +226,26 @@ async fn signing(
         None => None,
     }
     .or_else(|| RolloutStatus::load(&config.state_dir));
-    let retained = Arc::new(AnchorSet::default());
-    let restored = rollout::restore(
+    let now = time::OffsetDateTime::now_utc();
+    let restored = RolloutStatus::restored(
         persisted,
-        &retained,
         built.provider.kind().as_str(),
         config.certificates.max_ttl,
+        now,
     );
+    if !restored.retained.is_empty() {
+        tracing::info!(
+            sets = restored.retained.len(),
+            "kept anchors retained before the restart"
+        );
+    }
     let mut anchors = built.provider.trust_anchors().await?;
-    anchors.extend(retained.snapshot());
+    anchors.extend(restored.extra_anchors(now));
     let bundle = TrustBundle::new(anchors)?;
     metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
     Ok(Signing {
         signer: Signer::new(built.provider, built.stop, restored.generation),
-        retained,
         restored,
         bundle_tx,
         bundle: bundle_rx,
@@ -290,17 +294,18 @@ async fn publish_bundle(
     status
 }
 
-/// Keeps the bundle equal to the signer's anchors plus the retained ones.
+/// Keeps the bundle equal to the signer's anchors plus the ledger's.
 fn spawn_anchor_refresher(
     config: &Config,
     signing: &Signing,
+    ledger: &watch::Receiver<RolloutStatus>,
     metrics: &Arc<Metrics>,
     spawner: &Spawner,
 ) {
     spawner.spawn_child("anchor-refresher", |token| {
         rollout::anchor_refresher(
             signing.signer.clone(),
-            signing.retained.clone(),
+            ledger.clone(),
             signing.bundle_tx.clone(),
             config.bundle.refresh_interval,
             metrics.clone(),
@@ -385,7 +390,6 @@ fn spawn_rollout(
     );
     let rollout = Rollout {
         signer: signing.signer.clone(),
-        anchors: signing.retained.clone(),
         bundle: signing.bundle.clone(),
         publish: publish.clone(),
         renew_serving,

@@ -1,20 +1,30 @@
-//! The rollout task: watches the configuration for a new signer and walks
-//! the stages.
+//! The rollout driver: follows the configuration for a new signer, and
+//! performs what each [`RolloutStatus::step`] asks (build, wait, switch,
+//! renew, stop), feeding back what happened.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshca_provider::Checked;
 use rustls_pki_types::CertificateDer;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Retained, RolloutStatus, Stage, StateStore};
-use super::{AnchorSet, Signer};
+use super::state::{Effect, Event, RolloutStatus, StateStore};
+use super::Signer;
 use crate::bundle::{BundleReceiver, PublishStatus};
 use crate::provider::{self, ProviderConfig};
+
+/// How long the new anchors may take to reach every sink.
+const DISTRIBUTE_LIMIT: Duration = Duration::from_secs(300);
+/// How long signatures in flight at the switch may take to finish.
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long after a retained set's time the ledger drops it: the refresher
+/// drops it from the bundle at its time, so `GET /v1/rotation` never says
+/// steady while the bundle still holds it.
+const AFTER_BUNDLE: Duration = Duration::from_secs(1);
 
 /// What the rollout follows: the signer the configuration in force names,
 /// and how long to distribute its anchors before it signs.
@@ -30,8 +40,6 @@ pub struct Target {
 pub struct Rollout {
     /// The signer slot.
     pub signer: Arc<Signer>,
-    /// Extra anchors.
-    pub anchors: Arc<AnchorSet>,
     /// The published bundle.
     pub bundle: BundleReceiver,
     /// Whether every sink holds it.
@@ -46,82 +54,20 @@ pub struct Rollout {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-fn now_text() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
-fn pem(certs: &[CertificateDer<'static>]) -> String {
-    meshca_provider::pem::encode_certificates(certs)
-}
-
-/// Restore anchors retained before a restart into `anchors`; returns the
-/// status to start from (its generation continues).
-pub fn restore(
-    persisted: Option<RolloutStatus>,
-    anchors: &AnchorSet,
-    provider: &str,
-    max_ttl: Duration,
-) -> RolloutStatus {
-    let mut status = persisted.unwrap_or(RolloutStatus {
-        stage: Stage::Steady,
-        generation: 0,
-        provider: provider.to_owned(),
-        incoming: None,
-        retained: Vec::new(),
-        history: Vec::new(),
-    });
-    let now = OffsetDateTime::now_utc();
-    // Interrupted during distribute: the signer of the configuration in
-    // force now is the incoming one, so count a switch.
-    if status.stage == Stage::Distribute {
-        status.generation += 1;
-    }
-    // Anchors whose certificates' last expiry was not yet known when the
-    // state was saved (a restart before retire): keep them for the longest
-    // lifetime a certificate can have, since the issuance records are gone.
-    let bound = (now + max_ttl).format(&Rfc3339).ok();
-    for r in &mut status.retained {
-        if r.until.is_none() {
-            r.until.clone_from(&bound);
-        }
-    }
-    let parse = |u: &Option<String>| {
-        u.as_deref()
-            .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
-    };
-    status
-        .retained
-        .retain(|r| parse(&r.until).is_none_or(|u| u > now));
-    for (i, r) in status.retained.iter().enumerate() {
-        let certs = meshca_provider::pem::decode_certificates(r.pem.as_bytes()).unwrap_or_default();
-        anchors.retain(
-            &format!("restored-{i}"),
-            certs,
-            parse(&r.until).map(OffsetDateTime::unix_timestamp),
-        );
-    }
-    if !status.retained.is_empty() {
-        tracing::info!(
-            sets = status.retained.len(),
-            "kept anchors retained before the restart"
-        );
-    }
-    // A rollout interrupted before its switch starts again from the
-    // configuration now in force; one interrupted after it keeps retiring.
-    status.stage = if status.retained.is_empty() {
-        Stage::Steady
-    } else {
-        Stage::Retire
-    };
-    status.provider = provider.to_owned();
-    status.incoming = None;
-    status
+/// Why a rollout stopped before its switch.
+enum Stopped {
+    /// The configuration moved away from the target (a rollback, or
+    /// another signer).
+    Superseded,
+    /// The daemon is stopping; the persisted stage resumes at next start.
+    ShuttingDown,
+    /// Building, reading anchors or distributing failed.
+    Failed(String),
 }
 
 impl Rollout {
-    /// Run until `shutdown`, publishing the status on the returned channel.
+    /// Run until `shutdown`, publishing the status (which holds the anchor
+    /// ledger) on the returned channel.
     pub fn run(
         self,
         initial: RolloutStatus,
@@ -136,14 +82,12 @@ impl Rollout {
         let task = async move {
             let mut applied = config.borrow_and_update().provider.clone();
             loop {
-                // Retained anchors leave at their own time; the stage
-                // follows when the last set is gone.
-                let retire_wait = self.retire_wait(&tx);
+                let deadline = tx.borrow().next_deadline();
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = config.changed() => if r.is_err() { return },
-                    () = tokio::time::sleep(retire_wait.unwrap_or(Duration::from_secs(3600))), if retire_wait.is_some() => {
-                        self.prune_retained(&tx);
+                    () = sleep_until(deadline), if deadline.is_some() => {
+                        self.apply(&tx, Event::Tick);
                         continue;
                     }
                 }
@@ -152,21 +96,17 @@ impl Rollout {
                     continue;
                 }
                 match self.roll(&target, &tx, &config, &shutdown).await {
-                    Ok(Outcome::Done) => applied = target.provider,
-                    Ok(Outcome::Superseded) => {
+                    Ok(()) => applied = target.provider,
+                    Err(Stopped::ShuttingDown) => return,
+                    Err(Stopped::Superseded) => {
                         tracing::info!(
                             "the configuration changed again during distribute; starting over"
                         );
-                        self.abort(&tx);
                         // Re-examine the configuration now in force.
                         config.mark_changed();
                     }
-                    // Stopping: keep the persisted stage as it is, so the
-                    // next start resumes from it.
-                    Err(_) if shutdown.is_cancelled() => return,
-                    Err(e) => {
+                    Err(Stopped::Failed(e)) => {
                         tracing::error!(error = %e, "the signer change failed; the current signer stays");
-                        self.abort(&tx);
                     }
                 }
             }
@@ -174,197 +114,92 @@ impl Rollout {
         (rx, task)
     }
 
-    /// Undo a distribute that did not reach its switch.
-    fn abort(&self, tx: &watch::Sender<RolloutStatus>) {
-        self.anchors.release("incoming");
-        // The current signer's anchors, noted at distribute, are not
-        // retiring after all.
-        tx.send_modify(|s| {
-            s.incoming = None;
-            s.retained.retain(|r| r.until.is_some());
-        });
-        let stage = if tx.borrow().retained.is_empty() {
-            Stage::Steady
-        } else {
-            Stage::Retire
-        };
-        self.enter(tx, stage);
-    }
-
-    /// How long until the next retained set may go, if any is dated.
-    fn retire_wait(&self, tx: &watch::Sender<RolloutStatus>) -> Option<Duration> {
-        let now = OffsetDateTime::now_utc();
-        tx.borrow()
-            .retained
-            .iter()
-            .filter_map(|r| {
-                r.until
-                    .as_deref()
-                    .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
-            })
-            .min()
-            .map(|u| (u - now).try_into().unwrap_or(Duration::ZERO) + Duration::from_secs(1))
-    }
-
-    /// Forget retained sets whose time has passed; steady when none is left.
-    fn prune_retained(&self, tx: &watch::Sender<RolloutStatus>) {
-        let now = OffsetDateTime::now_utc();
-        tx.send_modify(|s| {
-            s.retained.retain(|r| {
-                r.until
-                    .as_deref()
-                    .and_then(|u| OffsetDateTime::parse(u, &Rfc3339).ok())
-                    .is_none_or(|u| u > now)
-            });
-        });
-        let (empty, stage) = {
-            let s = tx.borrow();
-            (s.retained.is_empty(), s.stage)
-        };
-        if empty && stage == Stage::Retire {
-            self.enter(tx, Stage::Steady);
-        } else {
-            self.store.save(&tx.borrow());
-        }
-    }
-
-    fn export(&self, status: &RolloutStatus) {
-        self.metrics
-            .rotation_generation
-            .set(i64::try_from(status.generation).unwrap_or(i64::MAX));
-        for s in Stage::ALL {
-            self.metrics
-                .rotation_stage
-                .get_or_create(&crate::metrics::StageLabels { stage: s.as_str() })
-                .set(i64::from(s == status.stage));
-        }
-    }
-
-    fn enter(&self, tx: &watch::Sender<RolloutStatus>, stage: Stage) {
-        tx.send_modify(|s| {
-            s.stage = stage;
-            s.history.push((stage, now_text()));
-            if s.history.len() > 50 {
-                s.history.remove(0);
-            }
-        });
-        tracing::info!(
-            stage = stage.as_str(),
-            generation = tx.borrow().generation,
-            "rollout stage"
-        );
-        self.export(&tx.borrow());
-        self.store.save(&tx.borrow());
-    }
-
+    /// One rollout to `target`, from build to retire.
     async fn roll(
         &self,
         target: &Target,
         tx: &watch::Sender<RolloutStatus>,
         config: &watch::Receiver<Target>,
         shutdown: &CancellationToken,
-    ) -> Result<Outcome, String> {
+    ) -> Result<(), Stopped> {
         let incoming = provider::build(&target.provider, &self.deps)
             .await
-            .map_err(|e| e.to_string())?;
-        // Until the switch, the incoming provider's task stops with any
-        // abort (the guard is defused once it signs).
-        let incoming_guard = incoming.stop.clone().drop_guard();
-        let kind = incoming.provider.kind().to_string();
-        let new_anchors = incoming
-            .provider
-            .trust_anchors()
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.send_modify(|s| s.incoming = Some(kind.clone()));
-
-        // 1. Distribute: old + new anchors everywhere, then wait.
-        if let Outcome::Superseded = self
-            .distribute(&new_anchors, target, tx, config, shutdown)
-            .await?
-        {
-            return Ok(Outcome::Superseded);
-        }
-
-        // 2. Switch.
-        let (old, _) = self.signer.current();
-        let old_anchors = old.trust_anchors().await.unwrap_or_default();
-        incoming_guard.disarm();
-        let (old_generation, old_stop) = self.signer.switch(incoming.provider, incoming.stop);
-        let tag = format!("generation-{old_generation}");
-        self.anchors.retain(&tag, old_anchors.clone(), None);
-        self.anchors.release("incoming");
-        tx.send_modify(|s| {
-            s.generation = old_generation + 1;
-            s.provider = kind.clone();
-            s.incoming = None;
-            let old = pem(&old_anchors);
-            if !s.retained.iter().any(|r| r.pem == old) {
-                s.retained.push(Retained {
-                    pem: old,
-                    until: None,
-                });
+            .map_err(|e| Stopped::Failed(e.to_string()))?;
+        let begun = self.begin(&incoming.provider, tx).await;
+        let distributed = match begun {
+            Ok(new_anchors) => {
+                self.distribute(&new_anchors, target, config, shutdown)
+                    .await
             }
-        });
-        self.enter(tx, Stage::Switch);
-
-        // 3. Re-issue: the daemon's own certificate now; agents follow the
-        // generation they see on /v1/bundle.
-        self.renew_serving.notify_one();
-        self.enter(tx, Stage::Reissue);
-        // In-flight signatures of the old generation finish meanwhile.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-
-        // 4. Retire once the last old certificate has expired.
-        let until = self
+            Err(e) => Err(e),
+        };
+        if let Err(stopped) = distributed {
+            if !matches!(stopped, Stopped::ShuttingDown) {
+                self.apply(tx, Event::Aborted);
+            }
+            incoming.stop.cancel();
+            return Err(stopped);
+        }
+        let effects = self.apply(tx, Event::Distributed);
+        if !effects.contains(&Effect::SwitchSigner) {
+            incoming.stop.cancel();
+            return Err(Stopped::Failed(
+                "the rollout state did not reach the switch".into(),
+            ));
+        }
+        let (old_generation, old_stop) = self.signer.switch(incoming.provider, incoming.stop);
+        if effects.contains(&Effect::RenewServing) {
+            self.renew_serving.notify_one();
+        }
+        // Signatures of the previous generation in flight finish meanwhile.
+        tokio::time::sleep(DRAIN).await;
+        let last_not_after = self
             .signer
             .issued_until(old_generation)
-            .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp())
-            + 1;
-        self.anchors.retain(&tag, old_anchors.clone(), Some(until));
-        let until_text = OffsetDateTime::from_unix_timestamp(until)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok());
-        let old_pem = pem(&old_anchors);
-        tx.send_modify(|s| {
-            for r in &mut s.retained {
-                if r.pem == old_pem {
-                    r.until = until_text.clone();
-                }
-            }
-        });
-        // The old provider signs no more: stop its task (a Vault token
-        // renewal, a re-login) now; its anchors stay until `until`.
-        old_stop.cancel();
-        self.enter(tx, Stage::Retire);
-        Ok(Outcome::Done)
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        if self
+            .apply(tx, Event::Drained { last_not_after })
+            .contains(&Effect::StopPrevious)
+        {
+            // It signs no more: no further token renewal or re-login.
+            old_stop.cancel();
+        }
+        Ok(())
     }
 
-    /// Put the incoming anchors beside the current ones, wait until every
-    /// sink holds them, then the propagation delay. The current anchors are
-    /// noted as retained first, so a restart from here keeps them.
+    /// Note the anchors of both signers in the ledger; returns the
+    /// incoming ones.
+    async fn begin(
+        &self,
+        incoming: &Checked,
+        tx: &watch::Sender<RolloutStatus>,
+    ) -> Result<Vec<CertificateDer<'static>>, Stopped> {
+        let failed = |e: meshca_provider::ProviderError| Stopped::Failed(e.to_string());
+        let new_anchors = incoming.trust_anchors().await.map_err(failed)?;
+        let (current, _) = self.signer.current();
+        let current = current.trust_anchors().await.map_err(failed)?;
+        self.apply(
+            tx,
+            Event::Begin {
+                provider: incoming.kind().to_string(),
+                current,
+                incoming: new_anchors.clone(),
+            },
+        );
+        Ok(new_anchors)
+    }
+
+    /// Wait until every sink holds the incoming anchors, then the
+    /// propagation delay.
     async fn distribute(
         &self,
         new_anchors: &[CertificateDer<'static>],
         target: &Target,
-        tx: &watch::Sender<RolloutStatus>,
         config: &watch::Receiver<Target>,
         shutdown: &CancellationToken,
-    ) -> Result<Outcome, String> {
-        let (current, _) = self.signer.current();
-        let current_pem = pem(&current.trust_anchors().await.map_err(|e| e.to_string())?);
-        tx.send_modify(|s| {
-            if !s.retained.iter().any(|r| r.pem == current_pem) {
-                s.retained.push(Retained {
-                    pem: current_pem.clone(),
-                    until: None,
-                });
-            }
-        });
-        self.enter(tx, Stage::Distribute);
-        self.anchors.retain("incoming", new_anchors.to_vec(), None);
+    ) -> Result<(), Stopped> {
         let mut bundle = self.bundle.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let deadline = tokio::time::Instant::now() + DISTRIBUTE_LIMIT;
         loop {
             let has_all = {
                 let b = bundle.borrow_and_update();
@@ -374,37 +209,83 @@ impl Rollout {
                 break;
             }
             if superseded(config, target) {
-                return Ok(Outcome::Superseded);
+                return Err(Stopped::Superseded);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(
+                return Err(Stopped::Failed(
                     "the new anchors did not reach every bundle sink within 5 minutes".into(),
-                );
+                ));
             }
             tokio::select! {
-                () = shutdown.cancelled() => return Err("shutting down".into()),
+                () = shutdown.cancelled() => return Err(Stopped::ShuttingDown),
                 _ = bundle.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Err("shutting down".into()),
+            () = shutdown.cancelled() => return Err(Stopped::ShuttingDown),
             () = tokio::time::sleep(target.propagation_delay) => {}
         }
         if superseded(config, target) {
-            return Ok(Outcome::Superseded);
+            return Err(Stopped::Superseded);
         }
-        Ok(Outcome::Done)
+        Ok(())
+    }
+
+    /// Step the state by `event` now; persist, export and log a change.
+    fn apply(&self, tx: &watch::Sender<RolloutStatus>, event: Event) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut entered = Vec::new();
+        let changed = tx.send_if_modified(|s| {
+            let before = s.clone();
+            effects = s.step(event, OffsetDateTime::now_utc());
+            // The stages this step entered: the history past its last
+            // entry before (the history is capped, so not by length).
+            entered = s
+                .history
+                .iter()
+                .rev()
+                .take_while(|e| Some(*e) != before.history.last())
+                .map(|(stage, _)| *stage)
+                .collect();
+            entered.reverse();
+            *s != before
+        });
+        if changed {
+            let status = tx.borrow();
+            for stage in entered {
+                tracing::info!(
+                    stage = stage.as_str(),
+                    generation = status.generation,
+                    "rollout stage"
+                );
+            }
+            self.store.save(&status);
+            self.export(&status);
+        }
+        effects
+    }
+
+    fn export(&self, status: &RolloutStatus) {
+        self.metrics
+            .rotation_generation
+            .set(i64::try_from(status.generation).unwrap_or(i64::MAX));
+        for s in super::state::Stage::ALL {
+            self.metrics
+                .rotation_stage
+                .get_or_create(&crate::metrics::StageLabels { stage: s.as_str() })
+                .set(i64::from(s == status.stage));
+        }
     }
 }
 
-/// How a rollout ended.
-enum Outcome {
-    /// The new signer signs; its predecessor's anchors are retiring.
-    Done,
-    /// The configuration changed before the switch (a rollback, or another
-    /// signer): nothing was switched.
-    Superseded,
+async fn sleep_until(deadline: Option<OffsetDateTime>) {
+    let left = deadline.map_or(Duration::ZERO, |d| {
+        (d - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+    });
+    tokio::time::sleep(left + AFTER_BUNDLE).await;
 }
 
 /// Whether the configuration moved away from `target` since the rollout to

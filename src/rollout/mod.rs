@@ -12,15 +12,22 @@
 //! Retained anchors and the stage are persisted in the state directory, so
 //! a restart does not drop anchors that valid certificates still chain to.
 
-mod anchors;
+//!
+//! The stages are a pure state machine ([`RolloutStatus::step`], in
+//! `state`); `controller` is the driver that performs what each step asks
+//! and feeds back what happened. The one ledger of anchors kept beyond the
+//! signer in force lives in the status; `refresh` puts it in the bundle.
+//! Leaf renewal timing is another matter, in `crate::renewal`.
+
 mod config;
 pub mod configmap;
 mod controller;
+mod refresh;
 mod signer;
 mod state;
 
-pub use anchors::{anchor_refresher, AnchorSet};
 pub use config::{RawRotation, RotationConfig};
-pub use controller::{restore, Rollout, Target};
+pub use controller::{Rollout, Target};
+pub use refresh::anchor_refresher;
 pub use signer::Signer;
 pub use state::{RolloutStatus, StateStore};
