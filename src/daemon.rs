@@ -418,7 +418,6 @@ async fn spawn_ingress(
     let settings = crate::reload::project(config_rx, |c| c.ingress.clone(), spawner);
     let mesh = Mesh {
         trust_domain: config.trust_domain.clone(),
-        daemon_identity: config.daemon_identity.clone(),
     };
     spawner.spawn_child("ingress-reconciler", |token| {
         ingress::reconciler(

@@ -149,18 +149,20 @@ async fn unmonitored_namespaces_and_external_name_backends_are_ignored() {
         "spec": { "defaultBackend": { "service": { "name": "elsewhere", "port": { "number": 80 } } } },
     }));
     let event = eventually("an Event explaining the rule", || {
-        kube.list("", "events", "httpbin")
+        kube.list("events.k8s.io", "events", "httpbin")
             .into_iter()
-            .find(|e| e["involvedObject"]["name"] == "cross")
+            .find(|e| e["regarding"]["name"] == "cross")
     })
     .await;
     assert!(
-        event["message"]
+        event["note"]
             .as_str()
-            .expect("message")
+            .expect("note")
             .contains("own monitored namespace"),
         "{event}"
     );
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["reason"], "BackendIgnored", "{event}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         secret(&kube, "outside").is_none(),
@@ -170,6 +172,26 @@ async fn unmonitored_namespaces_and_external_name_backends_are_ignored() {
         kube.list("", "secrets", "httpbin").is_empty(),
         "nothing for a cross-namespace backend"
     );
+    // Another pass meets the same backend again: the Event is counted in
+    // its series, not created anew.
+    kube.put("networking.k8s.io", "ingresses", json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "metadata": { "name": "cross", "namespace": "httpbin", "labels": { "touched": "yes" } },
+        "spec": { "defaultBackend": { "service": { "name": "elsewhere", "port": { "number": 80 } } } },
+    }));
+    let counted = eventually("the repeated Event counted in its series", || {
+        let events: Vec<_> = kube
+            .list("events.k8s.io", "events", "httpbin")
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == "cross")
+            .collect();
+        (events
+            .iter()
+            .any(|e| e["series"]["count"].as_i64() >= Some(2)))
+        .then_some(events)
+    })
+    .await;
+    assert_eq!(counted.len(), 1, "deduplicated: {counted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +359,49 @@ async fn managed_annotations_follow_the_configured_controller() {
     ))
     .expect_err("gloo has no annotations to manage");
     assert!(e.to_string().contains("ingress.controller"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ingress_that_cannot_be_served_does_not_hold_up_the_others() {
+    let kube = KubeStandIn::start().await;
+    httpbin(&kube, "httpbin", true);
+    // "ghost" is monitored by name but does not exist: its Secret cannot
+    // be created, every time.
+    for object in [
+        json!({ "metadata": { "name": "httpbin", "namespace": "ghost" },
+                "spec": { "selector": { "app": "httpbin" }, "ports": [{ "port": 14001 }] } }),
+    ] {
+        kube.put("", "services", object);
+    }
+    kube.put("", "pods", json!({
+        "metadata": { "name": "httpbin-1", "namespace": "ghost", "labels": { "app": "httpbin" } },
+        "spec": { "serviceAccountName": "httpbin-sa", "containers": [{ "name": "c", "image": "i" }] },
+    }));
+    let _d = TestDaemon::start(&cluster(
+        &kube,
+        "backend_protocol: https, monitored_namespaces: [ghost]",
+    ))
+    .await;
+    ingress(&kube, "ghost", "v1");
+    ingress(&kube, "httpbin", "v1");
+    eventually("the other Ingress's Secret", || secret(&kube, "httpbin")).await;
+    assert!(secret(&kube, "ghost").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_backend_secret_is_taken_back() {
+    let kube = KubeStandIn::start().await;
+    httpbin(&kube, "httpbin", true);
+    let d = TestDaemon::start(&cluster(&kube, "backend_protocol: https")).await;
+    ingress(&kube, "httpbin", "v1");
+    let mut s = eventually("the backend Secret", || secret(&kube, "httpbin")).await;
+    // Someone else writes the field meshca applies (their own manager).
+    s["data"]["ca.crt"] = json!(base64::engine::general_purpose::STANDARD.encode("not a bundle"));
+    kube.put("", "secrets", s);
+    let bundle = d.bundle_pem().await;
+    eventually("the bundle back in the Secret", || {
+        let s = secret(&kube, "httpbin")?;
+        (data(&s, "ca.crt") == bundle).then_some(())
+    })
+    .await;
 }

@@ -412,6 +412,96 @@ async fn discovery_serves_the_configured_ingress_versions_only() {
     assert_eq!(version.major, "1");
 }
 
+#[tokio::test]
+async fn server_side_apply_tracks_field_managers_conflicts_and_removals() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("demo");
+    let api: Api<ConfigMap> = Api::namespaced(client(&kube).await, "demo");
+    let cm = |data: serde_json::Value| json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "c" }, "data": data });
+    let ours = PatchParams::apply("meshca");
+    let forced = PatchParams::apply("meshca").force();
+
+    // An apply creates, and a later apply without a field drops it.
+    api.patch("c", &ours, &Patch::Apply(cm(json!({ "a": "1", "b": "2" }))))
+        .await
+        .expect("apply creates");
+    api.patch("c", &ours, &Patch::Apply(cm(json!({ "a": "1" }))))
+        .await
+        .expect("apply");
+    let data = api.get("c").await.expect("get").data.expect("data");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["a"],
+        "b was meshca's and is no longer listed"
+    );
+
+    // A user's edit of an owned field conflicts with an unforced apply...
+    api.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "a": "edited", "user": "x" } })),
+    )
+    .await
+    .expect("a user's merge patch");
+    let kube::Error::Api(refused) = api
+        .patch("c", &ours, &Patch::Apply(cm(json!({ "a": "1" }))))
+        .await
+        .expect_err("conflict")
+    else {
+        panic!("not an API error");
+    };
+    let message = refused.message;
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (409, "Conflict"),
+        "{message}"
+    );
+    assert!(message.contains("/data/a"), "{message}");
+    // ...and a forced one takes it back, leaving the user's own field.
+    api.patch("c", &forced, &Patch::Apply(cm(json!({ "a": "1" }))))
+        .await
+        .expect("forced apply");
+    let data = api.get("c").await.expect("get").data.expect("data");
+    assert_eq!((data["a"].as_str(), data["user"].as_str()), ("1", "x"));
+
+    // Another manager's apply removes nothing meshca owns.
+    api.patch(
+        "c",
+        &PatchParams::apply("someone-else"),
+        &Patch::Apply(cm(json!({}))),
+    )
+    .await
+    .expect("apply by another manager");
+    let data = api.get("c").await.expect("get").data.expect("data");
+    assert_eq!(data["a"], "1", "owned by meshca, not by someone-else");
+
+    // An apply must name its field manager.
+    let raw = reqwest_apply_without_manager(&kube).await;
+    assert_eq!(raw, 400);
+}
+
+/// An apply patch sent without `fieldManager`, which kube-rs will not send.
+async fn reqwest_apply_without_manager(kube: &KubeStandIn) -> u16 {
+    support::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(kube.ca_pem().as_bytes()).expect("ca");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    http.patch(format!(
+        "{}/api/v1/namespaces/demo/configmaps/c",
+        kube.url()
+    ))
+    .header("content-type", "application/apply-patch+yaml")
+    .body(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#)
+    .send()
+    .await
+    .expect("sent")
+    .status()
+    .as_u16()
+}
+
 fn kubectl(kube: &KubeStandIn, args: &[&str]) -> std::process::Output {
     Command::new(support::tool("kubectl"))
         .arg("--kubeconfig")

@@ -7,12 +7,15 @@
 //! - [`render`]: the configuration nginx, Azure Application Gateway (AGIC)
 //!   and Gloo need, offline (`meshca ingress render`).
 
+mod backends;
 mod config;
 pub mod model;
 mod reconciler;
 pub mod render;
+mod secrets;
 
+pub use backends::discover_ingress_api;
 pub use config::{BackendProtocol, IngressConfig, IngressContext, RawIngress};
 pub use model::BackendPort;
-pub use reconciler::{discover_ingress_api, reconciler, Mesh};
+pub use reconciler::{reconciler, Mesh};
 pub use render::{render_manifest, Controller, RenderOptions};

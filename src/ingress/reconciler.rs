@@ -1,88 +1,103 @@
-//! The ingress reconciler: for Ingresses in monitored namespaces, keep a
-//! `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`, `ca.crt`) with the
-//! identity of each HTTPS backend in the backend's namespace, renew it,
-//! delete it when no Ingress needs it; optionally keep the controller's
-//! client certificate and annotate Ingresses for nginx.
+//! The ingress reconciler, on kube-runtime's [`Controller`]: for each
+//! Ingress in a monitored namespace, keep an identity Secret for each HTTPS
+//! backend (and, optionally, the controller's annotations); keep the
+//! controller's client certificate; delete Secrets no Ingress needs.
+//!
+//! One Ingress is one reconcile: a failure requeues that Ingress alone
+//! (`error_policy`), never the others. Everything is re-reconciled when the
+//! `ingress:` settings, the bundle, the signer or the leadership change;
+//! a change to one of meshca's Secrets re-reconciles the Ingresses that need
+//! it. Events go through kube-runtime's deduplicating [`Recorder`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference, Pod, Secret, Service};
-use k8s_openapi::ByteString;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
-    PatchParams, PostParams,
-};
-use kube::runtime::watcher;
-use kube::Api;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource, ResourceExt};
 use meshca_provider::{Identity, TrustDomain};
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::backends::{backend_service_account, is_monitored};
+use super::secrets::{self, SecretKey, Wanted, FIELD_MANAGER, PURPOSE};
 use super::{BackendProtocol, IngressConfig};
 use crate::bundle::BundleReceiver;
-use crate::cluster::Cluster;
-use crate::cluster::{KubeError, MANAGED_BY};
+use crate::cluster::{Cluster, KubeError, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
 
-/// The label selecting namespaces the mesh monitors.
-const MONITORED_BY: &str = "openservicemesh.io/monitored-by";
-/// Label value of the Secrets this reconciler owns.
-const PURPOSE: &str = "meshca.io/purpose";
-const RENEW_AFTER: &str = "meshca.io/renew-after";
-const IDENTITY: &str = "meshca.io/identity";
-/// The signer generation that issued a Secret's certificate: a switch of
-/// signer re-issues every Secret at once.
-const GENERATION: &str = "meshca.io/generation";
-/// Full resync period, on top of watch events.
+/// Requeue period of an Ingress with nothing due sooner, so that a
+/// namespace's label change is seen.
 const RESYNC: Duration = Duration::from_secs(30);
-
-/// Which Ingress API to read: v1 when served, else v1beta1.
-///
-/// # Errors
-/// [`KubeError::Invalid`] when neither is served.
-pub async fn discover_ingress_api(client: &kube::Client) -> Result<ApiResource, KubeError> {
-    for version in ["v1", "v1beta1"] {
-        if let Ok(list) = client
-            .list_api_group_resources(&format!("networking.k8s.io/{version}"))
-            .await
-        {
-            if list.resources.iter().any(|r| r.name == "ingresses") {
-                tracing::info!(version, "reading networking.k8s.io Ingresses");
-                return Ok(ApiResource::from_gvk_with_plural(
-                    &GroupVersionKind::gvk("networking.k8s.io", version, "Ingress"),
-                    "ingresses",
-                ));
-            }
-        }
-    }
-    Err(KubeError::Invalid(
-        "the cluster serves neither networking.k8s.io/v1 nor networking.k8s.io/v1beta1 Ingress; disable ingress.enabled or upgrade the cluster".into(),
-    ))
-}
-
-/// What one Secret should hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Wanted {
-    identity: Identity,
-    purpose: &'static str,
-    ttl: Option<Duration>,
-}
+/// After a failed reconcile of one Ingress.
+const RETRY: Duration = Duration::from_secs(5);
+/// How often Secrets no Ingress needs are looked for (in memory).
+const SWEEP: Duration = Duration::from_secs(2);
 
 /// The mesh names a pass needs besides the run-time ingress settings.
 #[derive(Clone, Debug)]
 pub struct Mesh {
     /// The trust domain backend identities are in.
     pub trust_domain: TrustDomain,
-    /// meshca's own identity (the anchor of the annotations it removes).
-    pub daemon_identity: Identity,
+}
+
+/// Why one Ingress could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or could not be reached, or issuance failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+/// What every reconcile shares.
+struct Context {
+    client: kube::Client,
+    resource: ApiResource,
+    issuer: Issuer,
+    mesh: Mesh,
+    config: watch::Receiver<IngressConfig>,
+    bundle: BundleReceiver,
+    leader: watch::Receiver<bool>,
+    recorder: Recorder,
+    /// The Secrets each Ingress needs, as its last reconcile found.
+    needs: Mutex<HashMap<ObjectRef<DynamicObject>, BTreeSet<SecretKey>>>,
+}
+
+impl Context {
+    fn acting(&self) -> Option<IngressConfig> {
+        let config = self.config.borrow().clone();
+        (config.enabled && *self.leader.borrow()).then_some(config)
+    }
+
+    fn set_needs(&self, ingress: ObjectRef<DynamicObject>, keys: BTreeSet<SecretKey>) {
+        if let Ok(mut needs) = self.needs.lock() {
+            needs.insert(ingress, keys);
+        }
+    }
+
+    fn needing(&self, key: &SecretKey) -> Vec<ObjectRef<DynamicObject>> {
+        self.needs.lock().map_or_else(
+            |_| Vec::new(),
+            |needs| {
+                needs
+                    .iter()
+                    .filter(|(_, keys)| keys.contains(key))
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            },
+        )
+    }
 }
 
 /// The reconciler task, to spawn; it acts only while this replica leads.
@@ -91,406 +106,303 @@ pub fn reconciler(
     resource: ApiResource,
     issuer: Issuer,
     mesh: Mesh,
-    mut config: watch::Receiver<IngressConfig>,
-    mut bundle: BundleReceiver,
+    config: watch::Receiver<IngressConfig>,
+    bundle: BundleReceiver,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let client = cluster.client.clone();
-    let mut leader = cluster.leader.clone();
-    async move {
-        let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let mut events = watcher(ingresses, watcher::Config::default()).boxed();
-        let mut next_wake = RESYNC;
-        let mut seen_generation = issuer.signer().generation();
-        let mut generation_check = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            let cfg = config.borrow().clone();
-            if cfg.enabled && *leader.borrow() {
-                match reconcile(&client, &resource, &issuer, &cfg, &mesh, &bundle).await {
-                    Ok(wake) => next_wake = wake.min(RESYNC),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ingress reconciliation failed; retrying");
-                        next_wake = Duration::from_secs(2);
-                    }
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(next_wake) => {}
-                r = config.changed() => if r.is_err() { return },
-                r = bundle.changed() => if r.is_err() { return },
-                r = leader.changed() => if r.is_err() { return },
-                _ = generation_check.tick() => {
-                    // A new signer: re-issue everything it did not sign.
-                    let now = issuer.signer().generation();
-                    if now == seen_generation {
-                        continue;
-                    }
-                    seen_generation = now;
-                }
-                e = events.next() => match e {
-                    Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => {}
-                    Some(Ok(_)) => continue,
-                    Some(Err(err)) => {
-                        tracing::debug!(error = %err, "Ingress watch interrupted; resuming");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    None => return,
-                },
-            }
-        }
-    }
-}
-
-async fn monitored_namespaces(
-    client: &kube::Client,
-    cfg: &IngressConfig,
-) -> Result<BTreeSet<String>, KubeError> {
-    let mut set: BTreeSet<String> = cfg.monitored_namespaces.iter().cloned().collect();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let labelled = namespaces
-        .list(&ListParams::default().labels(MONITORED_BY))
-        .await
-        .map_err(KubeError::api("list monitored namespaces"))?;
-    set.extend(labelled.items.into_iter().filter_map(|n| n.metadata.name));
-    Ok(set)
-}
-
-/// The ServiceAccount behind a backend Service: its pods' (by selector),
-/// else the `meshca.io/service-account` annotation of the Service or the
-/// Ingress. `Err` explains why the backend is skipped.
-async fn backend_service_account(
-    client: &kube::Client,
-    namespace: &str,
-    service: &str,
-    ingress: &IngressModel,
-) -> Result<String, String> {
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let svc = services
-        .get_opt(service)
-        .await
-        .map_err(|e| format!("failed to read Service {namespace}/{service}: {e}"))?
-        .ok_or_else(|| format!("Service {namespace}/{service} does not exist"))?;
-    let spec = svc.spec.unwrap_or_default();
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Err(format!(
-            "Service {namespace}/{service} is an ExternalName for {}: meshca provisions identities only for backends in the Ingress's own monitored namespace",
-            spec.external_name.unwrap_or_default()
-        ));
-    }
-    if let Some(selector) = spec.selector.filter(|s| !s.is_empty()) {
-        let labels = selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        if let Ok(list) = pods.list(&ListParams::default().labels(&labels)).await {
-            if let Some(sa) = list
-                .items
-                .into_iter()
-                .find_map(|p| p.spec.and_then(|s| s.service_account_name))
-            {
-                return Ok(sa);
-            }
-        }
-    }
-    let annotated = svc
-        .metadata
-        .annotations
-        .and_then(|a| a.get("meshca.io/service-account").cloned())
-        .or_else(|| {
-            ingress
-                .object
-                .pointer("/metadata/annotations/meshca.io~1backend-service-account")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-    annotated.ok_or_else(|| {
-        format!("no pod selected by Service {namespace}/{service} and no meshca.io/service-account annotation: its identity is unknown")
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "meshca".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let triggers = futures_util::stream::select_all([
+        changes(config.clone()),
+        changes(bundle.clone()),
+        changes(cluster.leader.clone()),
+        changes(issuer.signer().subscribe()),
+    ]);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        resource: resource.clone(),
+        issuer,
+        mesh,
+        config,
+        bundle,
+        leader: cluster.leader.clone(),
+        recorder,
+        needs: Mutex::default(),
+    });
+    let ours =
+        watcher::Config::default().labels(&format!("{}={},{PURPOSE}", MANAGED_BY.0, MANAGED_BY.1));
+    // meshca's own Secrets, in memory, for the sweep.
+    let (secrets_store, writer) = reflector::store();
+    let secrets_reflector = reflector::reflector(
+        writer,
+        watcher(Api::<Secret>::all(client.clone()), ours.clone()),
+    )
+    .applied_objects()
+    .for_each(|_| std::future::ready(()));
+    let mapper_ctx = ctx.clone();
+    let controller = Controller::new_with(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+        resource,
+    )
+    .watches(Api::<Secret>::all(client), ours, move |s: Secret| {
+        let key = (s.namespace().unwrap_or_default(), s.name_any());
+        mapper_ctx.needing(&key)
     })
-}
-
-async fn record_event(client: &kube::Client, ingress: &IngressModel, message: &str) {
-    let events: Api<Event> = Api::namespaced(client.clone(), &ingress.namespace);
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", ingress.name)),
-            ..ObjectMeta::default()
-        },
-        involved_object: ObjectReference {
-            api_version: ingress
-                .object
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            kind: Some("Ingress".into()),
-            name: Some(ingress.name.clone()),
-            namespace: Some(ingress.namespace.clone()),
-            ..ObjectReference::default()
-        },
-        reason: Some("BackendIgnored".into()),
-        message: Some(message.to_owned()),
-        type_: Some("Warning".into()),
-        ..Event::default()
-    };
-    let _ = events.create(&PostParams::default(), &event).await;
-}
-
-/// One pass. Returns how long until the next renewal is due.
-async fn reconcile(
-    client: &kube::Client,
-    resource: &ApiResource,
-    issuer: &Issuer,
-    icfg: &IngressConfig,
-    mesh: &Mesh,
-    bundle: &BundleReceiver,
-) -> Result<Duration, KubeError> {
-    let wanted = wanted_secrets(client, resource, icfg, mesh).await?;
-    sync_secrets(client, issuer, &wanted, bundle).await
-}
-
-/// The Secrets the Ingresses in monitored namespaces need, keyed by
-/// `(namespace, name)`; managed annotations are kept in step on the way.
-async fn wanted_secrets(
-    client: &kube::Client,
-    resource: &ApiResource,
-    icfg: &IngressConfig,
-    mesh: &Mesh,
-) -> Result<BTreeMap<(String, String), Wanted>, KubeError> {
-    let monitored = monitored_namespaces(client, icfg).await?;
-    let ingresses: Api<DynamicObject> = Api::all_with(client.clone(), resource);
-    let list = ingresses
-        .list(&ListParams::default())
-        .await
-        .map_err(KubeError::api("list Ingresses"))?;
-
-    let mut wanted: BTreeMap<(String, String), Wanted> = BTreeMap::new();
-    let https = icfg.backend_protocol == BackendProtocol::Https;
-    for obj in list.items {
-        let value = serde_json::to_value(&obj).map_err(|e| KubeError::Invalid(e.to_string()))?;
-        let ingress = match IngressModel::from_value(value) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an Ingress meshca cannot read");
-                continue;
+    .reconcile_all_on(triggers)
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    let ingresses = controller.store();
+    async move {
+        let run = controller
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "ingress controller");
+                }
+            });
+        let secrets_reflector = async {
+            tokio::select! {
+                () = secrets_reflector => {}
+                () = shutdown.cancelled() => {}
             }
         };
-        if !monitored.contains(&ingress.namespace) {
-            tracing::debug!(ingress = %format!("{}/{}", ingress.namespace, ingress.name), "not in a monitored namespace; ignored");
-            continue;
-        }
-        let mut identities = BTreeSet::new();
-        for backend in &ingress.backends {
-            match backend_service_account(client, &ingress.namespace, &backend.service, &ingress)
-                .await
-            {
-                Ok(sa) => match Identity::new(mesh.trust_domain.clone(), &ingress.namespace, &sa) {
-                    Ok(identity) => {
-                        identities.insert(identity.clone());
-                        if https {
-                            wanted.insert(
-                                (ingress.namespace.clone(), format!("meshca-{sa}-tls")),
-                                Wanted {
-                                    identity,
-                                    purpose: "ingress-backend",
-                                    ttl: None,
-                                },
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "skipping a backend"),
-                },
-                Err(why) => {
-                    tracing::warn!(ingress = %format!("{}/{}", ingress.namespace, ingress.name), %why, "ignoring an Ingress backend");
-                    record_event(client, &ingress, &why).await;
-                }
-            }
-        }
-        if icfg.manage_annotations {
-            annotate(client, resource, &ingress, &identities, https, icfg, mesh).await;
-        }
-    }
-    if let (true, Some(c)) = (https, &icfg.client_certificate) {
-        wanted.insert(
-            c.secret.clone(),
-            Wanted {
-                identity: c.identity.clone(),
-                purpose: "ingress-client",
-                ttl: Some(c.validity),
-            },
+        tokio::join!(
+            run,
+            secrets_reflector,
+            sweep(ctx, ingresses, secrets_store, shutdown.clone())
         );
     }
-
-    Ok(wanted)
 }
 
-/// Make meshca's ingress Secrets exactly `wanted`: delete the unneeded,
-/// write the missing and those due for renewal (or signed by an earlier
-/// signer, or holding an old bundle). Returns when the next is due.
-async fn sync_secrets(
-    client: &kube::Client,
-    issuer: &Issuer,
-    wanted: &BTreeMap<(String, String), Wanted>,
-    bundle: &BundleReceiver,
-) -> Result<Duration, KubeError> {
-    // Existing Secrets of ours.
-    let secrets: Api<Secret> = Api::all(client.clone());
-    let selector = format!("{}={},{PURPOSE}", MANAGED_BY.0, MANAGED_BY.1);
-    let existing = secrets
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(KubeError::api("list ingress Secrets"))?;
-    let bundle_pem = bundle.borrow().pem().to_owned();
-    let now = OffsetDateTime::now_utc();
+/// A stream that yields once per change of `rx`.
+fn changes<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    }))
+}
+
+async fn reconcile(
+    object: Arc<DynamicObject>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let Some(config) = ctx.acting() else {
+        return Ok(Action::await_change());
+    };
+    let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
+    let value = serde_json::to_value(&*object).map_err(|e| KubeError::Invalid(e.to_string()))?;
+    let ingress = match IngressModel::from_value(value) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an Ingress meshca cannot read");
+            ctx.set_needs(reference, BTreeSet::new());
+            return Ok(Action::await_change());
+        }
+    };
+    if !is_monitored(&ctx.client, &config, &ingress.namespace).await? {
+        tracing::debug!(ingress = %format!("{}/{}", ingress.namespace, ingress.name), "not in a monitored namespace; ignored");
+        ctx.set_needs(reference, BTreeSet::new());
+        return Ok(Action::requeue(RESYNC));
+    }
+    let (wanted, identities) = wanted_for(&ctx, &object, &ingress, &config).await;
+    ctx.set_needs(reference, wanted.keys().cloned().collect());
     let mut next = RESYNC;
-    let mut seen = BTreeSet::new();
-    for s in existing.items {
-        let (Some(ns), Some(name)) = (s.metadata.namespace.clone(), s.metadata.name.clone()) else {
-            continue;
-        };
-        let key = (ns.clone(), name.clone());
-        let Some(w) = wanted.get(&key) else {
-            Api::<Secret>::namespaced(client.clone(), &ns)
-                .delete(&name, &DeleteParams::default())
+    for (key, w) in &wanted {
+        next = next.min(ensure(&ctx, key, w).await?);
+    }
+    if config.manage_annotations {
+        annotate(&ctx, &ingress, &identities, &config).await?;
+    }
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    tracing::warn!(ingress = %format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any()), %error, "ingress reconciliation failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// The backend Secrets `ingress` needs (HTTPS only) and its backends'
+/// identities. A backend whose identity is unknown is skipped with a
+/// Warning Event on the Ingress.
+async fn wanted_for(
+    ctx: &Context,
+    object: &DynamicObject,
+    ingress: &IngressModel,
+    config: &IngressConfig,
+) -> (BTreeMap<SecretKey, Wanted>, BTreeSet<Identity>) {
+    let https = config.backend_protocol == BackendProtocol::Https;
+    let mut wanted = BTreeMap::new();
+    let mut identities = BTreeSet::new();
+    for backend in &ingress.backends {
+        let identity =
+            backend_service_account(&ctx.client, &ingress.namespace, &backend.service, ingress)
                 .await
-                .map_err(KubeError::api(format!("delete Secret {ns}/{name}")))?;
-            tracing::info!(secret = %format!("{ns}/{name}"), "deleted an ingress Secret no Ingress needs");
-            continue;
-        };
-        seen.insert(key.clone());
-        let annotations = s.metadata.annotations.clone().unwrap_or_default();
-        let renew_after = annotations
-            .get(RENEW_AFTER)
-            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-        let same_identity = annotations.get(IDENTITY) == Some(&w.identity.dns_name());
-        let same_bundle = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ca.crt"))
-            .is_some_and(|b| b.0 == bundle_pem.as_bytes());
-        let same_signer =
-            annotations.get(GENERATION) == Some(&issuer.signer().generation().to_string());
-        match renew_after {
-            Some(t) if t > now && same_identity && same_bundle && same_signer => {
-                next = next.min((t - now).try_into().unwrap_or(Duration::ZERO));
+                .and_then(|sa| {
+                    Identity::new(ctx.mesh.trust_domain.clone(), &ingress.namespace, &sa)
+                        .map(|i| (sa, i))
+                        .map_err(|e| e.to_string())
+                });
+        match identity {
+            Ok((sa, identity)) => {
+                if https {
+                    wanted.insert(
+                        (ingress.namespace.clone(), format!("meshca-{sa}-tls")),
+                        Wanted {
+                            identity: identity.clone(),
+                            purpose: "ingress-backend",
+                            ttl: None,
+                        },
+                    );
+                }
+                identities.insert(identity);
             }
-            _ => write_secret(client, issuer, &key, w, &bundle_pem, Some(s)).await?,
+            Err(why) => {
+                tracing::warn!(ingress = %format!("{}/{}", ingress.namespace, ingress.name), %why, "ignoring an Ingress backend");
+                publish_warning(ctx, object, &why).await;
+            }
         }
     }
-    for (key, w) in wanted {
-        if !seen.contains(key) {
-            write_secret(client, issuer, key, w, &bundle_pem, None).await?;
-        }
-    }
-    Ok(next.max(Duration::from_secs(1)))
+    (wanted, identities)
 }
 
-async fn write_secret(
-    client: &kube::Client,
-    issuer: &Issuer,
-    (ns, name): &(String, String),
-    w: &Wanted,
-    bundle_pem: &str,
-    current: Option<Secret>,
-) -> Result<(), KubeError> {
-    let fail = |m: String| {
-        KubeError::Invalid(format!(
-            "failed to issue {} for Secret {ns}/{name}: {m}",
-            w.identity
-        ))
+async fn publish_warning(ctx: &Context, object: &DynamicObject, why: &str) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "BackendIgnored".into(),
+        note: Some(why.to_owned()),
+        action: "ProvisionBackendIdentity".into(),
+        secondary: None,
     };
-    let key = crate::keys::generate().map_err(|e| fail(e.to_string()))?;
-    let csr = crate::keys::request_for(&key, &w.identity, &[]).map_err(|e| fail(e.to_string()))?;
-    let issued = issuer
-        .issue(&w.identity, csr.der(), w.ttl)
+    let reference = object.object_ref(&ctx.resource);
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, "failed to record an Event");
+    }
+}
+
+/// Write `key` unless what it holds is fresh; returns when it is due.
+async fn ensure(ctx: &Context, key: &SecretKey, wanted: &Wanted) -> Result<Duration, KubeError> {
+    let current = Api::<Secret>::namespaced(ctx.client.clone(), &key.0)
+        .get_opt(&key.1)
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let chain = meshca_provider::pem::encode_certificates(issued.issued.chain());
-    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-    let mut secret = current.unwrap_or_default();
-    secret.metadata.name = Some(name.clone());
-    secret.metadata.namespace = Some(ns.clone());
-    let labels = secret.metadata.labels.get_or_insert_with(BTreeMap::new);
-    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    labels.insert(PURPOSE.into(), w.purpose.into());
-    let annotations = secret
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new);
-    annotations.insert(IDENTITY.into(), w.identity.dns_name());
-    annotations.insert(GENERATION.into(), issued.generation.to_string());
-    annotations.insert(
-        RENEW_AFTER.into(),
-        issued.renew_after.format(&Rfc3339).unwrap_or_default(),
-    );
-    secret.type_ = Some("kubernetes.io/tls".into());
-    secret.data = Some(BTreeMap::from([
-        ("tls.crt".into(), ByteString(chain.into_bytes())),
-        ("tls.key".into(), ByteString(key_pem.as_bytes().to_vec())),
-        ("ca.crt".into(), ByteString(bundle_pem.as_bytes().to_vec())),
-    ]));
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let result = if secret.metadata.resource_version.is_some() {
-        api.replace(name, &PostParams::default(), &secret)
-            .await
-            .map(drop)
-    } else {
-        api.create(&PostParams::default(), &secret).await.map(drop)
-    };
-    result.map_err(KubeError::api(format!("write Secret {ns}/{name}")))?;
-    tracing::info!(secret = %format!("{ns}/{name}"), identity = %w.identity, "wrote an ingress certificate Secret");
-    Ok(())
+        .map_err(KubeError::api(format!("read Secret {}/{}", key.0, key.1)))?;
+    let bundle_pem = ctx.bundle.borrow().pem().to_owned();
+    let generation = ctx.issuer.signer().generation();
+    match secrets::fresh_for(
+        current.as_ref(),
+        wanted,
+        &bundle_pem,
+        generation,
+        OffsetDateTime::now_utc(),
+    ) {
+        Some(left) => Ok(left),
+        None => secrets::write(&ctx.client, &ctx.issuer, key, wanted, &bundle_pem).await,
+    }
 }
 
-/// Keep the controller's annotations on an Ingress in step with the mode.
+/// Apply the controller's annotations for the mode in force. meshca owns
+/// them by server-side apply: in HTTP mode it applies none, so the ones
+/// it applied before are removed and anyone else's stay.
 async fn annotate(
-    client: &kube::Client,
-    resource: &ApiResource,
+    ctx: &Context,
     ingress: &IngressModel,
     identities: &BTreeSet<Identity>,
-    https: bool,
-    icfg: &IngressConfig,
-    mesh: &Mesh,
-) {
-    let mut options = RenderOptions::new(mesh.trust_domain.clone());
-    options.bundle_secret = icfg.bundle_secret.clone();
-    options.client_secret = icfg.client_certificate.as_ref().map(|c| c.secret.clone());
-    let patch = match (https, identities.len()) {
+    config: &IngressConfig,
+) -> Result<(), KubeError> {
+    let https = config.backend_protocol == BackendProtocol::Https;
+    let annotations: serde_json::Map<String, Value> = match (https, identities.len()) {
         (true, 1) => {
-            let Some(identity) = identities.iter().next() else {
-                return;
-            };
-            let map: serde_json::Map<String, Value> =
-                annotations_for(icfg.controller, identity, &options)
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), json!(v)))
-                    .collect();
-            json!({ "metadata": { "annotations": map } })
+            let mut options = RenderOptions::new(ctx.mesh.trust_domain.clone());
+            options.bundle_secret = config.bundle_secret.clone();
+            options.client_secret = config.client_certificate.as_ref().map(|c| c.secret.clone());
+            identities
+                .iter()
+                .flat_map(|identity| annotations_for(config.controller, identity, &options))
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect()
         }
         (true, _) => {
             tracing::warn!(ingress = %ingress.name, "backends of several identities: not annotating; split the Ingress");
-            return;
+            return Ok(());
         }
-        (false, _) => {
-            let anchor = annotations_for(icfg.controller, &mesh.daemon_identity, &options);
-            let map: serde_json::Map<String, Value> = anchor
-                .into_iter()
-                .map(|(k, _)| (k.to_owned(), Value::Null))
-                .collect();
-            json!({ "metadata": { "annotations": map } })
-        }
+        (false, _) => serde_json::Map::new(),
     };
-    let api_ns: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ingress.namespace, resource);
-    if let Err(e) = api_ns
+    let patch = json!({
+        "apiVersion": ctx.resource.api_version,
+        "kind": ctx.resource.kind,
+        "metadata": { "name": ingress.name, "namespace": ingress.namespace, "annotations": annotations },
+    });
+    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ingress.namespace, &ctx.resource)
         .patch(
             &ingress.name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
         )
         .await
-    {
-        tracing::warn!(ingress = %ingress.name, error = %e, "failed to annotate the Ingress");
+        .map_err(KubeError::api(format!(
+            "annotate Ingress {}/{}",
+            ingress.namespace, ingress.name
+        )))?;
+    Ok(())
+}
+
+/// Keep the controller's client certificate, and delete the Secrets no
+/// Ingress needs: every [`SWEEP`], from the stores of Ingresses and of
+/// meshca's Secrets, in memory.
+async fn sweep(
+    ctx: Arc<Context>,
+    ingresses: Store<DynamicObject>,
+    ours: Store<Secret>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SWEEP) => {}
+        }
+        if let Some(config) = ctx.acting() {
+            if let Err(e) = sweep_once(&ctx, &ingresses, &ours, &config).await {
+                tracing::warn!(error = %e, "failed to clean up ingress Secrets; retrying");
+            }
+        }
     }
+}
+
+async fn sweep_once(
+    ctx: &Context,
+    ingresses: &Store<DynamicObject>,
+    ours: &Store<Secret>,
+    config: &IngressConfig,
+) -> Result<(), KubeError> {
+    let mut needed: BTreeSet<SecretKey> = match ctx.needs.lock() {
+        Ok(mut needs) => {
+            needs.retain(|r, _| ingresses.get(r).is_some());
+            needs.values().flatten().cloned().collect()
+        }
+        Err(_) => return Ok(()),
+    };
+    let https = config.backend_protocol == BackendProtocol::Https;
+    if let (true, Some(c)) = (https, &config.client_certificate) {
+        let wanted = Wanted {
+            identity: c.identity.clone(),
+            purpose: "ingress-client",
+            ttl: Some(c.validity),
+        };
+        ensure(ctx, &c.secret, &wanted).await?;
+        needed.insert(c.secret.clone());
+    }
+    for s in ours.state() {
+        let key = (s.namespace().unwrap_or_default(), s.name_any());
+        if !needed.contains(&key) {
+            secrets::delete(&ctx.client, &key).await?;
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use meshca_provider::Checked;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The current signer and its generation (incremented at every switch).
@@ -16,6 +17,8 @@ pub struct Signer {
     /// Stops the task of the provider in the slot.
     stop: Mutex<CancellationToken>,
     generation: AtomicU64,
+    /// Tells followers (the ingress reconciler) of a switch.
+    switched: watch::Sender<u64>,
     /// Latest NotAfter (unix seconds) issued under each generation.
     issued_until: Mutex<BTreeMap<u64, i64>>,
 }
@@ -27,6 +30,7 @@ impl Signer {
             slot: ArcSwap::from_pointee(provider),
             stop: Mutex::new(stop),
             generation: AtomicU64::new(generation),
+            switched: watch::channel(generation).0,
             issued_until: Mutex::default(),
         })
     }
@@ -44,6 +48,11 @@ impl Signer {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// The generation signing now, changing at every switch.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.switched.subscribe()
+    }
+
     /// Make `provider` the signer; returns the previous generation and the
     /// token that stops the previous provider's task, for the caller to
     /// cancel once that provider's in-flight signatures are done.
@@ -55,7 +64,9 @@ impl Signer {
             // the wrong provider.
             Err(_) => CancellationToken::new(),
         };
-        (self.generation.fetch_add(1, Ordering::SeqCst), old_stop)
+        let old = self.generation.fetch_add(1, Ordering::SeqCst);
+        self.switched.send_replace(old + 1);
+        (old, old_stop)
     }
 
     /// Note a certificate issued under `generation`.

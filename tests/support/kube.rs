@@ -13,11 +13,15 @@
 //!   resourceVersion older than the compacted history;
 //! - create (409 `AlreadyExists`), replace (409 `Conflict` on a stale
 //!   resourceVersion), merge / strategic-merge (as merge) / JSON /
-//!   server-side-apply (as merge, creating if absent) patch, delete with a
-//!   body (`DeleteOptions` preconditions; 404 with reason `NotFound`);
+//!   server-side-apply patch, delete with a body (`DeleteOptions`
+//!   preconditions; 404 with reason `NotFound`);
+//! - field ownership as the API server tracks it (`apply`): an apply needs
+//!   a `fieldManager`, conflicts (409) with fields another manager owns at
+//!   another value unless forced, and removes the fields its manager no
+//!   longer lists;
 //! - a `status` subresource for the resources that have one;
 //! - `TokenReview` (authentication.k8s.io/v1), `Lease`
-//!   (coordination.k8s.io/v1), `Ingress` (networking.k8s.io/v1 and, when
+//!   (coordination.k8s.io/v1), `Event` (v1 and events.k8s.io/v1), `Ingress` (networking.k8s.io/v1 and, when
 //!   enabled, v1beta1), cert-manager's `CertificateRequest`, and the kinds
 //!   meshca's Helm chart installs (Deployment, RBAC);
 //! - fault injection: unavailability (503) and forced update conflicts.
@@ -36,6 +40,8 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
+
+mod apply;
 
 /// A ServiceAccount a token stands for.
 #[derive(Clone, Debug)]
@@ -110,6 +116,14 @@ fn resources(options: &Options) -> Vec<ResourceDef> {
         ResourceDef {
             status: true,
             ..core("pods", "Pod", true)
+        },
+        ResourceDef {
+            group: "events.k8s.io",
+            versions: vec!["v1"],
+            plural: "events",
+            kind: "Event",
+            namespaced: true,
+            status: false,
         },
         ResourceDef {
             group: "coordination.k8s.io",
@@ -230,6 +244,8 @@ type Key = (&'static str, &'static str, String, String);
 struct Store {
     rv: u64,
     objects: BTreeMap<Key, Value>,
+    /// Field managers of each object.
+    owners: BTreeMap<Key, apply::Owners>,
     history: VecDeque<Event>,
     /// Events at or below this resourceVersion are gone.
     compacted: u64,
@@ -410,7 +426,15 @@ impl KubeStandIn {
         } else {
             "ADDED"
         };
-        commit(&self.inner, &mut store, &def, key, Some(object), kind).expect("stored")
+        commit(
+            &self.inner,
+            &mut store,
+            &def,
+            key,
+            Some((object, Owner::Update("kubectl"))),
+            kind,
+        )
+        .expect("stored")
     }
 
     /// Delete an object as a cluster user would.
@@ -554,24 +578,43 @@ fn uuid_like() -> String {
 
 /// Store (or remove) an object under a new resourceVersion and tell
 /// watchers. Returns what was stored (or removed).
+/// Who a write is by, for field ownership.
+enum Owner<'a> {
+    /// An update (create, replace, merge or JSON patch) by this manager.
+    Update(&'a str),
+    /// An apply, whose ownership [`apply::apply`] worked out.
+    Applied(apply::Owners),
+}
+
 fn commit(
     inner: &Inner,
     store: &mut Store,
     def: &ResourceDef,
     key: Key,
-    object: Option<Value>,
+    object: Option<(Value, Owner<'_>)>,
     kind: &'static str,
 ) -> Option<Value> {
     store.rv += 1;
     let rv = store.rv;
     let namespace = key.2.clone();
     let object = match object {
-        Some(mut o) => {
+        Some((mut o, owner)) => {
             o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            match owner {
+                Owner::Update(manager) => {
+                    let before = store.objects.get(&key).cloned();
+                    let owners = store.owners.entry(key.clone()).or_default();
+                    apply::record_update(owners, manager, before.as_ref(), &o);
+                }
+                Owner::Applied(owners) => {
+                    store.owners.insert(key.clone(), owners);
+                }
+            }
             store.objects.insert(key, o.clone());
             o
         }
         None => {
+            store.owners.remove(&key);
             let mut o = store.objects.remove(&key)?;
             o["metadata"]["resourceVersion"] = json!(rv.to_string());
             o
@@ -789,9 +832,9 @@ async fn dispatch(
             watch(&inner, &target, &query)
         }
         Method::GET => list(&inner, &target, &query),
-        Method::POST => create(&inner, &target, &body),
-        Method::PUT => replace(&inner, &target, &body),
-        Method::PATCH => patch(&inner, &target, &headers, &body),
+        Method::POST => create(&inner, &target, &body, manager(&query)),
+        Method::PUT => replace(&inner, &target, &body, manager(&query)),
+        Method::PATCH => patch(&inner, &target, &headers, &body, &query),
         Method::DELETE => delete(&inner, &target, &body),
         _ => status_error(
             405,
@@ -801,6 +844,11 @@ async fn dispatch(
             "",
         ),
     }
+}
+
+/// The field manager a write names; kube-rs names none for plain writes.
+fn manager(query: &HashMap<String, String>) -> &str {
+    query.get("fieldManager").map_or("unknown", String::as_str)
 }
 
 fn api_group_list(inner: &Inner) -> Value {
@@ -1073,11 +1121,14 @@ fn bad_request(message: String) -> Response {
     status_error(400, "BadRequest", message, "", "")
 }
 
-fn create(inner: &Inner, target: &Target, body: &Bytes) -> Response {
-    let mut object = match parse_body(body) {
-        Ok(o) => o,
-        Err(m) => return bad_request(m),
-    };
+fn create(inner: &Inner, target: &Target, body: &Bytes, manager: &str) -> Response {
+    match parse_body(body) {
+        Ok(object) => create_object(inner, target, object, Owner::Update(manager)),
+        Err(m) => bad_request(m),
+    }
+}
+
+fn create_object(inner: &Inner, target: &Target, mut object: Value, owner: Owner<'_>) -> Response {
     let name = match object.pointer("/metadata/name").and_then(Value::as_str) {
         Some(n) => n.to_owned(),
         None => match object
@@ -1130,7 +1181,14 @@ fn create(inner: &Inner, target: &Target, body: &Bytes) -> Response {
         }
     }
     stamp(&mut object, &target.def, &target.version);
-    match commit(inner, &mut store, &target.def, key, Some(object), "ADDED") {
+    match commit(
+        inner,
+        &mut store,
+        &target.def,
+        key,
+        Some((object, owner)),
+        "ADDED",
+    ) {
         Some(o) => json_response(StatusCode::CREATED, &at_version(o, target)),
         None => status_error(500, "InternalError", "store failed".into(), "", ""),
     }
@@ -1150,7 +1208,7 @@ fn update(
     store: &mut Store,
     target: &Target,
     name: &str,
-    mut new: Value,
+    (mut new, owner): (Value, Owner<'_>),
     current: Value,
 ) -> Response {
     let key = key_of(target, name);
@@ -1177,7 +1235,14 @@ fn update(
         new["metadata"]["namespace"] = json!(ns);
     }
     stamp(&mut new, &target.def, &target.version);
-    match commit(inner, store, &target.def, key, Some(new), "MODIFIED") {
+    match commit(
+        inner,
+        store,
+        &target.def,
+        key,
+        Some((new, owner)),
+        "MODIFIED",
+    ) {
         Some(o) => json_response(StatusCode::OK, &at_version(o, target)),
         None => status_error(500, "InternalError", "store failed".into(), "", ""),
     }
@@ -1196,7 +1261,7 @@ fn conflict(target: &Target, name: &str) -> Response {
     )
 }
 
-fn replace(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+fn replace(inner: &Inner, target: &Target, body: &Bytes, manager: &str) -> Response {
     let name = target.name.clone().unwrap_or_default();
     let new = match parse_body(body) {
         Ok(o) => o,
@@ -1218,10 +1283,23 @@ fn replace(inner: &Inner, target: &Target, body: &Bytes) -> Response {
             return conflict(target, &name);
         }
     }
-    update(inner, &mut store, target, &name, new, current)
+    update(
+        inner,
+        &mut store,
+        target,
+        &name,
+        (new, Owner::Update(manager)),
+        current,
+    )
 }
 
-fn patch(inner: &Inner, target: &Target, headers: &HeaderMap, body: &Bytes) -> Response {
+fn patch(
+    inner: &Inner,
+    target: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Response {
     let name = target.name.clone().unwrap_or_default();
     let content_type = headers
         .get("content-type")
@@ -1279,25 +1357,7 @@ fn patch(inner: &Inner, target: &Target, headers: &HeaderMap, body: &Bytes) -> R
                 Ok(p) => p,
                 Err(m) => return bad_request(m),
             };
-            match current {
-                Some(cur) => {
-                    let mut doc = cur;
-                    json_patch::merge(&mut doc, &p);
-                    doc
-                }
-                None => {
-                    drop(store);
-                    let body = Bytes::from(p.to_string());
-                    let t = Target {
-                        name: None,
-                        subresource: None,
-                        def: target.def.clone(),
-                        version: target.version.clone(),
-                        namespace: target.namespace.clone(),
-                    };
-                    return create(inner, &t, &body);
-                }
-            }
+            return server_side_apply(inner, store, target, &name, current, &p, query);
         }
         (_, None) => return not_found(target, &name),
         (other, _) => {
@@ -1311,7 +1371,73 @@ fn patch(inner: &Inner, target: &Target, headers: &HeaderMap, body: &Bytes) -> R
         }
     };
     let cur = current.unwrap_or(Value::Null);
-    update(inner, &mut store, target, &name, patched, cur)
+    update(
+        inner,
+        &mut store,
+        target,
+        &name,
+        (patched, Owner::Update(manager(query))),
+        cur,
+    )
+}
+
+/// An apply patch: needs a field manager, refuses conflicts unless forced.
+fn server_side_apply(
+    inner: &Inner,
+    mut store: std::sync::MutexGuard<'_, Store>,
+    target: &Target,
+    name: &str,
+    current: Option<Value>,
+    config: &Value,
+    query: &HashMap<String, String>,
+) -> Response {
+    let Some(manager) = query.get("fieldManager") else {
+        return bad_request(
+            "PATCH request with apply content type must include fieldManager".into(),
+        );
+    };
+    let force = query.get("force").is_some_and(|f| f == "true");
+    let mut owners = store
+        .owners
+        .get(&key_of(target, name))
+        .cloned()
+        .unwrap_or_default();
+    let doc = match apply::apply(current.as_ref(), &mut owners, manager, force, config) {
+        Ok(doc) => doc,
+        Err(conflicts) => {
+            let list: Vec<String> = conflicts
+                .iter()
+                .map(|c| format!("conflict with {:?}: {}", c.manager, c.path))
+                .collect();
+            return status_error(
+                409,
+                "Conflict",
+                format!(
+                    "Apply failed with {} conflict(s): {}",
+                    list.len(),
+                    list.join("; ")
+                ),
+                target.def.plural,
+                name,
+            );
+        }
+    };
+    match current {
+        Some(cur) => update(
+            inner,
+            &mut store,
+            target,
+            name,
+            (doc, Owner::Applied(owners)),
+            cur,
+        ),
+        None => {
+            drop(store);
+            let mut doc = doc;
+            doc["metadata"]["name"] = json!(name);
+            create_object(inner, target, doc, Owner::Applied(owners))
+        }
+    }
 }
 
 fn delete(inner: &Inner, target: &Target, body: &Bytes) -> Response {
@@ -1565,7 +1691,14 @@ impl KubeStandIn {
                     let key: Key = (def.group, def.plural, ns, n);
                     if let Some(mut current) = store.objects.get(&key).cloned() {
                         current["status"] = status;
-                        commit(&inner, &mut store, &def, key, Some(current), "MODIFIED");
+                        commit(
+                            &inner,
+                            &mut store,
+                            &def,
+                            key,
+                            Some((current, Owner::Update("cert-manager"))),
+                            "MODIFIED",
+                        );
                         a.fetch_add(1, Ordering::SeqCst);
                     }
                 });

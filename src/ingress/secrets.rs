@@ -1,0 +1,223 @@
+//! The identity Secrets meshca keeps for ingress: a `kubernetes.io/tls`
+//! Secret (`tls.crt`, `tls.key`, `ca.crt`) per HTTPS backend identity, and
+//! the controller's own client certificate. meshca owns them by
+//! server-side apply (field manager `meshca`, forced, so an edit by hand is
+//! taken back), labels them for cleanup, and records when each is due.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::Api;
+use meshca_provider::Identity;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::cluster::{KubeError, MANAGED_BY};
+use crate::issuer::Issuer;
+
+/// The field manager of everything meshca applies.
+pub const FIELD_MANAGER: &str = "meshca";
+/// Label naming what an ingress Secret is for; selects meshca's own.
+pub const PURPOSE: &str = "meshca.io/purpose";
+const RENEW_AFTER: &str = "meshca.io/renew-after";
+const IDENTITY: &str = "meshca.io/identity";
+/// The signer generation that issued a Secret's certificate: a switch of
+/// signer re-issues every Secret at once.
+const GENERATION: &str = "meshca.io/generation";
+
+/// A Secret's `(namespace, name)`.
+pub type SecretKey = (String, String);
+
+/// What one Secret should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The identity its certificate carries.
+    pub identity: Identity,
+    /// `ingress-backend` or `ingress-client`.
+    pub purpose: &'static str,
+    /// The lifetime to ask for; the default lifetime when `None`.
+    pub ttl: Option<Duration>,
+}
+
+/// How long `current` may stay as it is, or `None` when it must be
+/// written now: missing, another identity, another bundle, an earlier
+/// signer, or due for renewal.
+pub fn fresh_for(
+    current: Option<&Secret>,
+    wanted: &Wanted,
+    bundle_pem: &str,
+    generation: u64,
+    now: OffsetDateTime,
+) -> Option<Duration> {
+    let current = current?;
+    let annotations = current.metadata.annotations.as_ref()?;
+    let same_identity = annotations.get(IDENTITY) == Some(&wanted.identity.dns_name());
+    let same_signer = annotations.get(GENERATION) == Some(&generation.to_string());
+    let same_bundle = current
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .is_some_and(|b| b.0 == bundle_pem.as_bytes());
+    let renew_after = annotations
+        .get(RENEW_AFTER)
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())?;
+    (same_identity && same_signer && same_bundle && renew_after > now)
+        .then(|| (renew_after - now).try_into().unwrap_or(Duration::ZERO))
+}
+
+/// Issue a certificate for `wanted` with a key made here, and apply the
+/// Secret. Returns how long until it is due again.
+///
+/// # Errors
+/// Issuance or the apply failed.
+pub async fn write(
+    client: &kube::Client,
+    issuer: &Issuer,
+    (ns, name): &SecretKey,
+    wanted: &Wanted,
+    bundle_pem: &str,
+) -> Result<Duration, KubeError> {
+    let fail = |m: String| {
+        KubeError::Invalid(format!(
+            "failed to issue {} for Secret {ns}/{name}: {m}",
+            wanted.identity
+        ))
+    };
+    let key = crate::keys::generate().map_err(|e| fail(e.to_string()))?;
+    let csr =
+        crate::keys::request_for(&key, &wanted.identity, &[]).map_err(|e| fail(e.to_string()))?;
+    let issued = issuer
+        .issue(&wanted.identity, csr.der(), wanted.ttl)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let chain = meshca_provider::pem::encode_certificates(issued.issued.chain());
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
+                (PURPOSE.into(), wanted.purpose.into()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (IDENTITY.into(), wanted.identity.dns_name()),
+                (GENERATION.into(), issued.generation.to_string()),
+                (
+                    RENEW_AFTER.into(),
+                    issued.renew_after.format(&Rfc3339).unwrap_or_default(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".into(), ByteString(chain.into_bytes())),
+            ("tls.key".into(), ByteString(key_pem.as_bytes().to_vec())),
+            ("ca.crt".into(), ByteString(bundle_pem.as_bytes().to_vec())),
+        ])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(KubeError::api(format!("apply Secret {ns}/{name}")))?;
+    tracing::info!(secret = %format!("{ns}/{name}"), identity = %wanted.identity, "wrote an ingress certificate Secret");
+    let now = OffsetDateTime::now_utc();
+    Ok((issued.renew_after - now)
+        .try_into()
+        .unwrap_or(Duration::ZERO))
+}
+
+/// Delete an ingress Secret no Ingress needs any more.
+///
+/// # Errors
+/// The delete failed (a Secret already gone is no error).
+pub async fn delete(client: &kube::Client, (ns, name): &SecretKey) -> Result<(), KubeError> {
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(secret = %format!("{ns}/{name}"), "deleted an ingress Secret no Ingress needs");
+            Ok(())
+        }
+        Err(e) if crate::cluster::is_reason(&e, 404) => Ok(()),
+        Err(e) => Err(KubeError::api(format!("delete Secret {ns}/{name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshca_provider::TrustDomain;
+
+    fn wanted() -> Wanted {
+        Wanted {
+            identity: Identity::new(
+                TrustDomain::new("cluster.local").expect("td"),
+                "httpbin",
+                "httpbin-sa",
+            )
+            .expect("identity"),
+            purpose: "ingress-backend",
+            ttl: None,
+        }
+    }
+
+    fn secret(identity: &str, generation: u64, bundle: &str, renew_after: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([
+                    (IDENTITY.into(), identity.into()),
+                    (GENERATION.into(), generation.to_string()),
+                    (RENEW_AFTER.into(), renew_after.into()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "ca.crt".into(),
+                ByteString(bundle.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_is_kept_until_its_renewal_time_and_rewritten_when_anything_it_holds_is_stale() {
+        let now = OffsetDateTime::parse("2027-01-01T00:00:00Z", &Rfc3339).expect("time");
+        let id = "httpbin-sa.httpbin.cluster.local";
+        let later = "2027-01-01T01:00:00Z";
+        let good = secret(id, 3, "B", later);
+        assert_eq!(
+            fresh_for(Some(&good), &wanted(), "B", 3, now),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(fresh_for(None, &wanted(), "B", 3, now), None, "missing");
+        for (what, s, bundle, generation) in [
+            (
+                "another identity",
+                secret("x.y.cluster.local", 3, "B", later),
+                "B",
+                3,
+            ),
+            ("an old bundle", secret(id, 3, "A", later), "B", 3),
+            ("an earlier signer", secret(id, 2, "B", later), "B", 3),
+            ("due", secret(id, 3, "B", "2026-12-31T23:00:00Z"), "B", 3),
+            ("unreadable", secret(id, 3, "B", "soon"), "B", 3),
+        ] {
+            assert_eq!(
+                fresh_for(Some(&s), &wanted(), bundle, generation, now),
+                None,
+                "{what}"
+            );
+        }
+    }
+}
