@@ -367,12 +367,12 @@ async fn one_ingress_that_cannot_be_served_does_not_hold_up_the_others() {
     httpbin(&kube, "httpbin", true);
     // "ghost" is monitored by name but does not exist: its Secret cannot
     // be created, every time.
-    for object in [
+    kube.put(
+        "",
+        "services",
         json!({ "metadata": { "name": "httpbin", "namespace": "ghost" },
                 "spec": { "selector": { "app": "httpbin" }, "ports": [{ "port": 14001 }] } }),
-    ] {
-        kube.put("", "services", object);
-    }
+    );
     kube.put("", "pods", json!({
         "metadata": { "name": "httpbin-1", "namespace": "ghost", "labels": { "app": "httpbin" } },
         "spec": { "serviceAccountName": "httpbin-sa", "containers": [{ "name": "c", "image": "i" }] },
