@@ -2,7 +2,7 @@
 //! renewal at about two thirds of a short lifetime, file modes, and renewal
 //! with the held certificate instead of a token.
 
-mod support;
+use meshca_test_support as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

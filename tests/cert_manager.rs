@@ -3,7 +3,7 @@
 //! issuer plays cert-manager (approves, verifies the CSR, signs what it
 //! names with its own CA, sets conditions) independently of meshca's code.
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::{Duration, Instant};
 

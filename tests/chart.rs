@@ -6,7 +6,7 @@
 //! Kubernetes API stand-in (with `--validate=false`: the stand-in serves no
 //! OpenAPI schema, which is what kubectl's own field validation needs).
 
-mod support;
+use meshca_test_support as support;
 
 use std::path::Path;
 use std::process::Command;

@@ -13,7 +13,7 @@
 //! lose or misconfigure after start, so the two backend-fault cases exist
 //! for `vault` and `cert_manager` only.
 
-mod support;
+use meshca_test_support as support;
 
 use rcgen::{KeyPair, SanType};
 use serde_json::{json, Value};

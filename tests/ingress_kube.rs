@@ -2,7 +2,7 @@
 //! (no real apiserver can run here): backend identity Secrets follow
 //! Ingresses, monitored namespaces and the HTTP/HTTPS mode.
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::{Duration, Instant};
 

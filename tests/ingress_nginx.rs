@@ -4,7 +4,7 @@
 //! proxy_ssl_trusted_certificate, proxy_ssl_name = the backend identity),
 //! and proxies to a real HTTPS backend serving the identity meshca issued.
 
-mod support;
+use meshca_test_support as support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

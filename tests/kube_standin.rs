@@ -1,9 +1,9 @@
-//! The Kubernetes API stand-in itself (tests/support/kube.rs), checked
+//! The Kubernetes API stand-in itself (tests/support/src/kube/), checked
 //! against the clients that depend on it: kube-rs (the same client meshca
 //! uses) and kubectl. If these pass, a behaviour meshca relies on is the
 //! apiserver's, not an accident of the stand-in.
 
-mod support;
+use meshca_test_support as support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! meshca in a cluster. No real kube-apiserver can run here, so every test
 //! in this file talks to the repository's Kubernetes API stand-in
-//! (tests/support/kube.rs), served over HTTPS on a loopback port, through
+//! (tests/support/src/kube/), served over HTTPS on a loopback port, through
 //! kube-rs and a kubeconfig, exactly as meshca would talk to a cluster.
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::{Duration, Instant};
 

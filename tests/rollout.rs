@@ -5,7 +5,7 @@
 //! the stages must come in order, and an old root may leave the bundle only
 //! after the last certificate it issued has expired.
 
-mod support;
+use meshca_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

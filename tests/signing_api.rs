@@ -2,7 +2,7 @@
 //! loopback port): the CSR → certificate round trip, independent chain
 //! verification, and every error code of the contract with a real bad input.
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! roots in PKCS#8, PKCS#1 and SEC1 (made with the real openssl CLI), key
 //! mismatch, intermediates and key algorithms.
 
-mod support;
+use meshca_test_support as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! Kubernetes auth test points OpenBao at the repository's Kubernetes API
 //! stand-in for TokenReview, since no real apiserver can run here.
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@ pub fn bao_binary() -> PathBuf {
     if let Ok(p) = std::env::var("MESHCA_BAO") {
         return PathBuf::from(p);
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/bao");
+    let p = crate::repo_root().join(".venv/bin/bao");
     assert!(
         p.exists(),
         "OpenBao is not installed at {}: run `bash .ci/run`, or \
@@ -286,9 +286,7 @@ impl OpenBao {
 
     /// Run one of the scripts in examples/vault with extra environment.
     pub fn script(&self, name: &str, env: &[(&str, &str)]) -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/vault")
-            .join(name);
+        let path = crate::repo_root().join("examples/vault").join(name);
         let out = self
             .command(Path::new("sh"))
             .arg(&path)

@@ -1,7 +1,6 @@
 //! Shared helpers for the integration tests: an in-process daemon on
 //! loopback ports chosen by the kernel, real HTTPS clients, CSR builders
 //! and independent verification with rustls-webpki.
-#![allow(dead_code)]
 
 pub mod kube;
 pub mod openbao;
@@ -24,6 +23,12 @@ pub struct TestDaemon {
     pub config: Config,
 }
 
+/// The repository's root (where `examples/`, `charts/`, `.venv` and
+/// `.tools` are), whichever crate asks.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A command-line tool the tests drive (helm, kubectl): `MESHCA_<NAME>`,
 /// else `./.tools/bin/<name>` as installed by `.ci/install-k8s-tools`, else
 /// the one on PATH.
@@ -31,9 +36,7 @@ pub fn tool(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!("MESHCA_{}", name.to_uppercase())) {
         return PathBuf::from(p);
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools/bin")
-        .join(name);
+    let local = repo_root().join(".tools/bin").join(name);
     if local.exists() {
         local
     } else {

@@ -1,0 +1,92 @@
+//! `TokenReview`: the tokens the stand-in issued, for the audiences
+//! asked.
+
+use super::*;
+
+pub(crate) fn token_review(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Response {
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let reviewers = inner.reviewers.lock().expect("lock").clone();
+    if !reviewers.is_empty() && !reviewers.contains(&caller) {
+        return status_error(
+            403,
+            "Forbidden",
+            "tokenreviews.authentication.k8s.io is forbidden: the caller cannot create tokenreviews".into(),
+            "tokenreviews",
+            "",
+        );
+    }
+    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    inner.reviews.fetch_add(1, Ordering::SeqCst);
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let wanted: Vec<String> = review
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let token_audiences: Vec<String> = token
+        .split('.')
+        .nth(1)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+        .and_then(|c| c.get("aud").and_then(Value::as_array).cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // As the apiserver: the token must be valid for one of the requested
+    // audiences (tokens minted without audiences are valid for any).
+    let audiences: Vec<String> = if token_audiences.is_empty() {
+        wanted.clone()
+    } else {
+        wanted
+            .iter()
+            .filter(|a| token_audiences.contains(a))
+            .cloned()
+            .collect()
+    };
+    let status = match inner.tokens.lock().expect("lock").get(token) {
+        Some(_) if !wanted.is_empty() && audiences.is_empty() => {
+            json!({ "authenticated": false, "error": "token audiences do not match the requested audiences" })
+        }
+        Some(sa) => json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
+                "uid": sa.uid,
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
+            },
+            "audiences": audiences,
+        }),
+        None => json!({ "authenticated": false, "error": "invalid bearer token" }),
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": { "creationTimestamp": null },
+            "spec": review.get("spec").cloned().unwrap_or(json!({})),
+            "status": status,
+        }),
+    )
+}
