@@ -70,6 +70,36 @@ fn config_check_accepts_a_good_file_and_names_the_bad_key_of_a_bad_one() {
 }
 
 #[test]
+fn the_runtime_runs_as_many_workers_as_asked_by_flag_or_environment() {
+    for (flag, env) in [(Some("7"), None), (None, Some("3"))] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["--log-format", "json", "--log-level", "debug"];
+        if let Some(n) = flag {
+            args.extend(["--worker-threads", n]);
+        }
+        args.extend(["config", "check", "-c", "missing.yaml"]);
+        let mut command = Command::new(BIN);
+        command.current_dir(dir.path()).args(&args);
+        if let Some(n) = env {
+            command.env("MESHCA_WORKER_THREADS", n);
+        }
+        let out = command.output().expect("runs");
+        let workers = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "async runtime ready")
+            .and_then(|l| l["fields"]["workers"].as_u64());
+        let want: u64 = flag.or(env).and_then(|n| n.parse().ok()).expect("n");
+        assert_eq!(
+            workers,
+            Some(want),
+            "{:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn serve_token_agent_and_bundle_work_together_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (api, metrics) = (free_port(), free_port());

@@ -162,7 +162,13 @@ pub fn main() -> ExitCode {
         runtime.worker_threads(n);
     }
     match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Ok(runtime) => {
+            tracing::debug!(
+                workers = runtime.metrics().num_workers(),
+                "async runtime ready"
+            );
+            runtime.block_on(run(cli.command))
+        }
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
             ExitCode::FAILURE
