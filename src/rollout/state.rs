@@ -437,6 +437,21 @@ mod tests {
         }
     }
 
+    /// A rollout from `from` to `to`, at retire, the last certificate of
+    /// generation 0 expiring at `last`.
+    fn retiring_after(from: &str, to: &str, last: OffsetDateTime) -> RolloutStatus {
+        let mut s = RolloutStatus::fresh(from);
+        s.step(begin(to, 1, 2), t(0));
+        s.step(Event::Distributed, t(1));
+        s.step(
+            Event::Drained {
+                last_not_after: Some(last),
+            },
+            t(2),
+        );
+        s
+    }
+
     fn stages(s: &RolloutStatus) -> Vec<Stage> {
         s.history.iter().map(|(stage, _)| *stage).collect()
     }
@@ -522,15 +537,7 @@ mod tests {
 
     #[test]
     fn a_new_rollout_while_retiring_keeps_the_older_anchors_until_their_time() {
-        let mut s = RolloutStatus::fresh("a");
-        s.step(begin("b", 1, 2), t(0));
-        s.step(Event::Distributed, t(1));
-        s.step(
-            Event::Drained {
-                last_not_after: Some(t(100)),
-            },
-            t(2),
-        );
+        let mut s = retiring_after("a", "b", t(100));
         assert_eq!(s.stage, Stage::Retire);
 
         // Back to a, while b's predecessor is still retiring.
@@ -603,15 +610,7 @@ mod tests {
 
     #[test]
     fn a_restart_while_retiring_keeps_the_until_time_and_drops_what_is_due() {
-        let mut s = RolloutStatus::fresh("a");
-        s.step(begin("b", 1, 2), t(0));
-        s.step(Event::Distributed, t(1));
-        s.step(
-            Event::Drained {
-                last_not_after: Some(t(100)),
-            },
-            t(2),
-        );
+        let s = retiring_after("a", "b", t(100));
         let r = RolloutStatus::restored(Some(s.clone()), "b", Duration::from_secs(3600), t(50));
         assert_eq!((r.stage, r.generation), (Stage::Retire, 1));
         assert_eq!(r.retained[0].until, Some(t(101)));
@@ -628,15 +627,7 @@ mod tests {
 
     #[test]
     fn the_persisted_form_keeps_pem_and_rfc3339_and_reads_back_the_same() {
-        let mut s = RolloutStatus::fresh("a");
-        s.step(begin("b", 1, 2), t(0));
-        s.step(Event::Distributed, t(1));
-        s.step(
-            Event::Drained {
-                last_not_after: Some(t(100)),
-            },
-            t(2),
-        );
+        let s = retiring_after("a", "b", t(100));
         let json: serde_json::Value = serde_json::to_value(&s).expect("json");
         assert!(json["retained"][0]["pem"]
             .as_str()
