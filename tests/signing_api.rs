@@ -438,6 +438,12 @@ async fn an_identity_beyond_its_rate_is_rate_limited_while_others_are_not() {
         .post(&client, Some(&busy), &json!({ "csr": csr(&key()) }))
         .await;
     assert_error(status, &b, 429, "rate_limited");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("per_identity_per_second")),
+        "says which limit: {b}"
+    );
     let retry: u64 = headers["retry-after"]
         .to_str()
         .expect("ascii")
@@ -665,4 +671,215 @@ async fn curl_gets_a_certificate_as_the_readme_shows() {
     .await
     .expect("join");
     assert!(!old.status.success(), "TLS 1.1 must not be negotiated");
+}
+
+/// An RSA key from openssl (ring does not generate RSA keys), with its PEM.
+fn rsa_key() -> (rcgen::KeyPair, String) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl genpkey");
+    let pem = String::from_utf8(out.stdout).expect("pem");
+    let key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("key");
+    (key, pem)
+}
+
+/// The SubjectPublicKeyInfo of `key` with its algorithm identifier's
+/// parameters replaced by `parameters` (DER, possibly empty).
+fn spki_with_parameters(key: &rcgen::KeyPair, algorithm_oid: &[u8], parameters: &[u8]) -> Vec<u8> {
+    use rcgen::PublicKeyData;
+    let mut alg = support::der(0x06, algorithm_oid);
+    alg.extend(parameters);
+    let mut bits = vec![0u8];
+    bits.extend(key.der_bytes());
+    let mut spki = support::der(0x30, &alg);
+    spki.extend(support::der(0x03, &bits));
+    support::der(0x30, &spki)
+}
+
+const RSA_ENCRYPTION: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const SHA256_WITH_RSA: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+];
+const ED25519: [u8; 3] = [0x2b, 0x65, 0x70];
+const ED25519_SIGNATURE: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+
+#[tokio::test]
+async fn keys_in_a_non_canonical_encoding_are_invalid_csr_not_a_provider_failure() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let (rsa, _) = rsa_key();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+    for (what, pem, needle) in [
+        (
+            "RSA without NULL parameters",
+            support::csr_from_parts(
+                &rsa,
+                &spki_with_parameters(&rsa, &RSA_ENCRYPTION, &[]),
+                &[],
+                &SHA256_WITH_RSA,
+            ),
+            "NULL",
+        ),
+        (
+            "Ed25519 with parameters",
+            support::csr_from_parts(
+                &ed,
+                &spki_with_parameters(&ed, &ED25519, &[0x05, 0x00]),
+                &[],
+                &ED25519_SIGNATURE,
+            ),
+            "Ed25519",
+        ),
+    ] {
+        let (status, headers, body) = d.post(&client, Some(&token), &json!({ "csr": pem })).await;
+        assert_error(status, &body, 400, "invalid_csr");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle)),
+            "{what}: {body}"
+        );
+        assert!(!headers.contains_key("retry-after"), "{what}");
+    }
+    // The canonical encodings are fine.
+    for pem in [
+        support::csr_from_parts(
+            &rsa,
+            &spki_with_parameters(&rsa, &RSA_ENCRYPTION, &[0x05, 0x00]),
+            &[],
+            &SHA256_WITH_RSA,
+        ),
+        support::csr_from_parts(
+            &ed,
+            &spki_with_parameters(&ed, &ED25519, &[]),
+            &[],
+            &ED25519_SIGNATURE,
+        ),
+    ] {
+        let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": pem })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = d.metrics().await;
+    assert!(
+        !metrics.contains("result=\"provider_unavailable\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sha1_signatures_doubled_extension_requests_and_two_pem_blocks_are_refused() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, rsa_pem) = rsa_key();
+    std::fs::write(dir.path().join("k.pem"), &rsa_pem).expect("key file");
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "req",
+            "-new",
+            "-sha1",
+            "-key",
+            "k.pem",
+            "-subj",
+            "/CN=bookstore.bookstore.cluster.local",
+        ])
+        .output()
+        .expect("openssl req");
+    let sha1 = String::from_utf8(out.stdout).expect("pem");
+    assert!(
+        sha1.contains("BEGIN CERTIFICATE REQUEST"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // extensionRequest { SET { Extensions(empty), Extensions(empty) } }
+    let ext_req_oid = support::der(
+        0x06,
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e],
+    );
+    let empty = support::der(0x30, &[]);
+    let mut values = empty.clone();
+    values.extend(empty);
+    let mut attribute = ext_req_oid;
+    attribute.extend(support::der(0x31, &values));
+    let k = key();
+    let doubled = support::csr_from_parts(
+        &k,
+        &rcgen::PublicKeyData::subject_public_key_info(&k),
+        &support::der(0x30, &attribute),
+        &[
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ],
+    );
+    let two_blocks = format!("{}{}", csr(&key()), csr(&key()));
+    for (what, pem, needle) in [
+        ("sha1WithRSA", sha1, "sha1"),
+        (
+            "two extensionRequest values",
+            doubled,
+            "more than one value",
+        ),
+        ("two PEM blocks", two_blocks, "exactly one"),
+    ] {
+        let (status, _, body) = d.post(&client, Some(&token), &json!({ "csr": pem })).await;
+        assert_error(status, &body, 400, "invalid_csr");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.to_lowercase().contains(needle)),
+            "{what}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_two_authorization_headers_are_refused() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let body = json!({ "csr": csr(&key()) }).to_string();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let value = format!("{scheme} {token}");
+        let (status, b) = d
+            .post_raw(
+                &client,
+                &[
+                    ("authorization", &value),
+                    ("content-type", "application/json"),
+                ],
+                &body,
+            )
+            .await;
+        assert_eq!(status, 200, "{scheme}: {b}");
+    }
+    // The first header would be valid: neither of two may win silently.
+    let good = format!("Bearer {token}");
+    let (status, b) = d
+        .post_raw(
+            &client,
+            &[
+                ("authorization", &good),
+                ("authorization", "Bearer meshca_someone-else"),
+                ("content-type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+    assert_error(status, &b, 401, "unauthenticated");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exactly one")),
+        "{b}"
+    );
 }

@@ -30,8 +30,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 503 `auth_unavailable`: the credential cannot be checked now.
     AuthUnavailable(String),
-    /// 429 `rate_limited`.
-    RateLimited(Duration),
+    /// 429 `rate_limited`: which limit, and when to retry.
+    RateLimited(Limit, Duration),
     /// 503 `provider_unavailable`: retry later.
     ProviderUnavailable {
         /// Why.
@@ -47,6 +47,15 @@ pub enum ApiError {
     ProviderMisconfigured(String),
     /// 500 `internal`.
     Internal(String),
+}
+
+/// The limit a 429 hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// One identity's token bucket.
+    Identity,
+    /// Signing requests processed at once, for everyone.
+    InFlight,
 }
 
 #[derive(Serialize)]
@@ -72,7 +81,7 @@ impl ApiError {
             Self::ProviderDenied(_) => "provider_denied",
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(..) => "rate_limited",
             Self::AuthUnavailable(_) => "auth_unavailable",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::ProviderRejected(_) => "provider_rejected",
@@ -88,7 +97,7 @@ impl ApiError {
             Self::IdentityMismatch(_) | Self::ProviderDenied(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable { .. } | Self::AuthUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -112,7 +121,13 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 "send the request as Content-Type: application/json".into()
             }
-            Self::RateLimited(_) => "too many signing requests in flight; retry shortly".into(),
+            Self::RateLimited(Limit::Identity, after) => format!(
+                "this identity is over its signing rate (api.per_identity_per_second); retry in {}s",
+                after.as_secs().max(1)
+            ),
+            Self::RateLimited(Limit::InFlight, _) => {
+                "too many signing requests in flight (api.max_in_flight); retry shortly".into()
+            }
             // Details stay in the log; the client only learns that it failed.
             Self::Internal(_) => "internal error".into(),
         }
@@ -120,7 +135,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited(d) => Some(*d),
+            Self::RateLimited(_, d) => Some(*d),
             Self::AuthUnavailable(_) => Some(Duration::from_secs(5)),
             Self::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Limit};
 use crate::auth::PeerCertificates;
 use crate::metrics::IssuedLabels;
 
@@ -87,10 +87,7 @@ async fn issue(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(CertificateResponse, u64), ApiError> {
-    let caller = state
-        .auth
-        .authenticate(headers.get(header::AUTHORIZATION), peer)
-        .await?;
+    let caller = state.auth.authenticate(headers, peer).await?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -104,7 +101,7 @@ async fn issue(
     state
         .per_identity
         .check(&caller.identity)
-        .map_err(ApiError::RateLimited)?;
+        .map_err(|after| ApiError::RateLimited(Limit::Identity, after))?;
 
     let limit = state.max_body_bytes;
     let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
@@ -129,17 +126,12 @@ async fn issue(
         }
         other => other.map(Duration::from_secs),
     };
-    let csr =
-        CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes()).map_err(|e| {
-            ApiError::InvalidCsr(format!(
-                "csr must be a PEM \"CERTIFICATE REQUEST\" block: {e}"
-            ))
-        })?;
+    let csr = one_csr(&request.csr)?;
 
     let _permit = state
         .in_flight
         .try_acquire()
-        .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)))?;
+        .map_err(|_| ApiError::RateLimited(Limit::InFlight, Duration::from_secs(1)))?;
     let issued = state
         .issuer
         .issue(&caller.identity, csr.as_ref(), ttl)
@@ -167,6 +159,27 @@ async fn issue(
     ))
 }
 
+/// The one PEM "CERTIFICATE REQUEST" block `pem` must be: anything more
+/// (a second request, a key sent along) is refused, not ignored.
+fn one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, ApiError> {
+    let refuse = |why: String| {
+        ApiError::InvalidCsr(format!(
+            "csr must be exactly one PEM \"CERTIFICATE REQUEST\" block: {why}"
+        ))
+    };
+    let mut sections = CertificateSigningRequestDer::pem_slice_iter(pem.as_bytes());
+    let first: CertificateSigningRequestDer<'static> = match sections.next() {
+        Some(Ok(csr)) => csr,
+        Some(Err(e)) => return Err(refuse(e.to_string())),
+        None => return Err(refuse("none found".into())),
+    };
+    let blocks = pem.matches("-----BEGIN ").count();
+    if blocks != 1 {
+        return Err(refuse(format!("found {blocks} PEM blocks")));
+    }
+    Ok(first)
+}
+
 /// Answer of `GET /v1/identity`: who the credential says the caller is,
 /// so a client can name itself in its CSR.
 #[derive(Serialize)]
@@ -182,10 +195,7 @@ pub(super) async fn get_identity(
 ) -> Response {
     match state
         .auth
-        .authenticate(
-            headers.get(header::AUTHORIZATION),
-            peer.as_ref().map(|p| &p.0),
-        )
+        .authenticate(&headers, peer.as_ref().map(|p| &p.0))
         .await
     {
         Ok(caller) => Json(IdentityResponse {

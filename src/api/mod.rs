@@ -10,7 +10,7 @@ mod server;
 mod tls;
 
 pub use config::{ApiLimits, RawApi};
-pub use error::ApiError;
+pub use error::{ApiError, Limit};
 pub use health::{health_router, monitor, Readiness};
 pub use server::serve_tls;
 pub use tls::{serving_certificate, ServingTls};

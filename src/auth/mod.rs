@@ -15,7 +15,7 @@ pub use kubernetes::TokenReviewer;
 pub use mtls::PeerCertificates;
 pub use tokens::TokenStore;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use meshca_provider::{Identity, TrustDomain};
 use thiserror::Error;
 
@@ -46,6 +46,9 @@ pub enum AuthError {
     /// The Authorization header is not `Bearer <token>`.
     #[error("the Authorization header must be `Bearer <token>`")]
     MalformedHeader,
+    /// More than one Authorization header: which one speaks is ambiguous.
+    #[error("send exactly one Authorization header")]
+    AmbiguousCredentials,
     /// The token is not in the store.
     #[error("the bearer token is not valid")]
     UnknownToken,
@@ -118,17 +121,15 @@ impl Authenticator {
     /// [`AuthError`].
     pub async fn authenticate(
         &self,
-        authorization: Option<&HeaderValue>,
+        headers: &HeaderMap,
         peer: Option<&PeerCertificates>,
     ) -> Result<Caller, AuthError> {
-        if let Some(header) = authorization {
-            let token = header
-                .to_str()
-                .ok()
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .ok_or(AuthError::MalformedHeader)?;
+        let mut authorization = headers.get_all(http::header::AUTHORIZATION).iter();
+        if let Some(header) = authorization.next() {
+            if authorization.next().is_some() {
+                return Err(AuthError::AmbiguousCredentials);
+            }
+            let token = bearer_token(header).ok_or(AuthError::MalformedHeader)?;
             let identity = match &self.kubernetes {
                 Some(reviewer) if !TokenStore::is_static(token) => reviewer.review(token).await?,
                 _ => self.tokens.lookup(token, &self.trust_domain)?,
@@ -148,4 +149,12 @@ impl Authenticator {
         }
         Err(AuthError::Missing)
     }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110,
+/// section 11.1).
+fn bearer_token(header: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = header.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }

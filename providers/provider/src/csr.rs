@@ -5,7 +5,9 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    Oid, OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512,
     OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
@@ -71,6 +73,10 @@ pub enum CsrError {
     /// not hold that key.
     #[error("the certificate request's signature does not verify with its own public key")]
     BadSignature,
+    /// The request is signed with an algorithm meshca does not accept
+    /// (SHA-1 or MD5 digests, for instance).
+    #[error("the certificate request is signed with {0}; accepted are ECDSA and RSA PKCS#1 v1.5 with SHA-256/384/512, and Ed25519")]
+    WeakSignature(String),
     /// A key type outside the accepted set.
     #[error(
         "unsupported public key: {0}; accepted are ECDSA P-256/P-384, Ed25519 and RSA 2048-4096"
@@ -157,6 +163,10 @@ impl ValidatedCsr {
         let info = &csr.certification_request_info;
         let spki = &info.subject_pki;
         let key_algorithm = key_algorithm(spki)?;
+        let signature = &csr.signature_algorithm.algorithm;
+        if !ACCEPTED_SIGNATURES.contains(signature) {
+            return Err(CsrError::WeakSignature(signature_name(signature)));
+        }
         csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
         let allowed = Allowed::new(identity, extra);
@@ -172,6 +182,11 @@ impl ValidatedCsr {
         for attr in info.iter_attributes() {
             match &attr.parsed_attribute() {
                 ParsedCriAttribute::ExtensionRequest(req) => {
+                    if !holds_one_value(attr.value) {
+                        return Err(CsrError::Malformed(
+                            "the extensionRequest attribute holds more than one value".into(),
+                        ));
+                    }
                     for ext in &req.extensions {
                         allowed.check_extension(ext, &mut requested)?;
                     }
@@ -230,10 +245,68 @@ impl ValidatedCsr {
     }
 }
 
+/// Signature algorithms a CSR may be signed with.
+const ACCEPTED_SIGNATURES: [Oid<'static>; 7] = [
+    OID_SIG_ECDSA_WITH_SHA256,
+    OID_SIG_ECDSA_WITH_SHA384,
+    OID_SIG_ECDSA_WITH_SHA512,
+    OID_PKCS1_SHA256WITHRSA,
+    OID_PKCS1_SHA384WITHRSA,
+    OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ED25519,
+];
+
+fn signature_name(oid: &Oid<'_>) -> String {
+    x509_parser::oid_registry::OidRegistry::default()
+        .with_all_crypto()
+        .get(oid)
+        .map_or_else(|| oid.to_id_string(), |e| e.sn().to_owned())
+}
+
+/// Whether a DER attribute value (`SET OF`, header included) holds exactly
+/// one element: a second one would be silently ignored by the parser.
+fn holds_one_value(set: &[u8]) -> bool {
+    fn header(b: &[u8]) -> Option<(usize, usize)> {
+        let (&first, rest) = b.get(1..).and_then(|r| r.split_first())?;
+        if first < 0x80 {
+            return Some((2, usize::from(first)));
+        }
+        let n = usize::from(first & 0x7f);
+        let len = rest
+            .get(..n)?
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        Some((2 + n, len))
+    }
+    match header(set) {
+        Some((set_header, set_len)) => match set.get(set_header..).and_then(header) {
+            Some((h, len)) => h + len == set_len,
+            None => false,
+        },
+        None => false,
+    }
+}
+
 fn key_algorithm(
     spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
 ) -> Result<KeyAlgorithm, CsrError> {
     let alg = &spki.algorithm.algorithm;
+    // One encoding per key type (RFC 3279, RFC 8410): an RSA key carries
+    // NULL parameters, an Ed25519 key none. Another encoding would be
+    // re-encoded by the signer and then no longer match the request.
+    let parameters = spki.algorithm.parameters.as_ref();
+    if *alg == OID_PKCS1_RSAENCRYPTION
+        && !parameters.is_some_and(|p| p.tag() == x509_parser::der_parser::asn1_rs::Tag::Null)
+    {
+        return Err(CsrError::Malformed(
+            "an RSA public key must carry NULL algorithm parameters (RFC 3279)".into(),
+        ));
+    }
+    if *alg == OID_SIG_ED25519 && parameters.is_some() {
+        return Err(CsrError::Malformed(
+            "an Ed25519 public key must carry no algorithm parameters (RFC 8410)".into(),
+        ));
+    }
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki
             .algorithm

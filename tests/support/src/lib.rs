@@ -287,6 +287,37 @@ pub fn verify(
     .map(|_| ())
 }
 
+/// A DER TLV (short or long length form).
+pub fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    der_tlv(tag, body)
+}
+
+/// A PEM CSR assembled by hand, so that a test can send what no library
+/// would produce: `spki` and `attributes` (the contents of the `[0]`
+/// attribute set) as given, the request info signed by `key` under the
+/// signature algorithm identifier `signature_algorithm`.
+pub fn csr_from_parts(
+    key: &KeyPair,
+    spki: &[u8],
+    attributes: &[u8],
+    signature_algorithm: &[u8],
+) -> String {
+    use rcgen::SigningKey;
+    let mut info = der_tlv(0x02, &[0]);
+    info.extend(der_tlv(0x30, &[]));
+    info.extend(spki);
+    info.extend(der_tlv(0xa0, attributes));
+    let info = der_tlv(0x30, &info);
+    let mut bits = vec![0u8];
+    bits.extend(key.sign(&info).expect("sign"));
+    let mut body = info;
+    body.extend(signature_algorithm);
+    body.extend(der_tlv(0x03, &bits));
+    let mut pem = String::new();
+    meshca_provider::pem::encode_block("CERTIFICATE REQUEST", &der_tlv(0x30, &body), &mut pem);
+    pem
+}
+
 /// DER length prefix.
 fn der_len(len: usize, out: &mut Vec<u8>) {
     if len < 0x80 {
