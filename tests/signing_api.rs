@@ -883,3 +883,91 @@ async fn the_bearer_scheme_is_case_insensitive_and_two_authorization_headers_are
         "{b}"
     );
 }
+
+/// Send `head` and `body` over a fresh TLS connection, all of it before
+/// reading a byte, as Python's `requests` does; then read the answer.
+async fn write_all_then_read(d: &TestDaemon, head: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&d.bundle_pem().await) {
+        roots.add(c).expect("anchor");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(d.daemon.as_ref().expect("running").api_addr())
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(head.as_bytes()).await.expect("head");
+    tls.write_all(body).await.expect("the whole body is taken");
+    tls.flush().await.expect("flush");
+    // Read the head, then exactly the body it announces.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |a: &[u8]| {
+        let text = String::from_utf8_lossy(a);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        (body.len() >= length).then(|| (head.to_owned(), body[..length].to_owned()))
+    };
+    let (head, json) = loop {
+        if let Some(done) = complete(&answer) {
+            break done;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the connection closed before the answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status: {head:?}"));
+    (
+        status,
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json:?}")),
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_whole_oversized_body_before_reading_gets_the_json_answer() {
+    let d = TestDaemon::start("").await;
+    let token = d.token("bookstore", "bookstore");
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    for (auth, want, code) in [
+        (
+            format!("Authorization: Bearer {token}\r\n"),
+            413,
+            "too_large",
+        ),
+        (String::new(), 401, "unauthenticated"),
+    ] {
+        let head = format!(
+            "POST /v1/certificates HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (status, b) = write_all_then_read(&d, &head, &body).await;
+        assert_error(status, &b, want, code);
+    }
+}

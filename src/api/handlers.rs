@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateSigningRequestDer;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,10 @@ pub const GENERATION_HEADER: &str = "x-meshca-generation";
 
 /// Time a client gets to send its request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a refused request's body is read (and dropped) before the
+/// answer, so that a client that writes its whole body before reading
+/// still gets the answer rather than a reset connection.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Body of `POST /v1/certificates`.
 #[derive(Deserialize)]
@@ -87,6 +91,62 @@ async fn issue(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(CertificateResponse, u64), ApiError> {
+    let mut body = Some(body);
+    let result = sign(state, peer, headers, &mut body).await;
+    if let (Err(_), Some(unread)) = (&result, body) {
+        drain(unread).await;
+    }
+    result
+}
+
+/// Read and drop what is left of a body, within bounds.
+async fn drain(mut body: Body) {
+    let read = async {
+        let mut total = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            total += frame.data_ref().map_or(0, |d| d.len());
+            if total > DRAIN_LIMIT {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BODY_TIMEOUT, read).await;
+}
+
+/// The body, at most `limit` bytes; a longer one is drained and refused.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = body;
+    let mut collected = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > limit {
+                    return Err(ApiError::TooLarge(limit));
+                }
+                collected.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    let read = tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::InvalidRequest("the request body did not arrive in time".into()))?;
+    if let Err(e) = read {
+        drain(body).await;
+        return Err(e);
+    }
+    Ok(collected)
+}
+
+async fn sign(
+    state: &ApiState,
+    peer: Option<&PeerCertificates>,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
+) -> Result<(CertificateResponse, u64), ApiError> {
     let caller = state.auth.authenticate(headers, peer).await?;
 
     let is_json = headers
@@ -103,19 +163,12 @@ async fn issue(
         .check(&caller.identity)
         .map_err(|after| ApiError::RateLimited(Limit::Identity, after))?;
 
-    let limit = state.max_body_bytes;
-    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| ApiError::InvalidRequest("the request body did not arrive in time".into()))?;
-    let bytes = collected
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                ApiError::TooLarge(limit)
-            } else {
-                ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let Some(body) = body.take() else {
+        return Err(ApiError::Internal(
+            "the request body was already read".into(),
+        ));
+    };
+    let bytes = read_body(body, state.max_body_bytes).await?;
     let request: CertificateRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
     let ttl = match request.ttl_seconds {
