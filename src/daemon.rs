@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, Readiness, ServingTls};
+use crate::api::{self, ApiState, ConnectionLimits, Readiness, ServingTls};
 use crate::auth::{Authenticator, TokenReviewer, TokenStore};
 use crate::bundle::{
     self, BundleError, BundleReceiver, BundleSink, FileSink, PublishStatus, SecretSink, TrustBundle,
@@ -467,16 +467,22 @@ async fn serve(
     let (api_listener, api_addr) = bind(config.listen).await?;
     let (health_listener, metrics_addr) = bind(config.metrics_listen).await?;
     spawner.spawn_child("api-server", |token| {
-        api::serve_tls(api_listener, tls, api::router(state), token)
+        api::serve(
+            api_listener,
+            Some(tls),
+            api::router(state),
+            ConnectionLimits::api(),
+            token,
+        )
     });
-    let health = api::health_router(readiness);
-    spawner.spawn_child("health-server", |stop| async move {
-        if let Err(e) = axum::serve(health_listener, health)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "the health server failed");
-        }
+    spawner.spawn_child("health-server", |token| {
+        api::serve(
+            health_listener,
+            None,
+            api::health_router(readiness),
+            ConnectionLimits::health(),
+            token,
+        )
     });
     tracing::info!(%api_addr, %metrics_addr, "meshca is serving");
     Ok((api_addr, metrics_addr))

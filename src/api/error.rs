@@ -26,6 +26,12 @@ pub enum ApiError {
     ProviderDenied(String),
     /// 413 `too_large`.
     TooLarge(usize),
+    /// 404 `not_found`: no such endpoint.
+    NotFound,
+    /// 405 `method_not_allowed`: the endpoint exists, not for this method.
+    MethodNotAllowed,
+    /// 431 `headers_too_large`: the request headers exceed the limit.
+    HeadersTooLarge(usize),
     /// 415 `unsupported_media_type`.
     UnsupportedMediaType,
     /// 503 `auth_unavailable`: the credential cannot be checked now.
@@ -80,6 +86,9 @@ impl ApiError {
             Self::IdentityMismatch(_) => "identity_mismatch",
             Self::ProviderDenied(_) => "provider_denied",
             Self::TooLarge(_) => "too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited(..) => "rate_limited",
             Self::AuthUnavailable(_) => "auth_unavailable",
@@ -96,6 +105,9 @@ impl ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::IdentityMismatch(_) | Self::ProviderDenied(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable { .. } | Self::AuthUnavailable(_) => {
@@ -118,6 +130,11 @@ impl ApiError {
             Self::ProviderUnavailable { message, .. } => message.clone(),
             Self::Unauthenticated(e) => e.to_string(),
             Self::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
+            Self::NotFound => "no such endpoint; see docs/api.md".into(),
+            Self::MethodNotAllowed => "this endpoint does not take this method".into(),
+            Self::HeadersTooLarge(limit) => {
+                format!("the request headers exceed {limit} bytes")
+            }
             Self::UnsupportedMediaType => {
                 "send the request as Content-Type: application/json".into()
             }

@@ -87,11 +87,13 @@ async fn probe(signer: &Signer, cluster: Option<&kube::Client>) -> Vec<String> {
 
 /// `/healthz`, `/readyz` and `/metrics`, served on plain HTTP.
 pub fn health_router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(readiness))
+    super::json_errors(
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(Arc::new(readiness)),
+    )
 }
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> Response {

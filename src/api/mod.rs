@@ -12,7 +12,7 @@ mod tls;
 pub use config::{ApiLimits, RawApi};
 pub use error::{ApiError, Limit};
 pub use health::{health_router, monitor, Readiness};
-pub use server::serve_tls;
+pub use server::{serve, ConnectionLimits};
 pub use tls::{serving_certificate, ServingTls};
 
 use std::sync::Arc;
@@ -65,12 +65,44 @@ impl ApiState {
     }
 }
 
-/// The signing API's routes.
+/// Largest request head answered by the router (with a JSON 431); hyper
+/// itself refuses far larger ones (`server::MAX_HEAD`) without a body.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The signing API's routes. Every error, an unknown path or method and
+/// oversized headers included, is answered in the contract's JSON form.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/v1/certificates", post(handlers::create_certificate))
-        .route("/v1/bundle", get(handlers::get_bundle))
-        .route("/v1/identity", get(handlers::get_identity))
-        .route("/v1/rotation", get(handlers::get_rotation))
-        .with_state(state)
+    json_errors(
+        Router::new()
+            .route("/v1/certificates", post(handlers::create_certificate))
+            .route("/v1/bundle", get(handlers::get_bundle))
+            .route("/v1/identity", get(handlers::get_identity))
+            .route("/v1/rotation", get(handlers::get_rotation))
+            .with_state(state),
+    )
+}
+
+/// 404, 405 and 431 as JSON errors, for any router.
+pub fn json_errors(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(limit_headers))
+}
+
+async fn limit_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + request.uri().to_string().len();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
+    }
+    next.run(request).await
 }

@@ -165,6 +165,19 @@ impl TestDaemon {
         client(&self.bundle_pem().await, None)
     }
 
+    /// The status and body of `GET path` on the signing API.
+    pub async fn get_status(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client()
+            .await
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     /// POST /v1/certificates with a JSON body.
     pub async fn post(
         &self,
