@@ -263,8 +263,11 @@ async fn publish_bundle(
     spawner: &Spawner,
 ) -> PublishStatus {
     let resync_now = Arc::new(Notify::new());
-    let mut sinks: Vec<Arc<dyn BundleSink>> =
-        vec![Arc::new(FileSink::new(config.bundle.file.clone()))];
+    let file = FileSink::new(config.bundle.file.clone());
+    spawner.spawn_child("bundle-file-watch", |token| {
+        file.watch_changes(resync_now.clone(), token)
+    });
+    let mut sinks: Vec<Arc<dyn BundleSink>> = vec![Arc::new(file)];
     if let (Some(cluster), Some(secret)) = (cluster, &config.bundle.secret) {
         let sink = SecretSink::new(
             cluster.client.clone(),

@@ -117,10 +117,10 @@ pub fn publisher(
                     pending.iter_mut().for_each(|p| *p = true);
                     backoff = RETRY_MIN;
                 }
-                () = resync_now.notified() => recheck(&sinks, &current, &mut pending).await,
+                () = resync_now.notified() => recheck(&sinks, &current, &mut pending, &task_status).await,
                 () = tokio::time::sleep(wait) => {
                     if all_ok {
-                        recheck(&sinks, &current, &mut pending).await;
+                        recheck(&sinks, &current, &mut pending, &task_status).await;
                     }
                 }
             }
@@ -130,14 +130,21 @@ pub fn publisher(
 }
 
 /// Mark for publishing every settled sink that no longer holds `current`
-/// (edited or removed outside meshca).
-async fn recheck(sinks: &[Arc<dyn BundleSink>], current: &TrustBundle, pending: &mut [bool]) {
+/// (edited or removed outside meshca); it counts as failing (and `/readyz`
+/// says so) until it holds the bundle again.
+async fn recheck(
+    sinks: &[Arc<dyn BundleSink>],
+    current: &TrustBundle,
+    pending: &mut [bool],
+    status: &PublishStatus,
+) {
     for (i, sink) in sinks.iter().enumerate() {
         if !pending[i] && !sink.holds(current).await {
             tracing::warn!(
                 sink = sink.name(),
                 "the trust bundle was changed or removed outside meshca; restoring it"
             );
+            status.set(i, Some("changed outside meshca; restoring".into()));
             pending[i] = true;
         }
     }
