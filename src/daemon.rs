@@ -144,6 +144,7 @@ async fn build(
     failed_tasks: watch::Receiver<Vec<&'static str>>,
 ) -> Result<(SocketAddr, SocketAddr), DaemonError> {
     let metrics = Arc::new(Metrics::new());
+    remove_debris(config);
     let cluster = Cluster::join(config.kubernetes.as_ref(), spawner).await?;
     let signing = signing(config, cluster.as_ref(), &metrics, spawner).await?;
     let publish = publish_bundle(config, cluster.as_ref(), &signing, &metrics, spawner).await;
@@ -197,6 +198,19 @@ async fn build(
         metrics,
     };
     serve(config, state, serving_tls, readiness, spawner).await
+}
+
+/// Temporary files an earlier, killed run left where meshca writes
+/// atomically: the state directory, the bundle's and the tokens'.
+fn remove_debris(config: &Config) {
+    let dirs = [
+        Some(config.state_dir.as_path()),
+        config.bundle.file.parent(),
+        config.auth.tokens_file.parent(),
+    ];
+    for dir in dirs.into_iter().flatten() {
+        bundle::remove_stale_temporaries(dir);
+    }
 }
 
 /// The provider, the signer slot around it, the anchors retained by an

@@ -61,3 +61,42 @@ async fn a_deleted_edited_or_blocked_bundle_file_is_restored_within_5s_and_ready
     })
     .await;
 }
+
+#[tokio::test]
+async fn staging_debris_of_a_killed_start_is_removed_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What a kill -9 in the first milliseconds leaves: a staged root with
+    // its private key, and a half-written temporary file of a token store.
+    let staged = dir.path().join(".tresor-AbC123");
+    std::fs::create_dir(&staged).expect("staging");
+    std::fs::write(staged.join("root.key"), "-----BEGIN PRIVATE KEY-----\n").expect("key");
+    let tmp = dir.path().join(".tmpXyZ987");
+    std::fs::write(&tmp, "tokens: [").expect("tmp");
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_modified(old))
+        .expect("age it");
+    let fresh = dir.path().join(".tmpFresh1");
+    std::fs::write(&fresh, "another process is writing this").expect("fresh");
+
+    let d = TestDaemon::start_in(dir, "").await;
+    let state = d.config.state_dir.clone();
+    assert!(!staged.exists(), "the orphan CA key is gone");
+    assert!(!tmp.exists(), "the stale temporary file is gone");
+    assert!(
+        fresh.exists(),
+        "a write in progress elsewhere is left alone"
+    );
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".tresor-")),
+        "{names:?}"
+    );
+    assert!(state.join("tresor/root.key").exists());
+}

@@ -90,6 +90,37 @@ impl BundleSink for FileSink {
     }
 }
 
+/// How old a temporary file of [`write_atomically`] must be before it
+/// counts as left behind by a killed process (a write takes milliseconds).
+const STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// Remove the temporary files `write_atomically` leaves in `dir` when the
+/// process is killed mid-write (`.tmp…`, older than [`STALE_AFTER`]).
+pub(crate) fn remove_stale_temporaries(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if stale && entry.file_name().to_string_lossy().starts_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a temporary file of an interrupted write")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove a temporary file of an interrupted write")
+                }
+            }
+        }
+    }
+}
+
 /// Write `contents` to `path` through a temporary file and a rename, with
 /// `mode` permissions; the directory is created if missing.
 pub(crate) fn write_atomically(

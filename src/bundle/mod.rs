@@ -8,7 +8,7 @@
 
 mod config;
 mod file;
-pub(crate) use file::write_atomically;
+pub(crate) use file::{remove_stale_temporaries, write_atomically};
 mod publisher;
 mod secret;
 

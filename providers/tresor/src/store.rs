@@ -66,6 +66,7 @@ impl RootSource {
                 validity,
                 common_name,
             } => {
+                remove_staging_debris(dir);
                 if dir.join(CERT_FILE).exists() {
                     return Ok(StoredRoot {
                         root: load_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE))?,
@@ -111,6 +112,39 @@ fn load_files(cert: &Path, key: &Path) -> Result<CaCertificate, TresorError> {
     CaCertificate::from_pem(&cert_pem, &key_pem)
 }
 
+/// Prefix of the directory a new root is staged in before its rename.
+const STAGING_PREFIX: &str = ".tresor-";
+
+/// Remove staging directories a killed start left beside `dir`: each
+/// may hold a CA private key that nothing else will ever remove. Only
+/// the daemon generates roots, one per state directory, so none can be in
+/// use now.
+fn remove_staging_debris(dir: &Path) {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX)
+        {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(path = %entry.path().display(), "removed the staging directory of an interrupted start")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove the staging directory of an interrupted start")
+                }
+            }
+        }
+    }
+}
+
 /// Write `root` into `dir` atomically; false if `dir` appeared meanwhile.
 fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
     let parent = match dir.parent() {
@@ -118,10 +152,7 @@ fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
         _ => Path::new("."),
     };
     fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".tresor-")
-        .tempdir_in(parent)
-        .map_err(io_err("create a directory in", parent))?;
+    let staging = staging_dir(parent)?;
     write_file(
         &staging.path().join(KEY_FILE),
         root.key_pem().as_bytes(),
@@ -146,6 +177,18 @@ fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
     }
 }
 
+/// A new staging directory in `parent`, 0700 before anything is put in it:
+/// it holds the CA key until the rename.
+fn staging_dir(parent: &Path) -> Result<tempfile::TempDir, TresorError> {
+    let staging = tempfile::Builder::new()
+        .prefix(STAGING_PREFIX)
+        .tempdir_in(parent)
+        .map_err(io_err("create a directory in", parent))?;
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o700))
+        .map_err(io_err("restrict", staging.path()))?;
+    Ok(staging)
+}
+
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TresorError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -155,4 +198,37 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TresorError
         .map_err(io_err("create", path))?;
     f.write_all(contents).map_err(io_err("write", path))?;
     f.sync_all().map_err(io_err("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_staging_directory_of_a_new_root_is_private_before_the_key_goes_in() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let staging = staging_dir(parent.path()).expect("staging");
+        let mode = fs::metadata(staging.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(staging
+            .path()
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(STAGING_PREFIX)));
+    }
+
+    #[test]
+    fn staging_debris_beside_the_root_directory_is_removed() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let debris = parent.path().join(".tresor-x1");
+        fs::create_dir(&debris).expect("debris");
+        fs::write(debris.join(KEY_FILE), "key").expect("key");
+        let other = parent.path().join("bundle");
+        fs::create_dir(&other).expect("other");
+        remove_staging_debris(&parent.path().join("tresor"));
+        assert!(!debris.exists());
+        assert!(other.exists(), "only staging directories go");
+    }
 }
