@@ -205,6 +205,15 @@ impl TryFrom<RawConfig> for Config {
                 .ok()
         });
         let server_names = server_names(&raw.server_names, &mut errors);
+        if listeners_clash(raw.listen, raw.metrics_listen) {
+            errors.add(
+                "metrics_listen",
+                format!(
+                    "{} would take the port of listen {}",
+                    raw.metrics_listen, raw.listen
+                ),
+            );
+        }
         let certificates = raw.certificates.validate(&mut errors);
         let kubernetes = raw.kubernetes.validate(&mut errors);
         let cluster = kubernetes.is_some();
@@ -260,6 +269,14 @@ impl TryFrom<RawConfig> for Config {
             _ => Err(ConfigError::Invalid(errors.into_vec())),
         }
     }
+}
+
+/// Whether two listeners would bind the same port: the same port (not 0)
+/// on the same address, or on any address when one is unspecified.
+fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// The names the serving certificate carries besides the daemon identity.

@@ -241,3 +241,26 @@ fn serve_token_agent_and_bundle_work_together_from_the_command_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn config_check_refuses_what_serve_would_clashing_listeners_and_unusable_root_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, yaml, needle) in [
+        (
+            "clash.yaml",
+            "listen: 127.0.0.1:9443\nmetrics_listen: 0.0.0.0:9443\n",
+            "metrics_listen",
+        ),
+        (
+            "missing.yaml",
+            "provider:\n  kind: tresor\n  tresor: { root_cert_file: ./nope.crt, root_key_file: ./nope.key }\n",
+            "provider.tresor.root_cert_file",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), yaml).expect("write");
+        let out = meshca(dir.path(), &["config", "check", "-c", name]);
+        assert_eq!(out.status.code(), Some(64), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}

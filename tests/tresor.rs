@@ -162,22 +162,26 @@ async fn a_byo_root_with_a_sec1_ec_key_is_used() {
     .await;
 }
 
-/// Start a daemon on `cert` + `key` in `dir`, expecting it to refuse.
+/// Load a config on `cert` + `key` in `dir`, expecting it to be refused
+/// there: the root files are read and cross-checked when the config is
+/// loaded, so `meshca config check` refuses what `serve` would.
 async fn start_error(dir: &Path, cert: &str, key: &str) -> String {
     support::install_crypto_provider();
     let state = tempfile::tempdir().expect("tempdir");
-    let config = meshca::Config::from_yaml(&support::config_yaml(
+    let e = meshca::Config::from_yaml(&support::config_yaml(
         state.path(),
         &format!(
             "provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {0}/{cert}\n    root_key_file: {0}/{key}\n",
             dir.display()
         ),
     ))
-    .expect("config");
-    meshca::start(config)
-        .await
-        .expect_err("must refuse")
-        .to_string()
+    .expect_err("must refuse");
+    let message = e.to_string();
+    assert!(
+        message.contains("provider.tresor.root_cert_file"),
+        "{message}"
+    );
+    message
 }
 
 #[tokio::test]

@@ -194,6 +194,10 @@ impl RawTresor {
                 return None;
             }
         };
+        if let Err(e) = root.check() {
+            errors.add("provider.tresor.root_cert_file", e);
+            return None;
+        }
         Some(TresorConfig {
             root,
             intermediate_validity: self.intermediate.as_ref().map(|i| i.validity),

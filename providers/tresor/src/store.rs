@@ -44,6 +44,20 @@ pub struct StoredRoot {
 }
 
 impl RootSource {
+    /// Load and cross-check a root brought as files (certificate, key, and
+    /// that they belong together, a CA, unexpired), without keeping it;
+    /// nothing to check for a generated root. `meshca config check` and
+    /// `serve` run this same check.
+    ///
+    /// # Errors
+    /// As [`RootSource::load_or_create`] for files.
+    pub fn check(&self) -> Result<(), TresorError> {
+        match self {
+            Self::Files { cert, key } => load_files(cert, key).map(drop),
+            Self::Generated { .. } => Ok(()),
+        }
+    }
+
     /// Load the root, generating and persisting it first if this is a
     /// generated root that does not exist yet.
     ///
