@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
@@ -83,7 +83,7 @@ impl super::ReviewTokens for TokenReviewer {
             .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
         let outcome = self.judge(&answer);
         let ttl = if outcome.is_ok() {
-            self.ttl
+            cache_ttl(self.ttl, unverified_expiry(token), SystemTime::now())
         } else {
             NEGATIVE_TTL
         };
@@ -136,6 +136,76 @@ impl TokenReviewer {
                 Identity::new(self.trust_domain.clone(), ns, sa).map_err(|e| e.to_string())
             }
             _ => Err(format!("{username:?} is not a ServiceAccount")),
+        }
+    }
+}
+/// The `exp` claim of a JWT, read without verifying anything: the API
+/// server has just vouched for the token, and this only bounds how long
+/// that answer is remembered.
+fn unverified_expiry(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
+}
+
+/// How long an accepted token is remembered: `ttl`, but never past the
+/// token's own expiry.
+fn cache_ttl(ttl: Duration, expiry: Option<u64>, now: SystemTime) -> Duration {
+    let Some(exp) = expiry else {
+        return ttl;
+    };
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ttl.min(Duration::from_secs(exp.saturating_sub(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        use base64::Engine;
+        let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            enc(br#"{"alg":"RS256"}"#),
+            enc(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn an_accepted_token_is_remembered_no_longer_than_it_lives() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ttl = Duration::from_secs(30);
+        let soon = jwt(&serde_json::json!({ "exp": 1_000_010, "sub": "x" }));
+        assert_eq!(
+            cache_ttl(ttl, unverified_expiry(&soon), now),
+            Duration::from_secs(10)
+        );
+        let later = jwt(&serde_json::json!({ "exp": 2_000_000 }));
+        assert_eq!(cache_ttl(ttl, unverified_expiry(&later), now), ttl);
+        let gone = jwt(&serde_json::json!({ "exp": 999_000 }));
+        assert_eq!(
+            cache_ttl(ttl, unverified_expiry(&gone), now),
+            Duration::ZERO
+        );
+        for opaque in [
+            "not-a-jwt",
+            "a.%%%.c",
+            &jwt(&serde_json::json!({ "sub": "no exp" })),
+        ] {
+            assert_eq!(
+                cache_ttl(ttl, unverified_expiry(opaque), now),
+                ttl,
+                "{opaque}"
+            );
         }
     }
 }
