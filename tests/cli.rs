@@ -2,6 +2,8 @@
 //! embedded layout, `token create`, `agent --once`, `bundle`, JSON logs and
 //! a clean stop on SIGTERM.
 
+use meshca_test_support as support;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
@@ -263,4 +265,115 @@ fn config_check_refuses_what_serve_would_clashing_listeners_and_unusable_root_fi
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{name}: {err}");
     }
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused_by_a_running_daemon_within_5s_and_list_never_shows_a_token() {
+    let d = support::TestDaemon::start("").await;
+    let config = d.dir.path().join("cli.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth: {{ tokens_file: {} }}\n",
+            d.config.auth.tokens_file.display()
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let create = |ns: &str, sa: &str| {
+        let out = meshca(
+            d.dir.path(),
+            &[
+                "token",
+                "create",
+                "-c",
+                &config,
+                "--namespace",
+                ns,
+                "--service-account",
+                sa,
+            ],
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (first, second, other) = (
+        create("bookstore", "bookstore"),
+        create("bookstore", "bookstore"),
+        create("payments", "payments"),
+    );
+    let list = meshca(d.dir.path(), &["token", "list", "-c", &config]);
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listed.contains("bookstore/bookstore") && listed.contains("payments/payments"),
+        "{listed}"
+    );
+    for token in [&first, &second, &other] {
+        assert!(!listed.contains(token.as_str()), "a token in the listing");
+    }
+    let ids: Vec<String> = meshca::TokenStore::new(d.config.auth.tokens_file.clone())
+        .list()
+        .expect("list")
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    assert!(ids.iter().all(|id| listed.contains(id.as_str())));
+
+    let client = d.client().await;
+    let works = |token: String| {
+        let (d, client) = (&d, client.clone());
+        async move {
+            let body = serde_json::json!({ "csr": support::csr(&support::key()) });
+            d.post(&client, Some(&token), &body).await.0
+        }
+    };
+    assert_eq!(works(first.clone()).await, 200);
+
+    let out = meshca(
+        d.dir.path(),
+        &["token", "revoke", "-c", &config, "--id", &ids[0]],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while works(first.clone()).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked token still works after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(works(second.clone()).await, 200, "only that one");
+
+    let out = meshca(
+        d.dir.path(),
+        &[
+            "token",
+            "revoke",
+            "-c",
+            &config,
+            "--namespace",
+            "bookstore",
+            "--service-account",
+            "bookstore",
+        ],
+    );
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while works(second.clone()).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the identity's tokens still work after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(works(other).await, 200, "another identity keeps its token");
+    let out = meshca(
+        d.dir.path(),
+        &["token", "revoke", "-c", &config, "--id", "nothing"],
+    );
+    assert_eq!(out.status.code(), Some(1), "nothing matched");
 }

@@ -13,7 +13,7 @@ mod tokens;
 pub use config::{AuthConfig, RawAuth};
 pub use kubernetes::TokenReviewer;
 pub use mtls::PeerCertificates;
-pub use tokens::TokenStore;
+pub use tokens::{Revoke, TokenRecord, TokenStore};
 
 use http::{HeaderMap, HeaderValue};
 use meshca_provider::{Identity, TrustDomain};

@@ -29,6 +29,40 @@ pub struct TokenRecord {
     pub created_at: String,
 }
 
+impl TokenRecord {
+    /// A short name for the token, safe to show: the start of its hash,
+    /// from which the token cannot be recovered.
+    pub fn id(&self) -> &str {
+        self.sha256.get(..12).unwrap_or(&self.sha256)
+    }
+}
+
+/// Which tokens `meshca token revoke` removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    /// The one with this id ([`TokenRecord::id`]).
+    Id(String),
+    /// Every token of this identity.
+    Identity {
+        /// Its namespace.
+        namespace: String,
+        /// Its service account.
+        service_account: String,
+    },
+}
+
+impl Revoke {
+    fn matches(&self, r: &TokenRecord) -> bool {
+        match self {
+            Self::Id(id) => r.id() == id,
+            Self::Identity {
+                namespace,
+                service_account,
+            } => &r.namespace == namespace && &r.service_account == service_account,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenFile {
@@ -171,13 +205,47 @@ impl TokenStore {
             "{TOKEN_PREFIX}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         );
+        let record = TokenRecord {
+            sha256: sha256_hex(&token),
+            namespace: identity.namespace().to_owned(),
+            service_account: identity.service_account().to_owned(),
+            created_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        };
+        self.update(|file| file.tokens.push(record))?;
+        Ok(token)
+    }
+
+    /// Every stored token's record (hashes, never tokens).
+    ///
+    /// # Errors
+    /// [`AuthError::Store`] when the file cannot be read.
+    pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
+        Ok(read_file(&self.path)?.tokens)
+    }
+
+    /// Remove the tokens `which` names; returns how many. A running daemon
+    /// refuses them once it sees the file change (within seconds).
+    ///
+    /// # Errors
+    /// [`AuthError::Store`] when the file cannot be read or written.
+    pub fn revoke(&self, which: &Revoke) -> Result<usize, AuthError> {
+        self.update(|file| {
+            let before = file.tokens.len();
+            file.tokens.retain(|r| !which.matches(r));
+            before - file.tokens.len()
+        })
+    }
+
+    /// Change the file under a lock (concurrent `meshca token` runs) and
+    /// replace it atomically (0600).
+    fn update<T>(&self, change: impl FnOnce(&mut TokenFile) -> T) -> Result<T, AuthError> {
         let store_err =
             |e: std::io::Error| AuthError::Store(format!("{}: {e}", self.path.display()));
-
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(store_err)?;
         }
-        // Serialise concurrent `token create` runs on a lock file.
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -186,19 +254,14 @@ impl TokenStore {
             .map_err(store_err)?;
         lock.lock().map_err(store_err)?;
         let mut file = read_file(&self.path)?;
-        file.tokens.push(TokenRecord {
-            sha256: sha256_hex(&token),
-            namespace: identity.namespace().to_owned(),
-            service_account: identity.service_account().to_owned(),
-            created_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        });
+        let result = change(&mut file);
         let yaml = serde_yaml_ng::to_string(&file)
             .map_err(|e| AuthError::Store(format!("failed to encode the token store: {e}")))?;
-        let text = format!("# meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token create`.\n{yaml}");
+        let text = format!(
+            "# meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token`.\n{yaml}"
+        );
         crate::bundle::write_atomically(&self.path, text.as_bytes(), 0o600).map_err(store_err)?;
-        Ok(token)
+        Ok(result)
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use meshca_provider::Identity;
 
 use super::{load_config, EX_USAGE};
-use crate::auth::TokenStore;
+use crate::auth::{Revoke, TokenStore};
 use crate::config::Config;
 
 /// `meshca token create`: print a new token; only its hash is stored.
@@ -30,6 +30,57 @@ pub fn create_token(config: Option<&Path>, namespace: &str, service_account: &st
                 config.auth.tokens_file.display()
             );
             println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca token list`.
+pub fn list_tokens(config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match TokenStore::new(config.auth.tokens_file.clone()).list() {
+        Ok(tokens) => {
+            println!("{:<12}  {:<40}  CREATED", "ID", "IDENTITY");
+            for t in tokens {
+                println!(
+                    "{:<12}  {:<40}  {}",
+                    t.id(),
+                    format!("{}/{}", t.namespace, t.service_account),
+                    t.created_at
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca token revoke`: 1 when nothing matched, so scripts notice.
+pub fn revoke_tokens(config: Option<&Path>, which: &Revoke) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match TokenStore::new(config.auth.tokens_file.clone()).revoke(which) {
+        Ok(0) => {
+            eprintln!("no token matched; nothing revoked");
+            ExitCode::FAILURE
+        }
+        Ok(n) => {
+            eprintln!(
+                "revoked {n} token(s) in {}; a running daemon refuses them within seconds",
+                config.auth.tokens_file.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

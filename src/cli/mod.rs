@@ -118,6 +118,28 @@ enum TokenCommand {
         #[arg(long)]
         service_account: String,
     },
+    /// List the stored tokens: id, identity, creation time (never a token).
+    List {
+        /// Config file naming the token store.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke one token by id, or every token of an identity; a running
+    /// daemon refuses them within seconds.
+    Revoke {
+        /// Config file naming the token store.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The token's id, as `meshca token list` shows it.
+        #[arg(long, conflicts_with_all = ["namespace", "service_account"], required_unless_present = "namespace")]
+        id: Option<String>,
+        /// Namespace of the identity whose tokens to revoke.
+        #[arg(long, requires = "service_account")]
+        namespace: Option<String>,
+        /// ServiceAccount of the identity whose tokens to revoke.
+        #[arg(long, requires = "namespace")]
+        service_account: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +250,31 @@ async fn run(command: Command) -> ExitCode {
                     service_account,
                 },
         } => admin::create_token(config.as_deref(), &namespace, &service_account),
+        Command::Token {
+            command: TokenCommand::List { config },
+        } => admin::list_tokens(config.as_deref()),
+        Command::Token {
+            command:
+                TokenCommand::Revoke {
+                    config,
+                    id,
+                    namespace,
+                    service_account,
+                },
+        } => {
+            let which = match (id, namespace, service_account) {
+                (Some(id), _, _) => crate::auth::Revoke::Id(id),
+                (None, Some(namespace), Some(service_account)) => crate::auth::Revoke::Identity {
+                    namespace,
+                    service_account,
+                },
+                _ => {
+                    eprintln!("error: name a token with --id, or an identity with --namespace and --service-account");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            admin::revoke_tokens(config.as_deref(), &which)
+        }
         Command::Bundle { config } => admin::print_bundle(config.as_deref()),
         Command::Rotate {
             command: RotateCommand::Status { config },
