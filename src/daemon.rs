@@ -23,7 +23,7 @@ use crate::bundle::{
 use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
 use crate::ingress::{self, Mesh};
-use crate::issuer::{IssueError, Issuer};
+use crate::issuer::{DenyList, IssueError, Issuer};
 use crate::metrics::Metrics;
 use crate::provider::{self, BuildError};
 use crate::rollout::{self, Rollout, RolloutStatus, Signer, StateStore, Target};
@@ -154,6 +154,7 @@ async fn build(
         config.certificates,
         signing.bundle.clone(),
         metrics.clone(),
+        DenyList::new(config.auth.denied_file.clone()),
     );
     let renew_serving = Arc::new(Notify::new());
     let serving_tls =

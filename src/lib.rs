@@ -27,6 +27,7 @@ mod renewal;
 mod rollout;
 mod supervisor;
 mod validation;
+mod watched;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError};
 pub use auth::{AuthError, Revoke, TokenRecord, TokenStore};

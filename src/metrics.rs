@@ -55,6 +55,8 @@ pub struct Metrics {
     pub rotation_generation: Gauge,
     /// 1 for the rollout stage in force, 0 for the others.
     pub rotation_stage: Family<StageLabels, Gauge>,
+    /// Identities on the deny-list, as the last request saw it.
+    pub identities_denied: Gauge,
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
@@ -131,10 +133,17 @@ impl Metrics {
             "1 for the signer rollout stage in force",
             rotation_stage.clone(),
         );
+        let identities_denied = Gauge::default();
+        registry.register(
+            "identities_denied",
+            "Identities on the deny-list (meshca identity deny)",
+            identities_denied.clone(),
+        );
         let cert_manager = std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(
             &mut registry,
         ));
         Self {
+            identities_denied,
             cert_manager,
             registry,
             rotation_generation,

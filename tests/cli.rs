@@ -377,3 +377,96 @@ async fn revoked_tokens_are_refused_by_a_running_daemon_within_5s_and_list_never
     );
     assert_eq!(out.status.code(), Some(1), "nothing matched");
 }
+
+#[tokio::test]
+async fn a_denied_identity_gets_nothing_by_token_or_by_renewal_until_allowed() {
+    let d = support::TestDaemon::start("").await;
+    let config = d.dir.path().join("cli.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth: {{ tokens_file: {}, denied_file: {} }}\n",
+            d.config.auth.tokens_file.display(),
+            d.config.auth.denied_file.display()
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let k = support::key();
+    let (status, _, first) = d
+        .post(
+            &client,
+            Some(&token),
+            &serde_json::json!({ "csr": support::csr(&k) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let mtls = support::client(
+        &d.bundle_pem().await,
+        Some((
+            first["certificate_chain"].as_str().expect("chain"),
+            &k.serialize_pem(),
+        )),
+    );
+    let by_token = || async {
+        let body = serde_json::json!({ "csr": support::csr(&support::key()) });
+        d.post(&client, Some(&token), &body).await
+    };
+    let by_renewal = || async {
+        let body = serde_json::json!({ "csr": support::csr(&support::key()) });
+        d.post(&mtls, None, &body).await
+    };
+
+    let out = meshca(
+        d.dir.path(),
+        &["identity", "deny", "bookstore/bookstore", "-c", &config],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = by_token().await;
+        if status == 403 {
+            assert_eq!(body["error"]["code"], "identity_denied", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still issued after 5 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, body) = by_renewal().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("identity_denied")),
+        "{body}"
+    );
+    let other = d.token("payments", "payments");
+    let body = serde_json::json!({ "csr": support::csr(&support::key()) });
+    assert_eq!(
+        d.post(&client, Some(&other), &body).await.0,
+        200,
+        "others unaffected"
+    );
+    assert!(d.metrics().await.contains("meshca_identities_denied 1"));
+
+    let out = meshca(
+        d.dir.path(),
+        &["identity", "allow", "bookstore/bookstore", "-c", &config],
+    );
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while by_renewal().await.0 != 200 {
+        assert!(Instant::now() < deadline, "still denied after allow");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(by_token().await.0, 200);
+    let out = meshca(
+        d.dir.path(),
+        &["identity", "deny", "not-an-identity", "-c", &config],
+    );
+    assert_eq!(out.status.code(), Some(64));
+}

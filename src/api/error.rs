@@ -22,6 +22,8 @@ pub enum ApiError {
     Unauthenticated(AuthError),
     /// 403 `identity_mismatch`: the CSR names someone the caller is not.
     IdentityMismatch(String),
+    /// 403 `identity_denied`: the identity is on meshca's deny-list.
+    IdentityDenied(String),
     /// 403 `provider_denied`: the backend's policy refused the identity.
     ProviderDenied(String),
     /// 413 `too_large`.
@@ -85,6 +87,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::IdentityMismatch(_) => "identity_mismatch",
             Self::ProviderDenied(_) => "provider_denied",
+            Self::IdentityDenied(_) => "identity_denied",
             Self::TooLarge(_) => "too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -103,7 +106,9 @@ impl ApiError {
         match self {
             Self::InvalidCsr(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::IdentityMismatch(_) | Self::ProviderDenied(_) => StatusCode::FORBIDDEN,
+            Self::IdentityMismatch(_) | Self::ProviderDenied(_) | Self::IdentityDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +129,7 @@ impl ApiError {
             | Self::InvalidRequest(m)
             | Self::IdentityMismatch(m)
             | Self::ProviderDenied(m)
+            | Self::IdentityDenied(m)
             | Self::ProviderRejected(m)
             | Self::ProviderMisconfigured(m)
             | Self::AuthUnavailable(m) => m.clone(),
@@ -207,6 +213,8 @@ impl From<IssueError> for ApiError {
             }
             IssueError::Csr(csr) => Self::InvalidCsr(csr.to_string()),
             IssueError::Provider(p) => Self::from(p),
+            IssueError::IdentityDenied(_) => Self::IdentityDenied(e.to_string()),
+            IssueError::DenyList(m) => Self::Internal(m),
         }
     }
 }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub struct AuthConfig {
     /// The static token store (hashes only).
     pub tokens_file: PathBuf,
+    /// Identities denied any certificate (`meshca identity deny`).
+    pub denied_file: PathBuf,
     /// ServiceAccount tokens checked with TokenReview, used when meshca
     /// runs with a cluster; `None` when the cluster is turned off.
     pub kubernetes: Option<TokenReviewConfig>,
@@ -29,6 +31,7 @@ pub struct TokenReviewConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     tokens_file: Option<PathBuf>,
+    denied_file: Option<PathBuf>,
     kubernetes: RawTokenReview,
 }
 
@@ -50,14 +53,18 @@ impl Default for RawTokenReview {
 }
 
 impl RawAuth {
-    /// The settings; tokens default to `<state_dir>/tokens.yaml`. Every
-    /// value is valid.
+    /// The settings; tokens default to `<state_dir>/tokens.yaml`, the
+    /// deny-list to `<state_dir>/denied.yaml`. Every value is valid.
     pub fn validate(&self, state_dir: &Path, cluster: bool) -> AuthConfig {
         AuthConfig {
             tokens_file: self
                 .tokens_file
                 .clone()
                 .unwrap_or_else(|| state_dir.join("tokens.yaml")),
+            denied_file: self
+                .denied_file
+                .clone()
+                .unwrap_or_else(|| state_dir.join("denied.yaml")),
             kubernetes: cluster.then(|| TokenReviewConfig {
                 audience: self.kubernetes.audience.clone(),
                 cache_ttl: self.kubernetes.cache_ttl,

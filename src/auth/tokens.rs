@@ -1,7 +1,5 @@
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
 use base64::Engine;
 use meshca_provider::{Identity, TrustDomain};
@@ -9,6 +7,7 @@ use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
+use crate::watched::{read_yaml, update_yaml, WatchedFile};
 
 /// Prefix of every token, so a leaked one is recognisable in logs and by
 /// secret scanners.
@@ -70,28 +69,14 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
-/// How long a successful look at the file's metadata is trusted, so that a
-/// burst of requests costs one `stat`, not one each.
-const RECHECK_AFTER: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Default)]
-struct Cache {
-    /// Modification time and length of the file the map was read from.
-    stamp: Option<(SystemTime, u64)>,
-    /// When the stamp was last compared with the file.
-    checked_at: Option<Instant>,
-    by_hash: HashMap<String, TokenRecord>,
-}
-
 /// Static bearer tokens, each bound to one identity.
 ///
 /// The file holds hashes only, so reading it does not reveal a token. The
-/// daemon re-reads it when it changes, so `meshca token create` takes effect
-/// without a restart.
+/// daemon re-reads it when it changes, so `meshca token create` and
+/// `meshca token revoke` take effect without a restart.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
-    path: PathBuf,
-    cache: Arc<RwLock<Cache>>,
+    file: Arc<WatchedFile<TokenFile>>,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -106,8 +91,7 @@ impl TokenStore {
     /// A store backed by `path`; a missing file is an empty store.
     pub fn new(path: PathBuf) -> Self {
         Self {
-            path,
-            cache: Arc::default(),
+            file: Arc::new(WatchedFile::new(path)),
         }
     }
 
@@ -118,7 +102,7 @@ impl TokenStore {
 
     /// The file behind the store.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// The identity `token` authenticates.
@@ -128,14 +112,14 @@ impl TokenStore {
     /// exists but cannot be read.
     pub fn lookup(&self, token: &str, trust_domain: &TrustDomain) -> Result<Identity, AuthError> {
         let hash = sha256_hex(token);
-        self.refresh(false)?;
-        let record = match self.find(&hash)? {
+        let find = |force| -> Result<Option<TokenRecord>, AuthError> {
+            let file = self.file.get(force).map_err(AuthError::Store)?;
+            Ok(file.tokens.iter().find(|r| r.sha256 == hash).cloned())
+        };
+        // A token created a moment ago may not be in the cache yet.
+        let record = match find(false)? {
             Some(r) => r,
-            // A token created a moment ago may not be in the cache yet.
-            None => {
-                self.refresh(true)?;
-                self.find(&hash)?.ok_or(AuthError::UnknownToken)?
-            }
+            None => find(true)?.ok_or(AuthError::UnknownToken)?,
         };
         Identity::new(
             trust_domain.clone(),
@@ -143,52 +127,6 @@ impl TokenStore {
             &record.service_account,
         )
         .map_err(|e| AuthError::Store(e.to_string()))
-    }
-
-    fn find(&self, hash: &str) -> Result<Option<TokenRecord>, AuthError> {
-        let cache = self
-            .cache
-            .read()
-            .map_err(|_| AuthError::Store("token cache poisoned".into()))?;
-        Ok(cache.by_hash.get(hash).cloned())
-    }
-
-    /// Re-read the file if it changed; unless `force`, trust a recent
-    /// look at its metadata.
-    fn refresh(&self, force: bool) -> Result<(), AuthError> {
-        if !force
-            && self.cache.read().is_ok_and(|c| {
-                c.stamp.is_some() && c.checked_at.is_some_and(|t| t.elapsed() < RECHECK_AFTER)
-            })
-        {
-            return Ok(());
-        }
-        let stamp = match std::fs::metadata(&self.path) {
-            Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(AuthError::Store(format!("{}: {e}", self.path.display()))),
-        };
-        if self
-            .cache
-            .read()
-            .is_ok_and(|c| c.stamp == stamp && stamp.is_some())
-        {
-            return Ok(());
-        }
-        let file = read_file(&self.path)?;
-        let mut cache = self
-            .cache
-            .write()
-            .map_err(|_| AuthError::Store("token cache poisoned".into()))?;
-        cache.by_hash = file
-            .tokens
-            .into_iter()
-            .map(|r| (r.sha256.clone(), r))
-            .collect();
-        cache.stamp = stamp;
-        cache.checked_at = Some(Instant::now());
-        tracing::debug!(path = %self.path.display(), tokens = cache.by_hash.len(), "loaded the token store");
-        Ok(())
     }
 
     /// Create a token for `identity`, store its hash, and return the token:
@@ -222,7 +160,9 @@ impl TokenStore {
     /// # Errors
     /// [`AuthError::Store`] when the file cannot be read.
     pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
-        Ok(read_file(&self.path)?.tokens)
+        Ok(read_yaml::<TokenFile>(self.path())
+            .map_err(AuthError::Store)?
+            .tokens)
     }
 
     /// Remove the tokens `which` names; returns how many. A running daemon
@@ -238,40 +178,13 @@ impl TokenStore {
         })
     }
 
-    /// Change the file under a lock (concurrent `meshca token` runs) and
-    /// replace it atomically (0600).
     fn update<T>(&self, change: impl FnOnce(&mut TokenFile) -> T) -> Result<T, AuthError> {
-        let store_err =
-            |e: std::io::Error| AuthError::Store(format!("{}: {e}", self.path.display()));
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(store_err)?;
-        }
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path.with_extension("lock"))
-            .map_err(store_err)?;
-        lock.lock().map_err(store_err)?;
-        let mut file = read_file(&self.path)?;
-        let result = change(&mut file);
-        let yaml = serde_yaml_ng::to_string(&file)
-            .map_err(|e| AuthError::Store(format!("failed to encode the token store: {e}")))?;
-        let text = format!(
-            "# meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token`.\n{yaml}"
-        );
-        crate::bundle::write_atomically(&self.path, text.as_bytes(), 0o600).map_err(store_err)?;
-        Ok(result)
-    }
-}
-
-fn read_file(path: &Path) -> Result<TokenFile, AuthError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_yaml_ng::from_str::<Option<TokenFile>>(&text)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| AuthError::Store(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-        Err(e) => Err(AuthError::Store(format!("{}: {e}", path.display()))),
+        update_yaml(
+            self.path(),
+            "meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token`.",
+            change,
+        )
+        .map_err(AuthError::Store)
     }
 }
 

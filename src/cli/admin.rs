@@ -9,6 +9,7 @@ use meshca_provider::Identity;
 use super::{load_config, EX_USAGE};
 use crate::auth::{Revoke, TokenStore};
 use crate::config::Config;
+use crate::issuer::DenyList;
 
 /// `meshca token create`: print a new token; only its hash is stored.
 pub fn create_token(config: Option<&Path>, namespace: &str, service_account: &str) -> ExitCode {
@@ -80,6 +81,45 @@ pub fn revoke_tokens(config: Option<&Path>, which: &Revoke) -> ExitCode {
             eprintln!(
                 "revoked {n} token(s) in {}; a running daemon refuses them within seconds",
                 config.auth.tokens_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshca identity deny|allow NS/SA`.
+pub fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some((namespace, service_account)) = identity
+        .split_once('/')
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty())
+    else {
+        eprintln!("error: {identity:?} must be namespace/service-account");
+        return ExitCode::from(EX_USAGE);
+    };
+    if let Err(e) = Identity::new(config.trust_domain.clone(), namespace, service_account) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let list = DenyList::new(config.auth.denied_file.clone());
+    let (changed, verb) = if deny {
+        (list.deny(namespace, service_account), "denied")
+    } else {
+        (list.allow(namespace, service_account), "allowed")
+    };
+    match changed {
+        Ok(changed) => {
+            let note = if changed { "" } else { " (already so)" };
+            eprintln!(
+                "{namespace}/{service_account} {verb}{note} in {}; a running daemon applies it within seconds",
+                list.path().display()
             );
             ExitCode::SUCCESS
         }

@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Deny an identity every certificate, or allow it again.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Print the trust bundle (PEM).
     Bundle {
         /// Config file whose bundle file to read.
@@ -139,6 +144,28 @@ enum TokenCommand {
         /// ServiceAccount of the identity whose tokens to revoke.
         #[arg(long, requires = "namespace")]
         service_account: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Refuse every certificate to NAMESPACE/SERVICE_ACCOUNT, by every path
+    /// (tokens, renewal with a client certificate, ingress Secrets); a
+    /// running daemon applies it within seconds.
+    Deny {
+        /// `namespace/service-account`.
+        identity: String,
+        /// Config file naming the deny-list.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Lift a deny.
+    Allow {
+        /// `namespace/service-account`.
+        identity: String,
+        /// Config file naming the deny-list.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -275,6 +302,12 @@ async fn run(command: Command) -> ExitCode {
             };
             admin::revoke_tokens(config.as_deref(), &which)
         }
+        Command::Identity {
+            command: IdentityCommand::Deny { identity, config },
+        } => admin::deny_identity(config.as_deref(), &identity, true),
+        Command::Identity {
+            command: IdentityCommand::Allow { identity, config },
+        } => admin::deny_identity(config.as_deref(), &identity, false),
         Command::Bundle { config } => admin::print_bundle(config.as_deref()),
         Command::Rotate {
             command: RotateCommand::Status { config },

@@ -3,8 +3,10 @@
 //! [`Checked`] gate) and the bookkeeping a response needs.
 
 mod config;
+mod deny;
 
 pub use config::{Lifetimes, RawLifetimes};
+pub use deny::DenyList;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,13 @@ pub enum IssueError {
     /// The provider failed or returned something unacceptable.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The identity is on the deny-list (`meshca identity deny`).
+    #[error("{0} is denied any certificate (meshca identity allow lifts it)")]
+    IdentityDenied(Identity),
+    /// The deny-list cannot be read: nobody is issued a certificate until
+    /// it can, rather than risk issuing to a denied identity.
+    #[error("failed to read the deny-list: {0}")]
+    DenyList(String),
 }
 
 /// A certificate ready to hand out, with the bundle to trust alongside it.
@@ -52,6 +61,7 @@ pub struct Issuer {
     lifetimes: Lifetimes,
     bundle: BundleReceiver,
     metrics: Arc<Metrics>,
+    denied: DenyList,
 }
 
 impl Issuer {
@@ -62,12 +72,14 @@ impl Issuer {
         lifetimes: Lifetimes,
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
+        denied: DenyList,
     ) -> Self {
         Self {
             signer,
             lifetimes,
             bundle,
             metrics,
+            denied,
         }
     }
 
@@ -93,6 +105,16 @@ impl Issuer {
         csr_der: &[u8],
         ttl: Option<Duration>,
     ) -> Result<IssuedCertificate, IssueError> {
+        let denied = self
+            .denied
+            .is_denied(identity)
+            .map_err(IssueError::DenyList)?;
+        self.metrics
+            .identities_denied
+            .set(i64::try_from(self.denied.count()).unwrap_or(i64::MAX));
+        if denied {
+            return Err(IssueError::IdentityDenied(identity.clone()));
+        }
         let csr = ValidatedCsr::new(csr_der, identity)?;
         let profile = LeafProfile::workload(identity.clone(), self.lifetimes.clamp(ttl));
         self.sign(&csr, &profile).await
