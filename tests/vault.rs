@@ -457,3 +457,90 @@ async fn a_token_without_meshcas_policy_is_reported_as_a_configuration_problem_w
         "Vault's own message: {err}"
     );
 }
+
+/// A CSR naming exactly `ns/sa`, as `meshca agent` sends it.
+fn named_csr(ns: &str, sa: &str) -> String {
+    support::csr_with(&key(), |p| {
+        p.subject_alt_names = vec![
+            rcgen::SanType::DnsName(format!("{sa}.{ns}.cluster.local").try_into().expect("dns")),
+            rcgen::SanType::URI(
+                format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+                    .try_into()
+                    .expect("uri"),
+            ),
+        ];
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_signs_the_csrs_names_refuses_unnamed_csrs_with_400_and_says_which_setting() {
+    let bao = OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    // The role's default: Vault takes the names from the CSR.
+    bao.cli(&["patch", "pki/roles/openservicemesh", "use_csr_sans=true"]);
+    let token_file = bao.meshca_token_file();
+    let d = TestDaemon::start(
+        &bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), ""),
+    )
+    .await;
+    let token = d.token("bookstore", "bookstore");
+    let client = d.client().await;
+    let (status, headers, body) = d
+        .post(&client, Some(&token), &json!({ "csr": csr(&key()) }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_csr");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("use_csr_sans") && message.contains("/v1/identity"),
+        "{message}"
+    );
+    assert!(!headers.contains_key("retry-after"));
+    let (status, _, body) = d
+        .post(
+            &client,
+            Some(&token),
+            &json!({ "csr": named_csr("bookstore", "bookstore") }),
+        )
+        .await;
+    assert_eq!(status, 200, "a CSR naming the identity is signed: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_read_access_to_the_role_an_unacceptable_answer_is_not_retryable_and_names_the_setting(
+) {
+    let bao = OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    bao.cli(&["patch", "pki/roles/openservicemesh", "use_csr_sans=true"]);
+    // A policy without read on the role.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.hcl");
+    std::fs::write(
+        &policy,
+        "path \"pki/sign/openservicemesh\" { capabilities = [\"create\", \"update\"] }\npath \"pki/issuers\" { capabilities = [\"list\"] }\npath \"pki/issuer/*\" { capabilities = [\"read\"] }\n",
+    )
+    .expect("policy");
+    bao.cli(&["policy", "write", "meshca", &policy.display().to_string()]);
+    let token_file = bao.meshca_token_file();
+    let d = TestDaemon::start(
+        &bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), ""),
+    )
+    .await;
+    let token = d.token("bookstore", "bookstore");
+    let (status, headers, body) = d
+        .post(
+            &d.client().await,
+            Some(&token),
+            &json!({ "csr": csr(&key()) }),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "provider_rejected");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("use_csr_sans")),
+        "{body}"
+    );
+    assert!(!headers.contains_key("retry-after"));
+}

@@ -29,11 +29,13 @@ MAX_TTL=${MAX_TTL:-72h}
   allowed_uri_sans="spiffe://$TRUST_DOMAIN/*" \
   use_csr_common_name=false use_csr_sans=false \
   server_flag=true client_flag=true key_usage=DigitalSignature,KeyEncipherment \
+  basic_constraints_valid_for_non_ca=true \
   key_type=any \
   max_ttl="$MAX_TTL" >/dev/null
 
 "$VAULT" policy write meshca - <<POLICY
 path "$MOUNT/sign/$ROLE" { capabilities = ["create", "update"] }
+path "$MOUNT/roles/$ROLE" { capabilities = ["read"] }
 path "$MOUNT/issuers"    { capabilities = ["list"] }
 path "$MOUNT/issuer/*"   { capabilities = ["read"] }
 path "$MOUNT/ca_chain"   { capabilities = ["read"] }

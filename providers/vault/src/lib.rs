@@ -91,7 +91,8 @@ impl Vault {
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
         let inner = Arc::new(client::Client::new(&config)?);
         inner.login().await.map_err(VaultError::into_provider)?;
-        let pki = pki::Pki::new(inner.clone(), &config);
+        let mut pki = pki::Pki::new(inner.clone(), &config);
+        pki.read_role().await;
         pki.refresh_anchors()
             .await
             .map_err(VaultError::into_provider)?;
@@ -115,10 +116,25 @@ impl Provider for Vault {
         csr: &ValidatedCsr,
         leaf: &LeafProfile,
     ) -> Result<SignedChain, ProviderError> {
-        self.pki
+        if self.pki.settings.is_some_and(|s| s.use_csr_sans) && !csr.names_exactly(leaf) {
+            return Err(ProviderError::UnsupportedRequest(format!(
+                "the Vault role signs only the names a CSR carries (use_csr_sans=true): the CSR must name exactly {} and {} (GET /v1/identity tells them), or the role must set use_csr_sans=false",
+                leaf.identity().dns_name(),
+                leaf.identity().spiffe_id()
+            )));
+        }
+        let chain = self
+            .pki
             .sign(csr, leaf)
             .await
-            .map_err(VaultError::into_provider)
+            .map_err(VaultError::into_provider)?;
+        if !names_the_identity(&chain, leaf) {
+            return Err(ProviderError::InvalidResponse(format!(
+                "Vault signed without the SPIFFE ID {} meshca asked for: the role ignores the requested names (use_csr_sans=true?); set use_csr_sans=false on the role",
+                leaf.identity().spiffe_id()
+            )));
+        }
+        Ok(chain)
     }
 
     async fn trust_anchors(&self) -> Result<Vec<CertificateDer<'static>>, ProviderError> {
@@ -131,4 +147,25 @@ impl Provider for Vault {
             Err(e) => Health::Unhealthy(e.to_string()),
         }
     }
+}
+
+/// Whether the leaf of `chain` carries the identity's SPIFFE ID: Vault's
+/// own way of failing when a role ignores the names meshca passes.
+fn names_the_identity(chain: &SignedChain, leaf: &LeafProfile) -> bool {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Some(der) = chain.0.first() else {
+        return false;
+    };
+    let want = leaf.identity().spiffe_id();
+    X509Certificate::from_der(der.as_ref()).is_ok_and(|(_, c)| {
+        c.subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .any(|n| matches!(n, GeneralName::URI(u) if *u == want))
+            })
+    })
 }

@@ -12,11 +12,23 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::client::{Client, VaultError};
 use crate::VaultConfig;
 
+/// What meshca needs to know of the signing role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RoleSettings {
+    /// Vault signs the names the CSR carries, not the ones meshca passes.
+    pub use_csr_sans: bool,
+    /// Leaves carry basicConstraints CA:FALSE (SPIFFE clients need it).
+    pub basic_constraints: bool,
+}
+
 /// The PKI engine at one mount, signing with one role.
 pub(crate) struct Pki {
     client: Arc<Client>,
     mount: String,
     role: String,
+    /// The role as read at start; `None` when meshca's policy cannot read
+    /// it.
+    pub(crate) settings: Option<RoleSettings>,
     refresh: Duration,
     anchors: RwLock<Option<(Instant, Vec<CertificateDer<'static>>)>>,
 }
@@ -41,8 +53,41 @@ impl Pki {
             client,
             mount: config.mount.trim_matches('/').to_owned(),
             role: config.role.clone(),
+            settings: None,
             refresh: config.anchors_refresh,
             anchors: RwLock::new(None),
+        }
+    }
+
+    /// Read `<mount>/roles/<role>` and say what in it will trouble
+    /// workloads; `None` (with a warning) when the policy does not allow
+    /// the read.
+    pub(crate) async fn read_role(&mut self) {
+        let path = format!("{}/roles/{}", self.mount, self.role);
+        let read = self.client.call(Method::GET, &path, None).await;
+        let settings = read.and_then(|b| json(&b)).map(|v| RoleSettings {
+            use_csr_sans: v
+                .pointer("/data/use_csr_sans")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            basic_constraints: v
+                .pointer("/data/basic_constraints_valid_for_non_ca")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        });
+        match settings {
+            Ok(s) => {
+                if s.use_csr_sans {
+                    tracing::warn!(role = %path, "the Vault role has use_csr_sans=true: Vault signs only the names a CSR carries, so CSRs that do not name their identity are refused; set use_csr_sans=false on the role to let meshca name them");
+                }
+                if !s.basic_constraints {
+                    tracing::warn!(role = %path, "the Vault role has basic_constraints_valid_for_non_ca=false: its leaves lack basicConstraints, which SPIFFE clients reject; set it to true");
+                }
+                self.settings = Some(s);
+            }
+            Err(e) => {
+                tracing::warn!(role = %path, error = %e, "cannot read the Vault role (grant meshca's policy read on it); its settings will only show in what Vault signs");
+            }
         }
     }
 
