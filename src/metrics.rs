@@ -57,6 +57,9 @@ pub struct Metrics {
     pub rotation_stage: Family<StageLabels, Gauge>,
     /// Identities on the deny-list, as the last request saw it.
     pub identities_denied: Gauge,
+    /// Leaves a provider issued longer than requested (but within
+    /// `certificates.max_ttl`).
+    pub certificates_longer_than_requested: Counter,
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
@@ -139,11 +142,18 @@ impl Metrics {
             "Identities on the deny-list (meshca identity deny)",
             identities_denied.clone(),
         );
+        let certificates_longer_than_requested = Counter::default();
+        registry.register(
+            "certificates_longer_than_requested",
+            "Leaves issued with a longer lifetime than requested, within certificates.max_ttl",
+            certificates_longer_than_requested.clone(),
+        );
         let cert_manager = std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(
             &mut registry,
         ));
         Self {
             identities_denied,
+            certificates_longer_than_requested,
             cert_manager,
             registry,
             rotation_generation,

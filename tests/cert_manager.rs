@@ -129,7 +129,8 @@ async fn an_issuer_or_cluster_issuer_signs_through_certificate_requests_that_are
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_request_carries_the_issuer_ref_duration_usages_and_identity() {
     let (kube, issuer, d) = setup("Issuer").await;
-    issuer.set(IssuerBehaviour::Ignore);
+    // Approved, then the issuer never signs.
+    issuer.set(IssuerBehaviour::ApproveOnly);
     let signer = tokio::spawn({
         let d_url = d.url("/v1/certificates");
         let token = d.token("bookstore", "bookstore");
@@ -364,4 +365,63 @@ async fn the_example_issuer_applies_with_kubectl() {
     assert!(kube
         .get("cert-manager.io", "certificates", "osm-system", "osm-ca")
         .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_approves_says_so_and_is_counted() {
+    let (kube, issuer, d) = setup("Issuer").await;
+    issuer.set(IssuerBehaviour::Ignore);
+    let (status, headers, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+    assert_eq!(status, 503, "an approver may still act: {body}");
+    assert!(headers.contains_key("retry-after"));
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("not approved") && message.contains("CertificateRequestPolicy"),
+        "{message}"
+    );
+    assert!(
+        d.metrics()
+            .await
+            .contains("meshca_cert_manager_request_outcomes_total{reason=\"NotApproved\"} 1"),
+        "counted"
+    );
+    no_requests_left(&kube).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_longer_than_requested_is_accepted_within_max_ttl_and_refused_beyond_it() {
+    let (_kube, issuer, d) = setup("Issuer").await;
+    // Asked for 1h (sign() asks 3600 s), signed for 2h: within the 72h cap.
+    issuer.set(IssuerBehaviour::SignFor(2 * 3600));
+    let (status, _, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+    assert_eq!(status, 200, "{body}");
+    let at = |field: &str| {
+        time::OffsetDateTime::parse(
+            body[field].as_str().expect(field),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339")
+    };
+    let (not_before, not_after, renew_after) =
+        (at("not_before"), at("not_after"), at("renew_after"));
+    assert!(
+        not_after - not_before > time::Duration::seconds(3600 + 1800),
+        "the real lifetime"
+    );
+    let lifetime: time::Duration = not_after - not_before;
+    let two_thirds: time::OffsetDateTime = not_before + lifetime * 2 / 3;
+    assert!(
+        (renew_after - two_thirds).abs() < time::Duration::seconds(60),
+        "renewal from the real NotAfter"
+    );
+    assert!(d
+        .metrics()
+        .await
+        .contains("meshca_certificates_longer_than_requested_total 1"));
+
+    issuer.set(IssuerBehaviour::SignFor(100 * 3600));
+    let (status, headers, body) = sign(&d, named_csr("bookstore", "bookstore")).await;
+    assert_eq!(status, 502, "beyond certificates.max_ttl: {body}");
+    assert_eq!(body["error"]["code"], "provider_rejected");
+    assert!(!headers.contains_key("retry-after"));
 }

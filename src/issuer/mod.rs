@@ -116,7 +116,8 @@ impl Issuer {
             return Err(IssueError::IdentityDenied(identity.clone()));
         }
         let csr = ValidatedCsr::new(csr_der, identity)?;
-        let profile = LeafProfile::workload(identity.clone(), self.lifetimes.clamp(ttl));
+        let profile = LeafProfile::workload(identity.clone(), self.lifetimes.clamp(ttl))
+            .with_ceiling(self.lifetimes.max_ttl);
         self.sign(&csr, &profile).await
     }
 
@@ -150,6 +151,17 @@ impl Issuer {
         let issued = issued?;
         self.signer
             .record(generation, issued.not_after().unix_timestamp());
+        // Within the ceiling (the gate checked it), but longer than asked:
+        // renewal follows the real NotAfter; count it for the operator.
+        let asked = OffsetDateTime::now_utc() + profile.ttl() + Duration::from_secs(60);
+        if issued.not_after() > asked {
+            self.metrics.certificates_longer_than_requested.inc();
+            tracing::info!(
+                not_after = %issued.not_after(),
+                requested_seconds = profile.ttl().as_secs(),
+                "the provider issued a longer lifetime than requested (within certificates.max_ttl)"
+            );
+        }
         let renew_after = renewal::renew_after(
             issued.not_before(),
             issued.not_after(),

@@ -7,7 +7,8 @@ use prometheus_client::registry::Registry;
 /// Labels of the outcome counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `Issued`, `Denied`, `Failed`, `Timeout`, `Deleted` or `Error`.
+    /// `Issued`, `Denied`, `Failed`, `NotApproved`, `Timeout`, `Deleted`
+    /// or `Error`.
     pub reason: String,
 }
 

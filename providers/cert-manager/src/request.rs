@@ -166,12 +166,18 @@ pub(crate) async fn issue(
     let started = Instant::now();
 
     let selector = format!("metadata.name={name}");
+    // Whether an approver has acted, as last seen: a request nobody
+    // approves times out for another reason than an issuer that is down.
+    let approved = std::sync::atomic::AtomicBool::new(false);
     let wait = async {
         let mut events =
             watcher(cm.api.clone(), watcher::Config::default().fields(&selector)).boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if condition(&o.data, "Approved").is_some() {
+                        approved.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if let Some(done) = judge(&o.data) {
                         return done;
                     }
@@ -196,6 +202,18 @@ pub(crate) async fn issue(
     };
     let result = match tokio::time::timeout(c.timeout, wait).await {
         Ok(r) => r,
+        Err(_) if !approved.load(std::sync::atomic::Ordering::Relaxed) => {
+            cm.metrics.outcome("NotApproved");
+            return Err(ProviderError::Unavailable {
+                message: format!(
+                    "CertificateRequest {name} was not approved within {}s: no approver acted on it (with approver-policy installed, a CertificateRequestPolicy must allow meshca's requests for {} {:?})",
+                    c.timeout.as_secs(),
+                    c.issuer_kind,
+                    c.issuer_name,
+                ),
+                retry_after: c.timeout,
+            });
+        }
         Err(_) => {
             cm.metrics.outcome("Timeout");
             return Err(ProviderError::Unavailable {

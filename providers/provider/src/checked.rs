@@ -188,10 +188,10 @@ fn check(
     if not_before > now + VALIDITY_SLACK {
         return Err(format!("the leaf is not valid before {not_before}"));
     }
-    if not_after > now + leaf.ttl() + VALIDITY_SLACK {
+    if not_after > now + leaf.ceiling() + VALIDITY_SLACK {
         return Err(format!(
-            "the leaf is valid until {not_after}, beyond the requested lifetime of {}s",
-            leaf.ttl().as_secs()
+            "the leaf is valid until {not_after}, beyond the longest lifetime meshca hands out ({}s)",
+            leaf.ceiling().as_secs()
         ));
     }
 

@@ -53,6 +53,9 @@ impl ServerName {
 pub struct LeafProfile {
     identity: Identity,
     ttl: Duration,
+    /// The longest lifetime meshca hands out; a backend may return a leaf
+    /// longer than requested (cert-manager issuers round up) up to this.
+    ceiling: Duration,
     extra_names: Vec<ServerName>,
 }
 
@@ -63,8 +66,22 @@ impl LeafProfile {
         Self {
             identity,
             ttl,
+            ceiling: ttl,
             extra_names: Vec::new(),
         }
+    }
+
+    /// Accept a leaf up to `ceiling` (never below the requested lifetime):
+    /// the configured `certificates.max_ttl`.
+    #[must_use]
+    pub fn with_ceiling(mut self, ceiling: Duration) -> Self {
+        self.ceiling = ceiling.max(self.ttl);
+        self
+    }
+
+    /// The longest lifetime a returned leaf may have.
+    pub fn ceiling(&self) -> Duration {
+        self.ceiling
     }
 
     /// The daemon's own serving leaf: its identity plus the names clients
@@ -73,6 +90,7 @@ impl LeafProfile {
         Self {
             identity,
             ttl,
+            ceiling: ttl,
             extra_names: names,
         }
     }

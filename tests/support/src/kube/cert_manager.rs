@@ -15,6 +15,11 @@ pub enum IssuerBehaviour {
     Fail,
     /// Never answer.
     Ignore,
+    /// Approve, then never sign (an issuer that is down).
+    ApproveOnly,
+    /// Sign for this many seconds, whatever `spec.duration` asks (issuers
+    /// that round lifetimes up).
+    SignFor(i64),
     /// Sign with an extra name the CSR did not ask for.
     WrongSan,
     /// Sign a CA certificate.
@@ -156,6 +161,7 @@ pub(crate) fn answer(
                 cond("Ready", "False", "Failed", "Error signing certificate: the CA key is unavailable"),
             ]})
         }
+        IssuerBehaviour::ApproveOnly => return json!({ "conditions": [approved] }),
         _ => {}
     }
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -174,11 +180,14 @@ pub(crate) fn answer(
             ]})
         }
     };
-    let seconds = cr
-        .pointer("/spec/duration")
-        .and_then(Value::as_str)
-        .and_then(|d| d.trim_end_matches('s').parse::<i64>().ok())
-        .unwrap_or(90 * 24 * 3600);
+    let seconds = match behaviour {
+        IssuerBehaviour::SignFor(s) => s,
+        _ => cr
+            .pointer("/spec/duration")
+            .and_then(Value::as_str)
+            .and_then(|d| d.trim_end_matches('s').parse::<i64>().ok())
+            .unwrap_or(90 * 24 * 3600),
+    };
     let now = time::OffsetDateTime::now_utc();
     let p = &mut csr.params;
     p.not_before = now;
