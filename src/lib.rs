@@ -38,3 +38,10 @@ pub use ingress::{render_manifest, BackendProtocol, Controller, RenderOptions};
 pub use meshca_provider::{Identity, TrustDomain};
 pub use provider::ProviderConfig;
 pub use renewal::{renew_after, renewal_delay};
+
+/// Entry points for the fuzz targets (`fuzz/`): the parsers that take
+/// input from outside, as the daemon calls them.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::api::parse_request_body;
+}

@@ -178,3 +178,22 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bundle"));
 }
+
+/// The crash the `ingress` fuzz target found: `meshca ingress render` on a
+/// manifest whose annotations are a string is an error, not a panic.
+#[test]
+fn a_manifest_whose_annotations_are_a_string_is_an_error_for_every_controller() {
+    let manifest = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: bookstore\n  namespace: bookstore\n  annotations:\n    meshca.io/backend-service-accounto b:okstore-v2\nspec:\n  defaultBackend:\n    service:\n      name: bookstore\n      port:\n        number: 14000\n";
+    let td = meshca::TrustDomain::new("cluster.local").expect("td");
+    let mut options = meshca::RenderOptions::new(td);
+    options.bundle_pem =
+        Some("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into());
+    for controller in [
+        meshca::Controller::Nginx,
+        meshca::Controller::Agic,
+        meshca::Controller::Gloo,
+    ] {
+        let e = meshca::render_manifest(controller, manifest, &options).expect_err("refused");
+        assert!(e.contains("annotations"), "{e}");
+    }
+}

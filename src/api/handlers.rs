@@ -212,6 +212,17 @@ async fn sign(
     ))
 }
 
+/// Parse a `POST /v1/certificates` body as the handler does (JSON, then
+/// exactly one PEM CSR), for the fuzz targets; `Err` is the answer's
+/// message.
+pub fn parse_request_body(body: &[u8]) -> Result<(), String> {
+    let request: CertificateRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    one_csr(&request.csr)
+        .map(drop)
+        .map_err(|e| e.code().to_owned())
+}
+
 /// The one PEM "CERTIFICATE REQUEST" block `pem` must be: anything more
 /// (a second request, a key sent along) is refused, not ignored.
 fn one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, ApiError> {

@@ -11,6 +11,7 @@ mod tls;
 
 pub use config::{ApiLimits, RawApi};
 pub use error::{ApiError, Limit};
+pub use handlers::parse_request_body;
 pub use health::{health_router, monitor, Readiness};
 pub use server::{serve, ConnectionLimits};
 pub use tls::{serving_certificate, ServingTls};

@@ -75,6 +75,17 @@ impl IngressModel {
             name: name.clone(),
             message,
         };
+        // As the API server's schema: metadata is an object, annotations
+        // a map of strings (rendering writes into both).
+        match object.get("metadata") {
+            None | Some(Value::Object(_)) => {}
+            Some(_) => return Err(fail("metadata must be a map".into())),
+        }
+        match object.pointer("/metadata/annotations") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(a)) if a.values().all(Value::is_string) => {}
+            Some(_) => return Err(fail("metadata.annotations must be a map of strings".into())),
+        }
         let api_version = object
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -193,6 +204,25 @@ fn backend_v1beta1(b: &Value) -> Result<Backend, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Found by the `ingress` fuzz target: annotations written as a string
+    /// made rendering panic.
+    #[test]
+    fn metadata_and_annotations_of_the_wrong_shape_are_refused_not_rendered() {
+        let backend = json!({ "service": { "name": "s", "port": { "number": 80 } } });
+        for metadata in [
+            json!({ "name": "i", "annotations": "meshca.io/backend-service-accounto b:okstore-v2" }),
+            json!({ "name": "i", "annotations": { "a": 1 } }),
+            json!("i"),
+        ] {
+            let e = IngressModel::from_value(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": metadata, "spec": { "defaultBackend": backend },
+            }))
+            .expect_err("refused");
+            assert!(e.to_string().contains("metadata"), "{e}");
+        }
+    }
 
     #[test]
     fn v1_and_v1beta1_backends_read_the_same() {
