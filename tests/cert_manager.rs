@@ -9,25 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::kube::{CaIssuer, IssuerBehaviour, KubeStandIn};
-use support::{certs, csr, key, verify, TestDaemon};
-
-/// A CSR naming `ns/sa` exactly, as `meshca agent` sends it.
-fn named_csr(ns: &str, sa: &str) -> String {
-    support::csr_with(&key(), |p| {
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("{sa}.{ns}.cluster.local"),
-        );
-        p.subject_alt_names = vec![
-            rcgen::SanType::DnsName(format!("{sa}.{ns}.cluster.local").try_into().expect("dns")),
-            rcgen::SanType::URI(
-                format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
-                    .try_into()
-                    .expect("uri"),
-            ),
-        ];
-    })
-}
+use support::{certs, csr, key, named_csr, verify, TestDaemon};
 
 fn yaml(kube: &KubeStandIn, kind: &str, extra: &str) -> String {
     yaml_with_timeout(kube, kind, "3s", extra)

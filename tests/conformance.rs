@@ -138,39 +138,16 @@ impl Harness {
     }
 }
 
-/// A CSR from `key` naming exactly the caller's identity, as `meshca
-/// agent` sends it (cert-manager signs only what a CSR names).
+/// A CSR from `key` naming exactly the caller's identity (cert-manager
+/// signs only what a CSR names).
 fn named_csr(key: &KeyPair) -> String {
-    csr_with(key, |p| {
-        let dns = format!("{SA}.{NS}.cluster.local");
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, dns.clone());
-        p.subject_alt_names = vec![
-            SanType::DnsName(dns.try_into().expect("dns")),
-            SanType::URI(
-                format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")
-                    .try_into()
-                    .expect("uri"),
-            ),
-        ];
-    })
+    support::named_csr_with(key, NS, SA)
 }
 
 /// Keys of every type a CSR may carry; RSA from openssl, since ring does
 /// not generate RSA keys.
 fn keys_of_every_type() -> Vec<(&'static str, KeyPair)> {
-    let rsa = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()
-        .expect("openssl genpkey");
-    assert!(rsa.status.success(), "openssl genpkey failed");
-    let rsa_pem = String::from_utf8(rsa.stdout).expect("PEM");
+    let (rsa, _) = support::rsa_key();
     vec![
         (
             "ecdsa-p256",
@@ -184,10 +161,7 @@ fn keys_of_every_type() -> Vec<(&'static str, KeyPair)> {
             "ed25519",
             KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key"),
         ),
-        (
-            "rsa-2048",
-            KeyPair::from_pem_and_sign_algo(&rsa_pem, &rcgen::PKCS_RSA_SHA256).expect("rsa key"),
-        ),
+        ("rsa-2048", rsa),
     ]
 }
 

@@ -673,23 +673,6 @@ async fn curl_gets_a_certificate_as_the_readme_shows() {
     assert!(!old.status.success(), "TLS 1.1 must not be negotiated");
 }
 
-/// An RSA key from openssl (ring does not generate RSA keys), with its PEM.
-fn rsa_key() -> (rcgen::KeyPair, String) {
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()
-        .expect("openssl genpkey");
-    let pem = String::from_utf8(out.stdout).expect("pem");
-    let key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("key");
-    (key, pem)
-}
-
 /// The SubjectPublicKeyInfo of `key` with its algorithm identifier's
 /// parameters replaced by `parameters` (DER, possibly empty).
 fn spki_with_parameters(key: &rcgen::KeyPair, algorithm_oid: &[u8], parameters: &[u8]) -> Vec<u8> {
@@ -715,7 +698,7 @@ async fn keys_in_a_non_canonical_encoding_are_invalid_csr_not_a_provider_failure
     let d = TestDaemon::start("").await;
     let token = d.token("bookstore", "bookstore");
     let client = d.client().await;
-    let (rsa, _) = rsa_key();
+    let (rsa, _) = support::rsa_key();
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
     for (what, pem, needle) in [
         (
@@ -780,7 +763,7 @@ async fn sha1_signatures_doubled_extension_requests_and_two_pem_blocks_are_refus
     let token = d.token("bookstore", "bookstore");
     let client = d.client().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_, rsa_pem) = rsa_key();
+    let (_, rsa_pem) = support::rsa_key();
     std::fs::write(dir.path().join("k.pem"), &rsa_pem).expect("key file");
     let out = std::process::Command::new("openssl")
         .current_dir(dir.path())

@@ -458,20 +458,6 @@ async fn a_token_without_meshcas_policy_is_reported_as_a_configuration_problem_w
     );
 }
 
-/// A CSR naming exactly `ns/sa`, as `meshca agent` sends it.
-fn named_csr(ns: &str, sa: &str) -> String {
-    support::csr_with(&key(), |p| {
-        p.subject_alt_names = vec![
-            rcgen::SanType::DnsName(format!("{sa}.{ns}.cluster.local").try_into().expect("dns")),
-            rcgen::SanType::URI(
-                format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
-                    .try_into()
-                    .expect("uri"),
-            ),
-        ];
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_signs_the_csrs_names_refuses_unnamed_csrs_with_400_and_says_which_setting() {
     let bao = OpenBao::dev().await;
@@ -500,7 +486,7 @@ async fn a_role_that_signs_the_csrs_names_refuses_unnamed_csrs_with_400_and_says
         .post(
             &client,
             Some(&token),
-            &json!({ "csr": named_csr("bookstore", "bookstore") }),
+            &json!({ "csr": support::named_csr("bookstore", "bookstore") }),
         )
         .await;
     assert_eq!(status, 200, "a CSR naming the identity is signed: {body}");

@@ -264,6 +264,52 @@ pub fn csr_with(key: &KeyPair, edit: impl FnOnce(&mut CertificateParams)) -> Str
         .expect("pem")
 }
 
+/// A CSR from `key` naming exactly `ns/sa` (CN and DNS SAN `SA.NS.cluster.local`,
+/// URI SAN `spiffe://cluster.local/ns/NS/sa/SA`), as `meshca agent` sends it.
+pub fn named_csr_with(key: &KeyPair, ns: &str, sa: &str) -> String {
+    csr_with(key, |p| {
+        let dns = format!("{sa}.{ns}.cluster.local");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, dns.clone());
+        p.subject_alt_names = vec![
+            rcgen::SanType::DnsName(dns.try_into().expect("dns")),
+            rcgen::SanType::URI(
+                format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+                    .try_into()
+                    .expect("uri"),
+            ),
+        ];
+    })
+}
+
+/// [`named_csr_with`] a fresh P-256 key.
+pub fn named_csr(ns: &str, sa: &str) -> String {
+    named_csr_with(&key(), ns, sa)
+}
+
+/// A 2048-bit RSA key made by openssl (ring does not generate RSA keys),
+/// with its PEM.
+pub fn rsa_key() -> (KeyPair, String) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl genpkey");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = String::from_utf8(out.stdout).expect("pem");
+    let key = KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("rsa key");
+    (key, pem)
+}
+
 pub fn csr(key: &KeyPair) -> String {
     csr_with(key, |_| {})
 }
