@@ -44,18 +44,7 @@ fn load_example(path: &Path) -> Result<meshca::Config, meshca::ConfigError> {
         return meshca::Config::load(Some(path));
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| meshca_test_support::openssl(dir.path(), args);
     run(&[
         "ecparam",
         "-name",

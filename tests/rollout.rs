@@ -53,15 +53,7 @@ fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
             cert.to_str().expect("utf8"),
         ],
     ] {
-        let out = Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::openssl(Path::new("."), &args);
     }
     (cert, key)
 }

@@ -6,7 +6,6 @@ use meshca_test_support as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::json;
 use support::{certs, csr, key, verify, TestDaemon};
@@ -24,18 +23,7 @@ async fn issue(d: &TestDaemon) -> serde_json::Value {
     body
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::openssl;
 
 /// A self-signed CA made by openssl from `key.pem` in `dir`.
 fn openssl_ca(dir: &Path, key_file: &str, cert_file: &str) {

@@ -287,6 +287,20 @@ pub fn named_csr(ns: &str, sa: &str) -> String {
     named_csr_with(&key(), ns, sa)
 }
 
+/// Run `openssl ARGS` in `dir`, failing the test with openssl's message.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A 2048-bit RSA key made by openssl (ring does not generate RSA keys),
 /// with its PEM.
 pub fn rsa_key() -> (KeyPair, String) {
