@@ -20,6 +20,7 @@ type Stamp = (SystemTime, u64);
 
 #[derive(Debug)]
 struct Cache<T> {
+    /// `None` while the file is missing (the value is then the default).
     stamp: Option<Stamp>,
     checked_at: Option<Instant>,
     value: Arc<T>,
@@ -57,9 +58,9 @@ impl<T: DeserializeOwned + Default> WatchedFile<T> {
     /// # Errors
     /// The file exists but cannot be read or parsed.
     pub fn get(&self, force: bool) -> Result<Arc<T>, String> {
-        let fresh = |c: &Cache<T>| {
-            !force && c.stamp.is_some() && c.checked_at.is_some_and(|t| t.elapsed() < RECHECK_AFTER)
-        };
+        // A missing file is a state like any other: trusted for as long.
+        let fresh =
+            |c: &Cache<T>| !force && c.checked_at.is_some_and(|t| t.elapsed() < RECHECK_AFTER);
         if let Ok(c) = self.cache.read() {
             if fresh(&c) {
                 return Ok(c.value.clone());
@@ -74,7 +75,7 @@ impl<T: DeserializeOwned + Default> WatchedFile<T> {
             .cache
             .write()
             .map_err(|_| "state file cache poisoned".to_owned())?;
-        if cache.stamp != stamp || stamp.is_none() {
+        if cache.stamp != stamp {
             cache.value = Arc::new(read_yaml(&self.path)?);
             cache.stamp = stamp;
             tracing::debug!(path = %self.path.display(), "loaded a state file");
@@ -129,4 +130,33 @@ where
     crate::bundle::write_atomically(path, format!("# {header}\n{yaml}").as_bytes(), 0o600)
         .map_err(failed)?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+    struct File {
+        n: u32,
+    }
+
+    #[test]
+    fn a_file_that_appears_changes_or_goes_is_followed_and_a_missing_one_reads_as_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.yaml");
+        let watched = WatchedFile::<File>::new(path.clone());
+        assert_eq!(*watched.get(false).expect("missing"), File::default());
+        std::fs::write(&path, "n: 1\n").expect("write");
+        assert_eq!(watched.get(true).expect("appeared").n, 1);
+        std::fs::write(&path, "n: 22\n").expect("write");
+        assert_eq!(watched.get(true).expect("changed").n, 22);
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(*watched.get(true).expect("gone"), File::default());
+        std::fs::write(&path, "n: [").expect("write");
+        assert!(
+            watched.get(true).is_err(),
+            "a corrupt file is an error, not empty"
+        );
+    }
 }

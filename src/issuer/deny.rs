@@ -49,14 +49,17 @@ impl DenyList {
         self.file.path()
     }
 
-    /// Whether `identity` is denied now.
+    /// Whether `identity` is denied now, and how many identities are (for
+    /// the metric), from one look at the list.
     ///
     /// # Errors
     /// The file exists but cannot be read: refuse rather than guess.
-    pub fn is_denied(&self, identity: &Identity) -> Result<bool, String> {
-        Ok(self.file.get(false)?.denied.iter().any(|d| {
+    pub fn check(&self, identity: &Identity) -> Result<(bool, usize), String> {
+        let file = self.file.get(false)?;
+        let denied = file.denied.iter().any(|d| {
             d.namespace == identity.namespace() && d.service_account == identity.service_account()
-        }))
+        });
+        Ok((denied, file.denied.len()))
     }
 
     /// Deny `namespace/service_account`; false if it already was.
@@ -102,10 +105,5 @@ impl DenyList {
             "meshca identities denied any certificate. Managed by `meshca identity deny|allow`.",
             change,
         )
-    }
-
-    /// How many identities are denied now (for the metric).
-    pub fn count(&self) -> usize {
-        self.file.get(false).map_or(0, |f| f.denied.len())
     }
 }

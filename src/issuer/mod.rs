@@ -105,13 +105,10 @@ impl Issuer {
         csr_der: &[u8],
         ttl: Option<Duration>,
     ) -> Result<IssuedCertificate, IssueError> {
-        let denied = self
-            .denied
-            .is_denied(identity)
-            .map_err(IssueError::DenyList)?;
+        let (denied, count) = self.denied.check(identity).map_err(IssueError::DenyList)?;
         self.metrics
             .identities_denied
-            .set(i64::try_from(self.denied.count()).unwrap_or(i64::MAX));
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
         if denied {
             return Err(IssueError::IdentityDenied(identity.clone()));
         }
