@@ -29,7 +29,7 @@ mod supervisor;
 mod validation;
 mod watched;
 
-pub use agent::{run as run_agent, AgentConfig, AgentError};
+pub use agent::{run as run_agent, AgentConfig, AgentError, WorkloadApiConfig};
 pub use auth::{AuthError, Revoke, TokenRecord, TokenStore};
 pub use cli::main;
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT};

@@ -44,33 +44,7 @@ fn load_example(path: &Path) -> Result<meshca::Config, meshca::ConfigError> {
         return meshca::Config::load(Some(path));
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| meshca_test_support::openssl(dir.path(), args);
-    run(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ca.key",
-    ]);
-    run(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-subj",
-        "/CN=Example Mesh Root",
-        "-days",
-        "3650",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        "ca.crt",
-    ]);
+    meshca_test_support::openssl_root(dir.path(), "ca");
     let here = dir.path().display().to_string();
     let copy = dir.path().join("example.yaml");
     std::fs::write(&copy, text.replace("./ca.", &format!("{here}/ca."))).expect("copy");

@@ -22,42 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let cert = dir.join(format!("{name}.crt"));
-    for args in [
-        vec![
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            key.to_str().expect("utf8"),
-        ],
-        vec![
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            key.to_str().expect("utf8"),
-            "-subj",
-            &format!("/CN=root {name}"),
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-out",
-            cert.to_str().expect("utf8"),
-        ],
-    ] {
-        support::openssl(Path::new("."), &args);
-    }
-    (cert, key)
-}
-
 const COMMON: &str = "certificates: { default_ttl: 8s, min_ttl: 1s, max_ttl: 1h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 1s }\n";
 
 fn yaml(root: &(PathBuf, PathBuf)) -> String {
@@ -110,7 +74,9 @@ fn agent(
             server: d.url(""),
             ca_file: d.bundle_path(),
             token_file: Some(token_file),
-            out_dir: dir.join("out"),
+            out_dir: Some(dir.join("out")),
+            spiffe_files: false,
+            workload_api: None,
             ttl: Some(Duration::from_secs(6)),
             once: false,
             bundle_refresh: Duration::from_millis(300),
@@ -314,8 +280,8 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and
     let vault_token = bao.meshca_token_file();
     let roots_dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (
-        openssl_root(roots_dir.path(), "a"),
-        openssl_root(roots_dir.path(), "b"),
+        support::openssl_root(roots_dir.path(), "a"),
+        support::openssl_root(roots_dir.path(), "b"),
     );
     let root_a = certs(&std::fs::read_to_string(&a.0).expect("a"))[0].clone();
     let d = TestDaemon::start_from_file(&yaml(&a)).await;
@@ -443,7 +409,10 @@ struct TwoRoots {
 
 fn two_roots() -> TwoRoots {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (openssl_root(dir.path(), "a"), openssl_root(dir.path(), "b"));
+    let (a, b) = (
+        support::openssl_root(dir.path(), "a"),
+        support::openssl_root(dir.path(), "b"),
+    );
     let first = |p: &Path| certs(&std::fs::read_to_string(p).expect("root"))[0].clone();
     TwoRoots {
         root_a: first(&a.0),

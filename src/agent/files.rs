@@ -5,25 +5,54 @@
 //! to a fresh directory and `..data` is swapped with one rename, so a reader
 //! never pairs a new certificate with an old key (the scheme the kubelet
 //! uses for projected volumes).
+//!
+//! With the SPIFFE layout on, the set also holds the SPIFFE filesystem
+//! delivery files: `credential-bundle.pem` (the key, then the chain) and
+//! `<trust-domain>.trust-bundle.pem`.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::AgentError;
+use super::{io, AgentError, Held};
 
 const DATA_LINK: &str = "..data";
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
-    move |source| AgentError::Io {
-        action,
-        path: path.to_owned(),
-        source,
+/// The output directory and which files it holds.
+pub(super) struct Layout {
+    pub dir: std::path::PathBuf,
+    /// Also the SPIFFE filesystem layout.
+    pub spiffe: bool,
+}
+
+impl Layout {
+    /// Replace the set of files with those of `held`, at once.
+    pub(super) fn write(&self, held: &Held) -> Result<(), AgentError> {
+        let mut files = vec![
+            (
+                "key.pem".to_owned(),
+                zeroize::Zeroizing::new(held.key_pem.to_string()),
+                0o600,
+            ),
+            ("cert.pem".to_owned(), held.chain_pem.clone().into(), 0o644),
+            ("ca.pem".to_owned(), held.bundle_pem.clone().into(), 0o644),
+        ];
+        if self.spiffe {
+            let credential = format!("{}{}", held.key_pem.as_str(), held.chain_pem);
+            files.push(("credential-bundle.pem".to_owned(), credential.into(), 0o600));
+            let trust = format!("{}.trust-bundle.pem", held.identity.trust_domain());
+            files.push((trust, held.bundle_pem.clone().into(), 0o644));
+        }
+        write(&self.dir, &files)
     }
 }
 
+/// One file of a set: name, contents (zeroized after writing: it may be a
+/// key) and mode.
+type Entry = (String, zeroize::Zeroizing<String>, u32);
+
 /// Replace the set of files in `dir` at once.
-pub(super) fn write(dir: &Path, chain: &str, key: &str, bundle: &str) -> Result<(), AgentError> {
+fn write(dir: &Path, files: &[Entry]) -> Result<(), AgentError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let staging = tempfile::Builder::new()
         .prefix("..set-")
@@ -31,16 +60,12 @@ pub(super) fn write(dir: &Path, chain: &str, key: &str, bundle: &str) -> Result<
         .map_err(io("create a directory in", dir))?;
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod", staging.path()))?;
-    for (name, contents, mode) in [
-        ("key.pem", key, 0o600),
-        ("cert.pem", chain, 0o644),
-        ("ca.pem", bundle, 0o644),
-    ] {
+    for (name, contents, mode) in files {
         let path = staging.path().join(name);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(*mode)
             .open(&path)
             .map_err(io("create", &path))?;
         f.write_all(contents.as_bytes())
@@ -60,7 +85,7 @@ pub(super) fn write(dir: &Path, chain: &str, key: &str, bundle: &str) -> Result<
     std::os::unix::fs::symlink(&staged_name, &tmp_link).map_err(io("create", &tmp_link))?;
     std::fs::rename(&tmp_link, &link).map_err(io("replace", &link))?;
 
-    for name in ["cert.pem", "key.pem", "ca.pem"] {
+    for (name, _, _) in files {
         let path = dir.join(name);
         let target = Path::new(DATA_LINK).join(name);
         if std::fs::read_link(&path).ok().as_deref() != Some(target.as_path()) {
@@ -83,8 +108,15 @@ mod tests {
     #[test]
     fn a_new_set_replaces_the_old_one_and_the_key_is_private() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "C1", "K1", "B1").expect("first");
-        write(dir.path(), "C2", "K2", "B2").expect("second");
+        let set = |c: &str, k: &str, b: &str| -> Vec<Entry> {
+            vec![
+                ("key.pem".into(), k.to_owned().into(), 0o600),
+                ("cert.pem".into(), c.to_owned().into(), 0o644),
+                ("ca.pem".into(), b.to_owned().into(), 0o644),
+            ]
+        };
+        write(dir.path(), &set("C1", "K1", "B1")).expect("first");
+        write(dir.path(), &set("C2", "K2", "B2")).expect("second");
         let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).expect("read");
         assert_eq!(
             (read("cert.pem"), read("key.pem"), read("ca.pem")),

@@ -1,26 +1,28 @@
-//! The workload-side client: generate a key locally, send a CSR, write the
-//! certificate, key and bundle for the workload, renew before expiry and
+//! The workload-side client: generate a key locally, send a CSR, deliver
+//! the certificate, key and bundle to the workload, renew before expiry and
 //! follow bundle changes.
 //!
-//! The private key never leaves this process except into `key.pem` (0600).
+//! Two deliveries, either or both: files in `--out-dir` (written atomically,
+//! the key at 0600) and the SPIFFE Workload API on a Unix socket. The
+//! private key never leaves this process except into those.
 
+mod client;
 mod files;
+mod svid;
+mod workload_api;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use thiserror::Error;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::{keys, renewal};
+use crate::renewal;
+use client::SigningApi;
+pub use workload_api::WorkloadApiConfig;
+pub(crate) use workload_api::ALLOWED_MODES as SOCKET_MODES;
 
 /// Settings of `meshca agent`.
 #[derive(Clone, Debug)]
@@ -34,13 +36,37 @@ pub struct AgentConfig {
     /// certificate in `out_dir`.
     pub token_file: Option<PathBuf>,
     /// Where `cert.pem`, `key.pem` and `ca.pem` are written.
-    pub out_dir: PathBuf,
+    pub out_dir: Option<PathBuf>,
+    /// Also write the SPIFFE file layout in `out_dir`:
+    /// `credential-bundle.pem` (key, then chain) and
+    /// `<trust-domain>.trust-bundle.pem`.
+    pub spiffe_files: bool,
+    /// Serve the SPIFFE Workload API.
+    pub workload_api: Option<WorkloadApiConfig>,
     /// Requested lifetime; the server clamps it.
     pub ttl: Option<Duration>,
     /// Exit after the first successful write.
     pub once: bool,
     /// How often the trust bundle is re-fetched between renewals.
     pub bundle_refresh: Duration,
+}
+
+impl AgentConfig {
+    /// Refuse combinations that cannot work, before any request.
+    fn check(&self) -> Result<(), AgentError> {
+        let setup = |m: &str| Err(AgentError::Setup(m.to_owned()));
+        match (&self.out_dir, &self.workload_api) {
+            (None, None) => setup("nothing to deliver to: give --out-dir, --workload-api-socket or both"),
+            (None, _) if self.token_file.is_none() => setup(
+                "without --token-file the agent renews with the certificate in --out-dir, so --out-dir is needed",
+            ),
+            (None, _) if self.spiffe_files => setup("--spiffe-files writes into --out-dir, which is not given"),
+            (_, Some(_)) if self.once => {
+                setup("--once exits after the first certificate, so it cannot serve the Workload API")
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why the agent stopped or a round failed.
@@ -81,32 +107,27 @@ pub enum AgentError {
         /// The server's Retry-After, if any.
         retry_after: Option<Duration>,
     },
+    /// The Workload API server failed.
+    #[error("the Workload API server failed: {0}")]
+    WorkloadApi(#[source] tonic::transport::Error),
     /// The server answered something that is not the contract.
     #[error("unexpected answer from the server: {0}")]
     InvalidResponse(String),
 }
 
-#[derive(Deserialize)]
-struct Issued {
-    certificate_chain: String,
-    trust_bundle: String,
-    not_before: String,
-    not_after: String,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
+/// Wrap an I/O error with what was being done to which file.
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AgentError + 'a {
+    move |source| AgentError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What the agent holds between rounds.
 struct Held {
+    /// The identity the server said the credential stands for.
+    identity: meshca_provider::Identity,
     chain_pem: String,
     key_pem: Zeroizing<String>,
     bundle_pem: String,
@@ -116,12 +137,22 @@ struct Held {
     generation: Option<u64>,
 }
 
-/// The server's signer generation (`x-meshca-generation`).
-fn generation_of(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    headers
-        .get("x-meshca-generation")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+/// Where a new certificate or bundle goes.
+struct Outputs {
+    files: Option<files::Layout>,
+    workload_api: Option<workload_api::Publisher>,
+}
+
+impl Outputs {
+    fn deliver(&self, held: &Held) -> Result<(), AgentError> {
+        if let Some(files) = &self.files {
+            files.write(held)?;
+        }
+        if let Some(publisher) = &self.workload_api {
+            publisher.publish(held);
+        }
+        Ok(())
+    }
 }
 
 /// After a change of signer: renew within a few seconds, spread so that
@@ -140,28 +171,72 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// With `once`, the first failure; otherwise only setup errors end the
 /// loop, and failed rounds are retried with backoff.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let initial_roots = read_pem_certs(&config.ca_file)?;
+    config.check()?;
+    let api = SigningApi::new(
+        &config.server,
+        &config.ca_file,
+        config.token_file.clone(),
+        config.ttl,
+    )?;
     // Without a token, renewal rests on the certificate a previous run
     // wrote; with one, every round starts from the token.
-    let mut held: Option<Held> = match &config.token_file {
-        Some(_) => None,
-        None => Some(load_held(&config.out_dir)?),
+    let held = match (&config.out_dir, api.has_token()) {
+        (Some(dir), false) => Some(load_held(dir)?),
+        _ => None,
     };
+    let stop = shutdown.child_token();
+    let (publisher, server) = match &config.workload_api {
+        Some(w) => {
+            let (publisher, task) = w.build(stop.clone())?;
+            (Some(publisher), Some(task))
+        }
+        None => (None, None),
+    };
+    let outputs = Outputs {
+        files: config.out_dir.clone().map(|dir| files::Layout {
+            dir,
+            spiffe: config.spiffe_files,
+        }),
+        workload_api: publisher,
+    };
+    let renewing = renew(&config, &api, outputs, held, stop.clone());
+    let Some(server) = server else {
+        return renewing.await;
+    };
+    // Either one ending stops the other; the streams end when the renewal
+    // loop drops its publisher.
+    let (renewed, served) = tokio::join!(
+        async {
+            let r = renewing.await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = server.await;
+            stop.cancel();
+            r
+        }
+    );
+    renewed.and(served)
+}
+
+/// Obtain, deliver and renew until `stop`.
+async fn renew(
+    config: &AgentConfig,
+    api: &SigningApi,
+    outputs: Outputs,
+    mut held: Option<Held>,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    if let Some(h) = &held {
+        outputs.deliver(h)?;
+    }
     let mut backoff = RETRY_MIN;
     loop {
-        match fetch_certificate(&config, &initial_roots, held.as_ref()).await {
+        match api.certificate(held.as_ref()).await {
             Ok(new) => {
-                files::write(
-                    &config.out_dir,
-                    &new.chain_pem,
-                    &new.key_pem,
-                    &new.bundle_pem,
-                )?;
-                tracing::info!(
-                    out_dir = %config.out_dir.display(),
-                    not_after = %new.not_after,
-                    "wrote a new certificate"
-                );
+                outputs.deliver(&new)?;
+                tracing::info!(not_after = %new.not_after, "delivered a new certificate");
                 held = Some(new);
                 backoff = RETRY_MIN;
                 if config.once {
@@ -180,57 +255,67 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 backoff = (backoff * 2).min(RETRY_MAX);
                 tracing::warn!(error = %e, retry_in = ?wait, "failed to obtain a certificate; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = stop.cancelled() => return Ok(()),
                     () = tokio::time::sleep(wait) => continue,
                 }
             }
         }
-
-        // Wait for the renewal point, following bundle changes meanwhile.
         let Some(h) = held.as_mut() else { continue };
-        let renew_in = renewal::renewal_delay(
-            h.not_before,
-            h.not_after,
-            OffsetDateTime::now_utc(),
-            renewal::random_jitter(),
-        );
-        let mut renew_at = tokio::time::Instant::now() + renew_in;
-        tracing::info!(renew_in = ?renew_in, "next renewal scheduled");
-        loop {
-            let next_bundle_check =
-                (tokio::time::Instant::now() + config.bundle_refresh).min(renew_at);
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep_until(next_bundle_check) => {}
+        if !follow_until_renewal(config, api, &outputs, h, &stop).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Wait for the renewal point, following bundle changes meanwhile and
+/// renewing early after a change of signer. False when stopped.
+async fn follow_until_renewal(
+    config: &AgentConfig,
+    api: &SigningApi,
+    outputs: &Outputs,
+    h: &mut Held,
+    stop: &CancellationToken,
+) -> Result<bool, AgentError> {
+    let renew_in = renewal::renewal_delay(
+        h.not_before,
+        h.not_after,
+        OffsetDateTime::now_utc(),
+        renewal::random_jitter(),
+    );
+    let mut renew_at = tokio::time::Instant::now() + renew_in;
+    tracing::info!(renew_in = ?renew_in, "next renewal scheduled");
+    loop {
+        let next_bundle_check = (tokio::time::Instant::now() + config.bundle_refresh).min(renew_at);
+        tokio::select! {
+            () = stop.cancelled() => return Ok(false),
+            () = tokio::time::sleep_until(next_bundle_check) => {}
+        }
+        if tokio::time::Instant::now() >= renew_at {
+            return Ok(true);
+        }
+        let (bundle, generation) = match api.bundle(h).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to refresh the trust bundle");
+                continue;
             }
-            if tokio::time::Instant::now() >= renew_at {
-                break;
-            }
-            match fetch_bundle(&config, &initial_roots, h).await {
-                Ok((bundle, generation)) => {
-                    if bundle != h.bundle_pem {
-                        files::write(&config.out_dir, &h.chain_pem, &h.key_pem, &bundle)?;
-                        tracing::info!("the trust bundle changed; wrote ca.pem");
-                        h.bundle_pem = bundle;
-                    }
-                    if let (Some(now), Some(mine)) = (generation, h.generation) {
-                        if now != mine {
-                            let lifetime = (h.not_after - h.not_before)
-                                .try_into()
-                                .unwrap_or(Duration::ZERO);
-                            let soon = tokio::time::Instant::now() + early_renewal(lifetime);
-                            if soon < renew_at {
-                                tracing::info!(
-                                    generation = now,
-                                    "the signer changed; renewing early"
-                                );
-                                renew_at = soon;
-                            }
-                            h.generation = Some(now);
-                        }
-                    }
+        };
+        if bundle != h.bundle_pem {
+            h.bundle_pem = bundle;
+            outputs.deliver(h)?;
+            tracing::info!("the trust bundle changed; delivered it");
+        }
+        if let (Some(now), Some(mine)) = (generation, h.generation) {
+            if now != mine {
+                let lifetime = (h.not_after - h.not_before)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                let soon = tokio::time::Instant::now() + early_renewal(lifetime);
+                if soon < renew_at {
+                    tracing::info!(generation = now, "the signer changed; renewing early");
+                    renew_at = soon;
                 }
-                Err(e) => tracing::warn!(error = %e, "failed to refresh the trust bundle"),
+                h.generation = Some(now);
             }
         }
     }
@@ -240,11 +325,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 fn load_held(dir: &Path) -> Result<Held, AgentError> {
     let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(|source| AgentError::Io {
-            action: "read",
-            path,
-            source,
-        })
+        std::fs::read_to_string(&path).map_err(io("read", &path))
     };
     let chain_pem = read("cert.pem")?;
     let key_pem = Zeroizing::new(read("key.pem")?);
@@ -253,6 +334,10 @@ fn load_held(dir: &Path) -> Result<Held, AgentError> {
         .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
+    let identity = meshca_provider::uri_names(&leaf)
+        .into_iter()
+        .find_map(|u| meshca_provider::Identity::from_spiffe_id(u).ok())
+        .ok_or_else(|| AgentError::Setup("cert.pem carries no SPIFFE ID".into()))?;
     let not_before = leaf.validity().not_before.to_datetime();
     let not_after = leaf.validity().not_after.to_datetime();
     if not_after <= OffsetDateTime::now_utc() {
@@ -262,6 +347,7 @@ fn load_held(dir: &Path) -> Result<Held, AgentError> {
         )));
     }
     Ok(Held {
+        identity,
         chain_pem,
         key_pem,
         bundle_pem,
@@ -269,207 +355,4 @@ fn load_held(dir: &Path) -> Result<Held, AgentError> {
         not_after,
         generation: None,
     })
-}
-
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
-    let bytes = std::fs::read(path).map_err(|source| AgentError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    meshca_provider::pem::decode_certificates(&bytes)
-        .map_err(|e| AgentError::Setup(format!("{}: {e}", path.display())))
-}
-
-/// A client trusting the initial CA file plus the last bundle received,
-/// presenting the held certificate when renewing without a token.
-fn client(
-    initial_roots: &[CertificateDer<'static>],
-    held: Option<&Held>,
-    present_certificate: bool,
-) -> Result<reqwest::Client, AgentError> {
-    let mut roots = RootCertStore::empty();
-    let mut extra = Vec::new();
-    if let Some(h) = held {
-        extra =
-            meshca_provider::pem::decode_certificates(h.bundle_pem.as_bytes()).unwrap_or_default();
-    }
-    for cert in initial_roots.iter().chain(extra.iter()) {
-        roots
-            .add(cert.clone())
-            .map_err(|e| AgentError::Setup(format!("unusable CA certificate: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| AgentError::Setup(e.to_string()))?
-        .with_root_certificates(roots);
-    let tls = match held.filter(|_| present_certificate) {
-        Some(h) => {
-            let chain = CertificateDer::pem_slice_iter(h.chain_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| AgentError::Setup(format!("held certificate: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(h.key_pem.as_bytes())
-                .map_err(|e| AgentError::Setup(format!("held key: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| AgentError::Setup(e.to_string()))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| AgentError::Setup(e.to_string()))
-}
-
-async fn fetch_certificate(
-    config: &AgentConfig,
-    initial_roots: &[CertificateDer<'static>],
-    held: Option<&Held>,
-) -> Result<Held, AgentError> {
-    let token = match &config.token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| AgentError::Io {
-                action: "read",
-                path: path.clone(),
-                source,
-            })?;
-            Some(Zeroizing::new(text.trim().to_owned()))
-        }
-        None if held.is_some() => None,
-        None => {
-            return Err(AgentError::Setup(
-                "a token file is needed for the first certificate".into(),
-            ))
-        }
-    };
-    let client = client(initial_roots, held, token.is_none())?;
-    let identity = whoami(&client, config, token.as_deref().map(String::as_str)).await?;
-    let key = keys::generate().map_err(|e| AgentError::Setup(e.to_string()))?;
-    let csr = keys::request_for(&key, &identity, &[])
-        .and_then(|c| c.pem())
-        .map_err(|e| AgentError::Setup(e.to_string()))?;
-
-    let url = format!("{}/v1/certificates", config.server.trim_end_matches('/'));
-    let mut body = serde_json::json!({ "csr": csr });
-    if let Some(ttl) = config.ttl {
-        body["ttl_seconds"] = ttl.as_secs().into();
-    }
-    let mut request = client.post(&url).json(&body);
-    if let Some(token) = &token {
-        request = request.bearer_auth(token.as_str());
-    }
-    let (issued, generation): (Issued, _) = exchange(request, &url).await?;
-    let parse = |s: &str| {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map_err(|e| AgentError::InvalidResponse(format!("{s:?}: {e}")))
-    };
-    meshca_provider::pem::decode_certificates(issued.certificate_chain.as_bytes())
-        .map_err(AgentError::InvalidResponse)?;
-    meshca_provider::pem::decode_certificates(issued.trust_bundle.as_bytes())
-        .map_err(AgentError::InvalidResponse)?;
-    Ok(Held {
-        not_before: parse(&issued.not_before)?,
-        not_after: parse(&issued.not_after)?,
-        chain_pem: issued.certificate_chain,
-        key_pem: Zeroizing::new(key.serialize_pem()),
-        bundle_pem: issued.trust_bundle,
-        generation,
-    })
-}
-
-#[derive(Deserialize)]
-struct WhoAmI {
-    spiffe_id: String,
-}
-
-/// Ask the server which identity the credential stands for.
-async fn whoami(
-    client: &reqwest::Client,
-    config: &AgentConfig,
-    token: Option<&str>,
-) -> Result<meshca_provider::Identity, AgentError> {
-    let url = format!("{}/v1/identity", config.server.trim_end_matches('/'));
-    let mut request = client.get(&url);
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    let (who, _): (WhoAmI, _) = exchange(request, &url).await?;
-    meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
-        .map_err(|e| AgentError::InvalidResponse(e.to_string()))
-}
-
-/// Send `request` and decode a successful JSON answer; errors carry the
-/// server's code, message and Retry-After.
-async fn exchange<T: serde::de::DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-    url: &str,
-) -> Result<(T, Option<u64>), AgentError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|source| AgentError::Transport {
-            url: url.to_owned(),
-            source,
-        })?;
-    let response = refused(response).await?;
-    let generation = generation_of(response.headers());
-    let body = response
-        .json()
-        .await
-        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
-    Ok((body, generation))
-}
-
-/// Pass a successful response through; turn an error answer into
-/// [`AgentError::Refused`] with the server's code, message and Retry-After.
-async fn refused(response: reqwest::Response) -> Result<reqwest::Response, AgentError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let (code, message) = match response.json::<ErrorBody>().await {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => ("unknown".into(), "no error body".into()),
-    };
-    Err(AgentError::Refused {
-        status: status.as_u16(),
-        code,
-        message,
-        retry_after,
-    })
-}
-
-async fn fetch_bundle(
-    config: &AgentConfig,
-    initial_roots: &[CertificateDer<'static>],
-    held: &Held,
-) -> Result<(String, Option<u64>), AgentError> {
-    let client = client(initial_roots, Some(held), false)?;
-    let url = format!("{}/v1/bundle", config.server.trim_end_matches('/'));
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|source| AgentError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-    let generation = generation_of(response.headers());
-    let text = response
-        .text()
-        .await
-        .map_err(|source| AgentError::Transport { url, source })?;
-    meshca_provider::pem::decode_certificates(text.as_bytes())
-        .map_err(AgentError::InvalidResponse)?;
-    Ok((text, generation))
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 use meshca_provider::{Identity, TrustDomain};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use webpki::{anchor_from_trusted_cert, EndEntityCert, KeyUsage};
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::AuthError;
@@ -55,15 +54,9 @@ pub(super) fn authenticate(
     })?;
 
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| bad(e.to_string()))?;
-    let san = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .ok_or_else(|| bad("the certificate has no SPIFFE ID".into()))?;
-    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-        _ => None,
-    });
+    let mut ids = meshca_provider::uri_names(&cert)
+        .into_iter()
+        .filter(|u| u.starts_with("spiffe://"));
     let (Some(uri), None) = (ids.next(), ids.next()) else {
         return Err(bad(
             "the certificate must carry exactly one SPIFFE ID".into()

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::agent::AgentConfig;
+use crate::agent::{AgentConfig, WorkloadApiConfig};
 use crate::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -63,8 +63,19 @@ enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Directory for cert.pem, key.pem and ca.pem.
-        #[arg(long)]
-        out_dir: PathBuf,
+        #[arg(long, required_unless_present = "workload_api_socket")]
+        out_dir: Option<PathBuf>,
+        /// Also write the SPIFFE file layout into --out-dir
+        /// (credential-bundle.pem, <trust-domain>.trust-bundle.pem).
+        #[arg(long, requires = "out_dir")]
+        spiffe_files: bool,
+        /// Serve the SPIFFE Workload API on this Unix socket.
+        #[arg(long, conflicts_with = "once")]
+        workload_api_socket: Option<PathBuf>,
+        /// Mode of the Workload API socket: 600 (this user) or 660 (and
+        /// its group).
+        #[arg(long, default_value = "600", value_parser = parse_socket_mode)]
+        workload_api_socket_mode: u32,
         /// Requested certificate lifetime, e.g. 1h (the server clamps it).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
@@ -254,6 +265,9 @@ async fn run(command: Command) -> ExitCode {
             ca_file,
             token_file,
             out_dir,
+            spiffe_files,
+            workload_api_socket,
+            workload_api_socket_mode,
             ttl,
             bundle_refresh,
             once,
@@ -263,6 +277,11 @@ async fn run(command: Command) -> ExitCode {
                 ca_file,
                 token_file,
                 out_dir,
+                spiffe_files,
+                workload_api: workload_api_socket.map(|socket| WorkloadApiConfig {
+                    socket,
+                    mode: workload_api_socket_mode,
+                }),
                 ttl,
                 once,
                 bundle_refresh,
@@ -337,6 +356,19 @@ async fn serve(config: Option<&std::path::Path>) -> ExitCode {
     daemon.wait().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// An octal socket mode the agent accepts.
+fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("{text:?} is not an octal mode: {e}"))?;
+    if crate::agent::SOCKET_MODES.contains(&mode) {
+        Ok(mode)
+    } else {
+        Err(format!(
+            "{text} would let others reach the workload's key; use 600 or 660"
+        ))
+    }
 }
 
 async fn agent(config: AgentConfig) -> ExitCode {

@@ -162,6 +162,22 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// Every URI SAN of `cert`, in order: an X509-SVID carries exactly one,
+/// its SPIFFE ID.
+pub fn uri_names<'a>(cert: &'a x509_parser::certificate::X509Certificate<'a>) -> Vec<&'a str> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

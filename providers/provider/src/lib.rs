@@ -25,6 +25,6 @@ mod provider;
 pub use checked::{Checked, Issued};
 pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};
 pub use error::ProviderError;
-pub use identity::{Identity, IdentityError, TrustDomain};
+pub use identity::{uri_names, Identity, IdentityError, TrustDomain};
 pub use leaf::{LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
 pub use provider::{Health, Provider, ProviderKind, SignatureCheck, SignedChain};

@@ -301,6 +301,44 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// An ECDSA P-256 root CA made by the openssl CLI in `dir`, as
+/// `(name.crt, name.key)`: what an operator brings to Tresor.
+pub fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key.to_str().expect("utf8"),
+        ],
+        vec![
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().expect("utf8"),
+            "-subj",
+            &format!("/CN=root {name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            cert.to_str().expect("utf8"),
+        ],
+    ] {
+        openssl(Path::new("."), &args);
+    }
+    (cert, key)
+}
+
 /// A 2048-bit RSA key made by openssl (ring does not generate RSA keys),
 /// with its PEM.
 pub fn rsa_key() -> (KeyPair, String) {

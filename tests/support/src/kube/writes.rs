@@ -25,23 +25,34 @@ pub(crate) fn create_object(
     mut object: Value,
     owner: Owner<'_>,
 ) -> Response {
-    let name = match object.pointer("/metadata/name").and_then(Value::as_str) {
-        Some(n) => n.to_owned(),
-        None => match object
-            .pointer("/metadata/generateName")
-            .and_then(Value::as_str)
-        {
-            Some(prefix) => format!("{prefix}{}", &uuid_like()[..5]),
-            None => {
-                return status_error(
-                    422,
-                    "Invalid",
-                    "metadata.name: Required value".into(),
-                    target.def.kind,
-                    "",
-                )
+    let named = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let prefix = object
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut store = inner.store.lock().expect("lock");
+    let name = match (named, prefix) {
+        (Some(n), _) => n,
+        // Like kube-apiserver since 1.32 (RetryGenerateName), a generated
+        // name that is taken is generated again.
+        (None, Some(prefix)) => loop {
+            let candidate = format!("{prefix}{}", &uuid_like()[..5]);
+            if !store.objects.contains_key(&key_of(target, &candidate)) {
+                break candidate;
             }
         },
+        (None, None) => {
+            return status_error(
+                422,
+                "Invalid",
+                "metadata.name: Required value".into(),
+                target.def.kind,
+                "",
+            )
+        }
     };
     object["metadata"]["name"] = json!(name);
     if let Some(ns) = &target.namespace {
@@ -51,7 +62,6 @@ pub(crate) fn create_object(
         meta.remove("resourceVersion");
         meta.remove("uid");
     }
-    let mut store = inner.store.lock().expect("lock");
     let key = key_of(target, &name);
     if store.objects.contains_key(&key) {
         return status_error(

@@ -1,0 +1,273 @@
+//! The agent's side of the signing API: who am I, sign this, what is the
+//! bundle. Every call builds a client that trusts the CA file plus the last
+//! bundle received, so a rotated root keeps verifying the server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::{io, AgentError, Held};
+use crate::keys;
+
+/// The signing API as the agent reaches it.
+pub(super) struct SigningApi {
+    base: String,
+    initial_roots: Vec<CertificateDer<'static>>,
+    token_file: Option<PathBuf>,
+    ttl: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct Issued {
+    certificate_chain: String,
+    trust_bundle: String,
+    not_before: String,
+    not_after: String,
+}
+
+#[derive(Deserialize)]
+struct WhoAmI {
+    spiffe_id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl SigningApi {
+    pub(super) fn new(
+        server: &str,
+        ca_file: &Path,
+        token_file: Option<PathBuf>,
+        ttl: Option<Duration>,
+    ) -> Result<Self, AgentError> {
+        Ok(Self {
+            base: server.trim_end_matches('/').to_owned(),
+            initial_roots: read_pem_certs(ca_file)?,
+            token_file,
+            ttl,
+        })
+    }
+
+    /// Whether certificates are obtained with a token (otherwise with the
+    /// held certificate).
+    pub(super) fn has_token(&self) -> bool {
+        self.token_file.is_some()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A new key and a certificate for it, authenticated with the token
+    /// or, without one, with the held certificate.
+    pub(super) async fn certificate(&self, held: Option<&Held>) -> Result<Held, AgentError> {
+        let token = self.token()?;
+        if token.is_none() && held.is_none() {
+            return Err(AgentError::Setup(
+                "a token file is needed for the first certificate".into(),
+            ));
+        }
+        let client = self.client(held, token.is_none())?;
+        let identity = self
+            .whoami(&client, token.as_ref().map(|t| t.as_str()))
+            .await?;
+        let key = keys::generate().map_err(|e| AgentError::Setup(e.to_string()))?;
+        let csr = keys::request_for(&key, &identity, &[])
+            .and_then(|c| c.pem())
+            .map_err(|e| AgentError::Setup(e.to_string()))?;
+
+        let url = self.url("/v1/certificates");
+        let mut body = serde_json::json!({ "csr": csr });
+        if let Some(ttl) = self.ttl {
+            body["ttl_seconds"] = ttl.as_secs().into();
+        }
+        let mut request = client.post(&url).json(&body);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.as_str());
+        }
+        let (issued, generation): (Issued, _) = exchange(request, &url).await?;
+        let parse = |s: &str| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map_err(|e| AgentError::InvalidResponse(format!("{s:?}: {e}")))
+        };
+        meshca_provider::pem::decode_certificates(issued.certificate_chain.as_bytes())
+            .map_err(AgentError::InvalidResponse)?;
+        meshca_provider::pem::decode_certificates(issued.trust_bundle.as_bytes())
+            .map_err(AgentError::InvalidResponse)?;
+        Ok(Held {
+            not_before: parse(&issued.not_before)?,
+            not_after: parse(&issued.not_after)?,
+            identity,
+            chain_pem: issued.certificate_chain,
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            bundle_pem: issued.trust_bundle,
+            generation,
+        })
+    }
+
+    /// The current trust bundle and the server's signer generation.
+    pub(super) async fn bundle(&self, held: &Held) -> Result<(String, Option<u64>), AgentError> {
+        let client = self.client(Some(held), false)?;
+        let url = self.url("/v1/bundle");
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|source| AgentError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let generation = generation_of(response.headers());
+        let text = response
+            .text()
+            .await
+            .map_err(|source| AgentError::Transport { url, source })?;
+        meshca_provider::pem::decode_certificates(text.as_bytes())
+            .map_err(AgentError::InvalidResponse)?;
+        Ok((text, generation))
+    }
+
+    /// The token, re-read for every request (projected tokens rotate).
+    fn token(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        Ok(Some(Zeroizing::new(text.trim().to_owned())))
+    }
+
+    /// A client trusting the initial CA file plus the last bundle received,
+    /// presenting the held certificate when renewing without a token.
+    fn client(
+        &self,
+        held: Option<&Held>,
+        present_certificate: bool,
+    ) -> Result<reqwest::Client, AgentError> {
+        let mut roots = RootCertStore::empty();
+        let extra = held
+            .and_then(|h| meshca_provider::pem::decode_certificates(h.bundle_pem.as_bytes()).ok())
+            .unwrap_or_default();
+        for cert in self.initial_roots.iter().chain(extra.iter()) {
+            roots
+                .add(cert.clone())
+                .map_err(|e| AgentError::Setup(format!("unusable CA certificate: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| AgentError::Setup(e.to_string()))?
+            .with_root_certificates(roots);
+        let tls = match held.filter(|_| present_certificate) {
+            Some(h) => {
+                let chain = CertificateDer::pem_slice_iter(h.chain_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| AgentError::Setup(format!("held certificate: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(h.key_pem.as_bytes())
+                    .map_err(|e| AgentError::Setup(format!("held key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| AgentError::Setup(e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| AgentError::Setup(e.to_string()))
+    }
+
+    /// Ask the server which identity the credential stands for.
+    async fn whoami(
+        &self,
+        client: &reqwest::Client,
+        token: Option<&str>,
+    ) -> Result<meshca_provider::Identity, AgentError> {
+        let url = self.url("/v1/identity");
+        let mut request = client.get(&url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let (who, _): (WhoAmI, _) = exchange(request, &url).await?;
+        meshca_provider::Identity::from_spiffe_id(&who.spiffe_id)
+            .map_err(|e| AgentError::InvalidResponse(e.to_string()))
+    }
+}
+
+fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    meshca_provider::pem::decode_certificates(&bytes)
+        .map_err(|e| AgentError::Setup(format!("{}: {e}", path.display())))
+}
+
+/// The server's signer generation (`x-meshca-generation`).
+fn generation_of(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("x-meshca-generation")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Send `request` and decode a successful JSON answer; errors carry the
+/// server's code, message and Retry-After.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<(T, Option<u64>), AgentError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|source| AgentError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+    let response = refused(response).await?;
+    let generation = generation_of(response.headers());
+    let body = response
+        .json()
+        .await
+        .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
+    Ok((body, generation))
+}
+
+/// Pass a successful response through; turn an error answer into
+/// [`AgentError::Refused`] with the server's code, message and Retry-After.
+async fn refused(response: reqwest::Response) -> Result<reqwest::Response, AgentError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let (code, message) = match response.json::<ErrorBody>().await {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => ("unknown".into(), "no error body".into()),
+    };
+    Err(AgentError::Refused {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    })
+}

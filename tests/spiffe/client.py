@@ -1,0 +1,135 @@
+"""A SPIFFE workload for meshca's tests: py-spiffe, unchanged, against the
+agent's Workload API (SPIFFE_ENDPOINT_SOCKET). Prints one JSON object per
+line for the Rust test to check.
+
+  client.py fetch             the SVID and bundles, validated by py-spiffe
+  client.py watch N SECONDS   an open FetchX509SVID stream until N distinct SVIDs
+  client.py bundles N SECONDS an open FetchX509Bundles stream until N messages
+  client.py no-header         a call without the security header
+"""
+
+import base64
+import json
+import os
+import sys
+import threading
+import time
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from spiffe import TrustDomain, WorkloadApiClient, X509Bundle
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+
+def b64(der):
+    return base64.b64encode(der).decode()
+
+
+def ders(certs):
+    return sorted(b64(c.public_bytes(Encoding.DER)) for c in certs)
+
+
+def public_key(key):
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo).hex()
+
+
+def describe(context):
+    svid = context.default_svid
+    bundle = context.x509_bundle_set.get_bundle_for_trust_domain(
+        TrustDomain(svid.spiffe_id.trust_domain.name)
+    )
+    return {
+        "received_at": time.time(),
+        "spiffe_id": str(svid.spiffe_id),
+        "serial": format(svid.leaf.serial_number, "x"),
+        "chain": [b64(c.public_bytes(Encoding.DER)) for c in svid.cert_chain],
+        "key_matches": public_key(svid.private_key.public_key())
+        == public_key(svid.leaf.public_key()),
+        "ec_key": isinstance(svid.private_key, ec.EllipticCurvePrivateKey),
+        "bundle": ders(bundle.x509_authorities),
+    }
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def fetch():
+    with WorkloadApiClient(default_timeout=20) as client:
+        context = client.fetch_x509_context()
+        bundles = client.fetch_x509_bundles()
+        out = describe(context)
+        out["bundle_trust_domains"] = sorted(str(b.trust_domain) for b in bundles.bundles)
+        emit(out)
+
+
+def watch(count, seconds):
+    seen = {}
+    done = threading.Event()
+    errors = []
+
+    def on_success(context):
+        d = describe(context)
+        if d["serial"] not in seen:
+            seen[d["serial"]] = d
+            emit(d)
+        if len(seen) >= count:
+            done.set()
+
+    def on_error(e):
+        errors.append(str(e))
+        done.set()
+
+    with WorkloadApiClient() as client:
+        handle = client.stream_x509_contexts(on_success, on_error, retry_connect=False)
+        done.wait(seconds)
+        handle.cancel()
+    if errors:
+        emit({"error": errors[0]})
+
+
+def raw_stub():
+    target = "unix:" + os.environ["SPIFFE_ENDPOINT_SOCKET"].removeprefix("unix://")
+    return workload_pb2_grpc.SpiffeWorkloadAPIStub(grpc.insecure_channel(target))
+
+
+def bundles(count, seconds):
+    stream = raw_stub().FetchX509Bundles(
+        workload_pb2.X509BundlesRequest(),
+        metadata=[("workload.spiffe.io", "true")],
+        timeout=seconds,
+    )
+    for n, message in enumerate(stream, start=1):
+        emit({
+            "received_at": time.time(),
+            "bundles": {
+                k: ders(X509Bundle.parse_raw(TrustDomain(k), v).x509_authorities)
+                for k, v in message.bundles.items()
+            },
+        })
+        if n >= count:
+            stream.cancel()
+            break
+
+
+def no_header():
+    try:
+        next(raw_stub().FetchX509SVID(workload_pb2.X509SVIDRequest(), timeout=10))
+        emit({"code": "OK"})
+    except grpc.RpcError as e:
+        emit({"code": e.code().name, "details": e.details()})
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "fetch":
+        fetch()
+    elif command == "watch":
+        watch(int(args[0]), float(args[1]))
+    elif command == "bundles":
+        bundles(int(args[0]), float(args[1]))
+    elif command == "no-header":
+        no_header()
+    else:
+        sys.exit(f"unknown command {command}")
