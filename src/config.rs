@@ -22,6 +22,7 @@ use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
 use crate::ingress::{IngressConfig, IngressContext, RawIngress};
 use crate::issuer::{Lifetimes, RawLifetimes};
+use crate::pod_certificates::{PodCertificatesConfig, RawPodCertificates};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
 use crate::rollout::{RawRotation, RotationConfig};
 use crate::validation::{is_dns_name, Errors};
@@ -87,6 +88,8 @@ pub struct Config {
     pub ingress: IngressConfig,
     /// Signer changes.
     pub rotation: RotationConfig,
+    /// Kubernetes pod certificates.
+    pub pod_certificates: PodCertificatesConfig,
     /// The file this configuration was read from; the daemon watches it
     /// and applies the settings that can change at run time.
     pub source: Option<PathBuf>,
@@ -110,6 +113,7 @@ struct RawConfig {
     kubernetes: RawKubernetes,
     ingress: RawIngress,
     rotation: RawRotation,
+    pod_certificates: RawPodCertificates,
 }
 
 impl Default for RawConfig {
@@ -129,6 +133,7 @@ impl Default for RawConfig {
             kubernetes: RawKubernetes::default(),
             ingress: RawIngress::default(),
             rotation: RawRotation::default(),
+            pod_certificates: RawPodCertificates::default(),
         }
     }
 }
@@ -150,6 +155,20 @@ impl Default for RawDaemonIdentity {
 }
 
 impl Config {
+    /// Settings that are valid together but will not do what they seem
+    /// to: `meshca config check` prints them, `serve` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.pod_certificates.enabled && matches!(self.provider, ProviderConfig::CertManager(_))
+        {
+            warnings.push(format!(
+                "pod_certificates: the cert-manager provider signs only the names a CSR carries and kubelet's stub CSR carries none, so every PodCertificateRequest will be marked Failed; use tresor or vault (they sign {})",
+                crate::pod_certificates::SUPPORTED_KEY_TYPES
+            ));
+        }
+        warnings
+    }
+
     /// Load `path`, or the embedded default when `None`.
     ///
     /// # Errors
@@ -244,6 +263,9 @@ impl TryFrom<RawConfig> for Config {
             &mut errors,
         );
         let api = raw.api.validate(&mut errors);
+        let pod_certificates =
+            raw.pod_certificates
+                .validate(certificates.max_ttl, cluster, &mut errors);
         match (trust_domain, daemon_identity, provider, api) {
             (Some(trust_domain), Some(daemon_identity), Some(provider), Some(api))
                 if errors.is_empty() =>
@@ -262,6 +284,7 @@ impl TryFrom<RawConfig> for Config {
                     kubernetes,
                     ingress,
                     rotation: raw.rotation.validate(),
+                    pod_certificates,
                     state_dir: raw.state_dir,
                     source: None,
                 })

@@ -18,13 +18,15 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, ConnectionLimits, Readiness, ServingTls};
 use crate::auth::{Authenticator, TokenReviewer, TokenStore};
 use crate::bundle::{
-    self, BundleError, BundleReceiver, BundleSink, FileSink, PublishStatus, SecretSink, TrustBundle,
+    self, BundleError, BundleReceiver, BundleSink, ClusterTrustBundleSink, FileSink, PublishStatus,
+    SecretSink, TrustBundle,
 };
 use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
 use crate::ingress::{self, Mesh};
-use crate::issuer::{DenyList, IssueError, Issuer};
+use crate::issuer::{Admission, DenyList, IssueError, Issuer};
 use crate::metrics::Metrics;
+use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
 use crate::rollout::{self, Rollout, RolloutStatus, Signer, StateStore, Target};
 use crate::supervisor::{Spawner, Supervisor};
@@ -143,11 +145,23 @@ async fn build(
     spawner: &Spawner,
     failed_tasks: watch::Receiver<Vec<&'static str>>,
 ) -> Result<(SocketAddr, SocketAddr), DaemonError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let metrics = Arc::new(Metrics::new());
     remove_debris(config);
     let cluster = Cluster::join(config.kubernetes.as_ref(), spawner).await?;
     let signing = signing(config, cluster.as_ref(), &metrics, spawner).await?;
-    let publish = publish_bundle(config, cluster.as_ref(), &signing, &metrics, spawner).await;
+    let pod_certificates = pod_certificates(config, cluster.as_ref()).await;
+    let publish = publish_bundle(
+        config,
+        cluster.as_ref(),
+        pod_certificates.as_ref(),
+        &signing,
+        &metrics,
+        spawner,
+    )
+    .await;
 
     let issuer = Issuer::new(
         signing.signer.clone(),
@@ -156,6 +170,11 @@ async fn build(
         metrics.clone(),
         DenyList::new(config.auth.denied_file.clone()),
     );
+    let admission = Arc::new(Admission::new(
+        config.api.max_in_flight,
+        config.api.per_identity_per_second,
+        config.api.per_identity_burst,
+    ));
     let renew_serving = Arc::new(Notify::new());
     let serving_tls =
         serving_certificate(config, &issuer, &metrics, &renew_serving, spawner).await?;
@@ -184,12 +203,25 @@ async fn build(
         .await?;
     }
 
+    if let (Some(cluster), Some(settings)) = (cluster.as_ref(), pod_certificates) {
+        let deps = pod_certificates::SignerDeps {
+            issuer: issuer.clone(),
+            admission: admission.clone(),
+            trust_domain: config.trust_domain.clone(),
+            metrics: metrics.clone(),
+        };
+        spawner.spawn_child("pod-certificate-signer", |token| {
+            pod_certificates::signer(cluster, settings, deps, token)
+        });
+    }
+
     let state = Arc::new(ApiState::new(
         issuer,
         authenticator(config, cluster.as_ref(), &signing.bundle),
         signing.bundle.clone(),
         metrics.clone(),
-        config.api,
+        config.api.max_body_bytes,
+        admission,
         rollout,
     ));
     let readiness = Readiness {
@@ -268,11 +300,33 @@ async fn signing(
     })
 }
 
+/// The pod-certificate settings, when they are on and the cluster serves
+/// the API (Kubernetes 1.37); otherwise meshca runs without them, said
+/// once.
+async fn pod_certificates(
+    config: &Config,
+    cluster: Option<&Cluster>,
+) -> Option<PodCertificatesConfig> {
+    let cluster = cluster.filter(|_| config.pod_certificates.enabled)?;
+    if pod_certificates::served(&cluster.client).await {
+        tracing::info!(
+            signer = config.pod_certificates.signer_name.as_str(),
+            "signing pod certificates"
+        );
+        Some(config.pod_certificates.clone())
+    } else {
+        tracing::warn!("the cluster does not serve certificates.k8s.io/v1 PodCertificateRequests and ClusterTrustBundles (Kubernetes 1.37); running without pod certificates");
+        None
+    }
+}
+
 /// The bundle publisher and its sinks: the file always, the Secret with a
-/// cluster. Waits (briefly) until every sink holds the first bundle.
+/// cluster, the ClusterTrustBundle with pod certificates. Waits (briefly)
+/// until every sink holds the first bundle.
 async fn publish_bundle(
     config: &Config,
     cluster: Option<&Cluster>,
+    pod_certificates: Option<&PodCertificatesConfig>,
     signing: &Signing,
     metrics: &Arc<Metrics>,
     spawner: &Spawner,
@@ -290,6 +344,18 @@ async fn publish_bundle(
             cluster.leader.clone(),
         );
         spawner.spawn_child("bundle-secret-watch", |token| {
+            sink.watch_changes(resync_now.clone(), token)
+        });
+        sinks.push(Arc::new(sink));
+    }
+    if let (Some(cluster), Some(pods)) = (cluster, pod_certificates) {
+        let sink = ClusterTrustBundleSink::new(
+            cluster.client.clone(),
+            pods.signer_name.trust_bundle_name(),
+            pods.signer_name.as_str().to_owned(),
+            cluster.leader.clone(),
+        );
+        spawner.spawn_child("bundle-ctb-watch", |token| {
             sink.watch_changes(resync_now.clone(), token)
         });
         sinks.push(Arc::new(sink));

@@ -21,6 +21,7 @@ mod ingress;
 mod issuer;
 mod keys;
 mod metrics;
+mod pod_certificates;
 mod provider;
 mod reload;
 mod renewal;

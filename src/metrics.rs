@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 /// Labels of `meshca_certificates_issued_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IssuedLabels {
+    /// How the request arrived: `api` (the HTTPS signing API) or
+    /// `pod_certificate` (a PodCertificateRequest).
+    pub frontend: &'static str,
     /// The provider kind.
     pub provider: &'static str,
     /// `success` or the API error code.

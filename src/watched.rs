@@ -132,6 +132,17 @@ where
     Ok(result)
 }
 
+/// A stream that yields once per change of `rx`: a trigger for
+/// kube-runtime's `reconcile_all_on`.
+pub fn changes<T: Send + Sync + 'static>(
+    rx: tokio::sync::watch::Receiver<T>,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

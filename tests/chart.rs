@@ -50,16 +50,17 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
 }
 
 /// The extra RBAC objects the chart adds when ingress policy is on.
-fn is_ingress_rbac(doc: &Value) -> bool {
+/// RBAC objects that only optional features bring.
+fn is_optional_rbac(doc: &Value) -> bool {
     doc["metadata"]["name"]
         .as_str()
-        .is_some_and(|n| n.ends_with("-ingress"))
+        .is_some_and(|n| n.ends_with("-ingress") || n.ends_with("-pod-certificates"))
 }
 
 fn check_objects(docs: &[Value]) -> meshca::Config {
     let mut kinds: Vec<&str> = docs
         .iter()
-        .filter(|d| !is_ingress_rbac(d))
+        .filter(|d| !is_optional_rbac(d))
         .map(|d| d["kind"].as_str().expect("kind"))
         .collect();
     kinds.sort_unstable();
@@ -81,7 +82,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
         match doc["kind"].as_str().expect("kind") {
             "Deployment" => {
                 let d: Deployment = typed(doc);
-                let spec = d.spec.expect("spec");
+                let spec = d.spec;
                 assert_eq!(spec.replicas, Some(2));
                 let pod = spec.template.spec.expect("pod spec");
                 assert_eq!(pod.service_account_name.as_deref(), Some("meshca"));
@@ -125,11 +126,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                     "namespaced access only to what meshca uses"
                 );
             }
-            "ClusterRole"
-                if doc["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with("-ingress")) =>
-            {
+            "ClusterRole" if is_optional_rbac(doc) => {
                 let r: ClusterRole = typed(doc);
                 let rules = r.rules.unwrap_or_default();
                 assert!(
@@ -259,6 +256,61 @@ fn with_ingress_enabled_the_chart_grants_what_the_reconciler_needs_and_configure
                 .is_some_and(|n| n.ends_with("-ingress"))),
         "not granted unless enabled"
     );
+}
+
+#[test]
+fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it() {
+    let docs = documents(&helm_template(&[
+        "podCertificates.enabled=true",
+        "podCertificates.signerName=example.com/mesh",
+        "ingress.enabled=true",
+    ]));
+    let config = check_objects(&docs);
+    assert!(config.pod_certificates.enabled);
+    assert_eq!(
+        config.pod_certificates.signer_name.as_str(),
+        "example.com/mesh"
+    );
+    let role = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-pod-certificates"))
+        })
+        .expect("pod-certificates ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    let grants = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|x| x == resource))
+                && r["verbs"]
+                    .as_array()
+                    .is_some_and(|vs| vs.iter().any(|x| x == verb))
+        })
+    };
+    assert!(grants("podcertificaterequests", "watch"));
+    assert!(grants("podcertificaterequests/status", "update"));
+    assert!(grants("clustertrustbundles", "patch"));
+    assert!(grants("signers", "sign") && grants("signers", "attest"));
+    let signers = rules
+        .iter()
+        .find(|r| r["resources"][0] == "signers")
+        .expect("signers rule");
+    assert_eq!(
+        signers["resourceNames"],
+        serde_json::json!(["example.com/mesh"])
+    );
+    for kind in ["tresor", "vault", "cert-manager"] {
+        let docs = documents(&helm_template(&[
+            &format!("provider.kind={kind}"),
+            "podCertificates.enabled=true",
+            "ingress.enabled=true",
+        ]));
+        check_objects(&docs);
+    }
 }
 
 #[test]

@@ -166,24 +166,10 @@ fn keys_of_every_type() -> Vec<(&'static str, KeyPair)> {
 }
 
 fn leaf_of(body: &Value) -> (i64, Vec<String>) {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let der = certs(body["certificate_chain"].as_str().expect("chain")).remove(0);
     let (_, cert) = X509Certificate::from_der(der.as_ref()).expect("leaf");
-    let names = cert
-        .subject_alternative_name()
-        .expect("SAN extension")
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .map(|n| match n {
-                    GeneralName::DNSName(d) => format!("dns:{d}"),
-                    GeneralName::URI(u) => format!("uri:{u}"),
-                    other => format!("{other:?}"),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = support::san_names(&der);
     (cert.validity().not_after.timestamp(), names)
 }
 
@@ -202,8 +188,8 @@ async fn a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the
         assert_eq!(
             names,
             [
-                format!("dns:{SA}.{NS}.cluster.local"),
-                format!("uri:spiffe://cluster.local/ns/{NS}/sa/{SA}"),
+                format!("DNS:{SA}.{NS}.cluster.local"),
+                format!("URI:spiffe://cluster.local/ns/{NS}/sa/{SA}"),
             ],
             "{kind:?} {name}"
         );

@@ -6,7 +6,12 @@ use std::path::Path;
 #[test]
 fn every_example_config_is_valid() {
     let mut seen = 0;
-    for dir in ["examples/tresor", "examples/vault", "examples/cert-manager"] {
+    for dir in [
+        "examples/tresor",
+        "examples/vault",
+        "examples/cert-manager",
+        "examples/pod-certificates",
+    ] {
         for entry in
             std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
         {
@@ -21,7 +26,7 @@ fn every_example_config_is_valid() {
             }
         }
     }
-    assert!(seen >= 5, "examples found: {seen}");
+    assert!(seen >= 6, "examples found: {seen}");
 }
 
 #[test]

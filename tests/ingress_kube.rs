@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use support::kube::{KubeStandIn, Options};
 use support::{certs, verify, TestDaemon};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn data(secret: &Value, key: &str) -> String {
     let b = secret["data"][key].as_str().unwrap_or_default();
@@ -98,25 +98,12 @@ async fn an_https_backend_gets_its_identity_secret_until_its_ingress_goes() {
     let chain = data(&s, "tls.crt");
     verify(&chain, &bundle, webpki::KeyUsage::server_auth()).expect("a valid serving identity");
     let leaf = certs(&chain).remove(0);
-    let (_, c) = X509Certificate::from_der(&leaf).expect("leaf");
-    let names: Vec<String> = c
-        .subject_alternative_name()
-        .expect("ext")
-        .expect("san")
-        .value
-        .general_names
-        .iter()
-        .map(|n| match n {
-            GeneralName::DNSName(d) => d.to_string(),
-            GeneralName::URI(u) => u.to_string(),
-            other => other.to_string(),
-        })
-        .collect();
+    let names = support::san_names(&leaf);
     assert_eq!(
         names,
         [
-            "httpbin-sa.httpbin.cluster.local",
-            "spiffe://cluster.local/ns/httpbin/sa/httpbin-sa"
+            "DNS:httpbin-sa.httpbin.cluster.local",
+            "URI:spiffe://cluster.local/ns/httpbin/sa/httpbin-sa"
         ],
         "the pods' ServiceAccount"
     );

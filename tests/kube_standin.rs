@@ -322,7 +322,7 @@ async fn token_reviews_and_leases_work() {
     let token = kube.service_account_token_for("bookstore", "bookstore", &["meshca"]);
     let review = |token: String, aud: &str| TokenReview {
         spec: TokenReviewSpec {
-            token: Some(token),
+            token,
             audiences: Some(vec![aud.to_owned()]),
         },
         ..TokenReview::default()

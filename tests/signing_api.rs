@@ -9,7 +9,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CustomExtension, IsCa, SanType};
 use serde_json::json;
 use support::{certs, csr, csr_signed_by_another_key, csr_with, key, verify, TestDaemon};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 const RESPONSE_FIELDS: [&str; 8] = [
     "identity",
@@ -80,19 +80,7 @@ async fn a_csr_with_a_token_becomes_a_certificate_that_verifies_for_server_and_c
     .expect("DNS SAN is the identity");
 
     let (_, leaf) = X509Certificate::from_der(leaf_der).expect("parse");
-    let sans: Vec<String> = leaf
-        .subject_alternative_name()
-        .expect("ext")
-        .expect("SAN")
-        .value
-        .general_names
-        .iter()
-        .map(|n| match n {
-            GeneralName::DNSName(d) => format!("DNS:{d}"),
-            GeneralName::URI(u) => format!("URI:{u}"),
-            other => format!("other:{other}"),
-        })
-        .collect();
+    let sans = support::san_names(leaf_der);
     assert_eq!(
         sans,
         [
@@ -508,12 +496,12 @@ async fn the_bundle_health_and_metrics_endpoints_answer() {
         .expect("text");
     assert!(
         metrics
-            .contains(r#"meshca_certificates_issued_total{provider="tresor",result="success"} 1"#),
+            .contains(r#"meshca_certificates_issued_total{frontend="api",provider="tresor",result="success"} 1"#),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            r#"meshca_certificates_issued_total{provider="tresor",result="unauthenticated"} 1"#
+            r#"meshca_certificates_issued_total{frontend="api",provider="tresor",result="unauthenticated"} 1"#
         ),
         "{metrics}"
     );

@@ -70,6 +70,7 @@ pub(super) async fn create_certificate(
         .metrics
         .certificates_issued
         .get_or_create(&IssuedLabels {
+            frontend: "api",
             provider,
             result: code,
         })
@@ -159,8 +160,8 @@ async fn sign(
     }
 
     state
-        .per_identity
-        .check(&caller.identity)
+        .admission
+        .check_identity(&caller.identity)
         .map_err(|after| ApiError::RateLimited(Limit::Identity, after))?;
 
     let Some(body) = body.take() else {
@@ -181,10 +182,10 @@ async fn sign(
     };
     let csr = one_csr(&request.csr)?;
 
-    let _permit = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| ApiError::RateLimited(Limit::InFlight, Duration::from_secs(1)))?;
+    let _permit = state.admission.enter().ok_or(ApiError::RateLimited(
+        Limit::InFlight,
+        Duration::from_secs(1),
+    ))?;
     let issued = state
         .issuer
         .issue(&caller.identity, csr.as_ref(), ttl)

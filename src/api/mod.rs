@@ -5,7 +5,6 @@ mod config;
 mod error;
 mod handlers;
 mod health;
-mod limit;
 mod server;
 mod tls;
 
@@ -20,11 +19,10 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::bundle::BundleReceiver;
-use crate::issuer::Issuer;
+use crate::issuer::{Admission, Issuer};
 use crate::metrics::Metrics;
 
 /// Everything the signing API's handlers need.
@@ -35,8 +33,7 @@ pub struct ApiState {
     bundle: BundleReceiver,
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
-    in_flight: Semaphore,
-    per_identity: limit::IdentityLimiter,
+    admission: Arc<Admission>,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
 }
 
@@ -47,7 +44,8 @@ impl ApiState {
         auth: Authenticator,
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
-        limits: ApiLimits,
+        max_body_bytes: usize,
+        admission: Arc<Admission>,
         rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
     ) -> Self {
         Self {
@@ -55,13 +53,9 @@ impl ApiState {
             auth,
             bundle,
             metrics,
-            max_body_bytes: limits.max_body_bytes,
-            in_flight: Semaphore::new(limits.max_in_flight),
+            max_body_bytes,
+            admission,
             rollout,
-            per_identity: limit::IdentityLimiter::new(
-                limits.per_identity_per_second,
-                limits.per_identity_burst,
-            ),
         }
     }
 }

@@ -71,7 +71,7 @@ impl super::ReviewTokens for TokenReviewer {
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
+                token: token.to_owned(),
                 audiences: Some(vec![self.audience.clone()]),
             },
             ..TokenReview::default()

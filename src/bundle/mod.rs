@@ -6,12 +6,16 @@
 //! there. A bundle is never empty: [`TrustBundle::new`] refuses that, so no
 //! sink can be handed one.
 
+mod cluster_trust_bundle;
 mod config;
 mod file;
-pub(crate) use file::{remove_stale_temporaries, write_atomically};
 mod publisher;
 mod secret;
+mod watch;
 
+pub(crate) use file::{remove_stale_temporaries, write_atomically};
+
+pub use cluster_trust_bundle::ClusterTrustBundleSink;
 pub use config::{BundleConfig, RawBundle, RawSecretRef};
 pub use file::FileSink;
 pub use publisher::{publisher, PublishStatus};

@@ -3,11 +3,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::watcher;
 use kube::Api;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -59,30 +57,13 @@ impl SecretSink {
         resync: Arc<Notify>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let api = self.api.clone();
-        let selector = format!("metadata.name={}", self.secret.name);
-        let mut leader = self.leader.clone();
-        async move {
-            let mut events = watcher(api, watcher::Config::default().fields(&selector)).boxed();
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    changed = leader.changed() => {
-                        if changed.is_err() { return; }
-                        resync.notify_one();
-                    }
-                    event = events.next() => match event {
-                        Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => resync.notify_one(),
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "watch of the bundle Secret interrupted; resuming");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                        None => return,
-                    }
-                }
-            }
-        }
+        super::watch::follow_object(
+            self.api.clone(),
+            &self.secret.name,
+            self.leader.clone(),
+            resync,
+            shutdown,
+        )
     }
 
     fn is_leader(&self) -> bool {

@@ -189,6 +189,9 @@ pub fn check_config(path: &Path) -> ExitCode {
                 c.trust_domain,
                 c.listen
             );
+            for warning in c.warnings() {
+                println!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

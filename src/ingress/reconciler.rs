@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -36,6 +36,7 @@ use crate::cluster::{Cluster, KubeError, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
+use crate::watched::changes;
 
 /// Requeue period of an Ingress with nothing due sooner, so that a
 /// namespace's label change is seen.
@@ -178,16 +179,6 @@ pub fn reconciler(
             sweep(ctx, ingresses, secrets_store, shutdown.clone())
         );
     }
-}
-
-/// A stream that yields once per change of `rx`.
-fn changes<T: Send + Sync + 'static>(
-    rx: watch::Receiver<T>,
-) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    }))
 }
 
 async fn reconcile(

@@ -2,9 +2,11 @@
 //! CSR policy, lifetime clamping, the provider call (through the
 //! [`Checked`] gate) and the bookkeeping a response needs.
 
+mod admission;
 mod config;
 mod deny;
 
+pub use admission::Admission;
 pub use config::{Lifetimes, RawLifetimes};
 pub use deny::DenyList;
 
@@ -83,6 +85,11 @@ impl Issuer {
         }
     }
 
+    /// The configured lifetimes.
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
+    }
+
     /// The provider signing now.
     pub fn provider(&self) -> Arc<Checked> {
         self.signer.current().0
@@ -105,6 +112,22 @@ impl Issuer {
         csr_der: &[u8],
         ttl: Option<Duration>,
     ) -> Result<IssuedCertificate, IssueError> {
+        self.issue_for(identity, csr_der, self.lifetimes.clamp(ttl))
+            .await
+    }
+
+    /// As [`Issuer::issue`], for exactly `ttl` (still under
+    /// `certificates.max_ttl`): for callers whose lower bound is not
+    /// meshca's `min_ttl`, such as a PodCertificateRequest's.
+    ///
+    /// # Errors
+    /// As [`Issuer::issue`].
+    pub async fn issue_for(
+        &self,
+        identity: &Identity,
+        csr_der: &[u8],
+        ttl: Duration,
+    ) -> Result<IssuedCertificate, IssueError> {
         let (denied, count) = self.denied.check(identity).map_err(IssueError::DenyList)?;
         self.metrics
             .identities_denied
@@ -113,7 +136,7 @@ impl Issuer {
             return Err(IssueError::IdentityDenied(identity.clone()));
         }
         let csr = ValidatedCsr::new(csr_der, identity)?;
-        let profile = LeafProfile::workload(identity.clone(), self.lifetimes.clamp(ttl))
+        let profile = LeafProfile::workload(identity.clone(), ttl.min(self.lifetimes.max_ttl))
             .with_ceiling(self.lifetimes.max_ttl);
         self.sign(&csr, &profile).await
     }

@@ -478,3 +478,71 @@ pub fn csr_signed_by_another_key(subject_key: &KeyPair, signer: &KeyPair) -> Str
     meshca_provider::pem::encode_block("CERTIFICATE REQUEST", &der, &mut pem);
     pem
 }
+
+/// Poll `f` every 100 ms until it gives a value, failing the test after
+/// `within`.
+pub async fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A stub CSR as kubelet makes it for a pod certificate: a key of
+/// `key_type` (the PodCertificateRequest names: `ECDSAP256`, `ECDSAP384`,
+/// `ECDSAP521`, `ED25519`, `RSA3072`, `RSA4096`), an empty subject and
+/// nothing else, DER. Made by the openssl CLI; returns the CSR and the
+/// key's PEM.
+pub fn kubelet_stub_csr(key_type: &str) -> (Vec<u8>, String) {
+    let algorithm: &[&str] = match key_type {
+        "ECDSAP256" => &["EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "ECDSAP384" => &["EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        "ECDSAP521" => &["EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
+        "ED25519" => &["ED25519"],
+        "RSA3072" => &["RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        "RSA4096" => &["RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        other => panic!("kubelet has no key type {other}"),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut genpkey = vec!["genpkey", "-algorithm"];
+    genpkey.extend_from_slice(algorithm);
+    genpkey.extend_from_slice(&["-out", "key.pem"]);
+    openssl(dir.path(), &genpkey);
+    openssl(
+        dir.path(),
+        &[
+            "req", "-new", "-key", "key.pem", "-subj", "/", "-outform", "DER", "-out", "csr.der",
+        ],
+    );
+    (
+        std::fs::read(dir.path().join("csr.der")).expect("csr"),
+        std::fs::read_to_string(dir.path().join("key.pem")).expect("key"),
+    )
+}
+
+/// The subjectAltNames of a DER certificate as `DNS:…`, `URI:…`, `IP:…`,
+/// in order (empty without the extension).
+pub fn san_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).expect("a certificate");
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::URI(u) => format!("URI:{u}"),
+            GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}

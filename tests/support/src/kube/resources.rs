@@ -33,6 +33,9 @@ pub struct Options {
     pub history: usize,
     /// Bookmark period on watches that ask for bookmarks.
     pub bookmark_every: Duration,
+    /// Serve `certificates.k8s.io/v1` PodCertificateRequests and
+    /// ClusterTrustBundles (Kubernetes 1.37); off: an older cluster.
+    pub pod_certificates: bool,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             ingress_versions: vec!["v1"],
             history: 10_000,
             bookmark_every: Duration::from_secs(1),
+            pod_certificates: true,
         }
     }
 }
@@ -165,6 +169,24 @@ pub(crate) fn resources(options: &Options) -> Vec<ResourceDef> {
             status: false,
         },
     ];
+    if options.pod_certificates {
+        r.push(ResourceDef {
+            group: "certificates.k8s.io",
+            versions: vec!["v1"],
+            plural: "podcertificaterequests",
+            kind: "PodCertificateRequest",
+            namespaced: true,
+            status: true,
+        });
+        r.push(ResourceDef {
+            group: "certificates.k8s.io",
+            versions: vec!["v1"],
+            plural: "clustertrustbundles",
+            kind: "ClusterTrustBundle",
+            namespaced: false,
+            status: false,
+        });
+    }
     if !options.ingress_versions.is_empty() {
         r.push(ResourceDef {
             group: "networking.k8s.io",
