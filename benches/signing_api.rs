@@ -8,44 +8,15 @@
 //!
 //! Run: `cargo bench --bench signing_api` (optionally `-- --requests N`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meshca_test_support::process::{free_port, ServeProcess};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    // SAFETY-free: sysconf via getconf would spawn; USER_HZ is 100 on Linux.
-    ticks / 100.0
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -72,26 +43,8 @@ fn main() {
     .expect("config");
     // One worker thread pinned to one core, so the figure is "CPU per
     // certificate on one core"; the load generator gets the other core.
-    let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", BIN]);
-        c
-    } else {
-        Command::new(BIN)
-    };
-    let server = Server(
-        cmd.current_dir(dir.path())
-            .args(["--worker-threads", "1", "serve", "-c", "bench.yaml"])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("meshca serve"),
-    );
+    let server = ServeProcess::start(BIN, dir.path(), "bench.yaml", api);
     let bundle_path = dir.path().join("meshca-data/bundle/ca.crt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let token = Command::new(BIN)
         .current_dir(dir.path())
         .args([
@@ -193,11 +146,11 @@ fn main() {
             })
         };
         run(200.max(concurrency * 10)); // warm up connections and caches
-        let cpu_before = cpu_seconds(server.0.id());
+        let cpu_before = server.cpu_seconds();
         let started = Instant::now();
         let mut latencies = run(requests);
         let wall = started.elapsed();
-        let cpu = cpu_seconds(server.0.id()) - cpu_before;
+        let cpu = server.cpu_seconds() - cpu_before;
         latencies.sort_unstable();
         let n = latencies.len();
         println!(

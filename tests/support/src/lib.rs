@@ -4,6 +4,7 @@
 
 pub mod kube;
 pub mod openbao;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
