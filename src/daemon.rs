@@ -145,7 +145,7 @@ async fn build(
     spawner: &Spawner,
     failed_tasks: watch::Receiver<Vec<&'static str>>,
 ) -> Result<(SocketAddr, SocketAddr), DaemonError> {
-    for warning in config.warnings() {
+    for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let metrics = Arc::new(Metrics::new());

@@ -38,6 +38,36 @@ impl Drop for Serve {
 }
 
 #[test]
+fn config_check_prints_the_plan_and_warns_of_settings_without_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        "kubernetes: { enabled: false }
+bundle: { kubernetes_secret: { name: my-ca } }
+listen: 127.0.0.1:8443
+",
+    )
+    .expect("write");
+    let out = meshca(dir.path(), &["config", "check", "-c", "plan.yaml"]);
+    assert!(out.status.success(), "a warning is not an error");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "provider:  tresor, root in ./meshca-data/tresor",
+        "cluster:   none",
+        "bundle:    file ./meshca-data/bundle/ca.crt",
+        "auth:      bearer tokens from ./meshca-data/tokens.yaml",
+        "listeners: signing API https://127.0.0.1:8443; health and metrics http://127.0.0.1:9090",
+        "warning: bundle.kubernetes_secret has no effect: kubernetes.enabled is false",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("Secret"),
+        "no Secret without a cluster:\n{stdout}"
+    );
+}
+
+#[test]
 fn config_check_accepts_a_good_file_and_names_the_bad_key_of_a_bad_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 use support::kube::KubeStandIn;
-use support::{certs, csr, csr_with, key, verify, TestDaemon};
+use support::{certs, csr, csr_with, eventually, key, verify, TestDaemon};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -32,17 +32,6 @@ fn cluster_yaml(kube: &KubeStandIn) -> String {
         "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nbundle: {{ refresh_interval: 1s }}\n",
         kube.kubeconfig().display()
     )
-}
-
-async fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn bundle_secret(kube: &KubeStandIn) -> Value {
@@ -431,4 +420,74 @@ where
         assert!(Instant::now() < deadline, "still {got}, wanted {want}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `meshca serve` as a process with `KUBECONFIG` (and a `HOME` without
+/// `~/.kube`), killed on drop.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_with_kubeconfig(dir: &std::path::Path, kube: &KubeStandIn, args: &[&str]) -> Serve {
+    Serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .current_dir(dir)
+            .env("KUBECONFIG", kube.kubeconfig())
+            .env("HOME", dir)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .arg("serve")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("meshca serve"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_without_a_path_finds_the_cluster_through_kubeconfig() {
+    let kube = KubeStandIn::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, metrics) = (support::process::free_port(), support::process::free_port());
+    std::fs::write(
+        dir.path().join("meshca.yaml"),
+        format!("listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\nkubernetes: {{ enabled: true, lease_duration: 3s }}\n"),
+    )
+    .expect("config");
+    let _serve = serve_with_kubeconfig(dir.path(), &kube, &["-c", "meshca.yaml"]);
+    let secret = eventually(
+        "osm-ca-bundle from KUBECONFIG",
+        Duration::from_secs(20),
+        || kube.get("", "secrets", "osm-system", "osm-ca-bundle"),
+    )
+    .await;
+    assert!(data(&secret, "ca.crt").is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_never_touches_the_cluster_kubeconfig_names() {
+    let kube = KubeStandIn::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serve = serve_with_kubeconfig(dir.path(), &kube, &[]);
+    // Serving (the bundle file is written before the listener opens).
+    eventually("the daemon serving", Duration::from_secs(20), || {
+        dir.path()
+            .join("meshca-data/bundle/ca.crt")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        kube.requests().is_empty(),
+        "a laptop's cluster is never used by the embedded default: {:?}",
+        kube.requests()
+    );
+    assert!(kube
+        .get("", "secrets", "osm-system", "osm-ca-bundle")
+        .is_none());
 }

@@ -189,7 +189,10 @@ pub fn check_config(path: &Path) -> ExitCode {
                 c.trust_domain,
                 c.listen
             );
-            for warning in c.warnings() {
+            for line in super::plan::plan(&c) {
+                println!("  {line}");
+            }
+            for warning in &c.warnings {
                 println!("warning: {warning}");
             }
             ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 
 mod admin;
 mod ingress;
+mod plan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

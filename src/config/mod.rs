@@ -9,6 +9,8 @@
 //! a pod is decided when the daemon connects. `meshca config check` runs
 //! exactly this code.
 
+mod warnings;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +31,7 @@ use crate::validation::{is_dns_name, Errors};
 
 /// The configuration used when no file is given: Tresor with a generated
 /// ECDSA P-256 root under `./meshca-data`, a file bundle, static tokens.
-pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../default-config.yaml");
 
 /// Why a configuration was refused. Every problem found is listed, each
 /// prefixed with the path of the offending key.
@@ -90,6 +92,9 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// Kubernetes pod certificates.
     pub pod_certificates: PodCertificatesConfig,
+    /// Settings written in the file that will have no effect, for
+    /// `meshca config check` to print and `serve` to log.
+    pub warnings: Vec<String>,
     /// The file this configuration was read from; the daemon watches it
     /// and applies the settings that can change at run time.
     pub source: Option<PathBuf>,
@@ -155,20 +160,6 @@ impl Default for RawDaemonIdentity {
 }
 
 impl Config {
-    /// Settings that are valid together but will not do what they seem
-    /// to: `meshca config check` prints them, `serve` logs them.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.pod_certificates.enabled && matches!(self.provider, ProviderConfig::CertManager(_))
-        {
-            warnings.push(format!(
-                "pod_certificates: the cert-manager provider signs only the names a CSR carries and kubelet's stub CSR carries none, so every PodCertificateRequest will be marked Failed; use tresor or vault (they sign {})",
-                crate::pod_certificates::SUPPORTED_KEY_TYPES
-            ));
-        }
-        warnings
-    }
-
     /// Load `path`, or the embedded default when `None`.
     ///
     /// # Errors
@@ -205,7 +196,9 @@ impl Config {
                 message: e.into_inner().to_string(),
             }
         })?;
-        Self::try_from(raw)
+        let mut config = Self::try_from(raw)?;
+        config.warnings = warnings::warnings(&config, &warnings::written_keys(text));
+        Ok(config)
     }
 }
 
@@ -285,6 +278,7 @@ impl TryFrom<RawConfig> for Config {
                     ingress,
                     rotation: raw.rotation.validate(),
                     pod_certificates,
+                    warnings: Vec::new(),
                     state_dir: raw.state_dir,
                     source: None,
                 })

@@ -1,0 +1,91 @@
+//! What `meshca config check` says a config will do: the provider, every
+//! place the bundle goes, how callers authenticate, what listens where.
+
+use meshca_tresor::RootSource;
+
+use crate::cluster::Discovery;
+use crate::config::Config;
+use crate::provider::ProviderConfig;
+
+/// One line per aspect, for people.
+pub(super) fn plan(config: &Config) -> Vec<String> {
+    let mut lines = vec![format!("provider:  {}", provider(config))];
+    lines.push(format!("cluster:   {}", cluster(config)));
+    let mut sinks = vec![format!("file {}", config.bundle.file.display())];
+    if let Some(secret) = &config.bundle.secret {
+        sinks.push(format!(
+            "Secret {}/{} (ca.crt)",
+            secret.namespace, secret.name
+        ));
+    }
+    if config.pod_certificates.enabled {
+        sinks.push(format!(
+            "ClusterTrustBundle {}",
+            config.pod_certificates.signer_name.trust_bundle_name()
+        ));
+    }
+    lines.push(format!("bundle:    {}", sinks.join("; ")));
+    let mut auth = vec![
+        format!("bearer tokens from {}", config.auth.tokens_file.display()),
+        "client certificates meshca issued (renewal)".to_owned(),
+    ];
+    if let Some(review) = &config.auth.kubernetes {
+        auth.push(format!(
+            "ServiceAccount tokens by TokenReview (audience {})",
+            review.audience
+        ));
+    }
+    lines.push(format!("auth:      {}", auth.join("; ")));
+    lines.push(format!(
+        "listeners: signing API https://{}; health and metrics http://{}",
+        config.listen, config.metrics_listen
+    ));
+    if config.pod_certificates.enabled {
+        lines.push(format!(
+            "pod certificates: signer {}",
+            config.pod_certificates.signer_name.as_str()
+        ));
+    }
+    if config.ingress.enabled {
+        lines.push(format!(
+            "ingress:   backend protocol {:?}",
+            config.ingress.backend_protocol
+        ));
+    }
+    lines
+}
+
+fn provider(config: &Config) -> String {
+    match &config.provider {
+        ProviderConfig::Tresor(t) => match (&t.root, &config.kubernetes) {
+            (RootSource::Files { cert, .. }, _) => {
+                format!("tresor, root from {}", cert.display())
+            }
+            (RootSource::Generated { .. }, Some(k)) => format!(
+                "tresor, root in the Secret {}/{} (generated when absent)",
+                k.namespace, k.root_secret
+            ),
+            (RootSource::Generated { dir, .. }, None) => {
+                format!("tresor, root in {} (generated when absent)", dir.display())
+            }
+        },
+        ProviderConfig::Vault(v) => format!("vault {} ({}/sign/{})", v.address, v.mount, v.role),
+        ProviderConfig::CertManager(c) => format!(
+            "cert-manager {} {} (CertificateRequests in {})",
+            c.issuer_kind, c.issuer_name, c.namespace
+        ),
+    }
+}
+
+fn cluster(config: &Config) -> String {
+    match config.kubernetes.as_ref().map(|k| &k.discovery) {
+        None => "none (kubernetes.enabled is false)".to_owned(),
+        Some(Discovery::Kubeconfig(path)) => format!("kubeconfig {}", path.display()),
+        Some(Discovery::Infer) => {
+            "as kubectl finds it: KUBECONFIG, ~/.kube/config, then in-cluster".to_owned()
+        }
+        Some(Discovery::InPodOnly) => {
+            "the in-cluster one when running in a pod, none otherwise".to_owned()
+        }
+    }
+}
