@@ -23,6 +23,7 @@ use crate::bundle::{
 };
 use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
+use crate::events;
 use crate::ingress::{self, Mesh};
 use crate::issuer::{Admission, DenyList, IssueError, Issuer};
 use crate::metrics::Metrics;
@@ -215,6 +216,18 @@ async fn build(
         });
     }
 
+    let probes = api::monitor(
+        signing.signer.clone(),
+        cluster.as_ref().map(|c| c.client.clone()),
+        metrics.clone(),
+        spawner,
+    )
+    .await;
+    if let Some(cluster) = cluster.as_ref() {
+        spawner.spawn_child("events", |token| {
+            events::announcer(cluster, rollout.clone(), probes.clone(), token)
+        });
+    }
     let state = Arc::new(ApiState::new(
         issuer,
         authenticator(config, cluster.as_ref(), &signing.bundle),
@@ -225,7 +238,7 @@ async fn build(
         rollout,
     ));
     let readiness = Readiness {
-        probes: api::monitor(signing.signer.clone(), cluster.map(|c| c.client), spawner).await,
+        probes,
         publish,
         failed_tasks,
         metrics,
@@ -289,7 +302,7 @@ async fn signing(
     let mut anchors = built.provider.trust_anchors().await?;
     anchors.extend(restored.extra_anchors(now));
     let bundle = TrustBundle::new(anchors)?;
-    metrics.trust_anchor_expiry.set(bundle.earliest_expiry());
+    metrics.record_anchors(bundle.anchors());
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
     Ok(Signing {
         signer: Signer::new(built.provider, built.stop, restored.generation),

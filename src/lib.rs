@@ -17,6 +17,7 @@ mod cli;
 mod cluster;
 mod config;
 mod daemon;
+mod events;
 mod ingress;
 mod issuer;
 mod keys;

@@ -10,6 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use rustls_pki_types::CertificateDer;
+use std::sync::Mutex;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Labels of `meshca_certificates_issued_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +24,60 @@ pub struct IssuedLabels {
     pub provider: &'static str,
     /// `success` or the API error code.
     pub result: &'static str,
+}
+
+/// Labels of `meshca_trust_anchor_expiry_timestamp_seconds`: one series
+/// per anchor in the bundle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// The anchor's subject, as OpenSSL prints it.
+    pub subject: String,
+    /// The first 8 bytes of its SHA-256 fingerprint, in hex.
+    pub fingerprint: String,
+}
+
+/// Labels of `meshca_sign_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The provider kind.
+    pub provider: &'static str,
+}
+
+/// The expiries an outage follows from, as Unix times: once one passes,
+/// workloads stop trusting each other or meshca stops signing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Horizons {
+    /// The first trust anchor to expire.
+    pub anchors: Option<i64>,
+    /// The first intermediate (of the serving chain) to expire.
+    pub intermediate: Option<i64>,
+    /// The signing API's own certificate.
+    pub serving: Option<i64>,
+    /// The provider's credential, when it cannot be renewed or obtained
+    /// again (a Vault token's maximum TTL).
+    pub credential: Option<i64>,
+}
+
+impl Horizons {
+    /// Seconds from `now` until the first of them, if any is known.
+    pub fn time_to_outage(&self, now: i64) -> Option<i64> {
+        [
+            self.anchors,
+            self.intermediate,
+            self.serving,
+            self.credential,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t - now)
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn sign_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
 /// Labels of per-sink bundle metrics.
@@ -45,9 +102,14 @@ pub struct Metrics {
     /// Certificates issued or refused, by provider and result.
     pub certificates_issued: Family<IssuedLabels, Counter>,
     /// Time spent in the provider per signature.
-    pub sign_duration: Histogram,
+    pub sign_duration: HistogramFamily<ProviderLabels>,
     /// Earliest NotAfter among the published trust anchors.
-    pub trust_anchor_expiry: Gauge,
+    pub trust_anchor_expiry: Family<AnchorLabels, Gauge>,
+    /// `meshca_intermediate_expiry_timestamp_seconds`.
+    pub intermediate_expiry: Gauge,
+    /// `meshca_time_to_outage_seconds`, computed at each scrape.
+    time_to_outage: Gauge,
+    horizons: Mutex<Horizons>,
     /// Bundle publications by sink and result.
     pub bundle_publish: Family<PublishLabels, Counter>,
     /// 1 when a sink holds the current bundle, 0 while it is failing.
@@ -97,17 +159,30 @@ impl Metrics {
             "Certificate requests answered, by provider and result",
             certificates_issued.clone(),
         );
-        let sign_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
+        let sign_duration: HistogramFamily<ProviderLabels> =
+            Family::new_with_constructor(sign_histogram);
         registry.register(
             "sign_duration_seconds",
-            "Time the provider took to sign one certificate",
+            "Time the provider took to sign one certificate, by provider",
             sign_duration.clone(),
         );
-        let trust_anchor_expiry = Gauge::default();
+        let trust_anchor_expiry = Family::<AnchorLabels, Gauge>::default();
         registry.register(
             "trust_anchor_expiry_timestamp_seconds",
-            "Unix time at which the first published trust anchor expires",
+            "Unix time at which each published trust anchor expires",
             trust_anchor_expiry.clone(),
+        );
+        let intermediate_expiry = Gauge::default();
+        registry.register(
+            "intermediate_expiry_timestamp_seconds",
+            "Unix time at which the first intermediate of the chain meshca hands out expires (0: none)",
+            intermediate_expiry.clone(),
+        );
+        let time_to_outage = Gauge::default();
+        registry.register(
+            "time_to_outage_seconds",
+            "Seconds until the first of: a trust anchor, an intermediate or the serving certificate expires, or the provider's credential reaches its maximum TTL",
+            time_to_outage.clone(),
         );
         let bundle_publish = Family::<PublishLabels, Counter>::default();
         registry.register(
@@ -164,17 +239,106 @@ impl Metrics {
             certificates_issued,
             sign_duration,
             trust_anchor_expiry,
+            intermediate_expiry,
+            time_to_outage,
+            horizons: Mutex::default(),
             bundle_publish,
             bundle_sink_up,
             serving_cert_expiry,
         }
     }
 
+    /// One series per anchor of the bundle now published.
+    pub fn record_anchors(&self, anchors: &[CertificateDer<'_>]) {
+        self.trust_anchor_expiry.clear();
+        let mut earliest = None::<i64>;
+        for der in anchors {
+            let Ok((_, cert)) = X509Certificate::from_der(der) else {
+                continue;
+            };
+            let not_after = cert.validity().not_after.timestamp();
+            earliest = Some(earliest.map_or(not_after, |e| e.min(not_after)));
+            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            let fingerprint = digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            self.trust_anchor_expiry
+                .get_or_create(&AnchorLabels {
+                    subject: cert.subject().to_string(),
+                    fingerprint,
+                })
+                .set(not_after);
+        }
+        self.update_horizons(|h| h.anchors = earliest);
+    }
+
+    /// The serving certificate just issued, leaf first: its expiry and
+    /// that of the first intermediate to expire.
+    pub fn record_serving_chain(&self, chain: &[CertificateDer<'_>]) {
+        let not_after = |der: &CertificateDer<'_>| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        };
+        let serving = chain.first().and_then(not_after);
+        let intermediate = chain.iter().skip(1).filter_map(not_after).min();
+        self.serving_cert_expiry.set(serving.unwrap_or_default());
+        self.intermediate_expiry
+            .set(intermediate.unwrap_or_default());
+        self.update_horizons(|h| {
+            h.serving = serving;
+            h.intermediate = intermediate;
+        });
+    }
+
+    /// When the provider's credential can no longer be renewed, if ever.
+    pub fn record_credential_expiry(&self, expiry: Option<i64>) {
+        self.update_horizons(|h| h.credential = expiry);
+    }
+
+    fn update_horizons(&self, f: impl FnOnce(&mut Horizons)) {
+        if let Ok(mut h) = self.horizons.lock() {
+            f(&mut h);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Some(left) = self
+            .horizons
+            .lock()
+            .ok()
+            .and_then(|h| h.time_to_outage(now))
+        {
+            self.time_to_outage.set(left);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_is_the_first_horizon() {
+        let mut h = Horizons::default();
+        assert_eq!(h.time_to_outage(100), None, "nothing known");
+        h.anchors = Some(10_000);
+        h.serving = Some(500);
+        assert_eq!(h.time_to_outage(100), Some(400));
+        h.credential = Some(300);
+        assert_eq!(
+            h.time_to_outage(100),
+            Some(200),
+            "a Vault token at its max TTL"
+        );
+        h.intermediate = Some(50);
+        assert_eq!(h.time_to_outage(100), Some(-50), "already past: negative");
     }
 }

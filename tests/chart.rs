@@ -314,6 +314,75 @@ fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it()
 }
 
 #[test]
+fn the_service_monitor_and_alerts_render_when_asked_for() {
+    assert!(
+        documents(&helm_template(&[]))
+            .iter()
+            .all(|d| d["apiVersion"] != "monitoring.coreos.com/v1"),
+        "off by default: the CRDs may be missing"
+    );
+    let docs = documents(&helm_template(&[
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prom",
+        "metrics.prometheusRule.enabled=true",
+    ]));
+    let monitor = docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("Service");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "metrics"),
+        "the port the monitor scrapes exists"
+    );
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector")
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][key], value,
+            "it selects the Service"
+        );
+    }
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("PrometheusRule");
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .collect();
+    let exprs: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["expr"].as_str().expect("expr"))
+        .collect();
+    for metric in [
+        "meshca_time_to_outage_seconds",
+        "meshca_bundle_sink_up",
+        r#"result="provider_unavailable""#,
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "{metric} in {exprs:?}"
+        );
+    }
+    assert!(alerts
+        .iter()
+        .all(|a| a["alert"].is_string() && a["labels"]["severity"].is_string()));
+    assert!(exprs.iter().any(|e| e.contains("< 1209600")), "{exprs:?}");
+}
+
+#[test]
 fn the_chart_names_its_settings_from_values() {
     let rendered = helm_template(&[
         "caBundleSecretName=mesh-roots",

@@ -491,3 +491,61 @@ async fn the_embedded_default_never_touches_the_cluster_kubeconfig_names() {
         .get("", "secrets", "osm-system", "osm-ca-bundle")
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rollout_stage_is_an_event_on_meshcas_own_pod() {
+    let kube = KubeStandIn::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = support::openssl_root(dir.path(), "a");
+    let b = support::openssl_root(dir.path(), "b");
+    let (api, metrics) = (support::process::free_port(), support::process::free_port());
+    let config = |root: &(std::path::PathBuf, std::path::PathBuf)| {
+        format!(
+            "listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\nkubernetes: {{ enabled: true, lease_duration: 3s }}\n\
+             certificates: {{ default_ttl: 1h, min_ttl: 1s }}\nrotation: {{ propagation_delay: 1s }}\n\
+             provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
+            root.0.display(),
+            root.1.display()
+        )
+    };
+    let path = dir.path().join("meshca.yaml");
+    std::fs::write(&path, config(&a)).expect("config");
+    let _serve = Serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .current_dir(dir.path())
+            .env("KUBECONFIG", kube.kubeconfig())
+            .env("HOME", dir.path())
+            .env("POD_NAME", "meshca-0")
+            .env("POD_NAMESPACE", "osm-system")
+            .args(["serve", "-c"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("meshca serve"),
+    );
+    eventually("osm-ca-bundle", Duration::from_secs(20), || {
+        kube.get("", "secrets", "osm-system", "osm-ca-bundle")
+    })
+    .await;
+    std::fs::write(&path, config(&b)).expect("config");
+    let notes = eventually(
+        "rollout Events up to retire",
+        Duration::from_secs(30),
+        || {
+            let notes: Vec<String> = kube
+                .list("events.k8s.io", "events", "osm-system")
+                .iter()
+                .filter(|e| e["reason"] == "SignerRollout" && e["regarding"]["name"] == "meshca-0")
+                .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            notes.iter().any(|n| n.contains("retire")).then_some(notes)
+        },
+    )
+    .await;
+    for stage in ["distribute", "switch", "reissue", "retire"] {
+        assert!(
+            notes.iter().any(|n| n.contains(stage)),
+            "{stage} missing from {notes:?}"
+        );
+    }
+}

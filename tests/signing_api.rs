@@ -505,8 +505,34 @@ async fn the_bundle_health_and_metrics_endpoints_answer() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("meshca_sign_duration_seconds_count"));
-    assert!(metrics.contains("meshca_trust_anchor_expiry_timestamp_seconds"));
+    assert!(metrics.contains(r#"meshca_sign_duration_seconds_count{provider="tresor"}"#));
+    let anchor = metrics
+        .lines()
+        .find(|l| l.starts_with("meshca_trust_anchor_expiry_timestamp_seconds{"))
+        .expect("one series per anchor");
+    assert!(
+        anchor.contains(r#"subject="CN=meshca root CA, O=meshca""#)
+            && anchor.contains("fingerprint=\""),
+        "{anchor}"
+    );
+    let value = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let serving = value("meshca_serving_certificate_expiry_timestamp_seconds");
+    let to_outage = value("meshca_time_to_outage_seconds");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (serving - now - to_outage).abs() <= 5,
+        "the serving certificate expires first here: {to_outage} s vs {serving}"
+    );
+    assert_eq!(
+        value("meshca_intermediate_expiry_timestamp_seconds"),
+        0,
+        "no intermediate"
+    );
 }
 
 #[tokio::test]

@@ -532,3 +532,38 @@ async fn without_read_access_to_the_role_an_unacceptable_answer_is_not_retryable
     );
     assert!(!headers.contains_key("retry-after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_token_that_cannot_be_renewed_bounds_the_time_to_outage() {
+    let bao = OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    let token = bao.cli(&[
+        "token",
+        "create",
+        "-policy=meshca",
+        "-renewable=false",
+        "-ttl=2h",
+        "-field=token",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).expect("token");
+    let d = TestDaemon::start(
+        &bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), ""),
+    )
+    .await;
+    let metrics = d.metrics().await;
+    let to_outage: i64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("meshca_time_to_outage_seconds")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no time to outage: {metrics}"));
+    assert!(
+        (7000..=7200).contains(&to_outage),
+        "the token's 2h, not the 72h serving certificate: {to_outage}"
+    );
+}

@@ -49,9 +49,11 @@ impl std::fmt::Debug for Readiness {
 pub async fn monitor(
     signer: Arc<Signer>,
     cluster: Option<kube::Client>,
+    metrics: Arc<Metrics>,
     spawner: &Spawner,
 ) -> watch::Receiver<Vec<String>> {
     let (tx, rx) = watch::channel(probe(&signer, cluster.as_ref()).await);
+    metrics.record_credential_expiry(signer.current().0.credential_expiry());
     spawner.spawn_child("health-monitor", |stop| async move {
         loop {
             tokio::select! {
@@ -59,6 +61,7 @@ pub async fn monitor(
                 () = tokio::time::sleep(PROBE_EVERY) => {}
             }
             let problems = probe(&signer, cluster.as_ref()).await;
+            metrics.record_credential_expiry(signer.current().0.credential_expiry());
             tx.send_if_modified(|now| {
                 let changed = *now != problems;
                 if changed {

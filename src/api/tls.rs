@@ -88,9 +88,7 @@ async fn issue(
         .issue_server(identity, csr.der(), names.to_vec())
         .await?;
     let cert = &issued.issued;
-    metrics
-        .serving_cert_expiry
-        .set(cert.not_after().unix_timestamp());
+    metrics.record_serving_chain(cert.chain());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let config = server_config(cert.chain().to_vec(), key).map_err(|e| internal(e.to_string()))?;
     Ok((config, cert.not_before(), cert.not_after()))

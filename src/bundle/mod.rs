@@ -62,7 +62,6 @@ pub enum BundleError {
 pub struct TrustBundle {
     anchors: Vec<CertificateDer<'static>>,
     pem: String,
-    earliest_expiry: i64,
 }
 
 impl TrustBundle {
@@ -80,17 +79,13 @@ impl TrustBundle {
         if unique.is_empty() {
             return Err(BundleError::Empty);
         }
-        let mut earliest_expiry = i64::MAX;
         for a in &unique {
-            let (_, cert) =
-                X509Certificate::from_der(a).map_err(|e| BundleError::BadAnchor(e.to_string()))?;
-            earliest_expiry = earliest_expiry.min(cert.validity().not_after.timestamp());
+            X509Certificate::from_der(a).map_err(|e| BundleError::BadAnchor(e.to_string()))?;
         }
         let pem = meshca_provider::pem::encode_certificates(&unique);
         Ok(Self {
             anchors: unique,
             pem,
-            earliest_expiry,
         })
     }
 
@@ -102,11 +97,6 @@ impl TrustBundle {
     /// The bundle as concatenated PEM certificates (the `ca.crt` format).
     pub fn pem(&self) -> &str {
         &self.pem
-    }
-
-    /// Unix time at which the first anchor expires.
-    pub fn earliest_expiry(&self) -> i64 {
-        self.earliest_expiry
     }
 }
 

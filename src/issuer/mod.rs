@@ -167,6 +167,9 @@ impl Issuer {
         let issued = provider.sign(csr, profile).await;
         self.metrics
             .sign_duration
+            .get_or_create(&crate::metrics::ProviderLabels {
+                provider: provider.kind().as_str(),
+            })
             .observe(started.elapsed().as_secs_f64());
         let issued = issued?;
         self.signer

@@ -30,4 +30,4 @@ pub use config::{RawRotation, RotationConfig};
 pub use controller::{Rollout, Target};
 pub use refresh::anchor_refresher;
 pub use signer::Signer;
-pub use state::{RolloutStatus, StateStore};
+pub use state::{RolloutStatus, Stage, StateStore};

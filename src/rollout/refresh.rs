@@ -62,7 +62,7 @@ async fn refresh(
     anchors.extend(extra);
     match TrustBundle::new(anchors) {
         Ok(fresh) => {
-            metrics.trust_anchor_expiry.set(fresh.earliest_expiry());
+            metrics.record_anchors(fresh.anchors());
             bundle.send_if_modified(|current| {
                 if **current == fresh {
                     return false;

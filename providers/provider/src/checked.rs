@@ -108,6 +108,11 @@ impl Checked {
         self.inner.kind()
     }
 
+    /// See [`Provider::credential_expiry`].
+    pub fn credential_expiry(&self) -> Option<i64> {
+        self.inner.credential_expiry()
+    }
+
     /// Sign through the backend, then check the result against `csr` and
     /// `leaf`.
     ///

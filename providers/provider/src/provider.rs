@@ -90,6 +90,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether signing should work now.
     async fn health(&self) -> Health;
 
+    /// When the backend credential stops working for good (a Vault token
+    /// past its maximum TTL that meshca cannot obtain again), as a Unix
+    /// time; `None` when it can be renewed or obtained again.
+    fn credential_expiry(&self) -> Option<i64> {
+        None
+    }
+
     /// How far [`Checked`](crate::Checked) re-verifies signatures; remote
     /// backends keep the default.
     fn signature_check(&self) -> SignatureCheck {

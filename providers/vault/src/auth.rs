@@ -72,6 +72,9 @@ impl Token {
 pub(crate) struct Session {
     method: VaultAuth,
     current: Mutex<Option<Token>>,
+    /// When the token in use stops working for good (Unix time): a static
+    /// token at its maximum TTL. `None` when meshca can log in again.
+    hard_expiry: std::sync::Mutex<Option<i64>>,
 }
 
 impl Session {
@@ -79,11 +82,17 @@ impl Session {
         Self {
             method,
             current: Mutex::new(None),
+            hard_expiry: std::sync::Mutex::new(None),
         }
     }
 
     pub(crate) fn can_login(&self) -> bool {
         self.method.can_login()
+    }
+
+    /// See [`Session::hard_expiry`](Self).
+    pub(crate) fn hard_expiry(&self) -> Option<i64> {
+        self.hard_expiry.lock().ok().and_then(|h| *h)
     }
 
     /// The current token, logging in first if there is none or it expired.
@@ -245,6 +254,67 @@ impl Session {
             .and_then(|d| d.get("renewable"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let number = |k: &str| {
+            data.and_then(|d| d.get(k))
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        };
+        let hard_expiry = hard_expiry(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            ttl,
+            renewable,
+            number("creation_time"),
+            number("explicit_max_ttl"),
+        );
+        if let Ok(mut h) = self.hard_expiry.lock() {
+            *h = hard_expiry;
+        }
         Ok((token, Duration::from_secs(ttl), renewable))
+    }
+}
+
+/// When a static token stops working for good: its expiry if it cannot be
+/// renewed, else its creation plus an explicit maximum TTL. `None` when
+/// neither bounds it (renewals can go on) or it never expires.
+fn hard_expiry(
+    now: i64,
+    ttl: u64,
+    renewable: bool,
+    creation_time: i64,
+    explicit_max_ttl: i64,
+) -> Option<i64> {
+    let ttl = i64::try_from(ttl).ok()?;
+    match (renewable, ttl, explicit_max_ttl) {
+        (_, 0, _) => None,
+        (false, ttl, _) => Some(now + ttl),
+        (true, _, max) if max > 0 && creation_time > 0 => Some(creation_time + max),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod hard_expiry_tests {
+    use super::hard_expiry;
+
+    #[test]
+    fn only_a_bounded_static_token_has_a_hard_expiry() {
+        assert_eq!(hard_expiry(1000, 0, false, 0, 0), None, "never expires");
+        assert_eq!(
+            hard_expiry(1000, 60, false, 0, 0),
+            Some(1060),
+            "not renewable"
+        );
+        assert_eq!(
+            hard_expiry(1000, 60, true, 900, 3600),
+            Some(4500),
+            "explicit max TTL"
+        );
+        assert_eq!(
+            hard_expiry(1000, 60, true, 900, 0),
+            None,
+            "renewable without a bound"
+        );
     }
 }

@@ -270,6 +270,11 @@ impl Client {
         self.session.token(self).await.map(|_| ())
     }
 
+    /// When the token stops working for good, if meshca cannot get another.
+    pub(crate) fn credential_expiry(&self) -> Option<i64> {
+        self.session.hard_expiry()
+    }
+
     /// `GET sys/health`: Vault is initialised, unsealed and active (or a
     /// standby that forwards). A healthy answer also closes the breaker.
     pub(crate) async fn health(&self) -> Result<(), VaultError> {

@@ -147,6 +147,10 @@ impl Provider for Vault {
             Err(e) => Health::Unhealthy(e.to_string()),
         }
     }
+
+    fn credential_expiry(&self) -> Option<i64> {
+        self.inner.credential_expiry()
+    }
 }
 
 /// Whether the leaf of `chain` carries the identity's SPIFFE ID: Vault's
