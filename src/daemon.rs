@@ -485,7 +485,21 @@ fn spawn_rollout(
         },
         spawner,
     );
+    let peers = cluster.map(|c| {
+        let peers = rollout::Peers::new(
+            c.client.clone(),
+            &c.config.namespace,
+            rollout::Peers::this_replica(),
+        );
+        let publisher = peers.clone();
+        let signer = signing.signer.clone();
+        spawner.spawn_child("issuance-ledger", |token| {
+            publisher.publisher(signer, token)
+        });
+        peers
+    });
     let rollout = Rollout {
+        peers,
         signer: signing.signer.clone(),
         bundle: signing.bundle.clone(),
         publish: publish.clone(),

@@ -754,3 +754,57 @@ async fn after_a_swap_away_from_vault_retires_it_meshca_sends_vault_nothing_more
     let status = rotation(&d).await;
     assert_eq!(status["provider"], "tresor", "{status}");
 }
+
+/// Two replicas on one cluster (the stand-in), each following its own copy
+/// of the config. One issues a long certificate under root A, the other
+/// only its own short serving certificates. After both retire A, the second
+/// must keep A in the bundle until the first one's certificate expires: it
+/// learns of it from the shared issuance ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_old_anchors_stay_until_the_last_certificate_either_issued_expires() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let TwoRoots {
+        a,
+        b,
+        root_a,
+        root_b,
+        _dir,
+    } = two_roots();
+    let in_cluster = |root: &(PathBuf, PathBuf)| {
+        format!(
+            "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n{}",
+            kube.kubeconfig().display(),
+            yaml(root)
+        )
+    };
+    let x = TestDaemon::start_from_file(&in_cluster(&a)).await;
+    let y = TestDaemon::start_from_file(&in_cluster(&a)).await;
+    let token = x.token("shop", "web");
+    let (status, _, body) = x
+        .post(
+            &x.client().await,
+            Some(&token),
+            &serde_json::json!({ "csr": support::named_csr("shop", "web"), "ttl_seconds": 120 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    support::eventually("both ledgers shared", Duration::from_secs(10), || {
+        let cm = kube.get("", "configmaps", "osm-system", "meshca-issued")?;
+        (cm["data"].as_object()?.len() == 2).then_some(())
+    })
+    .await;
+
+    x.rewrite_config(&in_cluster(&b));
+    y.rewrite_config(&in_cluster(&b));
+    wait_stage(&x, "retire").await;
+    let retiring = wait_stage(&y, "retire").await;
+    // Past y's own certificates under A (8 s serving certificates) and the
+    // ledger's grace: only x's 120 s certificate can keep A now.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let bundle = certs(&y.bundle_pem().await);
+    assert!(
+        bundle.contains(&root_a) && bundle.contains(&root_b),
+        "y dropped root A while x's certificate under it is valid: {retiring}"
+    );
+    assert_eq!(rotation(&y).await["stage"], "retire");
+}

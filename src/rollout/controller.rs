@@ -48,6 +48,8 @@ pub struct Rollout {
     pub renew_serving: Arc<Notify>,
     /// Where the state is kept.
     pub store: StateStore,
+    /// The other replicas' issuance, in a cluster.
+    pub peers: Option<super::Peers>,
     /// What building the incoming provider needs.
     pub deps: provider::Deps,
     /// Where the stage and generation are exported.
@@ -151,11 +153,17 @@ impl Rollout {
         if effects.contains(&Effect::RenewServing) {
             self.renew_serving.notify_one();
         }
-        // Signatures of the previous generation in flight finish meanwhile.
-        tokio::time::sleep(DRAIN).await;
+        // Signatures of the previous generation in flight finish meanwhile,
+        // and other replicas share theirs.
+        tokio::time::sleep(DRAIN.max(super::peers::PUBLISH_AFTER * 2)).await;
+        let shared = match &self.peers {
+            Some(peers) => peers.latest(old_generation).await,
+            None => None,
+        };
         let last_not_after = self
             .signer
             .issued_until(old_generation)
+            .max(shared)
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
         if self
             .apply(tx, Event::Drained { last_not_after })

@@ -22,12 +22,14 @@
 mod config;
 pub mod configmap;
 mod controller;
+mod peers;
 mod refresh;
 mod signer;
 mod state;
 
 pub use config::{RawRotation, RotationConfig};
 pub use controller::{Rollout, Target};
+pub use peers::Peers;
 pub use refresh::anchor_refresher;
 pub use signer::Signer;
 pub use state::{RolloutStatus, Stage, StateStore};

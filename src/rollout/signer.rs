@@ -21,6 +21,8 @@ pub struct Signer {
     switched: watch::Sender<u64>,
     /// Latest NotAfter (unix seconds) issued under each generation.
     issued_until: Mutex<BTreeMap<u64, i64>>,
+    /// Changes whenever `issued_until` grows (for sharing with replicas).
+    recorded: watch::Sender<u64>,
 }
 
 impl Signer {
@@ -32,6 +34,7 @@ impl Signer {
             generation: AtomicU64::new(generation),
             switched: watch::channel(generation).0,
             issued_until: Mutex::default(),
+            recorded: watch::channel(0).0,
         })
     }
 
@@ -71,10 +74,28 @@ impl Signer {
 
     /// Note a certificate issued under `generation`.
     pub fn record(&self, generation: u64, not_after: i64) {
-        if let Ok(mut m) = self.issued_until.lock() {
-            let e = m.entry(generation).or_insert(not_after);
+        let grew = self.issued_until.lock().is_ok_and(|mut m| {
+            let e = m.entry(generation).or_insert(i64::MIN);
+            let grew = not_after > *e;
             *e = (*e).max(not_after);
+            grew
+        });
+        if grew {
+            self.recorded.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Changes whenever a later NotAfter is recorded.
+    pub fn recorded(&self) -> watch::Receiver<u64> {
+        self.recorded.subscribe()
+    }
+
+    /// The latest NotAfter of every generation issued under.
+    pub fn issued_until_all(&self) -> BTreeMap<u64, i64> {
+        self.issued_until
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// The latest NotAfter issued under `generation`, if any.
