@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
 use crate::events;
 use crate::ingress::{self, Mesh};
-use crate::issuer::{Admission, DenyList, IssueError, Issuer};
+use crate::issuer::{deny_configmap, Admission, DenyList, IssueError, Issuer};
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
@@ -169,7 +169,7 @@ async fn build(
         config.certificates,
         signing.bundle.clone(),
         metrics.clone(),
-        DenyList::new(config.auth.denied_file.clone()),
+        deny_list(config, cluster.as_ref(), spawner),
     );
     let admission = Arc::new(Admission::new(
         config.api.max_in_flight,
@@ -244,6 +244,19 @@ async fn build(
         metrics,
     };
     serve(config, state, serving_tls, readiness, spawner).await
+}
+
+/// The deny-list file and, in a cluster, the ConfigMap every replica
+/// follows.
+fn deny_list(config: &Config, cluster: Option<&Cluster>, spawner: &Spawner) -> DenyList {
+    let list = DenyList::new(config.auth.denied_file.clone());
+    let Some(cluster) = cluster else {
+        return list;
+    };
+    let rx = spawner.spawn_with("deny-list-watch", |token| {
+        deny_configmap::follow(cluster.client.clone(), &cluster.config.namespace, token)
+    });
+    list.with_cluster(rx)
 }
 
 /// Temporary files an earlier, killed run left where meshca writes

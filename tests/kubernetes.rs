@@ -549,3 +549,81 @@ async fn each_rollout_stage_is_an_event_on_meshcas_own_pod() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_identity_deny_edits_the_configmap_every_replica_follows() {
+    let kube = KubeStandIn::start().await;
+    let d = TestDaemon::start(&cluster_yaml(&kube)).await;
+    let token = d.token("shop", "web");
+    let sign = || async {
+        let (status, _, body) = d
+            .post(
+                &d.client().await,
+                Some(&token),
+                &json!({ "csr": support::named_csr("shop", "web") }),
+            )
+            .await;
+        (status, body)
+    };
+    assert_eq!(sign().await.0, 200);
+
+    // The CLI, as an admin runs it against the same config (kubeconfig).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("meshca.yaml");
+    std::fs::write(&config, cluster_yaml(&kube)).expect("config");
+    let cli = |verb: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .current_dir(dir.path())
+            .args(["identity", verb, "shop/web", "-c"])
+            .arg(&config)
+            .output()
+            .expect("meshca");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let said = cli("deny");
+    assert!(
+        said.contains("ConfigMap osm-system/meshca-denied"),
+        "{said}"
+    );
+    let cm = kube
+        .get("", "configmaps", "osm-system", "meshca-denied")
+        .expect("the ConfigMap");
+    assert!(cm["data"]["denied.yaml"]
+        .as_str()
+        .is_some_and(|t| t.contains("service_account: web")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let (status, body) = sign().await;
+        if status == 403 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} 5 s after the deny"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["error"]["code"], "identity_denied");
+    assert!(d.metrics().await.contains("meshca_identities_denied 1"));
+    // The daemon's own state directory never held the list.
+    assert!(!d.dir.path().join("denied.yaml").exists());
+
+    cli("allow");
+    eventually("signing allowed again", Duration::from_secs(5), || {
+        kube.get("", "configmaps", "osm-system", "meshca-denied")
+            .filter(|cm| {
+                !cm["data"]["denied.yaml"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("web")
+            })
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sign().await.0 != 200 {
+        assert!(Instant::now() < deadline, "still refused after allow");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

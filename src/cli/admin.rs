@@ -91,8 +91,9 @@ pub fn revoke_tokens(config: Option<&Path>, which: &Revoke) -> ExitCode {
     }
 }
 
-/// `meshca identity deny|allow NS/SA`.
-pub fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) -> ExitCode {
+/// `meshca identity deny|allow NS/SA`: in the cluster's ConfigMap when
+/// the config reaches a cluster, else in the file.
+pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -108,18 +109,36 @@ pub fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) -> ExitC
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let list = DenyList::new(config.auth.denied_file.clone());
-    let (changed, verb) = if deny {
-        (list.deny(namespace, service_account), "denied")
-    } else {
-        (list.allow(namespace, service_account), "allowed")
+    let cluster = match &config.kubernetes {
+        Some(k) => match crate::cluster::connect(k).await {
+            Ok(client) => client.map(|c| (c, k.namespace.clone())),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
     };
+    let (changed, place) = match cluster {
+        Some((client, ns)) => (
+            crate::issuer::deny_configmap::change(client, &ns, (namespace, service_account), deny)
+                .await,
+            format!("ConfigMap {ns}/{}", crate::issuer::deny_configmap::NAME),
+        ),
+        None => {
+            let list = DenyList::new(config.auth.denied_file.clone());
+            (
+                list.change(namespace, service_account, deny),
+                list.path().display().to_string(),
+            )
+        }
+    };
+    let verb = if deny { "denied" } else { "allowed" };
     match changed {
         Ok(changed) => {
             let note = if changed { "" } else { " (already so)" };
             eprintln!(
-                "{namespace}/{service_account} {verb}{note} in {}; a running daemon applies it within seconds",
-                list.path().display()
+                "{namespace}/{service_account} {verb}{note} in {place}; a running daemon applies it within seconds"
             );
             ExitCode::SUCCESS
         }

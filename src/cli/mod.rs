@@ -324,10 +324,10 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Identity {
             command: IdentityCommand::Deny { identity, config },
-        } => admin::deny_identity(config.as_deref(), &identity, true),
+        } => admin::deny_identity(config.as_deref(), &identity, true).await,
         Command::Identity {
             command: IdentityCommand::Allow { identity, config },
-        } => admin::deny_identity(config.as_deref(), &identity, false),
+        } => admin::deny_identity(config.as_deref(), &identity, false).await,
         Command::Bundle { config } => admin::print_bundle(config.as_deref()),
         Command::Rotate {
             command: RotateCommand::Status { config },

@@ -79,6 +79,26 @@ impl Cluster {
 /// The label every object meshca writes carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshca");
 
+/// A new ConfigMap of meshca's, labelled as such, holding `key: value`.
+pub fn new_configmap(
+    name: &str,
+    key: &str,
+    value: String,
+) -> k8s_openapi::api::core::v1::ConfigMap {
+    k8s_openapi::api::core::v1::ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(std::collections::BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
+            ..kube::api::ObjectMeta::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(key.to_owned(), value)])),
+        ..k8s_openapi::api::core::v1::ConfigMap::default()
+    }
+}
+
 /// Why a Kubernetes operation failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -1,7 +1,10 @@
 //! Identities that may not be issued a certificate, whatever the path
-//! (a token, a renewal by client certificate, an ingress Secret): the file
-//! `auth.denied_file` (`<state_dir>/denied.yaml`), kept by `meshca identity
-//! deny` / `allow` and followed by the daemon within seconds.
+//! (a token, a renewal by client certificate, an ingress Secret, a pod
+//! certificate): the file `auth.denied_file` (`<state_dir>/denied.yaml`)
+//! and, in a cluster, the ConfigMap `meshca-denied` that every replica
+//! follows (see [`configmap`](super::deny_configmap)). `meshca identity
+//! deny` / `allow` edits the ConfigMap when the config reaches a cluster,
+//! else the file; the daemon applies either within seconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,17 +26,58 @@ pub struct Denied {
     pub since: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The list as written, in the file or the ConfigMap's `denied.yaml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct DenyFile {
+pub struct DenyFile {
     #[serde(default)]
     denied: Vec<Denied>,
 }
+
+/// The header written above the list.
+pub const HEADER: &str =
+    "meshca identities denied any certificate. Managed by `meshca identity deny|allow`.";
+
+impl DenyFile {
+    fn denies(&self, identity: &Identity) -> bool {
+        self.denied.iter().any(|d| {
+            d.namespace == identity.namespace() && d.service_account == identity.service_account()
+        })
+    }
+
+    /// Deny (`deny`) or allow `namespace/service_account`; false when
+    /// nothing changed.
+    pub fn change(&mut self, namespace: &str, service_account: &str, deny: bool) -> bool {
+        let this = |d: &Denied| d.namespace == namespace && d.service_account == service_account;
+        match (deny, self.denied.iter().any(this)) {
+            (true, false) => {
+                self.denied.push(Denied {
+                    namespace: namespace.to_owned(),
+                    service_account: service_account.to_owned(),
+                    since: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                });
+                true
+            }
+            (false, true) => {
+                self.denied.retain(|d| !this(d));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the cluster's list holds: `None` until it has been read (nobody is
+/// issued a certificate until then, rather than risk a denied identity).
+pub type ClusterDenyList = tokio::sync::watch::Receiver<Option<Arc<DenyFile>>>;
 
 /// The deny-list.
 #[derive(Clone, Debug)]
 pub struct DenyList {
     file: Arc<WatchedFile<DenyFile>>,
+    cluster: Option<ClusterDenyList>,
 }
 
 impl DenyList {
@@ -41,7 +85,14 @@ impl DenyList {
     pub fn new(path: PathBuf) -> Self {
         Self {
             file: Arc::new(WatchedFile::new(path)),
+            cluster: None,
         }
+    }
+
+    /// Also follow the cluster's list.
+    pub fn with_cluster(mut self, cluster: ClusterDenyList) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The file.
@@ -53,57 +104,37 @@ impl DenyList {
     /// the metric), from one look at the list.
     ///
     /// # Errors
-    /// The file exists but cannot be read: refuse rather than guess.
+    /// The file exists but cannot be read, or the cluster's list has not
+    /// been read: refuse rather than guess.
     pub fn check(&self, identity: &Identity) -> Result<(bool, usize), String> {
         let file = self.file.get(false)?;
-        let denied = file.denied.iter().any(|d| {
-            d.namespace == identity.namespace() && d.service_account == identity.service_account()
-        });
-        Ok((denied, file.denied.len()))
+        let (mut denied, mut count) = (file.denies(identity), file.denied.len());
+        if let Some(cluster) = &self.cluster {
+            let list = cluster
+                .borrow()
+                .clone()
+                .ok_or_else(|| "the deny-list ConfigMap has not been read yet".to_owned())?;
+            denied |= list.denies(identity);
+            count += list.denied.len();
+        }
+        Ok((denied, count))
     }
 
-    /// Deny `namespace/service_account`; false if it already was.
+    /// Deny (`deny`) or allow `namespace/service_account` in the file;
+    /// false when nothing changed.
     ///
     /// # Errors
     /// The file cannot be read or written.
-    pub fn deny(&self, namespace: &str, service_account: &str) -> Result<bool, String> {
-        let since = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        self.update(|f| {
-            if f.denied
-                .iter()
-                .any(|d| d.namespace == namespace && d.service_account == service_account)
-            {
-                return false;
-            }
-            f.denied.push(Denied {
-                namespace: namespace.to_owned(),
-                service_account: service_account.to_owned(),
-                since,
-            });
-            true
-        })
-    }
-
-    /// Allow `namespace/service_account` again; false if it was not denied.
-    ///
-    /// # Errors
-    /// The file cannot be read or written.
-    pub fn allow(&self, namespace: &str, service_account: &str) -> Result<bool, String> {
-        self.update(|f| {
-            let before = f.denied.len();
-            f.denied
-                .retain(|d| !(d.namespace == namespace && d.service_account == service_account));
-            f.denied.len() != before
-        })
+    pub fn change(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        deny: bool,
+    ) -> Result<bool, String> {
+        self.update(|f| f.change(namespace, service_account, deny))
     }
 
     fn update<T>(&self, change: impl FnOnce(&mut DenyFile) -> T) -> Result<T, String> {
-        update_yaml(
-            self.path(),
-            "meshca identities denied any certificate. Managed by `meshca identity deny|allow`.",
-            change,
-        )
+        update_yaml(self.path(), HEADER, change)
     }
 }

@@ -5,6 +5,7 @@
 mod admission;
 mod config;
 mod deny;
+pub mod deny_configmap;
 
 pub use admission::Admission;
 pub use config::{Lifetimes, RawLifetimes};

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{is_reason, KubeError, MANAGED_BY};
+use crate::cluster::{is_reason, new_configmap, KubeError};
 
 const KEY: &str = "rollout.json";
 
@@ -77,18 +77,7 @@ async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), kube:
                     .map(drop)
             }
             None => {
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_owned()),
-                        labels: Some(BTreeMap::from([(
-                            MANAGED_BY.0.to_owned(),
-                            MANAGED_BY.1.to_owned(),
-                        )])),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(BTreeMap::from([(KEY.to_owned(), json.to_owned())])),
-                    ..ConfigMap::default()
-                };
+                let cm = new_configmap(name, KEY, json.to_owned());
                 api.create(&PostParams::default(), &cm).await.map(drop)
             }
         };

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
 use super::Signer;
-use crate::cluster::{is_reason, MANAGED_BY};
+use crate::cluster::{is_reason, new_configmap};
 
 /// The ConfigMap, in meshca's namespace.
 const NAME: &str = "meshca-issued";
@@ -104,18 +104,7 @@ impl Peers {
             .await
         {
             Err(e) if is_reason(&e, 404) => {
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(NAME.into()),
-                        labels: Some(BTreeMap::from([(
-                            MANAGED_BY.0.to_owned(),
-                            MANAGED_BY.1.to_owned(),
-                        )])),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(BTreeMap::from([(self.replica.clone(), value)])),
-                    ..ConfigMap::default()
-                };
+                let cm = new_configmap(NAME, &self.replica, value);
                 match self.api.create(&PostParams::default(), &cm).await {
                     // Another replica created it first: patch it next time.
                     Err(e) if is_reason(&e, 409) => Err(e),
