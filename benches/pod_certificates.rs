@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use meshca_test_support::kube::KubeStandIn;
-use meshca_test_support::process::{cpu_seconds, free_port, ServeProcess};
+use meshca_test_support::process::{cpu_seconds, numeric_arg, ServeProcess};
 use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -57,29 +57,19 @@ fn crypto_floor(rounds: usize) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let requests: usize = std::env::args()
-        .skip_while(|a| a != "--requests")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+    let requests = numeric_arg("requests", 1000);
     let kube = KubeStandIn::start().await;
     let namespaces: Vec<String> = (0..10).map(|i| format!("team-{i}")).collect();
     for ns in &namespaces {
         kube.create_namespace(ns);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (api, metrics) = (free_port(), free_port());
-    std::fs::write(
-        dir.path().join("bench.yaml"),
-        format!(
-            "listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\n\
-             kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n\
-             pod_certificates: {{ enabled: true }}\n",
+    let (server, _dir, _) = ServeProcess::with_config(
+        BIN,
+        &format!(
+            "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\npod_certificates: {{ enabled: true }}\n",
             kube.kubeconfig().display()
         ),
-    )
-    .expect("config");
-    let server = ServeProcess::start(BIN, dir.path(), "bench.yaml", api);
+    );
     // Leading, with the trust bundle out: ready to sign.
     let deadline = Instant::now() + Duration::from_secs(30);
     while kube

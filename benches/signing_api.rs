@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshca_test_support::process::{free_port, ServeProcess};
+use meshca_test_support::process::{numeric_arg, ServeProcess};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
@@ -24,26 +24,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let requests: usize = std::env::args()
-        .skip_while(|a| a != "--requests")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(4000);
+    let requests = numeric_arg("requests", 4000);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (api, metrics) = (free_port(), free_port());
-    std::fs::write(
-        dir.path().join("bench.yaml"),
-        format!(
-            "listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\n\
-             api: {{ per_identity_per_second: 1000000, per_identity_burst: 1000000, max_in_flight: 4096 }}\n"
-        ),
-    )
-    .expect("config");
     // One worker thread pinned to one core, so the figure is "CPU per
     // certificate on one core"; the load generator gets the other core.
-    let server = ServeProcess::start(BIN, dir.path(), "bench.yaml", api);
+    let (server, dir, api) = ServeProcess::with_config(
+        BIN,
+        "api: { per_identity_per_second: 1000000, per_identity_burst: 1000000, max_in_flight: 4096 }\n",
+    );
     let bundle_path = dir.path().join("meshca-data/bundle/ca.crt");
     let token = Command::new(BIN)
         .current_dir(dir.path())

@@ -422,8 +422,8 @@ where
     }
 }
 
-/// `meshca serve` as a process with `KUBECONFIG` (and a `HOME` without
-/// `~/.kube`), killed on drop.
+/// `meshca serve ARGS` as a process with `KUBECONFIG` (and a `HOME`
+/// without `~/.kube`) plus `env`, killed on drop.
 struct Serve(std::process::Child);
 
 impl Drop for Serve {
@@ -433,13 +433,19 @@ impl Drop for Serve {
     }
 }
 
-fn serve_with_kubeconfig(dir: &std::path::Path, kube: &KubeStandIn, args: &[&str]) -> Serve {
+fn serve_with_kubeconfig(
+    dir: &std::path::Path,
+    kube: &KubeStandIn,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Serve {
     Serve(
         std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
             .current_dir(dir)
             .env("KUBECONFIG", kube.kubeconfig())
             .env("HOME", dir)
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
             .arg("serve")
             .args(args)
             .stderr(std::process::Stdio::null())
@@ -458,7 +464,7 @@ async fn enabled_without_a_path_finds_the_cluster_through_kubeconfig() {
         format!("listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\nkubernetes: {{ enabled: true, lease_duration: 3s }}\n"),
     )
     .expect("config");
-    let _serve = serve_with_kubeconfig(dir.path(), &kube, &["-c", "meshca.yaml"]);
+    let _serve = serve_with_kubeconfig(dir.path(), &kube, &["-c", "meshca.yaml"], &[]);
     let secret = eventually(
         "osm-ca-bundle from KUBECONFIG",
         Duration::from_secs(20),
@@ -472,7 +478,7 @@ async fn enabled_without_a_path_finds_the_cluster_through_kubeconfig() {
 async fn the_embedded_default_never_touches_the_cluster_kubeconfig_names() {
     let kube = KubeStandIn::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _serve = serve_with_kubeconfig(dir.path(), &kube, &[]);
+    let _serve = serve_with_kubeconfig(dir.path(), &kube, &[], &[]);
     // Serving (the bundle file is written before the listener opens).
     eventually("the daemon serving", Duration::from_secs(20), || {
         dir.path()
@@ -510,18 +516,11 @@ async fn each_rollout_stage_is_an_event_on_meshcas_own_pod() {
     };
     let path = dir.path().join("meshca.yaml");
     std::fs::write(&path, config(&a)).expect("config");
-    let _serve = Serve(
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .current_dir(dir.path())
-            .env("KUBECONFIG", kube.kubeconfig())
-            .env("HOME", dir.path())
-            .env("POD_NAME", "meshca-0")
-            .env("POD_NAMESPACE", "osm-system")
-            .args(["serve", "-c"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("meshca serve"),
+    let _serve = serve_with_kubeconfig(
+        dir.path(),
+        &kube,
+        &["-c", "meshca.yaml"],
+        &[("POD_NAME", "meshca-0"), ("POD_NAMESPACE", "osm-system")],
     );
     eventually("osm-ca-bundle", Duration::from_secs(20), || {
         kube.get("", "secrets", "osm-system", "osm-ca-bundle")

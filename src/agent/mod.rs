@@ -148,10 +148,15 @@ impl Outputs {
         if let Some(files) = &self.files {
             files.write(held)?;
         }
+        self.serve(held);
+        Ok(())
+    }
+
+    /// Serve `held` over the Workload API only: it came from the files.
+    fn serve(&self, held: &Held) {
         if let Some(publisher) = &self.workload_api {
             publisher.publish(held);
         }
-        Ok(())
     }
 }
 
@@ -229,7 +234,8 @@ async fn renew(
     stop: CancellationToken,
 ) -> Result<(), AgentError> {
     if let Some(h) = &held {
-        outputs.deliver(h)?;
+        // Still valid: serve it while its renewal is asked for.
+        outputs.serve(h);
     }
     let mut backoff = RETRY_MIN;
     loop {

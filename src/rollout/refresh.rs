@@ -62,12 +62,14 @@ async fn refresh(
     anchors.extend(extra);
     match TrustBundle::new(anchors) {
         Ok(fresh) => {
-            metrics.record_anchors(fresh.anchors());
             bundle.send_if_modified(|current| {
                 if **current == fresh {
                     return false;
                 }
                 tracing::info!(anchors = fresh.anchors().len(), "the trust anchors changed");
+                // The series change with the bundle only (the start
+                // recorded the first).
+                metrics.record_anchors(fresh.anchors());
                 *current = Arc::new(fresh);
                 true
             });

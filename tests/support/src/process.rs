@@ -12,6 +12,21 @@ use std::time::{Duration, Instant};
 pub struct ServeProcess(Child);
 
 impl ServeProcess {
+    /// Start `binary` in a fresh directory with `bench.yaml`: free
+    /// loopback ports for both listeners, then `extra`. Returns the
+    /// directory (the daemon's state lives there) and the API port.
+    pub fn with_config(binary: &str, extra: &str) -> (Self, tempfile::TempDir, u16) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, metrics) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("bench.yaml"),
+            format!("listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\n{extra}"),
+        )
+        .expect("config");
+        let process = Self::start(binary, dir.path(), "bench.yaml", api);
+        (process, dir, api)
+    }
+
     /// Start `binary` and wait until `port` accepts.
     pub fn start(binary: &str, dir: &Path, config: &str, port: u16) -> Self {
         let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
@@ -47,6 +62,16 @@ impl Drop for ServeProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The number after `--NAME` on the command line, or `default`.
+pub fn numeric_arg(name: &str, default: usize) -> usize {
+    let flag = format!("--{name}");
+    std::env::args()
+        .skip_while(|a| *a != flag)
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A loopback port nobody listens on now.
