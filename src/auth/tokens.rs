@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,6 +70,23 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
+/// The token file as the daemon reads it: records by hash, so a lookup
+/// costs the same with ten tokens or ten thousand.
+#[derive(Debug, Default, Deserialize)]
+#[serde(from = "TokenFile")]
+struct TokenIndex(HashMap<String, TokenRecord>);
+
+impl From<TokenFile> for TokenIndex {
+    fn from(file: TokenFile) -> Self {
+        Self(
+            file.tokens
+                .into_iter()
+                .map(|r| (r.sha256.clone(), r))
+                .collect(),
+        )
+    }
+}
+
 /// Static bearer tokens, each bound to one identity.
 ///
 /// The file holds hashes only, so reading it does not reveal a token. The
@@ -76,15 +94,11 @@ struct TokenFile {
 /// `meshca token revoke` take effect without a restart.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
-    file: Arc<WatchedFile<TokenFile>>,
+    file: Arc<WatchedFile<TokenIndex>>,
 }
 
 fn sha256_hex(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    base16ct::lower::encode_string(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 impl TokenStore {
@@ -114,7 +128,7 @@ impl TokenStore {
         let hash = sha256_hex(token);
         let find = |force| -> Result<Option<TokenRecord>, AuthError> {
             let file = self.file.get(force).map_err(AuthError::Store)?;
-            Ok(file.tokens.iter().find(|r| r.sha256 == hash).cloned())
+            Ok(file.0.get(&hash).cloned())
         };
         // A token created a moment ago may not be in the cache yet.
         let record = match find(false)? {
@@ -135,24 +149,44 @@ impl TokenStore {
     /// # Errors
     /// [`AuthError::Store`] when the file cannot be read or written.
     pub fn create(&self, identity: &Identity) -> Result<String, AuthError> {
-        let mut raw = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| AuthError::Store("the system random source failed".into()))?;
-        let token = format!(
-            "{TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        );
-        let record = TokenRecord {
-            sha256: sha256_hex(&token),
-            namespace: identity.namespace().to_owned(),
-            service_account: identity.service_account().to_owned(),
-            created_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        };
-        self.update(|file| file.tokens.push(record))?;
-        Ok(token)
+        let mut tokens = self.create_all(std::slice::from_ref(identity))?;
+        tokens
+            .pop()
+            .ok_or_else(|| AuthError::Store("no token was created".into()))
+    }
+
+    /// [`TokenStore::create`] for many identities in one change of the
+    /// file (provisioning a fleet rewrites it once, not once per token);
+    /// the tokens come back in the order of `identities`.
+    ///
+    /// # Errors
+    /// [`AuthError::Store`] when the file cannot be read or written; then
+    /// no token was stored.
+    pub fn create_all(&self, identities: &[Identity]) -> Result<Vec<String>, AuthError> {
+        let rng = ring::rand::SystemRandom::new();
+        let created_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut tokens = Vec::with_capacity(identities.len());
+        let mut records = Vec::with_capacity(identities.len());
+        for identity in identities {
+            let mut raw = [0u8; 32];
+            rng.fill(&mut raw)
+                .map_err(|_| AuthError::Store("the system random source failed".into()))?;
+            let token = format!(
+                "{TOKEN_PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+            );
+            records.push(TokenRecord {
+                sha256: sha256_hex(&token),
+                namespace: identity.namespace().to_owned(),
+                service_account: identity.service_account().to_owned(),
+                created_at: created_at.clone(),
+            });
+            tokens.push(token);
+        }
+        self.update(|file| file.tokens.extend(records))?;
+        Ok(tokens)
     }
 
     /// Every stored token's record (hashes, never tokens).
@@ -229,6 +263,25 @@ mod tests {
         let t2 = cli_view.create(&id).expect("create");
         assert_eq!(daemon_view.lookup(&t1, &td).expect("t1"), id);
         assert_eq!(daemon_view.lookup(&t2, &td).expect("t2"), id);
+    }
+
+    #[test]
+    fn many_tokens_in_one_change_each_authenticate_their_own_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let td = TrustDomain::new("cluster.local").expect("td");
+        let store = TokenStore::new(dir.path().join("tokens.yaml"));
+        let first = Identity::new(td.clone(), "a", "first").expect("id");
+        let earlier = store.create(&first).expect("create");
+        let fleet: Vec<Identity> = (0..300)
+            .map(|i| Identity::new(td.clone(), "fleet", &format!("sa-{i}")).expect("id"))
+            .collect();
+        let tokens = store.create_all(&fleet).expect("create_all");
+        assert_eq!(tokens.len(), fleet.len());
+        for (token, identity) in tokens.iter().zip(&fleet) {
+            assert_eq!(&store.lookup(token, &td).expect("known"), identity);
+        }
+        assert_eq!(store.lookup(&earlier, &td).expect("kept"), first);
+        assert_eq!(store.list().expect("list").len(), 301);
     }
 
     #[test]

@@ -49,8 +49,7 @@ impl Peers {
             use ring::rand::SecureRandom;
             let mut b = [0u8; 6];
             let _ = ring::rand::SystemRandom::new().fill(&mut b);
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            format!("replica-{hex}")
+            format!("replica-{}", base16ct::lower::encode_string(&b))
         })
     }
 

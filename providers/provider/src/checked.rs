@@ -7,6 +7,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 use webpki::{anchor_from_trusted_cert, EndEntityCert, KeyUsage};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::asn1_rs;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
@@ -209,7 +210,7 @@ fn check(
     while serial.len() > 1 && serial[0] == 0 {
         serial = &serial[1..];
     }
-    let serial = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let serial = base16ct::lower::encode_string(serial);
 
     Ok(Issued {
         identity: csr.identity().clone(),
@@ -286,14 +287,18 @@ fn check_issuer_linkage(
         }
         issuer = inter.issuer().as_raw().to_vec();
     }
-    for der in anchors {
-        if let Ok((_, anchor)) = X509Certificate::from_der(der) {
-            if anchor.subject().as_raw() == issuer {
-                return Ok(());
-            }
-        }
+    // webpki reads an anchor's subject without parsing its extensions, as
+    // the Name's contents (no SEQUENCE header).
+    let (_, top) = asn1_rs::Any::from_der(&issuer)
+        .map_err(|e| format!("the chain's top issuer name does not parse: {e}"))?;
+    let ends_at_anchor = anchors.iter().any(|der| {
+        anchor_from_trusted_cert(der).is_ok_and(|anchor| anchor.subject.as_ref() == top.data)
+    });
+    if ends_at_anchor {
+        Ok(())
+    } else {
+        Err("the chain does not end at a trust anchor".into())
     }
-    Err("the chain does not end at a trust anchor".into())
 }
 
 #[cfg(test)]
