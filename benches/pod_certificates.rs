@@ -16,44 +16,13 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use meshca_test_support::bench::{crypto_floor, p256_csrs};
 use meshca_test_support::kube::KubeStandIn;
 use meshca_test_support::process::{cpu_seconds, numeric_arg, ServeProcess};
-use ring::rand::SystemRandom;
-use ring::signature::{
-    EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
-};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 const SIGNER: &str = "meshca.io/workload";
-
-fn stub_csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.serialize_request(&key).expect("csr").der().to_vec()
-}
-
-/// ring's P-256 verify (the CSR) plus sign (the leaf), in this process on
-/// one core: the least any CA spends per certificate.
-fn crypto_floor(rounds: usize) -> Duration {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-        .expect("key");
-    let message = [7u8; 300];
-    let signature = key.sign(&rng, &message).expect("sign");
-    let public = ring::signature::UnparsedPublicKey::new(
-        &ECDSA_P256_SHA256_ASN1,
-        key.public_key().as_ref().to_vec(),
-    );
-    let started = Instant::now();
-    for _ in 0..rounds {
-        public.verify(&message, signature.as_ref()).expect("verify");
-        let _ = key.sign(&rng, &message).expect("sign");
-    }
-    started.elapsed() / u32::try_from(rounds).expect("rounds")
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
@@ -89,6 +58,7 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    let csrs = p256_csrs(requests);
     let objects: Vec<_> = (0..requests)
         .map(|i| {
             let ns = &namespaces[i % namespaces.len()];
@@ -104,7 +74,7 @@ async fn main() {
                     "serviceAccountUID": "uid",
                     "nodeName": "node", "nodeUID": "uid-node",
                     "maxExpirationSeconds": 86_400,
-                    "stubPKCS10Request": STANDARD.encode(stub_csr()),
+                    "stubPKCS10Request": STANDARD.encode(&csrs[i].der),
                 }
             })
         })
@@ -131,7 +101,7 @@ async fn main() {
     let elapsed = started.elapsed();
     let meshca_cpu = server.cpu_seconds() - meshca_before;
     let standin_cpu = cpu_seconds("self") - ours_before;
-    let floor = crypto_floor(2000);
+    let floor = Duration::from_secs_f64(crypto_floor(&csrs, 2000));
 
     let per = |seconds: f64| Duration::from_secs_f64(seconds / requests as f64);
     let meshca_per = per(meshca_cpu);

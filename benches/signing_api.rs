@@ -1,155 +1,161 @@
-//! Throughput, latency and server CPU cost of `POST /v1/certificates`.
+//! CPU per certificate of `POST /v1/certificates`, beside cfssl and the
+//! crypto floor, all measured in the same run.
 //!
-//! Starts the real `meshca serve` (embedded-default layout: Tresor, ECDSA
-//! P-256 root) on loopback, then drives it over HTTPS with keep-alive
-//! connections from this process at concurrency 1, 8 and 32, each request a
-//! fresh P-256 CSR. Server CPU time comes from the daemon's own
-//! /proc/<pid>/stat, so the client's cost is not counted.
+//! - meshca: the real `meshca serve` (embedded default: Tresor, ECDSA
+//!   P-256 root), one worker thread on core 0, HTTPS with a bearer token.
+//! - cfssl: `cfssl serve` 1.2 (Debian `golang-cfssl`) with a P-256 CA, on
+//!   core 0, plain HTTP (`/api/v1/cfssl/sign`).
+//! - The floor: ring's P-256 verify of each CSR plus one P-256 sign, on one
+//!   thread in this process: what any CA must spend per certificate.
 //!
-//! Run: `cargo bench --bench signing_api` (optionally `-- --requests N`).
+//! wrk on core 1 drives each server with 8 keep-alive connections for the
+//! same time, with the same 64 CSRs sent over and over; meshca is driven a
+//! second time with a CSR never sent before on every request. CPU comes
+//! from each server's own /proc/<pid>/stat.
+//!
+//! Needs `wrk` and `cfssl` (`apt-get install wrk golang-cfssl`).
+//! Run: `cargo bench --bench signing_api` (optionally `-- --seconds N`).
 
-use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use meshca_test_support::bench::{
+    cfssl, cpu_during, crypto_floor, p256_csrs, peak_rss_mib, pin, write_bodies, wrk, Credential,
+    Load, Outcome, LOAD_CORE,
+};
 use meshca_test_support::process::{numeric_arg, ServeProcess};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+/// The sustained rate meshca must stay under for "fresh" to mean fresh.
+const MAX_RATE: usize = 15_000;
 
 fn main() {
-    let requests = numeric_arg("requests", 4000);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seconds = numeric_arg("seconds", 10);
+    let duration = Duration::from_secs(seconds as u64);
+    let dir = tempfile::tempdir().expect("tempdir");
 
-    // One worker thread pinned to one core, so the figure is "CPU per
-    // certificate on one core"; the load generator gets the other core.
-    let (server, dir, api) = ServeProcess::with_config(
+    let same = p256_csrs(64);
+    let fresh = p256_csrs(MAX_RATE * seconds);
+    write_bodies(&dir.path().join("meshca-same"), "csr", &same);
+    write_bodies(&dir.path().join("meshca-fresh"), "csr", &fresh);
+    write_bodies(&dir.path().join("cfssl-same"), "certificate_request", &same);
+    // This process measures the floor; it and wrk keep off the servers' core.
+    pin("self", LOAD_CORE);
+
+    let (meshca, state, api) = ServeProcess::with_config(
         BIN,
-        "api: { per_identity_per_second: 1000000, per_identity_burst: 1000000, max_in_flight: 4096 }\n",
+        "api: { per_identity_per_second: 1000000, per_identity_burst: 1000000 }\n",
     );
-    let bundle_path = dir.path().join("meshca-data/bundle/ca.crt");
-    let token = Command::new(BIN)
-        .current_dir(dir.path())
-        .args([
-            "token",
-            "create",
-            "-c",
-            "bench.yaml",
-            "--namespace",
-            "bench",
-            "--service-account",
-            "bench",
-        ])
-        .output()
-        .expect("token create");
-    let token = String::from_utf8(token.stdout)
-        .expect("token")
-        .trim()
-        .to_owned();
+    let token = token(state.path());
+    let (cfssl, cfssl_url) = cfssl(dir.path());
 
-    let bundle = std::fs::read(&bundle_path).expect("bundle");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&bundle) {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let load = |url: &str, bodies: &str, credential: Credential| Load {
+        url: url.to_owned(),
+        bodies: dir.path().join(bodies),
+        credential,
+        connections: 8,
+        duration,
+        stop_after: None,
+        statuses: false,
+    };
+    let meshca_url = format!("https://127.0.0.1:{api}/v1/certificates");
+    let bearer = Credential::Bearer(token);
+    let runs = [
+        (
+            "cfssl 1.2 serve (HTTP)",
+            cfssl.0.id(),
+            load(&cfssl_url, "cfssl-same", Credential::None),
+        ),
+        (
+            "meshca, same 64 CSRs",
+            meshca.pid(),
+            load(&meshca_url, "meshca-same", bearer.clone()),
+        ),
+        (
+            "meshca, fresh CSRs",
+            meshca.pid(),
+            load(&meshca_url, "meshca-fresh", bearer),
+        ),
+    ];
 
-    // Distinct P-256 CSRs, made before timing starts.
-    let csrs: Arc<Vec<String>> = Arc::new(
-        (0..512)
-            .map(|_| {
-                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-                let mut p = rcgen::CertificateParams::default();
-                p.distinguished_name = rcgen::DistinguishedName::new();
-                serde_json::json!({ "csr": p.serialize_request(&key).expect("csr").pem().expect("pem") }).to_string()
-            })
-            .collect(),
-    );
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let url = format!("https://127.0.0.1:{api}/v1/certificates");
-    println!("meshca signing API: POST /v1/certificates over HTTPS keep-alive, P-256 CSRs, Tresor P-256 root");
     println!(
-        "{:>11} {:>9} {:>12} {:>10} {:>10} {:>22}",
-        "concurrency", "requests", "certs/s", "p50 ms", "p99 ms", "server CPU ms/cert"
+        "signing one P-256 certificate: server on core 0, wrk on core 1, 8 keep-alive connections, {seconds} s each"
     );
-    for concurrency in [1usize, 8, 32] {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls.clone())
-            .pool_max_idle_per_host(concurrency)
-            .build()
-            .expect("client");
-        let run = |n: usize| {
-            let client = client.clone();
-            let csrs = csrs.clone();
-            let url = url.clone();
-            let token = token.clone();
-            runtime.block_on(async move {
-                let per_worker = n / concurrency;
-                let workers = (0..concurrency).map(|w| {
-                    let client = client.clone();
-                    let csrs = csrs.clone();
-                    let url = url.clone();
-                    let token = token.clone();
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::with_capacity(per_worker);
-                        for i in 0..per_worker {
-                            let body = csrs[(w * per_worker + i) % csrs.len()].clone();
-                            let started = Instant::now();
-                            let resp = client
-                                .post(&url)
-                                .bearer_auth(&token)
-                                .header("content-type", "application/json")
-                                .body(body)
-                                .send()
-                                .await
-                                .expect("request");
-                            assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-                            let _ = resp.bytes().await.expect("body");
-                            latencies.push(started.elapsed());
-                        }
-                        latencies
-                    })
-                });
-                let mut all = Vec::with_capacity(n);
-                for w in futures_util::future::join_all(workers).await {
-                    all.extend(w.expect("worker"));
-                }
-                all
-            })
+    let floor_before = crypto_floor(&same, 20_000);
+    let mut results = Vec::new();
+    for (name, pid, load) in &runs {
+        let warm = Load {
+            duration: Duration::from_secs(2),
+            ..load.clone()
         };
-        run(200.max(concurrency * 10)); // warm up connections and caches
-        let cpu_before = server.cpu_seconds();
-        let started = Instant::now();
-        let mut latencies = run(requests);
-        let wall = started.elapsed();
-        let cpu = server.cpu_seconds() - cpu_before;
-        latencies.sort_unstable();
-        let n = latencies.len();
+        wrk(&warm);
+        let (outcome, cpu) = cpu_during(&[*pid], || wrk(load));
+        check(name, &outcome);
+        results.push((*name, cpu[0] / outcome.answers as f64, outcome));
+    }
+    let floor = (floor_before + crypto_floor(&same, 20_000)) / 2.0;
+
+    println!(
+        "{:<34} {:>9} {:>8} {:>8} {:>13} {:>8}",
+        "", "certs/s", "p50 ms", "p99 ms", "CPU ms/cert", "x floor"
+    );
+    println!(
+        "{:<34} {:>9} {:>8} {:>8} {:>13.4} {:>8.2}",
+        "ring P-256 verify + sign (floor)",
+        "",
+        "",
+        "",
+        floor * 1e3,
+        1.0
+    );
+    for (name, per_cert, o) in &results {
         println!(
-            "{:>11} {:>9} {:>12.0} {:>10.3} {:>10.3} {:>22.4}",
-            concurrency,
-            n,
-            n as f64 / wall.as_secs_f64(),
-            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            cpu / n as f64 * 1e3,
+            "{:<34} {:>9.0} {:>8.2} {:>8.2} {:>13.4} {:>8.2}",
+            name,
+            o.rate(),
+            o.p50_ms,
+            o.p99_ms,
+            per_cert * 1e3,
+            per_cert / floor
         );
     }
+    let (cfssl_cost, same_cost, fresh_cost) = (results[0].1, results[1].1, results[2].1);
+    println!(
+        "meshca / floor: {:.2}x (target at most 1.45x); cfssl / meshca: {:.2}x (target at least 2.4x)",
+        same_cost / floor,
+        cfssl_cost / same_cost
+    );
+    println!(
+        "meshca fresh / same CSRs: {:.3}x; meshca peak RSS {:.1} MiB (target under 64 MiB)",
+        fresh_cost / same_cost,
+        peak_rss_mib(meshca.pid())
+    );
+    if results[2].2.answers as usize > fresh.len() {
+        println!(
+            "note: the fresh run outran its {} CSRs and reused some",
+            fresh.len()
+        );
+    }
+}
+
+/// A token for the benchmark's identity, from the CLI as an admin makes one.
+fn token(state: &Path) -> std::path::PathBuf {
+    let out = std::process::Command::new(BIN)
+        .current_dir(state)
+        .args(["token", "create", "-c", "bench.yaml"])
+        .args(["--namespace", "bench", "--service-account", "bench"])
+        .output()
+        .expect("token create");
+    assert!(out.status.success(), "token create failed");
+    let path = state.join("bench-token");
+    std::fs::write(&path, &out.stdout).expect("token file");
+    path
+}
+
+/// Every answer must have been a certificate.
+fn check(name: &str, o: &Outcome) {
+    assert!(
+        o.answers > 0 && o.non_2xx == 0 && o.socket_errors == 0,
+        "{name}: not every request got a certificate: {o:?}"
+    );
 }

@@ -98,7 +98,9 @@ pub struct TokenStore {
 }
 
 fn sha256_hex(token: &str) -> String {
-    base16ct::lower::encode_string(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+    base16ct::lower::encode_string(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+    )
 }
 
 impl TokenStore {

@@ -117,7 +117,10 @@ mod tests {
         assert!(limiter.check(&a).is_ok());
         assert!(limiter.check(&a).is_ok());
         let wait = limiter.check(&a).expect_err("a's burst is spent");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(limiter.check(&b).is_ok(), "b is not held back by a");
     }
 }

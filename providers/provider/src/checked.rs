@@ -6,8 +6,8 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 use webpki::{anchor_from_trusted_cert, EndEntityCert, KeyUsage};
-use x509_parser::certificate::X509Certificate;
 use x509_parser::asn1_rs;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 

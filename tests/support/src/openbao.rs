@@ -303,6 +303,14 @@ impl OpenBao {
         String::from_utf8(out.stdout).expect("utf8")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("OpenBao is running")
+    }
+
     /// A token carrying the meshca policy, written to a file.
     pub fn meshca_token_file(&self) -> PathBuf {
         let token = self.cli(&["token", "create", "-policy=meshca", "-field=token"]);

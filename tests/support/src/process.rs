@@ -29,31 +29,46 @@ impl ServeProcess {
 
     /// Start `binary` and wait until `port` accepts.
     pub fn start(binary: &str, dir: &Path, config: &str, port: u16) -> Self {
-        let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", binary]);
-            c
-        } else {
-            Command::new(binary)
-        };
-        let child = cmd
+        let child = pinned(0, binary)
             .current_dir(dir)
             .args(["--worker-threads", "1", "serve", "-c", config])
             .stderr(Stdio::null())
             .spawn()
             .expect("meshca serve");
         let process = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port);
         process
     }
 
     /// The daemon's utime + stime so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.0.id())
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// Block until something accepts on a loopback `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `program` to run on `core` only, when `taskset` exists (otherwise
+/// anywhere): benchmarks give the server one core and the load the other.
+pub fn pinned(core: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if Command::new("taskset").arg("-V").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
     }
 }
 
