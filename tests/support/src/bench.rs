@@ -263,7 +263,12 @@ if os.getenv("STATUSES") == "1" then
       bare_429s = bare_429s + 1
     end
     answered = answered + 1
-    if stop_after and answered >= stop_after then wrk.thread:stop() end
+    if stop_after and answered == stop_after then
+      -- wrk's main thread sleeps out the duration unless interrupted:
+      -- the benchmark interrupts it once this thread has stopped.
+      wrk.thread:stop()
+      io.open(os.getenv("STOP_FILE"), "w"):close()
+    end
   end
 end
 
@@ -294,7 +299,8 @@ pub fn wrk(load: &Load) -> Outcome {
         Credential::Bearer(file) => ("Authorization", "Bearer ", file.clone(), String::new()),
         Credential::VaultToken(t) => ("X-Vault-Token", "", PathBuf::new(), t.clone()),
     };
-    let output = pinned(LOAD_CORE, &bin)
+    let stop_file = dir.path().join("stopped");
+    let mut child = pinned(LOAD_CORE, &bin)
         .args(["-t1", &format!("-c{}", load.connections)])
         .arg(format!("-d{}s", load.duration.as_secs().max(1)))
         .args(["--timeout", "10s", "-s"])
@@ -310,8 +316,23 @@ pub fn wrk(load: &Load) -> Outcome {
             "STOP_AFTER",
             load.stop_after.map(|n| n.to_string()).unwrap_or_default(),
         )
-        .output()
+        .env("STOP_FILE", &stop_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("wrk");
+    // After the script stops its thread, SIGINT ends wrk's wait for the
+    // full duration (its only thread left is the waiting one).
+    while child.try_wait().expect("wrk").is_none() {
+        if stop_file.exists() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let output = child.wait_with_output().expect("wrk");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()
