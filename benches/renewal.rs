@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshca_test_support::bench::{cpu_during, p256_csrs, pin, LOAD_CORE};
-use meshca_test_support::process::{numeric_arg, ServeProcess};
+use meshca_test_support::process::{bench_token, numeric_arg, ServeProcess};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,7 +40,7 @@ fn main() {
         .build()
         .expect("runtime");
     let bundle = std::fs::read(dir.path().join("meshca-data/bundle/ca.crt")).expect("bundle");
-    let token = token(dir.path());
+    let token = bench_token(BIN, dir.path());
     let workload = runtime.block_on(first_certificate(port, &bundle, &token));
     let connector = TlsConnector::from(Arc::new(client_config(&bundle, workload)));
 
@@ -81,20 +81,6 @@ fn main() {
         costs[1] / handshake,
         (costs[1] - handshake) * 1e3
     );
-}
-
-/// The daemon's bearer token for the workload's first certificate.
-fn token(dir: &std::path::Path) -> String {
-    let out = std::process::Command::new(BIN)
-        .current_dir(dir)
-        .args(["token", "create", "-c", "bench.yaml"])
-        .args(["--namespace", "bench", "--service-account", "bench"])
-        .output()
-        .expect("token create");
-    String::from_utf8(out.stdout)
-        .expect("token")
-        .trim()
-        .to_owned()
 }
 
 /// A workload's certificate chain and key, as the agent holds them.

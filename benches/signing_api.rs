@@ -16,14 +16,13 @@
 //! Needs `wrk` and `cfssl` (`apt-get install wrk golang-cfssl`).
 //! Run: `cargo bench --bench signing_api` (optionally `-- --seconds N`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use meshca_test_support::bench::{
     cfssl, cpu_during, crypto_floor, p256_csrs, peak_rss_mib, pin, write_bodies, wrk, Credential,
     Load, Outcome, LOAD_CORE,
 };
-use meshca_test_support::process::{numeric_arg, ServeProcess};
+use meshca_test_support::process::{bench_token, numeric_arg, ServeProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 /// The sustained rate meshca must stay under for "fresh" to mean fresh.
@@ -46,7 +45,8 @@ fn main() {
         BIN,
         "api: { per_identity_per_second: 1000000, per_identity_burst: 1000000 }\n",
     );
-    let token = token(state.path());
+    let token = state.path().join("bench-token");
+    std::fs::write(&token, bench_token(BIN, state.path())).expect("token file");
     let (cfssl, cfssl_url) = cfssl(dir.path());
 
     let load = |url: &str, bodies: &str, credential: Credential| Load {
@@ -136,20 +136,6 @@ fn main() {
             fresh.len()
         );
     }
-}
-
-/// A token for the benchmark's identity, from the CLI as an admin makes one.
-fn token(state: &Path) -> std::path::PathBuf {
-    let out = std::process::Command::new(BIN)
-        .current_dir(state)
-        .args(["token", "create", "-c", "bench.yaml"])
-        .args(["--namespace", "bench", "--service-account", "bench"])
-        .output()
-        .expect("token create");
-    assert!(out.status.success(), "token create failed");
-    let path = state.join("bench-token");
-    std::fs::write(&path, &out.stdout).expect("token file");
-    path
 }
 
 /// Every answer must have been a certificate.

@@ -21,7 +21,7 @@ use meshca_test_support::bench::{
     cpu_during, p256_csrs, pin, wrk, Credential, Load, Outcome, LOAD_CORE,
 };
 use meshca_test_support::openbao::OpenBao;
-use meshca_test_support::process::{numeric_arg, ServeProcess};
+use meshca_test_support::process::{bench_token, numeric_arg, ServeProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 
@@ -43,14 +43,7 @@ async fn main() {
         ),
     );
     let dir = state.path();
-    let bearer = std::process::Command::new(BIN)
-        .current_dir(dir)
-        .args(["token", "create", "-c", "bench.yaml"])
-        .args(["--namespace", "bench", "--service-account", "bench"])
-        .output()
-        .expect("token create")
-        .stdout;
-    std::fs::write(dir.join("bearer"), bearer).expect("token file");
+    std::fs::write(dir.join("bearer"), bench_token(BIN, dir)).expect("token file");
 
     let direct: Vec<String> = csrs
         .iter()

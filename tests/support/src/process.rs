@@ -79,6 +79,22 @@ impl Drop for ServeProcess {
     }
 }
 
+/// A bearer token for `bench/bench`, made by `binary token create` in the
+/// directory [`ServeProcess::with_config`] returned, as an admin makes one.
+pub fn bench_token(binary: &str, dir: &Path) -> String {
+    let out = Command::new(binary)
+        .current_dir(dir)
+        .args(["token", "create", "-c", "bench.yaml"])
+        .args(["--namespace", "bench", "--service-account", "bench"])
+        .output()
+        .expect("meshca token create");
+    assert!(out.status.success(), "meshca token create failed");
+    String::from_utf8(out.stdout)
+        .expect("token")
+        .trim()
+        .to_owned()
+}
+
 /// The number after `--NAME` on the command line, or `default`.
 pub fn numeric_arg(name: &str, default: usize) -> usize {
     let flag = format!("--{name}");
