@@ -96,6 +96,15 @@ pub struct PublishLabels {
     pub result: &'static str,
 }
 
+/// Labels of `meshca_kubernetes_writes_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// What was written, e.g. `podcertificaterequests/status`.
+    pub resource: &'static str,
+    /// The API server's HTTP status, e.g. `422`.
+    pub code: u16,
+}
+
 /// Every metric meshca exports.
 pub struct Metrics {
     registry: Registry,
@@ -125,6 +134,9 @@ pub struct Metrics {
     /// Leaves a provider issued longer than requested (but within
     /// `certificates.max_ttl`).
     pub certificates_longer_than_requested: Counter,
+    /// Writes the API server refused for good (invalid, forbidden): each
+    /// is given up, never retried as it was.
+    pub kubernetes_writes_refused: Family<RefusalLabels, Counter>,
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
@@ -226,12 +238,19 @@ impl Metrics {
             "Leaves issued with a longer lifetime than requested, within certificates.max_ttl",
             certificates_longer_than_requested.clone(),
         );
+        let kubernetes_writes_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "kubernetes_writes_refused",
+            "Writes the Kubernetes API server refused for good (invalid, forbidden), by resource and status; none is retried as it was",
+            kubernetes_writes_refused.clone(),
+        );
         let cert_manager = std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(
             &mut registry,
         ));
         Self {
             identities_denied,
             certificates_longer_than_requested,
+            kubernetes_writes_refused,
             cert_manager,
             registry,
             rotation_generation,

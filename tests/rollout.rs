@@ -276,7 +276,8 @@ fn assert_no_failed_handshakes((successes, failures): (usize, Vec<String>)) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and_back_to_a() {
     let bao = support::openbao::OpenBao::dev().await;
-    bao.script("setup-pki.sh", &[]);
+    // Leaves of seconds: Vault's backdate must be shorter still.
+    bao.script("setup-pki.sh", &[("NOT_BEFORE_DURATION", "1s")]);
     let vault_token = bao.meshca_token_file();
     let roots_dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (
@@ -710,7 +711,7 @@ fn audited_requests(log: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_swap_away_from_vault_retires_it_meshca_sends_vault_nothing_more() {
     let bao = support::openbao::OpenBao::dev_audited().await;
-    bao.script("setup-pki.sh", &[]);
+    bao.script("setup-pki.sh", &[("NOT_BEFORE_DURATION", "1s")]);
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = bao.audit_log();
     // A short-lived token: meshca renews it about every 2 s while Vault is

@@ -7,13 +7,17 @@
 #   ./setup-pki.sh
 #
 # Variables: VAULT (CLI, default `vault`; `bao` works the same), MOUNT
-# (pki), ROLE (openservicemesh), TRUST_DOMAIN (cluster.local), MAX_TTL (72h).
+# (pki), ROLE (openservicemesh), TRUST_DOMAIN (cluster.local), MAX_TTL (72h),
+# NOT_BEFORE_DURATION (30s, Vault's default: how far leaves' NotBefore is
+# backdated; meshca reads it from the role and asks for that much less, so a
+# leaf's whole validity is the lifetime asked for).
 set -eu
 VAULT=${VAULT:-vault}
 MOUNT=${MOUNT:-pki}
 ROLE=${ROLE:-openservicemesh}
 TRUST_DOMAIN=${TRUST_DOMAIN:-cluster.local}
 MAX_TTL=${MAX_TTL:-72h}
+NOT_BEFORE_DURATION=${NOT_BEFORE_DURATION:-30s}
 
 "$VAULT" secrets enable -path="$MOUNT" pki
 "$VAULT" secrets tune -max-lease-ttl=87600h "$MOUNT"
@@ -31,6 +35,7 @@ MAX_TTL=${MAX_TTL:-72h}
   server_flag=true client_flag=true key_usage=DigitalSignature,KeyEncipherment \
   basic_constraints_valid_for_non_ca=true \
   key_type=any \
+  not_before_duration="$NOT_BEFORE_DURATION" \
   max_ttl="$MAX_TTL" >/dev/null
 
 "$VAULT" policy write meshca - <<POLICY

@@ -76,6 +76,9 @@ impl Cluster {
     }
 }
 
+/// How meshca names itself to the API server.
+pub const USER_AGENT: &str = concat!("meshca/", env!("CARGO_PKG_VERSION"));
+
 /// The label every object meshca writes carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshca");
 
@@ -127,9 +130,73 @@ impl KubeError {
     }
 }
 
-/// Whether a kube error is the API server's `reason`.
+/// Whether a kube error is the API server's answer with status `code`.
 pub(crate) fn is_reason(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// `text` cut to at most `max_bytes` (on a character boundary, ending in
+/// an ellipsis when cut): the API server refuses longer messages in the
+/// fields that carry them (a condition's message, an Event's note).
+pub fn truncated(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
+}
+
+/// What the API server's refusal of a request says about trying again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Repeating the same request cannot succeed: it is invalid (422),
+    /// forbidden (403), malformed (400) or the like. Give it up, say so.
+    Final {
+        /// The HTTP status.
+        code: u16,
+        /// The API server's message.
+        message: String,
+    },
+    /// The server is busy, unavailable or unreachable: the same request
+    /// may succeed later, after `retry_after` when the server said so
+    /// (API Priority and Fairness' 429 carries it).
+    Transient {
+        /// The server's own delay, if it gave one.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Refusal {
+    /// Classify `e`. 404 (gone) and 409 (conflict) are neither: the
+    /// caller decides what they mean for its object, so they count as
+    /// transient here (re-read and decide again).
+    pub fn of(e: &kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) if is_final(s.code) => Self::Final {
+                code: s.code,
+                message: s.message.clone(),
+            },
+            kube::Error::Api(s) => Self::Transient {
+                retry_after: s
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
+            },
+            _ => Self::Transient { retry_after: None },
+        }
+    }
+}
+
+/// The client errors that repeating cannot fix: every 4xx but 404 (the
+/// object may come back), 408 (timeout), 409 (conflict) and 429 (busy).
+fn is_final(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 404 | 408 | 409 | 429)
 }
 
 /// Whether the API server answers now (for `/readyz`).
@@ -158,6 +225,11 @@ pub async fn connect(config: &KubernetesConfig) -> Result<Option<kube::Client>, 
     // 503 for minutes, holding a signing request (TokenReview) hostage.
     client_config.default_retry = false;
     client_config.connect_timeout = Some(Duration::from_secs(5));
+    // Audit logs and API Priority and Fairness name the client by it.
+    client_config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     kube::Client::try_from(client_config)
         .map(Some)
         .map_err(|e| KubeError::Config(e.to_string()))
@@ -189,4 +261,53 @@ async fn client_config(discovery: &Discovery) -> Result<Option<kube::Config>, Ku
         Discovery::InPodOnly => return Ok(None),
     };
     Ok(Some(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_to_the_api_servers_limits_on_a_character_boundary() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        assert_eq!(truncated("abcdefghij", 10), "abcdefghij");
+        assert_eq!(truncated("abcdefghijk", 10), "abcdefg…");
+    }
+
+    #[test]
+    fn refusals_that_repeating_cannot_fix_are_final() {
+        // As the API server writes them (a 429 from API Priority and
+        // Fairness carries details.retryAfterSeconds).
+        let api = |code: u16, retry: Option<u32>| {
+            let mut status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("status {code}"), "reason": "", "code": code,
+            });
+            if let Some(r) = retry {
+                status["details"] = serde_json::json!({ "retryAfterSeconds": r });
+            }
+            kube::Error::Api(Box::new(serde_json::from_value(status).expect("a Status")))
+        };
+        for code in [400, 403, 413, 415, 422] {
+            assert!(
+                matches!(Refusal::of(&api(code, None)), Refusal::Final { code: c, .. } if c == code),
+                "{code}"
+            );
+        }
+        for code in [404, 408, 409, 500, 503, 504] {
+            assert_eq!(
+                Refusal::of(&api(code, None)),
+                Refusal::Transient { retry_after: None },
+                "{code}"
+            );
+        }
+        assert_eq!(
+            Refusal::of(&api(429, Some(3))),
+            Refusal::Transient {
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+    }
 }

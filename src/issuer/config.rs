@@ -24,6 +24,41 @@ impl Lifetimes {
             .unwrap_or(self.default_ttl)
             .clamp(self.min_ttl, self.max_ttl)
     }
+
+    /// The bounds of a signing API request for `requested`: the clamped
+    /// lifetime, anything shorter a backend caps it to, anything longer it
+    /// rounds up to within `max_ttl`.
+    pub fn for_request(&self, requested: Option<Duration>) -> LifetimeBounds {
+        LifetimeBounds {
+            lifetime: self.clamp(requested),
+            floor: Duration::ZERO,
+            ceiling: self.max_ttl,
+        }
+    }
+
+    /// The bounds of a request whose caller refuses anything longer than
+    /// `most` or shorter than `least` (a PodCertificateRequest: its
+    /// `maxExpirationSeconds`, and an hour), within `max_ttl`.
+    pub fn between(&self, least: Duration, most: Duration) -> LifetimeBounds {
+        let lifetime = most.min(self.max_ttl);
+        LifetimeBounds {
+            lifetime,
+            floor: least.min(lifetime),
+            ceiling: lifetime,
+        }
+    }
+}
+
+/// How long a certificate is asked to last, as a validity window (NotAfter
+/// − NotBefore), and the shortest and longest windows accepted back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifetimeBounds {
+    /// Requested.
+    pub lifetime: Duration,
+    /// Shortest accepted.
+    pub floor: Duration,
+    /// Longest accepted.
+    pub ceiling: Duration,
 }
 
 /// `certificates:` as written.

@@ -8,7 +8,7 @@ mod deny;
 pub mod deny_configmap;
 
 pub use admission::Admission;
-pub use config::{Lifetimes, RawLifetimes};
+pub use config::{LifetimeBounds, Lifetimes, RawLifetimes};
 pub use deny::DenyList;
 
 use std::sync::Arc;
@@ -113,13 +113,13 @@ impl Issuer {
         csr_der: &[u8],
         ttl: Option<Duration>,
     ) -> Result<IssuedCertificate, IssueError> {
-        self.issue_for(identity, csr_der, self.lifetimes.clamp(ttl))
+        self.issue_for(identity, csr_der, self.lifetimes.for_request(ttl))
             .await
     }
 
-    /// As [`Issuer::issue`], for exactly `ttl` (still under
-    /// `certificates.max_ttl`): for callers whose lower bound is not
-    /// meshca's `min_ttl`, such as a PodCertificateRequest's.
+    /// As [`Issuer::issue`], within `bounds`: for callers whose bounds are
+    /// not the signing API's, such as a PodCertificateRequest's
+    /// ([`Lifetimes::between`]).
     ///
     /// # Errors
     /// As [`Issuer::issue`].
@@ -127,7 +127,7 @@ impl Issuer {
         &self,
         identity: &Identity,
         csr_der: &[u8],
-        ttl: Duration,
+        bounds: LifetimeBounds,
     ) -> Result<IssuedCertificate, IssueError> {
         let (denied, count) = self.denied.check(identity).map_err(IssueError::DenyList)?;
         self.metrics
@@ -137,8 +137,9 @@ impl Issuer {
             return Err(IssueError::IdentityDenied(identity.clone()));
         }
         let csr = ValidatedCsr::new(csr_der, identity)?;
-        let profile = LeafProfile::workload(identity.clone(), ttl.min(self.lifetimes.max_ttl))
-            .with_ceiling(self.lifetimes.max_ttl);
+        let profile = LeafProfile::workload(identity.clone(), bounds.lifetime)
+            .with_ceiling(bounds.ceiling)
+            .with_floor(bounds.floor);
         self.sign(&csr, &profile).await
     }
 
@@ -154,7 +155,8 @@ impl Issuer {
         names: Vec<ServerName>,
     ) -> Result<IssuedCertificate, IssueError> {
         let csr = ValidatedCsr::with_server_names(csr_der, identity, &names)?;
-        let profile = LeafProfile::server(identity.clone(), self.lifetimes.default_ttl, names);
+        let profile = LeafProfile::server(identity.clone(), self.lifetimes.default_ttl, names)
+            .with_ceiling(self.lifetimes.max_ttl);
         self.sign(&csr, &profile).await
     }
 
@@ -177,13 +179,14 @@ impl Issuer {
             .record(generation, issued.not_after().unix_timestamp());
         // Within the ceiling (the gate checked it), but longer than asked:
         // renewal follows the real NotAfter; count it for the operator.
-        let asked = OffsetDateTime::now_utc() + profile.ttl() + Duration::from_secs(60);
-        if issued.not_after() > asked {
+        let window = issued.not_after() - issued.not_before();
+        if window > profile.lifetime() {
             self.metrics.certificates_longer_than_requested.inc();
             tracing::info!(
                 not_after = %issued.not_after(),
-                requested_seconds = profile.ttl().as_secs(),
-                "the provider issued a longer lifetime than requested (within certificates.max_ttl)"
+                requested_seconds = profile.lifetime().as_secs(),
+                issued_seconds = window.whole_seconds(),
+                "the provider issued a longer lifetime than requested (within its bound)"
             );
         }
         let renew_after = renewal::renew_after(

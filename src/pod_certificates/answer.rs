@@ -13,10 +13,19 @@ use meshca_provider::{CsrError, Identity, ProviderKind, TrustDomain};
 use time::OffsetDateTime;
 
 use super::config::{SignerName, MIN_LIFETIME};
-use crate::issuer::{IssueError, IssuedCertificate};
+use crate::issuer::{IssueError, IssuedCertificate, LifetimeBounds, Lifetimes};
 
-/// What the API server assumes when `maxExpirationSeconds` is omitted.
+/// What the API server sets when `maxExpirationSeconds` is omitted.
 const DEFAULT_MAX_EXPIRATION: Duration = Duration::from_secs(86_400);
+/// How far from the API server's clock it accepts `status.notBefore`.
+const NOT_BEFORE_TOLERANCE: Duration = Duration::from_secs(300);
+/// The API server wants `beginRefreshAt` at least this far from either end
+/// of the validity.
+const REFRESH_MARGIN: Duration = Duration::from_secs(600);
+/// The longest condition message the API server stores.
+const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
+/// The largest `status.certificateChain` the API server stores.
+const MAX_CHAIN_BYTES: usize = 100 * 1024;
 
 /// The key types kubelet offers that meshca certifies.
 pub const SUPPORTED_KEY_TYPES: &str = "ECDSAP256, ECDSAP384, ED25519, RSA3072 and RSA4096";
@@ -69,12 +78,13 @@ pub enum Next {
     Skip,
     /// Answer without signing.
     Answer(Answer),
-    /// Sign the stub CSR for `identity`, valid for `ttl`.
+    /// Sign the stub CSR for `identity`, within `bounds`.
     Sign {
         /// From the PCR's namespace and ServiceAccount.
         identity: Identity,
-        /// Within `maxExpirationSeconds` and `certificates.max_ttl`.
-        ttl: Duration,
+        /// At least an hour, at most `maxExpirationSeconds` and
+        /// `certificates.max_ttl`.
+        bounds: LifetimeBounds,
     },
 }
 
@@ -90,13 +100,14 @@ pub fn is_answered(pcr: &PodCertificateRequest) -> bool {
         })
 }
 
-/// The lifetime of a pod certificate: at most what the pod asked for and
-/// `max_ttl`, never under the hour the API server requires.
-pub fn lifetime(max_expiration_seconds: Option<i32>, max_ttl: Duration) -> Duration {
+/// The bounds of a pod certificate's validity window: at most what the pod
+/// asked for and `max_ttl`, at least the hour the API server requires
+/// (`certificates.max_ttl` under an hour is refused at load).
+pub fn bounds(max_expiration_seconds: Option<i32>, lifetimes: &Lifetimes) -> LifetimeBounds {
     let asked = max_expiration_seconds
         .and_then(|s| u64::try_from(s).ok())
         .map_or(DEFAULT_MAX_EXPIRATION, Duration::from_secs);
-    asked.min(max_ttl).max(MIN_LIFETIME)
+    lifetimes.between(MIN_LIFETIME, asked.max(MIN_LIFETIME))
 }
 
 /// Decide what to do with `pcr`. The identity comes from the request's
@@ -107,7 +118,7 @@ pub fn decide(
     signer: &SignerName,
     trust_domain: &TrustDomain,
     provider: ProviderKind,
-    max_ttl: Duration,
+    lifetimes: &Lifetimes,
 ) -> Next {
     let spec = &pcr.spec;
     if spec.signer_name != signer.as_str() || is_answered(pcr) {
@@ -137,7 +148,7 @@ pub fn decide(
     match Identity::new(trust_domain.clone(), namespace, &spec.service_account_name) {
         Ok(identity) => Next::Sign {
             identity,
-            ttl: lifetime(spec.max_expiration_seconds, max_ttl),
+            bounds: bounds(spec.max_expiration_seconds, lifetimes),
         },
         Err(e) => Next::Answer(Answer::Failed {
             reason: "InvalidIdentity",
@@ -147,11 +158,15 @@ pub fn decide(
 }
 
 /// A signing result as an answer, or `Err(after)` to try again later.
+/// `max_expiration` is the request's `spec.maxExpirationSeconds`, `now` the
+/// time of the status write.
 pub fn after_signing(
     result: Result<IssuedCertificate, IssueError>,
+    max_expiration: Option<i32>,
+    now: OffsetDateTime,
 ) -> Result<Answer, Option<Duration>> {
     match result {
-        Ok(issued) => Ok(issued_answer(&issued)),
+        Ok(issued) => Ok(issued_answer(&issued, max_expiration, now)),
         Err(IssueError::Csr(CsrError::UnsupportedKey(detail))) => Ok(Answer::Denied {
             reason: "UnsupportedKeyType",
             message: format!("meshca signs {SUPPORTED_KEY_TYPES} keys; this one is {detail}"),
@@ -173,14 +188,97 @@ pub fn after_signing(
     }
 }
 
-fn issued_answer(issued: &IssuedCertificate) -> Answer {
+/// The Issued answer for `issued`, or Failed when the certificate is one
+/// the API server would refuse to store: the answer is checked against
+/// kube-apiserver's rules for a PodCertificateRequest's status before it is
+/// written, so meshca never sends a status that cannot be accepted.
+fn issued_answer(
+    issued: &IssuedCertificate,
+    max_expiration: Option<i32>,
+    now: OffsetDateTime,
+) -> Answer {
     let cert = &issued.issued;
-    Answer::Issued {
+    let (not_before, not_after) = (cert.not_before(), cert.not_after());
+    let answer = Answer::Issued {
         chain_pem: meshca_provider::pem::encode_certificates(cert.chain()),
-        not_before: cert.not_before(),
-        not_after: cert.not_after(),
-        begin_refresh_at: issued.renew_after,
+        not_before,
+        not_after,
+        begin_refresh_at: begin_refresh_at(not_before, not_after, now),
+    };
+    match acceptable(&answer, max_expiration, now) {
+        Ok(()) => answer,
+        Err(message) => Answer::Failed {
+            reason: "CertificateNotAcceptable",
+            message,
+        },
     }
+}
+
+/// When kubelet should start renewing: meshca's usual point (two thirds
+/// of what remains), kept at least ten minutes from either end as the API
+/// server requires.
+pub fn begin_refresh_at(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
+    let earliest = not_before + REFRESH_MARGIN;
+    let latest = not_after - REFRESH_MARGIN;
+    crate::renewal::renew_after(not_before, not_after, now)
+        .min(latest)
+        .max(earliest)
+}
+
+/// Whether kube-apiserver would accept `answer` as the status of a request
+/// with `max_expiration`, written at `now`; why not otherwise. (The
+/// validity window is also held to these bounds by the signing gate; this
+/// is the last word before the write.)
+pub fn acceptable(
+    answer: &Answer,
+    max_expiration: Option<i32>,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let Answer::Issued {
+        chain_pem,
+        not_before,
+        not_after,
+        begin_refresh_at,
+    } = answer
+    else {
+        return Ok(());
+    };
+    let window = *not_after - *not_before;
+    let most = max_expiration
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(DEFAULT_MAX_EXPIRATION, Duration::from_secs);
+    if window > most || window < MIN_LIFETIME {
+        return Err(format!(
+            "the certificate is valid for {}s, outside the {}s to {}s (maxExpirationSeconds) the API server accepts",
+            window.whole_seconds(),
+            MIN_LIFETIME.as_secs(),
+            most.as_secs()
+        ));
+    }
+    if (*not_before - now).abs() >= NOT_BEFORE_TOLERANCE {
+        return Err(format!(
+            "the certificate's NotBefore ({not_before}) is more than {}s from now; the provider backdates it too far (a Vault role's not_before_duration?)",
+            NOT_BEFORE_TOLERANCE.as_secs()
+        ));
+    }
+    if *begin_refresh_at < *not_before + REFRESH_MARGIN
+        || *begin_refresh_at > *not_after - REFRESH_MARGIN
+    {
+        return Err(format!(
+            "beginRefreshAt {begin_refresh_at} is not ten minutes inside {not_before} to {not_after}"
+        ));
+    }
+    if chain_pem.len() > MAX_CHAIN_BYTES {
+        return Err(format!(
+            "the certificate chain is {} bytes, over the {MAX_CHAIN_BYTES} the API server stores",
+            chain_pem.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The status that carries `answer`, in one write.
@@ -193,7 +291,7 @@ pub fn status(
         type_: type_.to_owned(),
         status: "True".to_owned(),
         reason: reason.to_owned(),
-        message,
+        message: crate::cluster::truncated(&message, MAX_CONDITION_MESSAGE),
         last_transition_time: time_of(now),
         observed_generation: generation,
     };

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::validation::{is_dns_name, Errors};
+use crate::validation::Errors;
 
 /// The signer name kubelet asks for (`spec.signerName`) when a pod mounts a
 /// `podCertificate` projected volume, and the name its ClusterTrustBundle
@@ -22,31 +22,50 @@ impl SignerName {
         format!("{}:trust-bundle", self.0.replace('/', ":"))
     }
 
-    /// A name as Kubernetes requires it: `<domain>/<path>`, the domain a
-    /// DNS subdomain outside `kubernetes.io`, which the project reserves.
+    /// A name as kube-apiserver requires it (its `ValidateSignerName`):
+    /// `<domain>/<path>` with exactly one `/`; the domain at least two
+    /// DNS labels (outside `kubernetes.io`, which the project reserves),
+    /// the path dot-separated lower-case DNS names; 571 characters at most.
+    /// A name it refuses would match no request.
     pub(super) fn parse(value: &str) -> Result<Self, String> {
-        let Some((domain, path)) = value.split_once('/') else {
+        let example = "e.g. meshca.io/workload";
+        let Some((domain, path)) = value.split_once('/').filter(|(_, p)| !p.contains('/')) else {
             return Err(format!(
-                "{value:?} must be <domain>/<name>, e.g. meshca.io/workload"
+                "{value:?} must be <domain>/<name> with one '/', {example}"
             ));
         };
-        if !is_dns_name(domain) || !domain.contains('.') {
-            return Err(format!("{domain:?} is not a domain name"));
+        let labels: Vec<&str> = domain.split('.').collect();
+        if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l, 63)) {
+            return Err(format!(
+                "{domain:?} is not a domain of two or more lower-case DNS labels, {example}"
+            ));
         }
         if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") {
             return Err("signer names under kubernetes.io are reserved for Kubernetes".into());
         }
-        let path_ok = !path.is_empty()
-            && path.split('/').all(|p| {
-                !p.is_empty()
-                    && p.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            });
-        if !path_ok || value.len() > 200 {
-            return Err(format!("{path:?} is not a valid signer path"));
+        if !path.split('.').all(|p| is_dns_label(p, 253)) {
+            return Err(format!(
+                "{path:?} must be lower-case letters, digits, '-' and '.', {example}"
+            ));
+        }
+        if value.len() > 571 {
+            return Err(format!("{value:?} is longer than 571 characters"));
         }
         Ok(Self(value.to_owned()))
     }
+}
+
+/// A DNS-1123 label of at most `max` characters: lower-case letters,
+/// digits and '-', starting and ending with a letter or digit.
+fn is_dns_label(label: &str, max: usize) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= max
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// Whether and as what meshca signs PodCertificateRequests.
@@ -117,7 +136,7 @@ mod tests {
 
     #[test]
     fn signer_names_follow_kubernetes_rules() {
-        for good in ["meshca.io/workload", "example.com/mesh/ca", "a.b/x_y.z"] {
+        for good in ["meshca.io/workload", "example.com/mesh.ca", "a.b/x-y.z"] {
             assert!(SignerName::parse(good).is_ok(), "{good}");
         }
         for bad in [
@@ -129,6 +148,10 @@ mod tests {
             "meshca.io//a",
             "Meshca.IO/a",
             "meshca.io/a b",
+            "example.com/mesh/ca",
+            "a.b/x_y.z",
+            "meshca.io/-a",
+            "meshca.io/a..b",
         ] {
             assert!(SignerName::parse(bad).is_err(), "{bad}");
         }

@@ -8,7 +8,7 @@
 //! namespace has a few signing slots of its own, so a namespace flooding
 //! requests waits behind itself, not in front of the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,27 +25,49 @@ use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Answer, Next};
 use super::config::PodCertificatesConfig;
-use crate::cluster::{is_reason, Cluster};
+use crate::cluster::{is_reason, Cluster, Refusal};
 use crate::issuer::{Admission, Issuer};
-use crate::metrics::{IssuedLabels, Metrics};
+use crate::metrics::{IssuedLabels, Metrics, RefusalLabels};
 use crate::watched::changes;
 
 /// Signing requests of one namespace at once.
 const SLOTS_PER_NAMESPACE: usize = 8;
 /// After a transient failure without a Retry-After.
 const RETRY: Duration = Duration::from_secs(5);
+/// Signed answers kept for a retried write, at most.
+const MAX_UNWRITTEN: usize = 4096;
+/// Requests given up, remembered at most (a restart forgets them all).
+const MAX_GIVEN_UP: usize = 65_536;
 
 /// Why one request could not be handled now; it is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    /// The status could not be written.
+    /// The status could not be written, for a reason that may pass.
     #[error("failed to write the status of {name}: {source}")]
     Write {
         /// `namespace/name`.
         name: String,
+        /// When the API server asked to be called again, if it did.
+        retry_after: Option<Duration>,
         /// The API error.
         #[source]
         source: kube::Error,
+    },
+}
+
+/// What became of a status write.
+enum Written {
+    /// Stored.
+    Stored,
+    /// Nothing to answer any more: deleted, or changed meanwhile (the next
+    /// reconcile sees the change).
+    Moot,
+    /// The API server will never take this status (invalid, forbidden).
+    Refused {
+        /// The HTTP status.
+        code: u16,
+        /// The API server's message.
+        message: String,
     },
 }
 
@@ -82,6 +104,13 @@ struct Context {
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     slots: NamespaceSlots,
+    /// Answers signed but not yet stored (the write failed for a reason
+    /// that may pass), by request UID: retried as they are, not signed
+    /// again, while the API server would still accept them.
+    unwritten: Mutex<HashMap<String, Answer>>,
+    /// Requests whose every answer the API server refused, by UID: this
+    /// replica does not sign them again.
+    given_up: Mutex<HashSet<String>>,
 }
 
 /// Everything the signer needs besides the cluster.
@@ -118,6 +147,8 @@ pub fn signer(
         leader: cluster.leader.clone(),
         metrics: deps.metrics,
         slots: NamespaceSlots::default(),
+        unwritten: Mutex::default(),
+        given_up: Mutex::default(),
     });
     let controller = Controller::new(api, watcher::Config::default().fields(&selector))
         .reconcile_all_on(triggers)
@@ -141,54 +172,160 @@ async fn reconcile(
     if !*ctx.leader.borrow() {
         return Ok(Action::await_change());
     }
-    let provider = ctx.issuer.provider().kind();
-    let max_ttl = ctx.issuer.lifetimes().max_ttl;
+    let uid = pcr.uid().unwrap_or_default();
+    if locked(&ctx.given_up).contains(&uid) {
+        return Ok(Action::await_change());
+    }
     let next = answer::decide(
         &pcr,
         &ctx.config.signer_name,
         &ctx.trust_domain,
-        provider,
-        max_ttl,
+        ctx.issuer.provider().kind(),
+        ctx.issuer.lifetimes(),
     );
     let answer = match next {
         Next::Skip => return Ok(Action::await_change()),
         Next::Answer(a) => a,
-        Next::Sign { identity, ttl } => {
-            let namespace = pcr.namespace().unwrap_or_default();
-            let Some(_slot) = ctx.slots.enter(&namespace).await else {
-                return Ok(Action::requeue(RETRY));
-            };
-            if let Err(wait) = ctx.admission.check_identity(&identity) {
-                return Ok(Action::requeue(wait.max(Duration::from_millis(50))));
-            }
-            let Some(_permit) = ctx.admission.enter() else {
-                return Ok(Action::requeue(Duration::from_secs(1)));
-            };
-            let signed = ctx
-                .issuer
-                .issue_for(&identity, &pcr.spec.stub_pkc_s10_request.0, ttl)
-                .await;
-            match answer::after_signing(signed) {
+        Next::Sign { identity, bounds } => match unwritten(&ctx, &uid, &pcr) {
+            Some(a) => a,
+            None => match sign(&ctx, &pcr, &identity, bounds).await {
                 Ok(a) => a,
-                Err(after) => {
-                    count(&ctx, provider.as_str(), "unavailable");
-                    tracing::info!(pcr = %name_of(&pcr), "the provider is unavailable; retrying");
-                    return Ok(Action::requeue(after.unwrap_or(RETRY)));
-                }
+                Err(later) => return Ok(later),
+            },
+        },
+    };
+    answer_request(&ctx, &pcr, answer).await
+}
+
+/// The answer signed earlier for `uid` and not yet stored, if the API
+/// server would still accept it now (its NotBefore must be recent).
+fn unwritten(ctx: &Context, uid: &str, pcr: &PodCertificateRequest) -> Option<Answer> {
+    let answer = locked(&ctx.unwritten).remove(uid)?;
+    let now = time::OffsetDateTime::now_utc();
+    answer::acceptable(&answer, pcr.spec.max_expiration_seconds, now)
+        .is_ok()
+        .then_some(answer)
+}
+
+/// Sign the request's stub CSR through the issuer, within the same
+/// admission as the HTTPS API plus the namespace's own slots; an answer,
+/// or when to try again.
+async fn sign(
+    ctx: &Context,
+    pcr: &PodCertificateRequest,
+    identity: &meshca_provider::Identity,
+    bounds: crate::issuer::LifetimeBounds,
+) -> Result<Answer, Action> {
+    let namespace = pcr.namespace().unwrap_or_default();
+    let Some(_slot) = ctx.slots.enter(&namespace).await else {
+        return Err(Action::requeue(RETRY));
+    };
+    if let Err(wait) = ctx.admission.check_identity(identity) {
+        return Err(Action::requeue(wait.max(Duration::from_millis(50))));
+    }
+    let Some(_permit) = ctx.admission.enter() else {
+        return Err(Action::requeue(Duration::from_secs(1)));
+    };
+    let signed = ctx
+        .issuer
+        .issue_for(identity, &pcr.spec.stub_pkc_s10_request.0, bounds)
+        .await;
+    let now = time::OffsetDateTime::now_utc();
+    answer::after_signing(signed, pcr.spec.max_expiration_seconds, now).map_err(|after| {
+        count(ctx, "unavailable");
+        tracing::info!(pcr = %name_of(pcr), "the provider is unavailable; retrying");
+        Action::requeue(after.unwrap_or(RETRY))
+    })
+}
+
+/// Store `answer`. If the API server refuses it for good, say so in a
+/// Failed answer instead; if it refuses that too, give the request up.
+/// Either way the request is never signed again by this replica.
+async fn answer_request(
+    ctx: &Context,
+    pcr: &PodCertificateRequest,
+    answer: Answer,
+) -> Result<Action, SignerError> {
+    let refused = match write(ctx, pcr, &answer).await {
+        Ok(Written::Stored) => {
+            count(ctx, answer.metric_result());
+            return Ok(Action::await_change());
+        }
+        Ok(Written::Moot) => return Ok(Action::await_change()),
+        Ok(Written::Refused { code, message }) => (code, message),
+        Err(e) => {
+            // Keep what was signed for the next attempt.
+            let mut unwritten = locked(&ctx.unwritten);
+            if unwritten.len() >= MAX_UNWRITTEN {
+                unwritten.clear();
             }
+            unwritten.insert(pcr.uid().unwrap_or_default(), answer);
+            return Err(e);
         }
     };
-    write(&ctx, &pcr, &answer).await?;
-    count(&ctx, provider.as_str(), answer.metric_result());
+    record_refusal(ctx, pcr, &refused, &answer);
+    if !matches!(answer, Answer::Failed { .. }) {
+        let failed = Answer::Failed {
+            reason: "AnswerRefused",
+            message: format!(
+                "kube-apiserver refused meshca's {} answer ({}): {}",
+                answer.metric_result(),
+                refused.0,
+                refused.1
+            ),
+        };
+        match write(ctx, pcr, &failed).await? {
+            Written::Stored => {
+                count(ctx, failed.metric_result());
+                return Ok(Action::await_change());
+            }
+            Written::Moot => return Ok(Action::await_change()),
+            Written::Refused { code, message } => {
+                record_refusal(ctx, pcr, &(code, message), &failed);
+            }
+        }
+    }
+    let mut given_up = locked(&ctx.given_up);
+    if given_up.len() >= MAX_GIVEN_UP {
+        given_up.clear();
+    }
+    given_up.insert(pcr.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
+/// Count and log, once, a status the API server refused for good.
+fn record_refusal(
+    ctx: &Context,
+    pcr: &PodCertificateRequest,
+    (code, message): &(u16, String),
+    answer: &Answer,
+) {
+    ctx.metrics
+        .kubernetes_writes_refused
+        .get_or_create(&RefusalLabels {
+            resource: "podcertificaterequests/status",
+            code: *code,
+        })
+        .inc();
+    tracing::error!(
+        pcr = %name_of(pcr),
+        code,
+        %message,
+        answer = answer.metric_result(),
+        "kube-apiserver refused the answer to a pod certificate request; it is not retried"
+    );
+}
+
 /// Write `answer` as the status, guarded by the resourceVersion read.
+///
+/// # Errors
+/// When the write failed for a reason that may pass (the API server busy
+/// or unreachable).
 async fn write(
     ctx: &Context,
     pcr: &PodCertificateRequest,
     answer: &Answer,
-) -> Result<(), SignerError> {
+) -> Result<Written, SignerError> {
     let mut updated = pcr.clone();
     updated.status = Some(answer::status(
         answer,
@@ -200,26 +337,29 @@ async fn write(
         ctx.client.clone(),
         &pcr.namespace().unwrap_or_default(),
     );
-    match api
+    let source = match api
         .replace_status(&name, &PostParams::default(), &updated)
         .await
     {
         Ok(_) => {
             log_answer(pcr, answer);
-            Ok(())
+            return Ok(Written::Stored);
         }
-        // Deleted meanwhile (the pod went away): nothing to answer.
-        Err(e) if is_reason(&e, 404) => {
-            tracing::debug!(pcr = %name_of(pcr), "deleted before its answer was written");
-            Ok(())
-        }
-        // Answered or changed meanwhile: the next reconcile sees it.
-        Err(e) if is_reason(&e, 409) => {
-            tracing::debug!(pcr = %name_of(pcr), "changed before its answer was written");
-            Ok(())
-        }
-        Err(source) => Err(SignerError::Write {
+        Err(e) => e,
+    };
+    if is_reason(&source, 404) {
+        tracing::debug!(pcr = %name_of(pcr), "deleted before its answer was written");
+        return Ok(Written::Moot);
+    }
+    if is_reason(&source, 409) {
+        tracing::debug!(pcr = %name_of(pcr), "changed before its answer was written");
+        return Ok(Written::Moot);
+    }
+    match Refusal::of(&source) {
+        Refusal::Final { code, message } => Ok(Written::Refused { code, message }),
+        Refusal::Transient { retry_after } => Err(SignerError::Write {
             name: name_of(pcr),
+            retry_after,
             source,
         }),
     }
@@ -237,15 +377,21 @@ fn log_answer(pcr: &PodCertificateRequest, answer: &Answer) {
     }
 }
 
-fn count(ctx: &Context, provider: &'static str, result: &'static str) {
+fn count(ctx: &Context, result: &'static str) {
     ctx.metrics
         .certificates_issued
         .get_or_create(&IssuedLabels {
             frontend: "pod_certificate",
-            provider,
+            provider: ctx.issuer.provider().kind().as_str(),
             result,
         })
         .inc();
+}
+
+/// A std mutex held for a few map operations, never across an await; a
+/// poisoned one (a panic elsewhere) still holds usable data.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn name_of(pcr: &PodCertificateRequest) -> String {
@@ -253,6 +399,8 @@ fn name_of(pcr: &PodCertificateRequest) -> String {
 }
 
 fn error_policy(pcr: Arc<PodCertificateRequest>, error: &SignerError, _: Arc<Context>) -> Action {
-    tracing::warn!(pcr = %name_of(&pcr), %error, "failed to answer a pod certificate request; retrying");
-    Action::requeue(RETRY)
+    let SignerError::Write { retry_after, .. } = error;
+    let after = retry_after.unwrap_or(RETRY);
+    tracing::warn!(pcr = %name_of(&pcr), %error, retry_in = ?after, "failed to answer a pod certificate request; retrying");
+    Action::requeue(after)
 }

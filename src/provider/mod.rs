@@ -83,7 +83,8 @@ pub async fn build(config: &ProviderConfig, deps: &Deps) -> Result<Built, BuildE
     let provider: Arc<dyn Provider> = match config {
         ProviderConfig::Tresor(t) => Arc::new(tresor(t, deps).await?),
         ProviderConfig::Vault(v) => {
-            let (vault, task) = Vault::connect(v.clone(), stop.clone()).await?;
+            let probe = probe_request(&deps.daemon_identity, deps.probe_ttl)?;
+            let (vault, task) = Vault::connect(v.clone(), probe, stop.clone()).await?;
             deps.spawner.spawn("vault-token", stop.clone(), task);
             Arc::new(vault)
         }

@@ -133,7 +133,9 @@ fn certificate_request(cm: &CertManager, request_b64: String, leaf: &LeafProfile
         "spec": {
             "request": request_b64,
             "issuerRef": { "name": c.issuer_name, "kind": c.issuer_kind, "group": c.issuer_group },
-            "duration": format!("{}s", leaf.ttl().as_secs()),
+            // cert-manager's issuers start validity at signing time, so the
+            // duration is the whole window.
+            "duration": format!("{}s", leaf.lifetime().as_secs()),
             "isCA": false,
             "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
         }

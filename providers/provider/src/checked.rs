@@ -16,8 +16,9 @@ use crate::{
     SignedChain, ValidatedCsr,
 };
 
-/// How far a backend's clock or rounding may put NotBefore in the future or
-/// NotAfter past the requested lifetime before meshca refuses the result.
+/// How far a backend's clock may put NotBefore in the future before meshca
+/// refuses the result. (The window itself gets no slack: its bounds are
+/// exact.)
 const VALIDITY_SLACK: Duration = Duration::from_secs(300);
 
 /// A certificate that passed every check: it is for exactly the requested
@@ -188,18 +189,7 @@ fn check(
 
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
-    if not_after <= now {
-        return Err(format!("the leaf expired at {not_after}"));
-    }
-    if not_before > now + VALIDITY_SLACK {
-        return Err(format!("the leaf is not valid before {not_before}"));
-    }
-    if not_after > now + leaf.ceiling() + VALIDITY_SLACK {
-        return Err(format!(
-            "the leaf is valid until {not_after}, beyond the longest lifetime meshca hands out ({}s)",
-            leaf.ceiling().as_secs()
-        ));
-    }
+    check_validity(not_before, not_after, leaf, now)?;
 
     match signatures {
         SignatureCheck::Full => verify_chain(leaf_der, &chain[1..], anchors, now)?,
@@ -220,6 +210,40 @@ fn check(
         provider,
         chain,
     })
+}
+
+/// The leaf is valid now (give or take a backend's clock) and its whole
+/// window, NotAfter − NotBefore, lies within the profile's bounds: a
+/// relying party that bounds lifetimes (kube-apiserver, for pod
+/// certificates) counts the backdate too.
+fn check_validity(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    leaf: &LeafProfile,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    if not_after <= now {
+        return Err(format!("the leaf expired at {not_after}"));
+    }
+    if not_before > now + VALIDITY_SLACK {
+        return Err(format!("the leaf is not valid before {not_before}"));
+    }
+    let window = not_after - not_before;
+    if window > leaf.ceiling() {
+        return Err(format!(
+            "the leaf is valid for {}s ({not_before} to {not_after}), beyond the longest lifetime meshca hands out here ({}s)",
+            window.whole_seconds(),
+            leaf.ceiling().as_secs()
+        ));
+    }
+    if window < leaf.floor() {
+        return Err(format!(
+            "the leaf is valid for {}s ({not_before} to {not_after}), shorter than the {}s this certificate must last",
+            window.whole_seconds(),
+            leaf.floor().as_secs()
+        ));
+    }
+    Ok(())
 }
 
 fn check_names(cert: &X509Certificate<'_>, leaf: &LeafProfile) -> Result<(), String> {
@@ -359,8 +383,9 @@ mod tests {
         ];
         p.is_ca = IsCa::ExplicitNoCa;
         let now = OffsetDateTime::now_utc();
+        // A one-hour window, backdated one minute.
         p.not_before = now - Duration::from_secs(60);
-        p.not_after = now + Duration::from_secs(3600);
+        p.not_after = now + Duration::from_secs(3540);
         edit(&mut p);
         p.signed_by(key, &ca.issuer).expect("sign").der().clone()
     }
@@ -509,6 +534,41 @@ mod tests {
             let e = refusal(&ca, &ca, &key, &key, SignatureCheck::Full, edit);
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn the_whole_window_counts_against_the_bounds_backdate_included() {
+        let ca = ca("root");
+        let key = KeyPair::generate().expect("key");
+        let csr = csr(&key);
+        let now = OffsetDateTime::now_utc();
+        let profile = LeafProfile::workload(identity(), Duration::from_secs(3600))
+            .with_floor(Duration::from_secs(1800));
+        let window = |backdate: u64, lifetime: u64| {
+            let chain = vec![leaf(&ca, &key, move |p| {
+                p.not_before = now - Duration::from_secs(backdate);
+                p.not_after = p.not_before + Duration::from_secs(lifetime);
+            })];
+            check(
+                chain,
+                &csr,
+                &profile,
+                std::slice::from_ref(&ca.cert),
+                now,
+                SignatureCheck::Full,
+                ProviderKind::Tresor,
+            )
+        };
+        assert!(window(60, 3600).is_ok(), "exactly the ceiling");
+        assert!(window(60, 1800).is_ok(), "exactly the floor");
+        let e = window(60, 3601).expect_err("one second over");
+        assert!(e.contains("3601s") && e.contains("3600s"), "{e}");
+        // NotAfter is within the hour from now, but a 30 s backdate on top
+        // of a full hour makes the window too long all the same.
+        let e = window(30, 3630).expect_err("backdate on top");
+        assert!(e.contains("beyond"), "{e}");
+        let e = window(60, 1799).expect_err("under the floor");
+        assert!(e.contains("shorter than the 1800s"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,18 @@ use crate::Identity;
 
 /// How far a leaf's NotBefore is set in the past, so that a peer whose clock
 /// is slightly behind does not reject a certificate issued a moment ago.
+/// The backdate counts inside the leaf's lifetime: NotAfter moves earlier
+/// by as much.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// The backdate for a leaf of `lifetime`: [`CLOCK_SKEW_ALLOWANCE`], or a
+/// tenth of a lifetime under ten minutes, so that a leaf of a few seconds
+/// is not over before it reaches its holder. Whole seconds, as X.509
+/// times are: a fraction would be cut from NotBefore and NotAfter alike
+/// and could end a one-second leaf before it is issued.
+pub fn backdate_for(lifetime: Duration) -> Duration {
+    Duration::from_secs((lifetime / 10).as_secs()).min(CLOCK_SKEW_ALLOWANCE)
+}
 
 /// A name, beyond the identity's own, that only the daemon's serving
 /// certificate carries: the host names and addresses clients dial.
@@ -45,28 +56,39 @@ impl ServerName {
 /// called: for whom, for how long, and (for the daemon only) which extra
 /// server names.
 ///
+/// Lifetimes are validity windows, NotAfter − NotBefore, because that is
+/// what relying parties bound: kube-apiserver refuses a pod certificate
+/// whose window exceeds `maxExpirationSeconds`, whatever the signer's
+/// backdate. A provider that backdates NotBefore (for clock skew) takes the
+/// backdate out of the lifetime it asks its backend for.
+///
 /// Providers turn it into their own request shape; the [`Checked`] wrapper
-/// then holds what they return to it.
+/// then holds what they return to it, window included.
 ///
 /// [`Checked`]: crate::Checked
 #[derive(Clone, Debug)]
 pub struct LeafProfile {
     identity: Identity,
-    ttl: Duration,
-    /// The longest lifetime meshca hands out; a backend may return a leaf
-    /// longer than requested (cert-manager issuers round up) up to this.
+    lifetime: Duration,
+    /// The shortest window accepted: a backend may cap the lifetime (a
+    /// Vault role's `max_ttl`), but not below what the caller needs.
+    floor: Duration,
+    /// The longest window accepted; a backend may return a leaf longer
+    /// than requested (cert-manager issuers round up) up to this.
     ceiling: Duration,
     extra_names: Vec<ServerName>,
 }
 
 impl LeafProfile {
-    /// A workload leaf for `identity`, valid for `ttl` (already clamped to
-    /// the configured bounds by the caller).
-    pub fn workload(identity: Identity, ttl: Duration) -> Self {
+    /// A workload leaf for `identity` whose validity window is `lifetime`
+    /// (already clamped to the configured bounds by the caller). Shorter
+    /// leaves are accepted, longer ones are not.
+    pub fn workload(identity: Identity, lifetime: Duration) -> Self {
         Self {
             identity,
-            ttl,
-            ceiling: ttl,
+            lifetime,
+            floor: Duration::ZERO,
+            ceiling: lifetime,
             extra_names: Vec::new(),
         }
     }
@@ -75,23 +97,34 @@ impl LeafProfile {
     /// the configured `certificates.max_ttl`.
     #[must_use]
     pub fn with_ceiling(mut self, ceiling: Duration) -> Self {
-        self.ceiling = ceiling.max(self.ttl);
+        self.ceiling = ceiling.max(self.lifetime);
         self
     }
 
-    /// The longest lifetime a returned leaf may have.
+    /// Refuse a leaf shorter than `floor` (never above the requested
+    /// lifetime): the hour kube-apiserver requires of pod certificates.
+    #[must_use]
+    pub fn with_floor(mut self, floor: Duration) -> Self {
+        self.floor = floor.min(self.lifetime);
+        self
+    }
+
+    /// The longest validity window a returned leaf may have.
     pub fn ceiling(&self) -> Duration {
         self.ceiling
     }
 
+    /// The shortest validity window a returned leaf may have.
+    pub fn floor(&self) -> Duration {
+        self.floor
+    }
+
     /// The daemon's own serving leaf: its identity plus the names clients
     /// dial it by.
-    pub fn server(identity: Identity, ttl: Duration, names: Vec<ServerName>) -> Self {
+    pub fn server(identity: Identity, lifetime: Duration, names: Vec<ServerName>) -> Self {
         Self {
-            identity,
-            ttl,
-            ceiling: ttl,
             extra_names: names,
+            ..Self::workload(identity, lifetime)
         }
     }
 
@@ -100,10 +133,12 @@ impl LeafProfile {
         &self.identity
     }
 
-    /// Requested lifetime from now. Providers may return less (a Vault role's
-    /// `max_ttl`); the real expiry is always read from the certificate.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+    /// The requested validity window, NotAfter − NotBefore, backdate
+    /// included. Providers may return less (a Vault role's `max_ttl`), down
+    /// to [`LeafProfile::floor`]; the real validity is always read from the
+    /// certificate.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 
     /// Extra server names (empty for workloads).

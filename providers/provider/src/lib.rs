@@ -26,5 +26,5 @@ pub use checked::{Checked, Issued};
 pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};
 pub use error::ProviderError;
 pub use identity::{uri_names, Identity, IdentityError, TrustDomain};
-pub use leaf::{LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
+pub use leaf::{backdate_for, LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
 pub use provider::{Health, Provider, ProviderKind, SignatureCheck, SignedChain};

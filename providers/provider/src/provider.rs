@@ -72,8 +72,10 @@ pub trait Provider: Send + Sync + 'static {
     /// Which backend this is.
     fn kind(&self) -> ProviderKind;
 
-    /// Sign `csr` for `leaf.identity()` for `leaf.ttl()`. The caller has
-    /// already authenticated the identity and checked the CSR.
+    /// Sign `csr` for `leaf.identity()`, valid for `leaf.lifetime()` from
+    /// NotBefore to NotAfter: a backend that backdates NotBefore is asked
+    /// for that much less. The caller has already authenticated the
+    /// identity and checked the CSR.
     ///
     /// # Errors
     /// [`ProviderError`], with retryability stated by the variant.

@@ -1,4 +1,4 @@
-use meshca_provider::{KeyAlgorithm, LeafProfile, ValidatedCsr, CLOCK_SKEW_ALLOWANCE};
+use meshca_provider::{backdate_for, KeyAlgorithm, LeafProfile, ValidatedCsr};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
     PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
@@ -76,9 +76,9 @@ pub(crate) fn sign(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - CLOCK_SKEW_ALLOWANCE;
-    params.not_after = (now + profile.ttl()).min(ca.not_after());
+    // The backdate counts inside the lifetime (`LeafProfile::lifetime`).
+    params.not_before = OffsetDateTime::now_utc() - backdate_for(profile.lifetime());
+    params.not_after = (params.not_before + profile.lifetime()).min(ca.not_after());
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
 

@@ -76,10 +76,12 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Connect: build the HTTP client, log in, and read the trust anchors,
-    /// so that a misconfiguration is reported at start, not at the first
-    /// CSR. Returns the provider and the task that keeps its token fresh
-    /// until `shutdown`.
+    /// Connect: build the HTTP client, log in, read the role and the trust
+    /// anchors, so that a misconfiguration is reported at start, not at
+    /// the first CSR. When the role does not say how far Vault backdates
+    /// NotBefore, `probe` (a throwaway request for the daemon's own
+    /// identity) is signed once to measure it. Returns the provider and
+    /// the task that keeps its token fresh until `shutdown`.
     ///
     /// # Errors
     /// [`ProviderError::Misconfigured`] for local problems (files, address,
@@ -87,6 +89,7 @@ impl Vault {
     /// cannot be reached.
     pub async fn connect(
         config: VaultConfig,
+        probe: (ValidatedCsr, LeafProfile),
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
         let inner = Arc::new(client::Client::new(&config)?);
@@ -96,6 +99,9 @@ impl Vault {
         pki.refresh_anchors()
             .await
             .map_err(VaultError::into_provider)?;
+        if pki.backdate().is_none() {
+            pki.measure_backdate(&probe.0, &probe.1).await;
+        }
         let maintenance = {
             let inner = inner.clone();
             async move { inner.maintain_token(shutdown).await }
@@ -128,11 +134,8 @@ impl Provider for Vault {
             .sign(csr, leaf)
             .await
             .map_err(VaultError::into_provider)?;
-        if !names_the_identity(&chain, leaf) {
-            return Err(ProviderError::InvalidResponse(format!(
-                "Vault signed without the SPIFFE ID {} meshca asked for: the role ignores the requested names (use_csr_sans=true?); set use_csr_sans=false on the role",
-                leaf.identity().spiffe_id()
-            )));
+        if let Some(problem) = self.leaf_problem(&chain, leaf) {
+            return Err(problem);
         }
         Ok(chain)
     }
@@ -153,16 +156,18 @@ impl Provider for Vault {
     }
 }
 
-/// Whether the leaf of `chain` carries the identity's SPIFFE ID: Vault's
-/// own way of failing when a role ignores the names meshca passes.
-fn names_the_identity(chain: &SignedChain, leaf: &LeafProfile) -> bool {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let Some(der) = chain.0.first() else {
-        return false;
-    };
-    let want = leaf.identity().spiffe_id();
-    X509Certificate::from_der(der.as_ref()).is_ok_and(|(_, c)| {
-        c.subject_alternative_name()
+impl Vault {
+    /// What Vault's way of signing put wrong in the leaf, said in Vault's
+    /// terms (the gate would refuse it too, less helpfully): a role that
+    /// ignores the names meshca passes, or a backdate meshca could not
+    /// read that stretches the window past what the caller accepts.
+    fn leaf_problem(&self, chain: &SignedChain, leaf: &LeafProfile) -> Option<ProviderError> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let der = chain.0.first()?;
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+        let want = leaf.identity().spiffe_id();
+        let names_identity = cert
+            .subject_alternative_name()
             .ok()
             .flatten()
             .is_some_and(|san| {
@@ -170,6 +175,21 @@ fn names_the_identity(chain: &SignedChain, leaf: &LeafProfile) -> bool {
                     .general_names
                     .iter()
                     .any(|n| matches!(n, GeneralName::URI(u) if *u == want))
-            })
-    })
+            });
+        if !names_identity {
+            return Some(ProviderError::InvalidResponse(format!(
+                "Vault signed without the SPIFFE ID {want} meshca asked for: the role ignores the requested names (use_csr_sans=true?); set use_csr_sans=false on the role"
+            )));
+        }
+        let validity = cert.validity();
+        let window = validity.not_after.timestamp() - validity.not_before.timestamp();
+        let ceiling = i64::try_from(leaf.ceiling().as_secs()).unwrap_or(i64::MAX);
+        let backdate_unknown = self.pki.backdate().is_none();
+        if backdate_unknown && window > ceiling {
+            return Some(ProviderError::Misconfigured(format!(
+                "Vault's leaf is valid for {window}s from NotBefore to NotAfter, over the {ceiling}s allowed: Vault backdates NotBefore by the role's not_before_duration, which meshca could neither read nor measure; grant meshca's policy read on the role so that it asks for a TTL that fits"
+            )));
+        }
+        None
+    }
 }

@@ -19,6 +19,29 @@ pub(crate) struct RoleSettings {
     pub use_csr_sans: bool,
     /// Leaves carry basicConstraints CA:FALSE (SPIFFE clients need it).
     pub basic_constraints: bool,
+    /// How far Vault backdates NotBefore (`not_before_duration`); `None`
+    /// when the role does not say.
+    pub backdate: Option<Duration>,
+}
+
+/// The TTL to ask Vault for so that the leaf's window, NotAfter −
+/// NotBefore, is `lifetime`: Vault sets NotBefore `backdate` before now and
+/// NotAfter `ttl` after it. An unknown backdate is not guessed: the whole
+/// lifetime is asked for and the window is checked on what comes back.
+///
+/// # Errors
+/// When the backdate leaves nothing of the lifetime (asking Vault for a
+/// zero TTL would get the role's default instead).
+pub(crate) fn ttl_for(lifetime: Duration, backdate: Option<Duration>) -> Result<Duration, String> {
+    match backdate {
+        None => Ok(lifetime),
+        Some(b) if b < lifetime => Ok(lifetime - b),
+        Some(b) => Err(format!(
+            "the Vault role backdates NotBefore by {}s (not_before_duration), which leaves nothing of a {}s lifetime",
+            b.as_secs(),
+            lifetime.as_secs()
+        )),
+    }
 }
 
 /// The PKI engine at one mount, signing with one role.
@@ -29,6 +52,9 @@ pub(crate) struct Pki {
     /// The role as read at start; `None` when meshca's policy cannot read
     /// it.
     pub(crate) settings: Option<RoleSettings>,
+    /// Vault's backdate as measured on a probe at start, when the role
+    /// does not state it.
+    measured_backdate: Option<Duration>,
     refresh: Duration,
     anchors: RwLock<Option<(Instant, Vec<CertificateDer<'static>>)>>,
 }
@@ -54,6 +80,7 @@ impl Pki {
             mount: config.mount.trim_matches('/').to_owned(),
             role: config.role.clone(),
             settings: None,
+            measured_backdate: None,
             refresh: config.anchors_refresh,
             anchors: RwLock::new(None),
         }
@@ -74,11 +101,18 @@ impl Pki {
                 .pointer("/data/basic_constraints_valid_for_non_ca")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            backdate: v
+                .pointer("/data/not_before_duration")
+                .and_then(Value::as_u64)
+                .map(Duration::from_secs),
         });
         match settings {
             Ok(s) => {
                 if s.use_csr_sans {
                     tracing::warn!(role = %path, "the Vault role has use_csr_sans=true: Vault signs only the names a CSR carries, so CSRs that do not name their identity are refused; set use_csr_sans=false on the role to let meshca name them");
+                }
+                if s.backdate.is_none() {
+                    tracing::warn!(role = %path, "the Vault role does not state not_before_duration: leaves are asked for their whole lifetime and refused if Vault's backdate makes them longer");
                 }
                 if !s.basic_constraints {
                     tracing::warn!(role = %path, "the Vault role has basic_constraints_valid_for_non_ca=false: its leaves lack basicConstraints, which SPIFFE clients reject; set it to true");
@@ -91,6 +125,44 @@ impl Pki {
         }
     }
 
+    /// How far Vault backdates NotBefore: as the role states it, else as
+    /// measured at start; `None` when neither is known.
+    pub(crate) fn backdate(&self) -> Option<Duration> {
+        self.settings
+            .and_then(|s| s.backdate)
+            .or(self.measured_backdate)
+    }
+
+    /// Measure the backdate on one throwaway signature: the time after
+    /// Vault answered less the leaf's NotBefore, rounded up. That is never
+    /// less than the real backdate, so leaves asked for with it never run
+    /// past their window (they end a second or two early instead).
+    pub(crate) async fn measure_backdate(&mut self, csr: &ValidatedCsr, leaf: &LeafProfile) {
+        let measured = match self.sign(csr, leaf).await {
+            Ok(SignedChain(chain)) => chain.first().and_then(|der| {
+                let (_, cert) = X509Certificate::from_der(der).ok()?;
+                let answered = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| i64::try_from(d.as_secs()).ok())?
+                    + 1;
+                let backdate = answered - cert.validity().not_before.timestamp();
+                u64::try_from(backdate).ok().map(Duration::from_secs)
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to sign a probe certificate to measure Vault's backdate");
+                None
+            }
+        };
+        if let Some(b) = measured {
+            tracing::info!(
+                backdate_seconds = b.as_secs(),
+                "measured how far Vault backdates NotBefore, which the role does not state"
+            );
+        }
+        self.measured_backdate = measured;
+    }
+
     /// `POST <mount>/sign/<role>` with the CSR and the identity's names.
     pub(crate) async fn sign(
         &self,
@@ -100,6 +172,7 @@ impl Pki {
         let mut csr_pem = String::new();
         meshca_provider::pem::encode_block("CERTIFICATE REQUEST", csr.der(), &mut csr_pem);
         let identity = leaf.identity();
+        let ttl = ttl_for(leaf.lifetime(), self.backdate()).map_err(VaultError::Config)?;
         let ips: Vec<String> = leaf
             .ip_addresses()
             .iter()
@@ -111,7 +184,7 @@ impl Pki {
             "alt_names": leaf.dns_names().join(","),
             "uri_sans": identity.spiffe_id(),
             "ip_sans": ips.join(","),
-            "ttl": format!("{}s", leaf.ttl().as_secs()),
+            "ttl": format!("{}s", ttl.as_secs()),
             "format": "pem",
         });
         let bytes = self
@@ -257,5 +330,23 @@ impl Pki {
         }
         *self.anchors.write().await = Some((Instant::now(), anchors.clone()));
         Ok(anchors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ttl_leaves_room_for_vaults_backdate_and_an_unknown_one_is_not_guessed() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            ttl_for(hour, Some(Duration::from_secs(30))),
+            Ok(Duration::from_secs(3570))
+        );
+        assert_eq!(ttl_for(hour, Some(Duration::ZERO)), Ok(hour));
+        assert_eq!(ttl_for(hour, None), Ok(hour));
+        let e = ttl_for(hour, Some(hour)).expect_err("nothing left");
+        assert!(e.contains("not_before_duration"), "{e}");
     }
 }

@@ -35,34 +35,146 @@ fn pcr(edit: impl FnOnce(&mut PodCertificateRequest)) -> PodCertificateRequest {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn lifetimes(max_ttl: Duration) -> Lifetimes {
+    Lifetimes {
+        default_ttl: max_ttl.min(DAY),
+        min_ttl: Duration::from_secs(600),
+        max_ttl,
+    }
+}
 
 #[test]
 fn the_identity_comes_from_the_namespace_and_service_account() {
-    let next = decide(&pcr(|_| {}), &signer(), &td(), ProviderKind::Tresor, DAY);
-    let Next::Sign { identity, ttl } = next else {
+    let next = decide(
+        &pcr(|_| {}),
+        &signer(),
+        &td(),
+        ProviderKind::Tresor,
+        &lifetimes(DAY),
+    );
+    let Next::Sign { identity, bounds } = next else {
         panic!("{next:?}")
     };
     assert_eq!(
         identity.spiffe_id(),
         "spiffe://cluster.local/ns/shop/sa/web"
     );
-    assert_eq!(ttl, DAY);
+    assert_eq!(bounds.lifetime, DAY);
 }
 
 #[test]
-fn the_lifetime_is_bounded_by_the_request_and_max_ttl_and_at_least_an_hour() {
-    let hour = Duration::from_secs(3600);
-    assert_eq!(lifetime(Some(7200), DAY), Duration::from_secs(7200));
-    assert_eq!(lifetime(Some(7_862_400), DAY), DAY, "max_ttl caps");
-    assert_eq!(lifetime(None, 2 * DAY), DAY, "the API server's default");
-    assert_eq!(lifetime(Some(60), DAY), hour, "never under an hour");
+fn the_window_is_bounded_by_the_request_and_max_ttl_and_at_least_an_hour() {
+    let b = |max_exp, max_ttl| {
+        let b = bounds(max_exp, &lifetimes(max_ttl));
+        (b.lifetime, b.floor, b.ceiling)
+    };
+    let two_hours = Duration::from_secs(7200);
+    assert_eq!(b(Some(7200), DAY), (two_hours, HOUR, two_hours));
+    assert_eq!(b(Some(7_862_400), DAY), (DAY, HOUR, DAY), "max_ttl caps");
+    assert_eq!(
+        b(None, 2 * DAY),
+        (DAY, HOUR, DAY),
+        "the API server's default"
+    );
+    assert_eq!(b(Some(3600), DAY), (HOUR, HOUR, HOUR));
+    assert_eq!(b(Some(60), DAY), (HOUR, HOUR, HOUR), "never under an hour");
+}
+
+#[test]
+fn kubelet_is_told_to_refresh_ten_minutes_inside_either_end() {
+    let nb = OffsetDateTime::from_unix_timestamp(1_000_000).expect("time");
+    let now = nb + Duration::from_secs(60);
+    for lifetime in [HOUR, 2 * HOUR, DAY, 91 * DAY] {
+        let na = nb + lifetime;
+        let at = begin_refresh_at(nb, na, now);
+        assert!(at >= nb + Duration::from_secs(600), "{lifetime:?}");
+        assert!(at <= na - Duration::from_secs(600), "{lifetime:?}");
+    }
+    // Issued long after NotBefore (a slow backend and a long backdate):
+    // two thirds of what remains would fall in the last ten minutes.
+    let late = nb + Duration::from_secs(3300);
+    assert_eq!(
+        begin_refresh_at(nb, nb + HOUR, late),
+        nb + HOUR - Duration::from_secs(600)
+    );
+}
+
+fn issued(nb: OffsetDateTime, na: OffsetDateTime, chain_pem: String) -> Answer {
+    Answer::Issued {
+        chain_pem,
+        not_before: nb,
+        not_after: na,
+        begin_refresh_at: begin_refresh_at(nb, na, nb),
+    }
+}
+
+#[test]
+fn an_answer_the_api_server_would_refuse_is_recognised_before_it_is_written() {
+    let now = OffsetDateTime::from_unix_timestamp(1_000_000).expect("time");
+    let nb = now - Duration::from_secs(60);
+    let ok = issued(nb, nb + DAY, "PEM".into());
+    assert_eq!(acceptable(&ok, Some(86_400), now), Ok(()));
+    assert_eq!(acceptable(&ok, None, now), Ok(()), "the default is a day");
+    for (answer, max_exp, needle) in [
+        (
+            issued(nb, nb + DAY + Duration::from_secs(60), "PEM".into()),
+            Some(86_400),
+            "maxExpirationSeconds",
+        ),
+        (
+            issued(nb, nb + DAY, "PEM".into()),
+            Some(7200),
+            "maxExpirationSeconds",
+        ),
+        (
+            issued(nb, nb + HOUR - Duration::from_secs(1), "PEM".into()),
+            Some(86_400),
+            "3600s",
+        ),
+        (
+            issued(now - Duration::from_secs(301), now + HOUR, "PEM".into()),
+            Some(86_400),
+            "NotBefore",
+        ),
+        (
+            issued(nb, nb + DAY, "x".repeat(100 * 1024 + 1)),
+            Some(86_400),
+            "bytes",
+        ),
+    ] {
+        let e = acceptable(&answer, max_exp, now).expect_err(needle);
+        assert!(e.contains(needle), "{e}");
+    }
+    let Answer::Issued {
+        not_before,
+        not_after,
+        ..
+    } = ok
+    else {
+        unreachable!()
+    };
+    let early = Answer::Issued {
+        chain_pem: "PEM".into(),
+        not_before,
+        not_after,
+        begin_refresh_at: not_before + Duration::from_secs(599),
+    };
+    assert!(acceptable(&early, None, now).is_err());
 }
 
 #[test]
 fn other_signers_and_answered_requests_are_skipped() {
     let other = pcr(|p| p.spec.signer_name = "example.com/other".into());
     assert_eq!(
-        decide(&other, &signer(), &td(), ProviderKind::Tresor, DAY),
+        decide(
+            &other,
+            &signer(),
+            &td(),
+            ProviderKind::Tresor,
+            &lifetimes(DAY)
+        ),
         Next::Skip
     );
     let issued = pcr(|p| {
@@ -77,7 +189,13 @@ fn other_signers_and_answered_requests_are_skipped() {
     });
     assert!(is_answered(&issued));
     assert_eq!(
-        decide(&issued, &signer(), &td(), ProviderKind::Tresor, DAY),
+        decide(
+            &issued,
+            &signer(),
+            &td(),
+            ProviderKind::Tresor,
+            &lifetimes(DAY)
+        ),
         Next::Skip
     );
 }
@@ -90,7 +208,13 @@ fn unknown_annotations_are_denied_by_name() {
             "admin".into(),
         )]));
     });
-    let next = decide(&annotated, &signer(), &td(), ProviderKind::Tresor, DAY);
+    let next = decide(
+        &annotated,
+        &signer(),
+        &td(),
+        ProviderKind::Tresor,
+        &lifetimes(DAY),
+    );
     assert!(
         matches!(&next, Next::Answer(Answer::Denied { reason: "UnsupportedAnnotation", message }) if message.contains("example.com/role")),
         "{next:?}"
@@ -104,7 +228,7 @@ fn cert_manager_fails_with_the_reason() {
         &signer(),
         &td(),
         ProviderKind::CertManager,
-        DAY,
+        &lifetimes(DAY),
     );
     assert!(
         matches!(&next, Next::Answer(Answer::Failed { message, .. }) if message.contains("stub CSR carries none")),
@@ -112,16 +236,20 @@ fn cert_manager_fails_with_the_reason() {
     );
 }
 
+fn signing(result: Result<IssuedCertificate, IssueError>) -> Result<Answer, Option<Duration>> {
+    after_signing(result, Some(86_400), OffsetDateTime::now_utc())
+}
+
 #[test]
 fn signing_errors_become_final_answers_or_retries() {
-    let unsupported = after_signing(Err(IssueError::Csr(CsrError::UnsupportedKey(
+    let unsupported = signing(Err(IssueError::Csr(CsrError::UnsupportedKey(
         "ECDSA P-521".into(),
     ))));
     assert!(
         matches!(&unsupported, Ok(Answer::Denied { reason: "UnsupportedKeyType", message }) if message.contains("ECDSAP256")),
         "{unsupported:?}"
     );
-    let malformed = after_signing(Err(IssueError::Csr(CsrError::Malformed("junk".into()))));
+    let malformed = signing(Err(IssueError::Csr(CsrError::Malformed("junk".into()))));
     assert!(matches!(
         malformed,
         Ok(Answer::Failed {
@@ -129,7 +257,7 @@ fn signing_errors_become_final_answers_or_retries() {
             ..
         })
     ));
-    let down = after_signing(Err(IssueError::Provider(
+    let down = signing(Err(IssueError::Provider(
         meshca_provider::ProviderError::Unavailable {
             message: "sealed".into(),
             retry_after: Duration::from_secs(7),
@@ -140,7 +268,7 @@ fn signing_errors_become_final_answers_or_retries() {
         Err(Some(Duration::from_secs(7))),
         "a transient failure is never final"
     );
-    let refused = after_signing(Err(IssueError::Provider(
+    let refused = signing(Err(IssueError::Provider(
         meshca_provider::ProviderError::Rejected {
             reason: "Failed".into(),
             message: "no such role".into(),
@@ -153,10 +281,7 @@ fn signing_errors_become_final_answers_or_retries() {
             ..
         })
     ));
-    assert_eq!(
-        after_signing(Err(IssueError::DenyList("io".into()))),
-        Err(None)
-    );
+    assert_eq!(signing(Err(IssueError::DenyList("io".into()))), Err(None));
 }
 
 #[test]
