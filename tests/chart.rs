@@ -13,7 +13,9 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 fn helm_template(values: &[&str]) -> String {
@@ -58,6 +60,8 @@ fn is_optional_rbac(doc: &Value) -> bool {
 }
 
 fn check_objects(docs: &[Value]) -> meshca::Config {
+    support::schemas::validate(docs)
+        .unwrap_or_else(|report| panic!("the chart renders objects Kubernetes refuses:\n{report}"));
     let mut kinds: Vec<&str> = docs
         .iter()
         .filter(|d| !is_optional_rbac(d))
@@ -71,6 +75,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
             "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
+            "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",
@@ -101,6 +106,26 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                 };
                 assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
                 assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+                let spread = pod.topology_spread_constraints.expect("spread");
+                let keys: Vec<&str> = spread.iter().map(|t| t.topology_key.as_str()).collect();
+                assert_eq!(
+                    keys,
+                    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+                );
+                let selector = spread[0].label_selector.clone().expect("selector");
+                assert_eq!(
+                    selector.match_labels, spec.selector.match_labels,
+                    "spreads meshca's own pods"
+                );
+            }
+            "PodDisruptionBudget" => {
+                let pdb: PodDisruptionBudget = typed(doc);
+                let spec = pdb.spec.expect("spec");
+                assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+                assert!(
+                    spec.min_available.is_none(),
+                    "one replica never blocks a drain"
+                );
             }
             "Service" => drop(typed::<Service>(doc)),
             "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),

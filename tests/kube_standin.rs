@@ -21,11 +21,7 @@ use serde_json::json;
 use support::kube::{KubeStandIn, Options};
 
 async fn client(kube: &KubeStandIn) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kube.kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
+    kube.client().await
 }
 
 fn secret(name: &str, value: &str) -> Secret {

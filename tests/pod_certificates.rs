@@ -21,15 +21,25 @@ const GROUP: &str = "certificates.k8s.io";
 const PCRS: &str = "podcertificaterequests";
 
 fn yaml(kube: &KubeStandIn, extra: &str) -> String {
+    yaml_with(kube, "48h", extra)
+}
+
+fn yaml_with(kube: &KubeStandIn, max_ttl: &str, extra: &str) -> String {
     format!(
-        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nbundle: {{ refresh_interval: 1s }}\npod_certificates: {{ enabled: true }}\ncertificates: {{ max_ttl: 48h }}\n{extra}",
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nbundle: {{ refresh_interval: 1s }}\npod_certificates: {{ enabled: true }}\ncertificates: {{ default_ttl: 1h, max_ttl: {max_ttl} }}\n{extra}",
         kube.kubeconfig().display()
     )
 }
 
-/// A PodCertificateRequest as kubelet creates it.
+/// A PodCertificateRequest as kubelet creates it, asking for a day.
 fn pcr(namespace: &str, name: &str, signer: &str, csr_der: &[u8]) -> Value {
-    json!({
+    pcr_for(namespace, name, signer, csr_der, Some(86_400))
+}
+
+/// A PodCertificateRequest asking for `max` seconds (the API server's
+/// default when `None`).
+fn pcr_for(namespace: &str, name: &str, signer: &str, csr_der: &[u8], max: Option<i64>) -> Value {
+    let mut pcr = json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "PodCertificateRequest",
         "metadata": { "namespace": namespace, "name": name },
@@ -41,10 +51,13 @@ fn pcr(namespace: &str, name: &str, signer: &str, csr_der: &[u8]) -> Value {
             "serviceAccountUID": "uid-web",
             "nodeName": "node-1",
             "nodeUID": "uid-node-1",
-            "maxExpirationSeconds": 86_400,
             "stubPKCS10Request": STANDARD.encode(csr_der),
         }
-    })
+    });
+    if let Some(m) = max {
+        pcr["spec"]["maxExpirationSeconds"] = json!(m);
+    }
+    pcr
 }
 
 fn create(kube: &KubeStandIn, namespace: &str, name: &str, key_type: &str) {
@@ -130,14 +143,14 @@ fn check_issued(object: &Value, csr_der: &[u8], bundle_pem: &str) {
     assert_eq!(rfc3339_seconds(&status["notBefore"]), not_before);
     assert_eq!(rfc3339_seconds(&status["notAfter"]), not_after);
     assert!(
-        not_after - not_before <= 86_400 + 60,
-        "within maxExpirationSeconds"
+        not_after - not_before <= 86_400,
+        "within maxExpirationSeconds, backdate included"
     );
     assert!(not_after - not_before >= 3600, "at least an hour");
     let refresh = rfc3339_seconds(&status["beginRefreshAt"]);
     assert!(
-        refresh > not_before + (not_after - not_before) / 2 && refresh < not_after,
-        "beginRefreshAt follows the agent's schedule: {refresh} in ({not_before}, {not_after})"
+        refresh > not_before + (not_after - not_before) / 2 && refresh <= not_after - 600,
+        "beginRefreshAt follows the agent's schedule, ten minutes before the end: {refresh} in ({not_before}, {not_after})"
     );
 }
 
@@ -210,9 +223,17 @@ async fn refusals_are_explicit_and_other_signers_are_left_alone() {
     let mut annotated = pcr("shop", "annotated", SIGNER, &csr);
     annotated["spec"]["unverifiedUserAnnotations"] = json!({ "example.com/role": "admin" });
     kube.put(GROUP, PCRS, annotated);
+    // The API server refuses a stub CSR that does not parse; one that
+    // parses and verifies but asks for a CA reaches meshca.
     let mut garbage = pcr("shop", "garbage", SIGNER, &csr);
     garbage["spec"]["stubPKCS10Request"] = json!(STANDARD.encode(b"not a certificate request"));
-    kube.put(GROUP, PCRS, garbage);
+    let (code, reason, _) = kube.try_put(GROUP, PCRS, garbage).expect_err("refused");
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    kube.put(
+        GROUP,
+        PCRS,
+        pcr("shop", "ca", SIGNER, &support::ca_stub_csr()),
+    );
     // Deleted right away, as when the pod goes before it is answered.
     create(&kube, "shop", "gone", "ECDSAP256");
     kube.delete(GROUP, PCRS, "shop", "gone");
@@ -224,7 +245,7 @@ async fn refusals_are_explicit_and_other_signers_are_left_alone() {
         ("Denied", "UnsupportedAnnotation")
     );
     assert!(message.contains("example.com/role"), "{message}");
-    let (kind, reason, message) = condition(&answer(&kube, "shop", "garbage").await);
+    let (kind, reason, message) = condition(&answer(&kube, "shop", "ca").await);
     assert_eq!(
         (kind.as_str(), reason.as_str()),
         ("Failed", "InvalidStubCSR"),
@@ -418,4 +439,148 @@ async fn vault_signs_pod_certificates() {
         kube.put(GROUP, PCRS, pcr("shop", &name, SIGNER, &csr));
         check_issued(&answer(&kube, "shop", &name).await, &csr, &bundle);
     }
+}
+
+/// The maxExpirationSeconds a pod may ask for: an hour, two, the API
+/// server's default (omitted: a day), and the most it allows (91 days).
+const ASKED: [Option<i64>; 4] = [Some(3600), Some(7200), None, Some(7_862_400)];
+
+/// Ask for each of [`ASKED`] with `certificates.max_ttl` at each of
+/// `max_ttls` (seconds): every answer is Issued (so the enforcing stand-in
+/// stored it), and its whole window, NotBefore to NotAfter, is the smaller
+/// of the two, give or take `slack` seconds less.
+async fn every_lifetime_fits(provider: &str, max_ttls: &[i64], slack: i64) {
+    for max_ttl in max_ttls {
+        let kube = KubeStandIn::start().await;
+        kube.create_namespace("shop");
+        let d = TestDaemon::start(&yaml_with(&kube, &format!("{max_ttl}s"), provider)).await;
+        let bundle = eventually("the ClusterTrustBundle", Duration::from_secs(10), || {
+            ctb_pem(&kube)
+        })
+        .await;
+        for (i, asked) in ASKED.iter().enumerate() {
+            let (csr, _) = support::kubelet_stub_csr("ECDSAP256");
+            let name = format!("web-{i}");
+            kube.put(GROUP, PCRS, pcr_for("shop", &name, SIGNER, &csr, *asked));
+            let object = answer(&kube, "shop", &name).await;
+            let (kind, reason, message) = condition(&object);
+            assert_eq!(
+                kind, "Issued",
+                "asked {asked:?}, max_ttl {max_ttl}: {reason}: {message}"
+            );
+            support::verify(
+                object["status"]["certificateChain"]
+                    .as_str()
+                    .expect("chain"),
+                &bundle,
+                webpki::KeyUsage::client_auth(),
+            )
+            .expect("chains to the bundle");
+            let window = rfc3339_seconds(&object["status"]["notAfter"])
+                - rfc3339_seconds(&object["status"]["notBefore"]);
+            let want = asked.unwrap_or(86_400).min(*max_ttl);
+            assert!(
+                window <= want && window >= want - slack,
+                "asked {asked:?}, max_ttl {max_ttl}: a {window}s window, want {want}s"
+            );
+        }
+        let metrics = d.metrics().await;
+        assert!(
+            !metrics.contains("meshca_kubernetes_writes_refused_total{"),
+            "nothing refused: {metrics}"
+        );
+    }
+}
+
+/// `certificates.max_ttl` below every request but the hour, between a day
+/// and 91 days, and above them all.
+const MAX_TTLS: [i64; 3] = [5400, 172_800, 8_640_000];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tresor_answers_every_lifetime_within_max_expiration_seconds_backdate_included() {
+    every_lifetime_fits("", &MAX_TTLS, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_answers_every_lifetime_within_max_expiration_seconds_backdate_included() {
+    let bao = support::openbao::OpenBao::dev().await;
+    // The role allows the longest; Vault backdates by its default 30 s.
+    bao.script("setup-pki.sh", &[("MAX_TTL", "2400h")]);
+    let token_file = bao.meshca_token_file();
+    let provider = bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), "");
+    every_lifetime_fits(&provider, &MAX_TTLS, 2).await;
+}
+
+/// The PUTs to one request's status so far.
+fn status_writes(kube: &KubeStandIn, name: &str) -> usize {
+    kube.requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("PUT") && r.ends_with(&format!("/podcertificaterequests/{name}/status"))
+        })
+        .count()
+}
+
+/// The API server's clock runs ten minutes ahead, so every Issued status
+/// meshca writes has a NotBefore "more than five minutes" off and is
+/// refused (422): meshca says so in a Failed answer, counts it, and never
+/// signs that request again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_api_server_refuses_becomes_failed_and_is_never_signed_again() {
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("shop");
+    kube.set_clock_offset(600);
+    let d = TestDaemon::start(&yaml(&kube, "")).await;
+    create(&kube, "shop", "web-1", "ECDSAP256");
+    let (kind, reason, message) = condition(&answer(&kube, "shop", "web-1").await);
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("Failed", "AnswerRefused")
+    );
+    assert!(
+        message.contains("422") && message.contains("within 5 minutes"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        status_writes(&kube, "web-1"),
+        2,
+        "the refused Issued, then Failed"
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(r#"meshca_kubernetes_writes_refused_total{resource="podcertificaterequests/status",code="422"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="failed"} 1"#));
+    assert!(
+        !metrics.contains(r#"frontend="pod_certificate",provider="tresor",result="success""#),
+        "{metrics}"
+    );
+}
+
+/// meshca may not write statuses at all (RBAC without
+/// `podcertificaterequests/status`): it tries the answer and a Failed one,
+/// then gives the request up instead of signing it again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_status_write_is_given_up_not_retried_in_a_loop() {
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("shop");
+    kube.forbid("PUT", "/status");
+    let d = TestDaemon::start(&yaml(&kube, "")).await;
+    create(&kube, "shop", "web-1", "ECDSAP256");
+    eventually("two attempts", Duration::from_secs(10), || {
+        (status_writes(&kube, "web-1") >= 2).then_some(())
+    })
+    .await;
+    // Leadership, the signer and the bundle change meanwhile; nothing
+    // brings the request back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status_writes(&kube, "web-1"), 2, "no retry loop");
+    assert!(answered(&kube, "shop", "web-1").is_none());
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(r#"meshca_kubernetes_writes_refused_total{resource="podcertificaterequests/status",code="403"} 2"#),
+        "{metrics}"
+    );
 }

@@ -112,10 +112,7 @@ impl BundleSink for ClusterTrustBundleSink {
             )
             .await
             .map(drop)
-            .map_err(|e| BundleError::Sink {
-                sink: self.name.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| BundleError::kube(&self.name, &e))
     }
 
     async fn holds(&self, bundle: &TrustBundle) -> bool {

@@ -76,6 +76,7 @@ impl BundleSink for FileSink {
         let fail = |message: String| BundleError::Sink {
             sink: format!("file {}", self.path.display()),
             message,
+            refusal: None,
         };
         tokio::task::spawn_blocking(move || write_atomically(&path, pem.as_bytes(), 0o644))
             .await

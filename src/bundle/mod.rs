@@ -54,7 +54,31 @@ pub enum BundleError {
         sink: String,
         /// What went wrong.
         message: String,
+        /// The API server's verdict on trying again, for a Kubernetes
+        /// sink it answered.
+        refusal: Option<crate::cluster::Refusal>,
     },
+}
+
+impl BundleError {
+    /// A Kubernetes sink's failure, with the API server's verdict.
+    pub fn kube(sink: &str, e: &kube::Error) -> Self {
+        Self::Sink {
+            sink: sink.to_owned(),
+            message: e.to_string(),
+            refusal: Some(crate::cluster::Refusal::of(e)),
+        }
+    }
+
+    /// How long before trying again, the `failures`th time in a row.
+    pub fn retry_delay(&self, failures: u32) -> std::time::Duration {
+        match self {
+            Self::Sink {
+                refusal: Some(r), ..
+            } => r.retry_delay(failures),
+            _ => crate::cluster::Refusal::Transient { retry_after: None }.retry_delay(failures),
+        }
+    }
 }
 
 /// An immutable, non-empty set of trust anchors and its PEM text.

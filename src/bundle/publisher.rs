@@ -7,9 +7,6 @@ use tokio_util::sync::CancellationToken;
 use super::{BundleReceiver, BundleSink, TrustBundle};
 use crate::metrics::{Metrics, PublishLabels, SinkLabels};
 
-const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
 /// A sink's name and, while it is failing, its last error.
 type SinkState = (String, Option<String>);
 
@@ -87,26 +84,28 @@ pub fn publisher(
     let task = async move {
         let mut current = bundles.borrow_and_update().clone();
         let mut pending: Vec<bool> = vec![true; sinks.len()];
-        let mut backoff = RETRY_MIN;
+        let mut failures = 0u32;
         loop {
-            let mut all_ok = true;
+            let mut retry: Option<Duration> = None;
             for (i, sink) in sinks.iter().enumerate() {
                 if !pending[i] {
                     continue;
                 }
-                let ok = publish_one(sink.as_ref(), &current, &metrics).await;
-                task_status.set(i, ok.clone().err());
-                pending[i] = ok.is_err();
-                all_ok &= ok.is_ok();
+                let result = publish_one(sink.as_ref(), &current, &metrics).await;
+                task_status.set(i, result.as_ref().err().map(ToString::to_string));
+                pending[i] = result.is_err();
+                if let Err(e) = result {
+                    let delay = e.retry_delay(failures + 1);
+                    retry = Some(retry.map_or(delay, |r| r.min(delay)));
+                }
             }
-            let wait = if all_ok {
-                backoff = RETRY_MIN;
-                resync
+            let all_ok = retry.is_none();
+            failures = if all_ok {
+                0
             } else {
-                let w = backoff;
-                backoff = (backoff * 2).min(RETRY_MAX);
-                w
+                failures.saturating_add(1)
             };
+            let wait = retry.unwrap_or(resync);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = bundles.changed() => {
@@ -115,7 +114,7 @@ pub fn publisher(
                     }
                     current = bundles.borrow_and_update().clone();
                     pending.iter_mut().for_each(|p| *p = true);
-                    backoff = RETRY_MIN;
+                    failures = 0;
                 }
                 () = resync_now.notified() => recheck(&sinks, &current, &mut pending, &task_status).await,
                 () = tokio::time::sleep(wait) => {
@@ -154,7 +153,7 @@ async fn publish_one(
     sink: &dyn BundleSink,
     bundle: &TrustBundle,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<(), super::BundleError> {
     let labels = |result| PublishLabels {
         sink: sink.name().to_owned(),
         result,
@@ -184,7 +183,7 @@ async fn publish_one(
                 .inc();
             up.set(0);
             tracing::warn!(sink = sink.name(), error = %e, "failed to publish the trust bundle; will retry");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

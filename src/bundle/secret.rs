@@ -74,6 +74,7 @@ impl SecretSink {
         BundleError::Sink {
             sink: self.name.clone(),
             message,
+            refusal: None,
         }
     }
 }
@@ -102,7 +103,7 @@ impl BundleSink for SecretSink {
                 .api
                 .get_opt(&self.secret.name)
                 .await
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(|e| BundleError::kube(&self.name, &e))?;
             let result = match current {
                 Some(s) if holds_pem(&s, pem) => return Ok(()),
                 Some(mut s) => {
@@ -141,7 +142,7 @@ impl BundleSink for SecretSink {
                 Err(e) if is_reason(&e, 409) => {
                     tracing::debug!(secret = %self.name, "conflict writing the bundle Secret; retrying");
                 }
-                Err(e) => return Err(self.fail(e.to_string())),
+                Err(e) => return Err(BundleError::kube(&self.name, &e)),
             }
         }
         Err(self.fail(format!("still conflicting after {ATTEMPTS} attempts")))

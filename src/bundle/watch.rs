@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
@@ -29,7 +29,9 @@ where
     let selector = format!("metadata.name={name}");
     let what = K::kind(&Default::default()).into_owned();
     async move {
-        let mut events = watcher(api, watcher::Config::default().fields(&selector)).boxed();
+        let mut events = watcher(api, watcher::Config::default().fields(&selector))
+            .default_backoff()
+            .boxed();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -41,8 +43,7 @@ where
                     Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => resync.notify_one(),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, kind = %what, "watch of a bundle object interrupted; resuming");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        tracing::warn!(error = %e, kind = %what, "watch of a bundle object failed; resuming with backoff");
                     }
                     None => return,
                 }

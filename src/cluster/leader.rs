@@ -16,7 +16,7 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{is_reason, MANAGED_BY};
+use super::{is_reason, Refusal, FINAL_RETRY, MANAGED_BY};
 
 /// The result of one election round.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +45,7 @@ pub fn elect(
         let every = duration / 3;
         let mut last_renewed: Option<Instant> = None;
         loop {
+            let mut next = every;
             match round(&api, &name, &identity, duration).await {
                 Ok(Round::Leading) => {
                     last_renewed = Some(Instant::now());
@@ -61,9 +62,17 @@ pub fn elect(
                     last_renewed = None;
                 }
                 Err(e) => {
-                    tracing::warn!(lease = %name, error = %e, "failed to renew the Lease");
+                    // Honour the server's Retry-After; a refusal repeating
+                    // cannot fix (RBAC) waits long, not a round.
+                    next = match Refusal::of(&e) {
+                        Refusal::Final { .. } => FINAL_RETRY,
+                        Refusal::Transient { retry_after } => {
+                            retry_after.unwrap_or(every).max(every)
+                        }
+                    };
+                    tracing::warn!(lease = %name, error = %e, retry_in = ?next, "failed to renew the Lease");
                     // Step down before the Lease can expire under us.
-                    if last_renewed.is_some_and(|t| t.elapsed() + every >= duration) {
+                    if last_renewed.is_some_and(|t| t.elapsed() + next >= duration) {
                         tracing::warn!(lease = %name, "stepping down: the Lease could not be renewed");
                         tx.send_replace(false);
                         last_renewed = None;
@@ -72,7 +81,7 @@ pub fn elect(
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(next) => {}
             }
         }
         // Hand over at once on a clean stop.

@@ -193,6 +193,33 @@ impl Refusal {
     }
 }
 
+/// After the first transient failure without a Retry-After.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between tries of a request that may pass.
+const RETRY_MOST: Duration = Duration::from_secs(60);
+/// The wait before trying again a request that cannot pass by itself: an
+/// operator must grant a permission or fix an object, which is not a
+/// loop's business; this only notices that someone did.
+pub const FINAL_RETRY: Duration = Duration::from_secs(300);
+
+impl Refusal {
+    /// How long to wait before the `failures`th retry in a row (1 after
+    /// the first failure): the server's Retry-After when it gave one, else
+    /// doubling from a second to a minute; [`FINAL_RETRY`] for a refusal
+    /// repeating cannot fix.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        match self {
+            Self::Final { .. } => FINAL_RETRY,
+            Self::Transient {
+                retry_after: Some(after),
+            } => *after,
+            Self::Transient { retry_after: None } => RETRY_FIRST
+                .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+                .min(RETRY_MOST),
+        }
+    }
+}
+
 /// The client errors that repeating cannot fix: every 4xx but 404 (the
 /// object may come back), 408 (timeout), 409 (conflict) and 429 (busy).
 fn is_final(code: u16) -> bool {
@@ -274,6 +301,25 @@ mod tests {
         assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
         assert_eq!(truncated("abcdefghij", 10), "abcdefghij");
         assert_eq!(truncated("abcdefghijk", 10), "abcdefg…");
+    }
+
+    #[test]
+    fn retries_double_to_a_minute_honour_retry_after_and_wait_long_on_final_refusals() {
+        let transient = Refusal::Transient { retry_after: None };
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| transient.retry_delay(n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(transient.retry_delay(u32::MAX), RETRY_MOST);
+        let busy = Refusal::Transient {
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(busy.retry_delay(1), Duration::from_secs(7));
+        let forbidden = Refusal::Final {
+            code: 403,
+            message: String::new(),
+        };
+        assert_eq!(forbidden.retry_delay(1), FINAL_RETRY);
     }
 
     #[test]

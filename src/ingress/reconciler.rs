@@ -32,7 +32,7 @@ use super::backends::{backend_service_account, is_monitored};
 use super::secrets::{self, SecretKey, Wanted, FIELD_MANAGER, PURPOSE};
 use super::{BackendProtocol, IngressConfig};
 use crate::bundle::BundleReceiver;
-use crate::cluster::{Cluster, KubeError, MANAGED_BY};
+use crate::cluster::{Cluster, KubeError, Refusal, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
@@ -41,8 +41,6 @@ use crate::watched::changes;
 /// Requeue period of an Ingress with nothing due sooner, so that a
 /// namespace's label change is seen.
 const RESYNC: Duration = Duration::from_secs(30);
-/// After a failed reconcile of one Ingress.
-const RETRY: Duration = Duration::from_secs(5);
 /// How often Secrets no Ingress needs are looked for (in memory).
 const SWEEP: Duration = Duration::from_secs(2);
 
@@ -73,6 +71,8 @@ struct Context {
     recorder: Recorder,
     /// The Secrets each Ingress needs, as its last reconcile found.
     needs: Mutex<HashMap<ObjectRef<DynamicObject>, BTreeSet<SecretKey>>>,
+    /// Failed reconciles in a row, per Ingress: the retry backs off.
+    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
 }
 
 impl Context {
@@ -135,6 +135,7 @@ pub fn reconciler(
         leader: cluster.leader.clone(),
         recorder,
         needs: Mutex::default(),
+        failures: Mutex::default(),
     });
     let ours =
         watcher::Config::default().labels(&format!("{}={},{PURPOSE}", MANAGED_BY.0, MANAGED_BY.1));
@@ -142,7 +143,7 @@ pub fn reconciler(
     let (secrets_store, writer) = reflector::store();
     let secrets_reflector = reflector::reflector(
         writer,
-        watcher(Api::<Secret>::all(client.clone()), ours.clone()),
+        watcher(Api::<Secret>::all(client.clone()), ours.clone()).default_backoff(),
     )
     .applied_objects()
     .for_each(|_| std::future::ready(()));
@@ -185,11 +186,22 @@ async fn reconcile(
     object: Arc<DynamicObject>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
+    let result = reconcile_one(&object, &ctx).await;
+    if result.is_ok() {
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.remove(&reference);
+        }
+    }
+    result
+}
+
+async fn reconcile_one(object: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
     let Some(config) = ctx.acting() else {
         return Ok(Action::await_change());
     };
-    let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
-    let value = serde_json::to_value(&*object).map_err(|e| KubeError::Invalid(e.to_string()))?;
+    let reference = ObjectRef::from_obj_with(object, ctx.resource.clone());
+    let value = serde_json::to_value(object).map_err(|e| KubeError::Invalid(e.to_string()))?;
     let ingress = match IngressModel::from_value(value) {
         Ok(i) => i,
         Err(e) => {
@@ -203,21 +215,44 @@ async fn reconcile(
         ctx.set_needs(reference, BTreeSet::new());
         return Ok(Action::requeue(RESYNC));
     }
-    let (wanted, identities) = wanted_for(&ctx, &object, &ingress, &config).await;
+    let (wanted, identities) = wanted_for(ctx, object, &ingress, &config).await;
     ctx.set_needs(reference, wanted.keys().cloned().collect());
     let mut next = RESYNC;
     for (key, w) in &wanted {
-        next = next.min(ensure(&ctx, key, w).await?);
+        next = next.min(ensure(ctx, key, w).await?);
     }
     if config.manage_annotations {
-        annotate(&ctx, &ingress, &identities, &config).await?;
+        annotate(ctx, &ingress, &identities, &config).await?;
     }
     Ok(Action::requeue(next.max(Duration::from_secs(1))))
 }
 
-fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, _: Arc<Context>) -> Action {
-    tracing::warn!(ingress = %format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any()), %error, "ingress reconciliation failed; retrying");
-    Action::requeue(RETRY)
+/// Retry a failed Ingress alone: backing off while the API server is busy
+/// or down (its Retry-After honoured), and only after a long wait when it
+/// refused for good (RBAC, an invalid object), which repeating cannot fix.
+fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
+    let failures = ctx.failures.lock().map_or(1, |mut f| {
+        let n = f.entry(reference).or_default();
+        *n = n.saturating_add(1);
+        *n
+    });
+    let ingress = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    let refusal = match error {
+        ReconcileError::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
+        ReconcileError::Kube(_) => Refusal::Transient { retry_after: None },
+    };
+    let delay = refusal.retry_delay(failures);
+    if matches!(refusal, Refusal::Final { .. }) {
+        tracing::error!(%ingress, %error, retry_in = ?delay, "the API server refused an ingress write; repeating it cannot help until its cause is fixed");
+    } else {
+        tracing::warn!(%ingress, %error, retry_in = ?delay, "ingress reconciliation failed; retrying");
+    }
+    Action::requeue(delay)
 }
 
 /// The backend Secrets `ingress` needs (HTTPS only) and its backends'

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures_util::StreamExt;
 use kube::api::{DeleteParams, DynamicObject, ObjectMeta, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use meshca_provider::{LeafProfile, ProviderError};
 use rustls_pki_types::CertificateDer;
@@ -143,6 +143,26 @@ fn certificate_request(cm: &CertManager, request_b64: String, leaf: &LeafProfile
     cr
 }
 
+/// Why a CertificateRequest could not be created: the API server busy or
+/// down may pass; a refusal (RBAC, validation, no such namespace) will not
+/// until meshca's configuration or permissions change.
+fn creation_failed(e: &kube::Error, c: &crate::CertManagerConfig) -> ProviderError {
+    match e {
+        kube::Error::Api(s)
+            if (400..500).contains(&s.code) && !matches!(s.code, 408 | 409 | 429) =>
+        {
+            ProviderError::Misconfigured(format!(
+                "the API server refused to create a CertificateRequest in {} ({} {}): {}",
+                c.namespace, s.code, s.reason, s.message
+            ))
+        }
+        _ => ProviderError::Unavailable {
+            message: format!("failed to create a CertificateRequest: {e}"),
+            retry_after: Duration::from_secs(10),
+        },
+    }
+}
+
 pub(crate) async fn issue(
     cm: &CertManager,
     request_b64: String,
@@ -158,7 +178,7 @@ pub(crate) async fn issue(
         .api
         .create(&PostParams::default(), &cr)
         .await
-        .map_err(|e| unavailable(format!("failed to create a CertificateRequest: {e}")))?;
+        .map_err(|e| creation_failed(&e, c))?;
     cm.metrics.created.inc();
     let name = created.metadata.name.clone().unwrap_or_default();
     let _cleanup = Cleanup {
@@ -172,8 +192,9 @@ pub(crate) async fn issue(
     // approves times out for another reason than an issuer that is down.
     let approved = std::sync::atomic::AtomicBool::new(false);
     let wait = async {
-        let mut events =
-            watcher(cm.api.clone(), watcher::Config::default().fields(&selector)).boxed();
+        let mut events = watcher(cm.api.clone(), watcher::Config::default().fields(&selector))
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -194,7 +215,7 @@ pub(crate) async fn issue(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(request = %name, error = %e, "watch interrupted; resuming")
+                    tracing::warn!(request = %name, error = %e, "watch of a CertificateRequest failed; resuming with backoff")
                 }
             }
         }

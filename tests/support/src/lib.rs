@@ -6,6 +6,7 @@ pub mod bench;
 pub mod kube;
 pub mod openbao;
 pub mod process;
+pub mod schemas;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -527,6 +528,35 @@ pub fn kubelet_stub_csr(key_type: &str) -> (Vec<u8>, String) {
         std::fs::read(dir.path().join("csr.der")).expect("csr"),
         std::fs::read_to_string(dir.path().join("key.pem")).expect("key"),
     )
+}
+
+/// A stub CSR that the API server admits (it parses and its signature
+/// verifies) but that asks to be a CA, which meshca refuses: DER.
+pub fn ca_stub_csr() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-subj",
+            "/",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-outform",
+            "DER",
+            "-out",
+            "csr.der",
+        ],
+    );
+    std::fs::read(dir.path().join("csr.der")).expect("csr")
 }
 
 /// The subjectAltNames of a DER certificate as `DNS:…`, `URI:…`, `IP:…`,

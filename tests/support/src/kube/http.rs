@@ -23,6 +23,21 @@ pub(crate) fn status_error(
         .into_response()
 }
 
+/// A write or read refused as the API server refuses it.
+pub(crate) fn refused(r: &validation::Refusal, kind: &str, name: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": r.message, "reason": r.reason,
+        "details": { "name": name, "kind": kind, "causes": r.causes_json() }, "code": r.code,
+    });
+    (
+        StatusCode::from_u16(r.code).expect("status"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [("content-type", "application/json")], v.to_string()).into_response()
 }
@@ -128,6 +143,9 @@ pub(crate) fn selector_matches(
     true
 }
 
+/// Every request: recorded as an audit log would, answered, and, when it
+/// is meshca's write and succeeded, the object it stored kept for the
+/// schema check.
 pub(crate) async fn dispatch(
     State(inner): State<Arc<Inner>>,
     method: Method,
@@ -144,6 +162,58 @@ pub(crate) async fn dispatch(
         .lock()
         .expect("lock")
         .push(format!("{method} {}", uri.path()));
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let target = parse_path(&inner, uri.path());
+    if let Some(entry) = audit::entry(&method, target.as_ref(), &query, &user_agent) {
+        inner.audit.lock().expect("lock").push(entry);
+    }
+    let response = serve(&inner, &method, &uri, &headers, &body, &query).await;
+    let is_write = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+    if !(is_write && audit::is_meshca(&user_agent) && response.status().is_success()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    if let Ok(object) = serde_json::from_slice::<Value>(&bytes) {
+        if object.get("metadata").is_some() {
+            inner.written.lock().expect("lock").push(object);
+        }
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+async fn serve(
+    inner: &Arc<Inner>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Response {
+    let forbidden = inner
+        .forbidden
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|(m, suffix)| *m == method.as_str() && uri.path().ends_with(suffix.as_str()));
+    if forbidden {
+        return status_error(
+            403,
+            "Forbidden",
+            format!(
+                "{method} {} is forbidden: the caller lacks the permission",
+                uri.path()
+            ),
+            "",
+            "",
+        );
+    }
     if inner.unavailable.load(Ordering::SeqCst) {
         return status_error(
             503,
@@ -159,7 +229,7 @@ pub(crate) async fn dispatch(
             return json_response(
                 StatusCode::OK,
                 &json!({
-                    "major": "1", "minor": "33", "gitVersion": "v1.33.0-meshca-stand-in",
+                    "major": "1", "minor": "37", "gitVersion": "v1.37.0-meshca-stand-in",
                     "platform": "linux/amd64", "goVersion": "go1.24", "compiler": "gc",
                     "gitCommit": "0000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
                 }),
@@ -174,18 +244,18 @@ pub(crate) async fn dispatch(
                 }),
             )
         }
-        (Method::GET, "/apis") => return json_response(StatusCode::OK, &api_group_list(&inner)),
+        (Method::GET, "/apis") => return json_response(StatusCode::OK, &api_group_list(inner)),
         _ => {}
     }
-    if method == Method::GET {
+    if *method == Method::GET {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["api", v] => return resource_list(&inner, "", v),
-            ["apis", g, v] => return resource_list(&inner, g, v),
+            ["api", v] => return resource_list(inner, "", v),
+            ["apis", g, v] => return resource_list(inner, g, v),
             _ => {}
         }
     }
-    let Some(target) = parse_path(&inner, path) else {
+    let Some(target) = parse_path(inner, path) else {
         return status_error(
             404,
             "NotFound",
@@ -195,18 +265,18 @@ pub(crate) async fn dispatch(
         );
     };
     if target.def.plural == "tokenreviews" {
-        return token_review(&inner, &headers, &body);
+        return token_review(inner, headers, body);
     }
-    match method {
-        Method::GET if target.name.is_some() => get(&inner, &target),
+    match *method {
+        Method::GET if target.name.is_some() => get(inner, &target),
         Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(&inner, &target, &query)
+            watch(inner, &target, query)
         }
-        Method::GET => list(&inner, &target, &query),
-        Method::POST => create(&inner, &target, &body, manager(&query)),
-        Method::PUT => replace(&inner, &target, &body, manager(&query)),
-        Method::PATCH => patch(&inner, &target, &headers, &body, &query),
-        Method::DELETE => delete(&inner, &target, &body),
+        Method::GET => list(inner, &target, query),
+        Method::POST => create(inner, &target, body, manager(query)),
+        Method::PUT => replace(inner, &target, body, manager(query)),
+        Method::PATCH => patch(inner, &target, headers, body, query),
+        Method::DELETE => delete(inner, &target, body),
         _ => status_error(
             405,
             "MethodNotAllowed",

@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 mod apply;
+mod audit;
 mod cert_manager;
 mod http;
 mod reads;
@@ -49,8 +50,10 @@ mod resources;
 mod store;
 mod tls;
 mod token_review;
+mod validation;
 mod writes;
 
+pub use audit::AuditEntry;
 pub use cert_manager::{CaIssuer, IssuerBehaviour};
 use http::*;
 use reads::*;
@@ -80,6 +83,22 @@ struct Inner {
     unavailable: AtomicBool,
     forced_conflicts: AtomicUsize,
     requests: Mutex<Vec<String>>,
+    /// How far the server's clock runs ahead of true time, in seconds.
+    clock_offset: std::sync::atomic::AtomicI64,
+    /// `(METHOD, path suffix)` pairs answered 403 Forbidden.
+    forbidden: Mutex<Vec<(String, String)>>,
+    /// Every resource request, as an audit log records it.
+    audit: Mutex<Vec<AuditEntry>>,
+    /// Every object meshca's writes stored, each version.
+    written: Mutex<Vec<Value>>,
+}
+
+impl Inner {
+    /// The server's clock.
+    pub(crate) fn now(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(self.clock_offset.load(Ordering::SeqCst))
+    }
 }
 
 /// The running stand-in.
@@ -92,8 +111,20 @@ pub struct KubeStandIn {
 }
 
 impl Drop for KubeStandIn {
+    /// Stop serving, then hold every object meshca wrote to Kubernetes
+    /// 1.37's schemas (a test that already failed is not failed again).
     fn drop(&mut self) {
         self.server.abort();
+        if std::thread::panicking() {
+            return;
+        }
+        let written = std::mem::take(&mut *self.inner.written.lock().expect("lock"));
+        if let Err(report) = crate::schemas::validate(&written) {
+            panic!(
+                "objects meshca wrote do not match Kubernetes {}'s schemas:\n{report}",
+                crate::schemas::KUBERNETES_VERSION
+            );
+        }
     }
 }
 
@@ -115,6 +146,10 @@ impl KubeStandIn {
             unavailable: AtomicBool::new(false),
             forced_conflicts: AtomicUsize::new(0),
             requests: Mutex::default(),
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
+            forbidden: Mutex::default(),
+            audit: Mutex::default(),
+            written: Mutex::default(),
         });
         let app = Router::new().fallback(dispatch).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -186,6 +221,33 @@ impl KubeStandIn {
         self.inner.unavailable.store(down, Ordering::SeqCst);
     }
 
+    /// A kube-rs client for this cluster, as meshca's own (through
+    /// [`KubeStandIn::kubeconfig`]).
+    pub async fn client(&self) -> ::kube::Client {
+        let kubeconfig =
+            ::kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let config = ::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        ::kube::Client::try_from(config).expect("client")
+    }
+
+    /// Run the server's clock `seconds` ahead of true time (behind when
+    /// negative), as a cluster whose clock is off does.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.inner.clock_offset.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Answer `method` requests whose path ends in `path_suffix` with 403
+    /// Forbidden, as RBAC does for a verb the caller was not granted.
+    pub fn forbid(&self, method: &str, path_suffix: &str) {
+        self.inner
+            .forbidden
+            .lock()
+            .expect("lock")
+            .push((method.to_owned(), path_suffix.to_owned()));
+    }
+
     /// Make the next `n` replaces (PUT) answer 409 Conflict.
     pub fn force_conflicts(&self, n: usize) {
         self.inner.forced_conflicts.store(n, Ordering::SeqCst);
@@ -197,6 +259,16 @@ impl KubeStandIn {
         let mut store = self.inner.store.lock().expect("lock");
         store.compacted = store.rv;
         store.history.clear();
+    }
+
+    /// Every resource request so far, as an audit log records it.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.inner.audit.lock().expect("lock").clone()
+    }
+
+    /// Every version of every object meshca's writes stored so far.
+    pub fn written_by_meshca(&self) -> Vec<Value> {
+        self.inner.written.lock().expect("lock").clone()
     }
 
     /// `METHOD path` of every request so far.
@@ -226,14 +298,43 @@ impl KubeStandIn {
     }
 
     /// Create or overwrite an object as a cluster user would (`kubectl
-    /// apply`), bumping its resourceVersion and notifying watchers.
+    /// apply`), bumping its resourceVersion and notifying watchers. The
+    /// API server's admission applies: an object it would refuse panics
+    /// with its message ([`KubeStandIn::try_put`] returns it instead).
     pub fn put(&self, group: &str, plural: &str, object: Value) -> Value {
+        self.try_put(group, plural, object)
+            .unwrap_or_else(|(code, reason, message)| panic!("{code} {reason}: {message}"))
+    }
+
+    /// As [`KubeStandIn::put`], or the API server's refusal: status code,
+    /// reason and message.
+    pub fn try_put(
+        &self,
+        group: &str,
+        plural: &str,
+        object: Value,
+    ) -> Result<Value, (u16, String, String)> {
         let def = self.def(group, plural);
         let (ns, name) = namespace_and_name(&object);
         let mut store = self.inner.store.lock().expect("lock");
-        let key = (def.group, def.plural, ns.clone(), name);
+        let key = (def.group, def.plural, ns.clone(), name.clone());
         let existed = store.objects.get(&key).cloned();
         let mut object = object;
+        let write = if existed.is_some() {
+            validation::Write::Update
+        } else {
+            validation::Write::Create
+        };
+        if def.status {
+            if let (Some(old), Some(o)) = (&existed, object.as_object_mut()) {
+                match old.get("status") {
+                    Some(status) => o.insert("status".into(), status.clone()),
+                    None => o.remove("status"),
+                };
+            }
+        }
+        validation::admit(&def, write, existed.as_ref(), &mut object, self.inner.now())
+            .map_err(|r| (r.code, r.reason.to_owned(), r.message))?;
         stamp(&mut object, &def, def.versions[0]);
         if let Some(old) = &existed {
             object["metadata"]["uid"] = old["metadata"]["uid"].clone();
@@ -244,7 +345,7 @@ impl KubeStandIn {
         } else {
             "ADDED"
         };
-        commit(
+        Ok(commit(
             &self.inner,
             &mut store,
             &def,
@@ -252,7 +353,7 @@ impl KubeStandIn {
             Some((object, Owner::Update("kubectl"))),
             kind,
         )
-        .expect("stored")
+        .expect("stored"))
     }
 
     /// Delete an object as a cluster user would.

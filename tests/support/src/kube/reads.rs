@@ -29,7 +29,19 @@ pub(crate) fn listed<'a>(
     })
 }
 
+/// 400 when the request's field selector names a field the resource
+/// cannot be selected by.
+fn unsupported_selector(target: &Target, query: &HashMap<String, String>) -> Option<Response> {
+    let selector = query.get("fieldSelector")?;
+    validation::check_field_selector(&target.def, selector)
+        .err()
+        .map(|r| refused(&r, target.def.plural, ""))
+}
+
 pub(crate) fn list(inner: &Inner, target: &Target, query: &HashMap<String, String>) -> Response {
+    if let Some(refusal) = unsupported_selector(target, query) {
+        return refusal;
+    }
     let store = inner.store.lock().expect("lock");
     let items: Vec<Value> = listed(&store, target, query)
         .map(|(_, o)| at_version(o.clone(), target))
@@ -50,6 +62,9 @@ pub(crate) fn watch(
     target: &Target,
     query: &HashMap<String, String>,
 ) -> Response {
+    if let Some(refusal) = unsupported_selector(target, query) {
+        return refusal;
+    }
     let label = query.get("labelSelector").cloned();
     let field = query.get("fieldSelector").cloned();
     let bookmarks = query

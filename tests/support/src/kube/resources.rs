@@ -129,6 +129,14 @@ pub(crate) fn resources(options: &Options) -> Vec<ResourceDef> {
             status: true,
         },
         ResourceDef {
+            group: "policy",
+            versions: vec!["v1"],
+            plural: "poddisruptionbudgets",
+            kind: "PodDisruptionBudget",
+            namespaced: true,
+            status: true,
+        },
+        ResourceDef {
             group: "rbac.authorization.k8s.io",
             versions: vec!["v1"],
             plural: "roles",

@@ -68,8 +68,19 @@ pub(crate) fn uuid_like() -> String {
     )
 }
 
-/// Store (or remove) an object under a new resourceVersion and tell
-/// watchers. Returns what was stored (or removed).
+/// Whether `new` would store nothing `current` does not hold already
+/// (the resourceVersion aside).
+fn unchanged(current: &Value, new: &Value) -> bool {
+    let mut a = current.clone();
+    let mut b = new.clone();
+    for v in [&mut a, &mut b] {
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+    }
+    a == b
+}
+
 /// Who a write is by, for field ownership.
 pub(crate) enum Owner<'a> {
     /// An update (create, replace, merge or JSON patch) by this manager.
@@ -78,6 +89,8 @@ pub(crate) enum Owner<'a> {
     Applied(apply::Owners),
 }
 
+/// Store (or remove) an object under a new resourceVersion and tell
+/// watchers. Returns what was stored (or removed).
 pub(crate) fn commit(
     inner: &Inner,
     store: &mut Store,
@@ -86,6 +99,17 @@ pub(crate) fn commit(
     object: Option<(Value, Owner<'_>)>,
     kind: &'static str,
 ) -> Option<Value> {
+    // Like kube-apiserver, a write that changes nothing stores nothing: no
+    // new resourceVersion, no watch event (field ownership still moves).
+    if let (Some((new, owner)), Some(current)) = (&object, store.objects.get(&key)) {
+        if unchanged(current, new) {
+            let current = current.clone();
+            if let Owner::Applied(owners) = owner {
+                store.owners.insert(key, owners.clone());
+            }
+            return Some(current);
+        }
+    }
     store.rv += 1;
     let rv = store.rv;
     let namespace = key.2.clone();

@@ -86,6 +86,15 @@ pub(crate) fn create_object(
             );
         }
     }
+    if let Err(r) = validation::admit(
+        &target.def,
+        validation::Write::Create,
+        None,
+        &mut object,
+        inner.now(),
+    ) {
+        return refused(&r, target.def.plural, &name);
+    }
     stamp(&mut object, &target.def, &target.version);
     match commit(
         inner,
@@ -118,8 +127,9 @@ pub(crate) fn update(
     current: Value,
 ) -> Response {
     let key = key_of(target, name);
+    let status_write = target.subresource.as_deref() == Some("status");
     if target.def.status {
-        if target.subresource.as_deref() == Some("status") {
+        if status_write {
             let status = new.get("status").cloned().unwrap_or(Value::Null);
             new = current.clone();
             new["status"] = status;
@@ -139,6 +149,14 @@ pub(crate) fn update(
     new["metadata"]["name"] = json!(name);
     if let Some(ns) = &target.namespace {
         new["metadata"]["namespace"] = json!(ns);
+    }
+    let write = if status_write {
+        validation::Write::Status
+    } else {
+        validation::Write::Update
+    };
+    if let Err(r) = validation::admit(&target.def, write, Some(&current), &mut new, inner.now()) {
+        return refused(&r, target.def.plural, name);
     }
     stamp(&mut new, &target.def, &target.version);
     match commit(
