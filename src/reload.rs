@@ -26,12 +26,13 @@ pub fn watch_config(
     watch::Receiver<Arc<Config>>,
     impl Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = watch::channel(Arc::new(initial));
     // The content, not the modification time: two writes within one clock
     // tick share an mtime, and a config file is small enough to re-read.
     let read = |p: &PathBuf| std::fs::read(p).ok();
-    // Taken now, not when the task first runs: an edit in between counts.
-    let mut last: Option<Vec<u8>> = read(&path);
+    // The text the configuration in force was parsed from: an edit made
+    // since (while the daemon started) counts as one.
+    let mut last: Option<Vec<u8>> = initial.source_text.as_ref().map(|t| t.as_bytes().to_vec());
+    let (tx, rx) = watch::channel(Arc::new(initial));
     let task = async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -104,4 +105,36 @@ where
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &std::path::Path, trust_domain: &str) {
+        std::fs::write(path, format!("trust_domain: {trust_domain}\n")).expect("write");
+    }
+
+    #[tokio::test]
+    async fn an_edit_made_while_the_daemon_started_is_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meshca.yaml");
+        write(&path, "a.example");
+        let initial = Config::load(Some(&path)).expect("config");
+        // Edited after the load, before the watch begins.
+        write(&path, "b.example");
+        let shutdown = CancellationToken::new();
+        let (mut rx, task) = watch_config(path.clone(), initial, shutdown.clone());
+        let task = tokio::spawn(task);
+        tokio::time::timeout(POLL * 5, rx.changed())
+            .await
+            .expect("the edit is seen")
+            .expect("a reload");
+        assert_eq!(rx.borrow().trust_domain.as_str(), "b.example");
+        // And nothing more while the file stays as it is.
+        tokio::time::sleep(POLL * 2).await;
+        assert!(!rx.has_changed().expect("open"));
+        shutdown.cancel();
+        task.await.expect("task");
+    }
 }

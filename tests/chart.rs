@@ -18,33 +18,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-fn helm_template(values: &[&str]) -> String {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/meshca");
-    let mut cmd = Command::new(support::tool("helm"));
-    cmd.args(["template", "meshca"])
-        .arg(&chart)
-        .args(["--namespace", "osm-system"]);
-    for v in values {
-        cmd.args(["--set", v]);
-    }
-    let out = cmd
-        .output()
-        .expect("helm runs (.ci/install-k8s-tools installs it)");
-    assert!(
-        out.status.success(),
-        "helm template {values:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
-
-fn documents(rendered: &str) -> Vec<Value> {
-    rendered
-        .split("\n---")
-        .filter_map(|d| serde_yaml_ng::from_str::<Value>(d).ok())
-        .filter(|v| v.is_object())
-        .collect()
-}
+use support::chart::{render, render_text as helm_template};
 
 fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
     serde_json::from_value(doc.clone())
@@ -147,7 +121,13 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                     .collect();
                 assert_eq!(
                     resources,
-                    ["secrets", "configmaps", "leases", "certificaterequests"],
+                    [
+                        "secrets",
+                        "configmaps",
+                        "leases",
+                        "certificaterequests",
+                        "events"
+                    ],
                     "namespaced access only to what meshca uses"
                 );
             }
@@ -179,7 +159,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
 
 #[test]
 fn the_default_chart_renders_valid_objects_and_a_tresor_config_meshca_accepts() {
-    let config = check_objects(&documents(&helm_template(&[])));
+    let config = check_objects(&render(&[]));
     assert_eq!(config.provider.kind(), "tresor");
     let k = config.kubernetes.expect("in-cluster config");
     assert_eq!(
@@ -214,18 +194,18 @@ fn the_chart_renders_every_vault_auth_method() {
             "vault.caSecretName=vault-ca",
         ],
     ] {
-        let config = check_objects(&documents(&helm_template(&values)));
+        let config = check_objects(&render(&values));
         assert_eq!(config.provider.kind(), "vault", "{values:?}");
     }
 }
 
 #[test]
 fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
-    let config = check_objects(&documents(&helm_template(&[
+    let config = check_objects(&render(&[
         "provider.kind=cert-manager",
         "certManager.issuerName=my-ca",
         "certManager.issuerKind=ClusterIssuer",
-    ])));
+    ]));
     let meshca::ProviderConfig::CertManager(c) = config.provider else {
         panic!("cert-manager");
     };
@@ -241,13 +221,13 @@ fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
 
 #[test]
 fn with_ingress_enabled_the_chart_grants_what_the_reconciler_needs_and_configures_it() {
-    let docs = documents(&helm_template(&[
+    let docs = render(&[
         "ingress.enabled=true",
         "ingress.backendProtocol=https",
         "ingress.clientCertificate.san=ingress-nginx.ingress-nginx.cluster.local",
         "ingress.clientCertificate.secretNamespace=ingress-nginx",
         "ingress.clientCertificate.secretName=osm-nginx-client-cert",
-    ]));
+    ]);
     let config = check_objects(&docs);
     assert!(config.ingress.enabled);
     assert_eq!(
@@ -274,22 +254,20 @@ fn with_ingress_enabled_the_chart_grants_what_the_reconciler_needs_and_configure
     let text = ingress_role.to_string();
     assert!(text.contains("ingresses") && text.contains("secrets") && text.contains("events"));
     assert!(
-        documents(&helm_template(&[]))
-            .iter()
-            .all(|d| !d["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-ingress"))),
+        render(&[]).iter().all(|d| !d["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-ingress"))),
         "not granted unless enabled"
     );
 }
 
 #[test]
 fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it() {
-    let docs = documents(&helm_template(&[
+    let docs = render(&[
         "podCertificates.enabled=true",
         "podCertificates.signerName=example.com/mesh",
         "ingress.enabled=true",
-    ]));
+    ]);
     let config = check_objects(&docs);
     assert!(config.pod_certificates.enabled);
     assert_eq!(
@@ -329,11 +307,11 @@ fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it()
         serde_json::json!(["example.com/mesh"])
     );
     for kind in ["tresor", "vault", "cert-manager"] {
-        let docs = documents(&helm_template(&[
+        let docs = render(&[
             &format!("provider.kind={kind}"),
             "podCertificates.enabled=true",
             "ingress.enabled=true",
-        ]));
+        ]);
         check_objects(&docs);
     }
 }
@@ -341,16 +319,16 @@ fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it()
 #[test]
 fn the_service_monitor_and_alerts_render_when_asked_for() {
     assert!(
-        documents(&helm_template(&[]))
+        render(&[])
             .iter()
             .all(|d| d["apiVersion"] != "monitoring.coreos.com/v1"),
         "off by default: the CRDs may be missing"
     );
-    let docs = documents(&helm_template(&[
+    let docs = render(&[
         "metrics.serviceMonitor.enabled=true",
         "metrics.serviceMonitor.labels.release=prom",
         "metrics.prometheusRule.enabled=true",
-    ]));
+    ]);
     let monitor = docs
         .iter()
         .find(|d| d["kind"] == "ServiceMonitor")

@@ -501,32 +501,13 @@ async fn the_embedded_default_never_touches_the_cluster_kubeconfig_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rollout_stage_is_an_event_on_meshcas_own_pod() {
     let kube = KubeStandIn::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let a = support::openssl_root(dir.path(), "a");
-    let b = support::openssl_root(dir.path(), "b");
-    let (api, metrics) = (support::process::free_port(), support::process::free_port());
-    let config = |root: &(std::path::PathBuf, std::path::PathBuf)| {
-        format!(
-            "listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\nkubernetes: {{ enabled: true, lease_duration: 3s }}\n\
-             certificates: {{ default_ttl: 1h, min_ttl: 1s }}\nrotation: {{ propagation_delay: 1s }}\n\
-             provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
-            root.0.display(),
-            root.1.display()
-        )
-    };
-    let path = dir.path().join("meshca.yaml");
-    std::fs::write(&path, config(&a)).expect("config");
-    let _serve = serve_with_kubeconfig(
-        dir.path(),
-        &kube,
-        &["-c", "meshca.yaml"],
-        &[("POD_NAME", "meshca-0"), ("POD_NAMESPACE", "osm-system")],
-    );
+    let pod =
+        support::process::PodRootRotation::start(env!("CARGO_BIN_EXE_meshca"), kube.kubeconfig());
     eventually("osm-ca-bundle", Duration::from_secs(20), || {
         kube.get("", "secrets", "osm-system", "osm-ca-bundle")
     })
     .await;
-    std::fs::write(&path, config(&b)).expect("config");
+    pod.rotate();
     let notes = eventually(
         "rollout Events up to retire",
         Duration::from_secs(30),

@@ -13,6 +13,7 @@ mod warnings;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use meshca_provider::{Identity, ServerName, TrustDomain};
 use serde::Deserialize;
@@ -98,6 +99,9 @@ pub struct Config {
     /// The file this configuration was read from; the daemon watches it
     /// and applies the settings that can change at run time.
     pub source: Option<PathBuf>,
+    /// The text it was read from, so that an edit made between this load
+    /// and the start of the watch is seen as one.
+    pub source_text: Option<Arc<str>>,
 }
 
 /// The file as written.
@@ -174,6 +178,7 @@ impl Config {
                 })?;
                 let mut config = Self::from_yaml(&text)?;
                 config.source = Some(path.to_owned());
+                config.source_text = Some(text.into());
                 Ok(config)
             }
         }
@@ -281,6 +286,7 @@ impl TryFrom<RawConfig> for Config {
                     warnings: Vec::new(),
                     state_dir: raw.state_dir,
                     source: None,
+                    source_text: None,
                 })
             }
             _ => Err(ConfigError::Invalid(errors.into_vec())),

@@ -3,6 +3,7 @@
 //! and independent verification with rustls-webpki.
 
 pub mod bench;
+pub mod chart;
 pub mod kube;
 pub mod openbao;
 pub mod process;

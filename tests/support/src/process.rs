@@ -125,3 +125,82 @@ pub fn cpu_seconds(pid: impl std::fmt::Display) -> f64 {
     // USER_HZ is 100 on Linux.
     ticks / 100.0
 }
+
+/// `meshca serve` as a pod runs it (`POD_NAME` `meshca-0` in
+/// `osm-system`), on the Kubernetes stand-in, signing with a Tresor root
+/// `a` made by openssl; [`PodRootRotation::rotate`] rewrites its config to
+/// root `b`, which starts a staged signer rollout (Events on the pod).
+/// Killed on drop.
+pub struct PodRootRotation {
+    config: RootConfig,
+    child: Child,
+}
+
+/// The config of a [`PodRootRotation`], naming one of its two roots.
+struct RootConfig {
+    dir: tempfile::TempDir,
+    roots: [(std::path::PathBuf, std::path::PathBuf); 2],
+    kubeconfig: std::path::PathBuf,
+    ports: (u16, u16),
+}
+
+impl RootConfig {
+    fn write(&self, root: usize) {
+        let (cert, key) = &self.roots[root];
+        let (api, metrics) = self.ports;
+        std::fs::write(
+            self.dir.path().join("meshca.yaml"),
+            format!(
+                "listen: 127.0.0.1:{api}\nmetrics_listen: 127.0.0.1:{metrics}\nkubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n\
+                 certificates: {{ default_ttl: 2s, min_ttl: 1s, max_ttl: 2s }}\nrotation: {{ propagation_delay: 1s }}\n\
+                 provider:\n  kind: tresor\n  tresor:\n    root_cert_file: {}\n    root_key_file: {}\n",
+                self.kubeconfig.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("config");
+    }
+}
+
+impl PodRootRotation {
+    /// Start `binary` (the meshca executable) on root `a` against the
+    /// cluster of `kubeconfig`.
+    pub fn start(binary: &str, kubeconfig: std::path::PathBuf) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = [
+            crate::openssl_root(dir.path(), "a"),
+            crate::openssl_root(dir.path(), "b"),
+        ];
+        let config = RootConfig {
+            dir,
+            roots,
+            kubeconfig,
+            ports: (free_port(), free_port()),
+        };
+        config.write(0);
+        let child = Command::new(binary)
+            .current_dir(config.dir.path())
+            .env("POD_NAME", "meshca-0")
+            .env("POD_NAMESPACE", "osm-system")
+            .env("HOME", config.dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .args(["serve", "-c", "meshca.yaml"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("meshca serve");
+        Self { config, child }
+    }
+
+    /// Move the signer to root `b`.
+    pub fn rotate(&self) {
+        self.config.write(1);
+    }
+}
+
+impl Drop for PodRootRotation {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -58,3 +58,77 @@ pub(crate) fn entry(
         name: target.name.clone(),
     })
 }
+
+/// The authorization checks kube-apiserver makes beyond the request's own
+/// verb: a server-side apply that creates its object is also checked for
+/// `create` (`handlers/patch.go`), and a signer's writes for `sign` or
+/// `attest` ([`signer_check`]).
+pub(crate) fn implied_checks(
+    inner: &Inner,
+    entry: &AuditEntry,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Vec<AuditEntry> {
+    let apply = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/apply-patch"));
+    let creates = entry.verb == "patch" && apply && stored(inner, entry).is_none();
+    let create = creates.then(|| AuditEntry {
+        verb: "create",
+        ..entry.clone()
+    });
+    create
+        .into_iter()
+        .chain(signer_check(inner, entry, body))
+        .collect()
+}
+
+/// The object `entry` names, as stored.
+fn stored(inner: &Inner, entry: &AuditEntry) -> Option<Value> {
+    let store = inner.store.lock().expect("lock");
+    let namespace = entry.namespace.clone().unwrap_or_default();
+    store
+        .objects
+        .iter()
+        .find(|((g, p, ns, n), _)| {
+            *g == entry.group
+                && *p == entry.resource
+                && *ns == namespace
+                && Some(n) == entry.name.as_ref()
+        })
+        .map(|(_, o)| o.clone())
+}
+
+/// The authorization check kube-apiserver adds on a signer's behalf:
+/// writing a PodCertificateRequest's status needs `sign`, and writing a
+/// ClusterTrustBundle linked to a signer needs `attest`, on
+/// `certificates.k8s.io` `signers` named after the signer.
+fn signer_check(inner: &Inner, entry: &AuditEntry, body: &Bytes) -> Option<AuditEntry> {
+    if !matches!(entry.verb, "create" | "update" | "patch") || entry.group != "certificates.k8s.io"
+    {
+        return None;
+    }
+    let verb = match (entry.resource.as_str(), entry.subresource.as_deref()) {
+        ("podcertificaterequests", Some("status")) => "sign",
+        ("clustertrustbundles", None) => "attest",
+        _ => return None,
+    };
+    let sent = writes::parse_body(body).ok();
+    let signer = [sent, stored(inner, entry)]
+        .into_iter()
+        .flatten()
+        .find_map(|o| {
+            o.pointer("/spec/signerName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })?;
+    Some(AuditEntry {
+        verb,
+        resource: "signers".into(),
+        subresource: None,
+        namespace: None,
+        name: Some(signer),
+        ..entry.clone()
+    })
+}

@@ -169,7 +169,10 @@ pub(crate) async fn dispatch(
         .to_owned();
     let target = parse_path(&inner, uri.path());
     if let Some(entry) = audit::entry(&method, target.as_ref(), &query, &user_agent) {
-        inner.audit.lock().expect("lock").push(entry);
+        let implied = audit::implied_checks(&inner, &entry, &headers, &body);
+        let mut audit = inner.audit.lock().expect("lock");
+        audit.push(entry);
+        audit.extend(implied);
     }
     let response = serve(&inner, &method, &uri, &headers, &body, &query).await;
     let is_write = matches!(method, Method::POST | Method::PUT | Method::PATCH);
