@@ -37,6 +37,7 @@ fn the_generated_root_example_matches_the_embedded_default() {
     .expect("example");
     let mut default = meshca::Config::load(None).expect("default");
     default.source = example.source.clone();
+    default.source_text = example.source_text.clone();
     assert_eq!(format!("{example:?}"), format!("{default:?}"));
 }
 

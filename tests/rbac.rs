@@ -344,6 +344,9 @@ fn the_audit_tells_a_grant_from_a_refusal() {
         subresource: None,
         namespace: namespace.map(str::to_owned),
         name: None,
+        code: 200,
+        at: std::time::Instant::now(),
+        implied: false,
     };
     assert!(grants.allows(&entry("get", "secrets", Some("osm-system"))));
     assert!(

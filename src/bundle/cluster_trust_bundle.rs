@@ -100,8 +100,12 @@ impl BundleSink for ClusterTrustBundleSink {
     }
 
     async fn publish(&self, bundle: &TrustBundle) -> Result<(), BundleError> {
+        // As for the bundle Secret: a follower only waits for the leader.
         if !*self.leader.borrow() {
-            return Ok(());
+            return match self.holds(bundle).await? {
+                true => Ok(()),
+                false => Err(BundleError::awaiting_leader(&self.name)),
+            };
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api
@@ -115,10 +119,12 @@ impl BundleSink for ClusterTrustBundleSink {
             .map_err(|e| BundleError::kube(&self.name, &e))
     }
 
-    async fn holds(&self, bundle: &TrustBundle) -> bool {
-        if !*self.leader.borrow() {
-            return true;
-        }
-        matches!(self.api.get_opt(&self.object).await, Ok(Some(c)) if self.holds_pem(&c, bundle.pem()))
+    async fn holds(&self, bundle: &TrustBundle) -> Result<bool, BundleError> {
+        let current = self
+            .api
+            .get_opt(&self.object)
+            .await
+            .map_err(|e| BundleError::kube(&self.name, &e))?;
+        Ok(current.is_some_and(|c| self.holds_pem(&c, bundle.pem())))
     }
 }

@@ -84,10 +84,11 @@ impl BundleSink for FileSink {
             .map_err(|e| fail(e.to_string()))
     }
 
-    async fn holds(&self, bundle: &TrustBundle) -> bool {
-        tokio::fs::read(&self.path)
+    async fn holds(&self, bundle: &TrustBundle) -> Result<bool, BundleError> {
+        // A missing or unreadable file is one to write again.
+        Ok(tokio::fs::read(&self.path)
             .await
-            .is_ok_and(|b| b == bundle.pem().as_bytes())
+            .is_ok_and(|b| b == bundle.pem().as_bytes()))
     }
 }
 

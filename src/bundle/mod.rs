@@ -70,13 +70,24 @@ impl BundleError {
         }
     }
 
-    /// How long before trying again, the `failures`th time in a row.
-    pub fn retry_delay(&self, failures: u32) -> std::time::Duration {
+    /// A follower's sink that does not hold the bundle yet: the leader
+    /// writes it, this replica can only wait for it to.
+    pub fn awaiting_leader(sink: &str) -> Self {
+        Self::Sink {
+            sink: sink.to_owned(),
+            message: "does not hold this bundle yet; the leader publishes it".into(),
+            refusal: Some(crate::cluster::Refusal::Transient { retry_after: None }),
+        }
+    }
+
+    /// What the failure says about trying again: the API server's verdict
+    /// for a Kubernetes sink, else a failure that may pass.
+    pub fn refusal(&self) -> crate::cluster::Refusal {
         match self {
             Self::Sink {
                 refusal: Some(r), ..
-            } => r.retry_delay(failures),
-            _ => crate::cluster::Refusal::Transient { retry_after: None }.retry_delay(failures),
+            } => r.clone(),
+            _ => crate::cluster::Refusal::Transient { retry_after: None },
         }
     }
 }
@@ -138,7 +149,11 @@ pub trait BundleSink: Send + Sync + 'static {
 
     /// Whether the sink still holds `bundle`; a sink someone edited or
     /// removed is published again.
-    async fn holds(&self, bundle: &TrustBundle) -> bool;
+    ///
+    /// # Errors
+    /// [`BundleError::Sink`] when the sink cannot be read; the publisher
+    /// holds it back and retries.
+    async fn holds(&self, bundle: &TrustBundle) -> Result<bool, BundleError>;
 }
 
 /// Shared handle on the current bundle.

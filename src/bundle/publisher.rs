@@ -5,10 +5,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{BundleReceiver, BundleSink, TrustBundle};
+use crate::cluster::HoldOff;
 use crate::metrics::{Metrics, PublishLabels, SinkLabels};
 
-/// A sink's name and, while it is failing, its last error.
-type SinkState = (String, Option<String>);
+/// A sink's name, its last error while it is failing, and the bundle it
+/// was last seen to hold.
+#[derive(Debug)]
+struct SinkState {
+    name: String,
+    error: Option<String>,
+    holds: Option<Arc<TrustBundle>>,
+}
 
 /// Per-sink state of the publisher, read by `/readyz`.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +31,7 @@ impl PublishStatus {
         let sinks = self.inner.read().map_err(|_| "publisher state poisoned")?;
         let failing: Vec<String> = sinks
             .iter()
-            .filter_map(|(name, err)| err.as_ref().map(|e| format!("{name}: {e}")))
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
             .collect();
         if failing.is_empty() {
             Ok(())
@@ -48,9 +55,27 @@ impl PublishStatus {
         }
     }
 
-    fn set(&self, index: usize, error: Option<String>) {
+    /// Whether every sink holds exactly `bundle` (not merely an earlier
+    /// one without errors): what a signer change waits for before the new
+    /// signer may sign.
+    pub fn holds(&self, bundle: &TrustBundle) -> bool {
+        self.inner.read().is_ok_and(|sinks| {
+            sinks
+                .iter()
+                .all(|s| s.error.is_none() && s.holds.as_deref() == Some(bundle))
+        })
+    }
+
+    fn set(&self, index: usize, result: Result<&Arc<TrustBundle>, String>) {
         if let Ok(mut sinks) = self.inner.write() {
-            sinks[index].1 = error;
+            let sink = &mut sinks[index];
+            match result {
+                Ok(bundle) => {
+                    sink.error = None;
+                    sink.holds = Some(bundle.clone());
+                }
+                Err(e) => sink.error = Some(e),
+            }
         }
         self.changed.notify_waiters();
     }
@@ -75,37 +100,26 @@ pub fn publisher(
         inner: Arc::new(RwLock::new(
             sinks
                 .iter()
-                .map(|s| (s.name().to_owned(), Some("not yet published".to_owned())))
+                .map(|s| SinkState {
+                    name: s.name().to_owned(),
+                    error: Some("not yet published".to_owned()),
+                    holds: None,
+                })
                 .collect(),
         )),
         changed: Arc::default(),
     };
-    let task_status = status.clone();
+    let mut publishing = Publishing {
+        pending: vec![true; sinks.len()],
+        hold: HoldOff::default(),
+        sinks,
+        status: status.clone(),
+        metrics,
+    };
     let task = async move {
         let mut current = bundles.borrow_and_update().clone();
-        let mut pending: Vec<bool> = vec![true; sinks.len()];
-        let mut failures = 0u32;
         loop {
-            let mut retry: Option<Duration> = None;
-            for (i, sink) in sinks.iter().enumerate() {
-                if !pending[i] {
-                    continue;
-                }
-                let result = publish_one(sink.as_ref(), &current, &metrics).await;
-                task_status.set(i, result.as_ref().err().map(ToString::to_string));
-                pending[i] = result.is_err();
-                if let Err(e) = result {
-                    let delay = e.retry_delay(failures + 1);
-                    retry = Some(retry.map_or(delay, |r| r.min(delay)));
-                }
-            }
-            let all_ok = retry.is_none();
-            failures = if all_ok {
-                0
-            } else {
-                failures.saturating_add(1)
-            };
-            let wait = retry.unwrap_or(resync);
+            let retry = publishing.publish(&current).await;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = bundles.changed() => {
@@ -113,13 +127,12 @@ pub fn publisher(
                         return;
                     }
                     current = bundles.borrow_and_update().clone();
-                    pending.iter_mut().for_each(|p| *p = true);
-                    failures = 0;
+                    publishing.pending.iter_mut().for_each(|p| *p = true);
                 }
-                () = resync_now.notified() => recheck(&sinks, &current, &mut pending, &task_status).await,
-                () = tokio::time::sleep(wait) => {
-                    if all_ok {
-                        recheck(&sinks, &current, &mut pending, &task_status).await;
+                () = resync_now.notified() => publishing.recheck(&current).await,
+                () = tokio::time::sleep(retry.unwrap_or(resync)) => {
+                    if retry.is_none() {
+                        publishing.recheck(&current).await;
                     }
                 }
             }
@@ -128,23 +141,80 @@ pub fn publisher(
     (status, task)
 }
 
-/// Mark for publishing every settled sink that no longer holds `current`
-/// (edited or removed outside meshca); it counts as failing (and `/readyz`
-/// says so) until it holds the bundle again.
-async fn recheck(
-    sinks: &[Arc<dyn BundleSink>],
-    current: &TrustBundle,
-    pending: &mut [bool],
-    status: &PublishStatus,
-) {
-    for (i, sink) in sinks.iter().enumerate() {
-        if !pending[i] && !sink.holds(current).await {
-            tracing::warn!(
-                sink = sink.name(),
-                "the trust bundle was changed or removed outside meshca; restoring it"
+/// The publisher's state: which sinks still need the current bundle, and
+/// which are held back after a failure (backing off, the API server's
+/// Retry-After honoured) even when a change wakes the publisher.
+struct Publishing {
+    sinks: Vec<Arc<dyn BundleSink>>,
+    pending: Vec<bool>,
+    hold: HoldOff<usize>,
+    status: PublishStatus,
+    metrics: Arc<Metrics>,
+}
+
+impl Publishing {
+    /// Publish `current` to every pending sink not held back; when to look
+    /// again if some sink still lacks it.
+    async fn publish(&mut self, current: &Arc<TrustBundle>) -> Option<Duration> {
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if !self.pending[i] || self.hold.remaining(&i).is_some() {
+                continue;
+            }
+            let result = publish_one(sink.as_ref(), current, &self.metrics).await;
+            self.status.set(
+                i,
+                result
+                    .as_ref()
+                    .map(|()| current)
+                    .map_err(ToString::to_string),
             );
-            status.set(i, Some("changed outside meshca; restoring".into()));
-            pending[i] = true;
+            self.pending[i] = result.is_err();
+            match result {
+                Ok(()) => self.hold.succeeded(&i),
+                Err(e) => {
+                    self.hold.failed(i, &e.refusal());
+                }
+            }
+        }
+        self.next_retry()
+    }
+
+    /// The earliest time a pending sink may be tried again.
+    fn next_retry(&self) -> Option<Duration> {
+        (0..self.sinks.len())
+            .filter(|i| self.pending[*i])
+            .map(|i| self.hold.remaining(&i).unwrap_or(Duration::ZERO))
+            .min()
+    }
+
+    /// Mark for publishing every settled sink that no longer holds
+    /// `current` (edited or removed outside meshca); it counts as failing
+    /// (and `/readyz` says so) until it holds the bundle again. A sink
+    /// that cannot be read is failing too, and held back like a failed
+    /// publish.
+    async fn recheck(&mut self, current: &TrustBundle) {
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if self.pending[i] || self.hold.remaining(&i).is_some() {
+                continue;
+            }
+            match sink.holds(current).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        sink = sink.name(),
+                        "the trust bundle was changed or removed outside meshca; restoring it"
+                    );
+                    self.status
+                        .set(i, Err("changed outside meshca; restoring".into()));
+                    self.pending[i] = true;
+                }
+                Err(e) => {
+                    let delay = self.hold.failed(i, &e.refusal());
+                    tracing::warn!(sink = sink.name(), error = %e, retry_in = ?delay, "failed to read the trust bundle back");
+                    self.status.set(i, Err(e.to_string()));
+                    self.pending[i] = true;
+                }
+            }
         }
     }
 }

@@ -94,8 +94,13 @@ impl BundleSink for SecretSink {
     }
 
     async fn publish(&self, bundle: &TrustBundle) -> Result<(), BundleError> {
+        // A follower writes nothing, but holds the bundle only once the
+        // leader has published it: a signer change waits for that.
         if !self.is_leader() {
-            return Ok(());
+            return match self.holds(bundle).await? {
+                true => Ok(()),
+                false => Err(BundleError::awaiting_leader(&self.name)),
+            };
         }
         let pem = bundle.pem();
         for _ in 0..ATTEMPTS {
@@ -148,10 +153,12 @@ impl BundleSink for SecretSink {
         Err(self.fail(format!("still conflicting after {ATTEMPTS} attempts")))
     }
 
-    async fn holds(&self, bundle: &TrustBundle) -> bool {
-        if !self.is_leader() {
-            return true;
-        }
-        matches!(self.api.get_opt(&self.secret.name).await, Ok(Some(s)) if holds_pem(&s, bundle.pem()))
+    async fn holds(&self, bundle: &TrustBundle) -> Result<bool, BundleError> {
+        let current = self
+            .api
+            .get_opt(&self.secret.name)
+            .await
+            .map_err(|e| BundleError::kube(&self.name, &e))?;
+        Ok(current.is_some_and(|s| holds_pem(&s, bundle.pem())))
     }
 }

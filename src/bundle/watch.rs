@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
@@ -29,9 +29,11 @@ where
     let selector = format!("metadata.name={name}");
     let what = K::kind(&Default::default()).into_owned();
     async move {
-        let mut events = watcher(api, watcher::Config::default().fields(&selector))
-            .default_backoff()
-            .boxed();
+        let mut events = crate::cluster::resilient(
+            "bundle object",
+            watcher(api, watcher::Config::default().fields(&selector)),
+        )
+        .boxed();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -42,9 +44,7 @@ where
                 event = events.next() => match event {
                     Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => resync.notify_one(),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, kind = %what, "watch of a bundle object failed; resuming with backoff");
-                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, kind = %what, "bundle object watch"),
                     None => return,
                 }
             }

@@ -195,8 +195,9 @@ impl Refusal {
 
 /// After the first transient failure without a Retry-After.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// The longest wait between tries of a request that may pass.
-const RETRY_MOST: Duration = Duration::from_secs(60);
+/// The longest wait between tries of a request that may pass: short
+/// enough that meshca is back within seconds of the API server.
+const RETRY_MOST: Duration = Duration::from_secs(15);
 /// The wait before trying again a request that cannot pass by itself: an
 /// operator must grant a permission or fix an object, which is not a
 /// loop's business; this only notices that someone did.
@@ -205,7 +206,7 @@ pub const FINAL_RETRY: Duration = Duration::from_secs(300);
 impl Refusal {
     /// How long to wait before the `failures`th retry in a row (1 after
     /// the first failure): the server's Retry-After when it gave one, else
-    /// doubling from a second to a minute; [`FINAL_RETRY`] for a refusal
+    /// doubling from a second to fifteen; [`FINAL_RETRY`] for a refusal
     /// repeating cannot fix.
     pub fn retry_delay(&self, failures: u32) -> Duration {
         match self {
@@ -217,6 +218,109 @@ impl Refusal {
                 .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
                 .min(RETRY_MOST),
         }
+    }
+}
+
+/// When each of a controller's objects may be tried again. A refusal's
+/// delay (the server's Retry-After, or a backoff) holds the object back
+/// even when some other event wakes the controller for it meanwhile.
+#[derive(Debug)]
+pub struct HoldOff<K> {
+    until: std::sync::Mutex<std::collections::HashMap<K, (tokio::time::Instant, u32)>>,
+}
+
+impl<K> Default for HoldOff<K> {
+    fn default() -> Self {
+        Self {
+            until: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Objects held back at most: past it, the oldest holds are forgotten (a
+/// controller then merely tries one of them sooner).
+const HOLDS_MAX: usize = 65_536;
+
+impl<K: Eq + std::hash::Hash> HoldOff<K> {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, (tokio::time::Instant, u32)>> {
+        self.until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long `key` must still wait, if at all.
+    pub fn remaining(&self, key: &K) -> Option<Duration> {
+        let (until, _) = *self.map().get(key)?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// `key` failed as `refusal` says: hold it back, one failure in a row
+    /// more, and return for how long.
+    pub fn failed(&self, key: K, refusal: &Refusal) -> Duration {
+        let mut map = self.map();
+        if map.len() >= HOLDS_MAX {
+            map.clear();
+        }
+        let entry = map.entry(key).or_insert((tokio::time::Instant::now(), 0));
+        entry.1 = entry.1.saturating_add(1);
+        let delay = refusal.retry_delay(entry.1);
+        entry.0 = tokio::time::Instant::now() + delay;
+        delay
+    }
+
+    /// `key` succeeded: nothing holds it back any more.
+    pub fn succeeded(&self, key: &K) {
+        self.map().remove(key);
+    }
+}
+
+/// A watch stream that survives the API server's refusals as a controller
+/// should: each error is logged with what was watched, and the watch
+/// resumes after the server's Retry-After, or after a wait doubling from a
+/// second to fifteen (five minutes for a refusal repeating cannot fix,
+/// such as a missing RBAC grant). Errors never reach the consumer, so no
+/// second backoff (a controller's own) stacks on this one.
+pub fn resilient<T, S>(
+    what: &'static str,
+    stream: S,
+) -> impl futures_util::Stream<Item = Result<T, kube::runtime::watcher::Error>> + Send
+where
+    T: Send + 'static,
+    S: futures_util::Stream<Item = Result<T, kube::runtime::watcher::Error>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(
+        (stream.boxed(), 0u32),
+        move |(mut s, mut failures)| async move {
+            loop {
+                match s.next().await? {
+                    Ok(item) => return Some((Ok(item), (s, 0))),
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let delay = watch_refusal(&e).retry_delay(failures);
+                        tracing::warn!(watch = what, error = %e, retry_in = ?delay, "a watch failed; resuming");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What a watch error says about trying again.
+fn watch_refusal(e: &kube::runtime::watcher::Error) -> Refusal {
+    use kube::runtime::watcher::Error;
+    match e {
+        Error::InitialListFailed(e) | Error::WatchStartFailed(e) | Error::WatchFailed(e) => {
+            Refusal::of(e)
+        }
+        // 410 Gone (history compacted): the watcher lists again at once.
+        Error::WatchError(s) if s.code == 410 => Refusal::Transient { retry_after: None },
+        Error::WatchError(s) => Refusal::of(&kube::Error::Api(s.clone())),
+        Error::NoResourceVersion => Refusal::Transient { retry_after: None },
     }
 }
 
@@ -309,7 +413,7 @@ mod tests {
         let delays: Vec<u64> = (1..=8)
             .map(|n| transient.retry_delay(n).as_secs())
             .collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(delays, [1, 2, 4, 8, 15, 15, 15, 15]);
         assert_eq!(transient.retry_delay(u32::MAX), RETRY_MOST);
         let busy = Refusal::Transient {
             retry_after: Some(Duration::from_secs(7)),
@@ -320,6 +424,33 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(forbidden.retry_delay(1), FINAL_RETRY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_refused_is_held_back_until_its_delay_then_backs_off_further() {
+        let hold = HoldOff::default();
+        assert_eq!(hold.remaining(&"a"), None);
+        let busy = Refusal::Transient {
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(hold.failed("a", &busy), Duration::from_secs(2));
+        assert_eq!(hold.remaining(&"b"), None, "others are not held");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(hold.remaining(&"a"), Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(hold.remaining(&"a"), None);
+        let down = Refusal::Transient { retry_after: None };
+        assert_eq!(
+            hold.failed("a", &down),
+            Duration::from_secs(2),
+            "the second failure in a row"
+        );
+        hold.succeeded(&"a");
+        assert_eq!(
+            hold.failed("a", &down),
+            Duration::from_secs(1),
+            "counted afresh"
+        );
     }
 
     #[test]

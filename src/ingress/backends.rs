@@ -63,25 +63,34 @@ pub async fn is_monitored(
 
 /// The ServiceAccount behind a backend Service: its pods' (by selector),
 /// else the `meshca.io/service-account` annotation of the Service or the
-/// Ingress. `Err` explains why the backend is skipped.
+/// Ingress. The inner `Err` explains why the backend is skipped.
+///
+/// # Errors
+/// The API server could not answer: nothing is known about the backend,
+/// which is not the same as a backend without identity (whose Secret
+/// would be swept).
 pub async fn backend_service_account(
     client: &kube::Client,
     namespace: &str,
     service: &str,
     ingress: &IngressModel,
-) -> Result<String, String> {
+) -> Result<Result<String, String>, KubeError> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let svc = services
+    let Some(svc) = services
         .get_opt(service)
         .await
-        .map_err(|e| format!("failed to read Service {namespace}/{service}: {e}"))?
-        .ok_or_else(|| format!("Service {namespace}/{service} does not exist"))?;
+        .map_err(KubeError::api(format!(
+            "read Service {namespace}/{service}"
+        )))?
+    else {
+        return Ok(Err(format!("Service {namespace}/{service} does not exist")));
+    };
     let spec = svc.spec.unwrap_or_default();
     if spec.type_.as_deref() == Some("ExternalName") {
-        return Err(format!(
+        return Ok(Err(format!(
             "Service {namespace}/{service} is an ExternalName for {}: meshca provisions identities only for backends in the Ingress's own monitored namespace",
             spec.external_name.unwrap_or_default()
-        ));
+        )));
     }
     if let Some(selector) = spec.selector.filter(|s| !s.is_empty()) {
         let labels = selector
@@ -90,14 +99,18 @@ pub async fn backend_service_account(
             .collect::<Vec<_>>()
             .join(",");
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        if let Ok(list) = pods.list(&ListParams::default().labels(&labels)).await {
-            if let Some(sa) = list
-                .items
-                .into_iter()
-                .find_map(|p| p.spec.and_then(|s| s.service_account_name))
-            {
-                return Ok(sa);
-            }
+        let list = pods
+            .list(&ListParams::default().labels(&labels))
+            .await
+            .map_err(KubeError::api(format!(
+                "list the pods of Service {namespace}/{service}"
+            )))?;
+        if let Some(sa) = list
+            .items
+            .into_iter()
+            .find_map(|p| p.spec.and_then(|s| s.service_account_name))
+        {
+            return Ok(Ok(sa));
         }
     }
     let annotated = svc
@@ -111,7 +124,7 @@ pub async fn backend_service_account(
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         });
-    annotated.ok_or_else(|| {
+    Ok(annotated.ok_or_else(|| {
         format!("no pod selected by Service {namespace}/{service} and no meshca.io/service-account annotation: its identity is unknown")
-    })
+    }))
 }

@@ -32,7 +32,7 @@ use super::backends::{backend_service_account, is_monitored};
 use super::secrets::{self, SecretKey, Wanted, FIELD_MANAGER, PURPOSE};
 use super::{BackendProtocol, IngressConfig};
 use crate::bundle::BundleReceiver;
-use crate::cluster::{Cluster, KubeError, Refusal, MANAGED_BY};
+use crate::cluster::{resilient, Cluster, HoldOff, KubeError, Refusal, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
@@ -71,8 +71,9 @@ struct Context {
     recorder: Recorder,
     /// The Secrets each Ingress needs, as its last reconcile found.
     needs: Mutex<HashMap<ObjectRef<DynamicObject>, BTreeSet<SecretKey>>>,
-    /// Failed reconciles in a row, per Ingress: the retry backs off.
-    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// Ingresses whose last reconcile failed: held back until their retry
+    /// (backing off, the server's Retry-After honoured).
+    hold: HoldOff<ObjectRef<DynamicObject>>,
 }
 
 impl Context {
@@ -135,7 +136,7 @@ pub fn reconciler(
         leader: cluster.leader.clone(),
         recorder,
         needs: Mutex::default(),
-        failures: Mutex::default(),
+        hold: HoldOff::default(),
     });
     let ours =
         watcher::Config::default().labels(&format!("{}={},{PURPOSE}", MANAGED_BY.0, MANAGED_BY.1));
@@ -143,22 +144,38 @@ pub fn reconciler(
     let (secrets_store, writer) = reflector::store();
     let secrets_reflector = reflector::reflector(
         writer,
-        watcher(Api::<Secret>::all(client.clone()), ours.clone()).default_backoff(),
+        resilient(
+            "ingress Secrets",
+            watcher(Api::<Secret>::all(client.clone()), ours.clone()),
+        ),
     )
     .applied_objects()
     .for_each(|_| std::future::ready(()));
-    let mapper_ctx = ctx.clone();
-    let controller = Controller::new_with(
-        Api::<DynamicObject>::all_with(client.clone(), &resource),
-        watcher::Config::default(),
-        resource,
+    let ingress_writer = reflector::store::Writer::new(resource.clone());
+    let ingress_store = ingress_writer.as_reader();
+    let ingresses = reflector::reflector(
+        ingress_writer,
+        resilient(
+            "ingresses",
+            watcher(
+                Api::<DynamicObject>::all_with(client.clone(), &resource),
+                watcher::Config::default(),
+            ),
+        ),
     )
-    .watches(Api::<Secret>::all(client), ours, move |s: Secret| {
-        let key = (s.namespace().unwrap_or_default(), s.name_any());
-        mapper_ctx.needing(&key)
-    })
-    .reconcile_all_on(triggers)
-    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+    .applied_objects();
+    let mapper_ctx = ctx.clone();
+    let controller = Controller::for_stream_with(ingresses, ingress_store, resource)
+        .watches_stream(
+            resilient("ingress Secrets", watcher(Api::<Secret>::all(client), ours))
+                .touched_objects(),
+            move |s: Secret| {
+                let key = (s.namespace().unwrap_or_default(), s.name_any());
+                mapper_ctx.needing(&key)
+            },
+        )
+        .reconcile_all_on(triggers)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
     let ingresses = controller.store();
     async move {
         let run = controller
@@ -187,11 +204,13 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
+    // Woken early by another event while its retry is not due.
+    if let Some(wait) = ctx.hold.remaining(&reference) {
+        return Ok(Action::requeue(wait));
+    }
     let result = reconcile_one(&object, &ctx).await;
     if result.is_ok() {
-        if let Ok(mut failures) = ctx.failures.lock() {
-            failures.remove(&reference);
-        }
+        ctx.hold.succeeded(&reference);
     }
     result
 }
@@ -215,7 +234,7 @@ async fn reconcile_one(object: &DynamicObject, ctx: &Context) -> Result<Action, 
         ctx.set_needs(reference, BTreeSet::new());
         return Ok(Action::requeue(RESYNC));
     }
-    let (wanted, identities) = wanted_for(ctx, object, &ingress, &config).await;
+    let (wanted, identities) = wanted_for(ctx, object, &ingress, &config).await?;
     ctx.set_needs(reference, wanted.keys().cloned().collect());
     let mut next = RESYNC;
     for (key, w) in &wanted {
@@ -232,11 +251,6 @@ async fn reconcile_one(object: &DynamicObject, ctx: &Context) -> Result<Action, 
 /// refused for good (RBAC, an invalid object), which repeating cannot fix.
 fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let reference = ObjectRef::from_obj_with(&*object, ctx.resource.clone());
-    let failures = ctx.failures.lock().map_or(1, |mut f| {
-        let n = f.entry(reference).or_default();
-        *n = n.saturating_add(1);
-        *n
-    });
     let ingress = format!(
         "{}/{}",
         object.namespace().unwrap_or_default(),
@@ -246,7 +260,7 @@ fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Con
         ReconcileError::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
         ReconcileError::Kube(_) => Refusal::Transient { retry_after: None },
     };
-    let delay = refusal.retry_delay(failures);
+    let delay = ctx.hold.failed(reference, &refusal);
     if matches!(refusal, Refusal::Final { .. }) {
         tracing::error!(%ingress, %error, retry_in = ?delay, "the API server refused an ingress write; repeating it cannot help until its cause is fixed");
     } else {
@@ -258,19 +272,23 @@ fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Con
 /// The backend Secrets `ingress` needs (HTTPS only) and its backends'
 /// identities. A backend whose identity is unknown is skipped with a
 /// Warning Event on the Ingress.
+///
+/// # Errors
+/// The API server could not say: the reconcile fails and is retried, and
+/// the Secrets the Ingress needed stay.
 async fn wanted_for(
     ctx: &Context,
     object: &DynamicObject,
     ingress: &IngressModel,
     config: &IngressConfig,
-) -> (BTreeMap<SecretKey, Wanted>, BTreeSet<Identity>) {
+) -> Result<(BTreeMap<SecretKey, Wanted>, BTreeSet<Identity>), KubeError> {
     let https = config.backend_protocol == BackendProtocol::Https;
     let mut wanted = BTreeMap::new();
     let mut identities = BTreeSet::new();
     for backend in &ingress.backends {
         let identity =
             backend_service_account(&ctx.client, &ingress.namespace, &backend.service, ingress)
-                .await
+                .await?
                 .and_then(|sa| {
                     Identity::new(ctx.mesh.trust_domain.clone(), &ingress.namespace, &sa)
                         .map(|i| (sa, i))
@@ -296,7 +314,7 @@ async fn wanted_for(
             }
         }
     }
-    (wanted, identities)
+    Ok((wanted, identities))
 }
 
 async fn publish_warning(ctx: &Context, object: &DynamicObject, why: &str) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,8 @@ pub fn follow(
     let (tx, rx) = watch::channel(None);
     let task = async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
-        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut events =
+            crate::cluster::resilient("deny-list ConfigMap", watcher(api, config)).boxed();
         let mut seen = false;
         loop {
             let event = tokio::select! {
@@ -61,10 +62,8 @@ pub fn follow(
                 Some(Ok(watcher::Event::Delete(_))) => Some(Ok(DenyFile::default())),
                 Some(Ok(watcher::Event::InitDone)) if !seen => Some(Ok(DenyFile::default())),
                 Some(Ok(watcher::Event::InitDone)) => None,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watch of the deny-list ConfigMap failed; resuming with backoff");
-                    None
-                }
+                // `resilient` logs and waits; none reaches here.
+                Some(Err(_)) => None,
             };
             match update {
                 Some(Ok(list)) => {

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::certificates::v1::PodCertificateRequest;
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use meshca_provider::TrustDomain;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Answer, Next};
 use super::config::PodCertificatesConfig;
-use crate::cluster::{is_reason, Cluster, Refusal};
+use crate::cluster::{is_reason, resilient, Cluster, HoldOff, Refusal};
 use crate::issuer::{Admission, Issuer};
 use crate::metrics::{IssuedLabels, Metrics, RefusalLabels};
 use crate::watched::changes;
@@ -111,6 +111,8 @@ struct Context {
     /// Requests whose every answer the API server refused, by UID: this
     /// replica does not sign them again.
     given_up: Mutex<HashSet<String>>,
+    /// Requests whose write the API server asked to retry later, by UID.
+    hold: HoldOff<String>,
 }
 
 /// Everything the signer needs besides the cluster.
@@ -149,8 +151,18 @@ pub fn signer(
         slots: NamespaceSlots::default(),
         unwritten: Mutex::default(),
         given_up: Mutex::default(),
+        hold: HoldOff::default(),
     });
-    let controller = Controller::new(api, watcher::Config::default().fields(&selector))
+    let (reader, writer) = reflector::store();
+    let requests = reflector::reflector(
+        writer,
+        resilient(
+            "podcertificaterequests",
+            watcher(api, watcher::Config::default().fields(&selector)),
+        ),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(requests, reader)
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown.cancelled_owned());
     async move {
@@ -175,6 +187,10 @@ async fn reconcile(
     let uid = pcr.uid().unwrap_or_default();
     if locked(&ctx.given_up).contains(&uid) {
         return Ok(Action::await_change());
+    }
+    // Woken early by another event while the API server asked for a wait.
+    if let Some(wait) = ctx.hold.remaining(&uid) {
+        return Ok(Action::requeue(wait));
     }
     let next = answer::decide(
         &pcr,
@@ -249,6 +265,7 @@ async fn answer_request(
     let refused = match write(ctx, pcr, &answer).await {
         Ok(Written::Stored) => {
             count(ctx, answer.metric_result());
+            ctx.hold.succeeded(&pcr.uid().unwrap_or_default());
             return Ok(Action::await_change());
         }
         Ok(Written::Moot) => return Ok(Action::await_change()),
@@ -398,9 +415,12 @@ fn name_of(pcr: &PodCertificateRequest) -> String {
     format!("{}/{}", pcr.namespace().unwrap_or_default(), pcr.name_any())
 }
 
-fn error_policy(pcr: Arc<PodCertificateRequest>, error: &SignerError, _: Arc<Context>) -> Action {
+fn error_policy(pcr: Arc<PodCertificateRequest>, error: &SignerError, ctx: Arc<Context>) -> Action {
     let SignerError::Write { retry_after, .. } = error;
-    let after = retry_after.unwrap_or(RETRY);
+    let refusal = Refusal::Transient {
+        retry_after: *retry_after,
+    };
+    let after = ctx.hold.failed(pcr.uid().unwrap_or_default(), &refusal);
     tracing::warn!(pcr = %name_of(&pcr), %error, retry_in = ?after, "failed to answer a pod certificate request; retrying");
     Action::requeue(after)
 }

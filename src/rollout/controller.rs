@@ -209,11 +209,12 @@ impl Rollout {
         let mut bundle = self.bundle.clone();
         let deadline = tokio::time::Instant::now() + DISTRIBUTE_LIMIT;
         loop {
-            let has_all = {
-                let b = bundle.borrow_and_update();
-                new_anchors.iter().all(|a| b.anchors().contains(a))
-            };
-            if has_all && self.publish.check().is_ok() {
+            // Every sink must hold this very bundle, not just an earlier
+            // one without errors: the new signer signs only once peers
+            // everywhere can verify it.
+            let current = bundle.borrow_and_update().clone();
+            let has_all = new_anchors.iter().all(|a| current.anchors().contains(a));
+            if has_all && self.publish.holds(&current) {
                 break;
             }
             if superseded(config, target) {

@@ -18,7 +18,7 @@ use kube::Api;
 use tokio_util::sync::CancellationToken;
 
 use super::Signer;
-use crate::cluster::{is_reason, new_configmap};
+use crate::cluster::{is_reason, new_configmap, Refusal};
 
 /// The ConfigMap, in meshca's namespace.
 const NAME: &str = "meshca-issued";
@@ -71,6 +71,7 @@ impl Peers {
         let mut recorded = signer.recorded();
         async move {
             let mut published = BTreeMap::new();
+            let mut failures = 0u32;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -84,9 +85,18 @@ impl Peers {
                     continue;
                 }
                 match self.write(&ledger).await {
-                    Ok(()) => published = ledger,
+                    Ok(()) => {
+                        published = ledger;
+                        failures = 0;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "failed to share this replica's issuance ledger; retrying");
+                        failures = failures.saturating_add(1);
+                        let delay = Refusal::of(&e).retry_delay(failures);
+                        tracing::warn!(error = %e, retry_in = ?delay, "failed to share this replica's issuance ledger; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
                         recorded.mark_changed();
                     }
                 }

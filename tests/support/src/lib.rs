@@ -169,6 +169,15 @@ impl TestDaemon {
         client(&self.bundle_pem().await, None)
     }
 
+    /// The status and body of `GET /readyz` on the metrics port.
+    pub async fn readyz(&self) -> (u16, String) {
+        let resp = reqwest::get(self.metrics_url("/readyz"))
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     /// The status and body of `GET path` on the signing API.
     pub async fn get_status(&self, path: &str) -> (u16, String) {
         let resp = self

@@ -21,6 +21,13 @@ pub struct AuditEntry {
     pub namespace: Option<String>,
     /// For requests on one object.
     pub name: Option<String>,
+    /// The HTTP status answered (0 when the answer was lost).
+    pub code: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+    /// An authorization check the request implied (create on an apply
+    /// that creates, sign, attest), not a request of its own.
+    pub implied: bool,
 }
 
 /// Whether a User-Agent is meshca's.
@@ -56,6 +63,9 @@ pub(crate) fn entry(
         subresource: target.subresource.clone(),
         namespace: target.namespace.clone(),
         name: target.name.clone(),
+        code: 0,
+        at: std::time::Instant::now(),
+        implied: false,
     })
 }
 
@@ -76,6 +86,7 @@ pub(crate) fn implied_checks(
     let creates = entry.verb == "patch" && apply && stored(inner, entry).is_none();
     let create = creates.then(|| AuditEntry {
         verb: "create",
+        implied: true,
         ..entry.clone()
     });
     create
@@ -129,6 +140,7 @@ fn signer_check(inner: &Inner, entry: &AuditEntry, body: &Bytes) -> Option<Audit
         subresource: None,
         namespace: None,
         name: Some(signer),
+        implied: true,
         ..entry.clone()
     })
 }

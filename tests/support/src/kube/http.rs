@@ -168,16 +168,35 @@ pub(crate) async fn dispatch(
         .unwrap_or_default()
         .to_owned();
     let target = parse_path(&inner, uri.path());
+    let mut audited: Vec<AuditEntry> = Vec::new();
     if let Some(entry) = audit::entry(&method, target.as_ref(), &query, &user_agent) {
-        let implied = audit::implied_checks(&inner, &entry, &headers, &body);
-        let mut audit = inner.audit.lock().expect("lock");
-        audit.push(entry);
-        audit.extend(implied);
+        audited = audit::implied_checks(&inner, &entry, &headers, &body);
+        audited.insert(0, entry);
     }
-    let response = serve(&inner, &method, &uri, &headers, &body, &query).await;
     let is_write = matches!(method, Method::POST | Method::PUT | Method::PATCH);
-    if !(is_write && audit::is_meshca(&user_agent) && response.status().is_success()) {
-        return response;
+    let meshca = audit::is_meshca(&user_agent);
+    let fault = meshca.then(|| inner.faults.decide(is_write)).flatten();
+    let response = match fault {
+        Some(Fault::Refuse(code, reason, retry_after)) => {
+            refused_by_fault(code, reason, retry_after)
+        }
+        Some(Fault::Slow(d)) => {
+            tokio::time::sleep(d).await;
+            serve(&inner, &method, &uri, &headers, &body, &query, meshca).await
+        }
+        Some(Fault::LoseAnswer) | None => {
+            serve(&inner, &method, &uri, &headers, &body, &query, meshca).await
+        }
+    };
+    let lost = fault == Some(Fault::LoseAnswer);
+    let code = if lost { 0 } else { response.status().as_u16() };
+    inner
+        .audit
+        .lock()
+        .expect("lock")
+        .extend(audited.into_iter().map(|e| AuditEntry { code, ..e }));
+    if !(is_write && meshca && response.status().is_success()) {
+        return if lost { lose(response) } else { response };
     }
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -185,10 +204,58 @@ pub(crate) async fn dispatch(
         .unwrap_or_default();
     if let Ok(object) = serde_json::from_slice::<Value>(&bytes) {
         if object.get("metadata").is_some() {
-            inner.written.lock().expect("lock").push(object);
+            inner
+                .written
+                .lock()
+                .expect("lock")
+                .push((std::time::Instant::now(), object));
         }
     }
-    Response::from_parts(parts, Body::from(bytes))
+    let response = Response::from_parts(parts, Body::from(bytes));
+    if lost {
+        lose(response)
+    } else {
+        response
+    }
+}
+
+/// An answer whose body breaks off: the client sees the connection fail
+/// after the server did the work.
+fn lose(response: Response) -> Response {
+    let (parts, _) = response.into_parts();
+    let broken = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "answer lost",
+        ))
+    });
+    Response::from_parts(parts, Body::from_stream(broken))
+}
+
+/// The API server's refusal under load: a Status, with `Retry-After` (and
+/// `details.retryAfterSeconds`) for 429 as API Priority and Fairness sends
+/// them.
+fn refused_by_fault(code: u16, reason: &str, retry_after: Option<u32>) -> Response {
+    let mut details = json!({});
+    if let Some(r) = retry_after {
+        details["retryAfterSeconds"] = json!(r);
+    }
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{reason} (injected)"), "reason": reason, "details": details, "code": code,
+    });
+    let mut response = (
+        StatusCode::from_u16(code).expect("status"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(r) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", r.to_string().parse().expect("header"));
+    }
+    response
 }
 
 async fn serve(
@@ -198,6 +265,7 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
     query: &HashMap<String, String>,
+    faulty: bool,
 ) -> Response {
     let forbidden = inner
         .forbidden
@@ -273,7 +341,7 @@ async fn serve(
     match *method {
         Method::GET if target.name.is_some() => get(inner, &target),
         Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(inner, &target, query)
+            watch(inner, &target, query, faulty)
         }
         Method::GET => list(inner, &target, query),
         Method::POST => create(inner, &target, body, manager(query)),

@@ -44,6 +44,7 @@ use tokio::sync::broadcast;
 mod apply;
 mod audit;
 mod cert_manager;
+mod faults;
 mod http;
 mod reads;
 mod resources;
@@ -55,6 +56,8 @@ mod writes;
 
 pub use audit::AuditEntry;
 pub use cert_manager::{CaIssuer, IssuerBehaviour};
+pub use faults::FaultPlan;
+use faults::{Fault, Faults};
 use http::*;
 use reads::*;
 pub use resources::Options;
@@ -89,8 +92,10 @@ struct Inner {
     forbidden: Mutex<Vec<(String, String)>>,
     /// Every resource request, as an audit log records it.
     audit: Mutex<Vec<AuditEntry>>,
-    /// Every object meshca's writes stored, each version.
-    written: Mutex<Vec<Value>>,
+    /// Every object meshca's writes stored, each version, with when.
+    written: Mutex<Vec<(std::time::Instant, Value)>>,
+    /// Faults meshca's requests meet, while a plan is on.
+    faults: Faults,
 }
 
 impl Inner {
@@ -118,7 +123,10 @@ impl Drop for KubeStandIn {
         if std::thread::panicking() {
             return;
         }
-        let written = std::mem::take(&mut *self.inner.written.lock().expect("lock"));
+        let written: Vec<Value> = std::mem::take(&mut *self.inner.written.lock().expect("lock"))
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
         if let Err(report) = crate::schemas::validate(&written) {
             panic!(
                 "objects meshca wrote do not match Kubernetes {}'s schemas:\n{report}",
@@ -150,6 +158,7 @@ impl KubeStandIn {
             forbidden: Mutex::default(),
             audit: Mutex::default(),
             written: Mutex::default(),
+            faults: Faults::default(),
         });
         let app = Router::new().fallback(dispatch).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -238,6 +247,12 @@ impl KubeStandIn {
         self.inner.clock_offset.store(seconds, Ordering::SeqCst);
     }
 
+    /// Put meshca's requests through `plan` from now on; `None` ends the
+    /// faults.
+    pub fn set_faults(&self, plan: Option<FaultPlan>) {
+        self.inner.faults.set(plan);
+    }
+
     /// Answer `method` requests whose path ends in `path_suffix` with 403
     /// Forbidden, as RBAC does for a verb the caller was not granted.
     pub fn forbid(&self, method: &str, path_suffix: &str) {
@@ -268,6 +283,15 @@ impl KubeStandIn {
 
     /// Every version of every object meshca's writes stored so far.
     pub fn written_by_meshca(&self) -> Vec<Value> {
+        self.writes_by_meshca()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
+    }
+
+    /// As [`KubeStandIn::written_by_meshca`], each with when it was
+    /// stored.
+    pub fn writes_by_meshca(&self) -> Vec<(std::time::Instant, Value)> {
         self.inner.written.lock().expect("lock").clone()
     }
 

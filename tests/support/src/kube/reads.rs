@@ -57,10 +57,13 @@ pub(crate) fn list(inner: &Inner, target: &Target, query: &HashMap<String, Strin
     )
 }
 
+/// A watch; `faulty` when the plan of faults applies to its client
+/// (410 Gone on resume, a stream cut early).
 pub(crate) fn watch(
     inner: &Arc<Inner>,
     target: &Target,
     query: &HashMap<String, String>,
+    faulty: bool,
 ) -> Response {
     if let Some(refusal) = unsupported_selector(target, query) {
         return refusal;
@@ -99,6 +102,7 @@ pub(crate) fn watch(
         let store = inner.store.lock().expect("lock");
         match from {
             Some(rv) if rv < store.compacted => (Vec::new(), rv, true),
+            Some(rv) if faulty && inner.faults.gone_on_resume() => (Vec::new(), rv, true),
             Some(rv) => (
                 store
                     .history
@@ -125,6 +129,7 @@ pub(crate) fn watch(
         }
     };
     let every = inner.options.bookmark_every;
+    let cut = faulty.then(|| inner.faults.cut_after()).flatten();
     let av = api_version.clone();
     tokio::spawn(async move {
         if gone {
@@ -148,10 +153,15 @@ pub(crate) fn watch(
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let cut_at = cut.map(|c| tokio::time::Instant::now() + c);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
+                () = tokio::time::sleep_until(cut_at.unwrap_or(deadline)), if cut_at.is_some() => {
+                    let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "watch cut"))).await;
+                    return;
+                }
                 _ = tick.tick(), if bookmarks => {
                     let b = json!({ "type": "BOOKMARK", "object": {
                         "kind": kind, "apiVersion": av, "metadata": { "resourceVersion": last_rv.to_string() },
