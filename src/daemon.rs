@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
 use crate::events;
 use crate::ingress::{self, Mesh};
-use crate::issuer::{deny_configmap, Admission, DenyList, IssueError, Issuer};
+use crate::issuer::{deny_configmap, Admission, DenyList, Issuer};
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
@@ -33,7 +33,7 @@ use crate::rollout::{self, Rollout, RolloutStatus, Signer, StateStore, Target};
 use crate::supervisor::{Spawner, Supervisor};
 
 /// The ConfigMap (in meshca's namespace) holding the rollout state.
-const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
+pub(crate) const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
@@ -48,8 +48,11 @@ pub enum DaemonError {
     #[error("failed to build the trust bundle: {0}")]
     Bundle(#[from] BundleError),
     /// The serving certificate could not be issued.
-    #[error("failed to issue the signing API's own certificate: {0}")]
-    ServingCertificate(#[from] IssueError),
+    #[error(transparent)]
+    ServingCertificate(#[from] api::ServingError),
+    /// The rollout ledger exists but cannot be read.
+    #[error(transparent)]
+    Ledger(#[from] rollout::ledger::LedgerError),
     /// The cluster could not be used.
     #[error("failed to use the Kubernetes API: {0}")]
     Kubernetes(#[from] KubeError),
@@ -164,18 +167,19 @@ async fn build(
     )
     .await;
 
+    let admission = Arc::new(Admission::new(
+        config.api.max_in_flight,
+        config.api.per_identity_per_second,
+        config.api.per_identity_burst,
+    ));
     let issuer = Issuer::new(
         signing.signer.clone(),
         config.certificates,
         signing.bundle.clone(),
         metrics.clone(),
         deny_list(config, cluster.as_ref(), spawner),
+        admission,
     );
-    let admission = Arc::new(Admission::new(
-        config.api.max_in_flight,
-        config.api.per_identity_per_second,
-        config.api.per_identity_burst,
-    ));
     let renew_serving = Arc::new(Notify::new());
     let serving_tls =
         serving_certificate(config, &issuer, &metrics, &renew_serving, spawner).await?;
@@ -207,7 +211,6 @@ async fn build(
     if let (Some(cluster), Some(settings)) = (cluster.as_ref(), pod_certificates) {
         let deps = pod_certificates::SignerDeps {
             issuer: issuer.clone(),
-            admission: admission.clone(),
             trust_domain: config.trust_domain.clone(),
             metrics: metrics.clone(),
         };
@@ -230,11 +233,10 @@ async fn build(
     }
     let state = Arc::new(ApiState::new(
         issuer,
-        authenticator(config, cluster.as_ref(), &signing.bundle),
+        authenticator(config, cluster.as_ref(), &signing.bundle, spawner),
         signing.bundle.clone(),
         metrics.clone(),
         config.api.max_body_bytes,
-        admission,
         rollout,
     ));
     let readiness = Readiness {
@@ -250,6 +252,7 @@ async fn build(
 /// follows.
 fn deny_list(config: &Config, cluster: Option<&Cluster>, spawner: &Spawner) -> DenyList {
     let list = DenyList::new(config.auth.denied_file.clone());
+    spawner.spawn_child("deny-list-file", |token| list.follow_file(token));
     let Some(cluster) = cluster else {
         return list;
     };
@@ -291,14 +294,7 @@ async fn signing(
     let built = provider::build(&config.provider, &deps).await?;
     tracing::info!(provider = %built.provider.kind(), "signing provider ready");
 
-    // In a cluster the ConfigMap outlives the pod's state directory.
-    let persisted = match cluster {
-        Some(c) => rollout::configmap::load(&c.client, &c.config.namespace, ROLLOUT_CONFIGMAP)
-            .await?
-            .and_then(|json| RolloutStatus::parse(&json)),
-        None => None,
-    }
-    .or_else(|| RolloutStatus::load(&config.state_dir));
+    let persisted = persisted_ledger(config, cluster).await?;
     let now = time::OffsetDateTime::now_utc();
     let restored = RolloutStatus::restored(
         persisted,
@@ -324,6 +320,32 @@ async fn signing(
         bundle: bundle_rx,
         deps,
     })
+}
+
+/// The rollout ledger as persisted: in a cluster the ConfigMap, which
+/// outlives the pod's state directory, else (or when it has none yet) the
+/// state directory's file.
+///
+/// # Errors
+/// A ledger that exists but cannot be read stops the start: it names the
+/// anchors live certificates still chain to.
+async fn persisted_ledger(
+    config: &Config,
+    cluster: Option<&Cluster>,
+) -> Result<Option<RolloutStatus>, DaemonError> {
+    if let Some(c) = cluster {
+        let (ns, name) = (&c.config.namespace, ROLLOUT_CONFIGMAP);
+        let json = rollout::configmap::load(&c.client, ns, name)
+            .await
+            .map_err(rollout::ledger::LedgerError::ConfigMap)?;
+        if let Some(json) = json {
+            return Ok(Some(rollout::ledger::parse(
+                &json,
+                &format!("ConfigMap {ns}/{name}"),
+            )?));
+        }
+    }
+    Ok(rollout::ledger::load_file(&config.state_dir)?)
 }
 
 /// The pod-certificate settings, when they are on and the cluster serves
@@ -477,7 +499,9 @@ fn spawn_rollout(
     spawner: &Spawner,
 ) -> watch::Receiver<RolloutStatus> {
     let writer = cluster.map(|c| {
-        let (tx, rx) = watch::channel(String::new());
+        // The leader writes the ledger it started from, so that one read
+        // from the state directory reaches the ConfigMap too.
+        let (tx, rx) = watch::channel(rollout::ledger::encode(&signing.restored));
         spawner.spawn_child("rollout-configmap", |token| {
             rollout::configmap::writer(
                 c.client.clone(),
@@ -485,6 +509,7 @@ fn spawn_rollout(
                 ROLLOUT_CONFIGMAP.to_owned(),
                 rx,
                 c.leader.clone(),
+                metrics.clone(),
                 token,
             )
         });
@@ -520,9 +545,11 @@ fn spawn_rollout(
         store: StateStore {
             state_dir: config.state_dir.clone(),
             cluster: writer,
+            metrics: metrics.clone(),
         },
         deps: signing.deps.clone(),
         metrics: metrics.clone(),
+        max_ttl: config.certificates.max_ttl,
     };
     spawner.spawn_with("rollout", |token| {
         rollout.run(signing.restored.clone(), target, token)
@@ -563,12 +590,11 @@ fn authenticator(
     config: &Config,
     cluster: Option<&Cluster>,
     bundle: &BundleReceiver,
+    spawner: &Spawner,
 ) -> Authenticator {
-    let auth = Authenticator::new(
-        TokenStore::new(config.auth.tokens_file.clone()),
-        config.trust_domain.clone(),
-        bundle.clone(),
-    );
+    let tokens = TokenStore::new(config.auth.tokens_file.clone());
+    spawner.spawn_child("token-file", |token| tokens.follow(token));
+    let auth = Authenticator::new(tokens, config.trust_domain.clone(), bundle.clone());
     match (cluster, &config.auth.kubernetes) {
         (Some(c), Some(review)) => auth.with_kubernetes(Arc::new(TokenReviewer::new(
             c.client.clone(),

@@ -28,6 +28,7 @@ mod reload;
 mod renewal;
 mod rollout;
 mod supervisor;
+mod tls;
 mod validation;
 mod watched;
 
@@ -40,6 +41,19 @@ pub use ingress::{render_manifest, BackendProtocol, Controller, RenderOptions};
 pub use meshca_provider::{Identity, TrustDomain};
 pub use provider::ProviderConfig;
 pub use renewal::{renew_after, renewal_delay};
+
+/// An error and its causes, `outer: inner: innermost`, for a log line or
+/// a message that must say everything at once.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
 
 /// Entry points for the fuzz targets (`fuzz/`): the parsers that take
 /// input from outside, as the daemon calls them.

@@ -129,6 +129,9 @@ pub struct Metrics {
     pub rotation_generation: Gauge,
     /// 1 for the rollout stage in force, 0 for the others.
     pub rotation_stage: Family<StageLabels, Gauge>,
+    /// 1 when the latest rollout ledger is written to a store (`file`,
+    /// `configmap`), 0 while writing it fails.
+    pub rotation_ledger_persisted: Family<StoreLabels, Gauge>,
     /// Identities on the deny-list, as the last request saw it.
     pub identities_denied: Gauge,
     /// Leaves a provider issued longer than requested (but within
@@ -140,6 +143,13 @@ pub struct Metrics {
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
+}
+
+/// Labels of `meshca_rotation_ledger_persisted`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `file` or `configmap`.
+    pub store: &'static str,
 }
 
 /// Labels of `meshca_rotation_stage`.
@@ -226,6 +236,12 @@ impl Metrics {
             "1 for the signer rollout stage in force",
             rotation_stage.clone(),
         );
+        let rotation_ledger_persisted = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "rotation_ledger_persisted",
+            "1 when the latest rollout ledger is written to the store (file, configmap), 0 while writing it fails",
+            rotation_ledger_persisted.clone(),
+        );
         let identities_denied = Gauge::default();
         registry.register(
             "identities_denied",
@@ -255,6 +271,7 @@ impl Metrics {
             registry,
             rotation_generation,
             rotation_stage,
+            rotation_ledger_persisted,
             certificates_issued,
             sign_duration,
             trust_anchor_expiry,
@@ -265,6 +282,13 @@ impl Metrics {
             bundle_sink_up,
             serving_cert_expiry,
         }
+    }
+
+    /// Whether the latest rollout ledger reached `store`.
+    pub fn record_ledger_persisted(&self, store: &'static str, persisted: bool) {
+        self.rotation_ledger_persisted
+            .get_or_create(&StoreLabels { store })
+            .set(i64::from(persisted));
     }
 
     /// One series per anchor of the bundle now published.

@@ -1,29 +1,57 @@
 //! Small YAML state files that the daemon follows and the CLI edits: the
 //! token store and the identity deny-list.
 //!
-//! The daemon re-reads a file when its modification time or length
-//! changes, looking at most once a second (so a burst of requests costs
-//! one `stat`); the CLI changes it under a lock file and replaces it
-//! atomically, mode 0600.
+//! The daemon keeps the parsed file in memory and a background task
+//! ([`WatchedFile::follow`]) re-reads it, off the async workers, when its
+//! modification time or length changes, looking once a second: a request
+//! only loads the current snapshot, never touches the disk. The CLI changes
+//! a file under a lock file and replaces it atomically, mode 0600.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-/// How long a look at the file's metadata is trusted.
-const RECHECK_AFTER: Duration = Duration::from_secs(1);
+/// How often the follower looks at the file's metadata.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It exists but cannot be read, or written.
+    #[error("failed to access {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not parse.
+    #[error("failed to parse {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+}
 
 type Stamp = (SystemTime, u64);
 
+/// What the file held when last read: the value, or why it could not be
+/// read (an error someone sees, never an empty file assumed).
 #[derive(Debug)]
-struct Cache<T> {
+struct Snapshot<T> {
     /// `None` while the file is missing (the value is then the default).
     stamp: Option<Stamp>,
-    checked_at: Option<Instant>,
-    value: Arc<T>,
+    value: Result<Arc<T>, Arc<FileError>>,
 }
 
 /// A YAML file, parsed, re-read when it changes. A missing file reads as
@@ -31,20 +59,24 @@ struct Cache<T> {
 #[derive(Debug)]
 pub struct WatchedFile<T> {
     path: PathBuf,
-    cache: RwLock<Cache<T>>,
+    current: ArcSwap<Snapshot<T>>,
+    /// Set while one caller re-reads, so others never wait for it.
+    reading: AtomicBool,
 }
 
-impl<T: DeserializeOwned + Default> WatchedFile<T> {
-    /// Follow `path`.
+impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
+    /// Follow `path`, read once now.
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            cache: RwLock::new(Cache {
+        let watched = Self {
+            current: ArcSwap::from_pointee(Snapshot {
                 stamp: None,
-                checked_at: None,
-                value: Arc::new(T::default()),
+                value: Ok(Arc::new(T::default())),
             }),
-        }
+            path,
+            reading: AtomicBool::new(false),
+        };
+        watched.refresh();
+        watched
     }
 
     /// The file.
@@ -52,36 +84,61 @@ impl<T: DeserializeOwned + Default> WatchedFile<T> {
         &self.path
     }
 
-    /// The contents now; re-read if the file changed, looking again at
-    /// once when `force`.
+    /// The contents as last read: no I/O.
     ///
     /// # Errors
-    /// The file exists but cannot be read or parsed.
-    pub fn get(&self, force: bool) -> Result<Arc<T>, String> {
-        // A missing file is a state like any other: trusted for as long.
-        let fresh =
-            |c: &Cache<T>| !force && c.checked_at.is_some_and(|t| t.elapsed() < RECHECK_AFTER);
-        if let Ok(c) = self.cache.read() {
-            if fresh(&c) {
-                return Ok(c.value.clone());
-            }
+    /// The file exists but could not be read or parsed.
+    pub fn get(&self) -> Result<Arc<T>, Arc<FileError>> {
+        self.current.load().value.clone()
+    }
+
+    /// Look at the file now and re-read it if it changed (a caller already
+    /// doing so is not waited for). Blocking I/O: the follower runs it off
+    /// the async workers.
+    pub fn refresh(&self) {
+        if self.reading.swap(true, Ordering::AcqRel) {
+            return;
         }
         let stamp = match std::fs::metadata(&self.path) {
-            Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+            Ok(m) => Ok(Some((
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(FileError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         };
-        let mut cache = self
-            .cache
-            .write()
-            .map_err(|_| "state file cache poisoned".to_owned())?;
-        if cache.stamp != stamp {
-            cache.value = Arc::new(read_yaml(&self.path)?);
-            cache.stamp = stamp;
-            tracing::debug!(path = %self.path.display(), "loaded a state file");
+        let previous = self.current.load();
+        let next = match stamp {
+            Ok(stamp) if stamp == previous.stamp && previous.value.is_ok() => None,
+            Ok(stamp) => Some(Snapshot {
+                stamp,
+                value: read_yaml(&self.path).map(Arc::new).map_err(Arc::new),
+            }),
+            Err(e) => Some(Snapshot {
+                stamp: None,
+                value: Err(Arc::new(e)),
+            }),
+        };
+        if let Some(next) = next {
+            tracing::debug!(path = %self.path.display(), ok = next.value.is_ok(), "read a state file");
+            self.current.store(Arc::new(next));
         }
-        cache.checked_at = Some(Instant::now());
-        Ok(cache.value.clone())
+        self.reading.store(false, Ordering::Release);
+    }
+
+    /// The task that keeps the snapshot current until `shutdown`.
+    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECHECK_AFTER) => {}
+            }
+            let file = self.clone();
+            let _ = tokio::task::spawn_blocking(move || file.refresh()).await;
+        }
     }
 }
 
@@ -89,13 +146,19 @@ impl<T: DeserializeOwned + Default> WatchedFile<T> {
 ///
 /// # Errors
 /// The file cannot be read or parsed.
-pub fn read_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, String> {
+pub fn read_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, FileError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_yaml_ng::from_str::<Option<T>>(&text)
             .map(Option::unwrap_or_default)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|source| FileError::Parse {
+                path: path.to_owned(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(FileError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -108,11 +171,14 @@ pub fn update_yaml<T, R>(
     path: &Path,
     header: &str,
     change: impl FnOnce(&mut T) -> R,
-) -> Result<R, String>
+) -> Result<R, FileError>
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+    let failed = |source: std::io::Error| FileError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }
@@ -125,8 +191,10 @@ where
     lock.lock().map_err(failed)?;
     let mut value: T = read_yaml(path)?;
     let result = change(&mut value);
-    let yaml = serde_yaml_ng::to_string(&value)
-        .map_err(|e| format!("failed to encode {}: {e}", path.display()))?;
+    let yaml = serde_yaml_ng::to_string(&value).map_err(|source| FileError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
     crate::bundle::write_atomically(path, format!("# {header}\n{yaml}").as_bytes(), 0o600)
         .map_err(failed)?;
     Ok(result)
@@ -152,22 +220,45 @@ mod tests {
         n: u32,
     }
 
+    #[tokio::test]
+    async fn the_follower_picks_up_a_change_and_get_never_reads_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.yaml");
+        let watched = Arc::new(WatchedFile::<File>::new(path.clone()));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watched.clone().follow(shutdown.clone()));
+        std::fs::write(&path, "n: 7\n").expect("write");
+        assert_eq!(
+            watched.get().expect("still the default").n,
+            0,
+            "no I/O in get"
+        );
+        tokio::time::sleep(RECHECK_AFTER * 3).await;
+        assert_eq!(watched.get().expect("followed").n, 7);
+        shutdown.cancel();
+        task.await.expect("task");
+    }
+
     #[test]
     fn a_file_that_appears_changes_or_goes_is_followed_and_a_missing_one_reads_as_default() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.yaml");
         let watched = WatchedFile::<File>::new(path.clone());
-        assert_eq!(*watched.get(false).expect("missing"), File::default());
+        let now = || {
+            watched.refresh();
+            watched.get()
+        };
+        assert_eq!(*now().expect("missing"), File::default());
         std::fs::write(&path, "n: 1\n").expect("write");
-        assert_eq!(watched.get(true).expect("appeared").n, 1);
+        assert_eq!(now().expect("appeared").n, 1);
         std::fs::write(&path, "n: 22\n").expect("write");
-        assert_eq!(watched.get(true).expect("changed").n, 22);
+        assert_eq!(now().expect("changed").n, 22);
         std::fs::remove_file(&path).expect("remove");
-        assert_eq!(*watched.get(true).expect("gone"), File::default());
+        assert_eq!(*now().expect("gone"), File::default());
         std::fs::write(&path, "n: [").expect("write");
-        assert!(
-            watched.get(true).is_err(),
-            "a corrupt file is an error, not empty"
-        );
+        let e = now().expect_err("a corrupt file is an error, not empty");
+        assert!(matches!(*e, FileError::Parse { .. }), "{e:?}");
+        std::fs::write(&path, "n: 3\n").expect("write");
+        assert_eq!(now().expect("fixed").n, 3);
     }
 }

@@ -160,7 +160,7 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
 #[test]
 fn the_default_chart_renders_valid_objects_and_a_tresor_config_meshca_accepts() {
     let config = check_objects(&render(&[]));
-    assert_eq!(config.provider.kind(), "tresor");
+    assert_eq!(config.provider.kind().as_str(), "tresor");
     let k = config.kubernetes.expect("in-cluster config");
     assert_eq!(
         (k.namespace.as_str(), k.root_secret.as_str()),
@@ -195,7 +195,7 @@ fn the_chart_renders_every_vault_auth_method() {
         ],
     ] {
         let config = check_objects(&render(&values));
-        assert_eq!(config.provider.kind(), "vault", "{values:?}");
+        assert_eq!(config.provider.kind().as_str(), "vault", "{values:?}");
     }
 }
 

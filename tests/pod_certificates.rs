@@ -205,7 +205,10 @@ async fn every_key_type_kubelet_offers_is_issued_or_denied_by_name() {
         metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="success"} 5"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="denied"} 1"#));
+    assert!(
+        metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="invalid_csr"} 1"#),
+        "a key type meshca does not sign is the CSR's fault, as on the signing API: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,9 +404,15 @@ async fn with_cert_manager_a_request_fails_with_the_reason_and_config_check_warn
     );
     let _d = TestDaemon::start(&config).await;
     create(&kube, "shop", "web-1", "ECDSAP256");
-    let (kind, _, message) = condition(&answer(&kube, "shop", "web-1").await);
-    assert_eq!(kind, "Failed");
-    assert!(message.contains("stub CSR carries none"), "{message}");
+    let (kind, reason, message) = condition(&answer(&kube, "shop", "web-1").await);
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("Failed", "ProviderCannotSign")
+    );
+    assert!(
+        message.contains("signs only the names a CSR carries"),
+        "the provider's own capability, not a special case: {message}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("meshca.yaml");
@@ -552,10 +561,9 @@ async fn an_answer_the_api_server_refuses_becomes_failed_and_is_never_signed_aga
         metrics.contains(r#"meshca_kubernetes_writes_refused_total{resource="podcertificaterequests/status",code="422"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="failed"} 1"#));
     assert!(
-        !metrics.contains(r#"frontend="pod_certificate",provider="tresor",result="success""#),
-        "{metrics}"
+        metrics.contains(r#"meshca_certificates_issued_total{frontend="pod_certificate",provider="tresor",result="success"} 1"#),
+        "signed once, never again: {metrics}"
     );
 }
 

@@ -114,7 +114,9 @@ async fn vault() -> Run {
 
 async fn cert_manager() -> Run {
     let kube = KubeStandIn::start().await;
-    let _issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+    let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
+    // Slow enough that meshca always watches for the answer.
+    issuer.set_latency(Duration::from_millis(300));
     let provider = "provider:\n  kind: cert-manager\n  cert_manager:\n    issuer_name: osm-ca\n    issuer_kind: Issuer\n";
     let d = TestDaemon::start(&cluster(&kube, provider)).await;
     bundle_published(&kube).await;

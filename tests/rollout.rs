@@ -809,3 +809,191 @@ async fn with_two_replicas_old_anchors_stay_until_the_last_certificate_either_is
     );
     assert_eq!(rotation(&y).await["stage"], "retire");
 }
+
+/// A signature Vault still holds when the signer moves away from it ends
+/// in a certificate under Vault's root, counted under Vault's generation:
+/// the retire stage waits for it and keeps that root until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_vault_holds_across_the_switch_keeps_its_root_until_it_expires() {
+    let bao = support::openbao::OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[("NOT_BEFORE_DURATION", "1s")]);
+    let proxy = support::hold::HoldingProxy::start(&bao.addr).await;
+    let token_file = bao.meshca_token_file();
+    let vault = bao
+        .provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), "")
+        .replace(&bao.addr, &proxy.url);
+    let d = TestDaemon::start_from_file(&format!("{COMMON}{vault}")).await;
+    let vault_root_pem = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    let vault_root = certs(&vault_root_pem)[0].clone();
+    let TwoRoots { a, _dir, .. } = two_roots();
+    let token = d.token("shop", "web");
+    let client = d.client().await;
+
+    proxy.hold("/sign/", Duration::from_secs(8));
+    let body = serde_json::json!({ "csr": support::named_csr("shop", "web"), "ttl_seconds": 120 });
+    let signing = d.post(&client, Some(&token), &body);
+    let swap = async {
+        support::eventually("Vault holds a signature", Duration::from_secs(10), || {
+            (proxy.held() > 0).then_some(())
+        })
+        .await;
+        d.rewrite_config(&yaml(&a));
+    };
+    let ((status, _, issued), ()) = tokio::join!(signing, swap);
+    proxy.release();
+    assert_eq!(status, 200, "{issued}");
+    let not_after = time::OffsetDateTime::parse(
+        issued["not_after"].as_str().expect("not_after"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("not_after");
+    support::verify(
+        issued["certificate_chain"].as_str().expect("chain"),
+        &vault_root_pem,
+        webpki::KeyUsage::client_auth(),
+    )
+    .expect("the held certificate chains to Vault's root");
+
+    let retiring = wait_stage(&d, "retire").await;
+    let until = retiring["retained"][0]["until"]
+        .as_str()
+        .map(|u| time::OffsetDateTime::parse(u, &time::format_description::well_known::Rfc3339))
+        .expect("a time to retire Vault's root")
+        .expect("RFC 3339");
+    assert!(
+        until >= not_after,
+        "Vault's root retires at {until}, before the held certificate expires at {not_after}"
+    );
+    // Past every other certificate under Vault's root (8 s).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        bundle_roots(&d).contains(&vault_root),
+        "Vault's root left the bundle while the held certificate is valid"
+    );
+}
+
+/// A ledger names the old anchors that live certificates still chain to:
+/// one that exists but does not parse stops the start, says where it is
+/// and what to do, and is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_that_does_not_parse_stops_the_start_and_is_kept() {
+    support::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("rollout.json");
+    let torn = r#"{ "stage": "retire", "generation": 3, "provider": "tres"#;
+    std::fs::write(&ledger, torn).expect("write");
+    let path = dir.path().join("meshca.yaml");
+    std::fs::write(&path, support::config_yaml(dir.path(), COMMON)).expect("config");
+    let config = meshca::Config::load(Some(&path)).expect("valid config");
+    let bundle = config.bundle.file.clone();
+    let Err(refused) = meshca::start(config).await else {
+        panic!("the start was not refused");
+    };
+    let said = support::error_chain(&refused);
+    assert!(
+        said.contains(&ledger.display().to_string()) && said.contains("does not parse"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&ledger).expect("kept"), torn);
+    assert!(
+        !bundle.exists(),
+        "a bundle published without the anchors the ledger keeps"
+    );
+}
+
+/// In a cluster the ConfigMap is the ledger that outlives the pod: one
+/// that does not parse stops the start too, and is not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_configmap_that_does_not_parse_stops_the_start_and_is_kept() {
+    support::install_crypto_provider();
+    let kube = support::kube::KubeStandIn::start().await;
+    let torn = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "meshca-rollout", "namespace": "osm-system" },
+        "data": { "rollout.json": "{\"stage\": 7}" }
+    });
+    kube.put("", "configmaps", torn.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meshca.yaml");
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {} }}\n{COMMON}",
+        kube.kubeconfig().display()
+    );
+    std::fs::write(&path, support::config_yaml(dir.path(), &extra)).expect("config");
+    let config = meshca::Config::load(Some(&path)).expect("valid config");
+    let Err(refused) = meshca::start(config).await else {
+        panic!("the start was not refused");
+    };
+    let said = support::error_chain(&refused);
+    assert!(
+        said.contains("ConfigMap osm-system/meshca-rollout") && said.contains("does not parse"),
+        "{said}"
+    );
+    let kept = kube
+        .get("", "configmaps", "osm-system", "meshca-rollout")
+        .expect("kept");
+    assert_eq!(kept["data"], torn["data"]);
+}
+
+/// `meshca_rotation_ledger_persisted{store="configmap"}`, when exported.
+async fn ledger_persisted(d: &TestDaemon) -> Option<bool> {
+    let metrics = d.metrics().await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(r#"meshca_rotation_ledger_persisted{store="configmap"}"#))
+        .map(|l| l.ends_with(" 1"))
+}
+
+/// A ConfigMap that keeps changing under meshca's writes (409 Conflict on
+/// every replace) leaves the ledger unpersisted there: that shows in
+/// `meshca_rotation_ledger_persisted`, and the write is retried until the
+/// ConfigMap holds the stage in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_the_configmap_keeps_refusing_shows_and_lands_once_it_can() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let TwoRoots { a, b, _dir, .. } = two_roots();
+    let in_cluster = |root: &(PathBuf, PathBuf)| {
+        format!(
+            "kubernetes: {{ kubeconfig: {} }}\n{}",
+            kube.kubeconfig().display(),
+            yaml(root)
+        )
+    };
+    let d = TestDaemon::start_from_file(&in_cluster(&a)).await;
+    let ledger_stage = || {
+        let cm = kube.get("", "configmaps", "osm-system", "meshca-rollout")?;
+        let ledger: Value = serde_json::from_str(cm["data"]["rollout.json"].as_str()?).ok()?;
+        Some(ledger["stage"].as_str()?.to_owned())
+    };
+    support::eventually(
+        "the ledger in its ConfigMap",
+        Duration::from_secs(10),
+        ledger_stage,
+    )
+    .await;
+
+    kube.force_conflicts(usize::MAX);
+    d.rewrite_config(&in_cluster(&b));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger_persisted(&d).await != Some(false) {
+        assert!(
+            Instant::now() < deadline,
+            "a failing ledger write never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kube.force_conflicts(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stage = rotation(&d).await["stage"].as_str().map(str::to_owned);
+        if ledger_persisted(&d).await == Some(true) && ledger_stage() == stage {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ConfigMap never caught up: it says {:?}, the daemon {stage:?}",
+            ledger_stage()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -446,10 +446,7 @@ async fn a_token_without_meshcas_policy_is_reported_as_a_configuration_problem_w
         &bao.provider_yaml(&format!("{{ token_file: {} }}", token_file.display()), ""),
     ))
     .expect("config");
-    let err = meshca::start(config)
-        .await
-        .expect_err("refused at start")
-        .to_string();
+    let err = support::error_chain(&meshca::start(config).await.expect_err("refused at start"));
     assert!(
         err.contains("misconfigured") && err.contains("403"),
         "{err}"

@@ -3,7 +3,6 @@
 //! bundle received, so a rotated root keeps verifying the server.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
@@ -169,11 +168,8 @@ impl SigningApi {
                 .add(cert.clone())
                 .map_err(|e| AgentError::Setup(format!("unusable CA certificate: {e}")))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| AgentError::Setup(e.to_string()))?
-            .with_root_certificates(roots);
+        let builder =
+            crate::tls::client_builder(roots).map_err(|e| AgentError::Setup(e.to_string()))?;
         let tls = match held.filter(|_| present_certificate) {
             Some(h) => {
                 let chain = CertificateDer::pem_slice_iter(h.chain_pem.as_bytes())

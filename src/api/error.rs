@@ -6,7 +6,7 @@ use meshca_provider::ProviderError;
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::issuer::IssueError;
+use crate::issuer::{Busy, Failure, Outcome, Refused, Retry};
 
 /// Every way the signing API answers with an error. This enum and its
 /// [`IntoResponse`] impl are the only place errors become HTTP statuses and
@@ -62,7 +62,8 @@ pub enum ApiError {
 pub enum Limit {
     /// One identity's token bucket.
     Identity,
-    /// Signing requests processed at once, for everyone.
+    /// Signing requests processed at once, for everyone or for the
+    /// caller's namespace.
     InFlight,
 }
 
@@ -205,37 +206,60 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<IssueError> for ApiError {
-    fn from(e: IssueError) -> Self {
-        match e {
-            IssueError::Csr(csr) if csr.is_identity_mismatch() => {
-                Self::IdentityMismatch(csr.to_string())
+/// The issuer's outcome, rendered: whose move it is decides the status —
+/// the client's (400, 403), the client's after a wait (429, 503 with
+/// `Retry-After`), the backend's answer (502) or the operator's (500).
+impl From<Outcome> for ApiError {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Issued(_) => {
+                Self::Internal("an issued certificate rendered as an error".into())
             }
-            IssueError::Csr(csr) => Self::InvalidCsr(csr.to_string()),
-            IssueError::Provider(p) => Self::from(p),
-            IssueError::IdentityDenied(_) => Self::IdentityDenied(e.to_string()),
-            IssueError::DenyList(m) => Self::Internal(m),
+            Outcome::Refused(refused) => Self::from(refused),
+            Outcome::Retry(retry) => Self::from(retry),
+            Outcome::Failed(failure) => Self::from(failure),
         }
     }
 }
 
-/// Retryability decides first ([`ProviderError::is_retryable`]); the rest
-/// say whose move it is: the client's (400), the backend's policy (403),
-/// the backend's answer (502) or the operator's (500).
-impl From<ProviderError> for ApiError {
-    fn from(p: ProviderError) -> Self {
-        if let Some(retry_after) = p.retry_after() {
-            return Self::ProviderUnavailable {
-                retry_after,
-                message: p.to_string(),
-            };
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Csr(csr) if csr.is_identity_mismatch() => {
+                Self::IdentityMismatch(csr.to_string())
+            }
+            Refused::Csr(csr) => Self::InvalidCsr(csr.to_string()),
+            Refused::Unsupported(e) => Self::InvalidCsr(e.to_string()),
+            Refused::IdentityDenied(_) => Self::IdentityDenied(refused.to_string()),
+            Refused::ProviderDenied(e) => Self::ProviderDenied(e.to_string()),
         }
-        match p {
-            ProviderError::Denied(_) => Self::ProviderDenied(p.to_string()),
-            ProviderError::UnsupportedRequest(m) => Self::InvalidCsr(m),
-            ProviderError::Misconfigured(_) => Self::ProviderMisconfigured(p.to_string()),
-            ProviderError::Internal(m) => Self::Internal(m),
-            other => Self::ProviderRejected(other.to_string()),
+    }
+}
+
+impl From<Retry> for ApiError {
+    fn from(retry: Retry) -> Self {
+        match retry.why {
+            Busy::IdentityRate => Self::RateLimited(Limit::Identity, retry.after),
+            Busy::InFlight | Busy::NamespaceInFlight(_) => {
+                Self::RateLimited(Limit::InFlight, retry.after)
+            }
+            Busy::Provider(e) => Self::ProviderUnavailable {
+                message: e.to_string(),
+                retry_after: retry.after,
+            },
+        }
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Provider(e @ ProviderError::Misconfigured(_)) => {
+                Self::ProviderMisconfigured(e.to_string())
+            }
+            Failure::Provider(ProviderError::Internal(m)) => Self::Internal(m),
+            Failure::Provider(e) => Self::ProviderRejected(e.to_string()),
+            other => Self::Internal(crate::error_chain(&other)),
         }
     }
 }
@@ -245,7 +269,7 @@ mod tests {
     use super::*;
 
     fn answer(e: ProviderError) -> (StatusCode, &'static str, bool) {
-        let api = ApiError::from(e);
+        let api = ApiError::from(Outcome::of_provider(e));
         let (status, code) = (api.status(), api.code());
         let response = api.into_response();
         (

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{ApiError, ApiState, Limit};
+use super::{ApiError, ApiState};
 use crate::auth::PeerCertificates;
+use crate::issuer::{Frontend, Outcome, Request};
 use crate::metrics::IssuedLabels;
 
 /// The signer generation, on certificate and bundle answers: a client
@@ -60,44 +61,32 @@ pub(super) async fn create_certificate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let provider = state.issuer.provider().kind().as_str();
-    let result = issue(&state, peer.as_ref().map(|p| &p.0), &headers, body).await;
-    let code = match &result {
-        Ok(_) => "success",
-        Err(e) => e.code(),
-    };
-    state
-        .metrics
-        .certificates_issued
-        .get_or_create(&IssuedLabels {
-            frontend: "api",
-            provider,
-            result: code,
-        })
-        .inc();
-    match result {
-        Ok((ok, generation)) => {
-            ([(GENERATION_HEADER, generation.to_string())], Json(ok)).into_response()
-        }
-        Err(e) => {
-            tracing::info!(code = e.code(), "certificate request refused");
-            e.into_response()
-        }
-    }
-}
-
-async fn issue(
-    state: &ApiState,
-    peer: Option<&PeerCertificates>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(CertificateResponse, u64), ApiError> {
     let mut body = Some(body);
-    let result = sign(state, peer, headers, &mut body).await;
+    let result = sign(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await;
     if let (Err(_), Some(unread)) = (&result, body) {
         drain(unread).await;
     }
-    result
+    match result {
+        Ok(Ok((ok, generation))) => {
+            ([(GENERATION_HEADER, generation.to_string())], Json(ok)).into_response()
+        }
+        // The issuer counted and decided it; this only renders it.
+        Ok(Err(refused)) => refused.into_response(),
+        // Refused before the issuer saw it: counted here.
+        Err(early) => {
+            state
+                .metrics
+                .certificates_issued
+                .get_or_create(&IssuedLabels {
+                    frontend: Frontend::Api.as_str(),
+                    provider: state.issuer.provider().kind().as_str(),
+                    result: early.code(),
+                })
+                .inc();
+            tracing::info!(code = early.code(), "certificate request refused");
+            early.into_response()
+        }
+    }
 }
 
 /// Read and drop what is left of a body, within bounds.
@@ -142,14 +131,22 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(collected)
 }
 
+/// What the issuer answered: a certificate and its signer generation, or
+/// the refusal to render.
+type Answer = Result<(CertificateResponse, u64), ApiError>;
+
+/// Authenticate, read and parse the request, and ask the issuer.
+///
+/// # Errors
+/// A refusal before the issuer is asked (authentication, media type, the
+/// body); the issuer's own refusals are in the [`Answer`].
 async fn sign(
     state: &ApiState,
     peer: Option<&PeerCertificates>,
     headers: &HeaderMap,
     body: &mut Option<Body>,
-) -> Result<(CertificateResponse, u64), ApiError> {
+) -> Result<Answer, ApiError> {
     let caller = state.auth.authenticate(headers, peer).await?;
-
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -158,12 +155,6 @@ async fn sign(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-
-    state
-        .admission
-        .check_identity(&caller.identity)
-        .map_err(|after| ApiError::RateLimited(Limit::Identity, after))?;
-
     let Some(body) = body.take() else {
         return Err(ApiError::Internal(
             "the request body was already read".into(),
@@ -181,15 +172,15 @@ async fn sign(
         other => other.map(Duration::from_secs),
     };
     let csr = one_csr(&request.csr)?;
-
-    let _permit = state.admission.enter().ok_or(ApiError::RateLimited(
-        Limit::InFlight,
-        Duration::from_secs(1),
-    ))?;
-    let issued = state
-        .issuer
-        .issue(&caller.identity, csr.as_ref(), ttl)
-        .await?;
+    let lifetime = state.issuer.lifetimes().for_request(ttl);
+    let request = Request::workload(Frontend::Api, &caller.identity, csr.as_ref(), lifetime);
+    let issued = match state.issuer.issue(request).await {
+        Outcome::Issued(issued) => issued,
+        other => {
+            tracing::info!(identity = %caller.identity, code = other.code(), error = %crate::error_chain(&other), "certificate request refused");
+            return Ok(Err(ApiError::from(other)));
+        }
+    };
     let cert = &issued.issued;
     tracing::info!(
         identity = %cert.identity(),
@@ -198,7 +189,7 @@ async fn sign(
         method = ?caller.method,
         "issued a certificate"
     );
-    Ok((
+    Ok(Ok((
         CertificateResponse {
             identity: cert.identity().dns_name(),
             spiffe_id: cert.identity().spiffe_id(),
@@ -210,7 +201,7 @@ async fn sign(
             renew_after: rfc3339(issued.renew_after),
         },
         issued.generation,
-    ))
+    )))
 }
 
 /// Parse a `POST /v1/certificates` body as the handler does (JSON, then
@@ -273,7 +264,10 @@ pub(super) async fn get_identity(
 }
 
 pub(super) async fn get_rotation(State(state): State<Arc<ApiState>>) -> Response {
-    Json(state.rollout.borrow().clone()).into_response()
+    Json(crate::rollout::RotationReport::from(
+        &*state.rollout.borrow(),
+    ))
+    .into_response()
 }
 
 pub(super) async fn get_bundle(State(state): State<Arc<ApiState>>) -> Response {

@@ -9,11 +9,11 @@ mod server;
 mod tls;
 
 pub use config::{ApiLimits, RawApi};
-pub use error::{ApiError, Limit};
+pub use error::ApiError;
 pub use handlers::parse_request_body;
 pub use health::{health_router, monitor, Readiness};
 pub use server::{serve, ConnectionLimits};
-pub use tls::{serving_certificate, ServingTls};
+pub use tls::{serving_certificate, ServingError, ServingTls};
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use axum::Router;
 
 use crate::auth::Authenticator;
 use crate::bundle::BundleReceiver;
-use crate::issuer::{Admission, Issuer};
+use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 
 /// Everything the signing API's handlers need.
@@ -33,7 +33,6 @@ pub struct ApiState {
     bundle: BundleReceiver,
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
-    admission: Arc<Admission>,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
 }
 
@@ -45,7 +44,6 @@ impl ApiState {
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
         max_body_bytes: usize,
-        admission: Arc<Admission>,
         rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
     ) -> Self {
         Self {
@@ -54,7 +52,6 @@ impl ApiState {
             bundle,
             metrics,
             max_body_bytes,
-            admission,
             rollout,
         }
     }

@@ -10,8 +10,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::danger::DeferredClientAuth;
-use crate::issuer::{IssueError, Issuer};
-use crate::keys;
+use crate::issuer::{Frontend, Issuer, Outcome};
 use crate::metrics::Metrics;
 use crate::renewal;
 
@@ -37,7 +36,7 @@ pub async fn serving_certificate(
     metrics: Arc<Metrics>,
     renew_now: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
-) -> Result<(ServingTls, impl Future<Output = ()>), IssueError> {
+) -> Result<(ServingTls, impl Future<Output = ()>), ServingError> {
     let (config, not_before, not_after) = issue(&issuer, &identity, &names, &metrics).await?;
     let tls: ServingTls = Arc::new(ArcSwap::from_pointee(config));
     let handle = tls.clone();
@@ -66,8 +65,11 @@ pub async fn serving_certificate(
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "failed to renew the serving certificate; retrying");
-                    wait = RETRY;
+                    wait = match &e {
+                        ServingError::NotIssued(Outcome::Retry(r)) => r.after,
+                        _ => RETRY,
+                    };
+                    tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "failed to renew the serving certificate");
                 }
             }
         }
@@ -75,22 +77,32 @@ pub async fn serving_certificate(
     Ok((tls, task))
 }
 
+/// Why the daemon has no serving certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    /// The issuer did not issue it.
+    #[error("failed to issue the signing API's serving certificate")]
+    NotIssued(#[source] Outcome),
+    /// rustls refused the certificate and key.
+    #[error("failed to configure TLS with the serving certificate")]
+    Tls(#[source] rustls::Error),
+}
+
 async fn issue(
     issuer: &Issuer,
     identity: &Identity,
     names: &[ServerName],
     metrics: &Metrics,
-) -> Result<(ServerConfig, OffsetDateTime, OffsetDateTime), IssueError> {
-    let internal = |m: String| IssueError::Provider(meshca_provider::ProviderError::Internal(m));
-    let key = keys::generate().map_err(|e| internal(e.to_string()))?;
-    let csr = keys::request_for(&key, identity, names).map_err(|e| internal(e.to_string()))?;
-    let issued = issuer
-        .issue_server(identity, csr.der(), names.to_vec())
-        .await?;
-    let cert = &issued.issued;
+) -> Result<(ServerConfig, OffsetDateTime, OffsetDateTime), ServingError> {
+    let lifetime = issuer.lifetimes().for_request(None);
+    let own = issuer
+        .issue_own(Frontend::Daemon, identity, names, lifetime)
+        .await
+        .map_err(ServingError::NotIssued)?;
+    let cert = &own.issued.issued;
     metrics.record_serving_chain(cert.chain());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let config = server_config(cert.chain().to_vec(), key).map_err(|e| internal(e.to_string()))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(own.key_der().to_vec()));
+    let config = server_config(cert.chain().to_vec(), key).map_err(ServingError::Tls)?;
     Ok((config, cert.not_before(), cert.not_after()))
 }
 

@@ -121,6 +121,15 @@ impl TokenStore {
         self.file.path()
     }
 
+    /// The task that keeps the daemon's view of the file current until
+    /// `shutdown` (see [`WatchedFile::follow`]).
+    pub(crate) fn follow(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.file.clone().follow(shutdown)
+    }
+
     /// The identity `token` authenticates.
     ///
     /// # Errors
@@ -128,14 +137,22 @@ impl TokenStore {
     /// exists but cannot be read.
     pub fn lookup(&self, token: &str, trust_domain: &TrustDomain) -> Result<Identity, AuthError> {
         let hash = sha256_hex(token);
-        let find = |force| -> Result<Option<TokenRecord>, AuthError> {
-            let file = self.file.get(force).map_err(AuthError::Store)?;
+        let find = || -> Result<Option<TokenRecord>, AuthError> {
+            let file = self
+                .file
+                .get()
+                .map_err(|e| AuthError::Store(crate::error_chain(&*e)))?;
             Ok(file.0.get(&hash).cloned())
         };
-        // A token created a moment ago may not be in the cache yet.
-        let record = match find(false)? {
+        // A token created a moment ago may not be in the snapshot yet: one
+        // look at the file (a stat; a read only if it changed), not waited
+        // for while another caller looks.
+        let record = match find()? {
             Some(r) => r,
-            None => find(true)?.ok_or(AuthError::UnknownToken)?,
+            None => {
+                self.file.refresh();
+                find()?.ok_or(AuthError::UnknownToken)?
+            }
         };
         Identity::new(
             trust_domain.clone(),
@@ -197,7 +214,7 @@ impl TokenStore {
     /// [`AuthError::Store`] when the file cannot be read.
     pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
         Ok(read_yaml::<TokenFile>(self.path())
-            .map_err(AuthError::Store)?
+            .map_err(|e| AuthError::Store(crate::error_chain(&e)))?
             .tokens)
     }
 
@@ -220,7 +237,7 @@ impl TokenStore {
             "meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token`.",
             change,
         )
-        .map_err(AuthError::Store)
+        .map_err(|e| AuthError::Store(crate::error_chain(&e)))
     }
 }
 

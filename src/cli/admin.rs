@@ -128,7 +128,8 @@ pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) ->
         None => {
             let list = DenyList::new(config.auth.denied_file.clone());
             (
-                list.change(namespace, service_account, deny),
+                list.change(namespace, service_account, deny)
+                    .map_err(|e| crate::error_chain(&e)),
                 list.path().display().to_string(),
             )
         }
@@ -170,31 +171,109 @@ pub fn print_bundle(config: Option<&Path>) -> ExitCode {
     }
 }
 
-/// `meshca rotate status`: the persisted rollout state.
-pub fn rotation_status(config: Option<&Path>) -> ExitCode {
+/// `meshca rotate status`: what the daemon knows of the signer rollout.
+/// It asks the daemon (`GET /v1/rotation`, verified with the bundle file);
+/// when the daemon does not answer, it reads the ledger the daemon reads
+/// (the ConfigMap in a cluster, else the state directory's file) and says
+/// so. Nothing is made up: no answer and no ledger is an error.
+pub async fn rotation_status(config: Option<&Path>) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let path = crate::rollout::RolloutStatus::path(&config.state_dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            println!("{text}");
+    let asked = ask_daemon(&config).await;
+    let report = match &asked {
+        Ok(json) => {
+            println!("{json}");
+            return ExitCode::SUCCESS;
+        }
+        Err(why) => {
+            eprintln!("the daemon did not answer ({why}); reading its ledger instead");
+            read_ledger(&config).await
+        }
+    };
+    match report {
+        Ok((Some(status), place)) => {
+            let report = crate::rollout::RotationReport::from(&status);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            eprintln!("from {place}; the daemon may have moved on since");
             ExitCode::SUCCESS
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("{{\"stage\": \"steady\", \"generation\": 0}}");
-            eprintln!(
-                "no signer change recorded in {}",
-                config.state_dir.display()
-            );
-            ExitCode::SUCCESS
+        Ok((None, place)) => {
+            eprintln!("error: no rollout ledger in {place}, and the daemon did not answer");
+            ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
+            eprintln!("error: {}", crate::error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `GET /v1/rotation` from the configured listener, trusting the bundle
+/// file.
+async fn ask_daemon(config: &Config) -> Result<String, String> {
+    let place = config.bundle.file.display();
+    let pem = std::fs::read(&config.bundle.file).map_err(|e| format!("{place}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{place}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{place}: {e}"))?;
+    }
+    let tls = crate::tls::client_builder(roots)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth();
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    // The serving certificate names `server_names`; reach the listener
+    // under the first DNS one, or by address when there is none.
+    let host = config.server_names.iter().find_map(|n| match n {
+        meshca_provider::ServerName::Dns(d) => Some(d.to_string()),
+        meshca_provider::ServerName::Ip(_) => None,
+    });
+    let mut builder = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_secs(5));
+    let url = match &host {
+        Some(h) => {
+            builder = builder.resolve(h, addr);
+            format!("https://{h}:{}/v1/rotation", addr.port())
+        }
+        None => format!("https://{addr}/v1/rotation"),
+    };
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: {}", response.status()));
+    }
+    response.text().await.map_err(|e| e.to_string())
+}
+
+/// The ledger as the daemon would read it, and where from.
+async fn read_ledger(
+    config: &Config,
+) -> Result<(Option<crate::rollout::RolloutStatus>, String), crate::rollout::ledger::LedgerError> {
+    use crate::rollout::ledger;
+    if let Some(k) = &config.kubernetes {
+        if let Ok(Some(client)) = crate::cluster::connect(k).await {
+            let name = crate::daemon::ROLLOUT_CONFIGMAP;
+            let place = format!("ConfigMap {}/{name}", k.namespace);
+            let json = crate::rollout::configmap::load(&client, &k.namespace, name)
+                .await
+                .map_err(ledger::LedgerError::ConfigMap)?;
+            if let Some(json) = json {
+                return Ok((Some(ledger::parse(&json, &place)?), place));
+            }
+        }
+    }
+    let place = ledger::path(&config.state_dir).display().to_string();
+    Ok((ledger::load_file(&config.state_dir)?, place))
 }
 
 /// `meshca config check`: validate as `serve` does; 64 when invalid.

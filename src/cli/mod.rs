@@ -334,7 +334,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Bundle { config } => admin::print_bundle(config.as_deref()),
         Command::Rotate {
             command: RotateCommand::Status { config },
-        } => admin::rotation_status(config.as_deref()),
+        } => admin::rotation_status(config.as_deref()).await,
         Command::Ingress {
             command: IngressCommand::Render(args),
         } => ingress::render(args),
@@ -352,7 +352,7 @@ async fn serve(config: Option<&std::path::Path>) -> ExitCode {
     let daemon = match crate::daemon::start(config).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "failed to start");
+            tracing::error!(error = %crate::error_chain(&e), "failed to start");
             return ExitCode::FAILURE;
         }
     };

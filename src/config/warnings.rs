@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use serde_yaml_ng::Value;
 
 use super::Config;
-use crate::provider::ProviderConfig;
 
 /// Every key path written in `text` (`bundle.kubernetes_secret.name`),
 /// each prefix included (`bundle`, `bundle.kubernetes_secret`).
@@ -78,19 +77,17 @@ pub(super) fn warnings(config: &Config, written: &BTreeSet<String>) -> Vec<Strin
         );
     }
     let kind = config.provider.kind();
-    for (section, name) in [
-        ("provider.tresor", "tresor"),
-        ("provider.vault", "vault"),
-        ("provider.cert_manager", "cert-manager"),
-    ] {
-        if name != kind {
-            unused(section, &format!("provider.kind is {kind}"));
+    for other in meshca_provider::ProviderKind::ALL {
+        if other != kind {
+            unused(
+                crate::provider::section(other),
+                &format!("provider.kind is {kind}"),
+            );
         }
     }
-    if config.pod_certificates.enabled && matches!(config.provider, ProviderConfig::CertManager(_))
-    {
+    if config.pod_certificates.enabled && config.provider.names_from_profile() == Some(false) {
         out.push(format!(
-            "pod_certificates: the cert-manager provider signs only the names a CSR carries and kubelet's stub CSR carries none, so every PodCertificateRequest will be marked Failed; use tresor or vault (they sign {})",
+            "pod_certificates: the {kind} provider signs only the names a CSR carries and kubelet's stub CSR carries none, so every PodCertificateRequest will be marked Failed; use a provider that names leaves itself (tresor; vault with use_csr_sans=false), for {} keys",
             crate::pod_certificates::SUPPORTED_KEY_TYPES
         ));
     }

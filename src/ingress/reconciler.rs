@@ -29,13 +29,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::backends::{backend_service_account, is_monitored};
-use super::secrets::{self, SecretKey, Wanted, FIELD_MANAGER, PURPOSE};
+use super::secrets::{self, SecretError, SecretKey, Wanted, FIELD_MANAGER, PURPOSE};
 use super::{BackendProtocol, IngressConfig};
 use crate::bundle::BundleReceiver;
 use crate::cluster::{resilient, Cluster, HoldOff, KubeError, Refusal, MANAGED_BY};
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
+use crate::issuer::Outcome;
 use crate::watched::changes;
 
 /// Requeue period of an Ingress with nothing due sooner, so that a
@@ -54,9 +55,34 @@ pub struct Mesh {
 /// Why one Ingress could not be reconciled.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// The API server refused or could not be reached, or issuance failed.
+    /// The API server refused or could not be reached.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// A Secret's certificate was not issued, or the Secret not written.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl ReconcileError {
+    /// What the failure says about trying again: the API server's verdict,
+    /// or the issuer's (a wait it asked for; a refusal or failure that
+    /// repeating cannot fix).
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::Kube(KubeError::Api { source, .. })
+            | Self::Secret(SecretError::Kube(KubeError::Api { source, .. })) => Refusal::of(source),
+            Self::Secret(SecretError::NotIssued { outcome, .. }) => match outcome {
+                Outcome::Retry(r) => Refusal::Transient {
+                    retry_after: Some(r.after),
+                },
+                other => Refusal::Final {
+                    code: 0,
+                    message: other.to_string(),
+                },
+            },
+            _ => Refusal::Transient { retry_after: None },
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -256,13 +282,11 @@ fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Con
         object.namespace().unwrap_or_default(),
         object.name_any()
     );
-    let refusal = match error {
-        ReconcileError::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
-        ReconcileError::Kube(_) => Refusal::Transient { retry_after: None },
-    };
+    let refusal = error.refusal();
     let delay = ctx.hold.failed(reference, &refusal);
+    let error = crate::error_chain(error);
     if matches!(refusal, Refusal::Final { .. }) {
-        tracing::error!(%ingress, %error, retry_in = ?delay, "the API server refused an ingress write; repeating it cannot help until its cause is fixed");
+        tracing::error!(%ingress, %error, retry_in = ?delay, "an ingress Secret cannot be written until the cause is fixed; repeating cannot help");
     } else {
         tracing::warn!(%ingress, %error, retry_in = ?delay, "ingress reconciliation failed; retrying");
     }
@@ -332,7 +356,11 @@ async fn publish_warning(ctx: &Context, object: &DynamicObject, why: &str) {
 }
 
 /// Write `key` unless what it holds is fresh; returns when it is due.
-async fn ensure(ctx: &Context, key: &SecretKey, wanted: &Wanted) -> Result<Duration, KubeError> {
+async fn ensure(
+    ctx: &Context,
+    key: &SecretKey,
+    wanted: &Wanted,
+) -> Result<Duration, ReconcileError> {
     let current = Api::<Secret>::namespaced(ctx.client.clone(), &key.0)
         .get_opt(&key.1)
         .await
@@ -347,7 +375,7 @@ async fn ensure(ctx: &Context, key: &SecretKey, wanted: &Wanted) -> Result<Durat
         OffsetDateTime::now_utc(),
     ) {
         Some(left) => Ok(left),
-        None => secrets::write(&ctx.client, &ctx.issuer, key, wanted, &bundle_pem).await,
+        None => Ok(secrets::write(&ctx.client, &ctx.issuer, key, wanted, &bundle_pem).await?),
     }
 }
 
@@ -424,7 +452,7 @@ async fn sweep_once(
     ingresses: &Store<DynamicObject>,
     ours: &Store<Secret>,
     config: &IngressConfig,
-) -> Result<(), KubeError> {
+) -> Result<(), ReconcileError> {
     let mut needed: BTreeSet<SecretKey> = match ctx.needs.lock() {
         Ok(mut needs) => {
             needs.retain(|r, _| ingresses.get(r).is_some());

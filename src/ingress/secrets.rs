@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::cluster::{KubeError, MANAGED_BY};
-use crate::issuer::Issuer;
+use crate::issuer::{Frontend, Issuer, Outcome};
 
 /// The field manager of everything meshca applies.
 pub const FIELD_MANAGER: &str = "meshca";
@@ -68,6 +68,26 @@ pub fn fresh_for(
         .then(|| (renew_after - now).try_into().unwrap_or(Duration::ZERO))
 }
 
+/// Why a Secret could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The issuer did not issue its certificate; the outcome says whether
+    /// and when to try again.
+    #[error("failed to issue a certificate for {identity} (Secret {secret})")]
+    NotIssued {
+        /// The identity.
+        identity: Identity,
+        /// `namespace/name`.
+        secret: String,
+        /// What the issuer decided.
+        #[source]
+        outcome: Outcome,
+    },
+    /// The API server refused or could not be reached.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
 /// Issue a certificate for `wanted` with a key made here, and apply the
 /// Secret. Returns how long until it is due again.
 ///
@@ -79,22 +99,19 @@ pub async fn write(
     (ns, name): &SecretKey,
     wanted: &Wanted,
     bundle_pem: &str,
-) -> Result<Duration, KubeError> {
-    let fail = |m: String| {
-        KubeError::Invalid(format!(
-            "failed to issue {} for Secret {ns}/{name}: {m}",
-            wanted.identity
-        ))
-    };
-    let key = crate::keys::generate().map_err(|e| fail(e.to_string()))?;
-    let csr =
-        crate::keys::request_for(&key, &wanted.identity, &[]).map_err(|e| fail(e.to_string()))?;
-    let issued = issuer
-        .issue(&wanted.identity, csr.der(), wanted.ttl)
+) -> Result<Duration, SecretError> {
+    let lifetime = issuer.lifetimes().for_request(wanted.ttl);
+    let own = issuer
+        .issue_own(Frontend::Ingress, &wanted.identity, &[], lifetime)
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let chain = meshca_provider::pem::encode_certificates(issued.issued.chain());
-    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+        .map_err(|outcome| SecretError::NotIssued {
+            identity: wanted.identity.clone(),
+            secret: format!("{ns}/{name}"),
+            outcome,
+        })?;
+    let issued = &own.issued;
+    let chain = own.chain_pem();
+    let key_pem = own.key_pem();
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),

@@ -1,14 +1,18 @@
-//! Admission to signing, shared by every way a request arrives (the HTTPS
-//! API, pod certificates): a cap on signing requests in flight and a rate
-//! per identity.
+//! Admission to signing, the same for every way a request arrives: a cap on
+//! signing requests in flight, a smaller one per namespace, and a rate per
+//! identity.
 //!
 //! All pods of a Deployment share one identity, so the rate is generous by
 //! default; it exists so that one runaway sidecar (a renewal loop, a crash
-//! loop) or one namespace flooding PodCertificateRequests cannot monopolise
-//! the CA for everyone else.
+//! loop) cannot monopolise the CA for everyone else. The per-namespace cap
+//! (a quarter of the total) does the same for a namespace flooding
+//! requests (PodCertificateRequests for a scaled-up Deployment): it waits
+//! behind itself, not in front of the others.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -20,15 +24,25 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 #[derive(Debug)]
 pub struct Admission {
     in_flight: Semaphore,
+    per_namespace: NamespaceSlots,
     per_identity: IdentityLimiter,
 }
 
+/// The slots a signing request holds while it signs.
+#[derive(Debug)]
+pub struct Permits<'a> {
+    _overall: SemaphorePermit<'a>,
+    _namespace: NamespacePermit,
+}
+
 impl Admission {
-    /// At most `max_in_flight` requests signing at once; `per_second`
+    /// At most `max_in_flight` requests signing at once; once half of
+    /// them are taken, no namespace gets more than a quarter; `per_second`
     /// sustained and `burst` at once per identity.
     pub fn new(max_in_flight: usize, per_second: NonZeroU32, burst: NonZeroU32) -> Self {
         Self {
             in_flight: Semaphore::new(max_in_flight),
+            per_namespace: NamespaceSlots::new(max_in_flight),
             per_identity: IdentityLimiter::new(per_second, burst),
         }
     }
@@ -40,9 +54,75 @@ impl Admission {
     }
 
     /// A slot among the requests in flight, held while signing; `None`
-    /// when all are taken.
-    pub fn enter(&self) -> Option<SemaphorePermit<'_>> {
-        self.in_flight.try_acquire().ok()
+    /// when all are taken, or when the CA is busy and `namespace` already
+    /// holds its share.
+    pub fn enter(&self, namespace: &str) -> Option<Permits<'_>> {
+        let overall = self.in_flight.try_acquire().ok()?;
+        let busy = self.in_flight.available_permits() < self.per_namespace.capacity / 2;
+        let namespace = self.per_namespace.try_enter(namespace, busy)?;
+        Some(Permits {
+            _overall: overall,
+            _namespace: namespace,
+        })
+    }
+}
+
+/// Signing requests in flight per namespace: a namespace may borrow the
+/// whole pool while the CA is quiet, but once it is busy (half the slots
+/// taken) no namespace holds more than a quarter, so a namespace flooding
+/// requests waits behind itself, not in front of the others.
+#[derive(Debug)]
+struct NamespaceSlots {
+    capacity: usize,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One namespace's slot; given back when dropped.
+#[derive(Debug)]
+pub struct NamespacePermit {
+    namespace: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for NamespacePermit {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.namespace);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NamespaceSlots {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            counts: Arc::default(),
+        }
+    }
+
+    fn share(&self) -> usize {
+        (self.capacity / 4).max(1)
+    }
+
+    fn try_enter(&self, namespace: &str, busy: bool) -> Option<NamespacePermit> {
+        let mut counts = lock(&self.counts);
+        let held = counts.entry(namespace.to_owned()).or_insert(0);
+        if busy && *held >= self.share() {
+            return None;
+        }
+        *held += 1;
+        Some(NamespacePermit {
+            namespace: namespace.to_owned(),
+            counts: self.counts.clone(),
+        })
     }
 }
 
@@ -103,6 +183,32 @@ mod tests {
         assert_eq!(next_sweep(3_000), SWEEP_FLOOR);
         assert_eq!(next_sweep(10_001), 20_002);
         assert_eq!(next_sweep(usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn a_namespace_borrows_the_pool_while_quiet_and_keeps_to_its_share_when_busy() {
+        let one = NonZeroU32::new(1).expect("1");
+        let admission = Admission::new(8, one, one);
+        let held: Vec<_> = (0..4)
+            .map(|_| admission.enter("flood").expect("a slot"))
+            .collect();
+        // Half the slots taken: the CA is busy, and "flood" holds twice its
+        // share of 2.
+        assert!(admission.enter("flood").is_none(), "waits behind itself");
+        let other = admission
+            .enter("quiet")
+            .expect("another namespace still signs");
+        drop(other);
+        drop(held);
+        let alone: Vec<_> = (0..4)
+            .map(|_| admission.enter("flood").expect("quiet again"))
+            .collect();
+        assert_eq!(alone.len(), 4);
+        drop(alone);
+        assert!(
+            lock(&admission.per_namespace.counts).is_empty(),
+            "slots come back"
+        );
     }
 
     #[test]

@@ -12,7 +12,19 @@ use std::sync::Arc;
 use meshca_provider::Identity;
 use serde::{Deserialize, Serialize};
 
-use crate::watched::{update_yaml, WatchedFile};
+use crate::watched::{update_yaml, FileError, WatchedFile};
+
+/// Why the deny-list cannot be consulted; nobody is issued a certificate
+/// until it can.
+#[derive(Debug, thiserror::Error)]
+pub enum DenyListError {
+    /// The file exists but cannot be read or parsed.
+    #[error("the deny-list file cannot be used")]
+    File(#[source] Arc<FileError>),
+    /// The cluster's ConfigMap has not been read yet, or does not parse.
+    #[error("the deny-list ConfigMap has not been read, or does not parse")]
+    ConfigMap,
+}
 
 /// One denied identity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,20 +112,26 @@ impl DenyList {
         self.file.path()
     }
 
+    /// The task that keeps the daemon's view of the file current until
+    /// `shutdown` (see [`WatchedFile::follow`]).
+    pub fn follow_file(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.file.clone().follow(shutdown)
+    }
+
     /// Whether `identity` is denied now, and how many identities are (for
     /// the metric), from one look at the list.
     ///
     /// # Errors
     /// The file exists but cannot be read, or the cluster's list has not
     /// been read: refuse rather than guess.
-    pub fn check(&self, identity: &Identity) -> Result<(bool, usize), String> {
-        let file = self.file.get(false)?;
+    pub fn check(&self, identity: &Identity) -> Result<(bool, usize), DenyListError> {
+        let file = self.file.get().map_err(DenyListError::File)?;
         let (mut denied, mut count) = (file.denies(identity), file.denied.len());
         if let Some(cluster) = &self.cluster {
-            let list = cluster
-                .borrow()
-                .clone()
-                .ok_or_else(|| "the deny-list ConfigMap has not been read yet".to_owned())?;
+            let list = cluster.borrow().clone().ok_or(DenyListError::ConfigMap)?;
             denied |= list.denies(identity);
             count += list.denied.len();
         }
@@ -130,11 +148,9 @@ impl DenyList {
         namespace: &str,
         service_account: &str,
         deny: bool,
-    ) -> Result<bool, String> {
-        self.update(|f| f.change(namespace, service_account, deny))
-    }
-
-    fn update<T>(&self, change: impl FnOnce(&mut DenyFile) -> T) -> Result<T, String> {
-        update_yaml(self.path(), HEADER, change)
+    ) -> Result<bool, FileError> {
+        update_yaml(self.path(), HEADER, |f: &mut DenyFile| {
+            f.change(namespace, service_account, deny)
+        })
     }
 }

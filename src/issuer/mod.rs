@@ -1,47 +1,116 @@
-//! The one place that turns an authenticated request into a certificate:
-//! CSR policy, lifetime clamping, the provider call (through the
-//! [`Checked`] gate) and the bookkeeping a response needs.
+//! The one contract every frontend renders: an authenticated caller's
+//! request for a certificate goes in, a typed [`Outcome`] comes out.
+//!
+//! [`Issuer::issue`] does everything between the two, once for every way a
+//! workload asks (the HTTPS API, pod certificates, ingress Secrets, and
+//! the daemon's own serving certificate): the deny-list, admission (the
+//! identity's rate, signing requests in flight overall and per
+//! namespace), CSR policy, the lifetime's bounds, the provider call
+//! through the [`Checked`] gate, the record of each signer generation's
+//! latest NotAfter (which decides when an old root may leave the bundle),
+//! and `meshca_certificates_issued_total{frontend,provider,result}`.
+//!
+//! A frontend only authenticates its caller and renders the outcome: an
+//! HTTP status and JSON body (`api`), a PodCertificateRequest condition
+//! (`pod_certificates`), a requeue (`ingress`).
 
 mod admission;
 mod config;
 mod deny;
 pub mod deny_configmap;
+mod outcome;
+mod own;
 
 pub use admission::Admission;
 pub use config::{LifetimeBounds, Lifetimes, RawLifetimes};
 pub use deny::DenyList;
+#[cfg(test)]
+pub use deny::DenyListError;
+pub use outcome::{Busy, Failure, Outcome, Refused, Retry};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshca_provider::{
-    Checked, CsrError, Identity, Issued, LeafProfile, ProviderError, ServerName, ValidatedCsr,
-};
-
-use crate::rollout::Signer;
-use thiserror::Error;
+use meshca_provider::{Checked, Identity, Issued, LeafProfile, ServerName, ValidatedCsr};
 use time::OffsetDateTime;
 
 use crate::bundle::{BundleReceiver, TrustBundle};
-use crate::metrics::Metrics;
+use crate::metrics::{IssuedLabels, Metrics};
 use crate::renewal;
+use crate::rollout::Signer;
 
-/// Why no certificate was issued.
-#[derive(Debug, Error)]
-pub enum IssueError {
-    /// The CSR was refused.
-    #[error(transparent)]
-    Csr(#[from] CsrError),
-    /// The provider failed or returned something unacceptable.
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    /// The identity is on the deny-list (`meshca identity deny`).
-    #[error("{0} is denied any certificate (meshca identity allow lifts it)")]
-    IdentityDenied(Identity),
-    /// The deny-list cannot be read: nobody is issued a certificate until
-    /// it can, rather than risk issuing to a denied identity.
-    #[error("failed to read the deny-list: {0}")]
-    DenyList(String),
+/// Which way a request arrived: a label of the issuance metric, and what
+/// admission applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Frontend {
+    /// The HTTPS signing API (`POST /v1/certificates`).
+    Api,
+    /// A Kubernetes PodCertificateRequest.
+    PodCertificate,
+    /// An ingress backend or client Secret meshca keeps.
+    Ingress,
+    /// The daemon's own serving certificate.
+    Daemon,
+}
+
+impl Frontend {
+    /// The `frontend` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::PodCertificate => "pod_certificate",
+            Self::Ingress => "ingress",
+            Self::Daemon => "daemon",
+        }
+    }
+}
+
+/// A request for a certificate, from a caller already authenticated.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    frontend: Frontend,
+    identity: &'a Identity,
+    csr: &'a [u8],
+    lifetime: LifetimeBounds,
+    server_names: &'a [ServerName],
+}
+
+impl<'a> Request<'a> {
+    /// A workload's request through `frontend`: a leaf for `identity` (the
+    /// authenticated caller, never the request's own say) with the public
+    /// key of `csr` (DER), within `lifetime`.
+    pub fn workload(
+        frontend: Frontend,
+        identity: &'a Identity,
+        csr: &'a [u8],
+        lifetime: LifetimeBounds,
+    ) -> Self {
+        Self {
+            frontend,
+            identity,
+            csr,
+            lifetime,
+            server_names: &[],
+        }
+    }
+
+    /// The daemon's own serving certificate, which also names the hosts
+    /// and addresses clients dial it by: the only request with names
+    /// beyond an identity's.
+    pub fn daemon(
+        identity: &'a Identity,
+        csr: &'a [u8],
+        lifetime: LifetimeBounds,
+        server_names: &'a [ServerName],
+    ) -> Self {
+        Self {
+            frontend: Frontend::Daemon,
+            identity,
+            csr,
+            lifetime,
+            server_names,
+        }
+    }
 }
 
 /// A certificate ready to hand out, with the bundle to trust alongside it.
@@ -57,7 +126,7 @@ pub struct IssuedCertificate {
     pub generation: u64,
 }
 
-/// Issues certificates through one provider.
+/// Issues certificates through the signer in force.
 #[derive(Clone, Debug)]
 pub struct Issuer {
     signer: Arc<Signer>,
@@ -65,17 +134,20 @@ pub struct Issuer {
     bundle: BundleReceiver,
     metrics: Arc<Metrics>,
     denied: DenyList,
+    admission: Arc<Admission>,
 }
 
 impl Issuer {
-    /// An issuer signing through `provider` with lifetimes within
-    /// `lifetimes`, answering with the bundle `bundle` currently holds.
+    /// An issuer signing through `signer` within `lifetimes`, answering
+    /// with the bundle `bundle` holds, refusing `denied` identities and
+    /// admitting requests as `admission` allows.
     pub fn new(
         signer: Arc<Signer>,
         lifetimes: Lifetimes,
         bundle: BundleReceiver,
         metrics: Arc<Metrics>,
         denied: DenyList,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             signer,
@@ -83,6 +155,7 @@ impl Issuer {
             bundle,
             metrics,
             denied,
+            admission,
         }
     }
 
@@ -101,84 +174,104 @@ impl Issuer {
         &self.signer
     }
 
-    /// Issue a workload certificate for `identity` (already authenticated)
-    /// from a DER CSR, for `ttl` clamped to the configured bounds.
-    ///
-    /// # Errors
-    /// [`IssueError::Csr`] when the CSR is unacceptable for this identity,
-    /// [`IssueError::Provider`] when signing failed.
-    pub async fn issue(
-        &self,
-        identity: &Identity,
-        csr_der: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<IssuedCertificate, IssueError> {
-        self.issue_for(identity, csr_der, self.lifetimes.for_request(ttl))
-            .await
+    /// Decide `request`, sign it if admitted, count it.
+    pub async fn issue(&self, request: Request<'_>) -> Outcome {
+        let provider = self.signer.current().0.kind();
+        let outcome = self.decide(&request).await;
+        self.metrics
+            .certificates_issued
+            .get_or_create(&IssuedLabels {
+                frontend: request.frontend.as_str(),
+                provider: provider.as_str(),
+                result: outcome.code(),
+            })
+            .inc();
+        outcome
     }
 
-    /// As [`Issuer::issue`], within `bounds`: for callers whose bounds are
-    /// not the signing API's, such as a PodCertificateRequest's
-    /// ([`Lifetimes::between`]).
-    ///
-    /// # Errors
-    /// As [`Issuer::issue`].
-    pub async fn issue_for(
-        &self,
-        identity: &Identity,
-        csr_der: &[u8],
-        bounds: LifetimeBounds,
-    ) -> Result<IssuedCertificate, IssueError> {
-        let (denied, count) = self.denied.check(identity).map_err(IssueError::DenyList)?;
+    async fn decide(&self, request: &Request<'_>) -> Outcome {
+        if let Err(not_now) = self.admit_identity(request) {
+            return not_now;
+        }
+        let csr = match ValidatedCsr::with_server_names(
+            request.csr,
+            request.identity,
+            request.server_names,
+        ) {
+            Ok(csr) => csr,
+            Err(e) => return Outcome::Refused(Refused::Csr(e)),
+        };
+        let Some(_permits) = self.admission.enter(request.identity.namespace()) else {
+            return Outcome::Retry(Retry {
+                after: Duration::from_secs(1),
+                why: Busy::InFlight,
+            });
+        };
+        self.sign(&csr, &profile(request)).await
+    }
+
+    /// The deny-list and the identity's rate; the daemon's own
+    /// certificate is subject to neither.
+    fn admit_identity(&self, request: &Request<'_>) -> Result<(), Outcome> {
+        if request.frontend == Frontend::Daemon {
+            return Ok(());
+        }
+        let identity = request.identity;
+        let (denied, count) = self
+            .denied
+            .check(identity)
+            .map_err(|e| Outcome::Failed(Failure::DenyList(e)))?;
         self.metrics
             .identities_denied
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         if denied {
-            return Err(IssueError::IdentityDenied(identity.clone()));
+            return Err(Outcome::Refused(Refused::IdentityDenied(identity.clone())));
         }
-        let csr = ValidatedCsr::new(csr_der, identity)?;
-        let profile = LeafProfile::workload(identity.clone(), bounds.lifetime)
-            .with_ceiling(bounds.ceiling)
-            .with_floor(bounds.floor);
-        self.sign(&csr, &profile).await
+        self.admission.check_identity(identity).map_err(|after| {
+            Outcome::Retry(Retry {
+                after,
+                why: Busy::IdentityRate,
+            })
+        })
     }
 
-    /// Issue the daemon's own serving certificate, which also names the
-    /// hosts clients dial. Not reachable from the signing API.
-    ///
-    /// # Errors
-    /// As [`Issuer::issue`].
-    pub async fn issue_server(
-        &self,
-        identity: &Identity,
-        csr_der: &[u8],
-        names: Vec<ServerName>,
-    ) -> Result<IssuedCertificate, IssueError> {
-        let csr = ValidatedCsr::with_server_names(csr_der, identity, &names)?;
-        let profile = LeafProfile::server(identity.clone(), self.lifetimes.default_ttl, names)
-            .with_ceiling(self.lifetimes.max_ttl);
-        self.sign(&csr, &profile).await
-    }
-
-    async fn sign(
-        &self,
-        csr: &ValidatedCsr,
-        profile: &LeafProfile,
-    ) -> Result<IssuedCertificate, IssueError> {
+    async fn sign(&self, csr: &ValidatedCsr, profile: &LeafProfile) -> Outcome {
         let started = Instant::now();
-        let (provider, generation) = self.signer.current();
-        let issued = provider.sign(csr, profile).await;
+        // In flight under its generation until recorded: a signer retires
+        // only once every signature begun under it is done.
+        let signing = self.signer.begin();
+        let issued = signing.provider.sign(csr, profile).await;
         self.metrics
             .sign_duration
             .get_or_create(&crate::metrics::ProviderLabels {
-                provider: provider.kind().as_str(),
+                provider: signing.provider.kind().as_str(),
             })
             .observe(started.elapsed().as_secs_f64());
-        let issued = issued?;
+        let issued = match issued {
+            Ok(issued) => issued,
+            Err(e) => return Outcome::of_provider(e),
+        };
+        let generation = signing.generation;
         self.signer
             .record(generation, issued.not_after().unix_timestamp());
-        // Within the ceiling (the gate checked it), but longer than asked:
-        // renewal follows the real NotAfter; count it for the operator.
+        drop(signing);
+        self.note_longer_than_asked(&issued, profile);
+        let renew_after = renewal::renew_after(
+            issued.not_before(),
+            issued.not_after(),
+            OffsetDateTime::now_utc(),
+        );
+        Outcome::Issued(Box::new(IssuedCertificate {
+            trust_bundle: self.bundle.borrow().clone(),
+            renew_after,
+            generation,
+            issued,
+        }))
+    }
+
+    /// Within the ceiling (the gate checked it), but longer than asked:
+    /// renewal follows the real NotAfter; count it for the operator.
+    fn note_longer_than_asked(&self, issued: &Issued, profile: &LeafProfile) {
         let window = issued.not_after() - issued.not_before();
         if window > profile.lifetime() {
             self.metrics.certificates_longer_than_requested.inc();
@@ -189,16 +282,21 @@ impl Issuer {
                 "the provider issued a longer lifetime than requested (within its bound)"
             );
         }
-        let renew_after = renewal::renew_after(
-            issued.not_before(),
-            issued.not_after(),
-            OffsetDateTime::now_utc(),
-        );
-        Ok(IssuedCertificate {
-            trust_bundle: self.bundle.borrow().clone(),
-            renew_after,
-            generation,
-            issued,
-        })
     }
+}
+
+/// The leaf a request may have: its identity (and, for the daemon, the
+/// names it is dialled by) within its lifetime's bounds.
+fn profile(request: &Request<'_>) -> LeafProfile {
+    let bounds = request.lifetime;
+    let leaf = if request.server_names.is_empty() {
+        LeafProfile::workload(request.identity.clone(), bounds.lifetime)
+    } else {
+        LeafProfile::server(
+            request.identity.clone(),
+            bounds.lifetime,
+            request.server_names.to_vec(),
+        )
+    };
+    leaf.with_ceiling(bounds.ceiling).with_floor(bounds.floor)
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::certificates::v1::{PodCertificateRequest, PodCertificateRequestStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use meshca_provider::{CsrError, Identity, ProviderKind, TrustDomain};
+use meshca_provider::{CsrError, Identity, TrustDomain};
 use time::OffsetDateTime;
 
 use super::config::{SignerName, MIN_LIFETIME};
-use crate::issuer::{IssueError, IssuedCertificate, LifetimeBounds, Lifetimes};
+use crate::issuer::{Failure, IssuedCertificate, LifetimeBounds, Lifetimes, Outcome, Refused};
 
 /// What the API server sets when `maxExpirationSeconds` is omitted.
 const DEFAULT_MAX_EXPIRATION: Duration = Duration::from_secs(86_400);
@@ -61,12 +61,12 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// The `result` label of `meshca_certificates_issued_total`.
-    pub fn metric_result(&self) -> &'static str {
+    /// Which condition it sets, for logs.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Self::Issued { .. } => "success",
-            Self::Denied { .. } => "denied",
-            Self::Failed { .. } => "failed",
+            Self::Issued { .. } => "Issued",
+            Self::Denied { .. } => "Denied",
+            Self::Failed { .. } => "Failed",
         }
     }
 }
@@ -76,8 +76,9 @@ impl Answer {
 pub enum Next {
     /// Not meshca's, or already answered.
     Skip,
-    /// Answer without signing.
-    Answer(Answer),
+    /// Answer without signing: the request itself is unacceptable (the
+    /// `result` label of the issuance metric says which way).
+    Answer(Answer, &'static str),
     /// Sign the stub CSR for `identity`, within `bounds`.
     Sign {
         /// From the PCR's namespace and ServiceAccount.
@@ -117,7 +118,6 @@ pub fn decide(
     pcr: &PodCertificateRequest,
     signer: &SignerName,
     trust_domain: &TrustDomain,
-    provider: ProviderKind,
     lifetimes: &Lifetimes,
 ) -> Next {
     let spec = &pcr.spec;
@@ -130,19 +130,16 @@ pub fn decide(
         .filter(|a| !a.is_empty())
     {
         let names: Vec<&str> = keys.keys().map(String::as_str).collect();
-        return Next::Answer(Answer::Denied {
-            reason: "UnsupportedAnnotation",
-            message: format!(
-                "meshca recognises no unverifiedUserAnnotations; remove {}",
-                names.join(", ")
-            ),
-        });
-    }
-    if provider == ProviderKind::CertManager {
-        return Next::Answer(Answer::Failed {
-            reason: "ProviderCannotSign",
-            message: "the cert-manager provider signs only the names a CSR carries, and kubelet's stub CSR carries none; pod certificates need the tresor or vault provider".into(),
-        });
+        return Next::Answer(
+            Answer::Denied {
+                reason: "UnsupportedAnnotation",
+                message: format!(
+                    "meshca recognises no unverifiedUserAnnotations; remove {}",
+                    names.join(", ")
+                ),
+            },
+            "invalid_request",
+        );
     }
     let namespace = pcr.metadata.namespace.as_deref().unwrap_or_default();
     match Identity::new(trust_domain.clone(), namespace, &spec.service_account_name) {
@@ -150,42 +147,46 @@ pub fn decide(
             identity,
             bounds: bounds(spec.max_expiration_seconds, lifetimes),
         },
-        Err(e) => Next::Answer(Answer::Failed {
-            reason: "InvalidIdentity",
-            message: e.to_string(),
-        }),
+        Err(e) => Next::Answer(
+            Answer::Failed {
+                reason: "InvalidIdentity",
+                message: e.to_string(),
+            },
+            "invalid_request",
+        ),
     }
 }
 
-/// A signing result as an answer, or `Err(after)` to try again later.
+/// The issuer's outcome as an answer, or `Err(after)` to try again later.
 /// `max_expiration` is the request's `spec.maxExpirationSeconds`, `now` the
 /// time of the status write.
 pub fn after_signing(
-    result: Result<IssuedCertificate, IssueError>,
+    outcome: Outcome,
     max_expiration: Option<i32>,
     now: OffsetDateTime,
-) -> Result<Answer, Option<Duration>> {
-    match result {
-        Ok(issued) => Ok(issued_answer(&issued, max_expiration, now)),
-        Err(IssueError::Csr(CsrError::UnsupportedKey(detail))) => Ok(Answer::Denied {
-            reason: "UnsupportedKeyType",
-            message: format!("meshca signs {SUPPORTED_KEY_TYPES} keys; this one is {detail}"),
-        }),
-        Err(IssueError::Csr(e)) => Ok(Answer::Failed {
-            reason: "InvalidStubCSR",
-            message: e.to_string(),
-        }),
-        Err(IssueError::IdentityDenied(identity)) => Ok(Answer::Denied {
-            reason: "IdentityDenied",
-            message: format!("{identity} is denied any certificate"),
-        }),
-        Err(IssueError::Provider(e)) if e.is_retryable() => Err(e.retry_after()),
-        Err(IssueError::Provider(e)) => Ok(Answer::Failed {
-            reason: "ProviderFailed",
-            message: e.to_string(),
-        }),
-        Err(IssueError::DenyList(_)) => Err(None),
-    }
+) -> Result<Answer, Duration> {
+    let message = crate::error_chain(&outcome);
+    let (denied, reason) = match outcome {
+        Outcome::Issued(issued) => return Ok(issued_answer(&issued, max_expiration, now)),
+        Outcome::Retry(retry) => return Err(retry.after),
+        Outcome::Refused(Refused::Csr(CsrError::UnsupportedKey(detail))) => {
+            return Ok(Answer::Denied {
+                reason: "UnsupportedKeyType",
+                message: format!("meshca signs {SUPPORTED_KEY_TYPES} keys; this one is {detail}"),
+            })
+        }
+        Outcome::Refused(Refused::Csr(_)) => (false, "InvalidStubCSR"),
+        Outcome::Refused(Refused::IdentityDenied(_)) => (true, "IdentityDenied"),
+        Outcome::Refused(Refused::ProviderDenied(_)) => (true, "ProviderDenied"),
+        Outcome::Refused(Refused::Unsupported(_)) => (false, "ProviderCannotSign"),
+        Outcome::Failed(Failure::DenyList(_)) => (false, "DenyListUnreadable"),
+        Outcome::Failed(_) => (false, "ProviderFailed"),
+    };
+    Ok(if denied {
+        Answer::Denied { reason, message }
+    } else {
+        Answer::Failed { reason, message }
+    })
 }
 
 /// The Issued answer for `issued`, or Failed when the certificate is one

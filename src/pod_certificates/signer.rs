@@ -4,11 +4,11 @@
 //! other signers' requests never reach meshca) and answers each once: only
 //! the leader signs, and the status write carries the resourceVersion it
 //! read, so a second writer gets a conflict instead of doubling the answer.
-//! Signing passes the same [`Admission`] as the HTTPS API; on top, each
-//! namespace has a few signing slots of its own, so a namespace flooding
-//! requests waits behind itself, not in front of the others.
+//! Signing goes through the [`Issuer`] like every other frontend's (its
+//! admission, deny-list and metrics); this module only renders the outcome
+//! as the request's status.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,24 +20,21 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use meshca_provider::TrustDomain;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Answer, Next};
 use super::config::PodCertificatesConfig;
 use crate::cluster::{is_reason, resilient, Cluster, HoldOff, Refusal};
-use crate::issuer::{Admission, Issuer};
+use crate::issuer::{Frontend, Issuer, Request};
 use crate::metrics::{IssuedLabels, Metrics, RefusalLabels};
 use crate::watched::changes;
 
-/// Signing requests of one namespace at once.
-const SLOTS_PER_NAMESPACE: usize = 8;
-/// After a transient failure without a Retry-After.
-const RETRY: Duration = Duration::from_secs(5);
 /// Signed answers kept for a retried write, at most.
 const MAX_UNWRITTEN: usize = 4096;
-/// Requests given up, remembered at most (a restart forgets them all).
-const MAX_GIVEN_UP: usize = 65_536;
+/// Requests given up or answered, remembered at most (a restart forgets
+/// them all).
+const MAX_REMEMBERED: usize = 65_536;
 
 /// Why one request could not be handled now; it is retried.
 #[derive(Debug, thiserror::Error)]
@@ -71,46 +68,25 @@ enum Written {
     },
 }
 
-/// Per-namespace signing slots.
-#[derive(Default)]
-struct NamespaceSlots {
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl NamespaceSlots {
-    /// Wait for one of `namespace`'s slots (FIFO within the namespace).
-    async fn enter(&self, namespace: &str) -> Option<OwnedSemaphorePermit> {
-        let semaphore = {
-            let mut slots = self.slots.lock().ok()?;
-            // Drop idle namespaces so the map follows the active ones.
-            if slots.len() > 1024 {
-                slots.retain(|_, s| s.available_permits() < SLOTS_PER_NAMESPACE);
-            }
-            slots
-                .entry(namespace.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(SLOTS_PER_NAMESPACE)))
-                .clone()
-        };
-        semaphore.acquire_owned().await.ok()
-    }
-}
-
 struct Context {
     client: kube::Client,
     issuer: Issuer,
-    admission: Arc<Admission>,
     config: PodCertificatesConfig,
     trust_domain: TrustDomain,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-    slots: NamespaceSlots,
     /// Answers signed but not yet stored (the write failed for a reason
     /// that may pass), by request UID: retried as they are, not signed
     /// again, while the API server would still accept them.
     unwritten: Mutex<HashMap<String, Answer>>,
     /// Requests whose every answer the API server refused, by UID: this
     /// replica does not sign them again.
-    given_up: Mutex<HashSet<String>>,
+    given_up: Mutex<HashMap<String, ()>>,
+    /// Requests answered, by UID, with the resourceVersion the answer
+    /// replaced: a reconcile that still sees that version (the cache has
+    /// not caught up with the write) waits for the newer one instead of
+    /// signing again.
+    answered: Mutex<HashMap<String, String>>,
     /// Requests whose write the API server asked to retry later, by UID.
     hold: HoldOff<String>,
 }
@@ -119,8 +95,6 @@ struct Context {
 pub struct SignerDeps {
     /// Signs.
     pub issuer: Issuer,
-    /// The limits shared with the HTTPS API.
-    pub admission: Arc<Admission>,
     /// The mesh's trust domain.
     pub trust_domain: TrustDomain,
     /// Counts answers.
@@ -143,14 +117,13 @@ pub fn signer(
     let ctx = Arc::new(Context {
         client: cluster.client.clone(),
         issuer: deps.issuer,
-        admission: deps.admission,
         config,
         trust_domain: deps.trust_domain,
         leader: cluster.leader.clone(),
         metrics: deps.metrics,
-        slots: NamespaceSlots::default(),
         unwritten: Mutex::default(),
         given_up: Mutex::default(),
+        answered: Mutex::default(),
         hold: HoldOff::default(),
     });
     let (reader, writer) = reflector::store();
@@ -185,7 +158,7 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let uid = pcr.uid().unwrap_or_default();
-    if locked(&ctx.given_up).contains(&uid) {
+    if locked(&ctx.given_up).contains_key(&uid) || answered_already(&ctx, &uid, &pcr) {
         return Ok(Action::await_change());
     }
     // Woken early by another event while the API server asked for a wait.
@@ -196,12 +169,14 @@ async fn reconcile(
         &pcr,
         &ctx.config.signer_name,
         &ctx.trust_domain,
-        ctx.issuer.provider().kind(),
         ctx.issuer.lifetimes(),
     );
     let answer = match next {
         Next::Skip => return Ok(Action::await_change()),
-        Next::Answer(a) => a,
+        Next::Answer(a, result) => {
+            count(&ctx, result);
+            a
+        }
         Next::Sign { identity, bounds } => match unwritten(&ctx, &uid, &pcr) {
             Some(a) => a,
             None => match sign(&ctx, &pcr, &identity, bounds).await {
@@ -211,6 +186,30 @@ async fn reconcile(
         },
     };
     answer_request(&ctx, &pcr, answer).await
+}
+
+/// Whether this replica answered `pcr` in a write the cache has not
+/// caught up with; forgets the answer once a newer version is seen.
+fn answered_already(ctx: &Context, uid: &str, pcr: &PodCertificateRequest) -> bool {
+    let mut answered = locked(&ctx.answered);
+    match answered.get(uid) {
+        Some(replaced) if Some(replaced) == pcr.metadata.resource_version.as_ref() => true,
+        Some(_) => {
+            answered.remove(uid);
+            false
+        }
+        None => false,
+    }
+}
+
+/// Remember `value` for `uid`, forgetting everything once `cap` are kept
+/// (a forgotten request costs at most one more signature).
+fn remember<V>(map: &Mutex<HashMap<String, V>>, cap: usize, uid: String, value: V) {
+    let mut map = locked(map);
+    if map.len() >= cap {
+        map.clear();
+    }
+    map.insert(uid, value);
 }
 
 /// The answer signed earlier for `uid` and not yet stored, if the API
@@ -223,34 +222,21 @@ fn unwritten(ctx: &Context, uid: &str, pcr: &PodCertificateRequest) -> Option<An
         .then_some(answer)
 }
 
-/// Sign the request's stub CSR through the issuer, within the same
-/// admission as the HTTPS API plus the namespace's own slots; an answer,
-/// or when to try again.
+/// Ask the issuer for the request's stub CSR; the answer, or when to try
+/// again (the issuer's admission or an unavailable backend).
 async fn sign(
     ctx: &Context,
     pcr: &PodCertificateRequest,
     identity: &meshca_provider::Identity,
     bounds: crate::issuer::LifetimeBounds,
 ) -> Result<Answer, Action> {
-    let namespace = pcr.namespace().unwrap_or_default();
-    let Some(_slot) = ctx.slots.enter(&namespace).await else {
-        return Err(Action::requeue(RETRY));
-    };
-    if let Err(wait) = ctx.admission.check_identity(identity) {
-        return Err(Action::requeue(wait.max(Duration::from_millis(50))));
-    }
-    let Some(_permit) = ctx.admission.enter() else {
-        return Err(Action::requeue(Duration::from_secs(1)));
-    };
-    let signed = ctx
-        .issuer
-        .issue_for(identity, &pcr.spec.stub_pkc_s10_request.0, bounds)
-        .await;
+    let csr = &pcr.spec.stub_pkc_s10_request.0;
+    let request = Request::workload(Frontend::PodCertificate, identity, csr, bounds);
+    let outcome = ctx.issuer.issue(request).await;
     let now = time::OffsetDateTime::now_utc();
-    answer::after_signing(signed, pcr.spec.max_expiration_seconds, now).map_err(|after| {
-        count(ctx, "unavailable");
-        tracing::info!(pcr = %name_of(pcr), "the provider is unavailable; retrying");
-        Action::requeue(after.unwrap_or(RETRY))
+    answer::after_signing(outcome, pcr.spec.max_expiration_seconds, now).map_err(|after| {
+        tracing::debug!(pcr = %name_of(pcr), retry_in = ?after, "not signed now; retrying");
+        Action::requeue(after.max(Duration::from_millis(50)))
     })
 }
 
@@ -264,19 +250,18 @@ async fn answer_request(
 ) -> Result<Action, SignerError> {
     let refused = match write(ctx, pcr, &answer).await {
         Ok(Written::Stored) => {
-            count(ctx, answer.metric_result());
-            ctx.hold.succeeded(&pcr.uid().unwrap_or_default());
+            let uid = pcr.uid().unwrap_or_default();
+            ctx.hold.succeeded(&uid);
+            let replaced = pcr.metadata.resource_version.clone().unwrap_or_default();
+            remember(&ctx.answered, MAX_REMEMBERED, uid, replaced);
             return Ok(Action::await_change());
         }
         Ok(Written::Moot) => return Ok(Action::await_change()),
         Ok(Written::Refused { code, message }) => (code, message),
         Err(e) => {
             // Keep what was signed for the next attempt.
-            let mut unwritten = locked(&ctx.unwritten);
-            if unwritten.len() >= MAX_UNWRITTEN {
-                unwritten.clear();
-            }
-            unwritten.insert(pcr.uid().unwrap_or_default(), answer);
+            let uid = pcr.uid().unwrap_or_default();
+            remember(&ctx.unwritten, MAX_UNWRITTEN, uid, answer);
             return Err(e);
         }
     };
@@ -286,27 +271,25 @@ async fn answer_request(
             reason: "AnswerRefused",
             message: format!(
                 "kube-apiserver refused meshca's {} answer ({}): {}",
-                answer.metric_result(),
+                answer.kind(),
                 refused.0,
                 refused.1
             ),
         };
         match write(ctx, pcr, &failed).await? {
-            Written::Stored => {
-                count(ctx, failed.metric_result());
-                return Ok(Action::await_change());
-            }
+            Written::Stored => return Ok(Action::await_change()),
             Written::Moot => return Ok(Action::await_change()),
             Written::Refused { code, message } => {
                 record_refusal(ctx, pcr, &(code, message), &failed);
             }
         }
     }
-    let mut given_up = locked(&ctx.given_up);
-    if given_up.len() >= MAX_GIVEN_UP {
-        given_up.clear();
-    }
-    given_up.insert(pcr.uid().unwrap_or_default());
+    remember(
+        &ctx.given_up,
+        MAX_REMEMBERED,
+        pcr.uid().unwrap_or_default(),
+        (),
+    );
     Ok(Action::await_change())
 }
 
@@ -328,7 +311,7 @@ fn record_refusal(
         pcr = %name_of(pcr),
         code,
         %message,
-        answer = answer.metric_result(),
+        answer = answer.kind(),
         "kube-apiserver refused the answer to a pod certificate request; it is not retried"
     );
 }
@@ -389,7 +372,7 @@ fn log_answer(pcr: &PodCertificateRequest, answer: &Answer) {
             tracing::info!(%pcr, %not_after, "issued a pod certificate");
         }
         Answer::Denied { reason, message } | Answer::Failed { reason, message } => {
-            tracing::info!(%pcr, reason, message, result = answer.metric_result(), "answered a pod certificate request without a certificate");
+            tracing::info!(%pcr, reason, message, answer = answer.kind(), "answered a pod certificate request without a certificate");
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshca_cert_manager::{CaSource, CertManagerConfig};
+use meshca_provider::ProviderKind;
 use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
 use meshca_vault::{VaultAuth, VaultConfig};
 use serde::Deserialize;
@@ -23,13 +24,34 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// The configured kind, as written in `provider.kind`.
-    pub fn kind(&self) -> &'static str {
+    /// The configured kind (`provider.kind`, as `ProviderKind::as_str`
+    /// spells it).
+    pub fn kind(&self) -> ProviderKind {
         match self {
-            Self::Tresor(_) => "tresor",
-            Self::Vault(_) => "vault",
-            Self::CertManager(_) => "cert-manager",
+            Self::Tresor(_) => ProviderKind::Tresor,
+            Self::Vault(_) => ProviderKind::Vault,
+            Self::CertManager(_) => ProviderKind::CertManager,
         }
+    }
+
+    /// Whether the provider names leaves from the profile whatever the CSR
+    /// names (see `Capabilities`), as far as the configuration tells:
+    /// `None` for Vault, whose role decides.
+    pub fn names_from_profile(&self) -> Option<bool> {
+        match self {
+            Self::Tresor(_) => Some(true),
+            Self::Vault(_) => None,
+            Self::CertManager(_) => Some(meshca_cert_manager::CAPABILITIES.names_from_profile),
+        }
+    }
+}
+
+/// The config section of `kind`'s settings.
+pub fn section(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Vault => "provider.vault",
+        ProviderKind::CertManager => "provider.cert_manager",
+        _ => "provider.tresor",
     }
 }
 

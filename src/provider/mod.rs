@@ -13,7 +13,7 @@
 mod config;
 mod tresor_root;
 
-pub use config::{ProviderConfig, ProviderContext, RawProvider};
+pub use config::{section, ProviderConfig, ProviderContext, RawProvider};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{is_reason, new_configmap, KubeError};
+use crate::cluster::{is_reason, new_configmap, KubeError, Refusal};
 
 const KEY: &str = "rollout.json";
 
@@ -40,34 +40,57 @@ pub fn writer(
     name: String,
     mut states: watch::Receiver<String>,
     leader: watch::Receiver<bool>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     async move {
         let mut pending = true;
+        let mut failures = 0u32;
         loop {
+            let mut retry = std::time::Duration::from_secs(3600);
             if pending && *leader.borrow() {
                 let json = states.borrow_and_update().clone();
                 match write(&api, &name, &json).await {
-                    Ok(()) => pending = false,
+                    Ok(()) => {
+                        pending = false;
+                        failures = 0;
+                        metrics.record_ledger_persisted("configmap", true);
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "failed to persist the rollout state; retrying")
+                        failures = failures.saturating_add(1);
+                        metrics.record_ledger_persisted("configmap", false);
+                        retry = match &e {
+                            KubeError::Api { source, .. } => Refusal::of(source),
+                            _ => Refusal::Transient { retry_after: None },
+                        }
+                        .retry_delay(failures);
+                        tracing::error!(error = %crate::error_chain(&e), retry_in = ?retry, "failed to persist the rollout ledger to its ConfigMap");
                     }
                 }
+            } else if pending {
+                retry = std::time::Duration::from_secs(2);
             }
-            let retry = if pending { 2 } else { 3600 };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = states.changed() => { if r.is_err() { return } pending = true; }
-                () = tokio::time::sleep(std::time::Duration::from_secs(retry)) => {}
+                () = tokio::time::sleep(retry) => {}
             }
         }
     }
 }
 
-async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), kube::Error> {
-    for _ in 0..5 {
-        let result = match api.get_opt(name).await? {
+/// Write conflicts in a row before a write counts as failed.
+const ATTEMPTS: usize = 5;
+
+async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), KubeError> {
+    let failed = KubeError::api(format!("write ConfigMap {name}"));
+    for _ in 0..ATTEMPTS {
+        let current = match api.get_opt(name).await {
+            Ok(c) => c,
+            Err(e) => return Err(KubeError::api(format!("read ConfigMap {name}"))(e)),
+        };
+        let result = match current {
             Some(mut cm) => {
                 cm.data
                     .get_or_insert_with(BTreeMap::new)
@@ -83,8 +106,10 @@ async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), kube:
         };
         match result {
             Err(e) if is_reason(&e, 409) => continue,
-            other => return other,
+            other => return other.map_err(failed),
         }
     }
-    Ok(())
+    Err(KubeError::Invalid(format!(
+        "ConfigMap {name} kept changing under meshca's writes ({ATTEMPTS} conflicts in a row); the rollout ledger is not persisted there yet"
+    )))
 }

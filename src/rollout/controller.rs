@@ -19,8 +19,9 @@ use crate::provider::{self, ProviderConfig};
 
 /// How long the new anchors may take to reach every sink.
 const DISTRIBUTE_LIMIT: Duration = Duration::from_secs(300);
-/// How long signatures in flight at the switch may take to finish.
-const DRAIN: Duration = Duration::from_secs(2);
+/// How long signatures in flight at the switch are waited for; past it,
+/// the retiring anchors stay for `certificates.max_ttl`.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 /// How long after a retained set's time the ledger drops it: the refresher
 /// drops it from the bundle at its time, so `GET /v1/rotation` never says
 /// steady while the bundle still holds it.
@@ -54,6 +55,9 @@ pub struct Rollout {
     pub deps: provider::Deps,
     /// Where the stage and generation are exported.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `certificates.max_ttl`: how long anchors stay when the last
+    /// certificate they signed cannot be known.
+    pub max_ttl: Duration,
 }
 
 /// Why a rollout stopped before its switch.
@@ -89,7 +93,7 @@ impl Rollout {
                     () = shutdown.cancelled() => return,
                     r = config.changed() => if r.is_err() { return },
                     () = sleep_until(deadline), if deadline.is_some() => {
-                        self.apply(&tx, Event::Tick);
+                        self.apply(&tx, Event::Tick).await;
                         continue;
                     }
                 }
@@ -137,12 +141,12 @@ impl Rollout {
         };
         if let Err(stopped) = distributed {
             if !matches!(stopped, Stopped::ShuttingDown) {
-                self.apply(tx, Event::Aborted);
+                self.apply(tx, Event::Aborted).await;
             }
             incoming.stop.cancel();
             return Err(stopped);
         }
-        let effects = self.apply(tx, Event::Distributed);
+        let effects = self.apply(tx, Event::Distributed).await;
         if !effects.contains(&Effect::SwitchSigner) {
             incoming.stop.cancel();
             return Err(Stopped::Failed(
@@ -153,26 +157,51 @@ impl Rollout {
         if effects.contains(&Effect::RenewServing) {
             self.renew_serving.notify_one();
         }
-        // Signatures of the previous generation in flight finish meanwhile,
-        // and other replicas share theirs.
-        tokio::time::sleep(DRAIN.max(super::peers::PUBLISH_AFTER * 2)).await;
-        let shared = match &self.peers {
-            Some(peers) => peers.latest(old_generation).await,
-            None => None,
-        };
-        let last_not_after = self
-            .signer
-            .issued_until(old_generation)
-            .max(shared)
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        let last_not_after = self.last_not_after(old_generation).await;
         if self
             .apply(tx, Event::Drained { last_not_after })
+            .await
             .contains(&Effect::StopPrevious)
         {
             // It signs no more: no further token renewal or re-login.
             old_stop.cancel();
         }
         Ok(())
+    }
+
+    /// The latest NotAfter any certificate of `generation` has, once every
+    /// signature started under it here is done and the other replicas had
+    /// time to share theirs. When that cannot be known (a signature still
+    /// in flight after [`DRAIN_LIMIT`], the replicas' ledger unreadable),
+    /// the longest lifetime meshca hands out, from now: the anchors stay
+    /// for as long as any certificate could live, said loudly.
+    async fn last_not_after(&self, generation: u64) -> Option<OffsetDateTime> {
+        let drained = self.signer.drained(generation, DRAIN_LIMIT).await;
+        tokio::time::sleep(super::peers::PUBLISH_AFTER * 2).await;
+        let shared = match &self.peers {
+            Some(peers) => peers
+                .latest(generation)
+                .await
+                .map_err(|e| crate::error_chain(&e)),
+            None => Ok(None),
+        };
+        let local = self.signer.issued_until(generation);
+        match (drained, shared) {
+            (true, Ok(shared)) => local
+                .max(shared)
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
+            (drained, shared) => {
+                let keep = OffsetDateTime::now_utc() + self.max_ttl;
+                tracing::error!(
+                    generation,
+                    drained,
+                    replicas = ?shared.err(),
+                    keep_until = %keep,
+                    "cannot tell when the last certificate of the retiring signer expires; its anchors stay for certificates.max_ttl"
+                );
+                Some(keep)
+            }
+        }
     }
 
     /// Note the anchors of both signers in the ledger; returns the
@@ -193,7 +222,8 @@ impl Rollout {
                 current,
                 incoming: new_anchors.clone(),
             },
-        );
+        )
+        .await;
         Ok(new_anchors)
     }
 
@@ -242,7 +272,7 @@ impl Rollout {
     }
 
     /// Step the state by `event` now; persist, export and log a change.
-    fn apply(&self, tx: &watch::Sender<RolloutStatus>, event: Event) -> Vec<Effect> {
+    async fn apply(&self, tx: &watch::Sender<RolloutStatus>, event: Event) -> Vec<Effect> {
         let mut effects = Vec::new();
         let mut entered = Vec::new();
         let changed = tx.send_if_modified(|s| {
@@ -261,7 +291,8 @@ impl Rollout {
             *s != before
         });
         if changed {
-            let status = tx.borrow();
+            // A copy: the watch is not held while the ledger is written.
+            let status = tx.borrow().clone();
             for stage in entered {
                 tracing::info!(
                     stage = stage.as_str(),
@@ -269,8 +300,8 @@ impl Rollout {
                     "rollout stage"
                 );
             }
-            self.store.save(&status);
             self.export(&status);
+            self.store.save(status).await;
         }
         effects
     }

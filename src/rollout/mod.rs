@@ -22,8 +22,10 @@
 mod config;
 pub mod configmap;
 mod controller;
+pub mod ledger;
 mod peers;
 mod refresh;
+mod report;
 mod signer;
 mod state;
 
@@ -31,5 +33,6 @@ pub use config::{RawRotation, RotationConfig};
 pub use controller::{Rollout, Target};
 pub use peers::Peers;
 pub use refresh::anchor_refresher;
+pub use report::RotationReport;
 pub use signer::Signer;
 pub use state::{RolloutStatus, Stage, StateStore};

@@ -18,7 +18,7 @@ use kube::Api;
 use tokio_util::sync::CancellationToken;
 
 use super::Signer;
-use crate::cluster::{is_reason, new_configmap, Refusal};
+use crate::cluster::{is_reason, new_configmap, KubeError, Refusal};
 
 /// The ConfigMap, in meshca's namespace.
 const NAME: &str = "meshca-issued";
@@ -53,13 +53,24 @@ impl Peers {
         })
     }
 
-    /// The latest NotAfter any replica recorded under `generation`.
-    pub async fn latest(&self, generation: u64) -> Option<i64> {
-        let cm = self.api.get_opt(NAME).await.ok().flatten()?;
-        latest_of(
-            cm.data.unwrap_or_default().values().map(String::as_str),
-            generation,
-        )
+    /// The latest NotAfter any replica recorded under `generation`;
+    /// `None` when no replica recorded one.
+    ///
+    /// # Errors
+    /// The ledger could not be read: what other replicas issued is
+    /// unknown, which is not the same as nothing.
+    pub async fn latest(&self, generation: u64) -> Result<Option<i64>, KubeError> {
+        let cm = self
+            .api
+            .get_opt(NAME)
+            .await
+            .map_err(KubeError::api(format!("read ConfigMap {NAME}")))?;
+        Ok(cm.and_then(|cm| {
+            latest_of(
+                cm.data.unwrap_or_default().values().map(String::as_str),
+                generation,
+            )
+        }))
     }
 
     /// The task publishing this replica's ledger as it grows.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use meshca_provider::Checked;
@@ -23,6 +24,35 @@ pub struct Signer {
     issued_until: Mutex<BTreeMap<u64, i64>>,
     /// Changes whenever `issued_until` grows (for sharing with replicas).
     recorded: watch::Sender<u64>,
+    /// Signatures in flight, per generation.
+    in_flight: Mutex<BTreeMap<u64, usize>>,
+    /// Rung whenever a signature ends.
+    signed: tokio::sync::Notify,
+}
+
+/// One signature in flight: the provider signing it and its generation,
+/// counted until dropped, so that a signer retires only once every
+/// signature started under it is done.
+pub struct Signing {
+    /// The provider to sign with.
+    pub provider: Arc<Checked>,
+    /// Its generation.
+    pub generation: u64,
+    signer: Arc<Signer>,
+}
+
+impl Drop for Signing {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.signer.in_flight.lock() {
+            if let Some(n) = counts.get_mut(&self.generation) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.generation);
+                }
+            }
+        }
+        self.signer.signed.notify_waiters();
+    }
 }
 
 impl Signer {
@@ -35,7 +65,46 @@ impl Signer {
             switched: watch::channel(generation).0,
             issued_until: Mutex::default(),
             recorded: watch::channel(0).0,
+            in_flight: Mutex::default(),
+            signed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Begin a signature with the provider signing now; it counts as in
+    /// flight under its generation until the returned value is dropped.
+    pub fn begin(self: &Arc<Self>) -> Signing {
+        let mut counts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the count's lock: a switch in between makes the pair err
+        // towards the older generation, whose anchors are retained.
+        let (provider, generation) = self.current();
+        *counts.entry(generation).or_insert(0) += 1;
+        Signing {
+            provider,
+            generation,
+            signer: self.clone(),
+        }
+    }
+
+    /// Wait until no signature of `generation` is in flight, at most
+    /// `limit`; whether it came to that.
+    pub async fn drained(&self, generation: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let signed = self.signed.notified();
+            let busy = self
+                .in_flight
+                .lock()
+                .map_or(true, |c| c.get(&generation).is_some_and(|n| *n > 0));
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, signed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// The provider signing now and its generation.
@@ -101,5 +170,66 @@ impl Signer {
     /// The latest NotAfter issued under `generation`, if any.
     pub fn issued_until(&self, generation: u64) -> Option<i64> {
         self.issued_until.lock().ok()?.get(&generation).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Never;
+
+    #[async_trait::async_trait]
+    impl meshca_provider::Provider for Never {
+        fn kind(&self) -> meshca_provider::ProviderKind {
+            meshca_provider::ProviderKind::Tresor
+        }
+        async fn sign(
+            &self,
+            _: &meshca_provider::ValidatedCsr,
+            _: &meshca_provider::LeafProfile,
+        ) -> Result<meshca_provider::SignedChain, meshca_provider::ProviderError> {
+            Err(meshca_provider::ProviderError::Internal("never".into()))
+        }
+        async fn trust_anchors(
+            &self,
+        ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, meshca_provider::ProviderError>
+        {
+            Ok(Vec::new())
+        }
+        async fn health(&self) -> meshca_provider::Health {
+            meshca_provider::Health::Healthy
+        }
+    }
+
+    fn checked() -> Checked {
+        Checked::new(Arc::new(Never))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_drains_only_when_every_signature_begun_under_it_is_done() {
+        let signer = Signer::new(checked(), CancellationToken::new(), 0);
+        let old = signer.begin();
+        assert_eq!(old.generation, 0);
+        signer.switch(checked(), CancellationToken::new());
+        let new = signer.begin();
+        assert_eq!(new.generation, 1);
+        assert!(
+            !signer.drained(0, Duration::from_secs(5)).await,
+            "a signature of generation 0 is still in flight"
+        );
+        let waiting = {
+            let signer = signer.clone();
+            tokio::spawn(async move { signer.drained(0, Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        drop(old);
+        assert!(waiting.await.expect("task"), "drained once it ended");
+        assert!(signer.drained(0, Duration::ZERO).await);
+        assert!(
+            !signer.drained(1, Duration::ZERO).await,
+            "generation 1 is busy"
+        );
+        drop(new);
     }
 }

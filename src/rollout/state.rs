@@ -5,7 +5,7 @@
 //! I/O an [`Effect`] asks for and feeds what happened back as an
 //! [`Event`]. Every transition is unit-tested below.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -50,8 +50,9 @@ impl Stage {
     }
 }
 
-/// What `GET /v1/rotation` answers and `rollout.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// The rollout's state: the stage and the ledger of retained anchors.
+/// Persisted by `ledger`, answered by `GET /v1/rotation` in its own type.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RolloutStatus {
     /// The stage.
     pub stage: Stage,
@@ -64,28 +65,23 @@ pub struct RolloutStatus {
     /// The incoming provider's anchors, in the bundle from distribute until
     /// the switch has drained. Not persisted: after a restart the
     /// configuration in force signs.
-    #[serde(skip)]
     pub incoming_anchors: Vec<CertificateDer<'static>>,
     /// Anchors kept for certificates of earlier signers.
     pub retained: Vec<Retained>,
-    /// Stages entered, oldest first, with their times (RFC 3339).
-    #[serde(with = "history")]
+    /// Stages entered, oldest first, with their times.
     pub history: Vec<(Stage, OffsetDateTime)>,
 }
 
 /// Anchors kept beyond their signer's time.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retained {
-    /// The generation whose signer they belong to (absent in state saved
+    /// The generation whose signer they belong to (`None` in state saved
     /// by older versions).
-    #[serde(default)]
     pub generation: Option<u64>,
-    /// The anchors (PEM in JSON).
-    #[serde(rename = "pem", with = "pem_certificates")]
+    /// The anchors.
     pub anchors: Vec<CertificateDer<'static>>,
-    /// When they may leave the bundle (RFC 3339 in JSON); `None` while the
-    /// last certificate they signed is not known yet.
-    #[serde(with = "rfc3339_option")]
+    /// When they may leave the bundle; `None` while the last certificate
+    /// they signed is not known yet.
     pub until: Option<OffsetDateTime>,
 }
 
@@ -297,123 +293,42 @@ impl RolloutStatus {
             self.history.remove(0);
         }
     }
-
-    /// The file that keeps it across restarts.
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("rollout.json")
-    }
-
-    /// Load the persisted status, if any.
-    pub fn load(state_dir: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(Self::path(state_dir)).ok()?;
-        Self::parse(&text)
-    }
-
-    /// Parse a persisted state.
-    pub fn parse(json: &str) -> Option<Self> {
-        serde_json::from_str(json).ok()
-    }
 }
 
 /// Where the rollout state is persisted: always the state directory, and,
 /// in a cluster, a ConfigMap (written by the leader) that outlives pods.
-#[derive(Debug)]
 pub struct StateStore {
     /// The state directory.
     pub state_dir: PathBuf,
     /// The ConfigMap writer's input, in a cluster.
     pub cluster: Option<tokio::sync::watch::Sender<String>>,
+    /// For `meshca_rotation_ledger_persisted{store="file"}`.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl StateStore {
-    /// Persist `status` (the file atomically, 0600).
-    pub fn save(&self, status: &RolloutStatus) {
-        match serde_json::to_string_pretty(status) {
-            Ok(json) => {
-                let path = RolloutStatus::path(&self.state_dir);
-                if let Err(e) = crate::bundle::write_atomically(&path, json.as_bytes(), 0o600) {
-                    tracing::warn!(error = %e, "failed to persist the rollout state");
-                }
-                if let Some(tx) = &self.cluster {
-                    tx.send_replace(json);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "failed to encode the rollout state"),
+    /// Persist `status`: the file atomically (0600, synced), off the async
+    /// workers; the ConfigMap through its writer. A failed write is logged
+    /// and shown by the metric; the next change writes the whole ledger
+    /// again.
+    pub async fn save(&self, status: RolloutStatus) {
+        let json = super::ledger::encode(&status);
+        let path = super::ledger::path(&self.state_dir);
+        let bytes = json.clone().into_bytes();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::bundle::write_atomically(&path, &bytes, 0o600)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = &written {
+            tracing::error!(error = %e, "failed to persist the rollout ledger to the state directory");
         }
-    }
-}
-
-// === serde of the typed fields: the JSON keeps PEM and RFC 3339 text ===
-
-mod rfc3339_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use time::format_description::well_known::Rfc3339;
-    use time::OffsetDateTime;
-
-    pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
-        t.map(|t| t.format(&Rfc3339))
-            .transpose()
-            .map_err(serde::ser::Error::custom)?
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<OffsetDateTime>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| OffsetDateTime::parse(&t, &Rfc3339).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-mod history {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use time::format_description::well_known::Rfc3339;
-    use time::OffsetDateTime;
-
-    use super::Stage;
-
-    pub fn serialize<S: Serializer>(
-        h: &[(Stage, OffsetDateTime)],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        h.iter()
-            .map(|(stage, t)| t.format(&Rfc3339).map(|t| (*stage, t)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(serde::ser::Error::custom)?
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(Stage, OffsetDateTime)>, D::Error> {
-        Vec::<(Stage, String)>::deserialize(d)?
-            .into_iter()
-            .map(|(stage, t)| {
-                OffsetDateTime::parse(&t, &Rfc3339)
-                    .map(|t| (stage, t))
-                    .map_err(serde::de::Error::custom)
-            })
-            .collect()
-    }
-}
-
-mod pem_certificates {
-    use rustls_pki_types::CertificateDer;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        certs: &[CertificateDer<'static>],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&meshca_provider::pem::encode_certificates(certs))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<CertificateDer<'static>>, D::Error> {
-        let pem = String::deserialize(d)?;
-        meshca_provider::pem::decode_certificates(pem.as_bytes()).map_err(serde::de::Error::custom)
+        self.metrics
+            .record_ledger_persisted("file", written.is_ok());
+        if let Some(tx) = &self.cluster {
+            tx.send_replace(json);
+        }
     }
 }
 
@@ -628,13 +543,14 @@ mod tests {
     #[test]
     fn the_persisted_form_keeps_pem_and_rfc3339_and_reads_back_the_same() {
         let s = retiring_after("a", "b", t(100));
-        let json: serde_json::Value = serde_json::to_value(&s).expect("json");
+        let json: serde_json::Value =
+            serde_json::from_str(&super::super::ledger::encode(&s)).expect("json");
         assert!(json["retained"][0]["pem"]
             .as_str()
             .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")));
         assert_eq!(json["retained"][0]["until"], "2027-01-15T08:01:41Z");
         assert_eq!(json["history"][0][0], "distribute");
-        let back = RolloutStatus::parse(&json.to_string()).expect("parses");
+        let back = super::super::ledger::parse(&json.to_string(), "test").expect("parses");
         assert_eq!(back, s);
     }
 
@@ -646,7 +562,7 @@ mod tests {
             "retained": [{ "pem": pem, "until": "2027-01-15T08:01:41Z" }],
             "history": [["switch", "2027-01-15T07:00:00Z"]],
         });
-        let s = RolloutStatus::parse(&old.to_string()).expect("older state");
+        let s = super::super::ledger::parse(&old.to_string(), "test").expect("older state");
         assert_eq!(s.retained[0].generation, None);
         assert_eq!(s.retained[0].anchors, anchor(1));
         assert_eq!(s.retained[0].until, Some(t(101)));

@@ -28,7 +28,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::Api;
 use meshca_provider::{
-    Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain, ValidatedCsr,
+    Capabilities, Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain,
+    ValidatedCsr,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -72,6 +73,13 @@ pub struct CertManagerConfig {
     /// Anchors for issuers that do not fill `status.ca`.
     pub ca_from: Option<CaSource>,
 }
+
+/// cert-manager's issuers sign the names a CSR carries, not the ones meshca
+/// would pass: a CSR must name exactly its identity.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    names_from_profile: false,
+    hint: None,
+};
 
 /// The cert-manager provider.
 pub struct CertManager {
@@ -230,18 +238,15 @@ impl Provider for CertManager {
         ProviderKind::CertManager
     }
 
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
     async fn sign(
         &self,
         csr: &ValidatedCsr,
         leaf: &LeafProfile,
     ) -> Result<SignedChain, ProviderError> {
-        if !csr.names_exactly(leaf) {
-            return Err(ProviderError::UnsupportedRequest(format!(
-                "cert-manager signs only the names a CSR contains: name exactly DNS:{} and URI:{} (GET /v1/identity tells them)",
-                leaf.identity().dns_name(),
-                leaf.identity().spiffe_id()
-            )));
-        }
         let mut pem = String::new();
         meshca_provider::pem::encode_block("CERTIFICATE REQUEST", csr.der(), &mut pem);
         let issued = request::issue(

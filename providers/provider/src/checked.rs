@@ -12,8 +12,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 use crate::{
-    Health, Identity, LeafProfile, Provider, ProviderError, ProviderKind, SignatureCheck,
-    SignedChain, ValidatedCsr,
+    Capabilities, Health, Identity, LeafProfile, Provider, ProviderError, ProviderKind,
+    SignatureCheck, SignedChain, ValidatedCsr,
 };
 
 /// How far a backend's clock may put NotBefore in the future before meshca
@@ -115,6 +115,11 @@ impl Checked {
         self.inner.credential_expiry()
     }
 
+    /// See [`Provider::capabilities`].
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
     /// Sign through the backend, then check the result against `csr` and
     /// `leaf`.
     ///
@@ -126,6 +131,16 @@ impl Checked {
         csr: &ValidatedCsr,
         leaf: &LeafProfile,
     ) -> Result<Issued, ProviderError> {
+        let capabilities = self.inner.capabilities();
+        if !capabilities.names_from_profile && !csr.names_exactly(leaf) {
+            return Err(ProviderError::UnsupportedRequest(format!(
+                "the {} provider signs only the names a CSR carries: the CSR must name exactly DNS:{} and URI:{} (GET /v1/identity tells them){}",
+                self.inner.kind(),
+                leaf.identity().dns_name(),
+                leaf.identity().spiffe_id(),
+                capabilities.hint.map(|h| format!(", or {h}")).unwrap_or_default()
+            )));
+        }
         let SignedChain(chain) = self.inner.sign(csr, leaf).await?;
         let anchors = self.inner.trust_anchors().await?;
         check(

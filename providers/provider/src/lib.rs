@@ -27,4 +27,4 @@ pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};
 pub use error::ProviderError;
 pub use identity::{uri_names, Identity, IdentityError, TrustDomain};
 pub use leaf::{backdate_for, LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
-pub use provider::{Health, Provider, ProviderKind, SignatureCheck, SignedChain};
+pub use provider::{Capabilities, Health, Provider, ProviderKind, SignatureCheck, SignedChain};

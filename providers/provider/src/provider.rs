@@ -34,6 +34,31 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+impl ProviderKind {
+    /// Every kind, in the order configuration lists them.
+    pub const ALL: [Self; 3] = [Self::Tresor, Self::Vault, Self::CertManager];
+}
+
+/// What a backend can sign beyond the contract every backend meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The leaf's names come from the [`LeafProfile`] whatever the CSR
+    /// names. False for backends that sign only the names a CSR carries
+    /// (cert-manager; a Vault role with `use_csr_sans`): a CSR must then
+    /// name exactly its identity, which kubelet's stub CSRs never do.
+    pub names_from_profile: bool,
+    /// What the operator can change so that it is, when it is not.
+    pub hint: Option<&'static str>,
+}
+
+impl Capabilities {
+    /// A backend that names leaves from the profile.
+    pub const FULL: Self = Self {
+        names_from_profile: true,
+        hint: None,
+    };
+}
+
 /// A provider's view of whether it can sign right now; feeds `/readyz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -103,5 +128,11 @@ pub trait Provider: Send + Sync + 'static {
     /// backends keep the default.
     fn signature_check(&self) -> SignatureCheck {
         SignatureCheck::Full
+    }
+
+    /// What it can sign; [`Checked`](crate::Checked) refuses a request
+    /// beyond it before the backend is asked.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::FULL
     }
 }

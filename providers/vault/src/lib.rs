@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meshca_provider::{
-    Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain, ValidatedCsr,
+    Capabilities, Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain,
+    ValidatedCsr,
 };
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -117,18 +118,21 @@ impl Provider for Vault {
         ProviderKind::Vault
     }
 
+    /// A role with `use_csr_sans` signs only the names a CSR carries; an
+    /// unreadable role is taken at its word (meshca's names), and a leaf
+    /// without them is refused after signing, naming the setting.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            names_from_profile: !self.pki.settings.is_some_and(|s| s.use_csr_sans),
+            hint: Some("set use_csr_sans=false on the Vault role"),
+        }
+    }
+
     async fn sign(
         &self,
         csr: &ValidatedCsr,
         leaf: &LeafProfile,
     ) -> Result<SignedChain, ProviderError> {
-        if self.pki.settings.is_some_and(|s| s.use_csr_sans) && !csr.names_exactly(leaf) {
-            return Err(ProviderError::UnsupportedRequest(format!(
-                "the Vault role signs only the names a CSR carries (use_csr_sans=true): the CSR must name exactly {} and {} (GET /v1/identity tells them), or the role must set use_csr_sans=false",
-                leaf.identity().dns_name(),
-                leaf.identity().spiffe_id()
-            )));
-        }
         let chain = self
             .pki
             .sign(csr, leaf)

@@ -47,13 +47,7 @@ fn lifetimes(max_ttl: Duration) -> Lifetimes {
 
 #[test]
 fn the_identity_comes_from_the_namespace_and_service_account() {
-    let next = decide(
-        &pcr(|_| {}),
-        &signer(),
-        &td(),
-        ProviderKind::Tresor,
-        &lifetimes(DAY),
-    );
+    let next = decide(&pcr(|_| {}), &signer(), &td(), &lifetimes(DAY));
     let Next::Sign { identity, bounds } = next else {
         panic!("{next:?}")
     };
@@ -168,13 +162,7 @@ fn an_answer_the_api_server_would_refuse_is_recognised_before_it_is_written() {
 fn other_signers_and_answered_requests_are_skipped() {
     let other = pcr(|p| p.spec.signer_name = "example.com/other".into());
     assert_eq!(
-        decide(
-            &other,
-            &signer(),
-            &td(),
-            ProviderKind::Tresor,
-            &lifetimes(DAY)
-        ),
+        decide(&other, &signer(), &td(), &lifetimes(DAY)),
         Next::Skip
     );
     let issued = pcr(|p| {
@@ -189,13 +177,7 @@ fn other_signers_and_answered_requests_are_skipped() {
     });
     assert!(is_answered(&issued));
     assert_eq!(
-        decide(
-            &issued,
-            &signer(),
-            &td(),
-            ProviderKind::Tresor,
-            &lifetimes(DAY)
-        ),
+        decide(&issued, &signer(), &td(), &lifetimes(DAY)),
         Next::Skip
     );
 }
@@ -208,48 +190,46 @@ fn unknown_annotations_are_denied_by_name() {
             "admin".into(),
         )]));
     });
-    let next = decide(
-        &annotated,
-        &signer(),
-        &td(),
-        ProviderKind::Tresor,
-        &lifetimes(DAY),
-    );
+    let next = decide(&annotated, &signer(), &td(), &lifetimes(DAY));
     assert!(
-        matches!(&next, Next::Answer(Answer::Denied { reason: "UnsupportedAnnotation", message }) if message.contains("example.com/role")),
+        matches!(&next, Next::Answer(Answer::Denied { reason: "UnsupportedAnnotation", message }, "invalid_request") if message.contains("example.com/role")),
         "{next:?}"
     );
+}
+
+fn signing(outcome: Outcome) -> Result<Answer, Duration> {
+    after_signing(outcome, Some(86_400), OffsetDateTime::now_utc())
+}
+
+fn provider(e: meshca_provider::ProviderError) -> Outcome {
+    Outcome::of_provider(e)
 }
 
 #[test]
-fn cert_manager_fails_with_the_reason() {
-    let next = decide(
-        &pcr(|_| {}),
-        &signer(),
-        &td(),
-        ProviderKind::CertManager,
-        &lifetimes(DAY),
-    );
+fn a_provider_that_cannot_sign_a_stub_csr_fails_the_request_with_its_reason() {
+    let cannot = signing(provider(
+        meshca_provider::ProviderError::UnsupportedRequest(
+            "the cert-manager provider signs only the names a CSR carries".into(),
+        ),
+    ));
     assert!(
-        matches!(&next, Next::Answer(Answer::Failed { message, .. }) if message.contains("stub CSR carries none")),
-        "{next:?}"
+        matches!(&cannot, Ok(Answer::Failed { reason: "ProviderCannotSign", message }) if message.contains("cert-manager")),
+        "{cannot:?}"
     );
-}
-
-fn signing(result: Result<IssuedCertificate, IssueError>) -> Result<Answer, Option<Duration>> {
-    after_signing(result, Some(86_400), OffsetDateTime::now_utc())
 }
 
 #[test]
 fn signing_errors_become_final_answers_or_retries() {
-    let unsupported = signing(Err(IssueError::Csr(CsrError::UnsupportedKey(
+    let unsupported = signing(Outcome::Refused(Refused::Csr(CsrError::UnsupportedKey(
         "ECDSA P-521".into(),
     ))));
     assert!(
         matches!(&unsupported, Ok(Answer::Denied { reason: "UnsupportedKeyType", message }) if message.contains("ECDSAP256")),
         "{unsupported:?}"
     );
-    let malformed = signing(Err(IssueError::Csr(CsrError::Malformed("junk".into()))));
+    let malformed = signing(Outcome::Refused(Refused::Csr(CsrError::Malformed(
+        "junk".into(),
+    ))));
     assert!(matches!(
         malformed,
         Ok(Answer::Failed {
@@ -257,23 +237,19 @@ fn signing_errors_become_final_answers_or_retries() {
             ..
         })
     ));
-    let down = signing(Err(IssueError::Provider(
-        meshca_provider::ProviderError::Unavailable {
-            message: "sealed".into(),
-            retry_after: Duration::from_secs(7),
-        },
-    )));
+    let down = signing(provider(meshca_provider::ProviderError::Unavailable {
+        message: "sealed".into(),
+        retry_after: Duration::from_secs(7),
+    }));
     assert_eq!(
         down,
-        Err(Some(Duration::from_secs(7))),
+        Err(Duration::from_secs(7)),
         "a transient failure is never final"
     );
-    let refused = signing(Err(IssueError::Provider(
-        meshca_provider::ProviderError::Rejected {
-            reason: "Failed".into(),
-            message: "no such role".into(),
-        },
-    )));
+    let refused = signing(provider(meshca_provider::ProviderError::Rejected {
+        reason: "Failed".into(),
+        message: "no such role".into(),
+    }));
     assert!(matches!(
         refused,
         Ok(Answer::Failed {
@@ -281,7 +257,19 @@ fn signing_errors_become_final_answers_or_retries() {
             ..
         })
     ));
-    assert_eq!(signing(Err(IssueError::DenyList("io".into()))), Err(None));
+    let unreadable = signing(Outcome::Failed(Failure::DenyList(
+        crate::issuer::DenyListError::ConfigMap,
+    )));
+    assert!(
+        matches!(
+            &unreadable,
+            Ok(Answer::Failed {
+                reason: "DenyListUnreadable",
+                ..
+            })
+        ),
+        "{unreadable:?}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod chart;
+pub mod hold;
 pub mod kube;
 pub mod openbao;
 pub mod process;
@@ -55,6 +56,17 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
         "state_dir: {}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n{extra}",
         dir.display()
     )
+}
+
+/// An error and its causes, `outer: inner`, as meshca logs them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 pub fn install_crypto_provider() {

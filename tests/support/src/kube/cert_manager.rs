@@ -34,6 +34,7 @@ pub struct CaIssuer {
     pub ca_pem: String,
     pub(crate) behaviour: Arc<Mutex<IssuerBehaviour>>,
     pub(crate) answered: Arc<AtomicUsize>,
+    pub(crate) latency: Arc<Mutex<Duration>>,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,6 +47,12 @@ impl Drop for CaIssuer {
 impl CaIssuer {
     pub fn set(&self, b: IssuerBehaviour) {
         *self.behaviour.lock().expect("lock") = b;
+    }
+
+    /// Answer each request `latency` after it is created (5 ms unless
+    /// set), as cert-manager's approver and issuer take their time.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock().expect("lock") = latency;
     }
 
     /// Requests answered (any outcome) so far.
@@ -68,10 +75,12 @@ impl KubeStandIn {
         let issuer = Arc::new(rcgen::Issuer::new(params, ca_key));
         let behaviour = Arc::new(Mutex::new(IssuerBehaviour::Sign));
         let answered = Arc::new(AtomicUsize::new(0));
+        let latency = Arc::new(Mutex::new(Duration::from_millis(5)));
         let mut events = self.inner.events.subscribe();
         let inner = self.inner.clone();
         let (kind, name) = (kind.to_owned(), name.to_owned());
         let (b, a, ca) = (behaviour.clone(), answered.clone(), ca_pem.clone());
+        let l = latency.clone();
         let task = tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
@@ -96,8 +105,9 @@ impl KubeStandIn {
                 let status = answer(&event.object, behaviour, &issuer, &ca);
                 let (inner, a) = (inner.clone(), a.clone());
                 let object = event.object.clone();
+                let wait = *l.lock().expect("lock");
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(wait).await;
                     let (ns, n) = namespace_and_name(&object);
                     let def = inner
                         .resources
@@ -126,6 +136,7 @@ impl KubeStandIn {
             ca_pem,
             behaviour,
             answered,
+            latency,
             task,
         }
     }
