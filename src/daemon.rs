@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::events;
 use crate::ingress::{self, Mesh};
 use crate::issuer::{deny_configmap, Admission, DenyList, Issuer};
+use crate::jwt;
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
@@ -53,6 +54,9 @@ pub enum DaemonError {
     /// The rollout ledger exists but cannot be read.
     #[error(transparent)]
     Ledger(#[from] rollout::ledger::LedgerError),
+    /// The JWT signing keys are stored but cannot be used.
+    #[error(transparent)]
+    JwtKeys(#[from] jwt::StoreError),
     /// The cluster could not be used.
     #[error("failed to use the Kubernetes API: {0}")]
     Kubernetes(#[from] KubeError),
@@ -180,6 +184,19 @@ async fn build(
         deny_list(config, cluster.as_ref(), spawner),
         admission,
     );
+    let issuer = match &config.jwt_svids {
+        Some(jwt) => issuer.with_tokens(
+            jwt::start(
+                jwt.clone(),
+                config.rotation.propagation_delay,
+                jwt_key_store(config, cluster.as_ref()),
+                metrics.clone(),
+                spawner,
+            )
+            .await?,
+        ),
+        None => issuer,
+    };
     let renew_serving = Arc::new(Notify::new());
     let serving_tls =
         serving_certificate(config, &issuer, &metrics, &renew_serving, spawner).await?;
@@ -246,6 +263,15 @@ async fn build(
         metrics,
     };
     serve(config, state, serving_tls, readiness, spawner).await
+}
+
+/// Where the JWT signing keys live: the Secret every replica shares in a
+/// cluster, else the state directory.
+fn jwt_key_store(config: &Config, cluster: Option<&Cluster>) -> jwt::KeyStore {
+    jwt::KeyStore::new(
+        cluster.map(|c| (c.client.clone(), c.config.namespace.as_str())),
+        &config.state_dir,
+    )
 }
 
 /// The deny-list file and, in a cluster, the ConfigMap every replica
@@ -616,6 +642,20 @@ async fn serve(
 ) -> Result<(SocketAddr, SocketAddr), DaemonError> {
     let (api_listener, api_addr) = bind(config.listen).await?;
     let (health_listener, metrics_addr) = bind(config.metrics_listen).await?;
+    if let Some(addr) = config.oidc_listen {
+        let (oidc_listener, oidc_addr) = bind(addr).await?;
+        let (tls, router) = (tls.clone(), api::oidc_router(state.clone()));
+        spawner.spawn_child("oidc-server", |token| {
+            api::serve(
+                oidc_listener,
+                Some(tls),
+                router,
+                ConnectionLimits::api(),
+                token,
+            )
+        });
+        tracing::info!(%oidc_addr, "serving OIDC discovery and the JWKS");
+    }
     spawner.spawn_child("api-server", |token| {
         api::serve(
             api_listener,

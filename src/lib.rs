@@ -9,6 +9,8 @@
 //! `docs/ARCHITECTURE.md` maps the modules. They are private; the public
 //! interface is the block of `pub use` below.
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod api;
 mod auth;
@@ -20,6 +22,7 @@ mod daemon;
 mod events;
 mod ingress;
 mod issuer;
+mod jwt;
 mod keys;
 mod metrics;
 mod pod_certificates;

@@ -26,6 +26,17 @@ pub struct IssuedLabels {
     pub result: &'static str,
 }
 
+/// Labels of `meshca_jwt_svids_issued_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// How the request arrived (`api`).
+    pub frontend: &'static str,
+    /// How the caller proved who it is: `token` or `certificate`.
+    pub credential: &'static str,
+    /// `success` or the API error code.
+    pub result: &'static str,
+}
+
 /// Labels of `meshca_trust_anchor_expiry_timestamp_seconds`: one series
 /// per anchor in the bundle.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +67,8 @@ pub struct Horizons {
     /// The provider's credential, when it cannot be renewed or obtained
     /// again (a Vault token's maximum TTL).
     pub credential: Option<i64>,
+    /// The last JWT signing key stops signing.
+    pub jwt_key: Option<i64>,
 }
 
 impl Horizons {
@@ -66,6 +79,7 @@ impl Horizons {
             self.intermediate,
             self.serving,
             self.credential,
+            self.jwt_key,
         ]
         .into_iter()
         .flatten()
@@ -110,6 +124,8 @@ pub struct Metrics {
     registry: Registry,
     /// Certificates issued or refused, by provider and result.
     pub certificates_issued: Family<IssuedLabels, Counter>,
+    /// `meshca_jwt_svids_issued_total`.
+    pub jwt_svids_issued: Family<TokenLabels, Counter>,
     /// Time spent in the provider per signature.
     pub sign_duration: HistogramFamily<ProviderLabels>,
     /// Earliest NotAfter among the published trust anchors.
@@ -180,6 +196,12 @@ impl Metrics {
             "certificates_issued",
             "Certificate requests answered, by provider and result",
             certificates_issued.clone(),
+        );
+        let jwt_svids_issued = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "jwt_svids_issued",
+            "JWT-SVID requests answered, by frontend, credential and result",
+            jwt_svids_issued.clone(),
         );
         let sign_duration: HistogramFamily<ProviderLabels> =
             Family::new_with_constructor(sign_histogram);
@@ -273,6 +295,7 @@ impl Metrics {
             rotation_stage,
             rotation_ledger_persisted,
             certificates_issued,
+            jwt_svids_issued,
             sign_duration,
             trust_anchor_expiry,
             intermediate_expiry,
@@ -335,6 +358,11 @@ impl Metrics {
     /// When the provider's credential can no longer be renewed, if ever.
     pub fn record_credential_expiry(&self, expiry: Option<i64>) {
         self.update_horizons(|h| h.credential = expiry);
+    }
+
+    /// When the last JWT signing key stops signing.
+    pub fn record_jwt_key_expiry(&self, expiry: Option<i64>) {
+        self.update_horizons(|h| h.jwt_key = expiry);
     }
 
     fn update_horizons(&self, f: impl FnOnce(&mut Horizons)) {

@@ -200,6 +200,21 @@ fn the_chart_renders_every_vault_auth_method() {
 }
 
 #[test]
+fn the_chart_renders_jwt_svids_off_by_default_and_as_asked() {
+    assert!(check_objects(&render(&[])).jwt_svids.is_none());
+    let config = check_objects(&render(&[
+        "jwtSvids.enabled=true",
+        "jwtSvids.issuer=https://meshca.a.example",
+        "jwtSvids.keyType=ec-p384",
+        "jwtSvids.maxTtl=30m",
+    ]));
+    let jwt = config.jwt_svids.expect("JWT-SVIDs on");
+    assert_eq!(jwt.issuer.as_str(), "https://meshca.a.example");
+    assert_eq!(jwt.key_type.alg(), "ES384");
+    assert_eq!(jwt.max_ttl, std::time::Duration::from_secs(30 * 60));
+}
+
+#[test]
 fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
     let config = check_objects(&render(&[
         "provider.kind=cert-manager",

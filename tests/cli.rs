@@ -68,6 +68,41 @@ listen: 127.0.0.1:8443
 }
 
 #[test]
+fn config_check_prints_the_jwt_svid_plan_and_refuses_an_issuer_relying_parties_cannot_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("jwt.yaml"),
+        "kubernetes: { enabled: false }\njwt_svids: { enabled: true, issuer: \"https://meshca.a.example\", key_type: rsa-2048 }\noidc: { listen: 127.0.0.1:8444 }\n",
+    )
+    .expect("write");
+    let out = meshca(dir.path(), &["config", "check", "-c", "jwt.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = "jwt-svids: issuer https://meshca.a.example (RS256, tokens 5m by default, at most 1h; a new key every 1day, published 2m before it signs; keys in ./meshca-data/jwt-keys.json); discovery at https://meshca.a.example/.well-known/openid-configuration on the signing API, and on https://127.0.0.1:8444";
+    assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "jwt_svids: { enabled: true, issuer: \"http://meshca.a.example/\", max_ttl: 48h }\noidc: { listen: 127.0.0.1:9443 }\n",
+    )
+    .expect("write");
+    let out = meshca(dir.path(), &["config", "check", "-c", "bad.yaml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "jwt_svids.issuer: \"http://meshca.a.example/\" must be an https:// URL",
+        "jwt_svids.key_lifetime: must exceed jwt_svids.max_ttl (2days)",
+        "oidc.listen: 127.0.0.1:9443 would take the port of listen 127.0.0.1:9443",
+    ] {
+        assert!(stderr.contains(want), "{want:?} missing from:\n{stderr}");
+    }
+}
+
+#[test]
 fn config_check_accepts_a_good_file_and_names_the_bad_key_of_a_bad_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

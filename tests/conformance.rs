@@ -26,7 +26,7 @@ const SA: &str = "bookstore";
 
 /// Lifetimes every case runs with: short enough to see the cap.
 const LIFETIMES: &str =
-    "certificates: { default_ttl: 1h, min_ttl: 10m, max_ttl: 2h }\napi: { per_identity_burst: 1000, per_identity_per_second: 1000 }\n";
+    "certificates: { default_ttl: 1h, min_ttl: 10m, max_ttl: 2h }\napi: { per_identity_burst: 1000, per_identity_per_second: 1000 }\njwt_svids: { enabled: true }\n";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -307,6 +307,62 @@ async fn a_misconfigured_backend_is_not_retryable(kind: Kind) {
     );
 }
 
+/// The JWT-SVID and the certificate one caller gets name the same
+/// SPIFFE ID, and the token verifies with the published key, whichever
+/// provider signs certificates (JWT keys are meshca's own).
+async fn a_jwt_svid_names_the_caller_as_its_certificate_does(kind: Kind) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let (status, _, cert) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, 200, "{kind:?}: {cert}");
+    let d = &h.daemon;
+    let client = d.client().await;
+    let minted: Value = client
+        .post(d.url("/v1/jwt-svids"))
+        .bearer_auth(d.token(NS, SA))
+        .json(&json!({ "audience": ["vault"] }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(minted["spiffe_id"], cert["spiffe_id"], "{kind:?}");
+    let token = minted["token"].as_str().expect("token");
+    let (input, signature) = token.rsplit_once('.').expect("a JWS");
+    let part = |i: usize| -> Value {
+        let text = input.split('.').nth(i).expect("a part");
+        serde_json::from_slice(&B64.decode(text).expect("base64url")).expect("JSON")
+    };
+    let (header, claims) = (part(0), part(1));
+    assert_eq!(claims["sub"], cert["spiffe_id"], "{kind:?}");
+    assert_eq!(claims["aud"], json!(["vault"]));
+    let jwks: Value = client
+        .get(d.url("/keys"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let jwk = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the signing key is published");
+    let coordinate = |name: &str| {
+        B64.decode(jwk[name].as_str().expect(name))
+            .expect("base64url")
+    };
+    let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+        .verify(input.as_bytes(), &B64.decode(signature).expect("base64url"))
+        .expect("the token verifies with the published key");
+}
+
 /// One module per provider, each case named with it: the cases every
 /// provider passes, plus the `also` cases about a remote backend.
 macro_rules! conformance {
@@ -316,6 +372,7 @@ macro_rules! conformance {
             conformance!(@case $kind, a_requested_lifetime_is_capped_at_max_ttl);
             conformance!(@case $kind, ca_requests_foreign_names_and_bad_signatures_are_refused);
             conformance!(@case $kind, the_backends_anchors_reach_the_bundle);
+            conformance!(@case $kind, a_jwt_svid_names_the_caller_as_its_certificate_does);
             $($(conformance!(@case $kind, $extra);)*)?
         }
     };

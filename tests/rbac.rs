@@ -233,6 +233,20 @@ fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// JWT-SVIDs: the keys' Secret, made by one of two replicas starting
+/// together and read by both.
+async fn jwt_svids() -> Run {
+    let kube = KubeStandIn::start().await;
+    let config = cluster(&kube, "jwt_svids: { enabled: true }\n");
+    let (_a, _b) = tokio::join!(TestDaemon::start(&config), TestDaemon::start(&config));
+    bundle_published(&kube).await;
+    Run {
+        name: "jwt-svids",
+        values: vec!["jwtSvids.enabled=true"],
+        requests: meshcas(&kube),
+    }
+}
+
 /// Two replicas; the leader stops and hands over.
 async fn two_replicas() -> Run {
     let kube = KubeStandIn::start().await;
@@ -296,6 +310,7 @@ async fn every_request_meshca_makes_is_granted_by_the_chart_and_every_grant_is_u
                 cert_manager().await,
                 pod_certificates().await,
                 two_replicas().await,
+                jwt_svids().await,
             ]
         },
         async { vec![vault().await, ingress().await, rollout().await] },

@@ -41,11 +41,21 @@ struct Agent {
 
 impl Agent {
     async fn start(d: &TestDaemon, ttl: Duration, before: impl FnOnce(&Path)) -> Self {
+        Self::start_as(d, "web", ttl, before).await
+    }
+
+    /// An agent for the ServiceAccount `shop/<service_account>`.
+    async fn start_as(
+        d: &TestDaemon,
+        service_account: &str,
+        ttl: Duration,
+        before: impl FnOnce(&Path),
+    ) -> Self {
         let work = tempfile::tempdir().expect("tempdir");
         let socket = work.path().join("run/agent.sock");
         before(&socket);
         let token_file = work.path().join("token");
-        std::fs::write(&token_file, d.token("shop", "web")).expect("token");
+        std::fs::write(&token_file, d.token("shop", service_account)).expect("token");
         let out = work.path().join("out");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(meshca::run_agent(
@@ -289,5 +299,145 @@ async fn a_tresor_root_rotation_reaches_an_open_bundles_stream() {
         bundle_of(&messages[1]).contains(&root_b),
         "the new root was pushed on the open stream"
     );
+    agent.stop().await;
+}
+
+/// The JWT profile, as py-spiffe uses it: a token for the agent's own
+/// identity (cached while young), the trust domain's JWT keys, and
+/// validation that refuses what it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_and_validates_a_jwt_svid_and_the_keys_that_sign_it() {
+    let port = support::process::free_port();
+    let issuer = format!("https://127.0.0.1:{port}");
+    let d = TestDaemon::start(&format!(
+        "jwt_svids: {{ enabled: true, issuer: \"{issuer}\" }}\noidc: {{ listen: \"127.0.0.1:{port}\" }}\n"
+    ))
+    .await;
+    let agent = Agent::start(&d, Duration::from_secs(3600), |_| {}).await;
+    let got = agent.run_client(&["jwt", "vault"]).await;
+    let j = &got[0];
+    let me = "spiffe://cluster.local/ns/shop/sa/web";
+    assert_eq!(j["spiffe_id"], me, "{j}");
+    assert_eq!(j["audience"], serde_json::json!(["vault"]));
+    assert_eq!(j["cached"], true, "a young token is served again");
+    assert_eq!(j["offline_spiffe_id"], me, "py-spiffe's own check");
+    assert_eq!(j["validated_spiffe_id"], me, "ValidateJWTSVID");
+    let jwks: Value = d
+        .client()
+        .await
+        .get(d.url("/v1/bundle/spiffe"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let kid = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["use"] == "jwt-svid")
+        .expect("a JWT key")["kid"]
+        .clone();
+    assert_eq!(
+        j["bundle_kids"],
+        serde_json::json!({ "cluster.local": [kid.clone()] })
+    );
+    let token = j["token"].as_str().expect("token");
+
+    let check = |token: String, audience: &'static str| {
+        let agent = &agent;
+        async move { agent.run_client(&["jwt-check", &token, audience]).await[0].clone() }
+    };
+    let ok = check(token.to_owned(), "vault").await;
+    assert_eq!(
+        (ok["code"].as_str(), ok["spiffe_id"].as_str()),
+        (Some("OK"), Some(me))
+    );
+    assert_eq!(
+        ok["claims"],
+        serde_json::json!(["aud", "exp", "iat", "iss", "sub"])
+    );
+    let wrong_audience = check(token.to_owned(), "aws").await;
+    assert_eq!(
+        wrong_audience["code"], "INVALID_ARGUMENT",
+        "{wrong_audience}"
+    );
+    let elsewhere = TestDaemon::start("jwt_svids: { enabled: true }\n").await;
+    let (status, _, stranger) = {
+        let resp = elsewhere
+            .client()
+            .await
+            .post(elsewhere.url("/v1/jwt-svids"))
+            .bearer_auth(elsewhere.token("shop", "web"))
+            .json(&serde_json::json!({ "audience": ["vault"] }))
+            .send()
+            .await
+            .expect("sent");
+        (
+            resp.status().as_u16(),
+            (),
+            resp.json::<Value>().await.expect("JSON"),
+        )
+    };
+    assert_eq!(status, 200);
+    let foreign = check(
+        stranger["token"]
+            .as_str()
+            .expect("as the test set it up")
+            .to_owned(),
+        "vault",
+    )
+    .await;
+    assert_eq!(foreign["code"], "INVALID_ARGUMENT");
+    assert!(
+        foreign["details"]
+            .as_str()
+            .expect("as the test set it up")
+            .contains("no key"),
+        "{foreign}"
+    );
+
+    // Another workload, through its own agent, validates this token.
+    let db = Agent::start_as(&d, "db", Duration::from_secs(3600), |_| {}).await;
+    let by_db = db.run_client(&["jwt-check", token, "vault"]).await;
+    assert_eq!(
+        (by_db[0]["code"].as_str(), by_db[0]["spiffe_id"].as_str()),
+        (Some("OK"), Some(me)),
+        "{by_db:?}"
+    );
+    db.stop().await;
+
+    // OpenBao's JWT auth method, through OIDC discovery, logs in the
+    // workload with the token its agent handed it.
+    let bao = support::openbao::OpenBao::dev().await;
+    let ca = d.dir.path().join("ca-for-bao.pem");
+    std::fs::write(&ca, d.bundle_pem().await).expect("write");
+    bao.jwt_auth(&issuer, &ca, Some(me), &[]);
+    let vault_token = bao.jwt_login(token).expect("OpenBao logs the workload in");
+    assert!(!vault_token.trim().is_empty());
+
+    let someone_else = agent
+        .run_client(&["jwt-fetch", "vault", "spiffe://cluster.local/ns/shop/sa/db"])
+        .await;
+    assert_eq!(
+        someone_else[0]["code"], "PERMISSION_DENIED",
+        "{someone_else:?}"
+    );
+    let no_audience = agent.run_client(&["jwt-fetch", ""]).await;
+    assert_eq!(no_audience[0]["code"], "INVALID_ARGUMENT");
+    let streamed = agent.run_client(&["jwt-bundles", "1", "10"]).await;
+    assert_eq!(
+        streamed[0]["kids"],
+        serde_json::json!({ "spiffe://cluster.local": [kid] }),
+        "{streamed:?}"
+    );
+    agent.stop().await;
+
+    // A server without JWT-SVIDs: the profile is unimplemented, plainly.
+    let plain = TestDaemon::start("").await;
+    let agent = Agent::start(&plain, Duration::from_secs(3600), |_| {}).await;
+    let refused = agent.run_client(&["jwt-fetch", "vault"]).await;
+    assert_eq!(refused[0]["code"], "UNIMPLEMENTED", "{refused:?}");
     agent.stop().await;
 }

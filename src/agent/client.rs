@@ -32,6 +32,17 @@ struct Issued {
     not_after: String,
 }
 
+/// A JWT-SVID as the signing API answers it.
+#[derive(Clone, Deserialize)]
+pub(super) struct MintedToken {
+    /// The compact JWS.
+    pub token: String,
+    /// Its subject.
+    pub spiffe_id: String,
+    /// Its `exp`, RFC 3339.
+    pub expires_at: String,
+}
+
 #[derive(Deserialize)]
 struct WhoAmI {
     spiffe_id: String,
@@ -141,6 +152,32 @@ impl SigningApi {
         meshca_provider::pem::decode_certificates(text.as_bytes())
             .map_err(AgentError::InvalidResponse)?;
         Ok((text, generation))
+    }
+
+    /// A JWT-SVID for `audience`, authenticated with the token or, without
+    /// one, with the held certificate.
+    pub(super) async fn jwt_svid(
+        &self,
+        held: &Held,
+        audience: &[String],
+    ) -> Result<MintedToken, AgentError> {
+        let token = self.token()?;
+        let client = self.client(Some(held), token.is_none())?;
+        let url = self.url("/v1/jwt-svids");
+        let mut request = client
+            .post(&url)
+            .json(&serde_json::json!({ "audience": audience }));
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.as_str());
+        }
+        Ok(exchange(request, &url).await?.0)
+    }
+
+    /// The trust domain's SPIFFE bundle (`GET /v1/bundle/spiffe`).
+    pub(super) async fn spiffe_bundle(&self, held: &Held) -> Result<serde_json::Value, AgentError> {
+        let client = self.client(Some(held), false)?;
+        let url = self.url("/v1/bundle/spiffe");
+        Ok(exchange(client.get(&url), &url).await?.0)
     }
 
     /// The token, re-read for every request (projected tokens rotate).

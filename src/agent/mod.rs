@@ -12,6 +12,7 @@ mod svid;
 mod workload_api;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -125,6 +126,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 /// What the agent holds between rounds.
+#[derive(Clone)]
 struct Held {
     /// The identity the server said the credential stands for.
     identity: meshca_provider::Identity,
@@ -141,6 +143,8 @@ struct Held {
 struct Outputs {
     files: Option<files::Layout>,
     workload_api: Option<workload_api::Publisher>,
+    /// The Workload API's JWT profile, which follows the held identity.
+    tokens: Option<Arc<workload_api::Tokens>>,
 }
 
 impl Outputs {
@@ -156,6 +160,18 @@ impl Outputs {
     fn serve(&self, held: &Held) {
         if let Some(publisher) = &self.workload_api {
             publisher.publish(held);
+        }
+        if let Some(tokens) = &self.tokens {
+            tokens.hold(held);
+        }
+    }
+
+    /// Fetch the trust domain's JWT keys for the Workload API.
+    async fn refresh_jwt_keys(&self) {
+        if let Some(tokens) = &self.tokens {
+            if let Err(e) = tokens.refresh().await {
+                tracing::warn!(error = %e, "failed to refresh the JWT keys");
+            }
         }
     }
 }
@@ -177,12 +193,12 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// loop, and failed rounds are retried with backoff.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.check()?;
-    let api = SigningApi::new(
+    let api = Arc::new(SigningApi::new(
         &config.server,
         &config.ca_file,
         config.token_file.clone(),
         config.ttl,
-    )?;
+    )?);
     // Without a token, renewal rests on the certificate a previous run
     // wrote; with one, every round starts from the token.
     let held = match (&config.out_dir, api.has_token()) {
@@ -190,12 +206,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         _ => None,
     };
     let stop = shutdown.child_token();
-    let (publisher, server) = match &config.workload_api {
+    let (publisher, server, tokens) = match &config.workload_api {
         Some(w) => {
-            let (publisher, task) = w.build(stop.clone())?;
-            (Some(publisher), Some(task))
+            let tokens = Arc::new(workload_api::Tokens::new(api.clone()));
+            let (publisher, task) = w.build(tokens.clone(), stop.clone())?;
+            (Some(publisher), Some(task), Some(tokens))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let outputs = Outputs {
         files: config.out_dir.clone().map(|dir| files::Layout {
@@ -203,6 +220,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             spiffe: config.spiffe_files,
         }),
         workload_api: publisher,
+        tokens,
     };
     let renewing = renew(&config, &api, outputs, held, stop.clone());
     let Some(server) = server else {
@@ -242,6 +260,7 @@ async fn renew(
         match api.certificate(held.as_ref()).await {
             Ok(new) => {
                 outputs.deliver(&new)?;
+                outputs.refresh_jwt_keys().await;
                 tracing::info!(not_after = %new.not_after, "delivered a new certificate");
                 held = Some(new);
                 backoff = RETRY_MIN;
@@ -299,6 +318,7 @@ async fn follow_until_renewal(
         if tokio::time::Instant::now() >= renew_at {
             return Ok(true);
         }
+        outputs.refresh_jwt_keys().await;
         let (bundle, generation) = match api.bundle(h).await {
             Ok(answer) => answer,
             Err(e) => {

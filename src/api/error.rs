@@ -30,6 +30,8 @@ pub enum ApiError {
     TooLarge(usize),
     /// 404 `not_found`: no such endpoint.
     NotFound,
+    /// 404 `not_enabled`: the feature this endpoint serves is turned off.
+    NotEnabled(&'static str),
     /// 405 `method_not_allowed`: the endpoint exists, not for this method.
     MethodNotAllowed,
     /// 431 `headers_too_large`: the request headers exceed the limit.
@@ -91,6 +93,7 @@ impl ApiError {
             Self::IdentityDenied(_) => "identity_denied",
             Self::TooLarge(_) => "too_large",
             Self::NotFound => "not_found",
+            Self::NotEnabled(_) => "not_enabled",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -111,7 +114,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NotEnabled(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -138,6 +141,7 @@ impl ApiError {
             Self::Unauthenticated(e) => e.to_string(),
             Self::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
             Self::NotFound => "no such endpoint; see docs/api.md".into(),
+            Self::NotEnabled(what) => format!("{what} is not enabled on this meshca"),
             Self::MethodNotAllowed => "this endpoint does not take this method".into(),
             Self::HeadersTooLarge(limit) => {
                 format!("the request headers exceed {limit} bytes")
@@ -209,12 +213,10 @@ impl From<AuthError> for ApiError {
 /// The issuer's outcome, rendered: whose move it is decides the status —
 /// the client's (400, 403), the client's after a wait (429, 503 with
 /// `Retry-After`), the backend's answer (502) or the operator's (500).
-impl From<Outcome> for ApiError {
-    fn from(outcome: Outcome) -> Self {
+impl<T> From<Outcome<T>> for ApiError {
+    fn from(outcome: Outcome<T>) -> Self {
         match outcome {
-            Outcome::Issued(_) => {
-                Self::Internal("an issued certificate rendered as an error".into())
-            }
+            Outcome::Issued(_) => Self::Internal("an issued answer rendered as an error".into()),
             Outcome::Refused(refused) => Self::from(refused),
             Outcome::Retry(retry) => Self::from(retry),
             Outcome::Failed(failure) => Self::from(failure),
@@ -232,6 +234,7 @@ impl From<Refused> for ApiError {
             Refused::Unsupported(e) => Self::InvalidCsr(e.to_string()),
             Refused::IdentityDenied(_) => Self::IdentityDenied(refused.to_string()),
             Refused::ProviderDenied(e) => Self::ProviderDenied(e.to_string()),
+            Refused::Audience(e) => Self::InvalidRequest(e.to_string()),
         }
     }
 }
@@ -269,7 +272,7 @@ mod tests {
     use super::*;
 
     fn answer(e: ProviderError) -> (StatusCode, &'static str, bool) {
-        let api = ApiError::from(Outcome::of_provider(e));
+        let api = ApiError::from(Outcome::<()>::of_provider(e));
         let (status, code) = (api.status(), api.code());
         let response = api.into_response();
         (

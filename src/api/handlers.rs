@@ -51,7 +51,7 @@ struct CertificateResponse {
     renew_after: String,
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -90,7 +90,7 @@ pub(super) async fn create_certificate(
 }
 
 /// Read and drop what is left of a body, within bounds.
-async fn drain(mut body: Body) {
+pub(super) async fn drain(mut body: Body) {
     let read = async {
         let mut total = 0usize;
         while let Some(Ok(frame)) = body.frame().await {
@@ -104,7 +104,7 @@ async fn drain(mut body: Body) {
 }
 
 /// The body, at most `limit` bytes; a longer one is drained and refused.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = body;
     let mut collected = Vec::new();
     let read = async {
@@ -147,30 +147,8 @@ async fn sign(
     body: &mut Option<Body>,
 ) -> Result<Answer, ApiError> {
     let caller = state.auth.authenticate(headers, peer).await?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let Some(body) = body.take() else {
-        return Err(ApiError::Internal(
-            "the request body was already read".into(),
-        ));
-    };
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let request: CertificateRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
-    let ttl = match request.ttl_seconds {
-        Some(0) => {
-            return Err(ApiError::InvalidRequest(
-                "ttl_seconds must be greater than zero".into(),
-            ))
-        }
-        other => other.map(Duration::from_secs),
-    };
+    let request: CertificateRequest = json_body(state, headers, body).await?;
+    let ttl = ttl(request.ttl_seconds)?;
     let csr = one_csr(&request.csr)?;
     let lifetime = state.issuer.lifetimes().for_request(ttl);
     let request = Request::workload(Frontend::Api, &caller.identity, csr.as_ref(), lifetime);
@@ -202,6 +180,41 @@ async fn sign(
         },
         issued.generation,
     )))
+}
+
+/// The body as JSON of type `T`: `application/json`, within the size
+/// limit, parsing.
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
+) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let Some(body) = body.take() else {
+        return Err(ApiError::Internal(
+            "the request body was already read".into(),
+        ));
+    };
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `ttl_seconds` as asked: absent, or more than zero.
+pub(super) fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match seconds {
+        Some(0) => Err(ApiError::InvalidRequest(
+            "ttl_seconds must be greater than zero".into(),
+        )),
+        other => Ok(other.map(Duration::from_secs)),
+    }
 }
 
 /// Parse a `POST /v1/certificates` body as the handler does (JSON, then

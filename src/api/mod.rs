@@ -5,6 +5,7 @@ mod config;
 mod error;
 mod handlers;
 mod health;
+mod jwt;
 mod server;
 mod tls;
 
@@ -34,6 +35,7 @@ pub struct ApiState {
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
+    spiffe_sequence: crate::jwt::documents::Sequence,
 }
 
 impl ApiState {
@@ -53,6 +55,7 @@ impl ApiState {
             metrics,
             max_body_bytes,
             rollout,
+            spiffe_sequence: crate::jwt::documents::Sequence::default(),
         }
     }
 }
@@ -64,14 +67,31 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The signing API's routes. Every error, an unknown path or method and
 /// oversized headers included, is answered in the contract's JSON form.
 pub fn router(state: Arc<ApiState>) -> Router {
-    json_errors(
-        Router::new()
-            .route("/v1/certificates", post(handlers::create_certificate))
-            .route("/v1/bundle", get(handlers::get_bundle))
-            .route("/v1/identity", get(handlers::get_identity))
-            .route("/v1/rotation", get(handlers::get_rotation))
-            .with_state(state),
-    )
+    let routes = Router::new()
+        .route("/v1/certificates", post(handlers::create_certificate))
+        .route("/v1/jwt-svids", post(jwt::create_jwt_svid))
+        .route("/v1/bundle", get(handlers::get_bundle))
+        .route("/v1/bundle/spiffe", get(jwt::spiffe_bundle))
+        .route("/v1/identity", get(handlers::get_identity))
+        .route("/v1/rotation", get(handlers::get_rotation));
+    json_errors(with_discovery(routes, &state).with_state(state))
+}
+
+/// The public listener's routes (`oidc.listen`): OIDC discovery and the
+/// JWKS only, for relying parties outside the mesh.
+pub fn oidc_router(state: Arc<ApiState>) -> Router {
+    json_errors(with_discovery(Router::new(), &state).with_state(state))
+}
+
+/// `routes` plus discovery and the JWKS under the issuer URL's path, when
+/// JWT-SVIDs are enabled.
+fn with_discovery(routes: Router<Arc<ApiState>>, state: &ApiState) -> Router<Arc<ApiState>> {
+    match jwt::discovery_paths(state) {
+        Some((discovery, keys)) => routes
+            .route(&discovery, get(jwt::discovery))
+            .route(&keys, get(jwt::jwks)),
+        None => routes,
+    }
 }
 
 /// 404, 405 and 431 as JSON errors, for any router.

@@ -191,6 +191,16 @@ enum RotateCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Publish a new JWT-SVID signing key now (in the state directory, or
+    /// the Secret meshca-jwt-keys in a cluster). It signs once
+    /// rotation.propagation_delay has passed (plus 30 s for daemons to read
+    /// it); the key it replaces stays published until its last token
+    /// expires.
+    JwtKey {
+        /// Config file naming where the keys are.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,6 +345,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Rotate {
             command: RotateCommand::Status { config },
         } => admin::rotation_status(config.as_deref()).await,
+        Command::Rotate {
+            command: RotateCommand::JwtKey { config },
+        } => admin::rotate_jwt_key(config.as_deref()).await,
         Command::Ingress {
             command: IngressCommand::Render(args),
         } => ingress::render(args),

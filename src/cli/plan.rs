@@ -46,6 +46,9 @@ pub(super) fn plan(config: &Config) -> Vec<String> {
             config.pod_certificates.signer_name.as_str()
         ));
     }
+    if let Some(jwt) = &config.jwt_svids {
+        lines.push(jwt_svids(config, jwt));
+    }
     if config.ingress.enabled {
         lines.push(format!(
             "ingress:   backend protocol {:?}",
@@ -53,6 +56,33 @@ pub(super) fn plan(config: &Config) -> Vec<String> {
         ));
     }
     lines
+}
+
+fn jwt_svids(config: &Config, jwt: &crate::jwt::JwtConfig) -> String {
+    let file = config.state_dir.join("jwt-keys.json");
+    let keys = match &config.kubernetes {
+        Some(k) => format!(
+            "the Secret {}/{} in a cluster, {} without one",
+            k.namespace,
+            crate::jwt::SECRET_NAME,
+            file.display()
+        ),
+        None => file.display().to_string(),
+    };
+    let public = config
+        .oidc_listen
+        .map(|a| format!(", and on https://{a}"))
+        .unwrap_or_default();
+    format!(
+        "jwt-svids: issuer {} ({}, tokens {} by default, at most {}; a new key every {}, published {} before it signs; keys in {keys}); discovery at {}/.well-known/openid-configuration on the signing API{public}",
+        jwt.issuer.as_str(),
+        jwt.key_type.alg(),
+        humantime::format_duration(jwt.default_ttl),
+        humantime::format_duration(jwt.max_ttl),
+        humantime::format_duration(jwt.key_lifetime),
+        humantime::format_duration(config.rotation.propagation_delay),
+        jwt.issuer.as_str(),
+    )
 }
 
 fn provider(config: &Config) -> String {

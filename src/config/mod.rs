@@ -25,6 +25,7 @@ use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
 use crate::ingress::{IngressConfig, IngressContext, RawIngress};
 use crate::issuer::{Lifetimes, RawLifetimes};
+use crate::jwt::{JwtConfig, RawJwtSvids, RawOidc};
 use crate::pod_certificates::{PodCertificatesConfig, RawPodCertificates};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
 use crate::rollout::{RawRotation, RotationConfig};
@@ -93,6 +94,10 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// Kubernetes pod certificates.
     pub pod_certificates: PodCertificatesConfig,
+    /// JWT-SVIDs; `None` when `jwt_svids.enabled: false`.
+    pub jwt_svids: Option<JwtConfig>,
+    /// The public listener of OIDC discovery and the JWKS, if any.
+    pub oidc_listen: Option<SocketAddr>,
     /// Settings written in the file that will have no effect, for
     /// `meshca config check` to print and `serve` to log.
     pub warnings: Vec<String>,
@@ -123,6 +128,8 @@ struct RawConfig {
     ingress: RawIngress,
     rotation: RawRotation,
     pod_certificates: RawPodCertificates,
+    jwt_svids: RawJwtSvids,
+    oidc: RawOidc,
 }
 
 impl Default for RawConfig {
@@ -143,6 +150,8 @@ impl Default for RawConfig {
             ingress: RawIngress::default(),
             rotation: RawRotation::default(),
             pod_certificates: RawPodCertificates::default(),
+            jwt_svids: RawJwtSvids::default(),
+            oidc: RawOidc::default(),
         }
     }
 }
@@ -264,6 +273,26 @@ impl TryFrom<RawConfig> for Config {
         let pod_certificates =
             raw.pod_certificates
                 .validate(certificates.max_ttl, cluster, &mut errors);
+        let jwt_svids = raw.jwt_svids.validate(&mut errors);
+        if let Some(oidc) = raw.oidc.listen {
+            if !raw.jwt_svids.enabled() {
+                errors.add(
+                    "oidc.listen",
+                    "serves JWT-SVID discovery: needs jwt_svids.enabled: true",
+                );
+            }
+            for (key, other) in [
+                ("listen", raw.listen),
+                ("metrics_listen", raw.metrics_listen),
+            ] {
+                if listeners_clash(oidc, other) {
+                    errors.add(
+                        "oidc.listen",
+                        format!("{oidc} would take the port of {key} {other}"),
+                    );
+                }
+            }
+        }
         match (trust_domain, daemon_identity, provider, api) {
             (Some(trust_domain), Some(daemon_identity), Some(provider), Some(api))
                 if errors.is_empty() =>
@@ -283,6 +312,8 @@ impl TryFrom<RawConfig> for Config {
                     ingress,
                     rotation: raw.rotation.validate(),
                     pod_certificates,
+                    jwt_svids,
+                    oidc_listen: raw.oidc.listen,
                     warnings: Vec::new(),
                     state_dir: raw.state_dir,
                     source: None,

@@ -35,7 +35,8 @@ use meshca_provider::{Checked, Identity, Issued, LeafProfile, ServerName, Valida
 use time::OffsetDateTime;
 
 use crate::bundle::{BundleReceiver, TrustBundle};
-use crate::metrics::{IssuedLabels, Metrics};
+use crate::jwt::{JwtSvid, JwtSvids, MintError};
+use crate::metrics::{IssuedLabels, Metrics, TokenLabels};
 use crate::renewal;
 use crate::rollout::Signer;
 
@@ -51,6 +52,21 @@ pub enum Frontend {
     Ingress,
     /// The daemon's own serving certificate.
     Daemon,
+}
+
+/// A request for a JWT-SVID, from a caller already authenticated.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenRequest<'a> {
+    /// Which way it arrived.
+    pub frontend: Frontend,
+    /// How the caller proved who it is (`token`, `certificate`): a label.
+    pub credential: &'static str,
+    /// The authenticated caller: the token's `sub`.
+    pub identity: &'a Identity,
+    /// The relying parties the token is for.
+    pub audience: &'a [String],
+    /// The lifetime asked, if any.
+    pub ttl: Option<Duration>,
 }
 
 impl Frontend {
@@ -135,6 +151,7 @@ pub struct Issuer {
     metrics: Arc<Metrics>,
     denied: DenyList,
     admission: Arc<Admission>,
+    tokens: Option<JwtSvids>,
 }
 
 impl Issuer {
@@ -156,7 +173,43 @@ impl Issuer {
             metrics,
             denied,
             admission,
+            tokens: None,
         }
+    }
+
+    /// This issuer, minting JWT-SVIDs with `tokens` too.
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: JwtSvids) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The JWT-SVID minter, when JWT-SVIDs are enabled.
+    pub fn tokens(&self) -> Option<&JwtSvids> {
+        self.tokens.as_ref()
+    }
+
+    /// Decide a request for a JWT-SVID under the same deny-list, rate
+    /// and metrics as certificates; `None` when JWT-SVIDs are disabled.
+    pub fn issue_token(&self, request: TokenRequest<'_>) -> Option<Outcome<JwtSvid>> {
+        let tokens = self.tokens.as_ref()?;
+        let outcome = match self.admit_identity(request.frontend, request.identity) {
+            Err(not_now) => not_now,
+            Ok(()) => match tokens.mint(request.identity, request.audience, request.ttl) {
+                Ok(svid) => Outcome::Issued(svid),
+                Err(e @ MintError::Audience) => Outcome::Refused(Refused::Audience(e)),
+                Err(e) => Outcome::Failed(Failure::TokenKey(e)),
+            },
+        };
+        self.metrics
+            .jwt_svids_issued
+            .get_or_create(&TokenLabels {
+                frontend: request.frontend.as_str(),
+                credential: request.credential,
+                result: outcome.code(),
+            })
+            .inc();
+        Some(outcome)
     }
 
     /// The configured lifetimes.
@@ -190,7 +243,7 @@ impl Issuer {
     }
 
     async fn decide(&self, request: &Request<'_>) -> Outcome {
-        if let Err(not_now) = self.admit_identity(request) {
+        if let Err(not_now) = self.admit_identity(request.frontend, request.identity) {
             return not_now;
         }
         let csr = match ValidatedCsr::with_server_names(
@@ -212,11 +265,10 @@ impl Issuer {
 
     /// The deny-list and the identity's rate; the daemon's own
     /// certificate is subject to neither.
-    fn admit_identity(&self, request: &Request<'_>) -> Result<(), Outcome> {
-        if request.frontend == Frontend::Daemon {
+    fn admit_identity<T>(&self, frontend: Frontend, identity: &Identity) -> Result<(), Outcome<T>> {
+        if frontend == Frontend::Daemon {
             return Ok(());
         }
-        let identity = request.identity;
         let (denied, count) = self
             .denied
             .check(identity)

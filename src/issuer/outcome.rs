@@ -10,12 +10,15 @@ use thiserror::Error;
 
 use super::deny::DenyListError;
 use super::IssuedCertificate;
+use crate::jwt::MintError;
 
-/// The outcome of [`Issuer::issue`](super::Issuer::issue).
+/// The outcome of [`Issuer::issue`](super::Issuer::issue) (a
+/// certificate) and of [`Issuer::issue_token`](super::Issuer::issue_token)
+/// (a JWT-SVID).
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<T = Box<IssuedCertificate>> {
     /// Signed and checked.
-    Issued(Box<IssuedCertificate>),
+    Issued(T),
     /// Never signed as sent: the caller must change the request, or its
     /// standing must change. Repeating it cannot help.
     Refused(Refused),
@@ -43,6 +46,9 @@ pub enum Refused {
     /// names a CSR carries, and this one names others or none).
     #[error(transparent)]
     Unsupported(ProviderError),
+    /// A token request without a usable audience.
+    #[error(transparent)]
+    Audience(MintError),
 }
 
 /// When and why to try again.
@@ -86,13 +92,16 @@ pub enum Failure {
     /// A key for meshca's own certificate could not be made.
     #[error("failed to make a key and request for meshca's own certificate")]
     OwnKey(#[source] rcgen::Error),
+    /// No JWT signing key could sign.
+    #[error("failed to sign a JWT-SVID")]
+    TokenKey(#[source] MintError),
 }
 
-impl std::fmt::Display for Outcome {
+impl<T> std::fmt::Display for Outcome<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The cause is the source: `error_chain` prints it after this.
         match self {
-            Self::Issued(i) => write!(f, "issued a certificate until {}", i.issued.not_after()),
+            Self::Issued(_) => f.write_str("issued"),
             Self::Refused(_) => f.write_str("refused"),
             Self::Retry(_) => f.write_str("not signed now"),
             Self::Failed(_) => f.write_str("failed"),
@@ -100,7 +109,7 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-impl std::error::Error for Outcome {
+impl<T: std::fmt::Debug> std::error::Error for Outcome<T> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Issued(_) => None,
@@ -111,7 +120,7 @@ impl std::error::Error for Outcome {
     }
 }
 
-impl Outcome {
+impl<T> Outcome<T> {
     /// The outcome of a backend's error: retryable ones are worth a retry,
     /// refusals of this request are the caller's to fix, the rest the
     /// operator's.
@@ -137,6 +146,7 @@ impl Outcome {
             Self::Issued(_) => "success",
             Self::Refused(Refused::Csr(e)) if e.is_identity_mismatch() => "identity_mismatch",
             Self::Refused(Refused::Csr(_) | Refused::Unsupported(_)) => "invalid_csr",
+            Self::Refused(Refused::Audience(_)) => "invalid_request",
             Self::Refused(Refused::IdentityDenied(_)) => "identity_denied",
             Self::Refused(Refused::ProviderDenied(_)) => "provider_denied",
             Self::Retry(Retry {
@@ -148,7 +158,9 @@ impl Outcome {
                 "provider_misconfigured"
             }
             Self::Failed(Failure::Provider(ProviderError::Internal(_)))
-            | Self::Failed(Failure::DenyList(_) | Failure::OwnKey(_)) => "internal",
+            | Self::Failed(Failure::DenyList(_) | Failure::OwnKey(_) | Failure::TokenKey(_)) => {
+                "internal"
+            }
             Self::Failed(Failure::Provider(_)) => "provider_rejected",
         }
     }
@@ -194,7 +206,7 @@ mod tests {
             (ProviderError::Internal("rng".into()), "internal"),
         ];
         for (error, code) in cases {
-            let outcome = Outcome::of_provider(error);
+            let outcome: Outcome = Outcome::of_provider(error);
             assert_eq!(outcome.code(), code, "{outcome:?}");
             assert_eq!(
                 matches!(outcome, Outcome::Retry(_)),

@@ -179,6 +179,8 @@ pub fn after_signing(
         Outcome::Refused(Refused::IdentityDenied(_)) => (true, "IdentityDenied"),
         Outcome::Refused(Refused::ProviderDenied(_)) => (true, "ProviderDenied"),
         Outcome::Refused(Refused::Unsupported(_)) => (false, "ProviderCannotSign"),
+        // A token's refusal: never a certificate's outcome.
+        Outcome::Refused(Refused::Audience(_)) => (false, "InvalidRequest"),
         Outcome::Failed(Failure::DenyList(_)) => (false, "DenyListUnreadable"),
         Outcome::Failed(_) => (false, "ProviderFailed"),
     };

@@ -6,6 +6,10 @@ line for the Rust test to check.
   client.py watch N SECONDS   an open FetchX509SVID stream until N distinct SVIDs
   client.py bundles N SECONDS an open FetchX509Bundles stream until N messages
   client.py no-header         a call without the security header
+  client.py jwt AUDIENCE      a JWT-SVID, the JWT bundles, and the token validated
+  client.py jwt-check TOKEN AUDIENCE   ValidateJWTSVID's verdict on TOKEN
+  client.py jwt-fetch AUDIENCE [ID]    FetchJWTSVID's status code
+  client.py jwt-bundles N SECONDS      an open FetchJWTBundles stream until N messages
 """
 
 import base64
@@ -18,7 +22,7 @@ import time
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from spiffe import TrustDomain, WorkloadApiClient, X509Bundle
+from spiffe import JwtBundle, JwtSvid, TrustDomain, WorkloadApiClient, X509Bundle
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 
@@ -121,6 +125,82 @@ def no_header():
         emit({"code": e.code().name, "details": e.details()})
 
 
+def kids(bundle_set):
+    return {
+        str(b.trust_domain): sorted(b.jwt_authorities.keys()) for b in bundle_set.bundles
+    }
+
+
+def jwt(audience):
+    with WorkloadApiClient(default_timeout=20) as client:
+        svid = client.fetch_jwt_svid(audience={audience})
+        again = client.fetch_jwt_svid(audience={audience})
+        bundles = client.fetch_jwt_bundles()
+        bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        # py-spiffe's own offline check, with the keys the agent served.
+        parsed = JwtSvid.parse_and_validate(svid.token, bundle, {audience})
+        validated = client.validate_jwt_svid(svid.token, audience)
+        emit({
+            "spiffe_id": str(svid.spiffe_id),
+            "token": svid.token,
+            "cached": again.token == svid.token,
+            "audience": sorted(svid.audience),
+            "expiry": svid.expiry,
+            "bundle_kids": kids(bundles),
+            "offline_spiffe_id": str(parsed.spiffe_id),
+            "validated_spiffe_id": str(validated.spiffe_id),
+        })
+
+
+def jwt_check(token, audience):
+    try:
+        stub = raw_stub()
+        response = stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token),
+            metadata=[("workload.spiffe.io", "true")],
+            timeout=10,
+        )
+        emit({"code": "OK", "spiffe_id": response.spiffe_id,
+              "claims": sorted(response.claims.fields.keys())})
+    except grpc.RpcError as e:
+        emit({"code": e.code().name, "details": e.details()})
+
+
+def jwt_fetch(audience, spiffe_id=""):
+    try:
+        response = raw_stub().FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=[audience] if audience else [], spiffe_id=spiffe_id),
+            metadata=[("workload.spiffe.io", "true")],
+            timeout=10,
+        )
+        emit({"code": "OK", "spiffe_id": response.svids[0].spiffe_id})
+    except grpc.RpcError as e:
+        emit({"code": e.code().name, "details": e.details()})
+
+
+def jwt_bundles(count, seconds):
+    stream = raw_stub().FetchJWTBundles(
+        workload_pb2.JWTBundlesRequest(),
+        metadata=[("workload.spiffe.io", "true")],
+        timeout=seconds,
+    )
+    try:
+        for n, message in enumerate(stream, start=1):
+            emit({
+                "received_at": time.time(),
+                "kids": {
+                    k: sorted(JwtBundle.parse(TrustDomain(k), v).jwt_authorities.keys())
+                    for k, v in message.bundles.items()
+                },
+            })
+            if n >= count:
+                stream.cancel()
+                break
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.CANCELLED:
+            emit({"error": e.code().name, "details": e.details()})
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "fetch":
@@ -131,5 +211,13 @@ if __name__ == "__main__":
         bundles(int(args[0]), float(args[1]))
     elif command == "no-header":
         no_header()
+    elif command == "jwt":
+        jwt(args[0])
+    elif command == "jwt-fetch":
+        jwt_fetch(*args)
+    elif command == "jwt-check":
+        jwt_check(args[0], args[1])
+    elif command == "jwt-bundles":
+        jwt_bundles(int(args[0]), float(args[1]))
     else:
         sys.exit(f"unknown command {command}")

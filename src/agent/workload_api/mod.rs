@@ -6,9 +6,11 @@
 //! `FetchX509SVID` / `FetchX509Bundles` stream has its own receiver, sends
 //! the current state as soon as there is one and then every change. A
 //! client that stops reading holds up nobody but itself. The JWT profile
-//! answers `Unimplemented`: meshca issues X.509 identities only.
+//! is in [`jwt`]; it answers `Unimplemented` when the server has JWT-SVIDs
+//! disabled.
 
 mod authority;
+mod jwt;
 mod socket;
 
 use std::future::Future;
@@ -26,6 +28,7 @@ use tonic::{Request, Response, Status};
 use super::svid::Svid;
 use super::{AgentError, Held};
 
+pub(crate) use jwt::Tokens;
 pub(crate) use socket::ALLOWED_MODES;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
@@ -91,11 +94,15 @@ impl WorkloadApiConfig {
     /// `shutdown` and the publisher's drop, then removes the socket.
     pub(super) fn build(
         &self,
+        tokens: Arc<Tokens>,
         shutdown: CancellationToken,
     ) -> Result<(Publisher, impl Future<Output = Result<(), AgentError>>), AgentError> {
         let (listener, bound) = socket::bind(&self.socket, self.mode)?;
         let (state, receiver) = watch::channel(Served::Pending);
-        let service = SpiffeWorkloadApiServer::new(Service { state: receiver });
+        let service = SpiffeWorkloadApiServer::new(Service {
+            state: receiver,
+            tokens: Some(tokens),
+        });
         let socket = self.socket.clone();
         let task = async move {
             tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
@@ -150,6 +157,14 @@ fn shim(socket: UnixStream) -> DuplexStream {
 
 struct Service {
     state: watch::Receiver<Served>,
+    /// The JWT profile; `None` answers it `Unimplemented`.
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Service {
+    fn tokens(&self) -> Result<&Tokens, Status> {
+        self.tokens.as_deref().ok_or_else(jwt_unimplemented)
+    }
 }
 
 type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -214,7 +229,45 @@ fn bundles_response(svid: &Svid) -> proto::X509BundlesResponse {
 }
 
 fn jwt_unimplemented() -> Status {
-    Status::unimplemented("meshca issues X.509-SVIDs only; JWT-SVIDs are not supported")
+    Status::unimplemented("this agent serves X.509-SVIDs only")
+}
+
+/// Every change of the JWT keys, from the first known.
+fn jwt_bundle_updates(
+    mut bundles: watch::Receiver<Option<Arc<jwt::JwtBundle>>>,
+) -> Updates<proto::JwtBundlesResponse> {
+    bundles.mark_changed();
+    let stream = futures_util::stream::unfold(bundles, |mut bundles| async move {
+        loop {
+            bundles.changed().await.ok()?;
+            let current = bundles.borrow_and_update().clone();
+            if let Some(b) = current {
+                let response = proto::JwtBundlesResponse {
+                    bundles: [(b.trust_domain_id.clone(), b.jwks.clone())].into(),
+                };
+                return Some((Ok(response), bundles));
+            }
+        }
+    });
+    Box::pin(stream)
+}
+
+/// JSON as a protobuf `Struct` value (the claims of `ValidateJWTSVID`).
+fn proto_value(json: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(proto_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 #[tonic::async_trait]
@@ -224,7 +277,18 @@ impl SpiffeWorkloadApi for Service {
         request: Request<proto::JwtsvidRequest>,
     ) -> Result<Response<proto::JwtsvidResponse>, Status> {
         require_security_header(&request)?;
-        Err(jwt_unimplemented())
+        let request = request.into_inner();
+        let minted = self
+            .tokens()?
+            .fetch(&request.audience, &request.spiffe_id)
+            .await?;
+        Ok(Response::new(proto::JwtsvidResponse {
+            svids: vec![proto::Jwtsvid {
+                spiffe_id: minted.spiffe_id,
+                svid: minted.token,
+                hint: String::new(),
+            }],
+        }))
     }
 
     type FetchJWTBundlesStream = Updates<proto::JwtBundlesResponse>;
@@ -234,7 +298,7 @@ impl SpiffeWorkloadApi for Service {
         request: Request<proto::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         require_security_header(&request)?;
-        Err(jwt_unimplemented())
+        Ok(Response::new(jwt_bundle_updates(self.tokens()?.bundles())))
     }
 
     async fn validate_jwtsvid(
@@ -242,7 +306,18 @@ impl SpiffeWorkloadApi for Service {
         request: Request<proto::ValidateJwtsvidRequest>,
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
         require_security_header(&request)?;
-        Err(jwt_unimplemented())
+        let request = request.into_inner();
+        let claims = self.tokens()?.validate(&request.audience, &request.svid)?;
+        let fields = match serde_json::to_value(&claims) {
+            Ok(serde_json::Value::Object(o)) => {
+                o.into_iter().map(|(k, v)| (k, proto_value(v))).collect()
+            }
+            _ => Default::default(),
+        };
+        Ok(Response::new(proto::ValidateJwtsvidResponse {
+            spiffe_id: claims.sub,
+            claims: Some(prost_types::Struct { fields }),
+        }))
     }
 
     type FetchX509SVIDStream = Updates<proto::X509svidResponse>;

@@ -34,7 +34,13 @@ fn held(is_ca: IsCa, bundle_pem: Option<&str>) -> Held {
 
 fn service() -> (Publisher, Service) {
     let (state, receiver) = watch::channel(Served::Pending);
-    (Publisher { state }, Service { state: receiver })
+    (
+        Publisher { state },
+        Service {
+            state: receiver,
+            tokens: None,
+        },
+    )
 }
 
 fn with_header<T>(message: T) -> Request<T> {

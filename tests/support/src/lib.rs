@@ -130,6 +130,16 @@ impl TestDaemon {
         std::fs::rename(&tmp, &path).expect("rename");
     }
 
+    /// Stop the daemon and start it again with the same configuration
+    /// and state directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let daemon = meshca::start(self.config.clone())
+            .await
+            .expect("daemon restarts");
+        self.daemon = Some(daemon);
+    }
+
     pub async fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await;

@@ -271,17 +271,22 @@ impl OpenBao {
 
     /// Run `bao ARGS` as root; stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|stderr| panic!("bao {args:?}: {stderr}"))
+    }
+
+    /// Run `bao ARGS` as root: stdout, or stderr when it fails.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let out = self
             .command(&bao_binary())
             .args(args)
             .output()
             .expect("bao runs");
-        assert!(
-            out.status.success(),
-            "bao {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf8")
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Run one of the scripts in examples/vault with extra environment.
@@ -301,6 +306,51 @@ impl OpenBao {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// Enable the JWT auth method, configured by OIDC discovery at
+    /// `issuer` (its TLS verified with `ca_file`), with the role `web` for
+    /// audience `vault`, bound to `subject` when given; `role_extra` are
+    /// further `key=value` settings of the role.
+    pub fn jwt_auth(
+        &self,
+        issuer: &str,
+        ca_file: &Path,
+        subject: Option<&str>,
+        role_extra: &[&str],
+    ) {
+        self.cli(&["auth", "enable", "jwt"]);
+        self.cli(&[
+            "write",
+            "auth/jwt/config",
+            &format!("oidc_discovery_url={issuer}"),
+            &format!("oidc_discovery_ca_pem=@{}", ca_file.display()),
+            &format!("bound_issuer={issuer}"),
+        ]);
+        let bound = subject.map(|s| format!("bound_subject={s}"));
+        let mut role = vec![
+            "write",
+            "auth/jwt/role/web",
+            "role_type=jwt",
+            "user_claim=sub",
+            "bound_audiences=vault",
+            "token_policies=default",
+        ];
+        role.extend(bound.as_deref());
+        role.extend_from_slice(role_extra);
+        self.cli(&role);
+    }
+
+    /// Log in with `jwt` as the role `web` of [`OpenBao::jwt_auth`]: the
+    /// Vault token, or OpenBao's refusal.
+    pub fn jwt_login(&self, jwt: &str) -> Result<String, String> {
+        self.try_cli(&[
+            "write",
+            "-field=token",
+            "auth/jwt/login",
+            "role=web",
+            &format!("jwt={jwt}"),
+        ])
     }
 
     /// The server's process id.

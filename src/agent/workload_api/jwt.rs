@@ -1,0 +1,192 @@
+//! The JWT profile of the Workload API: `FetchJWTSVID` (minted by the
+//! signing API for the agent's own identity, cached per audience and
+//! renewed at half its lifetime), `FetchJWTBundles` (the trust domain's
+//! JWT keys, pushed when they change) and `ValidateJWTSVID` (checked
+//! against those keys).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::super::client::{MintedToken, SigningApi};
+use super::super::{AgentError, Held};
+use crate::jwt::{self, Jwk};
+
+/// The trust domain's JWT keys as the Workload API serves them.
+#[derive(Debug, PartialEq)]
+pub(super) struct JwtBundle {
+    /// `spiffe://<trust domain>`.
+    pub trust_domain_id: String,
+    /// The JWKS document, as `FetchJWTBundles` sends it.
+    pub jwks: Vec<u8>,
+    keys: Vec<Jwk>,
+}
+
+impl JwtBundle {
+    /// The `jwt-svid` keys of a SPIFFE bundle.
+    fn of_spiffe_bundle(trust_domain_id: String, bundle: &Value) -> Self {
+        let entries: Vec<Value> = bundle["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter(|k| k["use"] == "jwt-svid")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keys = entries
+            .iter()
+            .filter_map(|k| serde_json::from_value(k.clone()).ok())
+            .collect();
+        let jwks = serde_json::json!({ "keys": entries })
+            .to_string()
+            .into_bytes();
+        Self {
+            trust_domain_id,
+            jwks,
+            keys,
+        }
+    }
+}
+
+/// A minted token and when it is due for renewal.
+#[derive(Clone)]
+struct Cached {
+    minted: MintedToken,
+    renew_at: OffsetDateTime,
+}
+
+/// The JWT side of the agent: the signing API, the certificate the agent
+/// holds (its credential when it has no token), the tokens it minted and
+/// the keys it follows.
+pub(crate) struct Tokens {
+    api: Arc<SigningApi>,
+    held: watch::Sender<Option<Arc<Held>>>,
+    cache: Mutex<HashMap<Vec<String>, Cached>>,
+    bundle: watch::Sender<Option<Arc<JwtBundle>>>,
+}
+
+impl Tokens {
+    pub(crate) fn new(api: Arc<SigningApi>) -> Self {
+        Self {
+            api,
+            held: watch::channel(None).0,
+            cache: Mutex::new(HashMap::new()),
+            bundle: watch::channel(None).0,
+        }
+    }
+
+    /// A token for `audience`, from the cache while it is in its first
+    /// half of life.
+    pub(super) async fn fetch(
+        &self,
+        audience: &[String],
+        spiffe_id: &str,
+    ) -> Result<MintedToken, Status> {
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let held = self.held()?;
+        let mine = held.identity.spiffe_id();
+        if !spiffe_id.is_empty() && spiffe_id != mine {
+            return Err(Status::permission_denied(format!(
+                "this workload is {mine}, not {spiffe_id}"
+            )));
+        }
+        let mut key = audience.to_vec();
+        key.sort();
+        key.dedup();
+        let now = OffsetDateTime::now_utc();
+        if let Some(hit) = self.cached(&key).filter(|c| now < c.renew_at) {
+            return Ok(hit.minted);
+        }
+        let minted = self.api.jwt_svid(&held, &key).await.map_err(status_of)?;
+        let expires = OffsetDateTime::parse(&minted.expires_at, &Rfc3339)
+            .map_err(|e| Status::internal(format!("the server's expires_at: {e}")))?;
+        let cached = Cached {
+            renew_at: now + (expires - now) / 2,
+            minted: minted.clone(),
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, c| c.renew_at > now);
+            cache.insert(key, cached);
+        }
+        Ok(minted)
+    }
+
+    fn cached(&self, key: &[String]) -> Option<Cached> {
+        self.cache.lock().ok()?.get(key).cloned()
+    }
+
+    /// The identity the agent holds now: the tokens' subject, and its
+    /// credential when it has no token.
+    pub(crate) fn hold(&self, held: &Held) {
+        self.held.send_replace(Some(Arc::new(held.clone())));
+    }
+
+    fn held(&self) -> Result<Arc<Held>, Status> {
+        self.held
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("the agent holds no identity yet"))
+    }
+
+    /// Fetch the trust domain's JWT keys and publish them if they changed.
+    pub(crate) async fn refresh(&self) -> Result<(), AgentError> {
+        let Ok(held) = self.held() else {
+            return Ok(());
+        };
+        let bundle = self.api.spiffe_bundle(&held).await?;
+        let td = format!("spiffe://{}", held.identity.trust_domain());
+        let next = JwtBundle::of_spiffe_bundle(td, &bundle);
+        self.bundle.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(&next);
+            if changed {
+                *current = Some(Arc::new(next));
+            }
+            changed
+        });
+        Ok(())
+    }
+
+    /// Changes of the keys, for `FetchJWTBundles`.
+    pub(super) fn bundles(&self) -> watch::Receiver<Option<Arc<JwtBundle>>> {
+        self.bundle.subscribe()
+    }
+
+    /// The SPIFFE ID and claims of `token` when valid for `audience`.
+    pub(super) fn validate(&self, audience: &str, token: &str) -> Result<jwt::Claims, Status> {
+        if audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if token.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundle =
+            self.bundle.borrow().clone().ok_or_else(|| {
+                Status::unavailable("the trust domain's JWT keys are not known yet")
+            })?;
+        jwt::validate(token, &bundle.keys, audience, OffsetDateTime::now_utc())
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+/// The signing API's refusal as a gRPC status: a feature the server does
+/// not have is `Unimplemented`, the caller's mistakes `InvalidArgument`,
+/// a denial `PermissionDenied`, anything else `Unavailable` (retry).
+fn status_of(e: AgentError) -> Status {
+    match &e {
+        AgentError::Refused { code, message, .. } => match code.as_str() {
+            "not_enabled" => Status::unimplemented(format!("JWT-SVIDs: {message}")),
+            "invalid_request" => Status::invalid_argument(message.clone()),
+            "identity_denied" | "unauthenticated" => Status::permission_denied(message.clone()),
+            _ => Status::unavailable(message.clone()),
+        },
+        _ => Status::unavailable(e.to_string()),
+    }
+}

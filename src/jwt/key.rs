@@ -1,0 +1,396 @@
+//! The keys JWT-SVIDs are signed with, and their public JWKs.
+//!
+//! JOSE here is a small module on ring rather than a JOSE crate: meshca
+//! needs three algorithms (ES256, ES384, RS256), compact serialisation and
+//! RFC 7638 key IDs, and ring already signs and verifies all three for
+//! rustls. ring cannot generate RSA keys, so `rsa-2048` keys are generated
+//! by the `rsa` crate and used only through ring.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// The kind of key, as `jwt_svids.key_type` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    /// ECDSA P-256, ES256 (the default).
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    /// ECDSA P-384, ES384.
+    #[serde(rename = "ec-p384")]
+    EcP384,
+    /// RSA 2048, RS256.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl KeyType {
+    pub(super) fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "ec-p256" => Ok(Self::EcP256),
+            "ec-p384" => Ok(Self::EcP384),
+            "rsa-2048" => Ok(Self::Rsa2048),
+            other => Err(format!(
+                "{other:?} is not one of ec-p256, ec-p384, rsa-2048"
+            )),
+        }
+    }
+
+    /// The JWS `alg`.
+    pub fn alg(self) -> &'static str {
+        match self {
+            Self::EcP256 => "ES256",
+            Self::EcP384 => "ES384",
+            Self::Rsa2048 => "RS256",
+        }
+    }
+
+    fn ecdsa(self) -> Option<&'static signature::EcdsaSigningAlgorithm> {
+        match self {
+            Self::EcP256 => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+            Self::EcP384 => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+            Self::Rsa2048 => None,
+        }
+    }
+}
+
+/// Why a key could not be made or read.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// The system random source failed.
+    #[error("failed to generate a {0:?} key")]
+    Generate(KeyType),
+    /// Stored key material is not a key of its stated type.
+    #[error("the stored {key_type:?} key {kid} is not a usable key: {why}")]
+    Unusable {
+        /// The key's ID.
+        kid: String,
+        /// Its stated type.
+        key_type: KeyType,
+        /// What ring said.
+        why: String,
+    },
+    /// Signing failed.
+    #[error("failed to sign with key {0}")]
+    Sign(String),
+}
+
+enum Pair {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+/// A private signing key (PKCS#8, zeroized on drop) with its public JWK.
+pub struct PrivateKey {
+    key_type: KeyType,
+    pkcs8: Zeroizing<Vec<u8>>,
+    pair: Pair,
+    public: Jwk,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("kid", &self.public.kid)
+            .field("key_type", &self.key_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateKey {
+    /// A fresh key of `key_type`.
+    ///
+    /// # Errors
+    /// The random source failed.
+    pub fn generate(key_type: KeyType) -> Result<Self, KeyError> {
+        let pkcs8 = match key_type.ecdsa() {
+            Some(alg) => EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new())
+                .map_err(|_| KeyError::Generate(key_type))?
+                .as_ref()
+                .to_vec(),
+            None => rsa_pkcs8()?,
+        };
+        Self::from_pkcs8(key_type, Zeroizing::new(pkcs8), "(new)")
+    }
+
+    /// A stored key; `kid` names it in errors only (the ID is recomputed
+    /// from the public key).
+    ///
+    /// # Errors
+    /// The bytes are not a key of `key_type`.
+    pub fn from_pkcs8(
+        key_type: KeyType,
+        pkcs8: Zeroizing<Vec<u8>>,
+        kid: &str,
+    ) -> Result<Self, KeyError> {
+        let unusable = |why: String| KeyError::Unusable {
+            kid: kid.to_owned(),
+            key_type,
+            why,
+        };
+        let (pair, public) = match key_type.ecdsa() {
+            Some(alg) => {
+                let pair = EcdsaKeyPair::from_pkcs8(alg, &pkcs8, &SystemRandom::new())
+                    .map_err(|e| unusable(e.to_string()))?;
+                let public = Jwk::ec(key_type, pair.public_key().as_ref());
+                (Pair::Ec(pair), public)
+            }
+            None => {
+                let pair = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| unusable(e.to_string()))?;
+                let components = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+                let public = Jwk::rsa(strip_zeros(&components.n), strip_zeros(&components.e));
+                (Pair::Rsa(pair), public)
+            }
+        };
+        Ok(Self {
+            key_type,
+            pkcs8,
+            pair,
+            public,
+        })
+    }
+
+    /// The RFC 7638 thumbprint of the public key: the `kid`.
+    pub fn kid(&self) -> &str {
+        &self.public.kid
+    }
+
+    /// The key's type.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// The PKCS#8 document, for storage.
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    /// The public JWK.
+    pub fn public(&self) -> &Jwk {
+        &self.public
+    }
+
+    /// A JWS signature over `message`, in JOSE form (r‖s for ECDSA).
+    ///
+    /// # Errors
+    /// ring failed to sign.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let rng = SystemRandom::new();
+        let failed = || KeyError::Sign(self.public.kid.clone());
+        match &self.pair {
+            Pair::Ec(pair) => Ok(pair
+                .sign(&rng, message)
+                .map_err(|_| failed())?
+                .as_ref()
+                .to_vec()),
+            Pair::Rsa(pair) => {
+                let mut out = vec![0; pair.public().modulus_len()];
+                pair.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut out)
+                    .map_err(|_| failed())?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// A 2048-bit RSA key as PKCS#8.
+fn rsa_pkcs8() -> Result<Vec<u8>, KeyError> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+        .map_err(|_| KeyError::Generate(KeyType::Rsa2048))?;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| KeyError::Generate(KeyType::Rsa2048))?;
+    Ok(der.as_bytes().to_vec())
+}
+
+/// A public key as a JWK (RFC 7517), with the members a JWKS and a SPIFFE
+/// bundle need.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    /// `EC` or `RSA`.
+    pub kty: String,
+    /// Curve (EC).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub crv: Option<String>,
+    /// X coordinate (EC).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub x: Option<String>,
+    /// Y coordinate (EC).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub y: Option<String>,
+    /// Modulus (RSA).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub n: Option<String>,
+    /// Exponent (RSA).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub e: Option<String>,
+    /// Key ID.
+    #[serde(default)]
+    pub kid: String,
+}
+
+impl Jwk {
+    fn ec(key_type: KeyType, point: &[u8]) -> Self {
+        // An uncompressed point: 0x04 ‖ X ‖ Y.
+        let coordinates = &point[1..];
+        let (x, y) = coordinates.split_at(coordinates.len() / 2);
+        let crv = if key_type == KeyType::EcP256 {
+            "P-256"
+        } else {
+            "P-384"
+        };
+        let (x, y) = (B64.encode(x), B64.encode(y));
+        let kid = thumbprint(&format!(
+            r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#
+        ));
+        Self {
+            kty: "EC".into(),
+            crv: Some(crv.into()),
+            x: Some(x),
+            y: Some(y),
+            n: None,
+            e: None,
+            kid,
+        }
+    }
+
+    fn rsa(modulus: &[u8], exponent: &[u8]) -> Self {
+        let (n, e) = (B64.encode(modulus), B64.encode(exponent));
+        let kid = thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#));
+        Self {
+            kty: "RSA".into(),
+            crv: None,
+            x: None,
+            y: None,
+            n: Some(n),
+            e: Some(e),
+            kid,
+        }
+    }
+
+    /// The public key of a certificate (a trust anchor in a SPIFFE
+    /// bundle, whose `x5c` must match it); `None` for a key type JOSE
+    /// here does not describe (neither P-256, P-384 nor RSA).
+    pub fn of_certificate(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+        use x509_parser::public_key::PublicKey;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let spki = cert.public_key();
+        match spki.parsed().ok()? {
+            PublicKey::EC(point) => {
+                let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+                let key_type = match curve.to_id_string().as_str() {
+                    "1.2.840.10045.3.1.7" => KeyType::EcP256,
+                    "1.3.132.0.34" => KeyType::EcP384,
+                    _ => return None,
+                };
+                Some(Self::ec(key_type, point.data()))
+            }
+            PublicKey::RSA(rsa) => Some(Self::rsa(
+                strip_zeros(rsa.modulus),
+                strip_zeros(rsa.exponent),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether `signature` by this key over `message` is valid for `alg`.
+    /// An algorithm that does not match the key's type is never valid.
+    pub fn verifies(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
+        let decode = |v: &Option<String>| v.as_deref().and_then(|v| B64.decode(v).ok());
+        match (alg, self.kty.as_str(), self.crv.as_deref()) {
+            ("ES256" | "ES384", "EC", Some(crv)) => {
+                let algorithm: &dyn signature::VerificationAlgorithm = match (alg, crv) {
+                    ("ES256", "P-256") => &signature::ECDSA_P256_SHA256_FIXED,
+                    ("ES384", "P-384") => &signature::ECDSA_P384_SHA384_FIXED,
+                    _ => return false,
+                };
+                let (Some(x), Some(y)) = (decode(&self.x), decode(&self.y)) else {
+                    return false;
+                };
+                let point = [&[4u8][..], &x, &y].concat();
+                signature::UnparsedPublicKey::new(algorithm, point)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            ("RS256", "RSA", None) => {
+                let (Some(n), Some(e)) = (decode(&self.n), decode(&self.e)) else {
+                    return false;
+                };
+                signature::RsaPublicKeyComponents { n, e }
+                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
+                    .is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A big-endian integer without the leading zero bytes DER adds.
+fn strip_zeros(mut bytes: &[u8]) -> &[u8] {
+    while let [0, rest @ ..] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// RFC 7638: base64url(SHA-256(the required members, sorted, no spaces)).
+fn thumbprint(canonical: &str) -> String {
+    B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(key_type: KeyType) {
+        let key = PrivateKey::generate(key_type).expect("generate");
+        let signature = key.sign(b"header.claims").expect("sign");
+        let public = key.public();
+        assert!(public.verifies(key_type.alg(), b"header.claims", &signature));
+        assert!(!public.verifies(key_type.alg(), b"header.claimz", &signature));
+        assert!(!public.verifies("HS256", b"header.claims", &signature));
+        let again = PrivateKey::from_pkcs8(key_type, Zeroizing::new(key.pkcs8().to_vec()), "k")
+            .expect("reload");
+        assert_eq!(again.kid(), key.kid(), "the kid is the key's, not random");
+    }
+
+    #[test]
+    fn every_key_type_signs_what_its_jwk_verifies() {
+        round_trip(KeyType::EcP256);
+        round_trip(KeyType::EcP384);
+    }
+
+    #[test]
+    fn rsa_keys_sign_rs256() {
+        round_trip(KeyType::Rsa2048);
+    }
+
+    #[test]
+    fn a_key_of_another_type_is_refused_with_its_kid() {
+        let key = PrivateKey::generate(KeyType::EcP256).expect("generate");
+        let err =
+            PrivateKey::from_pkcs8(KeyType::EcP384, Zeroizing::new(key.pkcs8().to_vec()), "abc")
+                .expect_err("a P-256 key read as P-384");
+        assert!(err.to_string().contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn the_kid_is_the_rfc_7638_thumbprint() {
+        // RFC 7638 §3.1's example key and thumbprint.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let jwk = Jwk::rsa(
+            &B64.decode(n).expect("as the test set it up"),
+            &B64.decode("AQAB").expect("as the test set it up"),
+        );
+        assert_eq!(jwk.kid, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+}
