@@ -154,15 +154,22 @@ impl SigningApi {
         Ok((text, generation))
     }
 
-    /// A JWT-SVID for `audience`, authenticated with the token or, without
-    /// one, with the held certificate.
+    /// A client for the JWT calls while `held` is the agent's: it trusts
+    /// the held bundle and, without a token, presents the held
+    /// certificate. Kept by the caller, so that connections are reused.
+    pub(super) fn jwt_client(&self, held: &Held) -> Result<reqwest::Client, AgentError> {
+        self.client(Some(held), !self.has_token())
+    }
+
+    /// A JWT-SVID for `audience` through `client` (from
+    /// [`SigningApi::jwt_client`]), authenticated with the token or,
+    /// without one, with the held certificate.
     pub(super) async fn jwt_svid(
         &self,
-        held: &Held,
+        client: &reqwest::Client,
         audience: &[String],
     ) -> Result<MintedToken, AgentError> {
         let token = self.token()?;
-        let client = self.client(Some(held), token.is_none())?;
         let url = self.url("/v1/jwt-svids");
         let mut request = client
             .post(&url)
@@ -174,8 +181,10 @@ impl SigningApi {
     }
 
     /// The trust domain's SPIFFE bundle (`GET /v1/bundle/spiffe`).
-    pub(super) async fn spiffe_bundle(&self, held: &Held) -> Result<serde_json::Value, AgentError> {
-        let client = self.client(Some(held), false)?;
+    pub(super) async fn spiffe_bundle(
+        &self,
+        client: &reqwest::Client,
+    ) -> Result<serde_json::Value, AgentError> {
         let url = self.url("/v1/bundle/spiffe");
         Ok(exchange(client.get(&url), &url).await?.0)
     }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::super::client::{MintedToken, SigningApi};
-use super::super::{AgentError, Held};
+use super::super::{AgentError, Held as Credential};
 use crate::jwt::{self, Jwk};
 
 /// The trust domain's JWT keys as the Workload API serves them.
@@ -54,6 +54,13 @@ impl JwtBundle {
     }
 }
 
+/// What the agent holds, with the HTTPS client that presents it (built
+/// once per certificate, so that calls reuse their connections).
+struct Held {
+    identity: meshca_provider::Identity,
+    client: reqwest::Client,
+}
+
 /// A minted token and when it is due for renewal.
 #[derive(Clone)]
 struct Cached {
@@ -61,12 +68,12 @@ struct Cached {
     renew_at: OffsetDateTime,
 }
 
-/// The JWT side of the agent: the signing API, the certificate the agent
-/// holds (its credential when it has no token), the tokens it minted and
-/// the keys it follows.
+/// The JWT side of the agent: the signing API, the identity the agent
+/// holds (its certificate is the credential when it has no token), the
+/// tokens it minted and the keys it follows.
 pub(crate) struct Tokens {
     api: Arc<SigningApi>,
-    held: watch::Sender<Option<Arc<Held>>>,
+    held: watch::Sender<Option<Held>>,
     cache: Mutex<HashMap<Vec<String>, Cached>>,
     bundle: watch::Sender<Option<Arc<JwtBundle>>>,
 }
@@ -91,8 +98,8 @@ impl Tokens {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let held = self.held()?;
-        let mine = held.identity.spiffe_id();
+        let (identity, client) = self.held()?;
+        let mine = identity.spiffe_id();
         if !spiffe_id.is_empty() && spiffe_id != mine {
             return Err(Status::permission_denied(format!(
                 "this workload is {mine}, not {spiffe_id}"
@@ -105,7 +112,7 @@ impl Tokens {
         if let Some(hit) = self.cached(&key).filter(|c| now < c.renew_at) {
             return Ok(hit.minted);
         }
-        let minted = self.api.jwt_svid(&held, &key).await.map_err(status_of)?;
+        let minted = self.api.jwt_svid(&client, &key).await.map_err(status_of)?;
         let expires = OffsetDateTime::parse(&minted.expires_at, &Rfc3339)
             .map_err(|e| Status::internal(format!("the server's expires_at: {e}")))?;
         let cached = Cached {
@@ -125,24 +132,34 @@ impl Tokens {
 
     /// The identity the agent holds now: the tokens' subject, and its
     /// credential when it has no token.
-    pub(crate) fn hold(&self, held: &Held) {
-        self.held.send_replace(Some(Arc::new(held.clone())));
+    pub(crate) fn hold(&self, held: &Credential) {
+        match self.api.jwt_client(held) {
+            Ok(client) => {
+                self.held.send_replace(Some(Held {
+                    identity: held.identity.clone(),
+                    client,
+                }));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot ask for JWT-SVIDs with this certificate"),
+        }
     }
 
-    fn held(&self) -> Result<Arc<Held>, Status> {
+    /// The identity held now and its client.
+    fn held(&self) -> Result<(meshca_provider::Identity, reqwest::Client), Status> {
         self.held
             .borrow()
-            .clone()
+            .as_ref()
+            .map(|h| (h.identity.clone(), h.client.clone()))
             .ok_or_else(|| Status::unavailable("the agent holds no identity yet"))
     }
 
     /// Fetch the trust domain's JWT keys and publish them if they changed.
     pub(crate) async fn refresh(&self) -> Result<(), AgentError> {
-        let Ok(held) = self.held() else {
+        let Ok((identity, client)) = self.held() else {
             return Ok(());
         };
-        let bundle = self.api.spiffe_bundle(&held).await?;
-        let td = format!("spiffe://{}", held.identity.trust_domain());
+        let bundle = self.api.spiffe_bundle(&client).await?;
+        let td = format!("spiffe://{}", identity.trust_domain());
         let next = JwtBundle::of_spiffe_bundle(td, &bundle);
         self.bundle.send_if_modified(|current| {
             let changed = current.as_deref() != Some(&next);
