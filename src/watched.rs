@@ -99,6 +99,15 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
         if self.reading.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.reread();
+        self.reading.store(false, Ordering::Release);
+    }
+
+    /// Look at the file now whoever else is looking: for a caller that
+    /// must see a change made a moment ago (a token just created), which
+    /// the follower may have stat'ed just before. A snapshot never goes
+    /// back to an older file.
+    pub fn reread(&self) {
         let stamp = match std::fs::metadata(&self.path) {
             Ok(m) => Ok(Some((
                 m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -112,21 +121,29 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
         };
         let previous = self.current.load();
         let next = match stamp {
-            Ok(stamp) if stamp == previous.stamp && previous.value.is_ok() => None,
-            Ok(stamp) => Some(Snapshot {
+            Ok(stamp) if stamp == previous.stamp && previous.value.is_ok() => return,
+            Ok(stamp) => Snapshot {
                 stamp,
                 value: read_yaml(&self.path).map(Arc::new).map_err(Arc::new),
-            }),
-            Err(e) => Some(Snapshot {
+            },
+            Err(e) => Snapshot {
                 stamp: None,
                 value: Err(Arc::new(e)),
-            }),
+            },
         };
-        if let Some(next) = next {
-            tracing::debug!(path = %self.path.display(), ok = next.value.is_ok(), "read a state file");
-            self.current.store(Arc::new(next));
-        }
-        self.reading.store(false, Ordering::Release);
+        tracing::debug!(path = %self.path.display(), ok = next.value.is_ok(), "read a state file");
+        let next = Arc::new(next);
+        self.current.rcu(|current| {
+            let older = matches!(
+                (&current.stamp, &next.stamp),
+                (Some((now, _)), Some((then, _))) if then < now
+            );
+            if older {
+                current.clone()
+            } else {
+                next.clone()
+            }
+        });
     }
 
     /// The task that keeps the snapshot current until `shutdown`.
@@ -237,6 +254,25 @@ mod tests {
         assert_eq!(watched.get().expect("followed").n, 7);
         shutdown.cancel();
         task.await.expect("task");
+    }
+
+    #[test]
+    fn a_caller_that_must_see_a_change_sees_it_while_the_follower_is_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.yaml");
+        std::fs::write(&path, "n: 1\n").expect("write");
+        let watched = WatchedFile::<File>::new(path.clone());
+        // The follower stat'ed the old file and is still at it.
+        watched.reading.store(true, Ordering::Release);
+        std::fs::write(&path, "n: 22\n").expect("write");
+        watched.refresh();
+        assert_eq!(
+            watched.get().expect("read").n,
+            1,
+            "refresh leaves it to the follower"
+        );
+        watched.reread();
+        assert_eq!(watched.get().expect("read").n, 22, "reread looks anyway");
     }
 
     #[test]

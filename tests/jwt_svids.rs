@@ -597,6 +597,13 @@ async fn keys_rotate_on_schedule_under_load_and_relying_parties_follow_without_a
     let bao = OpenBao::dev().await;
     bao.jwt_auth(&issuer, &ca, None, &[]);
     let login = |jwt: &str| bao.jwt_login(jwt);
+    // One credential, as a workload has, for every token of the run.
+    let bearer = d.token("shop", "web");
+    let mint_one = || async {
+        let (status, body) = mint(&d, Some(&bearer), &json!({ "audience": ["vault"] })).await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    };
     let mut verifier = LiveVerifier::start(&format!("{issuer}/keys"), &ca, "vault", &issuer);
     let kids = || async {
         let (_, _, jwks) = get(&d, &d.url("/keys")).await;
@@ -625,7 +632,7 @@ async fn keys_rotate_on_schedule_under_load_and_relying_parties_follow_without_a
                 published.push((kid, std::time::Instant::now()));
             }
         }
-        let token = token_for(&d, "shop", "web", "vault").await;
+        let token = mint_one().await;
         let kid = kid_of(&token);
         if !signed.iter().any(|(k, _)| *k == kid) {
             signed.push((kid, std::time::Instant::now()));

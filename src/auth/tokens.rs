@@ -145,12 +145,12 @@ impl TokenStore {
             Ok(file.0.get(&hash).cloned())
         };
         // A token created a moment ago may not be in the snapshot yet: one
-        // look at the file (a stat; a read only if it changed), not waited
-        // for while another caller looks.
+        // look at the file (a stat; a read only if it changed), even while
+        // the follower looks (it may have stat'ed just before the change).
         let record = match find()? {
             Some(r) => r,
             None => {
-                self.file.refresh();
+                self.file.reread();
                 find()?.ok_or(AuthError::UnknownToken)?
             }
         };
