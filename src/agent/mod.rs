@@ -126,7 +126,6 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 /// What the agent holds between rounds.
-#[derive(Clone)]
 struct Held {
     /// The identity the server said the credential stands for.
     identity: meshca_provider::Identity,

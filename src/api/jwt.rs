@@ -160,12 +160,7 @@ pub(super) async fn spiffe_bundle(State(state): State<Arc<ApiState>>) -> Respons
 /// The discovery routes under the issuer URL's path (`/.well-known/…` and
 /// `/keys` for an issuer without one).
 pub(super) fn discovery_paths(state: &ApiState) -> Option<(String, String)> {
-    let tokens = state.issuer.tokens()?;
-    let issuer = tokens.config().issuer.as_str();
-    let path = issuer
-        .parse::<http::Uri>()
-        .map(|u| u.path().trim_end_matches('/').to_owned())
-        .unwrap_or_default();
+    let path = state.issuer.tokens()?.config().issuer.path();
     Some((
         format!("{path}/.well-known/openid-configuration"),
         format!("{path}/keys"),

@@ -40,6 +40,13 @@ impl Issuer {
         format!("{}/keys", self.0)
     }
 
+    /// The issuer URL's path (empty for `https://host`): discovery and the
+    /// JWKS are routed under it.
+    pub fn path(&self) -> &str {
+        let rest = self.0.strip_prefix("https://").unwrap_or(&self.0);
+        rest.find('/').map_or("", |i| &rest[i..])
+    }
+
     fn parse(value: &str) -> Result<Self, String> {
         let uri: http::Uri = value
             .parse()
@@ -179,6 +186,16 @@ mod tests {
         ] {
             assert!(Issuer::parse(bad).is_err(), "{bad} accepted");
         }
+        assert_eq!(
+            Issuer::parse("https://a.example:8443/td")
+                .expect("valid")
+                .path(),
+            "/td"
+        );
+        assert_eq!(
+            Issuer::parse("https://a.example").expect("valid").path(),
+            ""
+        );
         assert_eq!(
             Issuer::parse("https://a.example/td")
                 .expect("as the test set it up")

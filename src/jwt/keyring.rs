@@ -18,11 +18,12 @@ use zeroize::Zeroizing;
 use super::key::{KeyError, KeyType, PrivateKey};
 use super::schedule::{KeyTimes, Schedule};
 
-/// A key and its times.
-#[derive(Debug)]
+/// A key and its times. The key is shared between snapshots: a change of
+/// times (a signer cut short by its successor) does not touch it.
+#[derive(Debug, Clone)]
 pub struct HeldKey {
     /// The private key.
-    pub key: PrivateKey,
+    pub key: Arc<PrivateKey>,
     /// When it is published, signs and retires.
     pub times: KeyTimes,
 }
@@ -30,7 +31,7 @@ pub struct HeldKey {
 /// The keys at one moment: a snapshot, replaced as a whole on change.
 #[derive(Debug, Default, Clone)]
 pub struct Keyring {
-    keys: Vec<Arc<HeldKey>>,
+    keys: Vec<HeldKey>,
 }
 
 /// Why stored keys could not be used.
@@ -80,10 +81,10 @@ impl Keyring {
                         .map_err(|_| KeyringError::Encoding(k.kid.clone()))?,
                 );
                 let key = PrivateKey::from_pkcs8(k.key_type, der, &k.kid)?;
-                Ok(Arc::new(HeldKey {
-                    key,
+                Ok(HeldKey {
+                    key: Arc::new(key),
                     times: k.times,
-                }))
+                })
             })
             .collect::<Result<_, KeyringError>>()?;
         Ok(Self { keys })
@@ -112,7 +113,7 @@ impl Keyring {
     }
 
     /// Every key held, retired or not.
-    pub fn keys(&self) -> &[Arc<HeldKey>] {
+    pub fn keys(&self) -> &[HeldKey] {
         &self.keys
     }
 
@@ -121,7 +122,7 @@ impl Keyring {
     }
 
     /// The key that signs at `now`.
-    pub fn signer(&self, now: OffsetDateTime) -> Option<&Arc<HeldKey>> {
+    pub fn signer(&self, now: OffsetDateTime) -> Option<&HeldKey> {
         Schedule::signer(&self.times(), now).map(|i| &self.keys[i])
     }
 
@@ -134,7 +135,6 @@ impl Keyring {
         self.keys
             .iter()
             .filter(move |k| schedule.published(&k.times, now))
-            .map(|k| &**k)
     }
 
     /// The next moment the keys' roles change.
@@ -161,13 +161,14 @@ impl Keyring {
         now: OffsetDateTime,
         new_key: NewKey,
     ) -> Result<Option<Self>, KeyError> {
-        let kept: Vec<Arc<HeldKey>> = self
+        let mut keys: Vec<HeldKey> = self
             .keys
             .iter()
             .filter(|k| schedule.published(&k.times, now))
             .cloned()
             .collect();
-        let mut times: Vec<KeyTimes> = kept.iter().map(|k| k.times).collect();
+        let kept = keys.len();
+        let mut times: Vec<KeyTimes> = keys.iter().map(|k| k.times).collect();
         let lead = match new_key {
             NewKey::Now { lead } => Some(lead),
             NewKey::WhenDue if schedule.needs_key(&times, now) => Some(Duration::ZERO),
@@ -176,31 +177,20 @@ impl Keyring {
         let new = if let Some(lead) = lead {
             let key_times = schedule.add_key(&mut times, now, lead);
             Some(HeldKey {
-                key: PrivateKey::generate(key_type)?,
+                key: Arc::new(PrivateKey::generate(key_type)?),
                 times: key_times,
             })
         } else {
             None
         };
-        if new.is_none() && kept.len() == self.keys.len() {
+        if new.is_none() && kept == self.keys.len() {
             return Ok(None);
         }
         // add_key may have cut the current signer short: keep its new times.
-        let mut keys: Vec<Arc<HeldKey>> = kept
-            .into_iter()
-            .zip(times)
-            .map(|(k, t)| {
-                if k.times == t {
-                    k
-                } else {
-                    Arc::new(HeldKey {
-                        key: clone_key(&k.key),
-                        times: t,
-                    })
-                }
-            })
-            .collect();
-        keys.extend(new.map(Arc::new));
+        for (key, t) in keys.iter_mut().zip(times) {
+            key.times = t;
+        }
+        keys.extend(new);
         Ok(Some(Self { keys }))
     }
 }
@@ -216,17 +206,6 @@ pub enum NewKey {
         /// The extra wait.
         lead: Duration,
     },
-}
-
-/// The same key, read again from its PKCS#8 (ring's key pairs are not
-/// `Clone`); it was usable a moment ago, so it is now.
-fn clone_key(key: &PrivateKey) -> PrivateKey {
-    PrivateKey::from_pkcs8(
-        key.key_type(),
-        Zeroizing::new(key.pkcs8().to_vec()),
-        key.kid(),
-    )
-    .unwrap_or_else(|e| unreachable!("a held key no longer parses: {e}"))
 }
 
 #[cfg(test)]
