@@ -83,8 +83,11 @@ impl Schedule {
         } else {
             now
         };
+        // The current signer signs until its successor does: cut short by
+        // a key made by hand, or stretched when this runs late (a keeper
+        // woken after its time), never leaving a moment without a signer.
         if let Some(i) = current {
-            keys[i].signs_until = keys[i].signs_until.min(signs_from);
+            keys[i].signs_until = signs_from;
         }
         KeyTimes {
             published_at: now,
@@ -178,6 +181,21 @@ mod tests {
         assert_eq!(s.retires_at(&keys[0]), at(23));
         assert_eq!(Schedule::signer(&keys, at(12)), Some(0));
         assert_eq!(Schedule::signer(&keys, at(13)), Some(1));
+    }
+
+    #[test]
+    fn a_successor_made_late_leaves_no_moment_without_a_signer() {
+        let s = schedule();
+        let mut keys = vec![];
+        let first = s.add_key(&mut keys, at(0), Duration::ZERO);
+        keys.push(first);
+        // Due at 58; made at 59, it signs from 61, after the first's 60.
+        let next = s.add_key(&mut keys, at(59), Duration::ZERO);
+        keys.push(next);
+        assert_eq!(next.signs_from, at(61));
+        assert_eq!(keys[0].signs_until, at(61), "the first signs until then");
+        assert_eq!(Schedule::signer(&keys, at(60)), Some(0));
+        assert_eq!(s.retires_at(&keys[0]), at(71), "and its tokens live on");
     }
 
     #[test]
