@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, ConnectionLimits, Readiness, ServingTls};
+use crate::api::{self, ApiState, Bundles, ConnectionLimits, Readiness, ServingTls};
 use crate::auth::{Authenticator, TokenReviewer, TokenStore};
 use crate::bundle::{
     self, BundleError, BundleReceiver, BundleSink, ClusterTrustBundleSink, FileSink, PublishStatus,
@@ -24,6 +24,7 @@ use crate::bundle::{
 use crate::cluster::{Cluster, KubeError};
 use crate::config::Config;
 use crate::events;
+use crate::federation::{self, EndpointProfile, FederationError};
 use crate::ingress::{self, Mesh};
 use crate::issuer::{deny_configmap, Admission, DenyList, Issuer};
 use crate::jwt;
@@ -54,6 +55,12 @@ pub enum DaemonError {
     /// The rollout ledger exists but cannot be read.
     #[error(transparent)]
     Ledger(#[from] rollout::ledger::LedgerError),
+    /// A federated bundle, kept or configured, cannot be used.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    /// The bundle endpoint's certificate files cannot be used.
+    #[error(transparent)]
+    BundleEndpoint(#[from] federation::endpoint::EndpointError),
     /// The JWT signing keys are stored but cannot be used.
     #[error(transparent)]
     JwtKeys(#[from] jwt::StoreError),
@@ -248,6 +255,16 @@ async fn build(
             events::announcer(cluster, rollout.clone(), probes.clone(), token)
         });
     }
+    let federation = federation::start(&config.federation, &config.state_dir, &metrics, spawner)?;
+    let bundles = Bundles {
+        trust_domain: config.trust_domain.clone(),
+        refresh_hint: config
+            .federation
+            .endpoint
+            .as_ref()
+            .map_or(federation::DEFAULT_REFRESH, |e| e.refresh_hint),
+        federation: federation.clone(),
+    };
     let state = Arc::new(ApiState::new(
         issuer,
         authenticator(config, cluster.as_ref(), &signing.bundle, spawner),
@@ -255,12 +272,14 @@ async fn build(
         metrics.clone(),
         config.api.max_body_bytes,
         rollout,
+        bundles,
     ));
     let readiness = Readiness {
         probes,
         publish,
         failed_tasks,
         metrics,
+        federation,
     };
     serve(config, state, serving_tls, readiness, spawner).await
 }
@@ -656,6 +675,9 @@ async fn serve(
         });
         tracing::info!(%oidc_addr, "serving OIDC discovery and the JWKS");
     }
+    if let Some(endpoint) = &config.federation.endpoint {
+        serve_bundle_endpoint(endpoint, &state, &tls, spawner).await?;
+    }
     spawner.spawn_child("api-server", |token| {
         api::serve(
             api_listener,
@@ -676,6 +698,37 @@ async fn serve(
     });
     tracing::info!(%api_addr, %metrics_addr, "meshca is serving");
     Ok((api_addr, metrics_addr))
+}
+
+/// The bundle endpoint: this trust domain's SPIFFE bundle on a listener
+/// of its own, with meshca's serving certificate (`https_spiffe`: an
+/// X509-SVID of the daemon's identity, renewed with it) or the configured
+/// files (`https_web`).
+async fn serve_bundle_endpoint(
+    endpoint: &federation::EndpointConfig,
+    state: &Arc<ApiState>,
+    serving: &ServingTls,
+    spawner: &Spawner,
+) -> Result<(), DaemonError> {
+    let tls = match &endpoint.profile {
+        EndpointProfile::HttpsSpiffe => serving.clone(),
+        EndpointProfile::HttpsWeb {
+            cert_file,
+            key_file,
+        } => {
+            let token = spawner.child_token();
+            let (tls, reload) = federation::endpoint::web_tls(cert_file, key_file, token.clone())?;
+            spawner.spawn("bundle-endpoint-certificate", token, reload);
+            tls
+        }
+    };
+    let (listener, addr) = bind(endpoint.listen).await?;
+    let router = api::bundle_endpoint_router(state.clone());
+    spawner.spawn_child("bundle-endpoint", |token| {
+        api::serve(listener, Some(tls), router, ConnectionLimits::api(), token)
+    });
+    tracing::info!(%addr, profile = ?endpoint.profile, "serving the SPIFFE bundle endpoint");
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), DaemonError> {

@@ -20,6 +20,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod events;
+mod federation;
 mod ingress;
 mod issuer;
 mod jwt;

@@ -159,6 +159,72 @@ pub struct Metrics {
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
+    /// SPIFFE federation: the peers' bundles.
+    federation: FederationMetrics,
+}
+
+/// Labels of the federated bundle gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabels {
+    /// The peer trust domain.
+    pub trust_domain: String,
+}
+
+/// Labels of `meshca_federated_bundle_fetches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// The peer trust domain.
+    pub trust_domain: String,
+    /// `ok`, `refused`, `unreachable` or `setup`.
+    pub result: &'static str,
+}
+
+/// The federation metrics; the ages are computed at each scrape.
+struct FederationMetrics {
+    age: Family<DomainLabels, Gauge>,
+    sequence: Family<DomainLabels, Gauge>,
+    fetches: Family<FetchLabels, Counter>,
+    fetched_at: Mutex<std::collections::BTreeMap<String, i64>>,
+}
+
+impl FederationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            age: Family::default(),
+            sequence: Family::default(),
+            fetches: Family::default(),
+            fetched_at: Mutex::default(),
+        };
+        registry.register(
+            "federated_bundle_age_seconds",
+            "Seconds since the bundle held for a federated trust domain was fetched",
+            this.age.clone(),
+        );
+        registry.register(
+            "federated_bundle_sequence",
+            "spiffe_sequence of the bundle held for a federated trust domain",
+            this.sequence.clone(),
+        );
+        registry.register(
+            "federated_bundle_fetches",
+            "Fetches of federated bundles, by trust domain and result (ok, refused, unreachable, setup)",
+            this.fetches.clone(),
+        );
+        this
+    }
+
+    fn update_ages(&self, now: i64) {
+        let Ok(fetched) = self.fetched_at.lock() else {
+            return;
+        };
+        for (trust_domain, at) in fetched.iter() {
+            self.age
+                .get_or_create(&DomainLabels {
+                    trust_domain: trust_domain.clone(),
+                })
+                .set(now.saturating_sub(*at));
+        }
+    }
 }
 
 /// Labels of `meshca_rotation_ledger_persisted`.
@@ -290,6 +356,7 @@ impl Metrics {
             certificates_longer_than_requested,
             kubernetes_writes_refused,
             cert_manager,
+            federation: FederationMetrics::register(&mut registry),
             registry,
             rotation_generation,
             rotation_stage,
@@ -365,6 +432,37 @@ impl Metrics {
         self.update_horizons(|h| h.jwt_key = expiry);
     }
 
+    /// The bundle now held for a federated trust domain.
+    pub fn record_federated_bundle(
+        &self,
+        trust_domain: &str,
+        fetched_at: i64,
+        sequence: Option<u64>,
+    ) {
+        if let Ok(mut fetched) = self.federation.fetched_at.lock() {
+            fetched.insert(trust_domain.to_owned(), fetched_at);
+        }
+        let labels = DomainLabels {
+            trust_domain: trust_domain.to_owned(),
+        };
+        let sequence = sequence.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        self.federation
+            .sequence
+            .get_or_create(&labels)
+            .set(sequence);
+    }
+
+    /// One fetch of a federated bundle and its `result`.
+    pub fn record_federated_fetch(&self, trust_domain: &str, result: &'static str) {
+        self.federation
+            .fetches
+            .get_or_create(&FetchLabels {
+                trust_domain: trust_domain.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
     fn update_horizons(&self, f: impl FnOnce(&mut Horizons)) {
         if let Ok(mut h) = self.horizons.lock() {
             f(&mut h);
@@ -382,6 +480,7 @@ impl Metrics {
         {
             self.time_to_outage.set(left);
         }
+        self.federation.update_ages(now);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -20,3 +20,20 @@ pub(crate) fn client_builder(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots))
 }
+
+/// A client configuration whose server certificates `verifier` checks
+/// (a SPIFFE ID on a chain to a bundle, instead of a host name), without
+/// client authentication.
+///
+/// # Errors
+/// As [`client_builder`].
+pub(crate) fn client_with_verifier(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}

@@ -33,3 +33,22 @@ impl Errors {
 pub fn is_dns_name(value: &str) -> bool {
     meshca_provider::TrustDomain::new(value).is_ok()
 }
+
+/// A Kubernetes namespace name: an RFC 1123 label of at most 63
+/// characters.
+pub fn is_dns_label(label: &str) -> bool {
+    is_dns_label_of(label, 63)
+}
+
+/// A DNS-1123 label of at most `max` characters: lower-case letters,
+/// digits and '-', starting and ending with a letter or digit.
+pub fn is_dns_label_of(label: &str, max: usize) -> bool {
+    let bytes = label.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= max
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}

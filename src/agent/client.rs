@@ -127,6 +127,7 @@ impl SigningApi {
             chain_pem: issued.certificate_chain,
             key_pem: Zeroizing::new(key.serialize_pem()),
             bundle_pem: issued.trust_bundle,
+            federated: super::Federated::default(),
             generation,
         })
     }
@@ -152,6 +153,43 @@ impl SigningApi {
         meshca_provider::pem::decode_certificates(text.as_bytes())
             .map_err(AgentError::InvalidResponse)?;
         Ok((text, generation))
+    }
+
+    /// The federated bundles `held`'s identity receives (`GET
+    /// /v1/bundle/federated`), each checked as the daemon checked it; a
+    /// server without that endpoint has none to give.
+    pub(super) async fn federated(&self, held: &Held) -> Result<super::Federated, AgentError> {
+        let client = self.client(Some(held), !self.has_token())?;
+        let token = self.token()?;
+        let url = self.url("/v1/bundle/federated");
+        let mut request = client.get(&url);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.as_str());
+        }
+        let documents: std::collections::BTreeMap<String, serde_json::Value> =
+            match exchange(request, &url).await {
+                Ok((documents, _)) => documents,
+                Err(AgentError::Refused { status: 404, .. }) => {
+                    return Ok(super::Federated::default())
+                }
+                Err(e) => return Err(e),
+            };
+        let mut federated = std::collections::BTreeMap::new();
+        for (id, document) in documents {
+            let invalid =
+                |e: String| AgentError::InvalidResponse(format!("federated bundle {id}: {e}"));
+            let td = id
+                .strip_prefix("spiffe://")
+                .ok_or_else(|| invalid("not a spiffe:// trust domain ID".into()))
+                .and_then(|td| {
+                    meshca_provider::TrustDomain::new(td).map_err(|e| invalid(e.to_string()))
+                })?;
+            let bundle =
+                crate::federation::FederatedBundle::parse(&td, document.to_string().as_bytes())
+                    .map_err(|e| invalid(e.to_string()))?;
+            federated.insert(id, std::sync::Arc::new(bundle));
+        }
+        Ok(std::sync::Arc::new(federated))
     }
 
     /// A client for the JWT calls while `held` is the agent's: it trusts

@@ -42,6 +42,12 @@ impl Layout {
             files.push(("credential-bundle.pem".to_owned(), credential.into(), 0o600));
             let trust = format!("{}.trust-bundle.pem", held.identity.trust_domain());
             files.push((trust, held.bundle_pem.clone().into(), 0o644));
+            for (id, bundle) in held.federated.iter() {
+                let td = id.trim_start_matches("spiffe://");
+                if !bundle.x509_authorities.is_empty() {
+                    files.push((format!("{td}.trust-bundle.pem"), bundle.pem().into(), 0o644));
+                }
+            }
         }
         write(&self.dir, &files)
     }

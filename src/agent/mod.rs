@@ -132,11 +132,16 @@ struct Held {
     chain_pem: String,
     key_pem: Zeroizing<String>,
     bundle_pem: String,
+    /// The federated trust domains' bundles this identity receives.
+    federated: Federated,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     /// The signer generation that issued it, when the server said.
     generation: Option<u64>,
 }
+
+/// Federated bundles by `spiffe://<trust domain>`, checked on arrival.
+type Federated = Arc<std::collections::BTreeMap<String, Arc<crate::federation::FederatedBundle>>>;
 
 /// Where a new certificate or bundle goes.
 struct Outputs {
@@ -257,7 +262,16 @@ async fn renew(
     let mut backoff = RETRY_MIN;
     loop {
         match api.certificate(held.as_ref()).await {
-            Ok(new) => {
+            Ok(mut new) => {
+                new.federated = match api.federated(&new).await {
+                    Ok(federated) => federated,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to fetch the federated bundles; keeping those held");
+                        held.as_ref()
+                            .map(|h| h.federated.clone())
+                            .unwrap_or_default()
+                    }
+                };
                 outputs.deliver(&new)?;
                 outputs.refresh_jwt_keys().await;
                 tracing::info!(not_after = %new.not_after, "delivered a new certificate");
@@ -325,8 +339,18 @@ async fn follow_until_renewal(
                 continue;
             }
         };
-        if bundle != h.bundle_pem {
-            h.bundle_pem = bundle;
+        let mut changed = bundle != h.bundle_pem;
+        h.bundle_pem = bundle;
+        match api.federated(h).await {
+            Ok(federated) if federated != h.federated => {
+                tracing::info!(trust_domains = ?federated.keys().collect::<Vec<_>>(), "the federated bundles changed");
+                h.federated = federated;
+                changed = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "failed to refresh the federated bundles"),
+        }
+        if changed {
             outputs.deliver(h)?;
             tracing::info!("the trust bundle changed; delivered it");
         }
@@ -376,6 +400,7 @@ fn load_held(dir: &Path) -> Result<Held, AgentError> {
         chain_pem,
         key_pem,
         bundle_pem,
+        federated: Federated::default(),
         not_before,
         not_after,
         generation: None,

@@ -26,6 +26,9 @@ pub(crate) struct Svid {
     pub key: Zeroizing<Vec<u8>>,
     /// The trust domain's CA certificates, concatenated DER.
     pub bundle: Vec<u8>,
+    /// The federated trust domains' X.509 authorities, concatenated DER,
+    /// by `spiffe://<trust domain>`.
+    pub federated: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// Why a held certificate cannot be served as an X509-SVID.
@@ -47,6 +50,7 @@ impl Svid {
         chain_pem: &str,
         key_pem: &str,
         bundle_pem: &str,
+        federated: &super::Federated,
     ) -> Result<Self, SvidError> {
         let encoding = |what: &str, e: String| SvidError::Encoding(format!("{what}: {e}"));
         let chain = meshca_provider::pem::decode_certificates(chain_pem.as_bytes())
@@ -63,6 +67,19 @@ impl Svid {
             chain: chain.iter().flat_map(|c| c.iter().copied()).collect(),
             key: Zeroizing::new(key.secret_pkcs8_der().to_vec()),
             bundle: bundle.iter().flat_map(|c| c.iter().copied()).collect(),
+            federated: federated
+                .iter()
+                .filter(|(_, b)| !b.x509_authorities.is_empty())
+                .map(|(id, b)| {
+                    (
+                        id.clone(),
+                        b.x509_authorities
+                            .iter()
+                            .flat_map(|c| c.iter().copied())
+                            .collect(),
+                    )
+                })
+                .collect(),
         })
     }
 }
@@ -123,7 +140,7 @@ mod tests {
 
     fn convert(edit: impl FnOnce(&mut CertificateParams)) -> Result<Svid, SvidError> {
         let (cert, key) = issue(edit);
-        Svid::from_pem(&identity(), &cert, &key, &cert)
+        Svid::from_pem(&identity(), &cert, &key, &cert, &Default::default())
     }
 
     #[test]
@@ -176,6 +193,7 @@ mod tests {
             &cert,
             "-----BEGIN EC PRIVATE KEY-----\n-----END EC PRIVATE KEY-----\n",
             &cert,
+            &Default::default(),
         )
         .err();
         assert!(matches!(err, Some(SvidError::Encoding(m)) if m.contains("PKCS#8")));

@@ -32,6 +32,12 @@ pub enum ApiError {
     NotFound,
     /// 404 `not_enabled`: the feature this endpoint serves is turned off.
     NotEnabled(&'static str),
+    /// 404 `unknown_trust_domain`: no bundle of this trust domain is
+    /// served to this caller (not federated, or not for its namespace).
+    UnknownTrustDomain(String),
+    /// 503 `bundle_not_held`: a federated trust domain whose bundle has
+    /// not been fetched yet.
+    BundleNotHeld(String),
     /// 405 `method_not_allowed`: the endpoint exists, not for this method.
     MethodNotAllowed,
     /// 431 `headers_too_large`: the request headers exceed the limit.
@@ -94,6 +100,8 @@ impl ApiError {
             Self::TooLarge(_) => "too_large",
             Self::NotFound => "not_found",
             Self::NotEnabled(_) => "not_enabled",
+            Self::UnknownTrustDomain(_) => "unknown_trust_domain",
+            Self::BundleNotHeld(_) => "bundle_not_held",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -114,7 +122,10 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound | Self::NotEnabled(_) => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NotEnabled(_) | Self::UnknownTrustDomain(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::BundleNotHeld(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -142,6 +153,12 @@ impl ApiError {
             Self::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
             Self::NotFound => "no such endpoint; see docs/api.md".into(),
             Self::NotEnabled(what) => format!("{what} is not enabled on this meshca"),
+            Self::UnknownTrustDomain(td) => format!(
+                "no bundle of trust domain {td} is served to this caller: it is neither this mesh's nor one federated for its namespace (federation.trust_domains)"
+            ),
+            Self::BundleNotHeld(td) => format!(
+                "the bundle of federated trust domain {td} has not been fetched yet; see meshca_federated_bundle_fetches_total"
+            ),
             Self::MethodNotAllowed => "this endpoint does not take this method".into(),
             Self::HeadersTooLarge(limit) => {
                 format!("the request headers exceed {limit} bytes")
@@ -164,7 +181,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited(_, d) => Some(*d),
-            Self::AuthUnavailable(_) => Some(Duration::from_secs(5)),
+            Self::AuthUnavailable(_) | Self::BundleNotHeld(_) => Some(Duration::from_secs(5)),
             Self::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }

@@ -35,6 +35,8 @@ pub struct Readiness {
     pub failed_tasks: watch::Receiver<Vec<&'static str>>,
     /// Metrics to render on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The peers' bundles, whose age it reports.
+    pub federation: Option<crate::federation::Federation>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -103,6 +105,9 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     let mut problems = r.probes.borrow().clone();
     if let Err(why) = r.publish.check() {
         problems.push(format!("trust bundle: {why}"));
+    }
+    if let Some(federation) = &r.federation {
+        problems.extend(federation.problems(time::OffsetDateTime::now_utc().unix_timestamp()));
     }
     for task in r.failed_tasks.borrow().iter() {
         problems.push(format!("background task {task} stopped"));

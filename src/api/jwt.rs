@@ -3,7 +3,6 @@
 //! JWKS and the trust domain's SPIFFE bundle.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -135,26 +134,6 @@ pub(super) async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
         Some(tokens) => cached(Json(documents::jwks(tokens))),
         None => ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)").into_response(),
     }
-}
-
-/// How often a SPIFFE bundle's holder should fetch it again.
-const REFRESH_HINT: Duration = Duration::from_secs(300);
-
-pub(super) async fn spiffe_bundle(State(state): State<Arc<ApiState>>) -> Response {
-    let anchors = state.bundle.borrow().clone();
-    let tokens = state.issuer.tokens();
-    let unsequenced = documents::spiffe_bundle(anchors.anchors(), tokens, 0, REFRESH_HINT);
-    let now = time::OffsetDateTime::now_utc()
-        .unix_timestamp()
-        .unsigned_abs();
-    let sequence = state.spiffe_sequence.of(&unsequenced["keys"], now);
-    let mut bundle = unsequenced;
-    bundle["spiffe_sequence"] = sequence.into();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        bundle.to_string(),
-    )
-        .into_response()
 }
 
 /// The discovery routes under the issuer URL's path (`/.well-known/…` and

@@ -3,6 +3,7 @@
 
 mod config;
 mod error;
+mod federation;
 mod handlers;
 mod health;
 mod jwt;
@@ -36,6 +37,18 @@ pub struct ApiState {
     max_body_bytes: usize,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
     spiffe_sequence: crate::jwt::documents::Sequence,
+    bundles: Bundles,
+}
+
+/// What the SPIFFE bundle endpoints serve besides the anchors.
+#[derive(Debug)]
+pub struct Bundles {
+    /// This mesh's trust domain.
+    pub trust_domain: meshca_provider::TrustDomain,
+    /// `spiffe_refresh_hint` of this trust domain's bundle.
+    pub refresh_hint: std::time::Duration,
+    /// The peers' bundles, with federation configured.
+    pub federation: Option<crate::federation::Federation>,
 }
 
 impl ApiState {
@@ -47,6 +60,7 @@ impl ApiState {
         metrics: Arc<Metrics>,
         max_body_bytes: usize,
         rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
+        bundles: Bundles,
     ) -> Self {
         Self {
             issuer,
@@ -56,6 +70,7 @@ impl ApiState {
             max_body_bytes,
             rollout,
             spiffe_sequence: crate::jwt::documents::Sequence::default(),
+            bundles,
         }
     }
 }
@@ -71,10 +86,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/certificates", post(handlers::create_certificate))
         .route("/v1/jwt-svids", post(jwt::create_jwt_svid))
         .route("/v1/bundle", get(handlers::get_bundle))
-        .route("/v1/bundle/spiffe", get(jwt::spiffe_bundle))
+        .route("/v1/bundle/spiffe", get(federation::spiffe_bundle))
+        .route("/v1/bundle/federated", get(federation::federated_bundles))
         .route("/v1/identity", get(handlers::get_identity))
         .route("/v1/rotation", get(handlers::get_rotation));
     json_errors(with_discovery(routes, &state).with_state(state))
+}
+
+/// The bundle endpoint's route (`federation.bundle_endpoint`): this
+/// trust domain's SPIFFE bundle at `/`, without credentials.
+pub fn bundle_endpoint_router(state: Arc<ApiState>) -> Router {
+    json_errors(
+        Router::new()
+            .route("/", get(federation::own_bundle))
+            .with_state(state),
+    )
 }
 
 /// The public listener's routes (`oidc.listen`): OIDC discovery and the

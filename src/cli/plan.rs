@@ -49,6 +49,7 @@ pub(super) fn plan(config: &Config) -> Vec<String> {
     if let Some(jwt) = &config.jwt_svids {
         lines.push(jwt_svids(config, jwt));
     }
+    lines.extend(federation(config));
     if config.ingress.enabled {
         lines.push(format!(
             "ingress:   backend protocol {:?}",
@@ -118,4 +119,57 @@ fn cluster(config: &Config) -> String {
             "the in-cluster one when running in a pod, none otherwise".to_owned()
         }
     }
+}
+
+/// The bundle endpoint this mesh serves and the peers it fetches.
+fn federation(config: &Config) -> Vec<String> {
+    use crate::federation::{EndpointProfile, PeerProfile};
+    let mut lines = Vec::new();
+    if let Some(e) = &config.federation.endpoint {
+        let profile = match &e.profile {
+            EndpointProfile::HttpsSpiffe => format!(
+                "https_spiffe, as {} (the serving certificate)",
+                config.daemon_identity.spiffe_id()
+            ),
+            EndpointProfile::HttpsWeb { cert_file, .. } => {
+                format!(
+                    "https_web, certificate {} (reloaded on change)",
+                    cert_file.display()
+                )
+            }
+        };
+        lines.push(format!(
+            "federation: bundle endpoint https://{}/ ({profile}); refresh hint {}",
+            e.listen,
+            humantime::format_duration(e.refresh_hint)
+        ));
+    }
+    for d in &config.federation.trust_domains {
+        let auth = match &d.profile {
+            PeerProfile::HttpsWeb => "https_web (system roots or SSL_CERT_FILE)".to_owned(),
+            PeerProfile::HttpsSpiffe {
+                endpoint_spiffe_id,
+                bundle_file,
+            } => format!(
+                "https_spiffe as {endpoint_spiffe_id}, first bundle {}",
+                bundle_file.display()
+            ),
+        };
+        let who = if d.namespaces.is_empty() {
+            "every workload".to_owned()
+        } else {
+            format!("namespaces {}", d.namespaces.join(", "))
+        };
+        lines.push(format!(
+            "federation: trust {} from {} ({auth}), kept in {}; for {who}",
+            d.trust_domain,
+            d.url,
+            config
+                .state_dir
+                .join("federation")
+                .join(format!("{}.json", d.trust_domain))
+                .display()
+        ));
+    }
+    lines
 }

@@ -23,6 +23,7 @@ use crate::api::{ApiLimits, RawApi};
 use crate::auth::{AuthConfig, RawAuth};
 use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
+use crate::federation::{FederationConfig, FederationContext, RawFederation};
 use crate::ingress::{IngressConfig, IngressContext, RawIngress};
 use crate::issuer::{Lifetimes, RawLifetimes};
 use crate::jwt::{JwtConfig, RawJwtSvids, RawOidc};
@@ -98,6 +99,8 @@ pub struct Config {
     pub jwt_svids: Option<JwtConfig>,
     /// The public listener of OIDC discovery and the JWKS, if any.
     pub oidc_listen: Option<SocketAddr>,
+    /// SPIFFE federation: the bundle endpoint and the peers.
+    pub federation: FederationConfig,
     /// Settings written in the file that will have no effect, for
     /// `meshca config check` to print and `serve` to log.
     pub warnings: Vec<String>,
@@ -130,6 +133,7 @@ struct RawConfig {
     pod_certificates: RawPodCertificates,
     jwt_svids: RawJwtSvids,
     oidc: RawOidc,
+    federation: RawFederation,
 }
 
 impl Default for RawConfig {
@@ -152,6 +156,7 @@ impl Default for RawConfig {
             pod_certificates: RawPodCertificates::default(),
             jwt_svids: RawJwtSvids::default(),
             oidc: RawOidc::default(),
+            federation: RawFederation::default(),
         }
     }
 }
@@ -293,6 +298,28 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
         }
+        let federation = raw.federation.validate(
+            &FederationContext {
+                trust_domain: trust_domain.as_ref(),
+                daemon_identity: daemon_identity.as_ref(),
+            },
+            &mut errors,
+        );
+        let taken = [
+            ("listen", Some(raw.listen)),
+            ("metrics_listen", Some(raw.metrics_listen)),
+            ("oidc.listen", raw.oidc.listen),
+        ];
+        if let Some(endpoint) = raw.federation.listen() {
+            for (key, other) in taken {
+                if other.is_some_and(|other| listeners_clash(endpoint, other)) {
+                    errors.add(
+                        "federation.bundle_endpoint.listen",
+                        format!("{endpoint} would take the port of {key}"),
+                    );
+                }
+            }
+        }
         match (trust_domain, daemon_identity, provider, api) {
             (Some(trust_domain), Some(daemon_identity), Some(provider), Some(api))
                 if errors.is_empty() =>
@@ -314,6 +341,7 @@ impl TryFrom<RawConfig> for Config {
                     pod_certificates,
                     jwt_svids,
                     oidc_listen: raw.oidc.listen,
+                    federation,
                     warnings: Vec::new(),
                     state_dir: raw.state_dir,
                     source: None,

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::validation::Errors;
+use crate::validation::{is_dns_label_of, Errors};
 
 /// The signer name kubelet asks for (`spec.signerName`) when a pod mounts a
 /// `podCertificate` projected volume, and the name its ClusterTrustBundle
@@ -35,7 +35,8 @@ impl SignerName {
             ));
         };
         let labels: Vec<&str> = domain.split('.').collect();
-        if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l, 63)) {
+        if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label_of(l, 63))
+        {
             return Err(format!(
                 "{domain:?} is not a domain of two or more lower-case DNS labels, {example}"
             ));
@@ -43,7 +44,7 @@ impl SignerName {
         if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") {
             return Err("signer names under kubernetes.io are reserved for Kubernetes".into());
         }
-        if !path.split('.').all(|p| is_dns_label(p, 253)) {
+        if !path.split('.').all(|p| is_dns_label_of(p, 253)) {
             return Err(format!(
                 "{path:?} must be lower-case letters, digits, '-' and '.', {example}"
             ));
@@ -53,19 +54,6 @@ impl SignerName {
         }
         Ok(Self(value.to_owned()))
     }
-}
-
-/// A DNS-1123 label of at most `max` characters: lower-case letters,
-/// digits and '-', starting and ending with a letter or digit.
-fn is_dns_label(label: &str, max: usize) -> bool {
-    let bytes = label.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= max
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// Whether and as what meshca signs PodCertificateRequests.

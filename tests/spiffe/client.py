@@ -10,6 +10,9 @@ line for the Rust test to check.
   client.py jwt-check TOKEN AUDIENCE   ValidateJWTSVID's verdict on TOKEN
   client.py jwt-fetch AUDIENCE [ID]    FetchJWTSVID's status code
   client.py jwt-bundles N SECONDS      an open FetchJWTBundles stream until N messages
+  client.py federated TD CHAIN TOKEN AUDIENCE   a chain (PEM file) and a JWT-SVID
+                              of trust domain TD, verified with nothing but the
+                              bundles the Workload API gives
 """
 
 import base64
@@ -20,6 +23,7 @@ import threading
 import time
 
 import grpc
+from cryptography import x509 as cx509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from spiffe import JwtBundle, JwtSvid, TrustDomain, WorkloadApiClient, X509Bundle
@@ -201,6 +205,53 @@ def jwt_bundles(count, seconds):
             emit({"error": e.code().name, "details": e.details()})
 
 
+def chain_verifies(chain, authorities):
+    """Each certificate issued by the next, the last by an authority."""
+    try:
+        for child, parent in zip(chain, chain[1:]):
+            child.verify_directly_issued_by(parent)
+    except Exception:
+        return False
+    last = chain[-1]
+    for authority in authorities:
+        if last == authority:
+            return True
+        try:
+            last.verify_directly_issued_by(authority)
+            return True
+        except Exception:
+            continue
+    return False
+
+
+def federated(trust_domain, chain_file, token, audience):
+    with WorkloadApiClient(default_timeout=20) as client:
+        x509_bundles = client.fetch_x509_bundles()
+        context = client.fetch_x509_context()
+        jwt_bundles = client.fetch_jwt_bundles()
+    td = TrustDomain(trust_domain)
+    out = {
+        "x509_trust_domains": sorted(str(b.trust_domain) for b in x509_bundles.bundles),
+        "context_trust_domains": sorted(
+            str(b.trust_domain) for b in context.x509_bundle_set.bundles
+        ),
+        "jwt_trust_domains": sorted(str(b.trust_domain) for b in jwt_bundles.bundles),
+    }
+    bundle = x509_bundles.get_bundle_for_trust_domain(td)
+    with open(chain_file, "rb") as f:
+        chain = cx509.load_pem_x509_certificates(f.read())
+    out["x509_verified"] = bool(bundle) and chain_verifies(chain, bundle.x509_authorities)
+    out["x509_authorities"] = ders(bundle.x509_authorities) if bundle else []
+    try:
+        svid = JwtSvid.parse_and_validate(
+            token, jwt_bundles.get_bundle_for_trust_domain(td), [audience]
+        )
+        out["jwt_spiffe_id"] = str(svid.spiffe_id)
+    except Exception as e:
+        out["jwt_error"] = str(e)
+    emit(out)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "fetch":
@@ -217,7 +268,10 @@ if __name__ == "__main__":
         jwt_fetch(*args)
     elif command == "jwt-check":
         jwt_check(args[0], args[1])
+    elif command == "federated":
+        federated(*args[:4])
     elif command == "jwt-bundles":
         jwt_bundles(int(args[0]), float(args[1]))
     else:
         sys.exit(f"unknown command {command}")
+

@@ -54,6 +54,13 @@ impl JwtBundle {
     }
 }
 
+/// Followers of the JWT keys: this trust domain's and the federated
+/// ones'.
+pub(super) type JwtBundleFollowers = (
+    watch::Receiver<Option<Arc<JwtBundle>>>,
+    watch::Receiver<Arc<[Arc<JwtBundle>]>>,
+);
+
 /// What the agent holds, with the HTTPS client that presents it (built
 /// once per certificate, so that calls reuse their connections).
 struct Held {
@@ -76,6 +83,9 @@ pub(crate) struct Tokens {
     held: watch::Sender<Option<Held>>,
     cache: Mutex<HashMap<Vec<String>, Cached>>,
     bundle: watch::Sender<Option<Arc<JwtBundle>>>,
+    /// The federated trust domains' JWT keys, from the held identity's
+    /// federated bundles.
+    federated: watch::Sender<Arc<[Arc<JwtBundle>]>>,
 }
 
 impl Tokens {
@@ -85,6 +95,7 @@ impl Tokens {
             held: watch::channel(None).0,
             cache: Mutex::new(HashMap::new()),
             bundle: watch::channel(None).0,
+            federated: watch::channel(Arc::from([])).0,
         }
     }
 
@@ -133,6 +144,18 @@ impl Tokens {
     /// The identity the agent holds now: the tokens' subject, and its
     /// credential when it has no token.
     pub(crate) fn hold(&self, held: &Credential) {
+        let federated: Arc<[Arc<JwtBundle>]> = held
+            .federated
+            .iter()
+            .map(|(id, b)| JwtBundle::of_spiffe_bundle(id.clone(), &b.document))
+            .filter(|b| !b.keys.is_empty())
+            .map(Arc::new)
+            .collect();
+        self.federated.send_if_modified(|current| {
+            let changed = *current != federated;
+            *current = federated;
+            changed
+        });
         match self.api.jwt_client(held) {
             Ok(client) => {
                 self.held.send_replace(Some(Held {
@@ -171,9 +194,10 @@ impl Tokens {
         Ok(())
     }
 
-    /// Changes of the keys, for `FetchJWTBundles`.
-    pub(super) fn bundles(&self) -> watch::Receiver<Option<Arc<JwtBundle>>> {
-        self.bundle.subscribe()
+    /// Changes of the keys, for `FetchJWTBundles`: this trust domain's
+    /// and the federated ones'.
+    pub(super) fn bundles(&self) -> JwtBundleFollowers {
+        (self.bundle.subscribe(), self.federated.subscribe())
     }
 
     /// The SPIFFE ID and claims of `token` when valid for `audience`.

@@ -77,6 +77,7 @@ impl Publisher {
             &held.chain_pem,
             &held.key_pem,
             &held.bundle_pem,
+            &held.federated,
         ) {
             Ok(svid) => Served::Ready(Arc::new(svid)),
             Err(e) => {
@@ -217,14 +218,20 @@ fn svid_response(svid: &Svid) -> proto::X509svidResponse {
             hint: String::new(),
         }],
         crl: Vec::new(),
-        federated_bundles: Default::default(),
+        federated_bundles: svid
+            .federated
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
 fn bundles_response(svid: &Svid) -> proto::X509BundlesResponse {
     proto::X509BundlesResponse {
         crl: Vec::new(),
-        bundles: [(svid.trust_domain_id.clone(), svid.bundle.clone())].into(),
+        bundles: std::iter::once((svid.trust_domain_id.clone(), svid.bundle.clone()))
+            .chain(svid.federated.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect(),
     }
 }
 
@@ -232,23 +239,32 @@ fn jwt_unimplemented() -> Status {
     Status::unimplemented("this agent serves X.509-SVIDs only")
 }
 
-/// Every change of the JWT keys, from the first known.
+/// Every change of the JWT keys (this trust domain's or a federated
+/// one's), from the first known of this trust domain.
 fn jwt_bundle_updates(
-    mut bundles: watch::Receiver<Option<Arc<jwt::JwtBundle>>>,
+    (mut own, federated): jwt::JwtBundleFollowers,
 ) -> Updates<proto::JwtBundlesResponse> {
-    bundles.mark_changed();
-    let stream = futures_util::stream::unfold(bundles, |mut bundles| async move {
-        loop {
-            bundles.changed().await.ok()?;
-            let current = bundles.borrow_and_update().clone();
-            if let Some(b) = current {
-                let response = proto::JwtBundlesResponse {
-                    bundles: [(b.trust_domain_id.clone(), b.jwks.clone())].into(),
+    own.mark_changed();
+    let stream =
+        futures_util::stream::unfold((own, federated), |(mut own, mut federated)| async move {
+            loop {
+                tokio::select! {
+                    changed = own.changed() => changed.ok()?,
+                    changed = federated.changed() => changed.ok()?,
+                }
+                let Some(mine) = own.borrow_and_update().clone() else {
+                    continue;
                 };
-                return Some((Ok(response), bundles));
+                let peers = federated.borrow_and_update().clone();
+                let response = proto::JwtBundlesResponse {
+                    bundles: std::iter::once(&mine)
+                        .chain(peers.iter())
+                        .map(|b| (b.trust_domain_id.clone(), b.jwks.clone()))
+                        .collect(),
+                };
+                return Some((Ok(response), (own, federated)));
             }
-        }
-    });
+        });
     Box::pin(stream)
 }
 
@@ -343,7 +359,11 @@ impl SpiffeWorkloadApi for Service {
         require_security_header(&request)?;
         Ok(Response::new(updates(
             self.state.clone(),
-            |a, b| a.trust_domain_id == b.trust_domain_id && a.bundle == b.bundle,
+            |a, b| {
+                a.trust_domain_id == b.trust_domain_id
+                    && a.bundle == b.bundle
+                    && a.federated == b.federated
+            },
             bundles_response,
         )))
     }

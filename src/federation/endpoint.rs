@@ -1,0 +1,124 @@
+//! TLS of the bundle endpoint's `https_web` profile: a Web PKI
+//! certificate and key from files, reloaded when either changes (as
+//! cert-manager or an ACME client renews them).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// How often the files' modification times are looked at.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Why the endpoint's certificate could not be used.
+#[derive(Debug, Error)]
+pub enum EndpointError {
+    /// A file could not be read or holds no PEM of its kind.
+    #[error("failed to read {what} from {}", path.display())]
+    Read {
+        /// `certificate chain` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the pair (a key that does not match, say).
+    #[error("failed to serve with {} and {}", cert.display(), key.display())]
+    Tls {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// The TLS configuration served from `cert_file` and `key_file`, and the
+/// task that swaps it when they change (a pair that does not load is
+/// logged and the previous one kept).
+///
+/// # Errors
+/// [`EndpointError`] when the files cannot be used now.
+pub fn web_tls(
+    cert_file: &Path,
+    key_file: &Path,
+    shutdown: CancellationToken,
+) -> Result<(Arc<ArcSwap<ServerConfig>>, impl Future<Output = ()>), EndpointError> {
+    let tls = Arc::new(ArcSwap::from_pointee(load(cert_file, key_file)?));
+    let (cert_file, key_file, handle) = (cert_file.to_owned(), key_file.to_owned(), tls.clone());
+    let task = async move {
+        let mut seen = stamps(&cert_file, &key_file);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECHECK) => {}
+            }
+            let now = stamps(&cert_file, &key_file);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&cert_file, &key_file) {
+                Ok(config) => {
+                    handle.store(Arc::new(config));
+                    tracing::info!(cert_file = %cert_file.display(), "reloaded the bundle endpoint's certificate");
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "kept the bundle endpoint's previous certificate");
+                }
+            }
+        }
+    };
+    Ok((tls, task))
+}
+
+fn stamps(a: &Path, b: &Path) -> [Option<(SystemTime, u64)>; 2] {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    [stamp(a), stamp(b)]
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, EndpointError> {
+    fn read<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(rustls::pki_types::pem::Error) -> EndpointError + 'a {
+        move |source| EndpointError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(read("certificate chain", cert_file))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(read("private key", key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = |source| EndpointError::Tls {
+        cert: cert_file.to_owned(),
+        key: key_file.to_owned(),
+        source,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,295 @@
+//! SPIFFE federation: trust between meshes without a shared root.
+//!
+//! Each side serves its own bundle at a bundle endpoint (the signing API's
+//! SPIFFE bundle on a listener of its own, see [`endpoint`] for the
+//! `https_web` profile's TLS) and fetches its peers' ([`fetch`]), checks
+//! each ([`bundle`]) and keeps it ([`store`]). A fetch that fails keeps the
+//! last good bundle: it ages, which `/readyz` and
+//! `meshca_federated_bundle_age_seconds` show, but it is never dropped.
+//! Workloads get the bundles their namespace may see through the signing
+//! API (`GET /v1/bundle/federated`), which the agent hands on; the signing
+//! API's own client authentication trusts only this mesh's trust domain.
+
+pub mod bundle;
+mod config;
+pub mod endpoint;
+pub mod fetch;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meshca_provider::{Identity, TrustDomain};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use bundle::{FederatedBundle, Refused};
+pub use config::{
+    EndpointConfig, EndpointProfile, FederatedDomain, FederationConfig, FederationContext,
+    PeerProfile, RawFederation, DEFAULT_REFRESH,
+};
+pub use store::{FileStore, Held, StoreError};
+
+use crate::metrics::Metrics;
+use crate::supervisor::Spawner;
+
+/// Why federation could not start.
+#[derive(Debug, Error)]
+pub enum FederationError {
+    /// A kept bundle cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configured initial bundle cannot be read.
+    #[error("failed to read the initial bundle of {trust_domain} from {}", path.display())]
+    InitialRead {
+        /// The peer.
+        trust_domain: TrustDomain,
+        /// `bundle_file`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configured initial bundle is refused.
+    #[error("the initial bundle of {trust_domain} in {} is refused", path.display())]
+    InitialRefused {
+        /// The peer.
+        trust_domain: TrustDomain,
+        /// `bundle_file`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Refused,
+    },
+}
+
+type HeldMap = BTreeMap<TrustDomain, Held>;
+
+/// The peers' bundles as held now, for the API and `/readyz`.
+#[derive(Clone, Debug)]
+pub struct Federation {
+    domains: Arc<[FederatedDomain]>,
+    held: watch::Receiver<Arc<HeldMap>>,
+    /// When this process started following (Unix seconds): a peer never
+    /// fetched ages from here.
+    started_at: i64,
+}
+
+impl Federation {
+    /// The configured peer named `trust_domain` and its bundle, if held.
+    pub fn get(&self, trust_domain: &str) -> Option<(&FederatedDomain, Option<Held>)> {
+        let domain = self
+            .domains
+            .iter()
+            .find(|d| d.trust_domain.as_str() == trust_domain)?;
+        let held = self.held.borrow().get(&domain.trust_domain).cloned();
+        Some((domain, held))
+    }
+
+    /// The bundles a workload of `identity` receives, keyed by
+    /// `spiffe://<trust domain>` as the Workload API keys them.
+    pub fn visible_to(&self, identity: &Identity) -> BTreeMap<String, Value> {
+        let held = self.held.borrow();
+        self.domains
+            .iter()
+            .filter(|d| d.visible_to(identity))
+            .filter_map(|d| {
+                let h = held.get(&d.trust_domain)?;
+                Some((
+                    format!("spiffe://{}", d.trust_domain),
+                    h.bundle.document.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// What `/readyz` reports: every peer whose bundle is older than three
+    /// refresh intervals (or that has none after as long).
+    pub fn problems(&self, now: i64) -> Vec<String> {
+        let held = self.held.borrow();
+        self.domains
+            .iter()
+            .filter_map(|d| {
+                let h = held.get(&d.trust_domain);
+                let fetched_at = h.map_or(self.started_at, |h| h.fetched_at);
+                let hint = h.and_then(|h| h.bundle.refresh_hint);
+                let age = stale(fetched_at, hint, now)?;
+                Some(match h {
+                    Some(_) => format!(
+                        "federated trust domain {}: the bundle held was fetched {age}s ago, over three refresh intervals; {} keeps failing",
+                        d.trust_domain, d.url
+                    ),
+                    None => format!(
+                        "federated trust domain {}: no bundle fetched from {} in {age}s",
+                        d.trust_domain, d.url
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The age of a bundle fetched at `fetched_at`, when it exceeds three
+/// refresh intervals.
+pub fn stale(fetched_at: i64, hint: Option<std::time::Duration>, now: i64) -> Option<i64> {
+    let interval = fetch::next_fetch(hint, 0).as_secs();
+    let age = now.saturating_sub(fetched_at);
+    (age > i64::try_from(interval.saturating_mul(3)).unwrap_or(i64::MAX)).then_some(age)
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Read what is held for every peer (kept bundles first, else the
+/// configured initial ones) and spawn the task that fetches them; `None`
+/// without peers.
+///
+/// # Errors
+/// [`FederationError`]: a kept or configured bundle that cannot be used
+/// stops the start.
+pub fn start(
+    config: &FederationConfig,
+    state_dir: &Path,
+    metrics: &Arc<Metrics>,
+    spawner: &Spawner,
+) -> Result<Option<Federation>, FederationError> {
+    if config.trust_domains.is_empty() {
+        return Ok(None);
+    }
+    let store = FileStore::new(state_dir);
+    let mut held = HeldMap::new();
+    for domain in &config.trust_domains {
+        if let Some(h) = initial(domain, &store)? {
+            metrics.record_federated_bundle(
+                domain.trust_domain.as_str(),
+                h.fetched_at,
+                h.bundle.sequence,
+            );
+            held.insert(domain.trust_domain.clone(), h);
+        }
+    }
+    let (tx, rx) = watch::channel(Arc::new(held));
+    let domains: Arc<[FederatedDomain]> = config.trust_domains.clone().into();
+    let links = domains.clone();
+    let metrics = metrics.clone();
+    spawner.spawn_child("federation", move |token| async move {
+        let follows = links
+            .iter()
+            .map(|d| follow(d, &store, &tx, &metrics, token.clone()));
+        futures_util::future::join_all(follows).await;
+    });
+    Ok(Some(Federation {
+        domains,
+        held: rx,
+        started_at: unix_now(),
+    }))
+}
+
+/// The bundle held for `domain` at start: the one kept, else the
+/// configured `bundle_file`.
+fn initial(domain: &FederatedDomain, store: &FileStore) -> Result<Option<Held>, FederationError> {
+    let td = &domain.trust_domain;
+    if let Some(kept) = store.load(td)? {
+        tracing::info!(trust_domain = %td, sequence = ?kept.bundle.sequence, "kept federated bundle restored");
+        return Ok(Some(kept));
+    }
+    let PeerProfile::HttpsSpiffe { bundle_file, .. } = &domain.profile else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(bundle_file).map_err(|source| FederationError::InitialRead {
+        trust_domain: td.clone(),
+        path: bundle_file.clone(),
+        source,
+    })?;
+    let bundle =
+        FederatedBundle::parse(td, &bytes).map_err(|source| FederationError::InitialRefused {
+            trust_domain: td.clone(),
+            path: bundle_file.clone(),
+            source,
+        })?;
+    Ok(Some(Held {
+        bundle: Arc::new(bundle),
+        // Read, not fetched: it ages from the start, like a peer with none.
+        fetched_at: unix_now(),
+    }))
+}
+
+/// Fetch `domain`'s bundle at its refresh hint until `shutdown`.
+async fn follow(
+    domain: &FederatedDomain,
+    store: &FileStore,
+    held: &watch::Sender<Arc<HeldMap>>,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) {
+    let td = &domain.trust_domain;
+    let mut unreachable = 0u32;
+    loop {
+        let current = held.borrow().get(td).cloned();
+        let current_bundle = current.as_ref().map(|h| &*h.bundle);
+        let mut hint = current_bundle.and_then(|b| b.refresh_hint);
+        match fetch::fetch(td, &domain.url, &domain.profile, current_bundle).await {
+            Ok(bundle) => {
+                unreachable = 0;
+                hint = bundle.refresh_hint;
+                let changed = current_bundle != Some(&bundle);
+                let new = Held {
+                    bundle: Arc::new(bundle),
+                    fetched_at: unix_now(),
+                };
+                if let Err(e) = store.save(td, &new) {
+                    tracing::error!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle; a restart falls back to the one kept before");
+                }
+                metrics.record_federated_fetch(td.as_str(), "ok");
+                metrics.record_federated_bundle(td.as_str(), new.fetched_at, new.bundle.sequence);
+                if changed {
+                    tracing::info!(trust_domain = %td, sequence = ?new.bundle.sequence, x509_authorities = new.bundle.x509_authorities.len(), jwt_keys = new.bundle.jwt_keys.len(), "fetched a new federated bundle");
+                }
+                held.send_modify(|map| {
+                    Arc::make_mut(map).insert(td.clone(), new);
+                });
+            }
+            Err(e) => {
+                if matches!(e, fetch::FetchError::Unreachable { .. }) {
+                    unreachable = unreachable.saturating_add(1);
+                }
+                metrics.record_federated_fetch(td.as_str(), e.label());
+                tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held");
+            }
+        }
+        let wait = fetch::next_fetch(hint, unreachable);
+        tracing::debug!(trust_domain = %td, next_in = ?wait, "next federated bundle fetch");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bundle_is_stale_after_three_refresh_intervals() {
+        let hint = Some(Duration::from_secs(60));
+        assert_eq!(stale(1000, hint, 1180), None);
+        assert_eq!(stale(1000, hint, 1181), Some(181));
+        assert_eq!(
+            stale(1000, None, 1000 + 900),
+            None,
+            "five minutes by default"
+        );
+        assert_eq!(stale(1000, None, 1000 + 901), Some(901));
+        assert_eq!(
+            stale(0, Some(Duration::from_secs(1)), 91),
+            Some(91),
+            "a hint below 30 s counts as 30 s"
+        );
+    }
+}
