@@ -255,7 +255,14 @@ async fn build(
             events::announcer(cluster, rollout.clone(), probes.clone(), token)
         });
     }
-    let federation = federation::start(&config.federation, &config.state_dir, &metrics, spawner)?;
+    let federation = federation::start(
+        &config.federation,
+        &config.state_dir,
+        cluster.as_ref(),
+        &metrics,
+        spawner,
+    )
+    .await?;
     let bundles = Bundles {
         trust_domain: config.trust_domain.clone(),
         refresh_hint: config

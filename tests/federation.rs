@@ -604,3 +604,74 @@ async fn a_failing_peer_keeps_its_last_good_bundle_and_says_how_old() {
         "a failing fetch drops nothing"
     );
 }
+
+/// In a cluster only the leader fetches; every replica serves what it
+/// kept in the ConfigMap `meshca-federation`, a new replica included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_leader_fetches_and_every_replica_serves_the_bundle() {
+    web_pki();
+    let kube = support::kube::KubeStandIn::start().await;
+    let served = tempfile::tempdir().expect("tempdir");
+    let good = bundle_of_ca(None, 7);
+    std::fs::write(served.path().join("bundle.json"), good.to_string()).expect("write");
+    let port = free_port();
+    let server = StaticServer::start(served.path(), port);
+    let yaml = format!(
+        "trust_domain: a.test\nkubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nfederation:\n  trust_domains:\n  - {{ trust_domain: c.test, bundle_endpoint_url: 'https://127.0.0.1:{port}/bundle.json', profile: https_web }}\n",
+        kube.kubeconfig().display()
+    );
+    let replicas = [
+        TestDaemon::start(&yaml).await,
+        TestDaemon::start(&yaml).await,
+    ];
+    let kept = support::eventually(
+        "the leader kept the bundle in the ConfigMap",
+        Duration::from_secs(20),
+        || {
+            let cm = kube.get("", "configmaps", "osm-system", "meshca-federation")?;
+            cm["data"]["c.test.json"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    let kept: Value = serde_json::from_str(&kept).expect("a JSON record");
+    assert_eq!(authorities(&kept["bundle"]), authorities(&good));
+    for replica in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(25);
+        loop {
+            let url = replica.url("/v1/bundle/spiffe?trust_domain=c.test");
+            let (status, body) = get_json(&url, &replica.client().await, None).await;
+            if status == 200 {
+                assert_eq!(authorities(&body), authorities(&good));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica never served c.test: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let mut counts = Vec::new();
+    for replica in &replicas {
+        counts.push(
+            fetches(replica, "c.test", "ok").await
+                + fetches(replica, "c.test", "unreachable").await,
+        );
+    }
+    assert!(
+        counts.iter().filter(|c| **c > 0.0).count() == 1,
+        "only the leader fetches: {counts:?}"
+    );
+
+    // The peer down, a new replica with an empty state directory: it
+    // serves the bundle the ConfigMap keeps.
+    drop(server);
+    let fresh = TestDaemon::start(&yaml).await;
+    let (status, body) = get_json(
+        &fresh.url("/v1/bundle/spiffe?trust_domain=c.test"),
+        &fresh.client().await,
+        None,
+    )
+    .await;
+    assert_eq!((status, authorities(&body)), (200, authorities(&good)));
+}

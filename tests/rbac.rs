@@ -247,6 +247,48 @@ async fn jwt_svids() -> Run {
     }
 }
 
+/// SPIFFE federation: the leader keeps a peer's bundle in the ConfigMap
+/// `meshca-federation`, which the other replica reads.
+async fn federation() -> Run {
+    let kube = KubeStandIn::start().await;
+    let port = support::process::free_port();
+    let peer = TestDaemon::start(&format!(
+        "trust_domain: b.test\nfederation: {{ bundle_endpoint: {{ listen: '127.0.0.1:{port}' }} }}\n"
+    ))
+    .await;
+    let bundle = peer
+        .client()
+        .await
+        .get(peer.url("/v1/bundle/spiffe"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    let file = peer.dir.path().join("b-bundle.json");
+    std::fs::write(&file, bundle).expect("write");
+    let config = cluster(
+        &kube,
+        &format!(
+            "federation:\n  trust_domains:\n  - {{ trust_domain: b.test, bundle_endpoint_url: 'https://127.0.0.1:{port}', profile: https_spiffe, endpoint_spiffe_id: 'spiffe://b.test/ns/osm-system/sa/meshca', bundle_file: {} }}\n",
+            file.display()
+        ),
+    );
+    let (_a, _b) = tokio::join!(TestDaemon::start(&config), TestDaemon::start(&config));
+    eventually("meshca-federation", Duration::from_secs(20), || {
+        kube.get("", "configmaps", "osm-system", "meshca-federation")
+    })
+    .await;
+    // One round of the other replica's reading.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    Run {
+        name: "federation",
+        values: vec![],
+        requests: meshcas(&kube),
+    }
+}
+
 /// Two replicas; the leader stops and hands over.
 async fn two_replicas() -> Run {
     let kube = KubeStandIn::start().await;
@@ -313,7 +355,14 @@ async fn every_request_meshca_makes_is_granted_by_the_chart_and_every_grant_is_u
                 jwt_svids().await,
             ]
         },
-        async { vec![vault().await, ingress().await, rollout().await] },
+        async {
+            vec![
+                vault().await,
+                ingress().await,
+                rollout().await,
+                federation().await,
+            ]
+        },
     );
     let runs: Vec<Run> = first.into_iter().chain(second).collect();
     let mut refused = Vec::new();

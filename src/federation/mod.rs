@@ -31,7 +31,7 @@ pub use config::{
     EndpointConfig, EndpointProfile, FederatedDomain, FederationConfig, FederationContext,
     PeerProfile, RawFederation, DEFAULT_REFRESH,
 };
-pub use store::{FileStore, Held, StoreError};
+pub use store::{ConfigMapStore, FileStore, Held, StoreError};
 
 use crate::metrics::Metrics;
 use crate::supervisor::Spawner;
@@ -144,26 +144,78 @@ fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Where bundles are kept, and whether this replica fetches them.
+#[derive(Clone, Debug)]
+struct Stores {
+    file: FileStore,
+    /// In a cluster: the ConfigMap, and whether this replica leads (only
+    /// the leader fetches; the others take what it kept).
+    cluster: Option<(ConfigMapStore, watch::Receiver<bool>)>,
+}
+
+impl Stores {
+    fn leads(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|(_, leader)| *leader.borrow())
+    }
+
+    /// The newest record kept for `td`, in the ConfigMap or the file.
+    async fn load(&self, td: &TrustDomain) -> Result<Option<Held>, StoreError> {
+        let file = self.file.load(td)?;
+        let shared = match &self.cluster {
+            Some((configmap, _)) => configmap.load(td).await?,
+            None => None,
+        };
+        Ok(match (file, shared) {
+            (Some(f), Some(s)) => Some(if s.fetched_at >= f.fetched_at { s } else { f }),
+            (f, s) => s.or(f),
+        })
+    }
+
+    /// Keep `held` everywhere; failures are logged (what is held in
+    /// memory is served either way).
+    async fn save(&self, td: &TrustDomain, held: &Held) {
+        let mut failures = vec![self.file.save(td, held).err()];
+        if let Some((configmap, _)) = &self.cluster {
+            failures.push(configmap.save(td, held).await.err());
+        }
+        for e in failures.into_iter().flatten() {
+            tracing::error!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle");
+        }
+    }
+}
+
 /// Read what is held for every peer (kept bundles first, else the
-/// configured initial ones) and spawn the task that fetches them; `None`
-/// without peers.
+/// configured initial ones) and spawn the task that fetches them (in a
+/// cluster, on the leader; the other replicas follow the ConfigMap);
+/// `None` without peers.
 ///
 /// # Errors
 /// [`FederationError`]: a kept or configured bundle that cannot be used
 /// stops the start.
-pub fn start(
+pub async fn start(
     config: &FederationConfig,
     state_dir: &Path,
+    cluster: Option<&crate::cluster::Cluster>,
     metrics: &Arc<Metrics>,
     spawner: &Spawner,
 ) -> Result<Option<Federation>, FederationError> {
     if config.trust_domains.is_empty() {
         return Ok(None);
     }
-    let store = FileStore::new(state_dir);
+    let stores = Stores {
+        file: FileStore::new(state_dir),
+        cluster: cluster.map(|c| {
+            (
+                ConfigMapStore::new(c.client.clone(), &c.config.namespace),
+                c.leader.clone(),
+            )
+        }),
+    };
     let mut held = HeldMap::new();
     for domain in &config.trust_domains {
-        if let Some(h) = initial(domain, &store)? {
+        if let Some(h) = initial(domain, &stores).await? {
             metrics.record_federated_bundle(
                 domain.trust_domain.as_str(),
                 h.fetched_at,
@@ -177,9 +229,15 @@ pub fn start(
     let links = domains.clone();
     let metrics = metrics.clone();
     spawner.spawn_child("federation", move |token| async move {
-        let follows = links
-            .iter()
-            .map(|d| follow(d, &store, &tx, &metrics, token.clone()));
+        let follows = links.iter().map(|domain| {
+            Link {
+                domain,
+                stores: &stores,
+                held: &tx,
+                metrics: &metrics,
+            }
+            .run(token.clone())
+        });
         futures_util::future::join_all(follows).await;
     });
     Ok(Some(Federation {
@@ -191,9 +249,12 @@ pub fn start(
 
 /// The bundle held for `domain` at start: the one kept, else the
 /// configured `bundle_file`.
-fn initial(domain: &FederatedDomain, store: &FileStore) -> Result<Option<Held>, FederationError> {
+async fn initial(
+    domain: &FederatedDomain,
+    stores: &Stores,
+) -> Result<Option<Held>, FederationError> {
     let td = &domain.trust_domain;
-    if let Some(kept) = store.load(td)? {
+    if let Some(kept) = stores.load(td).await? {
         tracing::info!(trust_domain = %td, sequence = ?kept.bundle.sequence, "kept federated bundle restored");
         return Ok(Some(kept));
     }
@@ -218,54 +279,102 @@ fn initial(domain: &FederatedDomain, store: &FileStore) -> Result<Option<Held>, 
     }))
 }
 
-/// Fetch `domain`'s bundle at its refresh hint until `shutdown`.
-async fn follow(
-    domain: &FederatedDomain,
-    store: &FileStore,
-    held: &watch::Sender<Arc<HeldMap>>,
-    metrics: &Metrics,
-    shutdown: CancellationToken,
-) {
-    let td = &domain.trust_domain;
-    let mut unreachable = 0u32;
-    loop {
-        let current = held.borrow().get(td).cloned();
+/// How often a replica that does not lead looks at the ConfigMap.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One peer: fetched at its refresh hint by the replica that leads,
+/// followed in the ConfigMap by the others.
+struct Link<'a> {
+    domain: &'a FederatedDomain,
+    stores: &'a Stores,
+    held: &'a watch::Sender<Arc<HeldMap>>,
+    metrics: &'a Metrics,
+}
+
+impl Link<'_> {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut unreachable = 0u32;
+        loop {
+            let wait = if self.stores.leads() {
+                let hint = self.fetch(&mut unreachable).await;
+                fetch::next_fetch(hint, unreachable)
+            } else {
+                self.follow().await;
+                FOLLOW_EVERY
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn current(&self) -> Option<Held> {
+        self.held.borrow().get(&self.domain.trust_domain).cloned()
+    }
+
+    fn hold(&self, new: Held) {
+        let td = &self.domain.trust_domain;
+        self.metrics
+            .record_federated_bundle(td.as_str(), new.fetched_at, new.bundle.sequence);
+        self.held.send_modify(|map| {
+            Arc::make_mut(map).insert(td.clone(), new);
+        });
+    }
+
+    /// Fetch once; the refresh hint to wait for.
+    async fn fetch(&self, unreachable: &mut u32) -> Option<std::time::Duration> {
+        let (td, domain) = (&self.domain.trust_domain, self.domain);
+        let current = self.current();
         let current_bundle = current.as_ref().map(|h| &*h.bundle);
-        let mut hint = current_bundle.and_then(|b| b.refresh_hint);
         match fetch::fetch(td, &domain.url, &domain.profile, current_bundle).await {
             Ok(bundle) => {
-                unreachable = 0;
-                hint = bundle.refresh_hint;
-                let changed = current_bundle != Some(&bundle);
+                *unreachable = 0;
+                let hint = bundle.refresh_hint;
+                if current_bundle != Some(&bundle) {
+                    tracing::info!(trust_domain = %td, sequence = ?bundle.sequence, x509_authorities = bundle.x509_authorities.len(), jwt_keys = bundle.jwt_keys.len(), "fetched a new federated bundle");
+                }
                 let new = Held {
                     bundle: Arc::new(bundle),
                     fetched_at: unix_now(),
                 };
-                if let Err(e) = store.save(td, &new) {
-                    tracing::error!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle; a restart falls back to the one kept before");
-                }
-                metrics.record_federated_fetch(td.as_str(), "ok");
-                metrics.record_federated_bundle(td.as_str(), new.fetched_at, new.bundle.sequence);
-                if changed {
-                    tracing::info!(trust_domain = %td, sequence = ?new.bundle.sequence, x509_authorities = new.bundle.x509_authorities.len(), jwt_keys = new.bundle.jwt_keys.len(), "fetched a new federated bundle");
-                }
-                held.send_modify(|map| {
-                    Arc::make_mut(map).insert(td.clone(), new);
-                });
+                self.stores.save(td, &new).await;
+                self.metrics.record_federated_fetch(td.as_str(), "ok");
+                self.hold(new);
+                hint
             }
             Err(e) => {
                 if matches!(e, fetch::FetchError::Unreachable { .. }) {
-                    unreachable = unreachable.saturating_add(1);
+                    *unreachable = unreachable.saturating_add(1);
                 }
-                metrics.record_federated_fetch(td.as_str(), e.label());
+                self.metrics.record_federated_fetch(td.as_str(), e.label());
                 tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held");
+                current_bundle.and_then(|b| b.refresh_hint)
             }
         }
-        let wait = fetch::next_fetch(hint, unreachable);
-        tracing::debug!(trust_domain = %td, next_in = ?wait, "next federated bundle fetch");
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+    }
+
+    /// Take what the leader kept, when newer than what is held.
+    async fn follow(&self) {
+        let td = &self.domain.trust_domain;
+        let Some((configmap, _)) = &self.stores.cluster else {
+            return;
+        };
+        match configmap.load(td).await {
+            Ok(Some(kept))
+                if self
+                    .current()
+                    .is_none_or(|h| kept.fetched_at > h.fetched_at) =>
+            {
+                if let Err(e) = self.stores.file.save(td, &kept) {
+                    tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle in the state directory");
+                }
+                self.hold(kept);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held; the leader's could not be read");
+            }
         }
     }
 }

@@ -1,16 +1,14 @@
 //! The rollout state in a ConfigMap, so that a restarted pod (whose state
 //! directory is an emptyDir) still knows which anchors it must keep.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::PostParams;
 use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{is_reason, new_configmap, KubeError, Refusal};
+use crate::cluster::{KubeError, Refusal};
 
 const KEY: &str = "rollout.json";
 
@@ -80,36 +78,6 @@ pub fn writer(
     }
 }
 
-/// Write conflicts in a row before a write counts as failed.
-const ATTEMPTS: usize = 5;
-
 async fn write(api: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), KubeError> {
-    let failed = KubeError::api(format!("write ConfigMap {name}"));
-    for _ in 0..ATTEMPTS {
-        let current = match api.get_opt(name).await {
-            Ok(c) => c,
-            Err(e) => return Err(KubeError::api(format!("read ConfigMap {name}"))(e)),
-        };
-        let result = match current {
-            Some(mut cm) => {
-                cm.data
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(KEY.into(), json.to_owned());
-                api.replace(name, &PostParams::default(), &cm)
-                    .await
-                    .map(drop)
-            }
-            None => {
-                let cm = new_configmap(name, KEY, json.to_owned());
-                api.create(&PostParams::default(), &cm).await.map(drop)
-            }
-        };
-        match result {
-            Err(e) if is_reason(&e, 409) => continue,
-            other => return other.map_err(failed),
-        }
-    }
-    Err(KubeError::Invalid(format!(
-        "ConfigMap {name} kept changing under meshca's writes ({ATTEMPTS} conflicts in a row); the rollout ledger is not persisted there yet"
-    )))
+    crate::cluster::write_configmap_key(api, name, KEY, json).await
 }
