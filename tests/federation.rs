@@ -230,9 +230,15 @@ impl Drop for Agent {
     }
 }
 
-/// A certificate chain and a JWT-SVID (audience `a-service`) issued by
-/// `b` to `shop/api`.
-async fn issued_by(b: &TestDaemon, dir: &Path) -> (PathBuf, String) {
+/// What `b` issued to `shop/api`: a certificate chain, its key (PEM
+/// files) and a JWT-SVID for audience `a-service`.
+struct IssuedByB {
+    chain: PathBuf,
+    key: PathBuf,
+    token: String,
+}
+
+async fn issued_by(b: &TestDaemon, dir: &Path) -> IssuedByB {
     let token = b.token("shop", "api");
     let key = support::key();
     let csr = support::csr_with(&key, |p| {
@@ -243,6 +249,8 @@ async fn issued_by(b: &TestDaemon, dir: &Path) -> (PathBuf, String) {
     let client = b.client().await;
     let (status, _, issued) = b.post(&client, Some(&token), &json!({ "csr": csr })).await;
     assert_eq!(status, 200, "{issued}");
+    let key_file = dir.join("b-key.pem");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
     let chain = dir.join("b-chain.pem");
     std::fs::write(&chain, issued["certificate_chain"].as_str().expect("chain")).expect("write");
     let minted = client
@@ -254,7 +262,56 @@ async fn issued_by(b: &TestDaemon, dir: &Path) -> (PathBuf, String) {
         .expect("sent");
     assert_eq!(minted.status(), 200);
     let minted: Value = minted.json().await.expect("json");
-    (chain, minted["token"].as_str().expect("token").to_owned())
+    IssuedByB {
+        chain,
+        key: key_file,
+        token: minted["token"].as_str().expect("token").to_owned(),
+    }
+}
+
+/// nginx in a.test: TLS with the agent's own certificate, client
+/// certificates verified against `client_ca` only; answers the client's
+/// subject.
+async fn nginx_verifying(
+    dir: &Path,
+    agent_out: &Path,
+    client_ca: &Path,
+) -> (support::nginx::Nginx, u16) {
+    let port = free_port();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {out}/cert.pem;\n    ssl_certificate_key {out}/key.pem;\n\
+             ssl_client_certificate {ca};\n    ssl_verify_client on;\n    ssl_verify_depth 3;\n\
+             location / {{ return 200 \"$ssl_client_verify\\n\"; }}\n  }}\n}}\n",
+        d = dir.display(),
+        out = agent_out.display(),
+        ca = client_ca.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("conf");
+    (support::nginx::start(dir, &path, port).await, port)
+}
+
+/// curl's status code for nginx on `port` with a client certificate,
+/// trusting `ca`.
+fn curl_with(port: u16, ca: &Path, cert: &Path, key: &Path) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        // nginx serves the agent's certificate: its DNS name is SA.NS.TD.
+        .arg("--resolve")
+        .arg(format!("client.web.a.test:{port}:127.0.0.1"))
+        .arg(format!("https://client.web.a.test:{port}/"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 async fn fetches(d: &TestDaemon, trust_domain: &str, result: &str) -> f64 {
@@ -366,7 +423,7 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
     // A py-spiffe workload in a.test verifies b.test's X509-SVID and
     // JWT-SVID with nothing but its Workload API.
     let agent = Agent::start(&a, "web", "client").await;
-    let (chain, token) = issued_by(&b, work.path()).await;
+    let IssuedByB { chain, key, token } = issued_by(&b, work.path()).await;
     let seen = agent
         .client(&[
             "federated",
@@ -396,6 +453,14 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
         seen["jwt_spiffe_id"], "spiffe://b.test/ns/shop/sa/api",
         "{seen}"
     );
+    let checked = agent.client(&["jwt-check", &token, "a-service"]).await;
+    assert_eq!(
+        (checked["code"].as_str(), checked["spiffe_id"].as_str()),
+        (Some("OK"), Some("spiffe://b.test/ns/shop/sa/api")),
+        "ValidateJWTSVID with b.test's keys: {checked}"
+    );
+    let wrong = agent.client(&["jwt-check", &token, "elsewhere"]).await;
+    assert_eq!(wrong["code"], "INVALID_ARGUMENT", "{wrong}");
 
     // openssl verifies b.test's certificate with the agent's file.
     let b_file = agent.out.join("b.test.trust-bundle.pem");
@@ -426,6 +491,15 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
         !foreign.status.success(),
         "a.test's own roots must not verify b.test"
     );
+
+    // nginx in a.test, given the federated bundle file, admits b.test's
+    // workload and refuses a.test's own (not under b.test's roots).
+    let nginx_dir = tempfile::tempdir().expect("tempdir");
+    let (_nginx, port) = nginx_verifying(nginx_dir.path(), &agent.out, &b_file).await;
+    let ca = agent.out.join("ca.pem");
+    assert_eq!(curl_with(port, &ca, &chain, &key), "200");
+    let (own_cert, own_key) = (agent.out.join("cert.pem"), agent.out.join("key.pem"));
+    assert_eq!(curl_with(port, &ca, &own_cert, &own_key), "400");
 
     // b.test rotates its root: a.test's workload has the new one within a
     // refresh hint, and the https_spiffe link survives b.test's switch.

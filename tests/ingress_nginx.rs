@@ -8,48 +8,17 @@ use meshca_test_support as support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::TestDaemon;
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    /// SIGTERM (fast shutdown) lets the master stop its workers; SIGKILL
-    /// would orphan them.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port")
-}
-
-fn nginx_binary() -> PathBuf {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("nginx is not installed (.ci/run installs it with apt)");
 }
 
 /// A real HTTPS server answering `/status/200`, presenting `chain` + `key`.
@@ -142,32 +111,6 @@ fn nginx_conf(
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("conf");
     path
-}
-
-async fn start_nginx(dir: &Path, conf: &Path, port: u16) -> Nginx {
-    let child = Command::new(nginx_binary())
-        .args(["-p"])
-        .arg(dir)
-        .arg("-c")
-        .arg(conf)
-        .args(["-g", "daemon off;"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    let nginx = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not listen: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    nginx
 }
 
 fn curl(port: u16) -> String {
@@ -274,7 +217,7 @@ async fn nginx_reaches_a_backend_with_the_right_identity_and_refuses_any_other()
             &annotations,
             &bundle,
         );
-        let nginx = start_nginx(&case_dir, &conf, port).await;
+        let nginx = support::nginx::start(&case_dir, &conf, port).await;
         let code = tokio::task::spawn_blocking(move || curl(port))
             .await
             .expect("join");

@@ -28,6 +28,13 @@ pub(super) struct JwtBundle {
 }
 
 impl JwtBundle {
+    /// Whether `spiffe_id` belongs to this bundle's trust domain.
+    fn owns(&self, spiffe_id: &str) -> bool {
+        spiffe_id
+            .strip_prefix(self.trust_domain_id.as_str())
+            .is_some_and(|path| path.starts_with('/'))
+    }
+
     /// The `jwt-svid` keys of a SPIFFE bundle.
     fn of_spiffe_bundle(trust_domain_id: String, bundle: &Value) -> Self {
         let entries: Vec<Value> = bundle["keys"]
@@ -208,12 +215,32 @@ impl Tokens {
         if token.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        let bundle =
+        let own =
             self.bundle.borrow().clone().ok_or_else(|| {
                 Status::unavailable("the trust domain's JWT keys are not known yet")
             })?;
-        jwt::validate(token, &bundle.keys, audience, OffsetDateTime::now_utc())
-            .map_err(|e| Status::invalid_argument(e.to_string()))
+        let federated = self.federated.borrow().clone();
+        let now = OffsetDateTime::now_utc();
+        // A token is valid under the keys of its subject's trust domain
+        // only: a federated key never vouches for this mesh's identities.
+        let mut first_error = None;
+        for bundle in std::iter::once(&own).chain(federated.iter()) {
+            match jwt::validate(token, &bundle.keys, audience, now) {
+                Ok(claims) if bundle.owns(&claims.sub) => return Ok(claims),
+                Ok(claims) => {
+                    first_error.get_or_insert_with(|| {
+                        format!(
+                            "{} is not of {}, whose key signed it",
+                            claims.sub, bundle.trust_domain_id
+                        )
+                    });
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        Err(Status::invalid_argument(first_error.unwrap_or_default()))
     }
 }
 
@@ -229,5 +256,23 @@ fn status_of(e: AgentError) -> Status {
             _ => Status::unavailable(message.clone()),
         },
         _ => Status::unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_vouches_only_for_its_own_trust_domain() {
+        let bundle = JwtBundle::of_spiffe_bundle("spiffe://b.test".into(), &serde_json::json!({}));
+        assert!(bundle.owns("spiffe://b.test/ns/a/sa/b"));
+        for foreign in [
+            "spiffe://b.test.evil/ns/a/sa/b",
+            "spiffe://a.test/ns/a/sa/b",
+            "spiffe://b.test",
+        ] {
+            assert!(!bundle.owns(foreign), "{foreign}");
+        }
     }
 }

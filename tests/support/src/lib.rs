@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chart;
 pub mod hold;
 pub mod kube;
+pub mod nginx;
 pub mod openbao;
 pub mod process;
 pub mod schemas;
