@@ -187,7 +187,8 @@ pub enum Credential {
     VaultToken(String),
 }
 
-/// A load: POST one body per request, taken in turn from a file.
+/// A load: POST one body per request, taken in turn from a file (GET
+/// when `bodies` is empty).
 #[derive(Clone, Debug)]
 pub struct Load {
     pub url: String,
@@ -231,7 +232,10 @@ impl Outcome {
 
 const WRK_SCRIPT: &str = r#"
 local bodies, tokens = {}, {}
-for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local body_file = os.getenv("BODIES")
+if body_file ~= "" then
+  for line in io.lines(body_file) do bodies[#bodies + 1] = line end
+end
 local token_file = os.getenv("TOKENS")
 if token_file ~= "" then
   for line in io.lines(token_file) do tokens[#tokens + 1] = line end
@@ -241,17 +245,23 @@ local fixed_token = os.getenv("TOKEN")
 local stop_after = tonumber(os.getenv("STOP_AFTER"))
 local sent, answered, bare_429s = 0, 0, 0
 statuses = {}
-wrk.method = "POST"
+-- Without bodies, GET.
+wrk.method = #bodies > 0 and "POST" or "GET"
 
 function request()
   sent = sent + 1
-  local h = { ["Content-Type"] = "application/json" }
+  local h = {}
+  local body = nil
+  if #bodies > 0 then
+    h["Content-Type"] = "application/json"
+    body = bodies[(sent - 1) % #bodies + 1]
+  end
   if #tokens > 0 then
     h[header] = prefix .. tokens[(sent - 1) % #tokens + 1]
   elseif fixed_token ~= "" then
     h[header] = prefix .. fixed_token
   end
-  return wrk.format(nil, nil, h, bodies[(sent - 1) % #bodies + 1])
+  return wrk.format(nil, nil, h, body)
 end
 
 -- Reading every answer costs wrk time, so only when asked for.
