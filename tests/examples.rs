@@ -11,6 +11,7 @@ fn every_example_config_is_valid() {
         "examples/vault",
         "examples/cert-manager",
         "examples/pod-certificates",
+        "examples/federation",
     ] {
         for entry in
             std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
@@ -26,7 +27,7 @@ fn every_example_config_is_valid() {
             }
         }
     }
-    assert!(seen >= 6, "examples found: {seen}");
+    assert!(seen >= 8, "examples found: {seen}");
 }
 
 #[test]

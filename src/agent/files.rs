@@ -101,10 +101,29 @@ fn write(dir: &Path, files: &[Entry]) -> Result<(), AgentError> {
             std::fs::rename(&tmp, &path).map_err(io("replace", &path))?;
         }
     }
+    remove_links_not_in(dir, files);
     if let Some(old) = previous.filter(|p| p.as_os_str() != staged_name) {
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
+}
+
+/// Remove the links of an earlier set's files that this set no longer
+/// has (a federated trust domain's bundle, say): they would dangle.
+fn remove_links_not_in(dir: &Path, files: &[Entry]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = std::fs::read_link(&path).is_ok_and(|t| t.starts_with(DATA_LINK));
+        let kept = files
+            .iter()
+            .any(|(name, _, _)| entry.file_name() == name.as_str());
+        if ours && !kept {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,5 +160,23 @@ mod tests {
             })
             .count();
         assert_eq!(sets, 1, "the previous set is removed");
+    }
+
+    #[test]
+    fn a_file_the_new_set_no_longer_has_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = |name: &str| -> Entry { (name.into(), "x".to_owned().into(), 0o644) };
+        write(
+            dir.path(),
+            &[entry("ca.pem"), entry("b.test.trust-bundle.pem")],
+        )
+        .expect("first");
+        write(dir.path(), &[entry("ca.pem")]).expect("second");
+        assert!(dir.path().join("ca.pem").exists());
+        let gone = dir.path().join("b.test.trust-bundle.pem");
+        assert!(
+            std::fs::symlink_metadata(&gone).is_err(),
+            "a dangling link was left"
+        );
     }
 }
