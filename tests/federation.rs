@@ -28,23 +28,22 @@ const B_ENDPOINT_ID: &str = "spiffe://b.test/ns/osm-system/sa/meshca";
 /// names for every daemon of this binary) and a certificate for
 /// 127.0.0.1 under it.
 struct WebPki {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    root: (PathBuf, PathBuf),
     cert: PathBuf,
     key: PathBuf,
 }
 
-fn web_pki() -> &'static WebPki {
-    static PKI: OnceLock<WebPki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let (root, root_key) = support::openssl_root(d, "web");
-        let (cert, key) = (d.join("server.crt"), d.join("server.key"));
-        std::fs::write(
-            d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext");
+impl WebPki {
+    /// A new certificate for 127.0.0.1 under the root, as `(crt, key)` in
+    /// `dir`, made by the openssl CLI.
+    fn leaf(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let csr = dir.join(format!("{name}.csr"));
+        let ext = self.dir.path().join("ext.cnf");
         let s = |p: &Path| p.to_str().expect("utf8").to_owned();
         for args in [
             vec![
@@ -64,37 +63,87 @@ fn web_pki() -> &'static WebPki {
                 "-subj",
                 "/CN=localhost",
                 "-out",
-                "server.csr",
+                &s(&csr),
             ],
             vec![
                 "x509",
                 "-req",
                 "-in",
-                "server.csr",
+                &s(&csr),
                 "-CA",
-                &s(&root),
+                &s(&self.root.0),
                 "-CAkey",
-                &s(&root_key),
-                "-CAcreateserial",
+                &s(&self.root.1),
+                "-set_serial",
+                &format!("0x{:x}", rand_serial()),
                 "-days",
                 "30",
                 "-extfile",
-                "ext.cnf",
+                &s(&ext),
                 "-out",
                 &s(&cert),
             ],
         ] {
-            support::openssl(d, &args);
+            support::openssl(dir, &args);
         }
+        (cert, key)
+    }
+}
+
+/// A serial number for an openssl-made certificate.
+fn rand_serial() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1
+}
+
+fn web_pki() -> &'static WebPki {
+    static PKI: OnceLock<WebPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = support::openssl_root(dir.path(), "web");
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
         // Read by rustls-native-certs in every https_web client of this
         // process; set before any daemon starts.
-        std::env::set_var("SSL_CERT_FILE", &root);
-        WebPki {
-            _dir: dir,
-            cert,
-            key,
-        }
+        std::env::set_var("SSL_CERT_FILE", &root.0);
+        let mut pki = WebPki {
+            dir,
+            root,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+        };
+        let (cert, key) = pki.leaf(pki.dir.path(), "server");
+        (pki.cert, pki.key) = (cert, key);
+        pki
     })
+}
+
+/// The serial number of the certificate served on `port`, as openssl
+/// prints it.
+fn served_serial(port: u16) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn serial_of(cert: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn python() -> PathBuf {
@@ -748,4 +797,47 @@ async fn in_a_cluster_the_leader_fetches_and_every_replica_serves_the_bundle() {
     )
     .await;
     assert_eq!((status, authorities(&body)), (200, authorities(&good)));
+}
+
+/// `https_web`: the endpoint's certificate files are reloaded when they
+/// change; files that do not load leave the previous certificate served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_endpoint_follows_its_certificate_files() {
+    let pki = web_pki();
+    let files = tempfile::tempdir().expect("tempdir");
+    let (first, first_key) = pki.leaf(files.path(), "first");
+    let (served, served_key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    std::fs::copy(&first, &served).expect("copy");
+    std::fs::copy(&first_key, &served_key).expect("copy");
+    let port = free_port();
+    let _a = daemon(
+        "a.test",
+        &format!(
+            "federation: {{ bundle_endpoint: {{ listen: '127.0.0.1:{port}', profile: https_web, cert_file: {}, key_file: {} }} }}\n",
+            served.display(),
+            served_key.display()
+        ),
+    )
+    .await;
+    assert_eq!(served_serial(port), serial_of(&first));
+
+    let (second, second_key) = pki.leaf(files.path(), "second");
+    std::fs::copy(&second_key, &served_key).expect("copy");
+    std::fs::copy(&second, &served).expect("copy");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_serial(port) != serial_of(&second) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    std::fs::write(&served, "not a certificate").expect("write");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        served_serial(port),
+        serial_of(&second),
+        "a broken file replaced what was served"
+    );
 }
