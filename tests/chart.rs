@@ -215,6 +215,52 @@ fn the_chart_renders_jwt_svids_off_by_default_and_as_asked() {
 }
 
 #[test]
+fn the_chart_renders_federation_off_by_default_and_as_asked() {
+    let plain = check_objects(&render(&[]));
+    assert!(plain.federation.endpoint.is_none() && plain.federation.trust_domains.is_empty());
+    let docs = render(&[
+        "federation.bundleEndpoint.enabled=true",
+        "federation.bundleEndpoint.refreshHint=2m",
+        "federation.trustDomains[0].trust_domain=b.example",
+        "federation.trustDomains[0].bundle_endpoint_url=https://meshca.b.example:8443",
+        "federation.trustDomains[0].profile=https_web",
+        "federation.trustDomains[0].namespaces[0]=payments",
+    ]);
+    let config = check_objects(&docs);
+    let endpoint = config.federation.endpoint.as_ref().expect("an endpoint");
+    assert_eq!(endpoint.listen.port(), 8443);
+    assert_eq!(endpoint.refresh_hint, std::time::Duration::from_secs(120));
+    let peer = &config.federation.trust_domains[0];
+    assert_eq!(
+        (peer.trust_domain.as_str(), peer.namespaces.as_slice()),
+        ("b.example", &["payments".to_owned()][..])
+    );
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Service");
+    let port = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "bundle-endpoint"))
+        .expect("the bundle endpoint's port");
+    assert_eq!(
+        (port["port"].as_u64(), port["targetPort"].as_str()),
+        (Some(8443), Some("bundle-endpoint"))
+    );
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports.as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["name"] == "bundle-endpoint" && p["containerPort"] == 8443)),
+        "{ports}"
+    );
+}
+
+#[test]
 fn the_chart_renders_a_cert_manager_config_meshca_accepts() {
     let config = check_objects(&render(&[
         "provider.kind=cert-manager",
