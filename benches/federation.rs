@@ -21,9 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use meshca_test_support::bench::{
-    cpu_during, pin, require, wrk, Credential, Load, Outcome, LOAD_CORE,
-};
+use meshca_test_support::bench::{cpu_during, pin, require, wrk, Credential, Load, LOAD_CORE};
 use meshca_test_support::process::{free_port, numeric_arg, pinned, wait_for_port, ServeProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
@@ -77,13 +75,6 @@ fn nginx(dir: &Path, port: u16) -> Nginx {
     nginx
 }
 
-fn check(name: &str, o: &Outcome) {
-    assert!(
-        o.answers > 0 && o.non_2xx == 0 && o.socket_errors == 0,
-        "{name}: not every request was answered 200: {o:?}"
-    );
-}
-
 fn main() {
     let seconds = numeric_arg("seconds", 10);
     let duration = Duration::from_secs(seconds as u64);
@@ -130,7 +121,7 @@ fn main() {
             ..load(port)
         });
         let (outcome, cpu) = cpu_during(&[pid], || wrk(&load(port)));
-        check(name, &outcome);
+        outcome.assert_all_answered(name);
         results.push((name, cpu[0] / outcome.answers as f64, outcome));
     }
     let peer = results[0].1;

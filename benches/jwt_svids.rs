@@ -25,7 +25,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use meshca_test_support::bench::{
-    cpu_during, p256_csrs, pin, write_bodies, wrk, Credential, Load, Outcome, LOAD_CORE,
+    cpu_during, p256_csrs, pin, write_bodies, wrk, Credential, Load, LOAD_CORE,
 };
 use meshca_test_support::process::{bench_token, cpu_seconds, numeric_arg, pinned, ServeProcess};
 use ring::rand::SystemRandom;
@@ -106,13 +106,6 @@ print(time.monotonic() - start)
         .expect("seconds")
 }
 
-fn check(name: &str, o: &Outcome) {
-    assert!(
-        o.answers > 0 && o.non_2xx == 0 && o.socket_errors == 0,
-        "{name}: not every request was answered 200: {o:?}"
-    );
-}
-
 fn main() {
     let seconds = numeric_arg("seconds", 10);
     let duration = Duration::from_secs(seconds as u64);
@@ -158,7 +151,7 @@ fn main() {
             ..load.clone()
         });
         let (outcome, cpu) = cpu_during(&[meshca.pid()], || wrk(load));
-        check(name, &outcome);
+        outcome.assert_all_answered(name);
         results.push((*name, cpu[0] / outcome.answers as f64, outcome));
     }
     let floor = (floor_before + token_floor(20_000)) / 2.0;

@@ -273,6 +273,16 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// What py-spiffe makes of b.test's `chain` and `token` with the
+    /// bundles this agent's Workload API gives.
+    async fn federated_view(&self, chain: &Path, token: &str) -> Value {
+        let chain = chain.to_str().expect("utf8");
+        self.client(&["federated", "b.test", chain, token, "a-service"])
+            .await
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -473,15 +483,7 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
     // JWT-SVID with nothing but its Workload API.
     let agent = Agent::start(&a, "web", "client").await;
     let IssuedByB { chain, key, token } = issued_by(&b, work.path()).await;
-    let seen = agent
-        .client(&[
-            "federated",
-            "b.test",
-            chain.to_str().expect("utf8"),
-            &token,
-            "a-service",
-        ])
-        .await;
+    let seen = agent.federated_view(&chain, &token).await;
     assert_eq!(
         seen["x509_trust_domains"],
         json!(["a.test", "b.test"]),
@@ -574,15 +576,7 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
         took <= Duration::from_secs(32),
         "took {took:?}, over one refresh hint (30 s)"
     );
-    let seen = agent
-        .client(&[
-            "federated",
-            "b.test",
-            chain.to_str().expect("utf8"),
-            &token,
-            "a-service",
-        ])
-        .await;
+    let seen = agent.federated_view(&chain, &token).await;
     let b_roots_now = seen["x509_authorities"].as_array().map_or(0, Vec::len);
     assert_eq!(
         b_roots_now, 2,

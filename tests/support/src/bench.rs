@@ -219,6 +219,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Fail the benchmark unless every request was answered with a 2xx
+    /// (a figure over failed answers would mislead).
+    pub fn assert_all_answered(&self, name: &str) {
+        assert!(
+            self.answers > 0 && self.non_2xx == 0 && self.socket_errors == 0,
+            "{name}: not every request was answered 2xx: {self:?}"
+        );
+    }
+
     /// Answers per second.
     pub fn rate(&self) -> f64 {
         self.answers as f64 / self.seconds
