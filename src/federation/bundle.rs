@@ -47,6 +47,10 @@ pub enum Refused {
         /// The trust domain it was fetched for.
         expected: String,
     },
+    /// It would lock meshca out: no authority of it verifies the
+    /// certificate its own `https_spiffe` endpoint served.
+    #[error("it holds no authority of the certificate its own endpoint serves ({0}); trusting it would break the link at the next fetch")]
+    LocksOut(String),
     /// Older than the bundle held.
     #[error("spiffe_sequence {got} is lower than {held}, that of the bundle held")]
     SequenceBackwards {

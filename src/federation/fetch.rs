@@ -4,7 +4,7 @@
 //! last held for it, so the peer can rotate its root without breaking the
 //! link.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshca_provider::TrustDomain;
@@ -99,7 +99,7 @@ pub async fn fetch(
     profile: &PeerProfile,
     held: Option<&FederatedBundle>,
 ) -> Result<FederatedBundle, FetchError> {
-    let client = client(url, profile, held)?;
+    let (client, presented) = client(url, profile, held)?;
     let unreachable = |source| FetchError::Unreachable {
         url: url.to_owned(),
         source,
@@ -126,18 +126,70 @@ pub async fn fetch(
     };
     let bundle = FederatedBundle::parse(trust_domain, &body).map_err(refused)?;
     bundle.follows(held).map_err(refused)?;
+    if let Some(presented) = presented {
+        still_authenticates(&bundle, &presented).map_err(refused)?;
+    }
     Ok(bundle)
 }
 
+/// `https_spiffe`: the new bundle must hold an authority of the
+/// certificate its own endpoint served, or trusting it would break the
+/// link at the next fetch, with no bundle left to mend it.
+fn still_authenticates(bundle: &FederatedBundle, presented: &Presented) -> Result<(), Refused> {
+    let chain = presented.lock().map(|c| c.clone()).unwrap_or_default();
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Ok(());
+    };
+    verify_chain(
+        &bundle.x509_authorities,
+        leaf,
+        intermediates,
+        UnixTime::now(),
+    )
+    .map_err(|e| Refused::LocksOut(e.to_string()))
+}
+
+/// The chain an `https_spiffe` endpoint presented on the fetch's
+/// connection, leaf first.
+type Presented = Arc<Mutex<Vec<CertificateDer<'static>>>>;
+
+/// `chain` (leaf, intermediates) verified for serverAuth against
+/// `anchors`, at `now`.
+fn verify_chain(
+    anchors: &[CertificateDer<'_>],
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), webpki::Error> {
+    let anchors: Vec<_> = anchors
+        .iter()
+        .filter_map(|a| webpki::anchor_from_trusted_cert(a).ok())
+        .collect();
+    webpki::EndEntityCert::try_from(end_entity)?
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map(drop)
+}
+
+/// A client authenticating the endpoint by `profile`; with
+/// `https_spiffe`, also where the chain it presented is kept.
 fn client(
     url: &str,
     profile: &PeerProfile,
     held: Option<&FederatedBundle>,
-) -> Result<reqwest::Client, FetchError> {
+) -> Result<(reqwest::Client, Option<Presented>), FetchError> {
     let setup = |reason: String| FetchError::Setup {
         url: url.to_owned(),
         reason,
     };
+    let mut presented = None;
     let tls = match profile {
         PeerProfile::HttpsWeb => crate::tls::client_builder(web_roots().map_err(setup)?)
             .map_err(|e| setup(e.to_string()))?
@@ -156,16 +208,19 @@ fn client(
                 spiffe_id: endpoint_spiffe_id.clone(),
                 algorithms: rustls::crypto::ring::default_provider()
                     .signature_verification_algorithms,
+                presented: Presented::default(),
             };
+            presented = Some(verifier.presented.clone());
             crate::tls::client_with_verifier(Arc::new(verifier))
                 .map_err(|e| setup(e.to_string()))?
         }
     };
-    reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(TIMEOUT)
         .build()
-        .map_err(|e| setup(e.to_string()))
+        .map_err(|e| setup(e.to_string()))?;
+    Ok((client, presented))
 }
 
 /// The system's roots, or those of `SSL_CERT_FILE` / `SSL_CERT_DIR`.
@@ -192,6 +247,8 @@ struct SpiffeEndpoint {
     anchors: Vec<CertificateDer<'static>>,
     spiffe_id: String,
     algorithms: WebPkiSupportedAlgorithms,
+    /// The chain the endpoint presented, once verified.
+    presented: Presented,
 }
 
 impl ServerCertVerifier for SpiffeEndpoint {
@@ -203,26 +260,11 @@ impl ServerCertVerifier for SpiffeEndpoint {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let anchors: Vec<_> = self
-            .anchors
-            .iter()
-            .filter_map(|a| webpki::anchor_from_trusted_cert(a).ok())
-            .collect();
         let invalid = |e: CertificateError| rustls::Error::InvalidCertificate(e);
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| invalid(CertificateError::BadEncoding))?;
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
+        verify_chain(&self.anchors, end_entity, intermediates, now).map_err(|e| match e {
             webpki::Error::UnknownIssuer => invalid(CertificateError::UnknownIssuer),
             webpki::Error::CertExpired { .. } => invalid(CertificateError::Expired),
+            webpki::Error::BadDer => invalid(CertificateError::BadEncoding),
             other => invalid(CertificateError::Other(rustls::OtherError(Arc::new(other)))),
         })?;
         let (_, cert) = X509Certificate::from_der(end_entity)
@@ -234,6 +276,12 @@ impl ServerCertVerifier for SpiffeEndpoint {
         if ids != [self.spiffe_id.as_str()] {
             tracing::warn!(expected = %self.spiffe_id, presented = ?ids, "a bundle endpoint presented another SPIFFE ID");
             return Err(invalid(CertificateError::NotValidForName));
+        }
+        if let Ok(mut presented) = self.presented.lock() {
+            *presented = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect();
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -264,6 +312,57 @@ impl ServerCertVerifier for SpiffeEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA and a serverAuth leaf under it.
+    fn ca_and_leaf() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().expect("as the test set it up");
+        let mut ca =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("as the test set it up");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_der = ca
+            .self_signed(&ca_key)
+            .expect("as the test set it up")
+            .der()
+            .clone();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec!["endpoint".to_owned()])
+            .expect("as the test set it up");
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = rcgen::KeyPair::generate().expect("as the test set it up");
+        let leaf = leaf
+            .signed_by(&leaf_key, &issuer)
+            .expect("as the test set it up");
+        (ca_der, leaf.der().clone())
+    }
+
+    fn bundle_of(anchor: &CertificateDer<'_>) -> FederatedBundle {
+        let doc = crate::jwt::documents::spiffe_bundle(
+            std::slice::from_ref(anchor),
+            None,
+            1,
+            DEFAULT_REFRESH,
+        );
+        FederatedBundle::parse(
+            &TrustDomain::new("b.test").expect("valid"),
+            doc.to_string().as_bytes(),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_bundle_that_would_lock_out_its_own_endpoint_is_refused() {
+        let (ca, leaf) = ca_and_leaf();
+        let (other_ca, _) = ca_and_leaf();
+        let presented: Presented = Arc::new(Mutex::new(vec![leaf]));
+        assert_eq!(still_authenticates(&bundle_of(&ca), &presented), Ok(()));
+        let refused = still_authenticates(&bundle_of(&other_ca), &presented).expect_err("refused");
+        assert!(matches!(refused, Refused::LocksOut(_)), "{refused}");
+        let nothing_presented = Presented::default();
+        assert_eq!(
+            still_authenticates(&bundle_of(&other_ca), &nothing_presented),
+            Ok(())
+        );
+    }
 
     #[test]
     fn a_fetch_follows_the_hint_within_bounds_and_backs_off_while_unreachable() {
