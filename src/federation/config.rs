@@ -299,18 +299,16 @@ impl RawDomain {
                 );
                 None
             }
-            ("https_spiffe", Some(id), Some(file)) => {
-                match spiffe_id_of(id, trust_domain.as_ref()) {
-                    Ok(()) => Some(PeerProfile::HttpsSpiffe {
-                        endpoint_spiffe_id: id.clone(),
-                        bundle_file: file.clone(),
-                    }),
-                    Err(e) => {
-                        errors.add(&format!("{path}.endpoint_spiffe_id"), e);
-                        None
-                    }
+            ("https_spiffe", Some(id), Some(file)) => match spiffe_id_of(id) {
+                Ok(()) => Some(PeerProfile::HttpsSpiffe {
+                    endpoint_spiffe_id: id.clone(),
+                    bundle_file: file.clone(),
+                }),
+                Err(e) => {
+                    errors.add(&format!("{path}.endpoint_spiffe_id"), e);
+                    None
                 }
-            }
+            },
             ("https_spiffe", _, _) => {
                 errors.add(
                     path,
@@ -357,7 +355,7 @@ fn endpoint_url(value: &str) -> Result<(), String> {
 /// The endpoint's SPIFFE ID: `spiffe://TD/path`. The SPIFFE Federation
 /// specification lets it live in another trust domain; meshca checks it
 /// against the chain only, so any valid ID is accepted.
-fn spiffe_id_of(id: &str, _peer: Option<&TrustDomain>) -> Result<(), String> {
+fn spiffe_id_of(id: &str) -> Result<(), String> {
     let rest = id
         .strip_prefix("spiffe://")
         .ok_or_else(|| format!("{id:?} is not a spiffe:// ID"))?;
