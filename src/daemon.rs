@@ -27,6 +27,7 @@ use crate::events;
 use crate::federation::{self, EndpointProfile, FederationError};
 use crate::ingress::{self, Mesh};
 use crate::issuer::{deny_configmap, Admission, DenyList, Issuer};
+use crate::istio_ca;
 use crate::jwt;
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
@@ -272,9 +273,26 @@ async fn build(
             .map_or(federation::DEFAULT_REFRESH, |e| e.refresh_hint),
         federation: federation.clone(),
     };
+    let auth = authenticator(config, cluster.as_ref(), &signing.bundle, spawner);
+    if let Some(istio) = &config.istio_ca {
+        let deps = istio_ca::Deps {
+            issuer: issuer.clone(),
+            auth: auth.clone(),
+            cluster: cluster.as_ref(),
+            tls: serving_tls.clone(),
+            metrics: metrics.clone(),
+            trust_domain: config.trust_domain.clone(),
+        };
+        istio_ca::serve(istio, deps, spawner)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: istio.listen,
+                source,
+            })?;
+    }
     let state = Arc::new(ApiState::new(
         issuer,
-        authenticator(config, cluster.as_ref(), &signing.bundle, spawner),
+        auth,
         signing.bundle.clone(),
         metrics.clone(),
         config.api.max_body_bytes,
@@ -460,6 +478,17 @@ async fn publish_bundle(
         });
         sinks.push(Arc::new(sink));
     }
+    if let (Some(cluster), Some(istio)) = (cluster, &config.istio_ca) {
+        let sink = istio_ca::root_cert::RootCertSink::new(
+            cluster.client.clone(),
+            istio.root_cert_namespaces.clone(),
+            cluster.leader.clone(),
+        );
+        spawner.spawn_child("bundle-istio-root-cert-watch", |token| {
+            sink.watch_changes(resync_now.clone(), token)
+        });
+        sinks.push(Arc::new(sink));
+    }
     let status = spawner.spawn_with("bundle-publisher", |token| {
         bundle::publisher(
             sinks,
@@ -510,7 +539,7 @@ async fn serving_certificate(
     let (tls, task) = api::serving_certificate(
         issuer.clone(),
         config.daemon_identity.clone(),
-        config.server_names.clone(),
+        serving_names(config),
         metrics.clone(),
         renew_now.clone(),
         token.clone(),
@@ -518,6 +547,19 @@ async fn serving_certificate(
     .await?;
     spawner.spawn("serving-certificate", token, task);
     Ok(tls)
+}
+
+/// The names the serving certificate carries: `server_names`, and the
+/// names Istio's clients dial meshca by.
+fn serving_names(config: &Config) -> Vec<meshca_provider::ServerName> {
+    let istio = config.istio_ca.iter().flat_map(|i| &i.serving_dns_names);
+    let mut names = config.server_names.clone();
+    for name in istio {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
 }
 
 /// The configuration in force: the file's, followed as it changes, or the
@@ -650,7 +692,7 @@ fn authenticator(
     match (cluster, &config.auth.kubernetes) {
         (Some(c), Some(review)) => auth.with_kubernetes(Arc::new(TokenReviewer::new(
             c.client.clone(),
-            review.audience.clone(),
+            vec![review.audience.clone()],
             config.trust_domain.clone(),
             review.cache_ttl,
         ))),

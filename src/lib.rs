@@ -23,6 +23,7 @@ mod events;
 mod federation;
 mod ingress;
 mod issuer;
+mod istio_ca;
 mod jwt;
 mod keys;
 mod metrics;

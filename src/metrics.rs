@@ -119,6 +119,13 @@ pub struct RefusalLabels {
     pub code: u16,
 }
 
+/// Labels of `meshca_istio_impersonations_denied_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImpersonationLabels {
+    /// Why: `untrusted_caller`, `no_node`, `not_on_node`, `foreign_identity`.
+    pub reason: &'static str,
+}
+
 /// Every metric meshca exports.
 pub struct Metrics {
     registry: Registry,
@@ -156,6 +163,9 @@ pub struct Metrics {
     /// Writes the API server refused for good (invalid, forbidden): each
     /// is given up, never retried as it was.
     pub kubernetes_writes_refused: Family<RefusalLabels, Counter>,
+    /// Istio node agents refused a certificate on another identity's
+    /// behalf, by reason.
+    pub istio_impersonations_denied: Family<ImpersonationLabels, Counter>,
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
@@ -342,6 +352,12 @@ impl Metrics {
             "Leaves issued with a longer lifetime than requested, within certificates.max_ttl",
             certificates_longer_than_requested.clone(),
         );
+        let istio_impersonations_denied = Family::<ImpersonationLabels, Counter>::default();
+        registry.register(
+            "istio_impersonations_denied",
+            "Certificates an Istio node agent asked for on another identity's behalf and was refused, by reason",
+            istio_impersonations_denied.clone(),
+        );
         let kubernetes_writes_refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "kubernetes_writes_refused",
@@ -355,6 +371,7 @@ impl Metrics {
             identities_denied,
             certificates_longer_than_requested,
             kubernetes_writes_refused,
+            istio_impersonations_denied,
             cert_manager,
             federation: FederationMetrics::register(&mut registry),
             registry,

@@ -7,7 +7,6 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateSigningRequestDer;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -228,25 +227,13 @@ pub fn parse_request_body(body: &[u8]) -> Result<(), String> {
         .map_err(|e| e.code().to_owned())
 }
 
-/// The one PEM "CERTIFICATE REQUEST" block `pem` must be: anything more
-/// (a second request, a key sent along) is refused, not ignored.
+/// The one PEM "CERTIFICATE REQUEST" block `pem` must be.
 fn one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, ApiError> {
-    let refuse = |why: String| {
+    meshca_provider::pem::decode_one_csr(pem).map_err(|why| {
         ApiError::InvalidCsr(format!(
             "csr must be exactly one PEM \"CERTIFICATE REQUEST\" block: {why}"
         ))
-    };
-    let mut sections = CertificateSigningRequestDer::pem_slice_iter(pem.as_bytes());
-    let first: CertificateSigningRequestDer<'static> = match sections.next() {
-        Some(Ok(csr)) => csr,
-        Some(Err(e)) => return Err(refuse(e.to_string())),
-        None => return Err(refuse("none found".into())),
-    };
-    let blocks = pem.matches("-----BEGIN ").count();
-    if blocks != 1 {
-        return Err(refuse(format!("found {blocks} PEM blocks")));
-    }
-    Ok(first)
+    })
 }
 
 /// Answer of `GET /v1/identity`: who the credential says the caller is,

@@ -15,16 +15,47 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Cache entries beyond which expired ones are swept.
 const SWEEP_AT: usize = 10_000;
 
-type Outcome = Result<Identity, String>;
+/// The extra keys the API server sets for a token bound to a pod
+/// (`serviceaccount.ServiceAccountTokenPodNodeInfo`, on by default since
+/// Kubernetes 1.30).
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
-/// Checks ServiceAccount tokens with `TokenReview` for one audience and
-/// derives the identity from `system:serviceaccount:NS:SA`.
+type Outcome = Result<Reviewed, String>;
+
+/// What the API server said about an accepted token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reviewed {
+    /// The ServiceAccount, as an identity.
+    pub identity: Identity,
+    /// The pod a bound token belongs to; `None` for a token bound to no
+    /// pod (a Secret's, or `kubectl create token`'s).
+    pub bound: Option<BoundPod>,
+}
+
+/// The pod a bound ServiceAccount token belongs to, from the TokenReview's
+/// `extra`: the API server checked that this pod still exists with this
+/// UID before it accepted the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundPod {
+    /// The pod's name, in the identity's namespace.
+    pub name: String,
+    /// The pod's UID.
+    pub uid: Option<String>,
+    /// The node the pod was scheduled to when the token was issued; older
+    /// API servers do not say.
+    pub node: Option<String>,
+}
+
+/// Checks ServiceAccount tokens with `TokenReview` for a set of audiences
+/// and derives the identity from `system:serviceaccount:NS:SA`.
 ///
 /// Answers are cached by the token's SHA-256 (never the token itself) for
 /// `ttl`, so a burst of renewals costs one review per token.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
-    audience: String,
+    audiences: Vec<String>,
     trust_domain: TrustDomain,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (Outcome, Instant)>>,
@@ -33,22 +64,22 @@ pub struct TokenReviewer {
 impl std::fmt::Debug for TokenReviewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReviewer")
-            .field("audience", &self.audience)
+            .field("audiences", &self.audiences)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenReviewer {
-    /// A reviewer for tokens issued for `audience`.
+    /// A reviewer for tokens issued for any of `audiences`.
     pub fn new(
         client: kube::Client,
-        audience: String,
+        audiences: Vec<String>,
         trust_domain: TrustDomain,
         ttl: Duration,
     ) -> Self {
         Self {
             api: Api::all(client),
-            audience,
+            audiences,
             trust_domain,
             ttl,
             cache: Mutex::default(),
@@ -61,7 +92,7 @@ impl super::ReviewTokens for TokenReviewer {
     /// The identity `token` authenticates: a token the API server does not
     /// accept for this audience, or that is not a ServiceAccount's, is
     /// rejected; an unreachable API server makes it unavailable.
-    async fn review(&self, token: &str) -> Result<Identity, AuthError> {
+    async fn review(&self, token: &str) -> Result<Reviewed, AuthError> {
         let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -72,7 +103,7 @@ impl super::ReviewTokens for TokenReviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                audiences: Some(vec![self.audience.clone()]),
+                audiences: Some(self.audiences.clone()),
             },
             ..TokenReview::default()
         };
@@ -81,7 +112,7 @@ impl super::ReviewTokens for TokenReviewer {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
-        let outcome = self.judge(&answer);
+        let outcome = judge(&answer, &self.audiences, &self.trust_domain);
         let ttl = if outcome.is_ok() {
             cache_ttl(self.ttl, unverified_expiry(token), SystemTime::now())
         } else {
@@ -103,42 +134,48 @@ impl TokenReviewer {
         let (outcome, until) = cache.get(key)?;
         (*until > Instant::now()).then(|| outcome.clone())
     }
-
-    fn judge(&self, review: &TokenReview) -> Outcome {
-        let status = review
-            .status
-            .as_ref()
-            .ok_or("the TokenReview has no status")?;
-        if status.authenticated != Some(true) {
-            return Err(format!(
-                "the Kubernetes API server did not accept the token: {}",
-                status.error.as_deref().unwrap_or("not authenticated")
-            ));
-        }
-        let audiences = status.audiences.clone().unwrap_or_default();
-        if !audiences.contains(&self.audience) {
-            return Err(format!("the token is not for audience {:?}", self.audience));
-        }
-        let username = status
-            .user
-            .as_ref()
-            .and_then(|u| u.username.as_deref())
-            .unwrap_or_default();
-        let mut parts = username.split(':');
-        match (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) {
-            (Some("system"), Some("serviceaccount"), Some(ns), Some(sa), None) => {
-                Identity::new(self.trust_domain.clone(), ns, sa).map_err(|e| e.to_string())
-            }
-            _ => Err(format!("{username:?} is not a ServiceAccount")),
-        }
-    }
 }
+
+/// The API server's answer, as an identity: accepted, for one of
+/// `audiences`, and a ServiceAccount's.
+fn judge(review: &TokenReview, audiences: &[String], trust_domain: &TrustDomain) -> Outcome {
+    let status = review
+        .status
+        .as_ref()
+        .ok_or("the TokenReview has no status")?;
+    if status.authenticated != Some(true) {
+        return Err(format!(
+            "the Kubernetes API server did not accept the token: {}",
+            status.error.as_deref().unwrap_or("not authenticated")
+        ));
+    }
+    let granted = status.audiences.as_deref().unwrap_or_default();
+    if !granted.iter().any(|a| audiences.contains(a)) {
+        return Err(format!("the token is not for audience {audiences:?}"));
+    }
+    let user = status.user.as_ref();
+    let username = user.and_then(|u| u.username.as_deref()).unwrap_or_default();
+    let identity = match username.split(':').collect::<Vec<_>>()[..] {
+        ["system", "serviceaccount", ns, sa] => {
+            Identity::new(trust_domain.clone(), ns, sa).map_err(|e| e.to_string())?
+        }
+        _ => return Err(format!("{username:?} is not a ServiceAccount")),
+    };
+    let extra = user.and_then(|u| u.extra.as_ref());
+    let one = |key: &str| {
+        extra
+            .and_then(|e| e.get(key))
+            .and_then(|values| values.first())
+            .cloned()
+    };
+    let bound = one(POD_NAME).map(|name| BoundPod {
+        name,
+        uid: one(POD_UID),
+        node: one(NODE_NAME),
+    });
+    Ok(Reviewed { identity, bound })
+}
+
 /// The `exp` claim of a JWT, read without verifying anything: the API
 /// server has just vouched for the token, and this only bounds how long
 /// that answer is remembered.
@@ -178,6 +215,78 @@ mod tests {
             enc(br#"{"alg":"RS256"}"#),
             enc(claims.to_string().as_bytes())
         )
+    }
+
+    fn review(status: serde_json::Value) -> TokenReview {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {},
+            "status": status,
+        }))
+        .expect("a TokenReview")
+    }
+
+    fn judged(status: serde_json::Value) -> Outcome {
+        let td = TrustDomain::new("cluster.local").expect("trust domain");
+        judge(&review(status), &["istio-ca".into(), "meshca".into()], &td)
+    }
+
+    #[test]
+    fn a_bound_token_names_its_pod_and_node() {
+        let reviewed = judged(serde_json::json!({
+            "authenticated": true,
+            "audiences": ["istio-ca"],
+            "user": {
+                "username": "system:serviceaccount:istio-system:ztunnel",
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": ["ztunnel-x7"],
+                    "authentication.kubernetes.io/pod-uid": ["u-1"],
+                    "authentication.kubernetes.io/node-name": ["node-1"],
+                },
+            },
+        }))
+        .expect("accepted");
+        assert_eq!(
+            reviewed.identity.spiffe_id(),
+            "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+        );
+        assert_eq!(
+            reviewed.bound,
+            Some(BoundPod {
+                name: "ztunnel-x7".into(),
+                uid: Some("u-1".into()),
+                node: Some("node-1".into()),
+            })
+        );
+        let unbound = judged(serde_json::json!({
+            "authenticated": true,
+            "audiences": ["meshca"],
+            "user": { "username": "system:serviceaccount:web:web" },
+        }))
+        .expect("accepted");
+        assert_eq!(unbound.bound, None);
+    }
+
+    #[test]
+    fn a_token_for_another_audience_or_of_a_user_is_refused() {
+        let other_audience = judged(serde_json::json!({
+            "authenticated": true,
+            "audiences": ["vault"],
+            "user": { "username": "system:serviceaccount:web:web" },
+        }));
+        assert!(other_audience.expect_err("refused").contains("audience"));
+        let user = judged(serde_json::json!({
+            "authenticated": true,
+            "audiences": ["istio-ca"],
+            "user": { "username": "alice" },
+        }));
+        assert!(user.expect_err("refused").contains("not a ServiceAccount"));
+        let refused = judged(serde_json::json!({
+            "authenticated": false,
+            "error": "service account token has expired",
+        }));
+        assert!(refused.expect_err("refused").contains("expired"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod mtls;
 mod tokens;
 
 pub use config::{AuthConfig, RawAuth};
-pub use kubernetes::TokenReviewer;
+pub use kubernetes::{BoundPod, Reviewed, TokenReviewer};
 pub use mtls::PeerCertificates;
 pub use tokens::{Revoke, TokenRecord, TokenStore};
 
@@ -28,12 +28,13 @@ use crate::bundle::BundleReceiver;
 /// server; tests can pass their own.
 #[async_trait::async_trait]
 pub trait ReviewTokens: Send + Sync + std::fmt::Debug {
-    /// The identity `token` authenticates.
+    /// The identity `token` authenticates, and the pod it is bound to
+    /// when the authority says so.
     ///
     /// # Errors
     /// [`AuthError::Rejected`] for a token the authority refuses,
     /// [`AuthError::Unavailable`] when it cannot be asked now.
-    async fn review(&self, token: &str) -> Result<Identity, AuthError>;
+    async fn review(&self, token: &str) -> Result<Reviewed, AuthError>;
 }
 
 /// Why a caller was not authenticated. Every variant is a 401.
@@ -82,6 +83,9 @@ pub struct Caller {
     pub identity: Identity,
     /// How it proved it.
     pub method: AuthMethod,
+    /// The pod its token is bound to, as the API server recorded it; only
+    /// for a bound ServiceAccount token.
+    pub bound: Option<BoundPod>,
 }
 
 /// Authenticates callers against the token store, Kubernetes (when
@@ -130,13 +134,17 @@ impl Authenticator {
                 return Err(AuthError::AmbiguousCredentials);
             }
             let token = bearer_token(header).ok_or(AuthError::MalformedHeader)?;
-            let identity = match &self.kubernetes {
+            let reviewed = match &self.kubernetes {
                 Some(reviewer) if !TokenStore::is_static(token) => reviewer.review(token).await?,
-                _ => self.tokens.lookup(token, &self.trust_domain)?,
+                _ => Reviewed {
+                    identity: self.tokens.lookup(token, &self.trust_domain)?,
+                    bound: None,
+                },
             };
             return Ok(Caller {
-                identity,
+                identity: reviewed.identity,
                 method: AuthMethod::Token,
+                bound: reviewed.bound,
             });
         }
         if let Some(peer) = peer {
@@ -145,6 +153,7 @@ impl Authenticator {
             return Ok(Caller {
                 identity,
                 method: AuthMethod::ClientCertificate,
+                bound: None,
             });
         }
         Err(AuthError::Missing)

@@ -11,7 +11,7 @@ mod config;
 mod file;
 mod publisher;
 mod secret;
-mod watch;
+pub(crate) mod watch;
 
 pub(crate) use file::{remove_stale_temporaries, write_atomically};
 

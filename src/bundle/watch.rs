@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// A task that wakes `resync` whenever the object `name` read through
 /// `api` changes or disappears, and whenever `leader` changes, so that an
 /// edit or a deletion is repaired within seconds.
-pub(super) fn follow_object<K>(
+pub(crate) fn follow_object<K>(
     api: Api<K>,
     name: &str,
     mut leader: watch::Receiver<bool>,

@@ -26,6 +26,7 @@ use crate::cluster::{KubernetesConfig, RawKubernetes};
 use crate::federation::{FederationConfig, FederationContext, RawFederation};
 use crate::ingress::{IngressConfig, IngressContext, RawIngress};
 use crate::issuer::{Lifetimes, RawLifetimes};
+use crate::istio_ca::{IstioCaConfig, RawIstioCa};
 use crate::jwt::{JwtConfig, RawJwtSvids, RawOidc};
 use crate::pod_certificates::{PodCertificatesConfig, RawPodCertificates};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
@@ -101,6 +102,8 @@ pub struct Config {
     pub oidc_listen: Option<SocketAddr>,
     /// SPIFFE federation: the bundle endpoint and the peers.
     pub federation: FederationConfig,
+    /// Istio's certificate service; `None` when `istio_ca.enabled: false`.
+    pub istio_ca: Option<IstioCaConfig>,
     /// Settings written in the file that will have no effect, for
     /// `meshca config check` to print and `serve` to log.
     pub warnings: Vec<String>,
@@ -134,6 +137,7 @@ struct RawConfig {
     jwt_svids: RawJwtSvids,
     oidc: RawOidc,
     federation: RawFederation,
+    istio_ca: RawIstioCa,
 }
 
 impl Default for RawConfig {
@@ -157,6 +161,7 @@ impl Default for RawConfig {
             jwt_svids: RawJwtSvids::default(),
             oidc: RawOidc::default(),
             federation: RawFederation::default(),
+            istio_ca: RawIstioCa::default(),
         }
     }
 }
@@ -235,7 +240,7 @@ impl TryFrom<RawConfig> for Config {
                 .map_err(|e| errors.add("daemon_identity", e))
                 .ok()
         });
-        let server_names = server_names(&raw.server_names, &mut errors);
+        let server_names = server_names("server_names", &raw.server_names, &mut errors);
         if listeners_clash(raw.listen, raw.metrics_listen) {
             errors.add(
                 "metrics_listen",
@@ -305,18 +310,22 @@ impl TryFrom<RawConfig> for Config {
             },
             &mut errors,
         );
+        let istio_ca = raw.istio_ca.validate(&mut errors);
         let taken = [
             ("listen", Some(raw.listen)),
             ("metrics_listen", Some(raw.metrics_listen)),
             ("oidc.listen", raw.oidc.listen),
+            ("federation.bundle_endpoint.listen", raw.federation.listen()),
         ];
-        if let Some(endpoint) = raw.federation.listen() {
-            for (key, other) in taken {
-                if other.is_some_and(|other| listeners_clash(endpoint, other)) {
-                    errors.add(
-                        "federation.bundle_endpoint.listen",
-                        format!("{endpoint} would take the port of {key}"),
-                    );
+        let later = [
+            ("federation.bundle_endpoint.listen", raw.federation.listen()),
+            ("istio_ca.listen", raw.istio_ca.listen()),
+        ];
+        for (i, (key, addr)) in later.into_iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            for (other_key, other) in taken.iter().take(3 + i) {
+                if other.is_some_and(|other| listeners_clash(addr, other)) {
+                    errors.add(key, format!("{addr} would take the port of {other_key}"));
                 }
             }
         }
@@ -342,6 +351,7 @@ impl TryFrom<RawConfig> for Config {
                     jwt_svids,
                     oidc_listen: raw.oidc.listen,
                     federation,
+                    istio_ca,
                     warnings: Vec::new(),
                     state_dir: raw.state_dir,
                     source: None,
@@ -362,7 +372,8 @@ fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// The names the serving certificate carries besides the daemon identity.
-fn server_names(names: &[String], errors: &mut Errors) -> Vec<ServerName> {
+/// Names a certificate of meshca's is dialled by, as written under `key`.
+pub(crate) fn server_names(key: &str, names: &[String], errors: &mut Errors) -> Vec<ServerName> {
     names
         .iter()
         .enumerate()
@@ -371,7 +382,7 @@ fn server_names(names: &[String], errors: &mut Errors) -> Vec<ServerName> {
             if let ServerName::Dns(d) = &parsed {
                 if !is_dns_name(d) && !d.starts_with("*.") {
                     errors.add(
-                        &format!("server_names[{i}]"),
+                        &format!("{key}[{i}]"),
                         format!("{name:?} is neither an IP address nor a lower-case DNS name"),
                     );
                 }

@@ -52,6 +52,8 @@ pub enum Frontend {
     Ingress,
     /// The daemon's own serving certificate.
     Daemon,
+    /// Istio's certificate service (istio-agent, ztunnel).
+    Istio,
 }
 
 /// A request for a JWT-SVID, from a caller already authenticated.
@@ -77,6 +79,7 @@ impl Frontend {
             Self::PodCertificate => "pod_certificate",
             Self::Ingress => "ingress",
             Self::Daemon => "daemon",
+            Self::Istio => "istio",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! every component (API, bundle sinks, agent) needs the same way.
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
 /// Encode DER certificates as concatenated `CERTIFICATE` PEM blocks, in order.
 pub fn encode_certificates<'a>(certs: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> String {
@@ -37,6 +37,24 @@ pub fn decode_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, S
         return Err("no CERTIFICATE block found".to_owned());
     }
     Ok(certs)
+}
+
+/// The one PEM `CERTIFICATE REQUEST` block `pem` must be: anything more (a
+/// second request, a key sent along) is refused, not ignored.
+///
+/// # Errors
+/// Why it is not exactly one request, for the caller's error message.
+pub fn decode_one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, String> {
+    let mut sections = CertificateSigningRequestDer::pem_slice_iter(pem.as_bytes());
+    let first: CertificateSigningRequestDer<'static> = match sections.next() {
+        Some(Ok(csr)) => csr,
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("none found".into()),
+    };
+    match pem.matches("-----BEGIN ").count() {
+        1 => Ok(first),
+        blocks => Err(format!("found {blocks} PEM blocks")),
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub struct ServiceAccount {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The pod a bound token belongs to: its name and UID when issued.
+    pub pod: Option<(String, String)>,
+    /// The token's `exp` (seconds since the epoch), if it expires.
+    pub exp: Option<u64>,
 }
 
 struct Inner {
@@ -417,16 +421,68 @@ impl KubeStandIn {
         name: &str,
         audiences: &[&str],
     ) -> String {
+        self.mint_token(namespace, name, audiences, None, None)
+    }
+
+    /// A token the kubelet would project into `pod` (which must exist):
+    /// bound to the pod, for `audiences`, expiring in `lifetime` seconds
+    /// (negative: already expired). TokenReview names the pod, its UID and
+    /// its node in `extra`, and refuses the token once the pod is gone or
+    /// replaced, or the token expired, as kube-apiserver does.
+    pub fn bound_token(
+        &self,
+        namespace: &str,
+        pod: &str,
+        audiences: &[&str],
+        lifetime: i64,
+    ) -> String {
+        let object = self
+            .get("", "pods", namespace, pod)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{pod} to bind a token to"));
+        let account = object
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        let uid = object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .expect("a stored pod has a UID")
+            .to_owned();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let exp = now.saturating_add_signed(lifetime);
+        self.mint_token(
+            namespace,
+            &account,
+            audiences,
+            Some((pod.to_owned(), uid)),
+            Some(exp),
+        )
+    }
+
+    fn mint_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        pod: Option<(String, String)>,
+        exp: Option<u64>,
+    ) -> String {
         let sa = ServiceAccount {
             namespace: namespace.into(),
             name: name.into(),
             uid: format!("uid-{namespace}-{name}"),
+            pod: pod.clone(),
+            exp,
         };
         let b64 =
             |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let header = json!({ "alg": "RS256", "kid": "stand-in" });
         let serial = self.inner.tokens.lock().expect("lock").len();
-        let claims = json!({
+        let mut claims = json!({
             "iss": "https://kubernetes.default.svc.cluster.local",
             "sub": format!("system:serviceaccount:{namespace}:{name}"),
             "aud": audiences,
@@ -436,6 +492,12 @@ impl KubeStandIn {
             "kubernetes.io/serviceaccount/service-account.name": name,
             "kubernetes.io/serviceaccount/service-account.uid": sa.uid,
         });
+        if let Some(exp) = exp {
+            claims["exp"] = json!(exp);
+        }
+        if let Some((pod, uid)) = &pod {
+            claims["kubernetes.io"]["pod"] = json!({ "name": pod, "uid": uid });
+        }
         let token = format!("{}.{}.c3RhbmQtaW4tc2lnbmF0dXJl", b64(&header), b64(&claims));
         self.inner
             .tokens

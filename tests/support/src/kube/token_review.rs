@@ -64,19 +64,26 @@ pub(crate) fn token_review(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> 
             .cloned()
             .collect()
     };
-    let status = match inner.tokens.lock().expect("lock").get(token) {
+    let account = inner.tokens.lock().expect("lock").get(token).cloned();
+    let status = match account {
         Some(_) if !wanted.is_empty() && audiences.is_empty() => {
-            json!({ "authenticated": false, "error": "token audiences do not match the requested audiences" })
+            json!({ "authenticated": false, "error": "[invalid bearer token, token audiences are invalid for the target audiences]" })
         }
-        Some(sa) => json!({
-            "authenticated": true,
-            "user": {
-                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
-                "uid": sa.uid,
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
-            },
-            "audiences": audiences,
-        }),
+        Some(sa) => match bound_state(inner, &sa) {
+            Err(why) => {
+                json!({ "authenticated": false, "error": format!("[invalid bearer token, {why}]") })
+            }
+            Ok(extra) => json!({
+                "authenticated": true,
+                "user": {
+                    "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
+                    "uid": sa.uid,
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
+                    "extra": extra,
+                },
+                "audiences": audiences,
+            }),
+        },
         None => json!({ "authenticated": false, "error": "invalid bearer token" }),
     };
     json_response(
@@ -89,4 +96,40 @@ pub(crate) fn token_review(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> 
             "status": status,
         }),
     )
+}
+
+/// As kube-apiserver's ServiceAccount token authenticator: an expired
+/// token is refused, and a token bound to a pod is refused once that pod
+/// is gone or another pod took its name. An accepted bound token's `extra`
+/// names the pod, its UID and its node.
+fn bound_state(inner: &Inner, sa: &ServiceAccount) -> Result<Value, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if sa.exp.is_some_and(|exp| exp <= now) {
+        return Err("service account token has expired".into());
+    }
+    let Some((name, uid)) = &sa.pod else {
+        return Ok(json!({}));
+    };
+    let key = ("", "pods", sa.namespace.clone(), name.clone());
+    let pod = inner.store.lock().expect("lock").objects.get(&key).cloned();
+    let Some(pod) = pod else {
+        return Err(format!("pod \"{name}\" not found"));
+    };
+    let live_uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if live_uid != uid {
+        return Err(format!("pod UID ({live_uid}) does not match claim ({uid})"));
+    }
+    let mut extra = json!({
+        "authentication.kubernetes.io/pod-name": [name],
+        "authentication.kubernetes.io/pod-uid": [uid],
+    });
+    if let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+        extra["authentication.kubernetes.io/node-name"] = json!([node]);
+    }
+    Ok(extra)
 }

@@ -1,0 +1,101 @@
+//! Istio's certificate service (`istio.v1.auth.IstioCertificateService`),
+//! so that istio-agent (sidecars) and ztunnel (ambient) get their
+//! certificates from meshca, whichever provider signs.
+//!
+//! One more frontend of the [`Issuer`]: it authenticates the caller (a
+//! ServiceAccount token reviewed for `istio_ca.token_audiences`, or a
+//! client certificate meshca issued), decides whose certificate it may
+//! have (its own, or for ztunnel a pod's on its node, see [`node`]), and
+//! renders the issuer's outcome as a chain or a gRPC status. Istio's trust
+//! distribution, the ConfigMap `istio-ca-root-cert`, is a bundle sink
+//! ([`root_cert`]).
+
+mod config;
+pub mod node;
+pub mod root_cert;
+mod service;
+
+pub use config::{IstioCaConfig, RawIstioCa};
+use service::IstioCa;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshca_provider::TrustDomain;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ConnectionLimits, ServingTls};
+use crate::auth::{Authenticator, TokenReviewer};
+use crate::cluster::Cluster;
+use crate::issuer::Issuer;
+use crate::metrics::Metrics;
+use crate::supervisor::Spawner;
+
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+mod proto {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+use proto::istio_certificate_service_server::IstioCertificateServiceServer;
+
+/// How long a reviewed token's answer is remembered.
+const REVIEW_CACHE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the service is built from.
+pub struct Deps<'a> {
+    /// The issuer every frontend shares.
+    pub issuer: Issuer,
+    /// The signing API's authenticator: meshca's tokens and client
+    /// certificates; its ServiceAccount reviewer is replaced by one for
+    /// Istio's audiences.
+    pub auth: Authenticator,
+    /// The cluster, when meshca runs with one.
+    pub cluster: Option<&'a Cluster>,
+    /// The serving certificate (its names include `serving_dns_names`).
+    pub tls: ServingTls,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+}
+
+/// Bind `config.listen` and serve Istio's certificate service there until
+/// the spawner stops; returns the bound address.
+///
+/// # Errors
+/// The listener could not be bound.
+pub async fn serve(
+    config: &IstioCaConfig,
+    deps: Deps<'_>,
+    spawner: &Spawner,
+) -> Result<SocketAddr, std::io::Error> {
+    let auth = match deps.cluster {
+        Some(cluster) => deps.auth.with_kubernetes(Arc::new(TokenReviewer::new(
+            cluster.client.clone(),
+            config.token_audiences.clone(),
+            deps.trust_domain,
+            REVIEW_CACHE,
+        ))),
+        None => deps.auth,
+    };
+    let service = IstioCa {
+        issuer: deps.issuer,
+        auth,
+        nodes: node::NodeAuthorizer::new(
+            deps.cluster.map(|c| c.client.clone()),
+            config.trusted_node_accounts.clone(),
+        ),
+        cluster_id: config.cluster_id.clone(),
+        metrics: deps.metrics,
+    };
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let router =
+        tonic::service::Routes::new(IstioCertificateServiceServer::new(service)).into_axum_router();
+    let tls = deps.tls;
+    spawner.spawn_child("istio-ca-server", |token| {
+        api::serve(listener, Some(tls), router, ConnectionLimits::api(), token)
+    });
+    tracing::info!(%addr, cluster_id = %config.cluster_id, "serving Istio's certificate service");
+    Ok(addr)
+}

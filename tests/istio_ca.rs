@@ -1,0 +1,292 @@
+//! Istio's certificate service against the real `meshca serve` code, called
+//! by a gRPC client that grpcio-tools generates from proto/istio/ca.proto
+//! (tests/istio/ca_client.py), playing istio-agent and ztunnel. Tokens are
+//! the Kubernetes stand-in's bound ServiceAccount tokens: TokenReview names
+//! each token's pod and node, and refuses expired tokens and tokens whose
+//! pod is gone, as kube-apiserver does.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meshca_test_support as support;
+use serde_json::{json, Value};
+use support::kube::KubeStandIn;
+use support::{eventually, TestDaemon};
+
+const SERVER_NAME: &str = "meshca.osm-system.svc";
+const WEB: &str = "spiffe://cluster.local/ns/web/sa/web";
+const DB: &str = "spiffe://cluster.local/ns/db/sa/db";
+
+fn yaml(kube: &KubeStandIn, port: u16, extra: &str) -> String {
+    format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nbundle: {{ refresh_interval: 1s }}\ncertificates: {{ default_ttl: 1h, min_ttl: 10m, max_ttl: 2h }}\nistio_ca: {{ enabled: true, listen: 127.0.0.1:{port}, serving_dns_names: [{SERVER_NAME}]{extra} }}\n",
+        kube.kubeconfig().display()
+    )
+}
+
+/// A scheduled pod running as `sa`.
+fn pod(kube: &KubeStandIn, ns: &str, name: &str, sa: &str, node: &str) {
+    kube.put(
+        "",
+        "pods",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": ns },
+            "spec": {
+                "serviceAccountName": sa,
+                "nodeName": node,
+                "containers": [{ "name": "app", "image": "app:1" }],
+            },
+            "status": { "phase": "Running" },
+        }),
+    );
+}
+
+/// Run `calls` through the Python client; one result per call.
+async fn call(d: &TestDaemon, port: u16, calls: &Value) -> Vec<Value> {
+    let root = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(root.path(), d.bundle_pem().await).expect("root file");
+    let root_dir = support::repo_root();
+    let mut child = Command::new(root_dir.join(".venv/bin/python"))
+        .arg(root_dir.join("tests/istio/ca_client.py"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(SERVER_NAME)
+        .arg(root.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the Python client runs (.ci/run installs grpcio-tools)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(calls.to_string().as_bytes())
+        .expect("calls written");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("client output");
+    assert!(
+        out.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON results")
+}
+
+fn assert_refused(result: &Value, code: &str, says: &str) {
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["code"], code, "{result}");
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{says:?} not in {message:?}");
+}
+
+fn assert_issued_to(result: &Value, spiffe_id: &str, bundle: &str) {
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["leaf_uris"], json!([spiffe_id]), "{result}");
+    assert_eq!(
+        result["key_matches"], true,
+        "the leaf carries the CSR's key"
+    );
+    let chain = result["chain"].as_array().expect("chain");
+    assert_eq!(
+        chain.last().and_then(Value::as_str),
+        Some(bundle),
+        "the chain ends with the bundle's anchors"
+    );
+    let leaf_and_intermediates: String = chain[..chain.len() - 1]
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    support::verify(
+        &leaf_and_intermediates,
+        bundle,
+        webpki::KeyUsage::client_auth(),
+    )
+    .expect("rustls-webpki verifies the chain against the bundle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_and_ztunnel_get_exactly_what_their_tokens_allow() {
+    let kube = KubeStandIn::start().await;
+    for ns in ["web", "db", "istio-system"] {
+        kube.create_namespace(ns);
+    }
+    pod(&kube, "web", "web-1", "web", "node-1");
+    pod(&kube, "db", "db-1", "db", "node-2");
+    pod(&kube, "istio-system", "ztunnel-a", "ztunnel", "node-1");
+    pod(&kube, "web", "gone", "web", "node-1");
+    let web = kube.bound_token("web", "web-1", &["istio-ca"], 3600);
+    let ztunnel = kube.bound_token("istio-system", "ztunnel-a", &["istio-ca"], 3600);
+    let for_vault = kube.bound_token("web", "web-1", &["vault"], 3600);
+    let expired = kube.bound_token("web", "web-1", &["istio-ca"], -10);
+    let of_gone_pod = kube.bound_token("web", "gone", &["istio-ca"], 3600);
+    assert!(kube.delete("", "pods", "web", "gone"));
+
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&yaml(&kube, port, "")).await;
+    let bundle = d.bundle_pem().await;
+    let on_behalf = |id: &str| json!({ "ImpersonatedIdentity": id });
+    let results = call(
+        &d,
+        port,
+        &json!([
+            // 0: istio-agent: RSA, its cluster named in the header.
+            { "token": web, "uri": WEB, "key": "rsa", "clusterid": "Kubernetes", "validity": 3600 },
+            // 1: ztunnel for a pod on its node.
+            { "token": ztunnel, "uri": WEB, "metadata": on_behalf(WEB) },
+            // 2: ztunnel for a pod on another node.
+            { "token": ztunnel, "uri": DB, "metadata": on_behalf(DB) },
+            // 3: ztunnel for an identity no pod runs as.
+            { "token": ztunnel, "uri": "spiffe://cluster.local/ns/web/sa/ghost", "metadata": on_behalf("spiffe://cluster.local/ns/web/sa/ghost") },
+            // 4: a sidecar is no node agent.
+            { "token": web, "uri": DB, "metadata": on_behalf(DB) },
+            // 5: a token for another audience.
+            { "token": for_vault, "uri": WEB },
+            // 6: another cluster.
+            { "token": web, "uri": WEB, "clusterid": "Remote" },
+            // 7: a CSR naming someone else.
+            { "token": web, "uri": DB },
+            // 8: an expired token.
+            { "token": expired, "uri": WEB },
+            // 9: a token whose pod was deleted.
+            { "token": of_gone_pod, "uri": WEB },
+            // 10: ten years asked: max_ttl given.
+            { "token": web, "uri": WEB, "validity": 315_360_000 },
+            // 11: no credential.
+            { "uri": WEB },
+        ]),
+    )
+    .await;
+    assert_issued_to(&results[0], WEB, &bundle);
+    let seconds = results[0]["leaf_seconds"].as_i64().expect("seconds");
+    assert!(
+        (3600..=3660).contains(&seconds),
+        "validity_duration honoured: {seconds}"
+    );
+    assert_issued_to(&results[1], WEB, &bundle);
+    assert_refused(&results[2], "PERMISSION_DENIED", "node-1");
+    assert_refused(&results[3], "PERMISSION_DENIED", "no pod running as");
+    assert_refused(&results[4], "PERMISSION_DENIED", "trusted_node_accounts");
+    assert_refused(&results[5], "UNAUTHENTICATED", "audience");
+    assert_refused(&results[6], "UNAUTHENTICATED", "Remote");
+    assert_refused(&results[7], "PERMISSION_DENIED", "");
+    assert_refused(&results[8], "UNAUTHENTICATED", "expired");
+    assert_refused(&results[9], "UNAUTHENTICATED", "not found");
+    assert_issued_to(&results[10], WEB, &bundle);
+    let seconds = results[10]["leaf_seconds"].as_i64().expect("seconds");
+    assert!(seconds <= 7200 + 60, "capped at max_ttl: {seconds}");
+    assert_refused(&results[11], "UNAUTHENTICATED", "no credential");
+
+    let metrics = d.metrics().await;
+    for (reason, count) in [("not_on_node", 2), ("untrusted_caller", 1)] {
+        let line =
+            format!("meshca_istio_impersonations_denied_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("meshca_certificates_issued_total{frontend=\"istio\",provider=\"tresor\",result=\"success\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshca_client_certificate_authenticates_without_a_cluster() {
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&format!(
+        "istio_ca: {{ enabled: true, listen: 127.0.0.1:{port}, serving_dns_names: [{SERVER_NAME}] }}\n"
+    ))
+    .await;
+    let bundle = d.bundle_pem().await;
+    let key = support::key();
+    let (status, _, issued) = d
+        .post(
+            &d.client().await,
+            Some(&d.token("web", "web")),
+            &json!({ "csr": support::csr(&key) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued["certificate_chain"].as_str().expect("chain")).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    let results = call(
+        &d,
+        port,
+        &json!([
+            { "cert": cert, "key_file": key_file, "uri": WEB },
+            { "cert": cert, "key_file": key_file, "uri": WEB, "metadata": { "ImpersonatedIdentity": DB } },
+        ]),
+    )
+    .await;
+    assert_issued_to(&results[0], WEB, &bundle);
+    assert_refused(&results[1], "PERMISSION_DENIED", "trusted_node_accounts");
+}
+
+/// The ConfigMap `root-cert.pem` of `ns`, as stored.
+fn root_cert(kube: &KubeStandIn, ns: &str) -> Option<String> {
+    kube.get("", "configmaps", ns, "istio-ca-root-cert")?
+        .pointer("/data/root-cert.pem")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_ca_root_cert_reaches_selected_namespaces_and_is_repaired() {
+    let kube = KubeStandIn::start().await;
+    for (ns, mesh) in [("web", true), ("db", true), ("kube-system", false)] {
+        kube.put(
+            "",
+            "namespaces",
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns, "labels": { "mesh": if mesh { "on" } else { "off" } } } }),
+        );
+    }
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&yaml(
+        &kube,
+        port,
+        ", root_cert_namespaces: { matchLabels: { mesh: 'on' } }",
+    ))
+    .await;
+    let bundle = d.bundle_pem().await;
+    for ns in ["web", "db"] {
+        let held = eventually(ns, Duration::from_secs(10), || root_cert(&kube, ns)).await;
+        assert_eq!(held, bundle);
+    }
+    assert_eq!(root_cert(&kube, "kube-system"), None, "not selected");
+
+    kube.put(
+        "",
+        "namespaces",
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop", "labels": { "mesh": "on" } } }),
+    );
+    let started = std::time::Instant::now();
+    let held = eventually("the new namespace", Duration::from_secs(10), || {
+        root_cert(&kube, "shop")
+    })
+    .await;
+    assert_eq!(held, bundle);
+    eprintln!(
+        "istio-ca-root-cert in a new namespace after {:?}",
+        started.elapsed()
+    );
+
+    let mut edited = kube
+        .get("", "configmaps", "web", "istio-ca-root-cert")
+        .expect("configmap");
+    edited["data"]["root-cert.pem"] = json!("edited by hand");
+    kube.put("", "configmaps", edited);
+    eventually("the repair", Duration::from_secs(10), || {
+        (root_cert(&kube, "web").as_deref() == Some(bundle.as_str())).then_some(())
+    })
+    .await;
+    assert!(kube.delete("", "configmaps", "db", "istio-ca-root-cert"));
+    eventually("the re-creation", Duration::from_secs(10), || {
+        (root_cert(&kube, "db").as_deref() == Some(bundle.as_str())).then_some(())
+    })
+    .await;
+}
