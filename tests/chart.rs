@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use support::chart::{render, render_text as helm_template};
 
@@ -25,12 +25,11 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
         .unwrap_or_else(|e| panic!("{} does not match its API type: {e}", doc["kind"]))
 }
 
-/// The extra RBAC objects the chart adds when ingress policy is on.
 /// RBAC objects that only optional features bring.
 fn is_optional_rbac(doc: &Value) -> bool {
-    doc["metadata"]["name"]
-        .as_str()
-        .is_some_and(|n| n.ends_with("-ingress") || n.ends_with("-pod-certificates"))
+    doc["metadata"]["name"].as_str().is_some_and(|n| {
+        n.ends_with("-ingress") || n.ends_with("-pod-certificates") || n.ends_with("-istio-ca")
+    })
 }
 
 fn check_objects(docs: &[Value]) -> meshca::Config {
@@ -257,6 +256,66 @@ fn the_chart_renders_federation_off_by_default_and_as_asked() {
             .iter()
             .any(|p| p["name"] == "bundle-endpoint" && p["containerPort"] == 8443)),
         "{ports}"
+    );
+}
+
+#[test]
+fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
+    let plain = render(&[]);
+    assert!(check_objects(&plain).istio_ca.is_none());
+    assert!(
+        !plain.iter().any(|d| d["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-istio-ca"))),
+        "no Istio RBAC unless enabled"
+    );
+    let docs = render(&[
+        "istioCa.enabled=true",
+        "istioCa.clusterId=east",
+        "istioCa.rootCertNamespaces.matchLabels.istio-injection=enabled",
+    ]);
+    let config = check_objects(&docs);
+    let istio = config.istio_ca.as_ref().expect("enabled");
+    assert_eq!(istio.listen.port(), 15012);
+    assert_eq!(istio.cluster_id, "east");
+    assert_eq!(
+        istio
+            .root_cert_namespaces
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("istio-injection=enabled")
+    );
+    assert!(
+        istio
+            .serving_dns_names
+            .iter()
+            .any(|n| n.to_string() == "meshca.osm-system.svc"),
+        "the serving certificate names the Service Istio dials"
+    );
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Service");
+    let port = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "grpc-istio-ca"))
+        .expect("the Istio CA port");
+    assert_eq!(
+        (port["port"].as_u64(), port["targetPort"].as_str()),
+        (Some(15012), Some("istio-ca"))
+    );
+    let role = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole" && d["metadata"]["name"] == "meshca-osm-system-istio-ca"
+        })
+        .expect("the Istio CA ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    assert!(
+        rules.iter().any(|r| r["resources"] == json!(["configmaps"])
+            && r["resourceNames"] == json!(["istio-ca-root-cert"])),
+        "ConfigMaps of that one name: {rules:?}"
     );
 }
 

@@ -5,8 +5,6 @@
 //! each token's pod and node, and refuses expired tokens and tokens whose
 //! pod is gone, as kube-apiserver does.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meshca_test_support as support;
@@ -14,7 +12,7 @@ use serde_json::{json, Value};
 use support::kube::KubeStandIn;
 use support::{eventually, TestDaemon};
 
-const SERVER_NAME: &str = "meshca.osm-system.svc";
+use support::istio::SERVER_NAME;
 const WEB: &str = "spiffe://cluster.local/ns/web/sa/web";
 const DB: &str = "spiffe://cluster.local/ns/db/sa/db";
 
@@ -46,35 +44,7 @@ fn pod(kube: &KubeStandIn, ns: &str, name: &str, sa: &str, node: &str) {
 
 /// Run `calls` through the Python client; one result per call.
 async fn call(d: &TestDaemon, port: u16, calls: &Value) -> Vec<Value> {
-    let root = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(root.path(), d.bundle_pem().await).expect("root file");
-    let root_dir = support::repo_root();
-    let mut child = Command::new(root_dir.join(".venv/bin/python"))
-        .arg(root_dir.join("tests/istio/ca_client.py"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(SERVER_NAME)
-        .arg(root.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the Python client runs (.ci/run installs grpcio-tools)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(calls.to_string().as_bytes())
-        .expect("calls written");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("client output");
-    assert!(
-        out.status.success(),
-        "the client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON results")
+    support::istio::create_certificates(port, &d.bundle_pem().await, calls).await
 }
 
 fn assert_refused(result: &Value, code: &str, says: &str) {

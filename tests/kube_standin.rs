@@ -17,7 +17,7 @@ use kube::api::{
     PostParams, WatchEvent, WatchParams,
 };
 use kube::Api;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::kube::{KubeStandIn, Options};
 
 async fn client(kube: &KubeStandIn) -> kube::Client {
@@ -366,6 +366,85 @@ async fn token_reviews_and_leases_work() {
             .expect_err("stale"),
     );
     assert_eq!(code, 409, "a stale holder cannot overwrite");
+}
+
+/// kube-apiserver's ServiceAccount token authenticator, for tokens the
+/// kubelet projects into a pod: an accepted token's `user.extra` names the
+/// pod, its UID and its node (`ServiceAccountTokenPodNodeInfo`, on since
+/// Kubernetes 1.30); an expired token, a token whose pod was deleted, and
+/// a token whose pod name now belongs to another pod (another UID) are
+/// refused.
+#[tokio::test]
+async fn bound_tokens_name_their_pod_and_node_and_die_with_the_pod() {
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("web");
+    let pod = |uid_hint: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "web-1", "namespace": "web", "labels": { "v": uid_hint } },
+            "spec": { "serviceAccountName": "web", "nodeName": "node-1", "containers": [{ "name": "a", "image": "a" }] },
+        })
+    };
+    kube.put("", "pods", pod("1"));
+    let reviews: Api<TokenReview> = Api::all(client(&kube).await);
+    let review = |token: &str| {
+        let reviews = reviews.clone();
+        let body = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: Some(vec!["istio-ca".to_owned()]),
+            },
+            ..TokenReview::default()
+        };
+        async move {
+            reviews
+                .create(&PostParams::default(), &body)
+                .await
+                .expect("review")
+                .status
+                .expect("status")
+        }
+    };
+    let live = kube.bound_token("web", "web-1", &["istio-ca"], 600);
+    let status = review(&live).await;
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    let user = status.user.expect("user");
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:web:web")
+    );
+    let extra = user.extra.expect("extra");
+    let one = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+    assert_eq!(
+        one("authentication.kubernetes.io/pod-name").as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(
+        one("authentication.kubernetes.io/node-name").as_deref(),
+        Some("node-1")
+    );
+    let uid = kube.get("", "pods", "web", "web-1").expect("pod")["metadata"]["uid"].clone();
+    assert_eq!(
+        one("authentication.kubernetes.io/pod-uid").map(Value::from),
+        Some(uid)
+    );
+
+    let expired = kube.bound_token("web", "web-1", &["istio-ca"], -1);
+    let status = review(&expired).await;
+    assert_ne!(status.authenticated, Some(true));
+    assert!(status.error.unwrap_or_default().contains("expired"));
+
+    assert!(kube.delete("", "pods", "web", "web-1"));
+    let status = review(&live).await;
+    assert_ne!(status.authenticated, Some(true), "the pod is gone");
+    kube.put("", "pods", pod("2"));
+    let status = review(&live).await;
+    assert_ne!(
+        status.authenticated,
+        Some(true),
+        "another pod of the same name"
+    );
+    assert!(status.error.unwrap_or_default().contains("does not match"));
 }
 
 #[tokio::test]

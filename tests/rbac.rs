@@ -289,6 +289,62 @@ async fn federation() -> Run {
     }
 }
 
+/// Istio's certificate service: istio-ca-root-cert in every namespace, and
+/// ztunnel's impersonation (pods by node; its own pod by name, for a token
+/// that names no node).
+async fn istio_ca() -> Run {
+    let kube = KubeStandIn::start().await;
+    for ns in ["shop", "istio-system"] {
+        kube.create_namespace(ns);
+    }
+    let pod = |ns: &str, name: &str, sa: &str, node: Option<&str>| {
+        kube.put(
+            "",
+            "pods",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": name, "namespace": ns },
+                "spec": { "serviceAccountName": sa, "nodeName": node, "containers": [{ "name": "a", "image": "a" }] },
+            }),
+        );
+    };
+    pod("shop", "web-1", "web", Some("node-1"));
+    pod("istio-system", "ztunnel-1", "ztunnel", Some("node-1"));
+    pod("istio-system", "ztunnel-2", "ztunnel", None);
+    let on_node = kube.bound_token("istio-system", "ztunnel-1", &["istio-ca"], 600);
+    let unscheduled = kube.bound_token("istio-system", "ztunnel-2", &["istio-ca"], 600);
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&cluster(
+        &kube,
+        &format!(
+            "istio_ca: {{ enabled: true, listen: '127.0.0.1:{port}' }}
+"
+        ),
+    ))
+    .await;
+    let web = "spiffe://cluster.local/ns/shop/sa/web";
+    let results = support::istio::create_certificates(
+        port,
+        &d.bundle_pem().await,
+        &json!([
+            { "token": on_node, "uri": web, "metadata": { "ImpersonatedIdentity": web } },
+            { "token": unscheduled, "uri": web, "metadata": { "ImpersonatedIdentity": web } },
+        ]),
+    )
+    .await;
+    assert_eq!(results[0]["ok"], true, "{results:?}");
+    assert_eq!(results[1]["code"], "PERMISSION_DENIED", "{results:?}");
+    eventually("istio-ca-root-cert", Duration::from_secs(15), || {
+        kube.get("", "configmaps", "shop", "istio-ca-root-cert")
+    })
+    .await;
+    Run {
+        name: "istio-ca",
+        values: vec!["istioCa.enabled=true"],
+        requests: meshcas(&kube),
+    }
+}
+
 /// Two replicas; the leader stops and hands over.
 async fn two_replicas() -> Run {
     let kube = KubeStandIn::start().await;
@@ -361,6 +417,7 @@ async fn every_request_meshca_makes_is_granted_by_the_chart_and_every_grant_is_u
                 ingress().await,
                 rollout().await,
                 federation().await,
+                istio_ca().await,
             ]
         },
     );
@@ -386,7 +443,11 @@ async fn every_request_meshca_makes_is_granted_by_the_chart_and_every_grant_is_u
     );
 
     let all: Vec<AuditEntry> = runs.iter().flat_map(|r| r.requests.clone()).collect();
-    let everything = chart::render(&["ingress.enabled=true", "podCertificates.enabled=true"]);
+    let everything = chart::render(&[
+        "ingress.enabled=true",
+        "podCertificates.enabled=true",
+        "istioCa.enabled=true",
+    ]);
     let unused: Vec<String> = Grants::of(&everything)
         .unused(&all)
         .into_iter()
@@ -424,4 +485,16 @@ fn the_audit_tells_a_grant_from_a_refusal() {
         !grants.allows(&entry("list", "pods", None)),
         "ingress rules are off by default"
     );
+    let istio = Grants::of(&chart::render(&["istioCa.enabled=true"]));
+    let named = |verb, name: Option<&str>| AuditEntry {
+        name: name.map(str::to_owned),
+        ..entry(verb, "configmaps", None)
+    };
+    assert!(istio.allows(&named("list", Some("istio-ca-root-cert"))));
+    assert!(istio.allows(&named("patch", Some("istio-ca-root-cert"))));
+    assert!(
+        !istio.allows(&named("list", None)),
+        "every ConfigMap of the cluster is not granted"
+    );
+    assert!(!istio.allows(&named("patch", Some("kube-root-ca.crt"))));
 }

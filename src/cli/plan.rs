@@ -24,6 +24,17 @@ pub(super) fn plan(config: &Config) -> Vec<String> {
             config.pod_certificates.signer_name.trust_bundle_name()
         ));
     }
+    if let (Some(istio), Some(_)) = (&config.istio_ca, &config.kubernetes) {
+        let namespaces = istio
+            .root_cert_namespaces
+            .as_ref()
+            .map_or("every namespace".to_owned(), |s| {
+                format!("namespaces matching {s}")
+            });
+        sinks.push(format!(
+            "ConfigMap istio-ca-root-cert (root-cert.pem) in {namespaces}"
+        ));
+    }
     lines.push(format!("bundle:    {}", sinks.join("; ")));
     let mut auth = vec![
         format!("bearer tokens from {}", config.auth.tokens_file.display()),
@@ -50,6 +61,9 @@ pub(super) fn plan(config: &Config) -> Vec<String> {
         lines.push(jwt_svids(config, jwt));
     }
     lines.extend(federation(config));
+    if let Some(istio) = &config.istio_ca {
+        lines.push(istio_ca(config, istio));
+    }
     if config.ingress.enabled {
         lines.push(format!(
             "ingress:   backend protocol {:?}",
@@ -122,6 +136,34 @@ fn cluster(config: &Config) -> String {
 }
 
 /// The bundle endpoint this mesh serves and the peers it fetches.
+fn istio_ca(config: &Config, istio: &crate::istio_ca::IstioCaConfig) -> String {
+    let callers = if config.kubernetes.is_some() {
+        format!(
+            "ServiceAccount tokens for {} by TokenReview, or client certificates meshca issued",
+            istio.token_audiences.join(", ")
+        )
+    } else {
+        "client certificates meshca issued only (no cluster to review tokens)".to_owned()
+    };
+    let agents: Vec<String> = istio
+        .trusted_node_accounts
+        .iter()
+        .map(|(ns, sa)| format!("{ns}/{sa}"))
+        .collect();
+    let names: Vec<String> = istio
+        .serving_dns_names
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    format!(
+        "istio ca:  gRPC IstioCertificateService on https://{} as {} for cluster {}; callers: {callers}; node agents {} may ask for pods on their node",
+        istio.listen,
+        names.join(", "),
+        istio.cluster_id,
+        agents.join(", ")
+    )
+}
+
 fn federation(config: &Config) -> Vec<String> {
     use crate::federation::{EndpointProfile, PeerProfile};
     let mut lines = Vec::new();

@@ -113,7 +113,8 @@ impl Grants {
 
     /// Whether one of the rules allows `entry`, as the RBAC authorizer
     /// decides (a request on a subresource needs `resource/subresource`;
-    /// `resourceNames` cannot restrict create, list or watch).
+    /// `resourceNames` cannot restrict create, and restricts list and watch
+    /// only through a field selector on `metadata.name`).
     pub fn allows(&self, entry: &AuditEntry) -> bool {
         self.0.iter().any(|g| grant_allows(g, entry))
     }
@@ -158,8 +159,7 @@ fn grant_allows(g: &Grant, e: &AuditEntry) -> bool {
     };
     let names = strings(&g.rule, "resourceNames");
     let named = names.is_empty()
-        || (!matches!(e.verb, "create" | "list" | "watch")
-            && e.name.as_deref().is_some_and(|n| names.contains(&n)));
+        || (e.verb != "create" && e.name.as_deref().is_some_and(|n| names.contains(&n)));
     in_scope
         && named
         && strings(&g.rule, "apiGroups")

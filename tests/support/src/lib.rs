@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod chart;
 pub mod hold;
+pub mod istio;
 pub mod kube;
 pub mod nginx;
 pub mod openbao;

@@ -55,6 +55,22 @@ pub(crate) fn entry(
         Method::DELETE => "delete",
         _ => return None,
     };
+    // As kube-apiserver's RequestInfo: a list or watch whose field selector
+    // requires one metadata.name is authorized as a request for that name,
+    // so `resourceNames` can restrict it.
+    let selected = || {
+        let selector = query.get("fieldSelector")?;
+        let mut terms = selector.split(',');
+        let only = terms.next()?;
+        let name = only
+            .strip_prefix("metadata.name==")
+            .or_else(|| only.strip_prefix("metadata.name="))?;
+        terms.next().is_none().then(|| name.to_owned())
+    };
+    let name = match verb {
+        "list" | "watch" => selected(),
+        _ => target.name.clone(),
+    };
     Some(AuditEntry {
         user_agent: user_agent.to_owned(),
         verb,
@@ -62,7 +78,7 @@ pub(crate) fn entry(
         resource: target.def.plural.to_owned(),
         subresource: target.subresource.clone(),
         namespace: target.namespace.clone(),
-        name: target.name.clone(),
+        name,
         code: 0,
         at: std::time::Instant::now(),
         implied: false,
