@@ -38,6 +38,8 @@ enum Kind {
 /// A daemon signing with one provider, and that provider's backend.
 struct Harness {
     daemon: TestDaemon,
+    /// The port of its Istio certificate service.
+    istio_port: u16,
     bao: Option<OpenBao>,
     kube: Option<KubeStandIn>,
     issuer: Option<CaIssuer>,
@@ -45,9 +47,16 @@ struct Harness {
 
 impl Harness {
     async fn start(kind: Kind) -> Self {
+        let istio_port = support::process::free_port();
+        // Dialled as localhost, a name the serving certificate has anyway
+        // (the Vault role of the tests allows no other).
+        let common = format!(
+            "{LIFETIMES}istio_ca: {{ enabled: true, listen: '127.0.0.1:{istio_port}', serving_dns_names: [localhost] }}\n"
+        );
         match kind {
             Kind::Tresor => Self {
-                daemon: TestDaemon::start(LIFETIMES).await,
+                daemon: TestDaemon::start(&common).await,
+                istio_port,
                 bao: None,
                 kube: None,
                 issuer: None,
@@ -56,9 +65,10 @@ impl Harness {
                 let bao = OpenBao::dev().await;
                 bao.script("setup-pki.sh", &[]);
                 let auth = format!("{{ token_file: {} }}", bao.meshca_token_file().display());
-                let yaml = format!("{LIFETIMES}{}", bao.provider_yaml(&auth, ""));
+                let yaml = format!("{common}{}", bao.provider_yaml(&auth, ""));
                 Self {
                     daemon: TestDaemon::start(&yaml).await,
+                    istio_port,
                     bao: Some(bao),
                     kube: None,
                     issuer: None,
@@ -68,11 +78,12 @@ impl Harness {
                 let kube = KubeStandIn::start().await;
                 let issuer = kube.start_ca_issuer("Issuer", "osm-ca");
                 let yaml = format!(
-                    "{LIFETIMES}kubernetes: {{ kubeconfig: {} }}\nprovider:\n  kind: cert-manager\n  cert_manager: {{ issuer_name: osm-ca, issuer_kind: Issuer, timeout: 3s }}\n",
+                    "{common}kubernetes: {{ kubeconfig: {} }}\nprovider:\n  kind: cert-manager\n  cert_manager: {{ issuer_name: osm-ca, issuer_kind: Issuer, timeout: 3s }}\n",
                     kube.kubeconfig().display()
                 );
                 Self {
                     daemon: TestDaemon::start(&yaml).await,
+                    istio_port,
                     bao: None,
                     kube: Some(kube),
                     issuer: Some(issuer),
@@ -197,6 +208,57 @@ async fn a_valid_csr_of_every_key_type_gets_the_callers_identity_chaining_to_the
         support::verify(chain, &bundle, webpki::KeyUsage::client_auth())
             .unwrap_or_else(|e| panic!("{kind:?} {name}: the chain does not verify: {e:?}"));
     }
+}
+
+/// istio-agent's and ztunnel's CSRs (no subject, the URI SAN alone,
+/// marked critical; RSA and EC) through Istio's certificate service, the
+/// caller authenticated by a client certificate meshca issued.
+async fn istios_agents_get_the_callers_identity_and_nobody_elses(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let bundle = h.daemon.bundle_pem().await;
+    let key = KeyPair::generate().expect("key");
+    let (status, _, body) = h.sign(named_csr(&key), 3600).await;
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, body["certificate_chain"].as_str().expect("chain")).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    let caller = format!("spiffe://cluster.local/ns/{NS}/sa/{SA}");
+    let call = |uri: &str, key: &str| json!({ "cert": cert, "key_file": key_file, "uri": uri, "key": key, "validity": 3600 });
+    let results = support::istio::create_certificates_as(
+        h.istio_port,
+        "localhost",
+        &bundle,
+        &json!([
+            call(&caller, "rsa"),
+            call(&caller, "ec"),
+            call("spiffe://cluster.local/ns/kube-system/sa/admin", "ec"),
+        ]),
+    )
+    .await;
+    for result in &results[..2] {
+        assert_eq!(result["ok"], true, "{kind:?}: {result}");
+        assert_eq!(result["leaf_uris"], json!([caller]), "{kind:?}");
+        assert_eq!(result["key_matches"], true, "{kind:?}");
+        let chain = result["chain"].as_array().expect("chain");
+        assert_eq!(chain.last().and_then(Value::as_str), Some(bundle.as_str()));
+        let leaf_and_intermediates: String = chain[..chain.len() - 1]
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        support::verify(
+            &leaf_and_intermediates,
+            &bundle,
+            webpki::KeyUsage::client_auth(),
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: the chain does not verify: {e:?}"));
+    }
+    assert_eq!(results[2]["ok"], false, "{kind:?}: {}", results[2]);
+    assert_eq!(
+        results[2]["code"], "PERMISSION_DENIED",
+        "{kind:?}: {}",
+        results[2]
+    );
 }
 
 async fn a_requested_lifetime_is_capped_at_max_ttl(kind: Kind) {
@@ -373,6 +435,7 @@ macro_rules! conformance {
             conformance!(@case $kind, ca_requests_foreign_names_and_bad_signatures_are_refused);
             conformance!(@case $kind, the_backends_anchors_reach_the_bundle);
             conformance!(@case $kind, a_jwt_svid_names_the_caller_as_its_certificate_does);
+            conformance!(@case $kind, istios_agents_get_the_callers_identity_and_nobody_elses);
             $($(conformance!(@case $kind, $extra);)*)?
         }
     };

@@ -132,9 +132,15 @@ impl Checked {
         leaf: &LeafProfile,
     ) -> Result<Issued, ProviderError> {
         let capabilities = self.inner.capabilities();
+        let spiffe_id_only = leaf.clone().spiffe_id_only();
+        let leaf = if !capabilities.names_from_profile && csr.names_exactly(&spiffe_id_only) {
+            &spiffe_id_only
+        } else {
+            leaf
+        };
         if !capabilities.names_from_profile && !csr.names_exactly(leaf) {
             return Err(ProviderError::UnsupportedRequest(format!(
-                "the {} provider signs only the names a CSR carries: the CSR must name exactly DNS:{} and URI:{} (GET /v1/identity tells them){}",
+                "the {} provider signs only the names a CSR carries: the CSR must name exactly DNS:{} and URI:{}, or the URI alone (GET /v1/identity tells them){}",
                 self.inner.kind(),
                 leaf.identity().dns_name(),
                 leaf.identity().spiffe_id(),

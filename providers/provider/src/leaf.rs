@@ -77,6 +77,9 @@ pub struct LeafProfile {
     /// than requested (cert-manager issuers round up) up to this.
     ceiling: Duration,
     extra_names: Vec<ServerName>,
+    /// Whether the identity's DNS name is a SAN (always, but for a leaf
+    /// named only by its SPIFFE ID: see [`LeafProfile::spiffe_id_only`]).
+    identity_dns: bool,
 }
 
 impl LeafProfile {
@@ -90,7 +93,18 @@ impl LeafProfile {
             floor: Duration::ZERO,
             ceiling: lifetime,
             extra_names: Vec::new(),
+            identity_dns: true,
         }
+    }
+
+    /// The same workload leaf named by its SPIFFE ID alone (an X509-SVID's
+    /// one required SAN), for a CSR that names only that, signed by a
+    /// backend that signs only what a CSR names (cert-manager): Istio's
+    /// agents ask so. A leaf with server names keeps them all.
+    #[must_use]
+    pub fn spiffe_id_only(mut self) -> Self {
+        self.identity_dns = !self.extra_names.is_empty();
+        self
     }
 
     /// Accept a leaf up to `ceiling` (never below the requested lifetime):
@@ -148,7 +162,10 @@ impl LeafProfile {
 
     /// Every DNS SAN the leaf must carry, identity name first.
     pub fn dns_names(&self) -> Vec<String> {
-        let mut names = vec![self.identity.dns_name()];
+        let mut names = Vec::new();
+        if self.identity_dns {
+            names.push(self.identity.dns_name());
+        }
         for n in &self.extra_names {
             if let ServerName::Dns(d) = n {
                 if !names.contains(d) {
@@ -182,5 +199,35 @@ impl LeafProfile {
                 ServerName::Dns(_) => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrustDomain;
+
+    #[test]
+    fn a_spiffe_id_only_leaf_names_the_uri_alone_but_a_server_keeps_its_names() {
+        let id = Identity::new(TrustDomain::new("cluster.local").expect("td"), "web", "web")
+            .expect("identity");
+        let workload = LeafProfile::workload(id.clone(), Duration::from_secs(60));
+        assert_eq!(
+            workload.san_set(),
+            BTreeSet::from([
+                "DNS:web.web.cluster.local".to_owned(),
+                "URI:spiffe://cluster.local/ns/web/sa/web".to_owned()
+            ])
+        );
+        assert_eq!(
+            workload.spiffe_id_only().san_set(),
+            BTreeSet::from(["URI:spiffe://cluster.local/ns/web/sa/web".to_owned()])
+        );
+        let server = LeafProfile::server(
+            id,
+            Duration::from_secs(60),
+            vec![ServerName::parse("localhost")],
+        );
+        assert_eq!(server.clone().spiffe_id_only().san_set(), server.san_set());
     }
 }

@@ -10,16 +10,26 @@ use serde_json::Value;
 /// The name the clients dial meshca by (in `serving_dns_names`).
 pub const SERVER_NAME: &str = "meshca.osm-system.svc";
 
-/// Run `calls` against the service on `127.0.0.1:port`, trusting
-/// `root_pem`; one result per call.
+/// Run `calls` against the service on `127.0.0.1:port`, dialled as
+/// [`SERVER_NAME`], trusting `root_pem`; one result per call.
 pub async fn create_certificates(port: u16, root_pem: &str, calls: &Value) -> Vec<Value> {
+    create_certificates_as(port, SERVER_NAME, root_pem, calls).await
+}
+
+/// As [`create_certificates`], dialling the service as `server_name`.
+pub async fn create_certificates_as(
+    port: u16,
+    server_name: &str,
+    root_pem: &str,
+    calls: &Value,
+) -> Vec<Value> {
     let root = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(root.path(), root_pem).expect("root file");
     let repo = crate::repo_root();
     let mut child = Command::new(repo.join(".venv/bin/python"))
         .arg(repo.join("tests/istio/ca_client.py"))
         .arg(format!("127.0.0.1:{port}"))
-        .arg(SERVER_NAME)
+        .arg(server_name)
         .arg(root.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
