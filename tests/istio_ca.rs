@@ -260,3 +260,120 @@ async fn istio_ca_root_cert_reaches_selected_namespaces_and_is_repaired() {
     })
     .await;
 }
+
+/// `/v1/rotation`, the rollout's state.
+async fn rotation(d: &TestDaemon) -> Value {
+    d.client()
+        .await
+        .get(d.url("/v1/rotation"))
+        .send()
+        .await
+        .expect("rotation")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// istio-agent renewing every second through a Tresor → Vault rollout: every
+/// chain it gets verifies against the istio-ca-root-cert its namespace
+/// holds at that moment, and the ConfigMap holds both roots between the
+/// switch and the retirement of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_tresor_to_vault_rollout_every_chain_istio_gets_is_trusted_by_istio_ca_root_cert()
+{
+    let bao = support::openbao::OpenBao::dev().await;
+    // Leaves of seconds: Vault's backdate must be shorter still.
+    bao.script("setup-pki.sh", &[("NOT_BEFORE_DURATION", "1s")]);
+    let kube = std::sync::Arc::new(KubeStandIn::start().await);
+    kube.create_namespace("web");
+    pod(&kube, "web", "web-1", "web", "node-1");
+    let token = kube.bound_token("web", "web-1", &["istio-ca"], 3600);
+    let port = support::process::free_port();
+    // Dialled as localhost: the Vault role of the tests allows no other name.
+    let common = format!(
+        "certificates: {{ default_ttl: 8s, min_ttl: 1s, max_ttl: 1h }}\nbundle: {{ refresh_interval: 1s }}\nrotation: {{ propagation_delay: 1s }}\nkubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\nistio_ca: {{ enabled: true, listen: '127.0.0.1:{port}', serving_dns_names: [localhost] }}\n",
+        kube.kubeconfig().display()
+    );
+    let d = TestDaemon::start_from_file(&common).await;
+    let tresor_root = d.bundle_pem().await;
+    eventually("istio-ca-root-cert", Duration::from_secs(10), || {
+        root_cert(&kube, "web")
+    })
+    .await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let renewals = {
+        let (stop, kube, bundle_path) = (stop.clone(), kube.clone(), d.bundle_path());
+        tokio::spawn(async move {
+            let (mut chains, mut untrusted, mut both_roots_seen) = (0, Vec::new(), false);
+            while !stop.is_cancelled() {
+                let served = std::fs::read_to_string(&bundle_path).expect("bundle");
+                let calls = json!([{ "token": token, "uri": WEB, "validity": 8 }]);
+                let result =
+                    support::istio::create_certificates_as(port, "localhost", &served, &calls)
+                        .await
+                        .remove(0);
+                let held = root_cert(&kube, "web").expect("istio-ca-root-cert");
+                both_roots_seen |= support::certs(&held).len() == 2;
+                if result["ok"] == true {
+                    let chain = result["chain"].as_array().expect("chain");
+                    let leaf_and_intermediates: String = chain[..chain.len() - 1]
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    chains += 1;
+                    if support::verify(
+                        &leaf_and_intermediates,
+                        &held,
+                        webpki::KeyUsage::client_auth(),
+                    )
+                    .is_err()
+                    {
+                        untrusted.push(leaf_and_intermediates);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            (chains, untrusted, both_roots_seen)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.rewrite_config(&format!(
+        "{common}{}",
+        bao.provider_yaml(
+            &format!("{{ token_file: {} }}", bao.meshca_token_file().display()),
+            "    anchors_refresh: 1s\n"
+        )
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = rotation(&d).await;
+        if r["stage"] == "steady" && r["generation"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not finish: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few renewals under Vault alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let (chains, untrusted, both_roots_seen) = renewals.await.expect("renewals");
+    eprintln!("{chains} chains during the rollout, each trusted by istio-ca-root-cert");
+    assert!(chains >= 10, "istio-agent renewed only {chains} times");
+    assert!(
+        untrusted.is_empty(),
+        "{} of {chains} chains were not trusted by istio-ca-root-cert at the time",
+        untrusted.len()
+    );
+    assert!(
+        both_roots_seen,
+        "istio-ca-root-cert never held the old and new roots together"
+    );
+    let vault_root = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    let held = root_cert(&kube, "web").expect("istio-ca-root-cert");
+    assert_eq!(support::certs(&held), support::certs(&vault_root));
+    assert!(!held.contains(tresor_root.trim()), "Tresor's root retired");
+}
