@@ -12,6 +12,7 @@ fn every_example_config_is_valid() {
         "examples/cert-manager",
         "examples/pod-certificates",
         "examples/federation",
+        "examples/istio",
     ] {
         for entry in
             std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
@@ -56,4 +57,33 @@ fn load_example(path: &Path) -> Result<meshca::Config, meshca::ConfigError> {
     let copy = dir.path().join("example.yaml");
     std::fs::write(&copy, text.replace("./ca.", &format!("{here}/ca."))).expect("copy");
     meshca::Config::load(Some(&copy))
+}
+
+/// The istiod values point Istio at the address and name meshca's example
+/// serves Istio's certificate service on, with istiod's own CA off.
+#[test]
+fn the_istiod_values_point_istio_at_the_example_meshca() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/istio");
+    let config = load_example(&dir.join("meshca.yaml")).expect("meshca.yaml");
+    let istio = config.istio_ca.as_ref().expect("istio_ca enabled");
+    for values in ["istiod-sidecar-values.yaml", "istiod-ambient-values.yaml"] {
+        let text = std::fs::read_to_string(dir.join(values)).expect("values");
+        let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let address = values["global"]["caAddress"].as_str().expect("global.caAddress");
+        let (host, port) = address.rsplit_once(':').expect("host:port");
+        assert!(
+            istio.serving_dns_names.iter().any(|n| n.to_string() == host),
+            "{host} is not a serving name"
+        );
+        assert_eq!(port.parse::<u16>().ok(), Some(istio.listen.port()));
+        assert_eq!(
+            values["pilot"]["env"]["ENABLE_CA_SERVER"].as_str(),
+            Some("false"),
+            "istiod's own CA is off"
+        );
+        assert_eq!(
+            values["meshConfig"]["trustDomain"].as_str(),
+            Some(config.trust_domain.as_str())
+        );
+    }
 }
