@@ -69,10 +69,15 @@ fn the_istiod_values_point_istio_at_the_example_meshca() {
     for values in ["istiod-sidecar-values.yaml", "istiod-ambient-values.yaml"] {
         let text = std::fs::read_to_string(dir.join(values)).expect("values");
         let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
-        let address = values["global"]["caAddress"].as_str().expect("global.caAddress");
+        let address = values["global"]["caAddress"]
+            .as_str()
+            .expect("global.caAddress");
         let (host, port) = address.rsplit_once(':').expect("host:port");
         assert!(
-            istio.serving_dns_names.iter().any(|n| n.to_string() == host),
+            istio
+                .serving_dns_names
+                .iter()
+                .any(|n| n.to_string() == host),
             "{host} is not a serving name"
         );
         assert_eq!(port.parse::<u16>().ok(), Some(istio.listen.port()));
