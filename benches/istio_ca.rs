@@ -21,7 +21,6 @@
 //! Run: `cargo bench --bench istio_ca` (optionally `-- --seconds N`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use meshca_test_support::bench::{cpu_during, crypto_floor, p256_csrs, pin, require, LOAD_CORE};
 use meshca_test_support::process::{bench_token, free_port, numeric_arg, pinned, ServeProcess};
