@@ -282,6 +282,7 @@ async fn build(
             tls: serving_tls.clone(),
             metrics: metrics.clone(),
             trust_domain: config.trust_domain.clone(),
+            bundle: signing.bundle.clone(),
         };
         istio_ca::serve(istio, deps, spawner)
             .await

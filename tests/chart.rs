@@ -28,7 +28,10 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
 /// RBAC objects that only optional features bring.
 fn is_optional_rbac(doc: &Value) -> bool {
     doc["metadata"]["name"].as_str().is_some_and(|n| {
-        n.ends_with("-ingress") || n.ends_with("-pod-certificates") || n.ends_with("-istio-ca")
+        n.ends_with("-ingress")
+            || n.ends_with("-pod-certificates")
+            || n.ends_with("-istio-ca")
+            || n.ends_with("-istiod-certificate")
     })
 }
 
@@ -109,6 +112,16 @@ fn check_objects(docs: &[Value]) -> meshca::Config {
                     Some(meshca::Config::from_yaml(&yaml).unwrap_or_else(|e| {
                         panic!("meshca refuses the chart's config: {e}\n{yaml}")
                     }));
+            }
+            "Role" if is_optional_rbac(doc) => {
+                let r: Role = typed(doc);
+                let resources: Vec<String> = r
+                    .rules
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|r| r.resources.clone().unwrap_or_default())
+                    .collect();
+                assert_eq!(resources, ["secrets", "secrets"], "istiod's Secret only");
             }
             "Role" => {
                 let r: Role = typed(doc);
@@ -273,6 +286,7 @@ fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
         "istioCa.enabled=true",
         "istioCa.clusterId=east",
         "istioCa.rootCertNamespaces.matchLabels.istio-injection=enabled",
+        "istioCa.istiodCertificate.enabled=true",
     ]);
     let config = check_objects(&docs);
     let istio = config.istio_ca.as_ref().expect("enabled");
@@ -317,6 +331,16 @@ fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
             && r["resourceNames"] == json!(["istio-ca-root-cert"])),
         "ConfigMaps of that one name: {rules:?}"
     );
+    let istiod = istio.istiod_certificate.as_ref().expect("istiod's Secret");
+    assert_eq!(
+        (istiod.namespace.as_str(), istiod.secret_name.as_str()),
+        ("istio-system", "istiod-tls")
+    );
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "istio-system")
+        .expect("a Role in istiod's namespace");
+    assert_eq!(role["rules"][0]["resourceNames"], json!(["istiod-tls"]));
 }
 
 #[test]

@@ -377,3 +377,62 @@ async fn through_a_tresor_to_vault_rollout_every_chain_istio_gets_is_trusted_by_
     assert_eq!(support::certs(&held), support::certs(&vault_root));
     assert!(!held.contains(tresor_root.trim()), "Tresor's root retired");
 }
+
+/// istiod's `kubernetes.io/tls` Secret, decoded: `tls.crt`, `tls.key`,
+/// `ca.crt`.
+fn istiod_secret(kube: &KubeStandIn) -> Option<(String, String, String)> {
+    use base64::Engine;
+    let secret = kube.get("", "secrets", "istio-system", "istiod-tls")?;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let field = |k: &str| {
+        let b64 = secret["data"][k].as_str().expect("data key");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64"),
+        )
+        .expect("PEM")
+    };
+    Some((field("tls.crt"), field("tls.key"), field("ca.crt")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiods_serving_secret_is_kept_under_the_mesh_root() {
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("istio-system");
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&yaml(&kube, port, ", istiod_certificate: {}")).await;
+    let bundle = d.bundle_pem().await;
+    let (chain, key, ca) = eventually("istiod-tls", Duration::from_secs(10), || {
+        istiod_secret(&kube)
+    })
+    .await;
+    assert_eq!(ca, bundle);
+    support::verify(&chain, &bundle, webpki::KeyUsage::server_auth())
+        .expect("istiod's chain verifies under the mesh root for serving");
+    let leaf = support::certs(&chain).remove(0);
+    let mut names = support::san_names(&leaf);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "DNS:istiod.istio-system.cluster.local",
+            "DNS:istiod.istio-system.svc",
+            "URI:spiffe://cluster.local/ns/istio-system/sa/istiod",
+        ]
+    );
+    let key = rcgen::KeyPair::from_pem(&key).expect("tls.key");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).expect("leaf");
+    assert_eq!(
+        parsed.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw(),
+        "tls.key is the leaf's key"
+    );
+
+    assert!(kube.delete("", "secrets", "istio-system", "istiod-tls"));
+    let (again, _, _) = eventually("istiod-tls again", Duration::from_secs(10), || {
+        istiod_secret(&kube)
+    })
+    .await;
+    assert_ne!(again, chain, "a new certificate, with a new key");
+}

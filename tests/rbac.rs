@@ -317,8 +317,7 @@ async fn istio_ca() -> Run {
     let d = TestDaemon::start(&cluster(
         &kube,
         &format!(
-            "istio_ca: {{ enabled: true, listen: '127.0.0.1:{port}' }}
-"
+            "istio_ca: {{ enabled: true, listen: '127.0.0.1:{port}', istiod_certificate: {{}} }}\n"
         ),
     ))
     .await;
@@ -338,9 +337,16 @@ async fn istio_ca() -> Run {
         kube.get("", "configmaps", "shop", "istio-ca-root-cert")
     })
     .await;
+    eventually("istiod-tls", Duration::from_secs(15), || {
+        kube.get("", "secrets", "istio-system", "istiod-tls")
+    })
+    .await;
     Run {
         name: "istio-ca",
-        values: vec!["istioCa.enabled=true"],
+        values: vec![
+            "istioCa.enabled=true",
+            "istioCa.istiodCertificate.enabled=true",
+        ],
         requests: meshcas(&kube),
     }
 }
@@ -447,6 +453,7 @@ async fn every_request_meshca_makes_is_granted_by_the_chart_and_every_grant_is_u
         "ingress.enabled=true",
         "podCertificates.enabled=true",
         "istioCa.enabled=true",
+        "istioCa.istiodCertificate.enabled=true",
     ]);
     let unused: Vec<String> = Grants::of(&everything)
         .unused(&all)

@@ -155,8 +155,17 @@ fn istio_ca(config: &Config, istio: &crate::istio_ca::IstioCaConfig) -> String {
         .iter()
         .map(ToString::to_string)
         .collect();
+    let istiod = istio
+        .istiod_certificate
+        .as_ref()
+        .map_or(String::new(), |i| {
+            format!(
+                "; istiod's Secret {}/{} for {}/{}",
+                i.namespace, i.secret_name, i.namespace, i.service_account
+            )
+        });
     format!(
-        "istio ca:  gRPC IstioCertificateService on https://{} as {} for cluster {}; callers: {callers}; node agents {} may ask for pods on their node",
+        "istio ca:  gRPC IstioCertificateService on https://{} as {} for cluster {}; callers: {callers}; node agents {} may ask for pods on their node{istiod}",
         istio.listen,
         names.join(", "),
         istio.cluster_id,

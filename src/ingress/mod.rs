@@ -12,7 +12,7 @@ mod config;
 pub mod model;
 mod reconciler;
 pub mod render;
-mod secrets;
+pub(crate) mod secrets;
 
 pub use backends::discover_ingress_api;
 pub use config::{BackendProtocol, IngressConfig, IngressContext, RawIngress};

@@ -323,11 +323,7 @@ async fn wanted_for(
                 if https {
                     wanted.insert(
                         (ingress.namespace.clone(), format!("meshca-{sa}-tls")),
-                        Wanted {
-                            identity: identity.clone(),
-                            purpose: "ingress-backend",
-                            ttl: None,
-                        },
+                        Wanted::ingress(identity.clone(), "ingress-backend", None),
                     );
                 }
                 identities.insert(identity);
@@ -462,11 +458,7 @@ async fn sweep_once(
     };
     let https = config.backend_protocol == BackendProtocol::Https;
     if let (true, Some(c)) = (https, &config.client_certificate) {
-        let wanted = Wanted {
-            identity: c.identity.clone(),
-            purpose: "ingress-client",
-            ttl: Some(c.validity),
-        };
+        let wanted = Wanted::ingress(c.identity.clone(), "ingress-client", Some(c.validity));
         ensure(ctx, &c.secret, &wanted).await?;
         needed.insert(c.secret.clone());
     }

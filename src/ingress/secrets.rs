@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::cluster::{KubeError, MANAGED_BY};
 use crate::issuer::{Frontend, Issuer, Outcome};
+use meshca_provider::ServerName;
 
 /// The field manager of everything meshca applies.
 pub const FIELD_MANAGER: &str = "meshca";
@@ -27,6 +28,8 @@ const IDENTITY: &str = "meshca.io/identity";
 /// The signer generation that issued a Secret's certificate: a switch of
 /// signer re-issues every Secret at once.
 const GENERATION: &str = "meshca.io/generation";
+/// The server names a Secret's certificate carries besides its identity's.
+const SERVER_NAMES: &str = "meshca.io/server-names";
 
 /// A Secret's `(namespace, name)`.
 pub type SecretKey = (String, String);
@@ -40,6 +43,34 @@ pub struct Wanted {
     pub purpose: &'static str,
     /// The lifetime to ask for; the default lifetime when `None`.
     pub ttl: Option<Duration>,
+    /// Which way it is asked for (`ingress`, `istio`).
+    pub frontend: Frontend,
+    /// The names its server is dialled by (istiod's), besides the
+    /// identity's; none for a workload.
+    pub server_names: Vec<ServerName>,
+}
+
+impl Wanted {
+    /// An ingress Secret for `identity`.
+    pub fn ingress(identity: Identity, purpose: &'static str, ttl: Option<Duration>) -> Self {
+        Self {
+            identity,
+            purpose,
+            ttl,
+            frontend: Frontend::Ingress,
+            server_names: Vec::new(),
+        }
+    }
+
+    /// The `meshca.io/server-names` annotation: what the certificate was
+    /// issued for besides the identity.
+    fn names_annotation(&self) -> String {
+        self.server_names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// How long `current` may stay as it is, or `None` when it must be
@@ -54,7 +85,8 @@ pub fn fresh_for(
 ) -> Option<Duration> {
     let current = current?;
     let annotations = current.metadata.annotations.as_ref()?;
-    let same_identity = annotations.get(IDENTITY) == Some(&wanted.identity.dns_name());
+    let same_identity = annotations.get(IDENTITY) == Some(&wanted.identity.dns_name())
+        && annotations.get(SERVER_NAMES).map_or("", String::as_str) == wanted.names_annotation();
     let same_signer = annotations.get(GENERATION) == Some(&generation.to_string());
     let same_bundle = current
         .data
@@ -102,7 +134,12 @@ pub async fn write(
 ) -> Result<Duration, SecretError> {
     let lifetime = issuer.lifetimes().for_request(wanted.ttl);
     let own = issuer
-        .issue_own(Frontend::Ingress, &wanted.identity, &[], lifetime)
+        .issue_own(
+            wanted.frontend,
+            &wanted.identity,
+            &wanted.server_names,
+            lifetime,
+        )
         .await
         .map_err(|outcome| SecretError::NotIssued {
             identity: wanted.identity.clone(),
@@ -122,6 +159,7 @@ pub async fn write(
             ])),
             annotations: Some(BTreeMap::from([
                 (IDENTITY.into(), wanted.identity.dns_name()),
+                (SERVER_NAMES.into(), wanted.names_annotation()),
                 (GENERATION.into(), issued.generation.to_string()),
                 (
                     RENEW_AFTER.into(),
@@ -146,7 +184,7 @@ pub async fn write(
         )
         .await
         .map_err(KubeError::api(format!("apply Secret {ns}/{name}")))?;
-    tracing::info!(secret = %format!("{ns}/{name}"), identity = %wanted.identity, "wrote an ingress certificate Secret");
+    tracing::info!(secret = %format!("{ns}/{name}"), identity = %wanted.identity, purpose = wanted.purpose, "wrote a certificate Secret");
     let now = OffsetDateTime::now_utc();
     Ok((issued.renew_after - now)
         .try_into()
@@ -177,16 +215,16 @@ mod tests {
     use meshca_provider::TrustDomain;
 
     fn wanted() -> Wanted {
-        Wanted {
-            identity: Identity::new(
+        Wanted::ingress(
+            Identity::new(
                 TrustDomain::new("cluster.local").expect("td"),
                 "httpbin",
                 "httpbin-sa",
             )
             .expect("identity"),
-            purpose: "ingress-backend",
-            ttl: None,
-        }
+            "ingress-backend",
+            None,
+        )
     }
 
     fn secret(identity: &str, generation: u64, bundle: &str, renew_after: &str) -> Secret {
@@ -218,6 +256,15 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(fresh_for(None, &wanted(), "B", 3, now), None, "missing");
+        let with_names = Wanted {
+            server_names: vec![ServerName::parse("istiod.istio-system.svc")],
+            ..wanted()
+        };
+        assert_eq!(
+            fresh_for(Some(&good), &with_names, "B", 3, now),
+            None,
+            "other server names"
+        );
         for (what, s, bundle, generation) in [
             (
                 "another identity",

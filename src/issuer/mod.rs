@@ -113,17 +113,19 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The daemon's own serving certificate, which also names the hosts
-    /// and addresses clients dial it by: the only request with names
-    /// beyond an identity's.
-    pub fn daemon(
+    /// A serving certificate meshca makes for itself (its own, or one it
+    /// keeps for a server such as istiod), which also names the hosts and
+    /// addresses clients dial it by: the only requests with names beyond
+    /// an identity's, never built from a caller's say.
+    pub(crate) fn server(
+        frontend: Frontend,
         identity: &'a Identity,
         csr: &'a [u8],
         lifetime: LifetimeBounds,
         server_names: &'a [ServerName],
     ) -> Self {
         Self {
-            frontend: Frontend::Daemon,
+            frontend,
             identity,
             csr,
             lifetime,

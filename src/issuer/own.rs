@@ -42,8 +42,8 @@ impl OwnCertificate {
 }
 
 impl Issuer {
-    /// Make a key and a request naming `identity` (and, for the daemon's
-    /// own serving certificate, `server_names`), then issue it through
+    /// Make a key and a request naming `identity` (and, for a serving
+    /// certificate, `server_names`), then issue it through
     /// `frontend` like any workload's request.
     ///
     /// # Errors
@@ -59,11 +59,7 @@ impl Issuer {
             crate::keys::request_for(&key, identity, server_names).map(|csr| (key, csr))
         });
         let (key, csr) = made.map_err(|e| Outcome::Failed(Failure::OwnKey(e)))?;
-        let request = if frontend == Frontend::Daemon {
-            Request::daemon(identity, csr.der(), lifetime, server_names)
-        } else {
-            Request::workload(frontend, identity, csr.der(), lifetime)
-        };
+        let request = Request::server(frontend, identity, csr.der(), lifetime, server_names);
         match self.issue(request).await {
             Outcome::Issued(issued) => Ok(OwnCertificate {
                 key,

@@ -27,6 +27,23 @@ pub struct IstioCaConfig {
     /// The namespaces that get the ConfigMap `istio-ca-root-cert`; `None`
     /// for every namespace.
     pub root_cert_namespaces: Option<Selector>,
+    /// The Secret istiod serves xDS with, kept under the mesh root.
+    pub istiod_certificate: Option<IstiodCertificate>,
+}
+
+/// `istio_ca.istiod_certificate`: the certificate istiod serves xDS (and
+/// its webhooks) with, in a `kubernetes.io/tls` Secret (`tls.crt`,
+/// `tls.key`, `ca.crt`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IstiodCertificate {
+    /// The Secret's namespace (istiod's).
+    pub namespace: String,
+    /// The Secret's name.
+    pub secret_name: String,
+    /// istiod's ServiceAccount: the identity its certificate carries.
+    pub service_account: String,
+    /// The names sidecars and ztunnel dial istiod by.
+    pub dns_names: Vec<ServerName>,
 }
 
 /// `istio_ca:` as written.
@@ -40,6 +57,7 @@ pub struct RawIstioCa {
     trusted_node_accounts: Vec<String>,
     serving_dns_names: Vec<String>,
     root_cert_namespaces: LabelSelector,
+    istiod_certificate: Option<RawIstiodCertificate>,
 }
 
 impl Default for RawIstioCa {
@@ -52,6 +70,61 @@ impl Default for RawIstioCa {
             trusted_node_accounts: vec!["istio-system/ztunnel".into()],
             serving_dns_names: vec!["meshca.osm-system.svc".into()],
             root_cert_namespaces: LabelSelector::default(),
+            istiod_certificate: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIstiodCertificate {
+    namespace: String,
+    secret_name: String,
+    service_account: String,
+    dns_names: Vec<String>,
+}
+
+impl Default for RawIstiodCertificate {
+    fn default() -> Self {
+        Self {
+            namespace: "istio-system".into(),
+            secret_name: "istiod-tls".into(),
+            service_account: "istiod".into(),
+            dns_names: vec!["istiod.istio-system.svc".into()],
+        }
+    }
+}
+
+impl RawIstiodCertificate {
+    fn validate(&self, errors: &mut Errors) -> IstiodCertificate {
+        let key = "istio_ca.istiod_certificate";
+        if !is_dns_label(&self.namespace) {
+            errors.add(&format!("{key}.namespace"), "must be a namespace name");
+        }
+        if !is_dns_name(&self.secret_name) {
+            errors.add(&format!("{key}.secret_name"), "must be a Secret name");
+        }
+        if !is_dns_name(&self.service_account) {
+            errors.add(
+                &format!("{key}.service_account"),
+                "must be a ServiceAccount name",
+            );
+        }
+        if self.dns_names.is_empty() {
+            errors.add(
+                &format!("{key}.dns_names"),
+                "name the host sidecars dial istiod by (istiod.istio-system.svc)",
+            );
+        }
+        IstiodCertificate {
+            namespace: self.namespace.clone(),
+            secret_name: self.secret_name.clone(),
+            service_account: self.service_account.clone(),
+            dns_names: crate::config::server_names(
+                &format!("{key}.dns_names"),
+                &self.dns_names,
+                errors,
+            ),
         }
     }
 }
@@ -103,6 +176,10 @@ impl RawIstioCa {
             errors,
         );
         let root_cert_namespaces = root_cert_namespaces(&self.root_cert_namespaces, errors);
+        let istiod_certificate = self
+            .istiod_certificate
+            .as_ref()
+            .map(|raw| raw.validate(errors));
         Some(IstioCaConfig {
             listen: self.listen,
             cluster_id: self.cluster_id.clone(),
@@ -110,6 +187,7 @@ impl RawIstioCa {
             trusted_node_accounts,
             serving_dns_names,
             root_cert_namespaces,
+            istiod_certificate,
         })
     }
 }
@@ -153,6 +231,20 @@ mod tests {
             [("istio-system".to_owned(), "ztunnel".to_owned())]
         );
         assert_eq!(config.root_cert_namespaces, None);
+        assert_eq!(config.istiod_certificate, None);
+        let istiod = validate("enabled: true\nistiod_certificate: {}")
+            .expect("valid")
+            .expect("enabled")
+            .istiod_certificate
+            .expect("istiod's certificate");
+        assert_eq!(
+            (
+                istiod.namespace.as_str(),
+                istiod.secret_name.as_str(),
+                istiod.service_account.as_str()
+            ),
+            ("istio-system", "istiod-tls", "istiod")
+        );
         assert_eq!(validate("{}"), Ok(None));
     }
 
@@ -171,7 +263,7 @@ mod tests {
     #[test]
     fn every_mistake_is_named_with_its_key() {
         let errors = validate(
-            "enabled: true\ncluster_id: ''\ntoken_audiences: []\ntrusted_node_accounts: [ztunnel, 'istio-system/ZT']\nserving_dns_names: ['Not A Name']\nroot_cert_namespaces: { matchExpressions: [{ key: a, operator: In }] }",
+            "enabled: true\ncluster_id: ''\ntoken_audiences: []\ntrusted_node_accounts: [ztunnel, 'istio-system/ZT']\nserving_dns_names: ['Not A Name']\nroot_cert_namespaces: { matchExpressions: [{ key: a, operator: In }] }\nistiod_certificate: { namespace: 'Istio', dns_names: [] }",
         )
         .expect_err("invalid");
         for key in [
@@ -181,6 +273,8 @@ mod tests {
             "istio_ca.trusted_node_accounts[1]",
             "istio_ca.serving_dns_names[0]",
             "istio_ca.root_cert_namespaces",
+            "istio_ca.istiod_certificate.namespace",
+            "istio_ca.istiod_certificate.dns_names",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(key)),

@@ -11,11 +11,12 @@
 //! ([`root_cert`]).
 
 mod config;
+mod istiod;
 pub mod node;
 pub mod root_cert;
 mod service;
 
-pub use config::{IstioCaConfig, RawIstioCa};
+pub use config::{IstioCaConfig, IstiodCertificate, RawIstioCa};
 use service::IstioCa;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct Deps<'a> {
     pub metrics: Arc<Metrics>,
     /// The mesh's trust domain.
     pub trust_domain: TrustDomain,
+    /// The bundle (for istiod's `ca.crt`).
+    pub bundle: crate::bundle::BundleReceiver,
 }
 
 /// Bind `config.listen` and serve Istio's certificate service there until
@@ -73,13 +76,13 @@ pub async fn serve(
         Some(cluster) => deps.auth.with_kubernetes(Arc::new(TokenReviewer::new(
             cluster.client.clone(),
             config.token_audiences.clone(),
-            deps.trust_domain,
+            deps.trust_domain.clone(),
             REVIEW_CACHE,
         ))),
         None => deps.auth,
     };
     let service = IstioCa {
-        issuer: deps.issuer,
+        issuer: deps.issuer.clone(),
         auth,
         nodes: node::NodeAuthorizer::new(
             deps.cluster.map(|c| c.client.clone()),
@@ -92,6 +95,21 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let router =
         tonic::service::Routes::new(IstioCertificateServiceServer::new(service)).into_axum_router();
+    if let (Some(cluster), Some(istiod)) = (deps.cluster, &config.istiod_certificate) {
+        let (client, istiod, leader) = (
+            cluster.client.clone(),
+            istiod.clone(),
+            cluster.leader.clone(),
+        );
+        let (td, issuer, bundle) = (
+            deps.trust_domain.clone(),
+            deps.issuer.clone(),
+            deps.bundle.clone(),
+        );
+        spawner.spawn_child("istiod-certificate", |token| {
+            istiod::keep(client, istiod, td, issuer, bundle, leader, token)
+        });
+    }
     let tls = deps.tls;
     spawner.spawn_child("istio-ca-server", |token| {
         api::serve(listener, Some(tls), router, ConnectionLimits::api(), token)
