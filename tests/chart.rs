@@ -220,6 +220,19 @@ fn the_chart_renders_jwt_svids_off_by_default_and_as_asked() {
     assert_eq!(jwt.max_ttl, std::time::Duration::from_secs(30 * 60));
 }
 
+/// The Service's port `name`: its number and target port.
+fn service_port<'a>(docs: &'a [Value], name: &str) -> (Option<u64>, Option<&'a str>) {
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Service");
+    let port = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no Service port {name}"));
+    (port["port"].as_u64(), port["targetPort"].as_str())
+}
+
 #[test]
 fn the_chart_renders_federation_off_by_default_and_as_asked() {
     let plain = check_objects(&render(&[]));
@@ -241,16 +254,8 @@ fn the_chart_renders_federation_off_by_default_and_as_asked() {
         (peer.trust_domain.as_str(), peer.namespaces.as_slice()),
         ("b.example", &["payments".to_owned()][..])
     );
-    let service = docs
-        .iter()
-        .find(|d| d["kind"] == "Service")
-        .expect("a Service");
-    let port = service["spec"]["ports"]
-        .as_array()
-        .and_then(|ports| ports.iter().find(|p| p["name"] == "bundle-endpoint"))
-        .expect("the bundle endpoint's port");
     assert_eq!(
-        (port["port"].as_u64(), port["targetPort"].as_str()),
+        service_port(&docs, "bundle-endpoint"),
         (Some(8443), Some("bundle-endpoint"))
     );
     let deployment = docs
@@ -301,16 +306,8 @@ fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
             .any(|n| n.to_string() == "meshca.osm-system.svc"),
         "the serving certificate names the Service Istio dials"
     );
-    let service = docs
-        .iter()
-        .find(|d| d["kind"] == "Service")
-        .expect("a Service");
-    let port = service["spec"]["ports"]
-        .as_array()
-        .and_then(|ports| ports.iter().find(|p| p["name"] == "grpc-istio-ca"))
-        .expect("the Istio CA port");
     assert_eq!(
-        (port["port"].as_u64(), port["targetPort"].as_str()),
+        service_port(&docs, "grpc-istio-ca"),
         (Some(15012), Some("istio-ca"))
     );
     let role = docs

@@ -242,10 +242,7 @@ async fn istios_agents_get_the_callers_identity_and_nobody_elses(kind: Kind) {
         assert_eq!(result["key_matches"], true, "{kind:?}");
         let chain = result["chain"].as_array().expect("chain");
         assert_eq!(chain.last().and_then(Value::as_str), Some(bundle.as_str()));
-        let leaf_and_intermediates: String = chain[..chain.len() - 1]
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let leaf_and_intermediates = support::istio::leaf_and_intermediates(result);
         support::verify(
             &leaf_and_intermediates,
             &bundle,

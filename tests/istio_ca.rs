@@ -67,10 +67,7 @@ fn assert_issued_to(result: &Value, spiffe_id: &str, bundle: &str) {
         Some(bundle),
         "the chain ends with the bundle's anchors"
     );
-    let leaf_and_intermediates: String = chain[..chain.len() - 1]
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let leaf_and_intermediates = support::istio::leaf_and_intermediates(result);
     support::verify(
         &leaf_and_intermediates,
         bundle,
@@ -261,19 +258,6 @@ async fn istio_ca_root_cert_reaches_selected_namespaces_and_is_repaired() {
     .await;
 }
 
-/// `/v1/rotation`, the rollout's state.
-async fn rotation(d: &TestDaemon) -> Value {
-    d.client()
-        .await
-        .get(d.url("/v1/rotation"))
-        .send()
-        .await
-        .expect("rotation")
-        .json()
-        .await
-        .expect("json")
-}
-
 /// istio-agent renewing every second through a Tresor → Vault rollout: every
 /// chain it gets verifies against the istio-ca-root-cert its namespace
 /// holds at that moment, and the ConfigMap holds both roots between the
@@ -316,11 +300,7 @@ async fn through_a_tresor_to_vault_rollout_every_chain_istio_gets_is_trusted_by_
                 let held = root_cert(&kube, "web").expect("istio-ca-root-cert");
                 both_roots_seen |= support::certs(&held).len() == 2;
                 if result["ok"] == true {
-                    let chain = result["chain"].as_array().expect("chain");
-                    let leaf_and_intermediates: String = chain[..chain.len() - 1]
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect();
+                    let leaf_and_intermediates = support::istio::leaf_and_intermediates(&result);
                     chains += 1;
                     if support::verify(
                         &leaf_and_intermediates,
@@ -347,7 +327,7 @@ async fn through_a_tresor_to_vault_rollout_every_chain_istio_gets_is_trusted_by_
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let r = rotation(&d).await;
+        let r = d.rotation().await;
         if r["stage"] == "steady" && r["generation"] == 1 {
             break;
         }

@@ -85,22 +85,10 @@ fn agent(
     ))
 }
 
-async fn rotation(d: &TestDaemon) -> Value {
-    d.client()
-        .await
-        .get(d.url("/v1/rotation"))
-        .send()
-        .await
-        .expect("rotation")
-        .json()
-        .await
-        .expect("json")
-}
-
 async fn wait_steady(d: &TestDaemon, generation: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let r = rotation(d).await;
+        let r = d.rotation().await;
         if r["stage"] == "steady" && r["generation"] == generation {
             return r;
         }
@@ -386,7 +374,7 @@ async fn mtls_keeps_working_while_the_signer_moves_from_root_a_to_b_to_vault_and
 async fn wait_stage(d: &TestDaemon, stage: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = rotation(d).await;
+        let r = d.rotation().await;
         if r["stage"] == stage {
             return r;
         }
@@ -507,7 +495,7 @@ async fn a_restart_while_retiring_keeps_the_old_anchors_until_their_time() {
         roots.contains(&root_a) && roots.contains(&root_b),
         "both anchors after the restart"
     );
-    let status = rotation(&d2).await;
+    let status = d2.rotation().await;
     assert_eq!(status["stage"], "retire", "{status}");
     assert_eq!(status["generation"], 1, "no stage repeated: {status}");
     assert_eq!(status["retained"][0]["until"], until.as_str());
@@ -638,7 +626,7 @@ async fn in_a_cluster_tresor_to_cert_manager_and_back_keeps_mtls_working_and_sur
         roots.contains(&tresor_root),
         "the retained root survived the lost state dir"
     );
-    assert_eq!(rotation(&d2).await["generation"], 1);
+    assert_eq!(d2.rotation().await["generation"], 1);
     let traffic = Traffic::start(&d2).await;
     wait_steady(&d2, 1).await;
     assert_eq!(bundle_roots(&d2), vec![issuer_ca.clone()]);
@@ -688,7 +676,7 @@ async fn a_restart_during_distribute_keeps_the_old_anchors_and_counts_the_switch
         std::fs::read_to_string(d2.dir.path().join("rollout.json")).unwrap_or_default()
     );
     assert!(roots.contains(&root_b));
-    let status = rotation(&d2).await;
+    let status = d2.rotation().await;
     assert_eq!(status["generation"], 1, "{status}");
     assert_eq!(status["stage"], "retire", "{status}");
     assert!(
@@ -752,7 +740,7 @@ async fn after_a_swap_away_from_vault_retires_it_meshca_sends_vault_nothing_more
         [] as [String; 0],
         "Vault requests after the retire stage"
     );
-    let status = rotation(&d).await;
+    let status = d.rotation().await;
     assert_eq!(status["provider"], "tresor", "{status}");
 }
 
@@ -807,7 +795,7 @@ async fn with_two_replicas_old_anchors_stay_until_the_last_certificate_either_is
         bundle.contains(&root_a) && bundle.contains(&root_b),
         "y dropped root A while x's certificate under it is valid: {retiring}"
     );
-    assert_eq!(rotation(&y).await["stage"], "retire");
+    assert_eq!(y.rotation().await["stage"], "retire");
 }
 
 /// A signature Vault still holds when the signer moves away from it ends
@@ -985,7 +973,7 @@ async fn a_ledger_the_configmap_keeps_refusing_shows_and_lands_once_it_can() {
     kube.force_conflicts(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stage = rotation(&d).await["stage"].as_str().map(str::to_owned);
+        let stage = d.rotation().await["stage"].as_str().map(str::to_owned);
         if ledger_persisted(&d).await == Some(true) && ledger_stage() == stage {
             break;
         }

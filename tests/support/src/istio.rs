@@ -53,3 +53,13 @@ pub async fn create_certificates_as(
     );
     serde_json::from_slice(&out.stdout).expect("JSON results")
 }
+
+/// A successful result's chain without its last element (the anchors):
+/// the leaf and intermediates, PEM, to verify against a bundle.
+pub fn leaf_and_intermediates(result: &Value) -> String {
+    let chain = result["chain"].as_array().expect("a chain");
+    chain[..chain.len() - 1]
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}

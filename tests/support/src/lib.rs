@@ -193,6 +193,19 @@ impl TestDaemon {
         client(&self.bundle_pem().await, None)
     }
 
+    /// `GET /v1/rotation`: the rollout's state.
+    pub async fn rotation(&self) -> Value {
+        self.client()
+            .await
+            .get(self.url("/v1/rotation"))
+            .send()
+            .await
+            .expect("rotation")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// The status and body of `GET /readyz` on the metrics port.
     pub async fn readyz(&self) -> (u16, String) {
         let resp = reqwest::get(self.metrics_url("/readyz"))
