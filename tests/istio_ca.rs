@@ -23,25 +23,6 @@ fn yaml(kube: &KubeStandIn, port: u16, extra: &str) -> String {
     )
 }
 
-/// A scheduled pod running as `sa`.
-fn pod(kube: &KubeStandIn, ns: &str, name: &str, sa: &str, node: &str) {
-    kube.put(
-        "",
-        "pods",
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": name, "namespace": ns },
-            "spec": {
-                "serviceAccountName": sa,
-                "nodeName": node,
-                "containers": [{ "name": "app", "image": "app:1" }],
-            },
-            "status": { "phase": "Running" },
-        }),
-    );
-}
-
 /// Run `calls` through the Python client; one result per call.
 async fn call(d: &TestDaemon, port: u16, calls: &Value) -> Vec<Value> {
     support::istio::create_certificates(port, &d.bundle_pem().await, calls).await
@@ -82,10 +63,10 @@ async fn sidecars_and_ztunnel_get_exactly_what_their_tokens_allow() {
     for ns in ["web", "db", "istio-system"] {
         kube.create_namespace(ns);
     }
-    pod(&kube, "web", "web-1", "web", "node-1");
-    pod(&kube, "db", "db-1", "db", "node-2");
-    pod(&kube, "istio-system", "ztunnel-a", "ztunnel", "node-1");
-    pod(&kube, "web", "gone", "web", "node-1");
+    kube.put_pod("web", "web-1", "web", Some("node-1"));
+    kube.put_pod("db", "db-1", "db", Some("node-2"));
+    kube.put_pod("istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    kube.put_pod("web", "gone", "web", Some("node-1"));
     let web = kube.bound_token("web", "web-1", &["istio-ca"], 3600);
     let ztunnel = kube.bound_token("istio-system", "ztunnel-a", &["istio-ca"], 3600);
     let for_vault = kube.bound_token("web", "web-1", &["vault"], 3600);
@@ -270,7 +251,7 @@ async fn through_a_tresor_to_vault_rollout_every_chain_istio_gets_is_trusted_by_
     bao.script("setup-pki.sh", &[("NOT_BEFORE_DURATION", "1s")]);
     let kube = std::sync::Arc::new(KubeStandIn::start().await);
     kube.create_namespace("web");
-    pod(&kube, "web", "web-1", "web", "node-1");
+    kube.put_pod("web", "web-1", "web", Some("node-1"));
     let token = kube.bound_token("web", "web-1", &["istio-ca"], 3600);
     let port = support::process::free_port();
     // Dialled as localhost: the Vault role of the tests allows no other name.

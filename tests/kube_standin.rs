@@ -378,14 +378,7 @@ async fn token_reviews_and_leases_work() {
 async fn bound_tokens_name_their_pod_and_node_and_die_with_the_pod() {
     let kube = KubeStandIn::start().await;
     kube.create_namespace("web");
-    let pod = |uid_hint: &str| {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": "web-1", "namespace": "web", "labels": { "v": uid_hint } },
-            "spec": { "serviceAccountName": "web", "nodeName": "node-1", "containers": [{ "name": "a", "image": "a" }] },
-        })
-    };
-    kube.put("", "pods", pod("1"));
+    kube.put_pod("web", "web-1", "web", Some("node-1"));
     let reviews: Api<TokenReview> = Api::all(client(&kube).await);
     let review = |token: &str| {
         let reviews = reviews.clone();
@@ -437,7 +430,7 @@ async fn bound_tokens_name_their_pod_and_node_and_die_with_the_pod() {
     assert!(kube.delete("", "pods", "web", "web-1"));
     let status = review(&live).await;
     assert_ne!(status.authenticated, Some(true), "the pod is gone");
-    kube.put("", "pods", pod("2"));
+    kube.put_pod("web", "web-1", "web", Some("node-1"));
     let status = review(&live).await;
     assert_ne!(
         status.authenticated,

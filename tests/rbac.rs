@@ -297,20 +297,9 @@ async fn istio_ca() -> Run {
     for ns in ["shop", "istio-system"] {
         kube.create_namespace(ns);
     }
-    let pod = |ns: &str, name: &str, sa: &str, node: Option<&str>| {
-        kube.put(
-            "",
-            "pods",
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": name, "namespace": ns },
-                "spec": { "serviceAccountName": sa, "nodeName": node, "containers": [{ "name": "a", "image": "a" }] },
-            }),
-        );
-    };
-    pod("shop", "web-1", "web", Some("node-1"));
-    pod("istio-system", "ztunnel-1", "ztunnel", Some("node-1"));
-    pod("istio-system", "ztunnel-2", "ztunnel", None);
+    kube.put_pod("shop", "web-1", "web", Some("node-1"));
+    kube.put_pod("istio-system", "ztunnel-1", "ztunnel", Some("node-1"));
+    kube.put_pod("istio-system", "ztunnel-2", "ztunnel", None);
     let on_node = kube.bound_token("istio-system", "ztunnel-1", &["istio-ca"], 600);
     let unscheduled = kube.bound_token("istio-system", "ztunnel-2", &["istio-ca"], 600);
     let port = support::process::free_port();

@@ -311,19 +311,18 @@ impl TryFrom<RawConfig> for Config {
             &mut errors,
         );
         let istio_ca = raw.istio_ca.validate(&mut errors);
-        let taken = [
+        // The first three are checked against each other above; each later
+        // listener must not take the port of any before it.
+        let listeners = [
             ("listen", Some(raw.listen)),
             ("metrics_listen", Some(raw.metrics_listen)),
             ("oidc.listen", raw.oidc.listen),
             ("federation.bundle_endpoint.listen", raw.federation.listen()),
-        ];
-        let later = [
-            ("federation.bundle_endpoint.listen", raw.federation.listen()),
             ("istio_ca.listen", raw.istio_ca.listen()),
         ];
-        for (i, (key, addr)) in later.into_iter().enumerate() {
-            let Some(addr) = addr else { continue };
-            for (other_key, other) in taken.iter().take(3 + i) {
+        for (i, (key, addr)) in listeners.iter().enumerate().skip(3) {
+            let Some(addr) = *addr else { continue };
+            for (other_key, other) in &listeners[..i] {
                 if other.is_some_and(|other| listeners_clash(addr, other)) {
                     errors.add(key, format!("{addr} would take the port of {other_key}"));
                 }
@@ -397,6 +396,24 @@ mod tests {
     use super::*;
     use meshca_tresor::{RootKeyAlgorithm, RootSource};
     use meshca_vault::VaultAuth;
+
+    #[test]
+    fn a_later_listener_may_not_take_an_earlier_ones_port() {
+        let e = Config::from_yaml(
+            "listen: 127.0.0.1:9443\nfederation: { bundle_endpoint: { listen: '0.0.0.0:9443' } }\nistio_ca: { enabled: true, listen: '0.0.0.0:9443' }\n",
+        )
+        .expect_err("must fail")
+        .to_string();
+        for clash in [
+            "federation.bundle_endpoint.listen: 0.0.0.0:9443 would take the port of listen",
+            "istio_ca.listen: 0.0.0.0:9443 would take the port of listen",
+            "istio_ca.listen: 0.0.0.0:9443 would take the port of federation.bundle_endpoint.listen",
+        ] {
+            assert!(e.contains(clash), "{clash:?} not in {e}");
+        }
+        let apart = "federation: { bundle_endpoint: { listen: '0.0.0.0:8443' } }\nistio_ca: { enabled: true, listen: '0.0.0.0:15012' }\n";
+        assert!(Config::from_yaml(apart).is_ok());
+    }
 
     #[test]
     fn the_embedded_default_is_valid_and_uses_tresor_with_a_file_bundle() {

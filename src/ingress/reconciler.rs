@@ -24,7 +24,6 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use meshca_provider::{Identity, TrustDomain};
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +35,6 @@ use crate::cluster::{resilient, Cluster, HoldOff, KubeError, Refusal, MANAGED_BY
 use crate::ingress::model::IngressModel;
 use crate::ingress::render::{annotations_for, RenderOptions};
 use crate::issuer::Issuer;
-use crate::issuer::Outcome;
 use crate::watched::changes;
 
 /// Requeue period of an Ingress with nothing due sooner, so that a
@@ -69,18 +67,9 @@ impl ReconcileError {
     /// repeating cannot fix).
     fn refusal(&self) -> Refusal {
         match self {
-            Self::Kube(KubeError::Api { source, .. })
-            | Self::Secret(SecretError::Kube(KubeError::Api { source, .. })) => Refusal::of(source),
-            Self::Secret(SecretError::NotIssued { outcome, .. }) => match outcome {
-                Outcome::Retry(r) => Refusal::Transient {
-                    retry_after: Some(r.after),
-                },
-                other => Refusal::Final {
-                    code: 0,
-                    message: other.to_string(),
-                },
-            },
-            _ => Refusal::Transient { retry_after: None },
+            Self::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
+            Self::Secret(e) => e.refusal(),
+            Self::Kube(_) => Refusal::Transient { retry_after: None },
         }
     }
 }
@@ -357,22 +346,7 @@ async fn ensure(
     key: &SecretKey,
     wanted: &Wanted,
 ) -> Result<Duration, ReconcileError> {
-    let current = Api::<Secret>::namespaced(ctx.client.clone(), &key.0)
-        .get_opt(&key.1)
-        .await
-        .map_err(KubeError::api(format!("read Secret {}/{}", key.0, key.1)))?;
-    let bundle_pem = ctx.bundle.borrow().pem().to_owned();
-    let generation = ctx.issuer.signer().generation();
-    match secrets::fresh_for(
-        current.as_ref(),
-        wanted,
-        &bundle_pem,
-        generation,
-        OffsetDateTime::now_utc(),
-    ) {
-        Some(left) => Ok(left),
-        None => Ok(secrets::write(&ctx.client, &ctx.issuer, key, wanted, &bundle_pem).await?),
-    }
+    Ok(secrets::ensure(&ctx.client, &ctx.issuer, &ctx.bundle, key, wanted).await?)
 }
 
 /// Apply the controller's annotations for the mode in force. meshca owns

@@ -11,13 +11,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::Api;
-use meshca_provider::Identity;
+use meshca_provider::{Identity, ServerName};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cluster::{KubeError, MANAGED_BY};
+use crate::bundle::BundleReceiver;
+use crate::cluster::{KubeError, Refusal, MANAGED_BY};
 use crate::issuer::{Frontend, Issuer, Outcome};
-use meshca_provider::ServerName;
 
 /// The field manager of everything meshca applies.
 pub const FIELD_MANAGER: &str = "meshca";
@@ -59,6 +59,23 @@ impl Wanted {
             ttl,
             frontend: Frontend::Ingress,
             server_names: Vec::new(),
+        }
+    }
+
+    /// A server's Secret (istiod's), asked for through `frontend`: its
+    /// certificate also names `server_names`; the default lifetime.
+    pub fn server(
+        identity: Identity,
+        purpose: &'static str,
+        frontend: Frontend,
+        server_names: Vec<ServerName>,
+    ) -> Self {
+        Self {
+            identity,
+            purpose,
+            ttl: None,
+            frontend,
+            server_names,
         }
     }
 
@@ -118,6 +135,54 @@ pub enum SecretError {
     /// The API server refused or could not be reached.
     #[error(transparent)]
     Kube(#[from] KubeError),
+}
+
+impl SecretError {
+    /// What the failure says about trying again: the API server's verdict,
+    /// or the issuer's (a wait it asked for; a refusal or failure that
+    /// repeating cannot fix).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
+            Self::NotIssued {
+                outcome: Outcome::Retry(r),
+                ..
+            } => Refusal::Transient {
+                retry_after: Some(r.after),
+            },
+            Self::NotIssued { outcome, .. } => Refusal::Final {
+                code: 0,
+                message: outcome.to_string(),
+            },
+            Self::Kube(_) => Refusal::Transient { retry_after: None },
+        }
+    }
+}
+
+/// Write `key` unless what it holds is fresh for `wanted` and the bundle
+/// `bundle` holds now; returns when it is due.
+///
+/// # Errors
+/// Reading the Secret, issuance or the apply failed.
+pub async fn ensure(
+    client: &kube::Client,
+    issuer: &Issuer,
+    bundle: &BundleReceiver,
+    key: &SecretKey,
+    wanted: &Wanted,
+) -> Result<Duration, SecretError> {
+    let (ns, name) = key;
+    let current = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(KubeError::api(format!("read Secret {ns}/{name}")))?;
+    let bundle_pem = bundle.borrow().pem().to_owned();
+    let generation = issuer.signer().generation();
+    let now = OffsetDateTime::now_utc();
+    match fresh_for(current.as_ref(), wanted, &bundle_pem, generation, now) {
+        Some(left) => Ok(left),
+        None => write(client, issuer, key, wanted, &bundle_pem).await,
+    }
 }
 
 /// Issue a certificate for `wanted` with a key made here, and apply the

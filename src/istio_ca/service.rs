@@ -117,10 +117,10 @@ impl IstioCertificateService for IstioCa {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let peer = request.extensions().get::<PeerCertificates>().cloned();
-        let headers = request.metadata().clone().into_headers();
-        let body = request.into_inner();
-        match self.create(&headers, peer.as_ref(), &body).await {
+        let (metadata, extensions, body) = request.into_parts();
+        let headers = metadata.into_headers();
+        let peer = extensions.get::<PeerCertificates>();
+        match self.create(&headers, peer, &body).await {
             Ok(issued) => Ok(Response::new(IstioCertificateResponse {
                 cert_chain: cert_chain(&issued),
             })),

@@ -132,11 +132,18 @@ impl Checked {
         leaf: &LeafProfile,
     ) -> Result<Issued, ProviderError> {
         let capabilities = self.inner.capabilities();
-        let spiffe_id_only = leaf.clone().spiffe_id_only();
-        let leaf = if !capabilities.names_from_profile && csr.names_exactly(&spiffe_id_only) {
-            &spiffe_id_only
-        } else {
-            leaf
+        // A backend that signs only what a CSR names gets a leaf named as
+        // the CSR is: the identity's names, or its SPIFFE ID alone.
+        let spiffe_id_only;
+        let leaf = match capabilities.names_from_profile {
+            true => leaf,
+            false => {
+                spiffe_id_only = leaf.clone().spiffe_id_only();
+                match csr.names_exactly(&spiffe_id_only) {
+                    true => &spiffe_id_only,
+                    false => leaf,
+                }
+            }
         };
         if !capabilities.names_from_profile && !csr.names_exactly(leaf) {
             return Err(ProviderError::UnsupportedRequest(format!(

@@ -507,6 +507,26 @@ impl KubeStandIn {
         token
     }
 
+    /// A running pod `namespace/name` as `service_account`, scheduled on
+    /// `node` (or not yet scheduled), put as a cluster user would.
+    pub fn put_pod(&self, namespace: &str, name: &str, service_account: &str, node: Option<&str>) {
+        self.put(
+            "",
+            "pods",
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": { "name": name, "namespace": namespace },
+                "spec": {
+                    "serviceAccountName": service_account,
+                    "nodeName": node,
+                    "containers": [{ "name": "app", "image": "app:1" }],
+                },
+                "status": { "phase": "Running" },
+            }),
+        );
+    }
+
     /// Revoke a token: TokenReview stops accepting it.
     pub fn revoke(&self, token: &str) {
         self.inner.tokens.lock().expect("lock").remove(token);
