@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, Bundles, ConnectionLimits, Readiness, ServingTls};
+use crate::api::{self, ApiState, Bundles, Readiness};
 use crate::auth::{Authenticator, TokenReviewer, TokenStore};
 use crate::bundle::{
     self, BundleError, BundleReceiver, BundleSink, ClusterTrustBundleSink, FileSink, PublishStatus,
@@ -29,6 +29,7 @@ use crate::ingress::{self, Mesh};
 use crate::issuer::{deny_configmap, Admission, DenyList, Issuer};
 use crate::istio_ca;
 use crate::jwt;
+use crate::listener::{self, Limits, ServingTls};
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
@@ -273,11 +274,13 @@ async fn build(
             .map_or(federation::DEFAULT_REFRESH, |e| e.refresh_hint),
         federation: federation.clone(),
     };
-    let auth = authenticator(config, cluster.as_ref(), &signing.bundle, spawner);
+    let reviewer = token_reviewer(config, cluster.as_ref());
+    let auth = authenticator(config, reviewer.as_ref(), &signing.bundle, spawner);
     if let Some(istio) = &config.istio_ca {
         let deps = istio_ca::Deps {
             issuer: issuer.clone(),
             auth: auth.clone(),
+            reviewer,
             cluster: cluster.as_ref(),
             tls: serving_tls.clone(),
             metrics: metrics.clone(),
@@ -679,24 +682,31 @@ async fn spawn_ingress(
     Ok(())
 }
 
-/// Static tokens, ServiceAccount tokens (with a cluster) and client
-/// certificates chaining to the bundle.
+/// The one TokenReview cache of every frontend, with a cluster.
+fn token_reviewer(config: &Config, cluster: Option<&Cluster>) -> Option<Arc<TokenReviewer>> {
+    let (cluster, review) = (cluster?, config.auth.kubernetes.as_ref()?);
+    Some(TokenReviewer::new(
+        cluster.client.clone(),
+        config.trust_domain.clone(),
+        review.cache_ttl,
+    ))
+}
+
+/// Static tokens, ServiceAccount tokens for `auth.kubernetes.audience`
+/// (with a cluster) and client certificates chaining to the bundle.
 fn authenticator(
     config: &Config,
-    cluster: Option<&Cluster>,
+    reviewer: Option<&Arc<TokenReviewer>>,
     bundle: &BundleReceiver,
     spawner: &Spawner,
 ) -> Authenticator {
     let tokens = TokenStore::new(config.auth.tokens_file.clone());
     spawner.spawn_child("token-file", |token| tokens.follow(token));
     let auth = Authenticator::new(tokens, config.trust_domain.clone(), bundle.clone());
-    match (cluster, &config.auth.kubernetes) {
-        (Some(c), Some(review)) => auth.with_kubernetes(Arc::new(TokenReviewer::new(
-            c.client.clone(),
-            vec![review.audience.clone()],
-            config.trust_domain.clone(),
-            review.cache_ttl,
-        ))),
+    match (reviewer, &config.auth.kubernetes) {
+        (Some(reviewer), Some(review)) => {
+            auth.with_kubernetes(reviewer.for_audiences(vec![review.audience.clone()]))
+        }
         _ => auth,
     }
 }
@@ -715,13 +725,7 @@ async fn serve(
         let (oidc_listener, oidc_addr) = bind(addr).await?;
         let (tls, router) = (tls.clone(), api::oidc_router(state.clone()));
         spawner.spawn_child("oidc-server", |token| {
-            api::serve(
-                oidc_listener,
-                Some(tls),
-                router,
-                ConnectionLimits::api(),
-                token,
-            )
+            listener::serve(oidc_listener, Some(tls), router, Limits::api(), token)
         });
         tracing::info!(%oidc_addr, "serving OIDC discovery and the JWKS");
     }
@@ -729,20 +733,20 @@ async fn serve(
         serve_bundle_endpoint(endpoint, &state, &tls, spawner).await?;
     }
     spawner.spawn_child("api-server", |token| {
-        api::serve(
+        listener::serve(
             api_listener,
             Some(tls),
             api::router(state),
-            ConnectionLimits::api(),
+            Limits::api(),
             token,
         )
     });
     spawner.spawn_child("health-server", |token| {
-        api::serve(
+        listener::serve(
             health_listener,
             None,
             api::health_router(readiness),
-            ConnectionLimits::health(),
+            Limits::health(),
             token,
         )
     });
@@ -775,7 +779,7 @@ async fn serve_bundle_endpoint(
     let (listener, addr) = bind(endpoint.listen).await?;
     let router = api::bundle_endpoint_router(state.clone());
     spawner.spawn_child("bundle-endpoint", |token| {
-        api::serve(listener, Some(tls), router, ConnectionLimits::api(), token)
+        listener::serve(listener, Some(tls), router, Limits::api(), token)
     });
     tracing::info!(%addr, profile = ?endpoint.profile, "serving the SPIFFE bundle endpoint");
     Ok(())

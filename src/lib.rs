@@ -26,6 +26,7 @@ mod issuer;
 mod istio_ca;
 mod jwt;
 mod keys;
+mod listener;
 mod metrics;
 mod pod_certificates;
 mod provider;

@@ -141,6 +141,51 @@ async fn sidecars_and_ztunnel_get_exactly_what_their_tokens_allow() {
     );
 }
 
+/// Whether a certificate request with `token` is refused on the signing
+/// API and on Istio's service.
+async fn refused_on_both(d: &TestDaemon, port: u16, token: &str) -> (bool, bool) {
+    let (status, _, _) = d
+        .post(
+            &d.client().await,
+            Some(token),
+            &json!({ "csr": support::named_csr("web", "web") }),
+        )
+        .await;
+    let istio = call(d, port, &json!([{ "token": token, "uri": WEB }])).await;
+    (status == 401, istio[0]["code"] == "UNAUTHENTICATED")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_pod_is_deleted_is_refused_everywhere_within_the_review_cache_ttl() {
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("web");
+    kube.put_pod("web", "web-1", "web", Some("node-1"));
+    let token = kube.bound_token("web", "web-1", &["meshca", "istio-ca"], 3600);
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&format!(
+        "{}auth: {{ kubernetes: {{ cache_ttl: 3s }} }}\n",
+        yaml(&kube, port, "")
+    ))
+    .await;
+    // Accepted, and now in the one review cache both frontends share.
+    assert_eq!(refused_on_both(&d, port, &token).await, (false, false));
+
+    assert!(kube.delete("", "pods", "web", "web-1"));
+    let deleted = std::time::Instant::now();
+    loop {
+        let refused = refused_on_both(&d, port, &token).await;
+        if refused == (true, true) {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "still accepted {:?} after the pod was deleted (cache_ttl 3s): {refused:?}",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meshca_client_certificate_authenticates_without_a_cluster() {
     let port = support::process::free_port();

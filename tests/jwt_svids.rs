@@ -202,6 +202,32 @@ async fn a_token_request_without_a_credential_or_an_audience_is_refused_and_life
             400,
             "invalid_request",
         ),
+        // Bounded: at most 16 audiences of at most 256 printable ASCII
+        // characters each.
+        (
+            Some(&token),
+            json!({ "audience": (0..17).map(|i| format!("rp-{i}")).collect::<Vec<_>>() }),
+            400,
+            "invalid_request",
+        ),
+        (
+            Some(&token),
+            json!({ "audience": ["a".repeat(257)] }),
+            400,
+            "invalid_request",
+        ),
+        (
+            Some(&token),
+            json!({ "audience": ["va\u{0}ult"] }),
+            400,
+            "invalid_request",
+        ),
+        (
+            Some(&token),
+            json!({ "audience": ["\u{202e}tluav"] }),
+            400,
+            "invalid_request",
+        ),
         (
             Some(&token),
             json!({ "audience": ["vault"], "ttl_seconds": 0 }),
@@ -223,19 +249,27 @@ async fn a_token_request_without_a_credential_or_an_audience_is_refused_and_life
             "{body}: {answer}"
         );
     }
-    let (status, body) = mint(
-        &d,
-        Some(&token),
-        &json!({ "audience": ["vault"], "ttl_seconds": 86400 }),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let expires = time::OffsetDateTime::parse(
-        body["expires_at"].as_str().expect("as the test set it up"),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .expect("as the test set it up");
-    assert!(expires - time::OffsetDateTime::now_utc() <= time::Duration::minutes(10));
+    // Lifetimes are capped at max_ttl, and raised to 10 s.
+    let lives = |ttl_seconds: u64| {
+        let (d, token) = (&d, &token);
+        async move {
+            let (status, body) = mint(
+                d,
+                Some(token),
+                &json!({ "audience": ["vault"], "ttl_seconds": ttl_seconds }),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let expires = time::OffsetDateTime::parse(
+                body["expires_at"].as_str().expect("as the test set it up"),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .expect("as the test set it up");
+            expires - time::OffsetDateTime::now_utc()
+        }
+    };
+    assert!(lives(86400).await <= time::Duration::minutes(10));
+    assert!(lives(1).await >= time::Duration::seconds(8));
 
     // The deny-list applies to tokens as to certificates.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
@@ -271,7 +305,7 @@ async fn a_token_request_without_a_credential_or_an_audience_is_refused_and_life
     let metrics = d.metrics().await;
     for line in [
         r#"meshca_jwt_svids_issued_total{frontend="api",credential="none",result="unauthenticated"} 1"#,
-        r#"meshca_jwt_svids_issued_total{frontend="api",credential="token",result="invalid_request"} 2"#,
+        r#"meshca_jwt_svids_issued_total{frontend="api",credential="token",result="invalid_request"} 6"#,
         r#"meshca_jwt_svids_issued_total{frontend="api",credential="none",result="invalid_request"} 3"#,
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
@@ -418,13 +452,15 @@ async fn openbao_logs_in_a_workload_by_its_jwt_svid_through_discovery() {
             .contains("aud"),
         "another audience"
     );
+    // The shortest token meshca mints (10 s, whatever is asked), once
+    // past its expiry and OpenBao's one second of leeway.
     let (_, short) = mint(
         &d,
         Some(&d.token("shop", "web")),
         &json!({ "audience": ["vault"], "ttl_seconds": 1 }),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let expired = login(
         short["token"]
             .as_str()

@@ -51,6 +51,18 @@ impl Agent {
         ttl: Duration,
         before: impl FnOnce(&Path),
     ) -> Self {
+        Self::start_refreshing(d, service_account, ttl, Duration::from_millis(300), before).await
+    }
+
+    /// As [`Agent::start_as`], reading the bundle and the JWT keys every
+    /// `bundle_refresh`.
+    async fn start_refreshing(
+        d: &TestDaemon,
+        service_account: &str,
+        ttl: Duration,
+        bundle_refresh: Duration,
+        before: impl FnOnce(&Path),
+    ) -> Self {
         let work = tempfile::tempdir().expect("tempdir");
         let socket = work.path().join("run/agent.sock");
         before(&socket);
@@ -71,7 +83,7 @@ impl Agent {
                 }),
                 ttl: Some(ttl),
                 once: false,
-                bundle_refresh: Duration::from_millis(300),
+                bundle_refresh,
             },
             shutdown.clone(),
         ));
@@ -439,5 +451,79 @@ async fn py_spiffe_fetches_and_validates_a_jwt_svid_and_the_keys_that_sign_it() 
     let agent = Agent::start(&plain, Duration::from_secs(3600), |_| {}).await;
     let refused = agent.run_client(&["jwt-fetch", "vault"]).await;
     assert_eq!(refused[0]["code"], "UNIMPLEMENTED", "{refused:?}");
+    agent.stop().await;
+}
+
+/// A key removed from the trust domain's bundle stops validating at once,
+/// however long the agent waits between its own reads of the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_from_the_bundle_stops_validating_at_once() {
+    let port = support::process::free_port();
+    let d = TestDaemon::start(&format!(
+        "jwt_svids: {{ enabled: true, issuer: \"https://127.0.0.1:{port}\" }}\n"
+    ))
+    .await;
+    let agent = Agent::start_refreshing(
+        &d,
+        "web",
+        Duration::from_secs(3600),
+        Duration::from_secs(300),
+        |_| {},
+    )
+    .await;
+    let client = d.client().await;
+    let minted: Value = client
+        .post(d.url("/v1/jwt-svids"))
+        .bearer_auth(d.token("shop", "db"))
+        .json(&serde_json::json!({ "audience": ["vault"] }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let token = minted["token"].as_str().expect("a token").to_owned();
+    let check = agent.run_client(&["jwt-check", &token, "vault"]).await;
+    assert_eq!(check[0]["code"], "OK", "{check:?}");
+
+    // The key is lost (its record removed): the daemon makes a new one
+    // and publishes only that.
+    let kid_of = |bundle: &Value| {
+        bundle["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| k["use"] == "jwt-svid")
+            .map(|k| k["kid"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let spiffe_bundle = || async {
+        client
+            .get(d.url("/v1/bundle/spiffe"))
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    let old = kid_of(&spiffe_bundle().await);
+    std::fs::remove_file(d.dir.path().join("jwt-keys.json")).expect("removed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kid_of(&spiffe_bundle().await) == old {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never replaced its key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let check = agent.run_client(&["jwt-check", &token, "vault"]).await;
+    assert_eq!(check[0]["code"], "INVALID_ARGUMENT", "{check:?}");
+    assert!(
+        check[0]["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("no key")),
+        "{check:?}"
+    );
     agent.stop().await;
 }

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiError, ApiState};
-use crate::auth::PeerCertificates;
 use crate::jwt::documents;
+use crate::listener::PeerCertificates;
 
 /// The query of `GET /v1/bundle/spiffe`.
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_body_util::BodyExt;
@@ -13,19 +13,18 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{ApiError, ApiState};
-use crate::auth::PeerCertificates;
 use crate::issuer::{Frontend, Outcome, Request};
+use crate::listener::PeerCertificates;
 use crate::metrics::IssuedLabels;
 
 /// The signer generation, on certificate and bundle answers: a client
 /// whose certificate came from an older generation renews early.
 pub const GENERATION_HEADER: &str = "x-meshca-generation";
 
-/// Time a client gets to send its request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How much of a refused request's body is read (and dropped) before the
-/// answer, so that a client that writes its whole body before reading
-/// still gets the answer rather than a reset connection.
+/// How much of a refused HTTP/1 request's body is read (and dropped)
+/// before the answer, so that a client that writes its whole body before
+/// reading still gets the answer rather than a reset connection. The
+/// listener's body deadline bounds how long that takes.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Body of `POST /v1/certificates`.
@@ -57,13 +56,14 @@ pub(super) fn rfc3339(t: OffsetDateTime) -> String {
 pub(super) async fn create_certificate(
     State(state): State<Arc<ApiState>>,
     peer: Option<Extension<PeerCertificates>>,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut body = Some(body);
     let result = sign(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await;
     if let (Err(_), Some(unread)) = (&result, body) {
-        drain(unread).await;
+        drain(version, unread).await;
     }
     match result {
         Ok(Ok((ok, generation))) => {
@@ -88,44 +88,36 @@ pub(super) async fn create_certificate(
     }
 }
 
-/// Read and drop what is left of a body, within bounds.
-pub(super) async fn drain(mut body: Body) {
-    let read = async {
-        let mut total = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            total += frame.data_ref().map_or(0, |d| d.len());
-            if total > DRAIN_LIMIT {
-                return;
-            }
+/// Read and drop what is left of a refused request's body, within
+/// bounds, for HTTP/1 only: an HTTP/2 answer ends the stream, and flow
+/// control stops the rest of the body at the client.
+pub(super) async fn drain(version: Version, mut body: Body) {
+    if version >= Version::HTTP_2 {
+        return;
+    }
+    let mut total = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        total += frame.data_ref().map_or(0, |d| d.len());
+        if total > DRAIN_LIMIT {
+            return;
         }
-    };
-    let _ = tokio::time::timeout(BODY_TIMEOUT, read).await;
+    }
 }
 
-/// The body, at most `limit` bytes; a longer one is drained and refused.
-pub(super) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = body;
+/// The body, at most `limit` bytes; reading stops at the first byte over
+/// it, leaving the rest unread.
+pub(super) async fn read_body(body: &mut Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut collected = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
-            })?;
-            if let Some(data) = frame.data_ref() {
-                if collected.len() + data.len() > limit {
-                    return Err(ApiError::TooLarge(limit));
-                }
-                collected.extend_from_slice(data);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                return Err(ApiError::TooLarge(limit));
             }
+            collected.extend_from_slice(data);
         }
-        Ok(())
-    };
-    let read = tokio::time::timeout(BODY_TIMEOUT, read)
-        .await
-        .map_err(|_| ApiError::InvalidRequest("the request body did not arrive in time".into()))?;
-    if let Err(e) = read {
-        drain(body).await;
-        return Err(e);
     }
     Ok(collected)
 }
@@ -196,7 +188,7 @@ pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let Some(body) = body.take() else {
+    let Some(body) = body.as_mut() else {
         return Err(ApiError::Internal(
             "the request body was already read".into(),
         ));

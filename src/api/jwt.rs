@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::handlers::{drain, json_body, rfc3339, ttl};
 use super::{ApiError, ApiState};
-use crate::auth::{AuthMethod, PeerCertificates};
+use crate::auth::AuthMethod;
 use crate::issuer::{Frontend, Outcome, TokenRequest};
 use crate::jwt::documents;
+use crate::listener::PeerCertificates;
 use crate::metrics::TokenLabels;
 
 /// How long relying parties may cache the JWKS and the discovery document:
@@ -42,13 +43,14 @@ struct TokenResponse {
 pub(super) async fn create_jwt_svid(
     State(state): State<Arc<ApiState>>,
     peer: Option<Extension<PeerCertificates>>,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut body = Some(body);
     let answer = mint(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await;
     if let (Err(_), Some(unread)) = (&answer, body) {
-        drain(unread).await;
+        drain(version, unread).await;
     }
     match answer {
         Ok(Ok(token)) => Json(token).into_response(),

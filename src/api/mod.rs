@@ -7,15 +7,13 @@ mod federation;
 mod handlers;
 mod health;
 mod jwt;
-mod server;
 mod tls;
 
 pub use config::{ApiLimits, RawApi};
 pub use error::ApiError;
 pub use handlers::parse_request_body;
 pub use health::{health_router, monitor, Readiness};
-pub use server::{serve, ConnectionLimits};
-pub use tls::{serving_certificate, ServingError, ServingTls};
+pub use tls::{serving_certificate, ServingError};
 
 use std::sync::Arc;
 

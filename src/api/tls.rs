@@ -11,13 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::danger::DeferredClientAuth;
 use crate::issuer::{Frontend, Issuer, Outcome};
+use crate::listener::ServingTls;
 use crate::metrics::Metrics;
 use crate::renewal;
-
-/// The signing API's current TLS configuration; swapped whole when the
-/// serving certificate is renewed, so new handshakes use the new certificate
-/// while established connections carry on.
-pub type ServingTls = Arc<ArcSwap<ServerConfig>>;
 
 const RETRY: Duration = Duration::from_secs(5);
 

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -48,14 +48,17 @@ pub struct BoundPod {
     pub node: Option<String>,
 }
 
-/// Checks ServiceAccount tokens with `TokenReview` for a set of audiences
-/// and derives the identity from `system:serviceaccount:NS:SA`.
+/// Checks ServiceAccount tokens with `TokenReview` and derives the
+/// identity from `system:serviceaccount:NS:SA`.
 ///
-/// Answers are cached by the token's SHA-256 (never the token itself) for
-/// `ttl`, so a burst of renewals costs one review per token.
+/// One reviewer serves every frontend, each asking for its own audiences
+/// ([`TokenReviewer::for_audiences`]), so that one cache and one TTL
+/// (`auth.kubernetes.cache_ttl`) decide how long a token stays accepted
+/// after its pod is gone. Answers are cached by the SHA-256 of the
+/// audiences and the token (never the token itself), so a burst of
+/// renewals costs one review per token.
 pub struct TokenReviewer {
     api: Api<TokenReview>,
-    audiences: Vec<String>,
     trust_domain: TrustDomain,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (Outcome, Instant)>>,
@@ -64,46 +67,58 @@ pub struct TokenReviewer {
 impl std::fmt::Debug for TokenReviewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReviewer")
-            .field("audiences", &self.audiences)
+            .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenReviewer {
-    /// A reviewer for tokens issued for any of `audiences`.
-    pub fn new(
-        client: kube::Client,
-        audiences: Vec<String>,
-        trust_domain: TrustDomain,
-        ttl: Duration,
-    ) -> Self {
-        Self {
+    /// A reviewer remembering an accepted token for `ttl` at most.
+    pub fn new(client: kube::Client, trust_domain: TrustDomain, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
             api: Api::all(client),
-            audiences,
             trust_domain,
             ttl,
             cache: Mutex::default(),
-        }
+        })
+    }
+
+    /// This reviewer, accepting tokens issued for any of `audiences`.
+    pub fn for_audiences(self: &Arc<Self>, audiences: Vec<String>) -> Arc<dyn super::ReviewTokens> {
+        Arc::new(ForAudiences {
+            reviewer: self.clone(),
+            audiences,
+        })
     }
 }
 
+/// A [`TokenReviewer`] asking for a frontend's audiences.
+#[derive(Debug)]
+struct ForAudiences {
+    reviewer: Arc<TokenReviewer>,
+    audiences: Vec<String>,
+}
+
 #[async_trait::async_trait]
-impl super::ReviewTokens for TokenReviewer {
-    /// The identity `token` authenticates: a token the API server does not
-    /// accept for this audience, or that is not a ServiceAccount's, is
-    /// rejected; an unreachable API server makes it unavailable.
+impl super::ReviewTokens for ForAudiences {
     async fn review(&self, token: &str) -> Result<Reviewed, AuthError> {
-        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .map_err(|_| AuthError::Store("digest length".into()))?;
+        self.reviewer.review(token, &self.audiences).await
+    }
+}
+
+impl TokenReviewer {
+    /// The identity `token` authenticates: a token the API server does not
+    /// accept for one of `audiences`, or that is not a ServiceAccount's, is
+    /// rejected; an unreachable API server makes it unavailable.
+    async fn review(&self, token: &str, audiences: &[String]) -> Result<Reviewed, AuthError> {
+        let key = cache_key(audiences, token);
         if let Some(hit) = self.cached(&key) {
             return hit.map_err(AuthError::Rejected);
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                audiences: Some(self.audiences.clone()),
+                audiences: Some(audiences.to_vec()),
             },
             ..TokenReview::default()
         };
@@ -112,7 +127,7 @@ impl super::ReviewTokens for TokenReviewer {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
-        let outcome = judge(&answer, &self.audiences, &self.trust_domain);
+        let outcome = judge(&answer, audiences, &self.trust_domain);
         let ttl = if outcome.is_ok() {
             cache_ttl(self.ttl, unverified_expiry(token), SystemTime::now())
         } else {
@@ -126,6 +141,21 @@ impl super::ReviewTokens for TokenReviewer {
         }
         outcome.map_err(AuthError::Rejected)
     }
+}
+
+/// The cache key of `token` asked for `audiences`: a token accepted for
+/// one frontend's audiences says nothing of another's.
+fn cache_key(audiences: &[String], token: &str) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for audience in audiences {
+        context.update(audience.as_bytes());
+        context.update(&[0]);
+    }
+    context.update(&[0]);
+    context.update(token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(context.finish().as_ref());
+    key
 }
 
 impl TokenReviewer {

@@ -12,7 +12,6 @@ mod tokens;
 
 pub use config::{AuthConfig, RawAuth};
 pub use kubernetes::{BoundPod, Reviewed, TokenReviewer};
-pub use mtls::PeerCertificates;
 pub use tokens::{Revoke, TokenRecord, TokenStore};
 
 use http::{HeaderMap, HeaderValue};
@@ -22,6 +21,7 @@ use thiserror::Error;
 use std::sync::Arc;
 
 use crate::bundle::BundleReceiver;
+use crate::listener::PeerCertificates;
 
 /// Checks bearer tokens that are not meshca's own (ServiceAccount tokens)
 /// with an outside authority. [`TokenReviewer`] asks the Kubernetes API

@@ -1,4 +1,3 @@
-use std::sync::Arc;
 use std::time::Duration;
 
 use meshca_provider::{Identity, TrustDomain};
@@ -7,12 +6,7 @@ use webpki::{anchor_from_trusted_cert, EndEntityCert, KeyUsage};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::AuthError;
-
-/// The certificates a client presented on its TLS connection (leaf first),
-/// attached to every request of that connection. Not yet authenticated: see
-/// [`super::danger`].
-#[derive(Clone, Debug)]
-pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+use crate::listener::PeerCertificates;
 
 /// Validate the client chain against the current anchors, for clientAuth,
 /// now; then read the identity from its SPIFFE URI SAN.

@@ -115,6 +115,14 @@ impl FederatedBundle {
                 reason,
             };
             match usage {
+                // "The use parameter MUST be set" (SPIFFE Trust Domain and
+                // Bundle, section 4.2.2): a key of no stated use is a
+                // broken bundle, not one to guess at.
+                "" => {
+                    return Err(refused(
+                        "no \"use\": every key of a SPIFFE bundle states its use".into(),
+                    ))
+                }
                 "x509-svid" => {
                     let der = x509_authority(entry).map_err(refused)?;
                     check_trust_domain(&der, trust_domain, index)?;
@@ -180,6 +188,9 @@ fn x509_authority(entry: &Value) -> Result<CertificateDer<'static>, String> {
     X509Certificate::from_der(&der).map_err(|e| format!("x5c[0] is not a certificate: {e}"))?;
     let described =
         Jwk::of_certificate(&der).ok_or("the certificate's key type is not P-256, P-384 or RSA")?;
+    described
+        .check_usable()
+        .map_err(|e| format!("the certificate's key: {e}"))?;
     for (member, own) in [
         ("kty", Some(&described.kty)),
         ("crv", described.crv.as_ref()),
@@ -199,27 +210,14 @@ fn x509_authority(entry: &Value) -> Result<CertificateDer<'static>, String> {
     Ok(CertificateDer::from(der))
 }
 
-/// A `jwt-svid` entry: a `kid` and a complete EC (P-256, P-384) or RSA key.
+/// A `jwt-svid` entry: a `kid` and a usable EC (P-256, P-384) or RSA key.
 fn jwt_key(entry: &Value) -> Result<Jwk, String> {
     let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| e.to_string())?;
     if jwk.kid.is_empty() {
         return Err("no kid: a JWT-SVID names its key by kid".into());
     }
-    let complete = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-        ("EC", Some("P-256" | "P-384")) => jwk.x.is_some() && jwk.y.is_some(),
-        ("RSA", _) => jwk.n.is_some() && jwk.e.is_some(),
-        _ => {
-            return Err(format!(
-                "key type {} {:?} is not EC P-256/P-384 or RSA",
-                jwk.kty, jwk.crv
-            ))
-        }
-    };
-    if complete {
-        Ok(jwk)
-    } else {
-        Err("the key's parameters are incomplete".into())
-    }
+    jwk.check_usable()?;
+    Ok(jwk)
 }
 
 /// An authority carrying a SPIFFE ID must carry one of `expected`.
@@ -317,6 +315,31 @@ mod tests {
             json!({"keys": [{"use": "jwt-svid", "kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]});
         let e = FederatedBundle::parse(&b, no_kid.to_string().as_bytes()).expect_err("refused");
         assert!(e.to_string().contains("no kid"), "{e}");
+        let mut with_bad_key: Value =
+            serde_json::from_slice(&document(&ca(None), 1)).expect("json");
+        let keys = with_bad_key["keys"].as_array_mut().expect("keys");
+        keys.push(json!({"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": "k", "x": "AAAA", "y": "AAAA"}));
+        let e = FederatedBundle::parse(&b, with_bad_key.to_string().as_bytes())
+            .expect_err("the whole bundle is refused");
+        assert!(
+            matches!(&e, Refused::Key { index: 1, .. }) && e.to_string().contains("32 bytes"),
+            "{e}"
+        );
+        let no_use =
+            json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": "AAAA", "y": "AAAA"}]});
+        let e = FederatedBundle::parse(&b, no_use.to_string().as_bytes()).expect_err("refused");
+        assert!(e.to_string().contains("states its use"), "{e}");
+        let future_use: Value = {
+            let mut doc: Value = serde_json::from_slice(&document(&ca(None), 1)).expect("json");
+            doc["keys"]
+                .as_array_mut()
+                .expect("keys")
+                .push(json!({"use": "wit-svid", "kty": "OKP"}));
+            doc
+        };
+        let ignored = FederatedBundle::parse(&b, future_use.to_string().as_bytes())
+            .expect("a use meshca does not know is ignored, as the specification asks");
+        assert_eq!(ignored.x509_authorities.len(), 1);
         let mut mismatched: Value = serde_json::from_slice(&document(&ca(None), 1)).expect("json");
         mismatched["keys"][0]["x"] = "bm90IHRoZSBrZXk".into();
         let e = FederatedBundle::parse(&b, mismatched.to_string().as_bytes()).expect_err("refused");

@@ -22,8 +22,12 @@ use super::config::{PeerProfile, DEFAULT_REFRESH, MAX_REFRESH, MIN_REFRESH};
 const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
 /// How long one fetch may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The first retry after an endpoint could not be reached.
+/// The first retry after a fetch failed.
 const RETRY_MIN: Duration = Duration::from_secs(5);
+/// Redirects an `https_web` fetch follows, each to an `https://` URL and
+/// authenticated by the Web PKI again; an `https_spiffe` fetch follows
+/// none, as its endpoint is authenticated by the peer's SPIFFE ID.
+const MAX_WEB_REDIRECTS: usize = 3;
 
 /// Why a fetch brought no new bundle.
 #[derive(Debug, Error)]
@@ -54,6 +58,17 @@ pub enum FetchError {
         /// The endpoint.
         url: String,
     },
+    /// The endpoint answered something other than `200 OK`: a redirect
+    /// an `https_spiffe` fetch does not follow, or an error.
+    #[error("{url} answered {status}{}", .location.as_ref().map(|l| format!(" (Location: {l}), which is not followed: the bundle must come from the authenticated endpoint itself")).unwrap_or_default())]
+    Status {
+        /// The endpoint.
+        url: String,
+        /// The status it answered.
+        status: reqwest::StatusCode,
+        /// Where a redirect pointed.
+        location: Option<String>,
+    },
     /// No TLS client could be built (no system roots, say).
     #[error("cannot authenticate {url}: {reason}")]
     Setup {
@@ -68,24 +83,31 @@ impl FetchError {
     /// The `result` label of `meshca_federated_bundle_fetches_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Refused { .. } | Self::TooLarge { .. } => "refused",
+            Self::Refused { .. } | Self::TooLarge { .. } | Self::Status { .. } => "refused",
             Self::Unreachable { .. } => "unreachable",
             Self::Setup { .. } => "setup",
         }
     }
+
+    /// Whether the next fetch backs off: every failure but a bundle that
+    /// was fetched and refused, which is asked for again at the refresh
+    /// interval, since asking sooner would not change it.
+    pub fn backs_off(&self) -> bool {
+        !matches!(self, Self::Refused { .. })
+    }
 }
 
 /// When to fetch again: at the bundle's refresh hint (bounded) after a
-/// success or a refusal; sooner, backing off, while the endpoint cannot be
-/// reached, but never later than the hint.
-pub fn next_fetch(hint: Option<Duration>, unreachable_in_a_row: u32) -> Duration {
+/// success or a refused bundle; after other failures sooner, doubling from
+/// [`RETRY_MIN`] with each in a row, but never later than the hint.
+pub fn next_fetch(hint: Option<Duration>, failed_in_a_row: u32) -> Duration {
     let interval = hint
         .unwrap_or(DEFAULT_REFRESH)
         .clamp(MIN_REFRESH, MAX_REFRESH);
-    if unreachable_in_a_row == 0 {
+    if failed_in_a_row == 0 {
         return interval;
     }
-    let exponent = unreachable_in_a_row.saturating_sub(1).min(16);
+    let exponent = failed_in_a_row.saturating_sub(1).min(16);
     RETRY_MIN.saturating_mul(1 << exponent).min(interval)
 }
 
@@ -109,8 +131,19 @@ pub async fn fetch(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .and_then(reqwest::Response::error_for_status)
         .map_err(unreachable)?;
+    if response.status() != reqwest::StatusCode::OK {
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: response.status(),
+            location: response.headers().get(reqwest::header::LOCATION).map(|l| {
+                String::from_utf8_lossy(l.as_bytes())
+                    .chars()
+                    .take(256)
+                    .collect()
+            }),
+        });
+    }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
         if body.len() + chunk.len() > MAX_BUNDLE_BYTES {
@@ -190,6 +223,10 @@ fn client(
         reason,
     };
     let mut presented = None;
+    let redirects = match profile {
+        PeerProfile::HttpsWeb => reqwest::redirect::Policy::limited(MAX_WEB_REDIRECTS),
+        PeerProfile::HttpsSpiffe { .. } => reqwest::redirect::Policy::none(),
+    };
     let tls = match profile {
         PeerProfile::HttpsWeb => crate::tls::client_builder(web_roots().map_err(setup)?)
             .map_err(|e| setup(e.to_string()))?
@@ -217,6 +254,8 @@ fn client(
     };
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
+        .https_only(true)
+        .redirect(redirects)
         .timeout(TIMEOUT)
         .build()
         .map_err(|e| setup(e.to_string()))?;
@@ -362,6 +401,38 @@ mod tests {
             still_authenticates(&bundle_of(&other_ca), &nothing_presented),
             Ok(())
         );
+    }
+
+    #[test]
+    fn every_failure_but_a_refused_bundle_backs_off() {
+        let url = || "https://peer.example/bundle".to_owned();
+        let backs_off = [
+            FetchError::TooLarge { url: url() },
+            FetchError::Status {
+                url: url(),
+                status: reqwest::StatusCode::FOUND,
+                location: Some("http://elsewhere/".into()),
+            },
+            FetchError::Setup {
+                url: url(),
+                reason: "no roots".into(),
+            },
+        ];
+        for e in backs_off {
+            assert!(e.backs_off(), "{e}");
+        }
+        let refused = FetchError::Refused {
+            url: url(),
+            source: Refused::Empty,
+        };
+        assert!(!refused.backs_off());
+        let redirect = FetchError::Status {
+            url: url(),
+            status: reqwest::StatusCode::FOUND,
+            location: Some("http://elsewhere/".into()),
+        };
+        assert!(redirect.to_string().contains("not followed"), "{redirect}");
+        assert_eq!(redirect.label(), "refused");
     }
 
     #[test]

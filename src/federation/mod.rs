@@ -293,11 +293,11 @@ struct Link<'a> {
 
 impl Link<'_> {
     async fn run(self, shutdown: CancellationToken) {
-        let mut unreachable = 0u32;
+        let mut failed = 0u32;
         loop {
             let wait = if self.stores.leads() {
-                let hint = self.fetch(&mut unreachable).await;
-                fetch::next_fetch(hint, unreachable)
+                let hint = self.fetch(&mut failed).await;
+                fetch::next_fetch(hint, failed)
             } else {
                 self.follow().await;
                 FOLLOW_EVERY
@@ -322,14 +322,15 @@ impl Link<'_> {
         });
     }
 
-    /// Fetch once; the refresh hint to wait for.
-    async fn fetch(&self, unreachable: &mut u32) -> Option<std::time::Duration> {
+    /// Fetch once, counting failures in a row in `failed`; the refresh
+    /// hint to wait for.
+    async fn fetch(&self, failed: &mut u32) -> Option<std::time::Duration> {
         let (td, domain) = (&self.domain.trust_domain, self.domain);
         let current = self.current();
         let current_bundle = current.as_ref().map(|h| &*h.bundle);
         match fetch::fetch(td, &domain.url, &domain.profile, current_bundle).await {
             Ok(bundle) => {
-                *unreachable = 0;
+                *failed = 0;
                 let hint = bundle.refresh_hint;
                 if current_bundle != Some(&bundle) {
                     tracing::info!(trust_domain = %td, sequence = ?bundle.sequence, x509_authorities = bundle.x509_authorities.len(), jwt_keys = bundle.jwt_keys.len(), "fetched a new federated bundle");
@@ -344,9 +345,11 @@ impl Link<'_> {
                 hint
             }
             Err(e) => {
-                if matches!(e, fetch::FetchError::Unreachable { .. }) {
-                    *unreachable = unreachable.saturating_add(1);
-                }
+                *failed = if e.backs_off() {
+                    failed.saturating_add(1)
+                } else {
+                    0
+                };
                 self.metrics.record_federated_fetch(td.as_str(), e.label());
                 tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held");
                 current_bundle.and_then(|b| b.refresh_hint)

@@ -202,7 +202,7 @@ impl Issuer {
             Err(not_now) => not_now,
             Ok(()) => match tokens.mint(request.identity, request.audience, request.ttl) {
                 Ok(svid) => Outcome::Issued(svid),
-                Err(e @ MintError::Audience) => Outcome::Refused(Refused::Audience(e)),
+                Err(e @ MintError::Audience(_)) => Outcome::Refused(Refused::Audience(e)),
                 Err(e) => Outcome::Failed(Failure::TokenKey(e)),
             },
         };

@@ -10,6 +10,7 @@
 //! distribution, the ConfigMap `istio-ca-root-cert`, is a bundle sink
 //! ([`root_cert`]).
 
+pub mod codec;
 mod config;
 mod istiod;
 pub mod node;
@@ -25,8 +26,9 @@ use std::sync::Arc;
 use meshca_provider::TrustDomain;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ConnectionLimits, ServingTls};
 use crate::auth::{Authenticator, TokenReviewer};
+use crate::listener::{self, Limits, ServingTls};
+
 use crate::cluster::Cluster;
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
@@ -39,17 +41,20 @@ mod proto {
 
 use proto::istio_certificate_service_server::IstioCertificateServiceServer;
 
-/// How long a reviewed token's answer is remembered.
-const REVIEW_CACHE: std::time::Duration = std::time::Duration::from_secs(60);
+/// The largest request message: an Istio CSR is a few kilobytes (RSA
+/// 4096 with its PEM armour under 2 KiB), its metadata a few names.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 /// What the service is built from.
 pub struct Deps<'a> {
     /// The issuer every frontend shares.
     pub issuer: Issuer,
     /// The signing API's authenticator: meshca's tokens and client
-    /// certificates; its ServiceAccount reviewer is replaced by one for
-    /// Istio's audiences.
+    /// certificates; ServiceAccount tokens are reviewed for Istio's
+    /// audiences instead of the API's.
     pub auth: Authenticator,
+    /// The TokenReview cache every frontend shares, with a cluster.
+    pub reviewer: Option<Arc<TokenReviewer>>,
     /// The cluster, when meshca runs with one.
     pub cluster: Option<&'a Cluster>,
     /// The serving certificate (its names include `serving_dns_names`).
@@ -72,18 +77,18 @@ pub async fn serve(
     deps: Deps<'_>,
     spawner: &Spawner,
 ) -> Result<SocketAddr, std::io::Error> {
-    let auth = match deps.cluster {
-        Some(cluster) => deps.auth.with_kubernetes(Arc::new(TokenReviewer::new(
-            cluster.client.clone(),
-            config.token_audiences.clone(),
-            deps.trust_domain.clone(),
-            REVIEW_CACHE,
-        ))),
+    let auth = match &deps.reviewer {
+        Some(reviewer) => deps
+            .auth
+            .with_kubernetes(reviewer.for_audiences(config.token_audiences.clone())),
         None => deps.auth,
     };
+    let gate = Arc::new(service::Gate {
+        auth,
+        cluster_id: config.cluster_id.clone(),
+    });
     let service = IstioCa {
         issuer: deps.issuer.clone(),
-        auth,
         nodes: node::NodeAuthorizer::new(
             deps.cluster.map(|c| c.client.clone()),
             config.trusted_node_accounts.clone(),
@@ -93,8 +98,15 @@ pub async fn serve(
     };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let router =
-        tonic::service::Routes::new(IstioCertificateServiceServer::new(service)).into_axum_router();
+    let server = IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE);
+    // The caller is authenticated from the request's head before tonic
+    // reads a byte of its body.
+    let router = tonic::service::Routes::new(server)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            service::authenticate_first,
+        ));
     if let (Some(cluster), Some(istiod)) = (deps.cluster, &config.istiod_certificate) {
         let (client, istiod, leader) = (
             cluster.client.clone(),
@@ -112,7 +124,7 @@ pub async fn serve(
     }
     let tls = deps.tls;
     spawner.spawn_child("istio-ca-server", |token| {
-        api::serve(listener, Some(tls), router, ConnectionLimits::api(), token)
+        listener::serve(listener, Some(tls), router, Limits::api(), token)
     });
     tracing::info!(%addr, cluster_id = %config.cluster_id, "serving Istio's certificate service");
     Ok(addr)

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::middleware::Next;
 use http::HeaderMap;
 use meshca_provider::Identity;
 use prost_types::value::Kind;
@@ -14,8 +16,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::node::{self, Denied, NodeAuthorizer};
 use super::proto::istio_certificate_service_server::IstioCertificateService;
 use super::proto::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::auth::{AuthError, Authenticator, Caller, PeerCertificates};
+use crate::auth::{AuthError, Authenticator, Caller};
 use crate::issuer::{self, Busy, Frontend, IssuedCertificate, Issuer, Outcome, Refused};
+use crate::listener::PeerCertificates;
 use crate::metrics::{ImpersonationLabels, Metrics};
 
 /// The gRPC metadata istio-agent names its cluster with.
@@ -101,11 +104,48 @@ fn retry_after(code: Code, message: String, after: Duration) -> Status {
     Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(after)))
 }
 
+/// What authenticates a call before its body is read: the credential and
+/// the cluster it names in its head.
+#[derive(Debug)]
+pub struct Gate {
+    pub(super) auth: Authenticator,
+    pub(super) cluster_id: String,
+}
+
+/// Authenticate the caller from the request's head, before tonic reads
+/// its body: a call without a valid credential, or for another cluster, is
+/// answered at once and nothing it sends is buffered. The caller goes on
+/// in the request's extensions.
+pub async fn authenticate_first(
+    State(gate): State<Arc<Gate>>,
+    mut request: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    let peer = request.extensions().get::<PeerCertificates>();
+    let authenticated = match gate.auth.authenticate(request.headers(), peer).await {
+        Ok(caller) => check_cluster(
+            &gate.cluster_id,
+            header_cluster(request.headers()).as_deref(),
+        )
+        .map(|()| caller),
+        Err(e) => Err(CallError::from(e)),
+    };
+    match authenticated {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "Istio certificate request refused");
+            e.status().into_http()
+        }
+    }
+}
+
 /// The service, as tonic serves it.
 #[derive(Clone, Debug)]
 pub struct IstioCa {
     pub(super) issuer: Issuer,
-    pub(super) auth: Authenticator,
     pub(super) nodes: NodeAuthorizer,
     pub(super) cluster_id: String,
     pub(super) metrics: Arc<Metrics>,
@@ -117,10 +157,12 @@ impl IstioCertificateService for IstioCa {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (metadata, extensions, body) = request.into_parts();
-        let headers = metadata.into_headers();
-        let peer = extensions.get::<PeerCertificates>();
-        match self.create(&headers, peer, &body).await {
+        let (_, extensions, body) = request.into_parts();
+        // Set by `authenticate_first`, which every call passes.
+        let caller = extensions
+            .get::<Caller>()
+            .ok_or_else(|| CallError::from(AuthError::Missing).status())?;
+        match self.create(caller, &body).await {
             Ok(issued) => Ok(Response::new(IstioCertificateResponse {
                 cert_chain: cert_chain(&issued),
             })),
@@ -135,13 +177,11 @@ impl IstioCertificateService for IstioCa {
 impl IstioCa {
     async fn create(
         &self,
-        headers: &HeaderMap,
-        peer: Option<&PeerCertificates>,
+        caller: &Caller,
         body: &IstioCertificateRequest,
     ) -> Result<Box<IssuedCertificate>, CallError> {
-        let caller = self.auth.authenticate(headers, peer).await?;
-        self.check_cluster(headers, body)?;
-        let identity = self.identity_for(&caller, body).await?;
+        check_cluster(&self.cluster_id, string_field(body, CLUSTER_KEY))?;
+        let identity = self.identity_for(caller, body).await?;
         let csr = meshca_provider::pem::decode_one_csr(&body.csr).map_err(CallError::Csr)?;
         let lifetime = self.issuer.lifetimes().for_request(
             u64::try_from(body.validity_duration)
@@ -157,28 +197,6 @@ impl IstioCa {
             }
             other => Err(CallError::Outcome(other)),
         }
-    }
-
-    /// The caller's cluster, from the `clusterid` header istio-agent sends
-    /// or the request's `ClusterID`, must be this one when named.
-    fn check_cluster(
-        &self,
-        headers: &HeaderMap,
-        body: &IstioCertificateRequest,
-    ) -> Result<(), CallError> {
-        let header = headers
-            .get(CLUSTER_HEADER)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let field = string_field(body, CLUSTER_KEY).map(str::to_owned);
-        for asked in [header, field].into_iter().flatten() {
-            if asked != self.cluster_id {
-                return Err(CallError::WrongCluster {
-                    asked,
-                    served: self.cluster_id.clone(),
-                });
-            }
-        }
-        Ok(())
     }
 
     /// The caller's own identity, or the one a trusted node agent asks for
@@ -202,6 +220,27 @@ impl IstioCa {
             CallError::Impersonation(denied)
         })
     }
+}
+
+/// The cluster the caller names, in the `clusterid` header istio-agent
+/// sends or the request's `ClusterID`, must be this one when named. The
+/// refusal repeats at most 64 characters of what was asked, as it is
+/// logged.
+fn check_cluster(served: &str, asked: Option<&str>) -> Result<(), CallError> {
+    match asked {
+        Some(asked) if asked != served => Err(CallError::WrongCluster {
+            asked: asked.chars().take(64).collect(),
+            served: served.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The `clusterid` header, when sent.
+fn header_cluster(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    headers
+        .get(CLUSTER_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// A string value of the request's `metadata` struct.

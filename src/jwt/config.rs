@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::key::KeyType;
+use super::{MAX_LIFETIME, MIN_TTL};
 use crate::validation::Errors;
 
 /// JWT-SVIDs as configured and validated.
@@ -99,10 +100,6 @@ impl Default for RawJwtSvids {
     }
 }
 
-/// Shortest default token lifetime: clocks of relying parties drift by
-/// seconds.
-const MIN_TTL: Duration = Duration::from_secs(10);
-
 impl RawJwtSvids {
     /// `jwt_svids.enabled`.
     pub fn enabled(&self) -> bool {
@@ -134,6 +131,15 @@ impl RawJwtSvids {
                     "{} exceeds jwt_svids.max_ttl {}",
                     humantime::format_duration(self.default_ttl),
                     humantime::format_duration(self.max_ttl)
+                ),
+            );
+        }
+        if self.max_ttl > MAX_LIFETIME {
+            errors.add(
+                "jwt_svids.max_ttl",
+                format!(
+                    "must be at most {}: validators refuse a token that lives longer",
+                    humantime::format_duration(MAX_LIFETIME)
                 ),
             );
         }

@@ -299,6 +299,34 @@ impl Jwk {
         }
     }
 
+    /// Whether this key can verify anything at all: an EC point on its
+    /// curve, an RSA modulus of 2048 to 8192 bits with an odd public
+    /// exponent. A key from outside (a federated bundle) is checked so
+    /// before it is trusted, rather than failing every verification later.
+    ///
+    /// # Errors
+    /// What makes it unusable.
+    pub fn check_usable(&self) -> Result<(), String> {
+        let decode = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .and_then(|v| B64.decode(v).ok())
+                .ok_or_else(|| format!("{name} is missing or not base64url"))
+        };
+        match (self.kty.as_str(), self.crv.as_deref()) {
+            ("EC", Some(crv @ ("P-256" | "P-384"))) => {
+                let (x, y) = (decode("x", &self.x)?, decode("y", &self.y)?);
+                on_curve(crv, &x, &y)
+            }
+            ("RSA", None) => {
+                let (n, e) = (decode("n", &self.n)?, decode("e", &self.e)?);
+                rsa_usable(strip_zeros(&n), strip_zeros(&e))
+            }
+            (kty, crv) => Err(format!(
+                "key type {kty} {crv:?} is not EC P-256/P-384 or RSA"
+            )),
+        }
+    }
+
     /// Whether `signature` by this key over `message` is valid for `alg`.
     /// An algorithm that does not match the key's type is never valid.
     pub fn verifies(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
@@ -328,6 +356,43 @@ impl Jwk {
             }
             _ => false,
         }
+    }
+}
+
+/// Whether `(x, y)` is a point of `crv` (`P-256` or `P-384`): ring checks
+/// a peer's public key before an ECDH agreement, so one against a key of
+/// our own is that check.
+fn on_curve(crv: &str, x: &[u8], y: &[u8]) -> Result<(), String> {
+    use ring::agreement;
+    let (alg, len) = match crv {
+        "P-256" => (&agreement::ECDH_P256, 32),
+        _ => (&agreement::ECDH_P384, 48),
+    };
+    if x.len() != len || y.len() != len {
+        return Err(format!("x and y must be {len} bytes each on {crv}"));
+    }
+    let mine = agreement::EphemeralPrivateKey::generate(alg, &SystemRandom::new())
+        .map_err(|_| "the system random source failed".to_owned())?;
+    let point = [&[4u8][..], x, y].concat();
+    agreement::agree_ephemeral(mine, &agreement::UnparsedPublicKey::new(alg, point), |_| ())
+        .map_err(|_| format!("(x, y) is not a point on {crv}"))
+}
+
+/// Whether an RSA public key is one meshca verifies with: a modulus of
+/// 2048 to 8192 bits, an odd exponent from 3 to 2^33 - 1 (ring's bounds).
+fn rsa_usable(n: &[u8], e: &[u8]) -> Result<(), String> {
+    let bits = n.first().map_or(0, |top| {
+        (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+    });
+    if !(2048..=8192).contains(&bits) {
+        return Err(format!("the RSA modulus has {bits} bits, not 2048 to 8192"));
+    }
+    let exponent = e.iter().try_fold(0u64, |acc, b| {
+        acc.checked_mul(256).map(|a| a + u64::from(*b))
+    });
+    match exponent {
+        Some(e) if e % 2 == 1 && (3..(1 << 33)).contains(&e) => Ok(()),
+        _ => Err("the RSA public exponent is not an odd number from 3 to 2^33 - 1".into()),
     }
 }
 
@@ -381,6 +446,40 @@ mod tests {
             PrivateKey::from_pkcs8(KeyType::EcP384, Zeroizing::new(key.pkcs8().to_vec()), "abc")
                 .expect_err("a P-256 key read as P-384");
         assert!(err.to_string().contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn a_key_is_usable_only_when_its_numbers_make_a_key() {
+        for key_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+            let key = PrivateKey::generate(key_type).expect("generate");
+            assert_eq!(key.public().check_usable(), Ok(()), "{key_type:?}");
+        }
+        let good = PrivateKey::generate(KeyType::EcP256).expect("generate");
+        let with = |edit: &dyn Fn(&mut Jwk)| {
+            let mut jwk = good.public().clone();
+            edit(&mut jwk);
+            jwk.check_usable()
+        };
+        let off_curve = with(&|j| j.y = Some(B64.encode([1u8; 32])));
+        assert_eq!(off_curve, Err("(x, y) is not a point on P-256".into()));
+        let short = with(&|j| {
+            j.x = Some("AAAA".into());
+            j.y = Some("AAAA".into());
+        });
+        assert!(short.expect_err("refused").contains("32 bytes"));
+        let p384 = with(&|j| j.crv = Some("P-384".into()));
+        assert!(p384.expect_err("refused").contains("48 bytes"));
+        let p521 = with(&|j| j.crv = Some("P-521".into()));
+        assert!(p521.expect_err("refused").contains("not EC"));
+        let rsa = PrivateKey::generate(KeyType::Rsa2048).expect("generate");
+        let small = Jwk::rsa(&[0xc5; 128], b"\x01\x00\x01");
+        assert!(small
+            .check_usable()
+            .expect_err("1024 bits")
+            .contains("1024 bits"));
+        let mut even = rsa.public().clone();
+        even.e = Some(B64.encode([2u8]));
+        assert!(even.check_usable().expect_err("even").contains("exponent"));
     }
 
     #[test]

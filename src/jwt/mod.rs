@@ -22,7 +22,7 @@ pub use key::{Jwk, KeyType};
 pub use keyring::{Keyring, NewKey};
 pub use schedule::Schedule;
 pub use store::{KeyStore, StoreError, SECRET_NAME};
-pub use token::{validate, Claims};
+pub use token::{validate, Claims, MAX_LIFETIME};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::supervisor::Spawner;
+
+/// The shortest lifetime a token is given: the clocks of relying parties
+/// drift by seconds. A shorter `ttl_seconds` is raised to it.
+pub const MIN_TTL: Duration = Duration::from_secs(10);
+/// The most audiences a token carries.
+pub const MAX_AUDIENCES: usize = 16;
+/// The longest audience, in bytes: a URL or a name.
+pub const MAX_AUDIENCE_BYTES: usize = 256;
 
 /// A token minted for a caller.
 #[derive(Clone)]
@@ -60,9 +68,12 @@ impl std::fmt::Debug for JwtSvid {
 /// Why no token was minted.
 #[derive(Debug, Error)]
 pub enum MintError {
-    /// No audience, or an empty one: a token for anyone is refused.
-    #[error("audience must name at least one relying party, none empty")]
-    Audience,
+    /// No audience, an empty one, too many, too long, or with characters
+    /// other than printable ASCII: a token for anyone, or one that carries
+    /// what a relying party might log or display as something else, is
+    /// refused. The message never repeats the audience.
+    #[error("{0}")]
+    Audience(AudienceError),
     /// No key signs now (the keeper could not store a new one).
     #[error("no JWT signing key is in force (see the log of the jwt-keys task)")]
     NoKey,
@@ -97,12 +108,10 @@ impl JwtSvids {
         audience: &[String],
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, MintError> {
-        if audience.is_empty() || audience.iter().any(|a| a.trim().is_empty()) {
-            return Err(MintError::Audience);
-        }
+        check_audience(audience).map_err(MintError::Audience)?;
         let ttl = ttl
             .unwrap_or(self.config.default_ttl)
-            .min(self.config.max_ttl);
+            .clamp(MIN_TTL.min(self.config.max_ttl), self.config.max_ttl);
         let now = OffsetDateTime::now_utc();
         let keys = self.keys.borrow().clone();
         let signer = keys.signer(now).ok_or(MintError::NoKey)?;
@@ -112,6 +121,7 @@ impl JwtSvids {
             aud: audience.to_vec(),
             exp: expires_at.unix_timestamp(),
             iat: Some(now.unix_timestamp()),
+            nbf: None,
             iss: Some(self.config.issuer.as_str().to_owned()),
         };
         Ok(JwtSvid {
@@ -130,6 +140,54 @@ impl JwtSvids {
             .map(|k| (k.key.public().clone(), k.key.key_type().alg()))
             .collect()
     }
+}
+
+/// What is wrong with the audience a token was asked for.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AudienceError {
+    /// None given.
+    #[error("audience must name at least one relying party")]
+    None,
+    /// More than [`MAX_AUDIENCES`].
+    #[error("audience names {0} relying parties; at most {MAX_AUDIENCES} are allowed")]
+    TooMany(usize),
+    /// Empty, over [`MAX_AUDIENCE_BYTES`], or not printable ASCII.
+    #[error("audience[{index}] {why}")]
+    Entry {
+        /// Its position.
+        index: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// An audience a token may carry: one to [`MAX_AUDIENCES`] entries, each
+/// one to [`MAX_AUDIENCE_BYTES`] printable ASCII characters without
+/// spaces (what a URL or a name needs; no control character, no bidi
+/// override a log or a console would render as something else).
+///
+/// # Errors
+/// The first problem found.
+pub fn check_audience(audience: &[String]) -> Result<(), AudienceError> {
+    if audience.is_empty() {
+        return Err(AudienceError::None);
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(AudienceError::TooMany(audience.len()));
+    }
+    for (index, entry) in audience.iter().enumerate() {
+        let why = if entry.is_empty() {
+            "is empty"
+        } else if entry.len() > MAX_AUDIENCE_BYTES {
+            "is longer than 256 bytes"
+        } else if !entry.bytes().all(|b| b.is_ascii_graphic()) {
+            "holds a character other than printable ASCII (no spaces)"
+        } else {
+            continue;
+        };
+        return Err(AudienceError::Entry { index, why });
+    }
+    Ok(())
 }
 
 /// Load the keys from `store` and make the first one if none is stored,

@@ -40,11 +40,13 @@ pub fn decode_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, S
 }
 
 /// The one PEM `CERTIFICATE REQUEST` block `pem` must be: anything more (a
-/// second request, a key sent along) is refused, not ignored.
+/// second request, a key sent along, text before or after the block) is
+/// refused, not ignored.
 ///
 /// # Errors
 /// Why it is not exactly one request, for the caller's error message.
 pub fn decode_one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, String> {
+    const END: &str = "-----END CERTIFICATE REQUEST-----";
     let mut sections = CertificateSigningRequestDer::pem_slice_iter(pem.as_bytes());
     let first: CertificateSigningRequestDer<'static> = match sections.next() {
         Some(Ok(csr)) => csr,
@@ -52,8 +54,15 @@ pub fn decode_one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>
         None => return Err("none found".into()),
     };
     match pem.matches("-----BEGIN ").count() {
-        1 => Ok(first),
-        blocks => Err(format!("found {blocks} PEM blocks")),
+        1 => {}
+        blocks => return Err(format!("found {blocks} PEM blocks")),
+    }
+    let before = pem.find("-----BEGIN ").map_or("", |at| &pem[..at]);
+    let after = pem.rfind(END).map_or("", |at| &pem[at + END.len()..]);
+    if before.trim().is_empty() && after.trim().is_empty() {
+        Ok(first)
+    } else {
+        Err("text outside the PEM block".into())
     }
 }
 
@@ -70,6 +79,25 @@ mod tests {
         let back = decode_certificates(pem.as_bytes()).expect("decodes");
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].as_ref(), der.as_slice());
+    }
+
+    #[test]
+    fn one_csr_is_all_the_text_may_hold() {
+        let der = [0x30, 0x03, 0x02, 0x01, 0x00];
+        let mut block = String::new();
+        encode_block("CERTIFICATE REQUEST", &der, &mut block);
+        assert!(decode_one_csr(&block).is_ok());
+        assert!(decode_one_csr(&format!("\n{block}\n\n")).is_ok());
+        for junk in [
+            format!("{block}{}", "A".repeat(1 << 20)),
+            format!("{block}trailing words\n"),
+            format!("leading words\n{block}"),
+        ] {
+            let e = decode_one_csr(&junk).expect_err("refused");
+            assert_eq!(e, "text outside the PEM block");
+        }
+        let e = decode_one_csr(&format!("{block}{block}")).expect_err("two");
+        assert!(e.contains("2 PEM blocks"), "{e}");
     }
 
     #[test]

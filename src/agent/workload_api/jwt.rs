@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -16,6 +17,13 @@ use tonic::Status;
 use super::super::client::{MintedToken, SigningApi};
 use super::super::{AgentError, Held as Credential};
 use crate::jwt::{self, Jwk};
+
+/// How old the trust domain's keys may be when a token is validated: a
+/// key removed from the bundle stops validating within this.
+const KEYS_FRESH_FOR: Duration = Duration::from_secs(1);
+/// How long a validation waits for fresher keys before it goes on with
+/// those held (the daemon unreachable).
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
 /// The trust domain's JWT keys as the Workload API serves them.
 #[derive(Debug, PartialEq)]
@@ -93,6 +101,9 @@ pub(crate) struct Tokens {
     /// The federated trust domains' JWT keys, from the held identity's
     /// federated bundles.
     federated: watch::Sender<Arc<[Arc<JwtBundle>]>>,
+    /// When this trust domain's keys were last fetched; the lock makes
+    /// validations that find them stale fetch them once.
+    fetched: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Tokens {
@@ -103,6 +114,7 @@ impl Tokens {
             cache: Mutex::new(HashMap::new()),
             bundle: watch::channel(None).0,
             federated: watch::channel(Arc::from([])).0,
+            fetched: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -185,6 +197,31 @@ impl Tokens {
 
     /// Fetch the trust domain's JWT keys and publish them if they changed.
     pub(crate) async fn refresh(&self) -> Result<(), AgentError> {
+        let mut fetched = self.fetched.lock().await;
+        self.fetch_keys().await?;
+        *fetched = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Fetch the keys when those held are older than [`KEYS_FRESH_FOR`],
+    /// waiting at most [`REFRESH_WAIT`]; concurrent callers fetch once.
+    async fn refresh_if_stale(&self) {
+        let mut fetched = self.fetched.lock().await;
+        if fetched.is_some_and(|at| at.elapsed() < KEYS_FRESH_FOR) {
+            return;
+        }
+        match tokio::time::timeout(REFRESH_WAIT, self.fetch_keys()).await {
+            Ok(Ok(())) => *fetched = Some(Instant::now()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "validating with the JWT keys held: they could not be refreshed");
+            }
+            Err(_) => {
+                tracing::warn!("validating with the JWT keys held: refreshing them timed out")
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<(), AgentError> {
         let Ok((identity, client)) = self.held() else {
             return Ok(());
         };
@@ -207,14 +244,22 @@ impl Tokens {
         (self.bundle.subscribe(), self.federated.subscribe())
     }
 
-    /// The SPIFFE ID and claims of `token` when valid for `audience`.
-    pub(super) fn validate(&self, audience: &str, token: &str) -> Result<jwt::Claims, Status> {
+    /// The SPIFFE ID and claims of `token` when valid for `audience`,
+    /// under this trust domain's keys as the daemon holds them now (at
+    /// most [`KEYS_FRESH_FOR`] old), so that a key removed from the bundle
+    /// stops validating at once.
+    pub(super) async fn validate(
+        &self,
+        audience: &str,
+        token: &str,
+    ) -> Result<jwt::Claims, Status> {
         if audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
         if token.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
+        self.refresh_if_stale().await;
         let own =
             self.bundle.borrow().clone().ok_or_else(|| {
                 Status::unavailable("the trust domain's JWT keys are not known yet")

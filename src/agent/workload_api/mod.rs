@@ -323,7 +323,10 @@ impl SpiffeWorkloadApi for Service {
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
         require_security_header(&request)?;
         let request = request.into_inner();
-        let claims = self.tokens()?.validate(&request.audience, &request.svid)?;
+        let claims = self
+            .tokens()?
+            .validate(&request.audience, &request.svid)
+            .await?;
         let fields = match serde_json::to_value(&claims) {
             Ok(serde_json::Value::Object(o)) => {
                 o.into_iter().map(|(k, v)| (k, proto_value(v))).collect()

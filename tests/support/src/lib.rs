@@ -2,6 +2,7 @@
 //! loopback ports chosen by the kernel, real HTTPS clients, CSR builders
 //! and independent verification with rustls-webpki.
 
+pub mod abuse;
 pub mod bench;
 pub mod chart;
 pub mod hold;
