@@ -18,6 +18,7 @@ mod bundle;
 mod cli;
 mod cluster;
 mod config;
+mod crypto;
 mod daemon;
 mod events;
 mod federation;
@@ -34,7 +35,6 @@ mod reload;
 mod renewal;
 mod rollout;
 mod supervisor;
-mod tls;
 mod validation;
 mod watched;
 

@@ -408,8 +408,8 @@ impl Metrics {
             };
             let not_after = cert.validity().not_after.timestamp();
             earliest = Some(earliest.map_or(not_after, |e| e.min(not_after)));
-            let digest = ring::digest::digest(&ring::digest::SHA256, der);
-            let fingerprint = base16ct::lower::encode_string(&digest.as_ref()[..8]);
+            let digest = crate::crypto::sha256(der);
+            let fingerprint = base16ct::lower::encode_string(&digest[..8]);
             self.trust_anchor_expiry
                 .get_or_create(&AnchorLabels {
                     subject: cert.subject().to_string(),

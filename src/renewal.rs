@@ -49,14 +49,9 @@ pub fn renewal_delay(
     (at - now).try_into().unwrap_or(Duration::ZERO)
 }
 
-/// A jitter in `[-1, 1]` from the system's random source.
+/// A jitter in `[-1, 1)` from the system's random source.
 pub fn random_jitter() -> f64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        return 0.0;
-    }
-    f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0
+    crate::crypto::jitter_fraction() * 2.0 - 1.0
 }
 
 #[cfg(test)]

@@ -253,7 +253,7 @@ impl SigningApi {
                 .map_err(|e| AgentError::Setup(format!("unusable CA certificate: {e}")))?;
         }
         let builder =
-            crate::tls::client_builder(roots).map_err(|e| AgentError::Setup(e.to_string()))?;
+            crate::crypto::client_config_trusting(roots).map_err(|e| AgentError::Setup(e.to_string()))?;
         let tls = match held.filter(|_| present_certificate) {
             Some(h) => {
                 let chain = CertificateDer::pem_slice_iter(h.chain_pem.as_bytes())

@@ -102,18 +102,17 @@ async fn issue(
     Ok((config, cert.not_before(), cert.not_after()))
 }
 
-/// TLS 1.2 and 1.3 only, ring only, h2 and HTTP/1.1, client certificates
-/// requested but validated per request (see [`crate::auth::danger`]).
+/// meshca's TLS policy (`crate::crypto`), h2 and HTTP/1.1, client
+/// certificates requested but validated per request (see
+/// [`crate::auth::danger`]).
 fn server_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(DeferredClientAuth::new(
-        provider.signature_verification_algorithms,
+        crate::crypto::verification_algorithms(),
     ));
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    let mut config = crate::crypto::server_config()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -146,16 +146,14 @@ impl TokenReviewer {
 /// The cache key of `token` asked for `audiences`: a token accepted for
 /// one frontend's audiences says nothing of another's.
 fn cache_key(audiences: &[String], token: &str) -> [u8; 32] {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hash = crate::crypto::Sha256::new();
     for audience in audiences {
-        context.update(audience.as_bytes());
-        context.update(&[0]);
+        hash.update(audience.as_bytes());
+        hash.update(&[0]);
     }
-    context.update(&[0]);
-    context.update(token.as_bytes());
-    let mut key = [0u8; 32];
-    key.copy_from_slice(context.finish().as_ref());
-    key
+    hash.update(&[0]);
+    hash.update(token.as_bytes());
+    hash.finish()
 }
 
 impl TokenReviewer {

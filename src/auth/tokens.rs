@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use meshca_provider::{Identity, TrustDomain};
-use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
@@ -98,9 +97,7 @@ pub struct TokenStore {
 }
 
 fn sha256_hex(token: &str) -> String {
-    base16ct::lower::encode_string(
-        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
-    )
+    base16ct::lower::encode_string(&crate::crypto::sha256(token.as_bytes()))
 }
 
 impl TokenStore {
@@ -182,16 +179,14 @@ impl TokenStore {
     /// [`AuthError::Store`] when the file cannot be read or written; then
     /// no token was stored.
     pub fn create_all(&self, identities: &[Identity]) -> Result<Vec<String>, AuthError> {
-        let rng = ring::rand::SystemRandom::new();
         let created_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let mut tokens = Vec::with_capacity(identities.len());
         let mut records = Vec::with_capacity(identities.len());
         for identity in identities {
-            let mut raw = [0u8; 32];
-            rng.fill(&mut raw)
-                .map_err(|_| AuthError::Store("the system random source failed".into()))?;
+            let raw = crate::crypto::random::<32>()
+                .map_err(|e| AuthError::Store(e.to_string()))?;
             let token = format!(
                 "{TOKEN_PREFIX}{}",
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)

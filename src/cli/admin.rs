@@ -267,7 +267,7 @@ async fn ask_daemon(config: &Config) -> Result<String, String> {
         let cert = cert.map_err(|e| format!("{place}: {e}"))?;
         roots.add(cert).map_err(|e| format!("{place}: {e}"))?;
     }
-    let tls = crate::tls::client_builder(roots)
+    let tls = crate::crypto::client_config_trusting(roots)
         .map_err(|e| e.to_string())?
         .with_no_client_auth();
     let mut addr = config.listen;

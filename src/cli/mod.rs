@@ -227,7 +227,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
     // ring is the one crypto provider; make it the process default so no
     // other can be picked up implicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::crypto::install_default();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.worker_threads {
         runtime.worker_threads(n);

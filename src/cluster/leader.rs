@@ -166,10 +166,8 @@ async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), kub
 /// This replica's name in the Lease: the pod name when there is one, made
 /// unique per process so a restarted pod does not inherit its own lease.
 pub fn replica_identity() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
     // A failed read leaves zeros: the pod name alone still identifies it.
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let b = crate::crypto::random::<4>().unwrap_or_default();
     let base = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("meshca-{}", std::process::id()));

@@ -107,16 +107,13 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, EndpointError
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(read("certificate chain", cert_file))?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(read("private key", key_file))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = |source| EndpointError::Tls {
         cert: cert_file.to_owned(),
         key: key_file.to_owned(),
         source,
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let mut config = crate::crypto::server_config_without_client_auth()
         .map_err(tls)?
-        .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(tls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -228,7 +228,7 @@ fn client(
         PeerProfile::HttpsSpiffe { .. } => reqwest::redirect::Policy::none(),
     };
     let tls = match profile {
-        PeerProfile::HttpsWeb => crate::tls::client_builder(web_roots().map_err(setup)?)
+        PeerProfile::HttpsWeb => crate::crypto::client_config_trusting(web_roots().map_err(setup)?)
             .map_err(|e| setup(e.to_string()))?
             .with_no_client_auth(),
         PeerProfile::HttpsSpiffe {
@@ -243,12 +243,11 @@ fn client(
             let verifier = SpiffeEndpoint {
                 anchors,
                 spiffe_id: endpoint_spiffe_id.clone(),
-                algorithms: rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms,
+                algorithms: crate::crypto::verification_algorithms(),
                 presented: Presented::default(),
             };
             presented = Some(verifier.presented.clone());
-            crate::tls::client_with_verifier(Arc::new(verifier))
+            crate::crypto::client_with_verifier(Arc::new(verifier))
                 .map_err(|e| setup(e.to_string()))?
         }
     };

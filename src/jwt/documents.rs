@@ -114,9 +114,7 @@ impl Sequence {
     /// The sequence number of a bundle whose keys are `keys` (the
     /// rendered `keys` array), `now` being the Unix time.
     pub fn of(&self, keys: &Value, now: u64) -> u64 {
-        let digest = ring::digest::digest(&ring::digest::SHA256, keys.to_string().as_bytes())
-            .as_ref()
-            .to_vec();
+        let digest = crate::crypto::sha256(keys.to_string().as_bytes()).to_vec();
         let Ok(mut last) = self.last.lock() else {
             return now;
         };

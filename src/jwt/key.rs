@@ -1,18 +1,17 @@
 //! The keys JWT-SVIDs are signed with, and their public JWKs.
 //!
-//! JOSE here is a small module on ring rather than a JOSE crate: meshca
-//! needs three algorithms (ES256, ES384, RS256), compact serialisation and
-//! RFC 7638 key IDs, and ring already signs and verifies all three for
-//! rustls. ring cannot generate RSA keys, so `rsa-2048` keys are generated
-//! by the `rsa` crate and used only through ring.
+//! JOSE here is a small module rather than a JOSE crate: meshca needs
+//! three algorithms (ES256, ES384, RS256), compact serialisation and RFC
+//! 7638 key IDs, and its crypto module (`crate::crypto::signing`) already
+//! signs and verifies all three.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+use crate::crypto::signing::{self, Algorithm, Curve, KeyPair, PublicKey, SigningError};
 
 /// The kind of key, as `jwt_svids.key_type` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,11 +48,11 @@ impl KeyType {
         }
     }
 
-    fn ecdsa(self) -> Option<&'static signature::EcdsaSigningAlgorithm> {
+    fn algorithm(self) -> Algorithm {
         match self {
-            Self::EcP256 => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
-            Self::EcP384 => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
-            Self::Rsa2048 => None,
+            Self::EcP256 => Algorithm::EcdsaP256Sha256,
+            Self::EcP384 => Algorithm::EcdsaP384Sha384,
+            Self::Rsa2048 => Algorithm::Rsa2048Sha256,
         }
     }
 }
@@ -63,32 +62,34 @@ impl KeyType {
 pub enum KeyError {
     /// The system random source failed.
     #[error("failed to generate a {0:?} key")]
-    Generate(KeyType),
+    Generate(KeyType, #[source] SigningError),
     /// Stored key material is not a key of its stated type.
-    #[error("the stored {key_type:?} key {kid} is not a usable key: {why}")]
+    #[error("the stored {key_type:?} key {kid} is not a usable key")]
     Unusable {
         /// The key's ID.
         kid: String,
         /// Its stated type.
         key_type: KeyType,
-        /// What ring said.
-        why: String,
+        /// Why.
+        #[source]
+        source: SigningError,
     },
     /// Signing failed.
-    #[error("failed to sign with key {0}")]
-    Sign(String),
-}
-
-enum Pair {
-    Ec(EcdsaKeyPair),
-    Rsa(RsaKeyPair),
+    #[error("failed to sign with key {kid}")]
+    Sign {
+        /// The key's ID.
+        kid: String,
+        /// Why.
+        #[source]
+        source: SigningError,
+    },
 }
 
 /// A private signing key (PKCS#8, zeroized on drop) with its public JWK.
 pub struct PrivateKey {
     key_type: KeyType,
     pkcs8: Zeroizing<Vec<u8>>,
-    pair: Pair,
+    pair: KeyPair,
     public: Jwk,
 }
 
@@ -107,14 +108,9 @@ impl PrivateKey {
     /// # Errors
     /// The random source failed.
     pub fn generate(key_type: KeyType) -> Result<Self, KeyError> {
-        let pkcs8 = match key_type.ecdsa() {
-            Some(alg) => EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new())
-                .map_err(|_| KeyError::Generate(key_type))?
-                .as_ref()
-                .to_vec(),
-            None => rsa_pkcs8()?,
-        };
-        Self::from_pkcs8(key_type, Zeroizing::new(pkcs8), "(new)")
+        let pkcs8 = KeyPair::generate_pkcs8(key_type.algorithm())
+            .map_err(|e| KeyError::Generate(key_type, e))?;
+        Self::from_pkcs8(key_type, pkcs8, "(new)")
     }
 
     /// A stored key; `kid` names it in errors only (the ID is recomputed
@@ -127,24 +123,16 @@ impl PrivateKey {
         pkcs8: Zeroizing<Vec<u8>>,
         kid: &str,
     ) -> Result<Self, KeyError> {
-        let unusable = |why: String| KeyError::Unusable {
-            kid: kid.to_owned(),
-            key_type,
-            why,
-        };
-        let (pair, public) = match key_type.ecdsa() {
-            Some(alg) => {
-                let pair = EcdsaKeyPair::from_pkcs8(alg, &pkcs8, &SystemRandom::new())
-                    .map_err(|e| unusable(e.to_string()))?;
-                let public = Jwk::ec(key_type, pair.public_key().as_ref());
-                (Pair::Ec(pair), public)
+        let pair = KeyPair::from_pkcs8(key_type.algorithm(), &pkcs8).map_err(|source| {
+            KeyError::Unusable {
+                kid: kid.to_owned(),
+                key_type,
+                source,
             }
-            None => {
-                let pair = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| unusable(e.to_string()))?;
-                let components = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
-                let public = Jwk::rsa(strip_zeros(&components.n), strip_zeros(&components.e));
-                (Pair::Rsa(pair), public)
-            }
+        })?;
+        let public = match pair.public() {
+            PublicKey::Ec(point) => Jwk::ec(key_type, &point),
+            PublicKey::Rsa { n, e } => Jwk::rsa(&n, &e),
         };
         Ok(Self {
             key_type,
@@ -177,35 +165,13 @@ impl PrivateKey {
     /// A JWS signature over `message`, in JOSE form (r‖s for ECDSA).
     ///
     /// # Errors
-    /// ring failed to sign.
+    /// The key failed to sign.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let rng = SystemRandom::new();
-        let failed = || KeyError::Sign(self.public.kid.clone());
-        match &self.pair {
-            Pair::Ec(pair) => Ok(pair
-                .sign(&rng, message)
-                .map_err(|_| failed())?
-                .as_ref()
-                .to_vec()),
-            Pair::Rsa(pair) => {
-                let mut out = vec![0; pair.public().modulus_len()];
-                pair.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut out)
-                    .map_err(|_| failed())?;
-                Ok(out)
-            }
-        }
+        self.pair.sign(message).map_err(|source| KeyError::Sign {
+            kid: self.public.kid.clone(),
+            source,
+        })
     }
-}
-
-/// A 2048-bit RSA key as PKCS#8.
-fn rsa_pkcs8() -> Result<Vec<u8>, KeyError> {
-    use rsa::pkcs8::EncodePrivateKey as _;
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-        .map_err(|_| KeyError::Generate(KeyType::Rsa2048))?;
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|_| KeyError::Generate(KeyType::Rsa2048))?;
-    Ok(der.as_bytes().to_vec())
 }
 
 /// A public key as a JWK (RFC 7517), with the members a JWKS and a SPIFFE
@@ -292,8 +258,8 @@ impl Jwk {
                 Some(Self::ec(key_type, point.data()))
             }
             PublicKey::RSA(rsa) => Some(Self::rsa(
-                strip_zeros(rsa.modulus),
-                strip_zeros(rsa.exponent),
+                signing::strip_zeros(rsa.modulus),
+                signing::strip_zeros(rsa.exponent),
             )),
             _ => None,
         }
@@ -319,97 +285,75 @@ impl Jwk {
             }
             ("RSA", None) => {
                 let (n, e) = (decode("n", &self.n)?, decode("e", &self.e)?);
-                rsa_usable(strip_zeros(&n), strip_zeros(&e))
+                rsa_usable(signing::strip_zeros(&n), signing::strip_zeros(&e))
             }
-            (kty, crv) => Err(format!(
-                "key type {kty} {crv:?} is not EC P-256/P-384 or RSA"
-            )),
+            (kty, crv) => Err(format!("key type {kty} {crv:?} is not EC P-256/P-384 or RSA")),
         }
+    }
+
+    /// The public key, for an algorithm that matches its type.
+    fn key_for(&self, alg: &str) -> Option<(Algorithm, PublicKey)> {
+        let decode = |v: &Option<String>| v.as_deref().and_then(|v| B64.decode(v).ok());
+        let algorithm = match (alg, self.kty.as_str(), self.crv.as_deref()) {
+            ("ES256", "EC", Some("P-256")) => Algorithm::EcdsaP256Sha256,
+            ("ES384", "EC", Some("P-384")) => Algorithm::EcdsaP384Sha384,
+            ("RS256", "RSA", None) => Algorithm::Rsa2048Sha256,
+            _ => return None,
+        };
+        let public = match algorithm {
+            Algorithm::Rsa2048Sha256 => PublicKey::Rsa {
+                n: decode(&self.n)?,
+                e: decode(&self.e)?,
+            },
+            _ => PublicKey::Ec([&[4u8][..], &decode(&self.x)?, &decode(&self.y)?].concat()),
+        };
+        Some((algorithm, public))
     }
 
     /// Whether `signature` by this key over `message` is valid for `alg`.
     /// An algorithm that does not match the key's type is never valid.
     pub fn verifies(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
-        let decode = |v: &Option<String>| v.as_deref().and_then(|v| B64.decode(v).ok());
-        match (alg, self.kty.as_str(), self.crv.as_deref()) {
-            ("ES256" | "ES384", "EC", Some(crv)) => {
-                let algorithm: &dyn signature::VerificationAlgorithm = match (alg, crv) {
-                    ("ES256", "P-256") => &signature::ECDSA_P256_SHA256_FIXED,
-                    ("ES384", "P-384") => &signature::ECDSA_P384_SHA384_FIXED,
-                    _ => return false,
-                };
-                let (Some(x), Some(y)) = (decode(&self.x), decode(&self.y)) else {
-                    return false;
-                };
-                let point = [&[4u8][..], &x, &y].concat();
-                signature::UnparsedPublicKey::new(algorithm, point)
-                    .verify(message, signature)
-                    .is_ok()
-            }
-            ("RS256", "RSA", None) => {
-                let (Some(n), Some(e)) = (decode(&self.n), decode(&self.e)) else {
-                    return false;
-                };
-                signature::RsaPublicKeyComponents { n, e }
-                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
-                    .is_ok()
-            }
-            _ => false,
-        }
+        self.key_for(alg)
+            .is_some_and(|(algorithm, public)| signing::verify(algorithm, &public, message, signature))
     }
 }
 
-/// Whether `(x, y)` is a point of `crv` (`P-256` or `P-384`): ring checks
-/// a peer's public key before an ECDH agreement, so one against a key of
-/// our own is that check.
+/// Whether `(x, y)` is a point of `crv` (`P-256` or `P-384`).
 fn on_curve(crv: &str, x: &[u8], y: &[u8]) -> Result<(), String> {
-    use ring::agreement;
-    let (alg, len) = match crv {
-        "P-256" => (&agreement::ECDH_P256, 32),
-        _ => (&agreement::ECDH_P384, 48),
-    };
+    let curve = if crv == "P-256" { Curve::P256 } else { Curve::P384 };
+    let len = curve.coordinate_len();
     if x.len() != len || y.len() != len {
         return Err(format!("x and y must be {len} bytes each on {crv}"));
     }
-    let mine = agreement::EphemeralPrivateKey::generate(alg, &SystemRandom::new())
-        .map_err(|_| "the system random source failed".to_owned())?;
     let point = [&[4u8][..], x, y].concat();
-    agreement::agree_ephemeral(mine, &agreement::UnparsedPublicKey::new(alg, point), |_| ())
-        .map_err(|_| format!("(x, y) is not a point on {crv}"))
+    match signing::is_point_on_curve(curve, &point) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("(x, y) is not a point on {crv}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Whether an RSA public key is one meshca verifies with: a modulus of
-/// 2048 to 8192 bits, an odd exponent from 3 to 2^33 - 1 (ring's bounds).
+/// 2048 to 8192 bits, an odd exponent from 3 to 2^33 - 1.
 fn rsa_usable(n: &[u8], e: &[u8]) -> Result<(), String> {
-    let bits = n.first().map_or(0, |top| {
-        (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
-    });
+    let bits = n
+        .first()
+        .map_or(0, |top| (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize));
     if !(2048..=8192).contains(&bits) {
         return Err(format!("the RSA modulus has {bits} bits, not 2048 to 8192"));
     }
-    let exponent = e.iter().try_fold(0u64, |acc, b| {
-        acc.checked_mul(256).map(|a| a + u64::from(*b))
-    });
+    let exponent = e
+        .iter()
+        .try_fold(0u64, |acc, b| acc.checked_mul(256).map(|a| a + u64::from(*b)));
     match exponent {
         Some(e) if e % 2 == 1 && (3..(1 << 33)).contains(&e) => Ok(()),
         _ => Err("the RSA public exponent is not an odd number from 3 to 2^33 - 1".into()),
     }
 }
 
-/// A big-endian integer without the leading zero bytes DER adds.
-fn strip_zeros(mut bytes: &[u8]) -> &[u8] {
-    while let [0, rest @ ..] = bytes {
-        bytes = rest;
-    }
-    bytes
-}
-
 /// RFC 7638: base64url(SHA-256(the required members, sorted, no spaces)).
 fn thumbprint(canonical: &str) -> String {
-    B64.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        canonical.as_bytes(),
-    ))
+    B64.encode(crate::crypto::sha256(canonical.as_bytes()))
 }
 
 #[cfg(test)]

@@ -46,9 +46,9 @@ impl Peers {
     /// This replica's name: its pod's (`POD_NAME`), or a random one.
     pub fn this_replica() -> String {
         std::env::var("POD_NAME").unwrap_or_else(|_| {
-            use ring::rand::SecureRandom;
-            let mut b = [0u8; 6];
-            let _ = ring::rand::SystemRandom::new().fill(&mut b);
+            // A failed random source leaves zeros: the name is then
+            // "replica-000000000000", still one for this process's life.
+            let b = crate::crypto::random::<6>().unwrap_or_default();
             format!("replica-{}", base16ct::lower::encode_string(&b))
         })
     }

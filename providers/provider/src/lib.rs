@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod checked;
+pub mod crypto;
 mod csr;
 mod error;
 mod identity;

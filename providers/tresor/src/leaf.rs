@@ -3,7 +3,6 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
     PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -33,12 +32,10 @@ impl PublicKeyData for CsrKey<'_> {
 /// A random, positive 128-bit serial number (CA/B Forum asks for at least
 /// 64 bits of entropy).
 pub(crate) fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
-    // SystemRandom only fails if the OS has no entropy source, in which
-    // case nothing in the process can be trusted to continue.
+    // The random source only fails if the OS has no entropy source, in
+    // which case nothing in the process can be trusted to continue.
     #[allow(clippy::expect_used)]
-    SystemRandom::new()
-        .fill(&mut bytes)
+    let bytes = meshca_provider::crypto::random::<16>()
         .expect("the operating system's random source failed");
     SerialNumber::from_slice(&bytes)
 }

@@ -9,7 +9,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ring::rand::SecureRandom;
 
 const BASE: Duration = Duration::from_millis(500);
 const CAP: Duration = Duration::from_secs(30);
@@ -27,9 +26,7 @@ struct State {
 
 /// A factor in [0.5, 1.5).
 fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    0.5 + f64::from(u16::from_be_bytes(b)) / 65_536.0
+    0.5 + meshca_provider::crypto::jitter_fraction()
 }
 
 /// The pure backoff schedule: `BASE * 2^(failures-1)`, capped, times

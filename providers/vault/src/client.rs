@@ -151,12 +151,8 @@ impl Client {
                 roots.add_parsable_certificates(native.certs);
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots);
+        let builder = meshca_provider::crypto::client_config_trusting(roots)
+            .map_err(|e| bad(e.to_string()))?;
         let tls = match &config.client_cert {
             Some((cert, key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
