@@ -33,11 +33,8 @@ use crate::listener::{self, Limits, ServingTls};
 use crate::metrics::Metrics;
 use crate::pod_certificates::{self, PodCertificatesConfig};
 use crate::provider::{self, BuildError};
-use crate::rollout::{self, Rollout, RolloutStatus, Signer, StateStore, Target};
+use crate::rollout::{self, Rollout, RolloutStatus, Signer, Target};
 use crate::supervisor::{Spawner, Supervisor};
-
-/// The ConfigMap (in meshca's namespace) holding the rollout state.
-pub(crate) const ROLLOUT_CONFIGMAP: &str = "meshca-rollout";
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
@@ -166,7 +163,7 @@ async fn build(
         tracing::warn!("{warning}");
     }
     let metrics = Arc::new(Metrics::new());
-    remove_debris(config);
+    remove_debris(config).await;
     let cluster = Cluster::join(config.kubernetes.as_ref(), spawner).await?;
     let signing = signing(config, cluster.as_ref(), &metrics, spawner).await?;
     let pod_certificates = pod_certificates(config, cluster.as_ref()).await;
@@ -190,11 +187,11 @@ async fn build(
         config.certificates,
         signing.bundle.clone(),
         metrics.clone(),
-        deny_list(config, cluster.as_ref(), spawner),
+        deny_list(config, cluster.as_ref(), spawner).await,
         admission,
     );
-    let issuer = match &config.jwt_svids {
-        Some(jwt) => issuer.with_tokens(
+    let jwt = match &config.jwt_svids {
+        Some(jwt) => Some(
             jwt::start(
                 jwt.clone(),
                 config.rotation.propagation_delay,
@@ -204,6 +201,10 @@ async fn build(
             )
             .await?,
         ),
+        None => None,
+    };
+    let issuer = match &jwt {
+        Some(jwt) => issuer.with_tokens(Arc::new(jwt.clone())),
         None => issuer,
     };
     let renew_serving = Arc::new(Notify::new());
@@ -266,6 +267,7 @@ async fn build(
     )
     .await?;
     let bundles = Bundles {
+        jwt,
         trust_domain: config.trust_domain.clone(),
         refresh_hint: config
             .federation
@@ -275,7 +277,7 @@ async fn build(
         federation: federation.clone(),
     };
     let reviewer = token_reviewer(config, cluster.as_ref());
-    let auth = authenticator(config, reviewer.as_ref(), &signing.bundle, spawner);
+    let auth = authenticator(config, reviewer.as_ref(), &signing.bundle, spawner).await;
     if let Some(istio) = &config.istio_ca {
         let deps = istio_ca::Deps {
             issuer: issuer.clone(),
@@ -298,7 +300,6 @@ async fn build(
         issuer,
         auth,
         signing.bundle.clone(),
-        metrics.clone(),
         config.api.max_body_bytes,
         rollout,
         bundles,
@@ -324,8 +325,8 @@ fn jwt_key_store(config: &Config, cluster: Option<&Cluster>) -> jwt::KeyStore {
 
 /// The deny-list file and, in a cluster, the ConfigMap every replica
 /// follows.
-fn deny_list(config: &Config, cluster: Option<&Cluster>, spawner: &Spawner) -> DenyList {
-    let list = DenyList::new(config.auth.denied_file.clone());
+async fn deny_list(config: &Config, cluster: Option<&Cluster>, spawner: &Spawner) -> DenyList {
+    let list = DenyList::open(config.auth.denied_file.clone()).await;
     spawner.spawn_child("deny-list-file", |token| list.follow_file(token));
     let Some(cluster) = cluster else {
         return list;
@@ -338,15 +339,22 @@ fn deny_list(config: &Config, cluster: Option<&Cluster>, spawner: &Spawner) -> D
 
 /// Temporary files an earlier, killed run left where meshca writes
 /// atomically: the state directory, the bundle's and the tokens'.
-fn remove_debris(config: &Config) {
-    let dirs = [
+async fn remove_debris(config: &Config) {
+    let dirs: Vec<_> = [
         Some(config.state_dir.as_path()),
         config.bundle.file.parent(),
         config.auth.tokens_file.parent(),
-    ];
-    for dir in dirs.into_iter().flatten() {
-        bundle::remove_stale_temporaries(dir);
-    }
+    ]
+    .into_iter()
+    .flatten()
+    .map(std::path::Path::to_path_buf)
+    .collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for dir in dirs {
+            crate::store::fs::remove_stale_temporaries(&dir);
+        }
+    })
+    .await;
 }
 
 /// The provider, the signer slot around it, the anchors retained by an
@@ -368,7 +376,7 @@ async fn signing(
     let built = provider::build(&config.provider, &deps).await?;
     tracing::info!(provider = %built.provider.kind(), "signing provider ready");
 
-    let persisted = persisted_ledger(config, cluster).await?;
+    let (persisted, _) = ledger_places(config, cluster).load().await?;
     let now = time::OffsetDateTime::now_utc();
     let restored = RolloutStatus::restored(
         persisted,
@@ -396,30 +404,12 @@ async fn signing(
     })
 }
 
-/// The rollout ledger as persisted: in a cluster the ConfigMap, which
-/// outlives the pod's state directory, else (or when it has none yet) the
-/// state directory's file.
-///
-/// # Errors
-/// A ledger that exists but cannot be read stops the start: it names the
-/// anchors live certificates still chain to.
-async fn persisted_ledger(
-    config: &Config,
-    cluster: Option<&Cluster>,
-) -> Result<Option<RolloutStatus>, DaemonError> {
-    if let Some(c) = cluster {
-        let (ns, name) = (&c.config.namespace, ROLLOUT_CONFIGMAP);
-        let json = rollout::configmap::load(&c.client, ns, name)
-            .await
-            .map_err(rollout::ledger::LedgerError::ConfigMap)?;
-        if let Some(json) = json {
-            return Ok(Some(rollout::ledger::parse(
-                &json,
-                &format!("ConfigMap {ns}/{name}"),
-            )?));
-        }
-    }
-    Ok(rollout::ledger::load_file(&config.state_dir)?)
+/// Where the rollout ledger is persisted.
+fn ledger_places(config: &Config, cluster: Option<&Cluster>) -> rollout::ledger::Places {
+    rollout::ledger::Places::new(
+        &config.state_dir,
+        cluster.map(|c| (c.client.clone(), c.config.namespace.as_str())),
+    )
 }
 
 /// The pod-certificate settings, when they are on and the cluster serves
@@ -596,23 +586,14 @@ fn spawn_rollout(
     metrics: &Arc<Metrics>,
     spawner: &Spawner,
 ) -> watch::Receiver<RolloutStatus> {
-    let writer = cluster.map(|c| {
-        // The leader writes the ledger it started from, so that one read
-        // from the state directory reaches the ConfigMap too.
-        let (tx, rx) = watch::channel(rollout::ledger::encode(&signing.restored));
-        spawner.spawn_child("rollout-configmap", |token| {
-            rollout::configmap::writer(
-                c.client.clone(),
-                c.config.namespace.clone(),
-                ROLLOUT_CONFIGMAP.to_owned(),
-                rx,
-                c.leader.clone(),
-                metrics.clone(),
-                token,
-            )
-        });
-        tx
-    });
+    let (writer, configmap) = ledger_places(config, cluster).writer(
+        &signing.restored,
+        cluster.map(|c| c.leader.clone()),
+        metrics.clone(),
+    );
+    if let Some(task) = configmap {
+        spawner.spawn_child("rollout-configmap", |token| task.run(token));
+    }
     let target = crate::reload::project(
         config_rx,
         |c| Target {
@@ -640,11 +621,7 @@ fn spawn_rollout(
         bundle: signing.bundle.clone(),
         publish: publish.clone(),
         renew_serving,
-        store: StateStore {
-            state_dir: config.state_dir.clone(),
-            cluster: writer,
-            metrics: metrics.clone(),
-        },
+        store: writer,
         deps: signing.deps.clone(),
         metrics: metrics.clone(),
         max_ttl: config.certificates.max_ttl,
@@ -694,13 +671,13 @@ fn token_reviewer(config: &Config, cluster: Option<&Cluster>) -> Option<Arc<Toke
 
 /// Static tokens, ServiceAccount tokens for `auth.kubernetes.audience`
 /// (with a cluster) and client certificates chaining to the bundle.
-fn authenticator(
+async fn authenticator(
     config: &Config,
     reviewer: Option<&Arc<TokenReviewer>>,
     bundle: &BundleReceiver,
     spawner: &Spawner,
 ) -> Authenticator {
-    let tokens = TokenStore::new(config.auth.tokens_file.clone());
+    let tokens = TokenStore::open(config.auth.tokens_file.clone()).await;
     spawner.spawn_child("token-file", |token| tokens.follow(token));
     let auth = Authenticator::new(tokens, config.trust_domain.clone(), bundle.clone());
     match (reviewer, &config.auth.kubernetes) {

@@ -10,6 +10,7 @@
 //! interface is the block of `pub use` below.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::disallowed_methods))]
 
 mod agent;
 mod api;
@@ -25,6 +26,7 @@ mod federation;
 mod ingress;
 mod issuer;
 mod istio_ca;
+mod jose;
 mod jwt;
 mod keys;
 mod listener;
@@ -33,7 +35,9 @@ mod pod_certificates;
 mod provider;
 mod reload;
 mod renewal;
+mod report;
 mod rollout;
+mod store;
 mod supervisor;
 mod validation;
 mod watched;
@@ -47,19 +51,6 @@ pub use ingress::{render_manifest, BackendProtocol, Controller, RenderOptions};
 pub use meshca_provider::{Identity, TrustDomain};
 pub use provider::ProviderConfig;
 pub use renewal::{renew_after, renewal_delay};
-
-/// An error and its causes, `outer: inner: innermost`, for a log line or
-/// a message that must say everything at once.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
 
 /// Entry points for the fuzz targets (`fuzz/`): the parsers that take
 /// input from outside, as the daemon calls them.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::supervisor::Spawner;
 
 /// How often the file's content is compared with the one last read.
@@ -27,8 +27,17 @@ pub fn watch_config(
     impl Future<Output = ()> + Send + 'static,
 ) {
     // The content, not the modification time: two writes within one clock
-    // tick share an mtime, and a config file is small enough to re-read.
-    let read = |p: &PathBuf| std::fs::read(p).ok();
+    // tick share an mtime, and a config file is small enough to re-read;
+    // read, and parsed, on the blocking pool.
+    let read = |p: &PathBuf| {
+        let p = p.clone();
+        async move {
+            crate::store::fs::read_optional_off_runtime(p)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
     // The text the configuration in force was parsed from: an edit made
     // since (while the daemon started) counts as one.
     let mut last: Option<Vec<u8>> = initial.source_text.as_ref().map(|t| t.as_bytes().to_vec());
@@ -53,12 +62,21 @@ pub fn watch_config(
                 () = tokio::time::sleep(POLL) => false,
                 () = hangup => true,
             };
-            let now = read(&path);
+            let now = read(&path).await;
             if !forced && now == last {
                 continue;
             }
             last = now;
-            match Config::load(Some(&path)) {
+            let reading = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || Config::load(Some(&reading)))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ConfigError::Read {
+                        path: path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            match loaded {
                 Ok(config) => {
                     tracing::info!(path = %path.display(), "configuration reloaded");
                     tx.send_replace(Arc::new(config));

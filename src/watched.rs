@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::store;
+
 /// How often the follower looks at the file's metadata.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
@@ -108,17 +110,10 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
     /// the follower may have stat'ed just before. A snapshot never goes
     /// back to an older file.
     pub fn reread(&self) {
-        let stamp = match std::fs::metadata(&self.path) {
-            Ok(m) => Ok(Some((
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                m.len(),
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(FileError::Io {
-                path: self.path.clone(),
-                source,
-            }),
-        };
+        let stamp = store::fs::stamp(&self.path).map_err(|source| FileError::Io {
+            path: self.path.clone(),
+            source,
+        });
         let previous = self.current.load();
         let next = match stamp {
             Ok(stamp) if stamp == previous.stamp && previous.value.is_ok() => return,
@@ -146,6 +141,26 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
         });
     }
 
+    /// Follow `path`, read once now on the blocking pool.
+    pub async fn open(path: PathBuf) -> Self {
+        let reading = path.clone();
+        match tokio::task::spawn_blocking(move || Self::new(reading)).await {
+            Ok(watched) => watched,
+            // Only a panic in the read: the snapshot says it could not read.
+            Err(e) => Self {
+                current: ArcSwap::from_pointee(Snapshot {
+                    stamp: None,
+                    value: Err(Arc::new(FileError::Io {
+                        source: std::io::Error::other(e.to_string()),
+                        path: path.clone(),
+                    })),
+                }),
+                path,
+                reading: AtomicBool::new(false),
+            },
+        }
+    }
+
     /// The task that keeps the snapshot current until `shutdown`.
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
@@ -164,14 +179,14 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
 /// # Errors
 /// The file cannot be read or parsed.
 pub fn read_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, FileError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_yaml_ng::from_str::<Option<T>>(&text)
+    match store::fs::read_optional(path) {
+        Ok(Some(bytes)) => serde_yaml_ng::from_slice::<Option<T>>(&bytes)
             .map(Option::unwrap_or_default)
             .map_err(|source| FileError::Parse {
                 path: path.to_owned(),
                 source,
             }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Ok(None) => Ok(T::default()),
         Err(source) => Err(FileError::Io {
             path: path.to_owned(),
             source,
@@ -196,25 +211,32 @@ where
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(failed)?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path.with_extension("lock"))
-        .map_err(failed)?;
-    lock.lock().map_err(failed)?;
-    let mut value: T = read_yaml(path)?;
-    let result = change(&mut value);
-    let yaml = serde_yaml_ng::to_string(&value).map_err(|source| FileError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
-    crate::bundle::write_atomically(path, format!("# {header}\n{yaml}").as_bytes(), 0o600)
-        .map_err(failed)?;
-    Ok(result)
+    let mut outcome = None;
+    store::fs::with_lock(path, || {
+        let mut value: T = match read_yaml(path) {
+            Ok(value) => value,
+            Err(e) => {
+                outcome = Some(Err(e));
+                return Ok(());
+            }
+        };
+        let result = change(&mut value);
+        let yaml = match serde_yaml_ng::to_string(&value) {
+            Ok(yaml) => yaml,
+            Err(source) => {
+                outcome = Some(Err(FileError::Parse {
+                    path: path.to_owned(),
+                    source,
+                }));
+                return Ok(());
+            }
+        };
+        store::fs::write_atomically(path, format!("# {header}\n{yaml}").as_bytes(), 0o600)?;
+        outcome = Some(Ok(result));
+        Ok(())
+    })
+    .map_err(failed)?;
+    outcome.unwrap_or_else(|| Err(failed(std::io::ErrorKind::Interrupted.into())))
 }
 
 /// A stream that yields once per change of `rx`: a trigger for

@@ -60,7 +60,7 @@ struct ErrorDetail {
 }
 
 impl SigningApi {
-    pub(super) fn new(
+    pub(super) async fn new(
         server: &str,
         ca_file: &Path,
         token_file: Option<PathBuf>,
@@ -68,7 +68,7 @@ impl SigningApi {
     ) -> Result<Self, AgentError> {
         Ok(Self {
             base: server.trim_end_matches('/').to_owned(),
-            initial_roots: read_pem_certs(ca_file)?,
+            initial_roots: read_pem_certs(ca_file).await?,
             token_file,
             ttl,
         })
@@ -87,7 +87,7 @@ impl SigningApi {
     /// A new key and a certificate for it, authenticated with the token
     /// or, without one, with the held certificate.
     pub(super) async fn certificate(&self, held: Option<&Held>) -> Result<Held, AgentError> {
-        let token = self.token()?;
+        let token = self.token().await?;
         if token.is_none() && held.is_none() {
             return Err(AgentError::Setup(
                 "a token file is needed for the first certificate".into(),
@@ -160,7 +160,7 @@ impl SigningApi {
     /// server without that endpoint has none to give.
     pub(super) async fn federated(&self, held: &Held) -> Result<super::Federated, AgentError> {
         let client = self.client(Some(held), !self.has_token())?;
-        let token = self.token()?;
+        let token = self.token().await?;
         let url = self.url("/v1/bundle/federated");
         let mut request = client.get(&url);
         if let Some(token) = &token {
@@ -185,7 +185,7 @@ impl SigningApi {
                     meshca_provider::TrustDomain::new(td).map_err(|e| invalid(e.to_string()))
                 })?;
             let bundle =
-                crate::federation::FederatedBundle::parse(&td, document.to_string().as_bytes())
+                crate::bundle::spiffe::PeerBundle::parse(&td, document.to_string().as_bytes())
                     .map_err(|e| invalid(e.to_string()))?;
             federated.insert(id, std::sync::Arc::new(bundle));
         }
@@ -207,7 +207,7 @@ impl SigningApi {
         client: &reqwest::Client,
         audience: &[String],
     ) -> Result<MintedToken, AgentError> {
-        let token = self.token()?;
+        let token = self.token().await?;
         let url = self.url("/v1/jwt-svids");
         let mut request = client
             .post(&url)
@@ -228,11 +228,15 @@ impl SigningApi {
     }
 
     /// The token, re-read for every request (projected tokens rotate).
-    fn token(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
+    async fn token(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+        let text = Zeroizing::new(
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(io("read", path))?,
+        );
         Ok(Some(Zeroizing::new(text.trim().to_owned())))
     }
 
@@ -252,8 +256,8 @@ impl SigningApi {
                 .add(cert.clone())
                 .map_err(|e| AgentError::Setup(format!("unusable CA certificate: {e}")))?;
         }
-        let builder =
-            crate::crypto::client_config_trusting(roots).map_err(|e| AgentError::Setup(e.to_string()))?;
+        let builder = crate::crypto::client_config_trusting(roots)
+            .map_err(|e| AgentError::Setup(e.to_string()))?;
         let tls = match held.filter(|_| present_certificate) {
             Some(h) => {
                 let chain = CertificateDer::pem_slice_iter(h.chain_pem.as_bytes())
@@ -291,8 +295,8 @@ impl SigningApi {
     }
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
-    let bytes = std::fs::read(path).map_err(io("read", path))?;
+async fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
+    let bytes = tokio::fs::read(path).await.map_err(io("read", path))?;
     meshca_provider::pem::decode_certificates(&bytes)
         .map_err(|e| AgentError::Setup(format!("{}: {e}", path.display())))
 }

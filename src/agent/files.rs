@@ -26,8 +26,9 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    /// Replace the set of files with those of `held`, at once.
-    pub(super) fn write(&self, held: &Held) -> Result<(), AgentError> {
+    /// Replace the set of files with those of `held`, at once, on the
+    /// blocking pool.
+    pub(super) async fn write(&self, held: &Held) -> Result<(), AgentError> {
         let mut files = vec![
             (
                 "key.pem".to_owned(),
@@ -49,7 +50,10 @@ impl Layout {
                 }
             }
         }
-        write(&self.dir, &files)
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write(&dir, &files))
+            .await
+            .map_err(|e| AgentError::Setup(format!("writing the files was interrupted: {e}")))?
     }
 }
 
@@ -57,7 +61,9 @@ impl Layout {
 /// key) and mode.
 type Entry = (String, zeroize::Zeroizing<String>, u32);
 
-/// Replace the set of files in `dir` at once.
+/// Replace the set of files in `dir` at once. Blocking: run on the
+/// blocking pool ([`Layout::write`]).
+#[allow(clippy::disallowed_methods)]
 fn write(dir: &Path, files: &[Entry]) -> Result<(), AgentError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let staging = tempfile::Builder::new()
@@ -110,6 +116,8 @@ fn write(dir: &Path, files: &[Entry]) -> Result<(), AgentError> {
 
 /// Remove the links of an earlier set's files that this set no longer
 /// has (a federated trust domain's bundle, say): they would dangle.
+/// Blocking, as [`write`].
+#[allow(clippy::disallowed_methods)]
 fn remove_links_not_in(dir: &Path, files: &[Entry]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -141,7 +141,7 @@ struct Held {
 }
 
 /// Federated bundles by `spiffe://<trust domain>`, checked on arrival.
-type Federated = Arc<std::collections::BTreeMap<String, Arc<crate::federation::FederatedBundle>>>;
+type Federated = Arc<std::collections::BTreeMap<String, Arc<crate::bundle::spiffe::PeerBundle>>>;
 
 /// Where a new certificate or bundle goes.
 struct Outputs {
@@ -152,9 +152,9 @@ struct Outputs {
 }
 
 impl Outputs {
-    fn deliver(&self, held: &Held) -> Result<(), AgentError> {
+    async fn deliver(&self, held: &Held) -> Result<(), AgentError> {
         if let Some(files) = &self.files {
-            files.write(held)?;
+            files.write(held).await?;
         }
         self.serve(held);
         Ok(())
@@ -197,23 +197,26 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// loop, and failed rounds are retried with backoff.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.check()?;
-    let api = Arc::new(SigningApi::new(
-        &config.server,
-        &config.ca_file,
-        config.token_file.clone(),
-        config.ttl,
-    )?);
+    let api = Arc::new(
+        SigningApi::new(
+            &config.server,
+            &config.ca_file,
+            config.token_file.clone(),
+            config.ttl,
+        )
+        .await?,
+    );
     // Without a token, renewal rests on the certificate a previous run
     // wrote; with one, every round starts from the token.
     let held = match (&config.out_dir, api.has_token()) {
-        (Some(dir), false) => Some(load_held(dir)?),
+        (Some(dir), false) => Some(load_held(dir).await?),
         _ => None,
     };
     let stop = shutdown.child_token();
     let (publisher, server, tokens) = match &config.workload_api {
         Some(w) => {
             let tokens = Arc::new(workload_api::Tokens::new(api.clone()));
-            let (publisher, task) = w.build(tokens.clone(), stop.clone())?;
+            let (publisher, task) = w.build(tokens.clone(), stop.clone()).await?;
             (Some(publisher), Some(task), Some(tokens))
         }
         None => (None, None, None),
@@ -272,7 +275,7 @@ async fn renew(
                             .unwrap_or_default()
                     }
                 };
-                outputs.deliver(&new)?;
+                outputs.deliver(&new).await?;
                 outputs.refresh_jwt_keys().await;
                 tracing::info!(not_after = %new.not_after, "delivered a new certificate");
                 held = Some(new);
@@ -351,7 +354,7 @@ async fn follow_until_renewal(
             Err(e) => tracing::warn!(error = %e, "failed to refresh the federated bundles"),
         }
         if changed {
-            outputs.deliver(h)?;
+            outputs.deliver(h).await?;
             tracing::info!("the trust bundle changed; delivered it");
         }
         if let (Some(now), Some(mine)) = (generation, h.generation) {
@@ -371,14 +374,18 @@ async fn follow_until_renewal(
 }
 
 /// The certificate, key and bundle a previous run left in `dir`.
-fn load_held(dir: &Path) -> Result<Held, AgentError> {
+async fn load_held(dir: &Path) -> Result<Held, AgentError> {
     let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(io("read", &path))
+        async move {
+            tokio::fs::read_to_string(&path)
+                .await
+                .map_err(io("read", &path))
+        }
     };
-    let chain_pem = read("cert.pem")?;
-    let key_pem = Zeroizing::new(read("key.pem")?);
-    let bundle_pem = read("ca.pem")?;
+    let chain_pem = read("cert.pem").await?;
+    let key_pem = Zeroizing::new(read("key.pem").await?);
+    let bundle_pem = read("ca.pem").await?;
     let chain = meshca_provider::pem::decode_certificates(chain_pem.as_bytes())
         .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])

@@ -2,32 +2,23 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meshca_provider::ProviderError;
 use serde::Serialize;
 
-use crate::auth::AuthError;
-use crate::issuer::{Busy, Failure, Outcome, Refused, Retry};
+use crate::issuer::{Code, Refusal, TokenRefusal, Unasked, Verdict};
 
 /// Every way the signing API answers with an error. This enum and its
 /// [`IntoResponse`] impl are the only place errors become HTTP statuses and
-/// the `{"error": {"code", "message"}}` body (`docs/api.md`).
+/// the `{"error": {"code", "message"}}` body (`docs/api.md`): the issuer's
+/// refusals by their [`Code`], and what only HTTP knows of (paths,
+/// methods, headers, the peers' bundles).
 #[derive(Debug)]
 pub enum ApiError {
-    /// 400 `invalid_csr`: the CSR is malformed, badly signed or asks for
-    /// something refused.
-    InvalidCsr(String),
-    /// 400 `invalid_request`: the JSON is malformed or has bad fields.
+    /// The issuer refused a certificate or a token, or the API refused the
+    /// request before asking (and the issuer counted it).
+    Refused(Box<dyn Verdict>),
+    /// 400 `invalid_request`: a request that asks for nothing to issue
+    /// (a bundle) is malformed.
     InvalidRequest(String),
-    /// 401 `unauthenticated`.
-    Unauthenticated(AuthError),
-    /// 403 `identity_mismatch`: the CSR names someone the caller is not.
-    IdentityMismatch(String),
-    /// 403 `identity_denied`: the identity is on meshca's deny-list.
-    IdentityDenied(String),
-    /// 403 `provider_denied`: the backend's policy refused the identity.
-    ProviderDenied(String),
-    /// 413 `too_large`.
-    TooLarge(usize),
     /// 404 `not_found`: no such endpoint.
     NotFound,
     /// 404 `not_enabled`: the feature this endpoint serves is turned off.
@@ -42,37 +33,6 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 431 `headers_too_large`: the request headers exceed the limit.
     HeadersTooLarge(usize),
-    /// 415 `unsupported_media_type`.
-    UnsupportedMediaType,
-    /// 503 `auth_unavailable`: the credential cannot be checked now.
-    AuthUnavailable(String),
-    /// 429 `rate_limited`: which limit, and when to retry.
-    RateLimited(Limit, Duration),
-    /// 503 `provider_unavailable`: retry later.
-    ProviderUnavailable {
-        /// Why.
-        message: String,
-        /// When to retry.
-        retry_after: Duration,
-    },
-    /// 502 `provider_rejected`: the backend refused this request, or
-    /// returned a certificate meshca will not hand out. Not retryable.
-    ProviderRejected(String),
-    /// 500 `provider_misconfigured`: meshca's settings for the backend are
-    /// wrong (credentials refused, missing mount). Not retryable.
-    ProviderMisconfigured(String),
-    /// 500 `internal`.
-    Internal(String),
-}
-
-/// The limit a 429 hit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
-    /// One identity's token bucket.
-    Identity,
-    /// Signing requests processed at once, for everyone or for the
-    /// caller's namespace.
-    InFlight,
 }
 
 #[derive(Serialize)]
@@ -86,71 +46,57 @@ struct ErrorDetail<'a> {
     message: String,
 }
 
+/// The HTTP status of each code the issuer decides.
+fn status_of(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidRequest | Code::InvalidCsr => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::IdentityMismatch | Code::IdentityDenied | Code::ProviderDenied => {
+            StatusCode::FORBIDDEN
+        }
+        Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Code::AuthUnavailable | Code::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::ProviderRejected => StatusCode::BAD_GATEWAY,
+        Code::ProviderMisconfigured | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl ApiError {
-    /// The contract's snake_case code; also the `result` label of
-    /// `meshca_certificates_issued_total`.
+    /// The contract's snake_case code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidCsr(_) => "invalid_csr",
+            Self::Refused(r) => r.code().as_str(),
             Self::InvalidRequest(_) => "invalid_request",
-            Self::Unauthenticated(_) => "unauthenticated",
-            Self::IdentityMismatch(_) => "identity_mismatch",
-            Self::ProviderDenied(_) => "provider_denied",
-            Self::IdentityDenied(_) => "identity_denied",
-            Self::TooLarge(_) => "too_large",
             Self::NotFound => "not_found",
             Self::NotEnabled(_) => "not_enabled",
             Self::UnknownTrustDomain(_) => "unknown_trust_domain",
             Self::BundleNotHeld(_) => "bundle_not_held",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::HeadersTooLarge(_) => "headers_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited(..) => "rate_limited",
-            Self::AuthUnavailable(_) => "auth_unavailable",
-            Self::ProviderUnavailable { .. } => "provider_unavailable",
-            Self::ProviderRejected(_) => "provider_rejected",
-            Self::ProviderMisconfigured(_) => "provider_misconfigured",
-            Self::Internal(_) => "internal",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidCsr(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::IdentityMismatch(_) | Self::ProviderDenied(_) | Self::IdentityDenied(_) => {
-                StatusCode::FORBIDDEN
-            }
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Refused(r) => status_of(r.code()),
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::NotEnabled(_) | Self::UnknownTrustDomain(_) => {
                 StatusCode::NOT_FOUND
             }
             Self::BundleNotHeld(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ProviderUnavailable { .. } | Self::AuthUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::ProviderRejected(_) => StatusCode::BAD_GATEWAY,
-            Self::ProviderMisconfigured(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn message(&self) -> String {
         match self {
-            Self::InvalidCsr(m)
-            | Self::InvalidRequest(m)
-            | Self::IdentityMismatch(m)
-            | Self::ProviderDenied(m)
-            | Self::IdentityDenied(m)
-            | Self::ProviderRejected(m)
-            | Self::ProviderMisconfigured(m)
-            | Self::AuthUnavailable(m) => m.clone(),
-            Self::ProviderUnavailable { message, .. } => message.clone(),
-            Self::Unauthenticated(e) => e.to_string(),
-            Self::TooLarge(limit) => format!("the request body exceeds {limit} bytes"),
+            // Details stay in the log; the client only learns that it failed.
+            Self::Refused(r) if r.code() == Code::Internal => "internal error".into(),
+            Self::Refused(r) => r.to_string(),
+            Self::InvalidRequest(m) => m.clone(),
             Self::NotFound => "no such endpoint; see docs/api.md".into(),
             Self::NotEnabled(what) => format!("{what} is not enabled on this meshca"),
             Self::UnknownTrustDomain(td) => format!(
@@ -163,26 +109,13 @@ impl ApiError {
             Self::HeadersTooLarge(limit) => {
                 format!("the request headers exceed {limit} bytes")
             }
-            Self::UnsupportedMediaType => {
-                "send the request as Content-Type: application/json".into()
-            }
-            Self::RateLimited(Limit::Identity, after) => format!(
-                "this identity is over its signing rate (api.per_identity_per_second); retry in {}s",
-                after.as_secs().max(1)
-            ),
-            Self::RateLimited(Limit::InFlight, _) => {
-                "too many signing requests in flight (api.max_in_flight); retry shortly".into()
-            }
-            // Details stay in the log; the client only learns that it failed.
-            Self::Internal(_) => "internal error".into(),
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited(_, d) => Some(*d),
-            Self::AuthUnavailable(_) | Self::BundleNotHeld(_) => Some(Duration::from_secs(5)),
-            Self::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            Self::Refused(r) => r.retry_after(),
+            Self::BundleNotHeld(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -190,8 +123,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!(error = %detail, "internal error in the signing API");
+        if let Self::Refused(r) = &self {
+            if r.code() == Code::Internal {
+                tracing::error!(error = %crate::report::error_chain(r.as_ref()), "internal error in the signing API");
+            }
         }
         let body = ErrorBody {
             error: ErrorDetail {
@@ -207,7 +142,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from(after.as_secs().max(1)),
             );
         }
-        if matches!(self, Self::Unauthenticated(_)) {
+        if self.status() == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"meshca\""),
@@ -217,79 +152,39 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Store(m) => Self::Internal(m),
-            AuthError::Unavailable(m) => Self::AuthUnavailable(m),
-            other => Self::Unauthenticated(other),
-        }
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(Box::new(refusal))
     }
 }
 
-/// The issuer's outcome, rendered: whose move it is decides the status —
-/// the client's (400, 403), the client's after a wait (429, 503 with
-/// `Retry-After`), the backend's answer (502) or the operator's (500).
-impl<T> From<Outcome<T>> for ApiError {
-    fn from(outcome: Outcome<T>) -> Self {
-        match outcome {
-            Outcome::Issued(_) => Self::Internal("an issued answer rendered as an error".into()),
-            Outcome::Refused(refused) => Self::from(refused),
-            Outcome::Retry(retry) => Self::from(retry),
-            Outcome::Failed(failure) => Self::from(failure),
-        }
+impl From<TokenRefusal> for ApiError {
+    fn from(refusal: TokenRefusal) -> Self {
+        Self::Refused(Box::new(refusal))
     }
 }
 
-impl From<Refused> for ApiError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Csr(csr) if csr.is_identity_mismatch() => {
-                Self::IdentityMismatch(csr.to_string())
-            }
-            Refused::Csr(csr) => Self::InvalidCsr(csr.to_string()),
-            Refused::Unsupported(e) => Self::InvalidCsr(e.to_string()),
-            Refused::IdentityDenied(_) => Self::IdentityDenied(refused.to_string()),
-            Refused::ProviderDenied(e) => Self::ProviderDenied(e.to_string()),
-            Refused::Audience(e) => Self::InvalidRequest(e.to_string()),
-        }
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        Self::from(Unasked::from(e))
     }
 }
 
-impl From<Retry> for ApiError {
-    fn from(retry: Retry) -> Self {
-        match retry.why {
-            Busy::IdentityRate => Self::RateLimited(Limit::Identity, retry.after),
-            Busy::InFlight | Busy::NamespaceInFlight(_) => {
-                Self::RateLimited(Limit::InFlight, retry.after)
-            }
-            Busy::Provider(e) => Self::ProviderUnavailable {
-                message: e.to_string(),
-                retry_after: retry.after,
-            },
-        }
-    }
-}
-
-impl From<Failure> for ApiError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Provider(e @ ProviderError::Misconfigured(_)) => {
-                Self::ProviderMisconfigured(e.to_string())
-            }
-            Failure::Provider(ProviderError::Internal(m)) => Self::Internal(m),
-            Failure::Provider(e) => Self::ProviderRejected(e.to_string()),
-            other => Self::Internal(crate::error_chain(&other)),
-        }
+impl From<Unasked> for ApiError {
+    /// A refusal of a request that asks for nothing to issue (the caller's
+    /// identity, a peer's bundle): rendered as the issuer's, not counted.
+    fn from(unasked: Unasked) -> Self {
+        Self::Refused(Box::new(unasked))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshca_provider::ProviderError;
 
     fn answer(e: ProviderError) -> (StatusCode, &'static str, bool) {
-        let api = ApiError::from(Outcome::<()>::of_provider(e));
+        let api = ApiError::from(Refusal::Provider(e));
         let (status, code) = (api.status(), api.code());
         let response = api.into_response();
         (

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiError, ApiState};
-use crate::jwt::documents;
+use crate::bundle::spiffe;
 use crate::listener::PeerCertificates;
 
 /// The query of `GET /v1/bundle/spiffe`.
@@ -39,9 +39,13 @@ pub(super) async fn own_bundle(State(state): State<Arc<ApiState>>) -> Response {
 
 fn own(state: &ApiState) -> Value {
     let anchors = state.bundle.borrow().clone();
-    let tokens = state.issuer.tokens();
-    let mut bundle =
-        documents::spiffe_bundle(anchors.anchors(), tokens, 0, state.bundles.refresh_hint);
+    let jwt_keys: Vec<_> = state
+        .bundles
+        .jwt
+        .as_ref()
+        .map(|t| t.public_keys().into_iter().map(|(jwk, _)| jwk).collect())
+        .unwrap_or_default();
+    let mut bundle = spiffe::document(anchors.anchors(), &jwt_keys, 0, state.bundles.refresh_hint);
     let now = time::OffsetDateTime::now_utc()
         .unix_timestamp()
         .unsigned_abs();

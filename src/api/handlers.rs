@@ -13,9 +13,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{ApiError, ApiState};
-use crate::issuer::{Frontend, Outcome, Request};
+use crate::auth::Caller;
+use crate::issuer::{Frontend, Refusal, Request, Unasked, Verdict};
 use crate::listener::PeerCertificates;
-use crate::metrics::IssuedLabels;
 
 /// The signer generation, on certificate and bundle answers: a client
 /// whose certificate came from an older generation renews early.
@@ -58,32 +58,15 @@ pub(super) async fn create_certificate(
     peer: Option<Extension<PeerCertificates>>,
     version: Version,
     headers: HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Response {
-    let mut body = Some(body);
-    let result = sign(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await;
-    if let (Err(_), Some(unread)) = (&result, body) {
-        drain(version, unread).await;
-    }
-    match result {
-        Ok(Ok((ok, generation))) => {
+    match sign(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await {
+        Ok((ok, generation)) => {
             ([(GENERATION_HEADER, generation.to_string())], Json(ok)).into_response()
         }
-        // The issuer counted and decided it; this only renders it.
-        Ok(Err(refused)) => refused.into_response(),
-        // Refused before the issuer saw it: counted here.
-        Err(early) => {
-            state
-                .metrics
-                .certificates_issued
-                .get_or_create(&IssuedLabels {
-                    frontend: Frontend::Api.as_str(),
-                    provider: state.issuer.provider().kind().as_str(),
-                    result: early.code(),
-                })
-                .inc();
-            tracing::info!(code = early.code(), "certificate request refused");
-            early.into_response()
+        Err(refusal) => {
+            drain(version, body).await;
+            ApiError::from(refusal).into_response()
         }
     }
 }
@@ -106,15 +89,14 @@ pub(super) async fn drain(version: Version, mut body: Body) {
 
 /// The body, at most `limit` bytes; reading stops at the first byte over
 /// it, leaving the rest unread.
-pub(super) async fn read_body(body: &mut Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(body: &mut Body, limit: usize) -> Result<Vec<u8>, Unasked> {
     let mut collected = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::InvalidRequest(format!("failed to read the request body: {e}"))
-        })?;
+        let frame = frame
+            .map_err(|e| Unasked::Malformed(format!("failed to read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
             if collected.len() + data.len() > limit {
-                return Err(ApiError::TooLarge(limit));
+                return Err(Unasked::TooLarge(limit));
             }
             collected.extend_from_slice(data);
         }
@@ -122,34 +104,23 @@ pub(super) async fn read_body(body: &mut Body, limit: usize) -> Result<Vec<u8>, 
     Ok(collected)
 }
 
-/// What the issuer answered: a certificate and its signer generation, or
-/// the refusal to render.
-type Answer = Result<(CertificateResponse, u64), ApiError>;
-
-/// Authenticate, read and parse the request, and ask the issuer.
-///
-/// # Errors
-/// A refusal before the issuer is asked (authentication, media type, the
-/// body); the issuer's own refusals are in the [`Answer`].
+/// Authenticate, read and parse the request, and ask the issuer: the
+/// answer and the signer generation, or the refusal to render (counted by
+/// the issuer, whether it or the API decided it).
 async fn sign(
     state: &ApiState,
     peer: Option<&PeerCertificates>,
     headers: &HeaderMap,
-    body: &mut Option<Body>,
-) -> Result<Answer, ApiError> {
-    let caller = state.auth.authenticate(headers, peer).await?;
-    let request: CertificateRequest = json_body(state, headers, body).await?;
-    let ttl = ttl(request.ttl_seconds)?;
-    let csr = one_csr(&request.csr)?;
+    body: &mut Body,
+) -> Result<(CertificateResponse, u64), Refusal> {
+    let (caller, ttl, csr) = read_request(state, peer, headers, body)
+        .await
+        .map_err(|unasked| state.issuer.refuse(Frontend::Api, unasked))?;
     let lifetime = state.issuer.lifetimes().for_request(ttl);
     let request = Request::workload(Frontend::Api, &caller.identity, csr.as_ref(), lifetime);
-    let issued = match state.issuer.issue(request).await {
-        Outcome::Issued(issued) => issued,
-        other => {
-            tracing::info!(identity = %caller.identity, code = other.code(), error = %crate::error_chain(&other), "certificate request refused");
-            return Ok(Err(ApiError::from(other)));
-        }
-    };
+    let issued = state.issuer.issue(request).await.inspect_err(|refusal| {
+        tracing::info!(identity = %caller.identity, code = refusal.code().as_str(), error = %crate::report::error_chain(refusal), "certificate request refused");
+    })?;
     let cert = &issued.issued;
     tracing::info!(
         identity = %cert.identity(),
@@ -158,7 +129,7 @@ async fn sign(
         method = ?caller.method,
         "issued a certificate"
     );
-    Ok(Ok((
+    Ok((
         CertificateResponse {
             identity: cert.identity().dns_name(),
             spiffe_id: cert.identity().spiffe_id(),
@@ -170,7 +141,29 @@ async fn sign(
             renew_after: rfc3339(issued.renew_after),
         },
         issued.generation,
-    )))
+    ))
+}
+
+/// The caller, the lifetime and the CSR a request asks for, or why the API
+/// refuses it before asking the issuer.
+async fn read_request(
+    state: &ApiState,
+    peer: Option<&PeerCertificates>,
+    headers: &HeaderMap,
+    body: &mut Body,
+) -> Result<
+    (
+        Caller,
+        Option<Duration>,
+        CertificateSigningRequestDer<'static>,
+    ),
+    Unasked,
+> {
+    let caller = state.auth.authenticate(headers, peer).await?;
+    let request: CertificateRequest = json_body(state, headers, body).await?;
+    let ttl = ttl(request.ttl_seconds)?;
+    let csr = one_csr(&request.csr)?;
+    Ok((caller, ttl, csr))
 }
 
 /// The body as JSON of type `T`: `application/json`, within the size
@@ -178,30 +171,25 @@ async fn sign(
 pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &ApiState,
     headers: &HeaderMap,
-    body: &mut Option<Body>,
-) -> Result<T, ApiError> {
+    body: &mut Body,
+) -> Result<T, Unasked> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(Unasked::MediaType);
     }
-    let Some(body) = body.as_mut() else {
-        return Err(ApiError::Internal(
-            "the request body was already read".into(),
-        ));
-    };
     let bytes = read_body(body, state.max_body_bytes).await?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+        .map_err(|e| Unasked::Malformed(format!("invalid JSON body: {e}")))
 }
 
 /// `ttl_seconds` as asked: absent, or more than zero.
-pub(super) fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, ApiError> {
+pub(super) fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, Unasked> {
     match seconds {
-        Some(0) => Err(ApiError::InvalidRequest(
+        Some(0) => Err(Unasked::Malformed(
             "ttl_seconds must be greater than zero".into(),
         )),
         other => Ok(other.map(Duration::from_secs)),
@@ -216,13 +204,13 @@ pub fn parse_request_body(body: &[u8]) -> Result<(), String> {
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     one_csr(&request.csr)
         .map(drop)
-        .map_err(|e| e.code().to_owned())
+        .map_err(|e| e.code().as_str().to_owned())
 }
 
 /// The one PEM "CERTIFICATE REQUEST" block `pem` must be.
-fn one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, ApiError> {
+fn one_csr(pem: &str) -> Result<CertificateSigningRequestDer<'static>, Unasked> {
     meshca_provider::pem::decode_one_csr(pem).map_err(|why| {
-        ApiError::InvalidCsr(format!(
+        Unasked::MalformedCsr(format!(
             "csr must be exactly one PEM \"CERTIFICATE REQUEST\" block: {why}"
         ))
     })

@@ -10,14 +10,15 @@ use axum::http::{header, HeaderMap, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use super::handlers::{drain, json_body, rfc3339, ttl};
 use super::{ApiError, ApiState};
 use crate::auth::AuthMethod;
-use crate::issuer::{Frontend, Outcome, TokenRequest};
+use crate::auth::Caller;
+use crate::issuer::{Frontend, TokenRefusal, TokenRequest, Unasked, Verdict};
 use crate::jwt::documents;
 use crate::listener::PeerCertificates;
-use crate::metrics::TokenLabels;
 
 /// How long relying parties may cache the JWKS and the discovery document:
 /// well inside the propagation delay, so a new key is known before it
@@ -45,47 +46,41 @@ pub(super) async fn create_jwt_svid(
     peer: Option<Extension<PeerCertificates>>,
     version: Version,
     headers: HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Response {
-    let mut body = Some(body);
-    let answer = mint(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await;
-    if let (Err(_), Some(unread)) = (&answer, body) {
-        drain(version, unread).await;
+    if !state.issuer.mints_tokens() {
+        return ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)").into_response();
     }
-    match answer {
-        Ok(Ok(token)) => Json(token).into_response(),
-        // The issuer counted and decided it; this only renders it.
-        Ok(Err(refused)) => refused.into_response(),
-        // Refused before the issuer saw it: counted here.
-        Err(early) => {
-            state
-                .metrics
-                .jwt_svids_issued
-                .get_or_create(&TokenLabels {
-                    frontend: Frontend::Api.as_str(),
-                    credential: "none",
-                    result: early.code(),
-                })
-                .inc();
-            tracing::info!(code = early.code(), "JWT-SVID request refused");
-            early.into_response()
+    match mint(&state, peer.as_ref().map(|p| &p.0), &headers, &mut body).await {
+        Some(Ok(token)) => Json(token).into_response(),
+        Some(Err(refusal)) => {
+            drain(version, body).await;
+            ApiError::from(refusal).into_response()
         }
+        None => ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)").into_response(),
     }
 }
 
-/// Authenticate, read the request and ask the issuer: its answer, or a
-/// refusal before the issuer was asked.
+/// Authenticate, read the request and ask the issuer: the token, or the
+/// refusal (counted by the issuer, whether it or the API decided it);
+/// `None` when JWT-SVIDs are off.
 async fn mint(
     state: &ApiState,
     peer: Option<&PeerCertificates>,
     headers: &HeaderMap,
-    body: &mut Option<Body>,
-) -> Result<Result<TokenResponse, ApiError>, ApiError> {
-    if state.issuer.tokens().is_none() {
-        return Err(ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)"));
-    }
-    let caller = state.auth.authenticate(headers, peer).await?;
-    let request: TokenBody = json_body(state, headers, body).await?;
+    body: &mut Body,
+) -> Option<Result<TokenResponse, TokenRefusal>> {
+    let (caller, asked) = match read_request(state, peer, headers, body).await {
+        Ok(read) => read,
+        Err(unasked) => {
+            tracing::info!(code = unasked.code().as_str(), "JWT-SVID request refused");
+            return Some(Err(state.issuer.refuse_token(
+                Frontend::Api,
+                "none",
+                unasked,
+            )));
+        }
+    };
     let request = TokenRequest {
         frontend: Frontend::Api,
         credential: match caller.method {
@@ -93,24 +88,37 @@ async fn mint(
             AuthMethod::ClientCertificate => "certificate",
         },
         identity: &caller.identity,
-        audience: &request.audience,
-        ttl: ttl(request.ttl_seconds)?,
+        audience: &asked.audience,
+        ttl: asked.ttl_seconds.map(Duration::from_secs),
     };
-    match state.issuer.issue_token(request) {
-        Some(Outcome::Issued(svid)) => {
-            tracing::info!(spiffe_id = %svid.spiffe_id, audience = ?request.audience, expires_at = %svid.expires_at, "issued a JWT-SVID");
-            Ok(Ok(TokenResponse {
+    let verdict = state.issuer.issue_token(request)?;
+    Some(
+        verdict
+            .inspect(|svid| {
+                tracing::info!(spiffe_id = %svid.spiffe_id, audiences = request.audience.len(), audience = ?request.audience, expires_at = %svid.expires_at, "issued a JWT-SVID");
+            })
+            .inspect_err(|refusal| {
+                tracing::info!(identity = %caller.identity, code = refusal.code().as_str(), error = %crate::report::error_chain(refusal), "JWT-SVID request refused");
+            })
+            .map(|svid| TokenResponse {
                 token: svid.token,
                 spiffe_id: svid.spiffe_id,
                 expires_at: rfc3339(svid.expires_at),
-            }))
-        }
-        Some(refused) => {
-            tracing::info!(identity = %caller.identity, code = refused.code(), error = %crate::error_chain(&refused), "JWT-SVID request refused");
-            Ok(Err(ApiError::from(refused)))
-        }
-        None => Err(ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)")),
-    }
+            }),
+    )
+}
+
+/// The caller and what it asks, or why the API refuses before asking.
+async fn read_request(
+    state: &ApiState,
+    peer: Option<&PeerCertificates>,
+    headers: &HeaderMap,
+    body: &mut Body,
+) -> Result<(Caller, TokenBody), Unasked> {
+    let caller = state.auth.authenticate(headers, peer).await?;
+    let asked: TokenBody = json_body(state, headers, body).await?;
+    ttl(asked.ttl_seconds)?;
+    Ok((caller, asked))
 }
 
 fn cached(body: impl IntoResponse) -> Response {
@@ -125,14 +133,14 @@ fn cached(body: impl IntoResponse) -> Response {
 }
 
 pub(super) async fn discovery(State(state): State<Arc<ApiState>>) -> Response {
-    match state.issuer.tokens() {
+    match state.bundles.jwt.as_ref() {
         Some(tokens) => cached(Json(documents::discovery(tokens))),
         None => ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)").into_response(),
     }
 }
 
 pub(super) async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
-    match state.issuer.tokens() {
+    match state.bundles.jwt.as_ref() {
         Some(tokens) => cached(Json(documents::jwks(tokens))),
         None => ApiError::NotEnabled("JWT-SVIDs (jwt_svids.enabled)").into_response(),
     }
@@ -141,7 +149,7 @@ pub(super) async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
 /// The discovery routes under the issuer URL's path (`/.well-known/…` and
 /// `/keys` for an issuer without one).
 pub(super) fn discovery_paths(state: &ApiState) -> Option<(String, String)> {
-    let path = state.issuer.tokens()?.config().issuer.path();
+    let path = state.bundles.jwt.as_ref()?.config().issuer.path();
     Some((
         format!("{path}/.well-known/openid-configuration"),
         format!("{path}/keys"),

@@ -23,7 +23,6 @@ use axum::Router;
 use crate::auth::Authenticator;
 use crate::bundle::BundleReceiver;
 use crate::issuer::Issuer;
-use crate::metrics::Metrics;
 
 /// Everything the signing API's handlers need.
 #[derive(Debug)]
@@ -31,16 +30,18 @@ pub struct ApiState {
     issuer: Issuer,
     auth: Authenticator,
     bundle: BundleReceiver,
-    metrics: Arc<Metrics>,
     max_body_bytes: usize,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
-    spiffe_sequence: crate::jwt::documents::Sequence,
+    spiffe_sequence: crate::bundle::spiffe::Sequence,
     bundles: Bundles,
 }
 
-/// What the SPIFFE bundle endpoints serve besides the anchors.
+/// What the SPIFFE bundle endpoints and discovery serve besides the
+/// anchors.
 #[derive(Debug)]
 pub struct Bundles {
+    /// JWT-SVIDs' keys and issuer, when enabled.
+    pub jwt: Option<crate::jwt::JwtSvids>,
     /// This mesh's trust domain.
     pub trust_domain: meshca_provider::TrustDomain,
     /// `spiffe_refresh_hint` of this trust domain's bundle.
@@ -55,7 +56,6 @@ impl ApiState {
         issuer: Issuer,
         auth: Authenticator,
         bundle: BundleReceiver,
-        metrics: Arc<Metrics>,
         max_body_bytes: usize,
         rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
         bundles: Bundles,
@@ -64,10 +64,9 @@ impl ApiState {
             issuer,
             auth,
             bundle,
-            metrics,
             max_body_bytes,
             rollout,
-            spiffe_sequence: crate::jwt::documents::Sequence::default(),
+            spiffe_sequence: crate::bundle::spiffe::Sequence::default(),
             bundles,
         }
     }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::danger::DeferredClientAuth;
-use crate::issuer::{Frontend, Issuer, Outcome};
+use crate::issuer::{Frontend, Issuer, Refusal, Verdict};
 use crate::listener::ServingTls;
 use crate::metrics::Metrics;
 use crate::renewal;
@@ -62,10 +62,10 @@ pub async fn serving_certificate(
                 }
                 Err(e) => {
                     wait = match &e {
-                        ServingError::NotIssued(Outcome::Retry(r)) => r.after,
-                        _ => RETRY,
+                        ServingError::NotIssued(refusal) => refusal.retry_after().unwrap_or(RETRY),
+                        ServingError::Tls(_) => RETRY,
                     };
-                    tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "failed to renew the serving certificate");
+                    tracing::warn!(error = %crate::report::error_chain(&e), retry_in = ?wait, "failed to renew the serving certificate");
                 }
             }
         }
@@ -78,7 +78,7 @@ pub async fn serving_certificate(
 pub enum ServingError {
     /// The issuer did not issue it.
     #[error("failed to issue the signing API's serving certificate")]
-    NotIssued(#[source] Outcome),
+    NotIssued(#[source] Refusal),
     /// rustls refused the certificate and key.
     #[error("failed to configure TLS with the serving certificate")]
     Tls(#[source] rustls::Error),

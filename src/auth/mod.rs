@@ -137,7 +137,7 @@ impl Authenticator {
             let reviewed = match &self.kubernetes {
                 Some(reviewer) if !TokenStore::is_static(token) => reviewer.review(token).await?,
                 _ => Reviewed {
-                    identity: self.tokens.lookup(token, &self.trust_domain)?,
+                    identity: self.tokens.lookup(token, &self.trust_domain).await?,
                     bound: None,
                 },
             };

@@ -101,6 +101,14 @@ fn sha256_hex(token: &str) -> String {
 }
 
 impl TokenStore {
+    /// A store backed by `path`, read on the blocking pool: for the
+    /// daemon.
+    pub async fn open(path: PathBuf) -> Self {
+        Self {
+            file: Arc::new(WatchedFile::open(path).await),
+        }
+    }
+
     /// A store backed by `path`; a missing file is an empty store.
     pub fn new(path: PathBuf) -> Self {
         Self {
@@ -132,22 +140,28 @@ impl TokenStore {
     /// # Errors
     /// [`AuthError::UnknownToken`], or [`AuthError::Store`] when the file
     /// exists but cannot be read.
-    pub fn lookup(&self, token: &str, trust_domain: &TrustDomain) -> Result<Identity, AuthError> {
+    pub async fn lookup(
+        &self,
+        token: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<Identity, AuthError> {
         let hash = sha256_hex(token);
         let find = || -> Result<Option<TokenRecord>, AuthError> {
             let file = self
                 .file
                 .get()
-                .map_err(|e| AuthError::Store(crate::error_chain(&*e)))?;
+                .map_err(|e| AuthError::Store(crate::report::error_chain(&*e)))?;
             Ok(file.0.get(&hash).cloned())
         };
         // A token created a moment ago may not be in the snapshot yet: one
-        // look at the file (a stat; a read only if it changed), even while
-        // the follower looks (it may have stat'ed just before the change).
+        // look at the file (a stat; a read only if it changed), on the
+        // blocking pool, even while the follower looks (it may have stat'ed
+        // just before the change).
         let record = match find()? {
             Some(r) => r,
             None => {
-                self.file.reread();
+                let file = self.file.clone();
+                let _ = tokio::task::spawn_blocking(move || file.reread()).await;
                 find()?.ok_or(AuthError::UnknownToken)?
             }
         };
@@ -185,8 +199,7 @@ impl TokenStore {
         let mut tokens = Vec::with_capacity(identities.len());
         let mut records = Vec::with_capacity(identities.len());
         for identity in identities {
-            let raw = crate::crypto::random::<32>()
-                .map_err(|e| AuthError::Store(e.to_string()))?;
+            let raw = crate::crypto::random::<32>().map_err(|e| AuthError::Store(e.to_string()))?;
             let token = format!(
                 "{TOKEN_PREFIX}{}",
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
@@ -209,7 +222,7 @@ impl TokenStore {
     /// [`AuthError::Store`] when the file cannot be read.
     pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
         Ok(read_yaml::<TokenFile>(self.path())
-            .map_err(|e| AuthError::Store(crate::error_chain(&e)))?
+            .map_err(|e| AuthError::Store(crate::report::error_chain(&e)))?
             .tokens)
     }
 
@@ -232,7 +245,7 @@ impl TokenStore {
             "meshca bearer tokens: SHA-256 hashes only. Managed by `meshca token`.",
             change,
         )
-        .map_err(|e| AuthError::Store(crate::error_chain(&e)))
+        .map_err(|e| AuthError::Store(crate::report::error_chain(&e)))
     }
 }
 
@@ -240,15 +253,15 @@ impl TokenStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_created_token_authenticates_its_identity_and_only_its_hash_is_stored() {
+    #[tokio::test]
+    async fn a_created_token_authenticates_its_identity_and_only_its_hash_is_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("cluster.local").expect("td");
         let store = TokenStore::new(dir.path().join("tokens.yaml"));
         let id = Identity::new(td.clone(), "bookstore", "bookstore").expect("id");
         let token = store.create(&id).expect("create");
         assert!(token.starts_with(TOKEN_PREFIX));
-        assert_eq!(store.lookup(&token, &td).expect("known"), id);
+        assert_eq!(store.lookup(&token, &td).await.expect("known"), id);
 
         let text = std::fs::read_to_string(store.path()).expect("read");
         assert!(!text.contains(&token[TOKEN_PREFIX.len()..]));
@@ -260,27 +273,27 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
 
         assert!(matches!(
-            store.lookup("meshca_nope", &td),
+            store.lookup("meshca_nope", &td).await,
             Err(AuthError::UnknownToken)
         ));
     }
 
-    #[test]
-    fn tokens_created_later_are_seen_without_a_restart() {
+    #[tokio::test]
+    async fn tokens_created_later_are_seen_without_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("cluster.local").expect("td");
         let daemon_view = TokenStore::new(dir.path().join("tokens.yaml"));
-        assert!(daemon_view.lookup("x", &td).is_err());
+        assert!(daemon_view.lookup("x", &td).await.is_err());
         let cli_view = TokenStore::new(dir.path().join("tokens.yaml"));
         let id = Identity::new(td.clone(), "a", "b").expect("id");
         let t1 = cli_view.create(&id).expect("create");
         let t2 = cli_view.create(&id).expect("create");
-        assert_eq!(daemon_view.lookup(&t1, &td).expect("t1"), id);
-        assert_eq!(daemon_view.lookup(&t2, &td).expect("t2"), id);
+        assert_eq!(daemon_view.lookup(&t1, &td).await.expect("t1"), id);
+        assert_eq!(daemon_view.lookup(&t2, &td).await.expect("t2"), id);
     }
 
-    #[test]
-    fn many_tokens_in_one_change_each_authenticate_their_own_identity() {
+    #[tokio::test]
+    async fn many_tokens_in_one_change_each_authenticate_their_own_identity() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("cluster.local").expect("td");
         let store = TokenStore::new(dir.path().join("tokens.yaml"));
@@ -292,20 +305,20 @@ mod tests {
         let tokens = store.create_all(&fleet).expect("create_all");
         assert_eq!(tokens.len(), fleet.len());
         for (token, identity) in tokens.iter().zip(&fleet) {
-            assert_eq!(&store.lookup(token, &td).expect("known"), identity);
+            assert_eq!(&store.lookup(token, &td).await.expect("known"), identity);
         }
-        assert_eq!(store.lookup(&earlier, &td).expect("kept"), first);
+        assert_eq!(store.lookup(&earlier, &td).await.expect("kept"), first);
         assert_eq!(store.list().expect("list").len(), 301);
     }
 
-    #[test]
-    fn a_corrupt_store_is_an_error_not_an_empty_store() {
+    #[tokio::test]
+    async fn a_corrupt_store_is_an_error_not_an_empty_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("cluster.local").expect("td");
         let path = dir.path().join("tokens.yaml");
         std::fs::write(&path, "tokens: [ {bad").expect("write");
         assert!(matches!(
-            TokenStore::new(path).lookup("x", &td),
+            TokenStore::new(path).lookup("x", &td).await,
             Err(AuthError::Store(_))
         ));
     }

@@ -1,5 +1,4 @@
 use std::future::Future;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,9 +77,8 @@ impl BundleSink for FileSink {
             message,
             refusal: None,
         };
-        tokio::task::spawn_blocking(move || write_atomically(&path, pem.as_bytes(), 0o644))
+        crate::store::fs::write_atomically_off_runtime(path, pem.into_bytes(), 0o644)
             .await
-            .map_err(|e| fail(e.to_string()))?
             .map_err(|e| fail(e.to_string()))
     }
 
@@ -90,58 +88,4 @@ impl BundleSink for FileSink {
             .await
             .is_ok_and(|b| b == bundle.pem().as_bytes()))
     }
-}
-
-/// How old a temporary file of [`write_atomically`] must be before it
-/// counts as left behind by a killed process (a write takes milliseconds).
-const STALE_AFTER: Duration = Duration::from_secs(2);
-
-/// Remove the temporary files `write_atomically` leaves in `dir` when the
-/// process is killed mid-write (`.tmp…`, older than [`STALE_AFTER`]).
-pub(crate) fn remove_stale_temporaries(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_AFTER);
-        if stale && entry.file_name().to_string_lossy().starts_with(".tmp") {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a temporary file of an interrupted write")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove a temporary file of an interrupted write")
-                }
-            }
-        }
-    }
-}
-
-/// Write `contents` to `path` through a temporary file and a rename, with
-/// `mode` permissions; the directory is created if missing.
-pub(crate) fn write_atomically(
-    path: &std::path::Path,
-    contents: &[u8],
-    mode: u32,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    // NamedTempFile is created 0600; widen only after the content is there.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file().sync_all()?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

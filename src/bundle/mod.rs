@@ -11,9 +11,8 @@ mod config;
 mod file;
 mod publisher;
 mod secret;
+pub mod spiffe;
 pub(crate) mod watch;
-
-pub(crate) use file::{remove_stale_temporaries, write_atomically};
 
 pub use cluster_trust_bundle::ClusterTrustBundleSink;
 pub use config::{BundleConfig, RawBundle, RawSecretRef};

@@ -129,7 +129,7 @@ pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) ->
             let list = DenyList::new(config.auth.denied_file.clone());
             (
                 list.change(namespace, service_account, deny)
-                    .map_err(|e| crate::error_chain(&e)),
+                    .map_err(|e| crate::report::error_chain(&e)),
                 list.path().display().to_string(),
             )
         }
@@ -150,7 +150,9 @@ pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) ->
     }
 }
 
-/// `meshca bundle`: print the bundle file the config names.
+/// `meshca bundle`: print the bundle file the config names (a one-shot
+/// command: nothing else runs while it blocks).
+#[allow(clippy::disallowed_methods)]
 pub fn print_bundle(config: Option<&Path>) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
@@ -207,7 +209,7 @@ pub async fn rotation_status(config: Option<&Path>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {}", crate::error_chain(&e));
+            eprintln!("error: {}", crate::report::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -250,7 +252,7 @@ pub async fn rotate_jwt_key(config: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", crate::error_chain(&e));
+            eprintln!("error: {}", crate::report::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -260,7 +262,9 @@ pub async fn rotate_jwt_key(config: Option<&Path>) -> ExitCode {
 /// file.
 async fn ask_daemon(config: &Config) -> Result<String, String> {
     let place = config.bundle.file.display();
-    let pem = std::fs::read(&config.bundle.file).map_err(|e| format!("{place}: {e}"))?;
+    let pem = tokio::fs::read(&config.bundle.file)
+        .await
+        .map_err(|e| format!("{place}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -302,21 +306,15 @@ async fn ask_daemon(config: &Config) -> Result<String, String> {
 async fn read_ledger(
     config: &Config,
 ) -> Result<(Option<crate::rollout::RolloutStatus>, String), crate::rollout::ledger::LedgerError> {
-    use crate::rollout::ledger;
+    let mut cluster = None;
     if let Some(k) = &config.kubernetes {
         if let Ok(Some(client)) = crate::cluster::connect(k).await {
-            let name = crate::daemon::ROLLOUT_CONFIGMAP;
-            let place = format!("ConfigMap {}/{name}", k.namespace);
-            let json = crate::rollout::configmap::load(&client, &k.namespace, name)
-                .await
-                .map_err(ledger::LedgerError::ConfigMap)?;
-            if let Some(json) = json {
-                return Ok((Some(ledger::parse(&json, &place)?), place));
-            }
+            cluster = Some((client, k.namespace.as_str()));
         }
     }
-    let place = ledger::path(&config.state_dir).display().to_string();
-    Ok((ledger::load_file(&config.state_dir)?, place))
+    crate::rollout::ledger::Places::new(&config.state_dir, cluster)
+        .load()
+        .await
 }
 
 /// `meshca config check`: validate as `serve` does; 64 when invalid.

@@ -57,6 +57,8 @@ pub fn render(args: RenderArgs) -> ExitCode {
     }
 }
 
+/// Blocking: a one-shot command, nothing else runs while it blocks.
+#[allow(clippy::disallowed_methods)]
 fn rendered(args: RenderArgs) -> Result<String, String> {
     let td = match (&args.trust_domain, &args.config) {
         (Some(td), _) => TrustDomain::new(td).map_err(|e| e.to_string())?,

@@ -358,14 +358,20 @@ async fn run(command: Command) -> ExitCode {
 }
 
 async fn serve(config: Option<&std::path::Path>) -> ExitCode {
-    let config = match load_config(config) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let path = config.map(std::path::Path::to_path_buf);
+    let loaded = tokio::task::spawn_blocking(move || load_config(path.as_deref())).await;
+    let config = match loaded {
+        Ok(Ok(c)) => c,
+        Ok(Err(code)) => return code,
+        Err(e) => {
+            eprintln!("error: reading the configuration was interrupted: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let daemon = match crate::daemon::start(config).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %crate::error_chain(&e), "failed to start");
+            tracing::error!(error = %crate::report::error_chain(&e), "failed to start");
             return ExitCode::FAILURE;
         }
     };

@@ -128,53 +128,18 @@ impl KubeError {
         let action = action.into();
         move |source| Self::Api { action, source }
     }
-}
 
-/// Write conflicts in a row before a write counts as failed.
-const WRITE_ATTEMPTS: usize = 5;
-
-/// Set `key` of the ConfigMap `name` to `value` (the other keys kept),
-/// creating it if missing; a conflicting write is retried on the object
-/// read again.
-///
-/// # Errors
-/// The API server refused or could not be reached, or the object kept
-/// changing under meshca's writes.
-pub async fn write_configmap_key(
-    api: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
-    name: &str,
-    key: &str,
-    value: &str,
-) -> Result<(), KubeError> {
-    use kube::api::PostParams;
-    let failed = KubeError::api(format!("write ConfigMap {name}"));
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = api
-            .get_opt(name)
-            .await
-            .map_err(KubeError::api(format!("read ConfigMap {name}")))?;
-        let result = match current {
-            Some(mut cm) => {
-                cm.data
-                    .get_or_insert_with(std::collections::BTreeMap::new)
-                    .insert(key.into(), value.to_owned());
-                api.replace(name, &PostParams::default(), &cm)
-                    .await
-                    .map(drop)
-            }
-            None => {
-                let cm = new_configmap(name, key, value.to_owned());
-                api.create(&PostParams::default(), &cm).await.map(drop)
-            }
-        };
-        match result {
-            Err(e) if is_reason(&e, 409) => continue,
-            other => return other.map_err(failed),
+    /// What the error says about trying again: the API server's verdict;
+    /// an unusable configuration or object is final.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Api { source, .. } => Refusal::of(source),
+            Self::Config(message) | Self::Invalid(message) => Refusal::Final {
+                code: 0,
+                message: message.clone(),
+            },
         }
     }
-    Err(KubeError::Invalid(format!(
-        "ConfigMap {name} kept changing under meshca's writes ({WRITE_ATTEMPTS} conflicts in a row); {key} is not written there yet"
-    )))
 }
 
 /// Whether a kube error is the API server's answer with status `code`.
@@ -218,6 +183,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Whether the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
     /// Classify `e`. 404 (gone) and 409 (conflict) are neither: the
     /// caller decides what they mean for its object, so they count as
     /// transient here (re-read and decide again).

@@ -187,6 +187,10 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] listing every problem, each with its key's path.
+    ///
+    /// Blocking: the daemon reads it on the blocking pool (`serve`,
+    /// `reload`); one-shot commands block while nothing else runs.
+    #[allow(clippy::disallowed_methods)]
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
             None => Self::from_yaml(EMBEDDED_DEFAULT),

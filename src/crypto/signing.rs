@@ -164,9 +164,11 @@ pub fn verify(algorithm: Algorithm, public: &PublicKey, message: &[u8], sig: &[u
                 .verify(message, sig)
                 .is_ok()
         }
-        (Algorithm::Rsa2048Sha256, PublicKey::Rsa { n, e }) => signature::RsaPublicKeyComponents { n, e }
-            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
-            .is_ok(),
+        (Algorithm::Rsa2048Sha256, PublicKey::Rsa { n, e }) => {
+            signature::RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
+                .is_ok()
+        }
         _ => false,
     }
 }
@@ -204,7 +206,10 @@ pub fn is_point_on_curve(curve: Curve, point: &[u8]) -> Result<bool, crate::cryp
     };
     let mine = agreement::EphemeralPrivateKey::generate(alg, &SystemRandom::new())
         .map_err(|_| crate::crypto::RandomError)?;
-    Ok(agreement::agree_ephemeral(mine, &agreement::UnparsedPublicKey::new(alg, point), |_| ()).is_ok())
+    Ok(
+        agreement::agree_ephemeral(mine, &agreement::UnparsedPublicKey::new(alg, point), |_| ())
+            .is_ok(),
+    )
 }
 
 /// A 2048-bit RSA key as PKCS#8.

@@ -42,6 +42,9 @@ pub enum EndpointError {
         #[source]
         source: rustls::Error,
     },
+    /// The reload task on the blocking pool did not finish.
+    #[error("the certificate reload was interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The TLS configuration served from `cert_file` and `key_file`, and the
@@ -58,24 +61,34 @@ pub fn web_tls(
     let tls = Arc::new(ArcSwap::from_pointee(load(cert_file, key_file)?));
     let (cert_file, key_file, handle) = (cert_file.to_owned(), key_file.to_owned(), tls.clone());
     let task = async move {
-        let mut seen = stamps(&cert_file, &key_file);
+        let paths = Arc::new((cert_file, key_file));
+        // The files are looked at, and read, on the blocking pool.
+        let look = |paths: Arc<(PathBuf, PathBuf)>| async move {
+            tokio::task::spawn_blocking(move || stamps(&paths.0, &paths.1))
+                .await
+                .unwrap_or_default()
+        };
+        let mut seen = look(paths.clone()).await;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(RECHECK) => {}
             }
-            let now = stamps(&cert_file, &key_file);
+            let now = look(paths.clone()).await;
             if now == seen {
                 continue;
             }
             seen = now;
-            match load(&cert_file, &key_file) {
+            let files = paths.clone();
+            let loaded = tokio::task::spawn_blocking(move || load(&files.0, &files.1)).await;
+            let (cert_file, _) = &*paths;
+            match loaded.unwrap_or_else(|e| Err(EndpointError::Interrupted(e.to_string()))) {
                 Ok(config) => {
                     handle.store(Arc::new(config));
                     tracing::info!(cert_file = %cert_file.display(), "reloaded the bundle endpoint's certificate");
                 }
                 Err(e) => {
-                    tracing::error!(error = %crate::error_chain(&e), "kept the bundle endpoint's previous certificate");
+                    tracing::error!(error = %crate::report::error_chain(&e), "kept the bundle endpoint's previous certificate");
                 }
             }
         }
@@ -83,12 +96,9 @@ pub fn web_tls(
     Ok((tls, task))
 }
 
+/// The files' stamps (blocking).
 fn stamps(a: &Path, b: &Path) -> [Option<(SystemTime, u64)>; 2] {
-    let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    };
+    let stamp = |p: &Path| crate::store::fs::stamp(p).ok().flatten();
     [stamp(a), stamp(b)]
 }
 

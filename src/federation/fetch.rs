@@ -15,8 +15,8 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use thiserror::Error;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::bundle::{FederatedBundle, Refused};
 use super::config::{PeerProfile, DEFAULT_REFRESH, MAX_REFRESH, MIN_REFRESH};
+use crate::bundle::spiffe::{PeerBundle, Refused};
 
 /// The largest bundle accepted; SPIRE's are a few kilobytes.
 const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
@@ -119,8 +119,8 @@ pub async fn fetch(
     trust_domain: &TrustDomain,
     url: &str,
     profile: &PeerProfile,
-    held: Option<&FederatedBundle>,
-) -> Result<FederatedBundle, FetchError> {
+    held: Option<&PeerBundle>,
+) -> Result<PeerBundle, FetchError> {
     let (client, presented) = client(url, profile, held)?;
     let unreachable = |source| FetchError::Unreachable {
         url: url.to_owned(),
@@ -157,7 +157,7 @@ pub async fn fetch(
         url: url.to_owned(),
         source,
     };
-    let bundle = FederatedBundle::parse(trust_domain, &body).map_err(refused)?;
+    let bundle = PeerBundle::parse(trust_domain, &body).map_err(refused)?;
     bundle.follows(held).map_err(refused)?;
     if let Some(presented) = presented {
         still_authenticates(&bundle, &presented).map_err(refused)?;
@@ -168,7 +168,7 @@ pub async fn fetch(
 /// `https_spiffe`: the new bundle must hold an authority of the
 /// certificate its own endpoint served, or trusting it would break the
 /// link at the next fetch, with no bundle left to mend it.
-fn still_authenticates(bundle: &FederatedBundle, presented: &Presented) -> Result<(), Refused> {
+fn still_authenticates(bundle: &PeerBundle, presented: &Presented) -> Result<(), Refused> {
     let chain = presented.lock().map(|c| c.clone()).unwrap_or_default();
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Ok(());
@@ -216,7 +216,7 @@ fn verify_chain(
 fn client(
     url: &str,
     profile: &PeerProfile,
-    held: Option<&FederatedBundle>,
+    held: Option<&PeerBundle>,
 ) -> Result<(reqwest::Client, Option<Presented>), FetchError> {
     let setup = |reason: String| FetchError::Setup {
         url: url.to_owned(),
@@ -373,14 +373,10 @@ mod tests {
         (ca_der, leaf.der().clone())
     }
 
-    fn bundle_of(anchor: &CertificateDer<'_>) -> FederatedBundle {
-        let doc = crate::jwt::documents::spiffe_bundle(
-            std::slice::from_ref(anchor),
-            None,
-            1,
-            DEFAULT_REFRESH,
-        );
-        FederatedBundle::parse(
+    fn bundle_of(anchor: &CertificateDer<'_>) -> PeerBundle {
+        let doc =
+            crate::bundle::spiffe::document(std::slice::from_ref(anchor), &[], 1, DEFAULT_REFRESH);
+        PeerBundle::parse(
             &TrustDomain::new("b.test").expect("valid"),
             doc.to_string().as_bytes(),
         )

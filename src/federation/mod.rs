@@ -10,7 +10,6 @@
 //! API (`GET /v1/bundle/federated`), which the agent hands on; the signing
 //! API's own client authentication trusts only this mesh's trust domain.
 
-pub mod bundle;
 mod config;
 pub mod endpoint;
 pub mod fetch;
@@ -26,12 +25,12 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use bundle::{FederatedBundle, Refused};
+pub use crate::bundle::spiffe::{PeerBundle, Refused};
 pub use config::{
     EndpointConfig, EndpointProfile, FederatedDomain, FederationConfig, FederationContext,
     PeerProfile, RawFederation, DEFAULT_REFRESH,
 };
-pub use store::{ConfigMapStore, FileStore, Held, StoreError};
+pub use store::{Held, Kept, StoreError};
 
 use crate::metrics::Metrics;
 use crate::supervisor::Spawner;
@@ -145,26 +144,36 @@ fn unix_now() -> i64 {
 }
 
 /// Where bundles are kept, and whether this replica fetches them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Stores {
-    file: FileStore,
-    /// In a cluster: the ConfigMap, and whether this replica leads (only
-    /// the leader fetches; the others take what it kept).
-    cluster: Option<(ConfigMapStore, watch::Receiver<bool>)>,
+    state_dir: std::path::PathBuf,
+    /// In a cluster: the client and namespace of the ConfigMap, and
+    /// whether this replica leads (only the leader fetches; the others take
+    /// what it kept).
+    cluster: Option<(kube::Client, String, watch::Receiver<bool>)>,
 }
 
 impl Stores {
     fn leads(&self) -> bool {
         self.cluster
             .as_ref()
-            .is_none_or(|(_, leader)| *leader.borrow())
+            .is_none_or(|(_, _, leader)| *leader.borrow())
+    }
+
+    fn file(&self, td: &TrustDomain) -> Kept {
+        Kept::file(&self.state_dir, td)
+    }
+
+    fn configmap(&self, td: &TrustDomain) -> Option<Kept> {
+        let (client, namespace, _) = self.cluster.as_ref()?;
+        Some(Kept::configmap(client.clone(), namespace, td))
     }
 
     /// The newest record kept for `td`, in the ConfigMap or the file.
     async fn load(&self, td: &TrustDomain) -> Result<Option<Held>, StoreError> {
-        let file = self.file.load(td)?;
-        let shared = match &self.cluster {
-            Some((configmap, _)) => configmap.load(td).await?,
+        let file = self.file(td).load(td).await?;
+        let shared = match self.configmap(td) {
+            Some(configmap) => configmap.load(td).await?,
             None => None,
         };
         Ok(match (file, shared) {
@@ -176,12 +185,12 @@ impl Stores {
     /// Keep `held` everywhere; failures are logged (what is held in
     /// memory is served either way).
     async fn save(&self, td: &TrustDomain, held: &Held) {
-        let mut failures = vec![self.file.save(td, held).err()];
-        if let Some((configmap, _)) = &self.cluster {
+        let mut failures = vec![self.file(td).save(td, held).await.err()];
+        if let Some(configmap) = self.configmap(td) {
             failures.push(configmap.save(td, held).await.err());
         }
         for e in failures.into_iter().flatten() {
-            tracing::error!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle");
+            tracing::error!(trust_domain = %td, error = %crate::report::error_chain(&e), "failed to keep the federated bundle");
         }
     }
 }
@@ -205,10 +214,11 @@ pub async fn start(
         return Ok(None);
     }
     let stores = Stores {
-        file: FileStore::new(state_dir),
+        state_dir: state_dir.to_owned(),
         cluster: cluster.map(|c| {
             (
-                ConfigMapStore::new(c.client.clone(), &c.config.namespace),
+                c.client.clone(),
+                c.config.namespace.clone(),
                 c.leader.clone(),
             )
         }),
@@ -261,13 +271,16 @@ async fn initial(
     let PeerProfile::HttpsSpiffe { bundle_file, .. } = &domain.profile else {
         return Ok(None);
     };
-    let bytes = std::fs::read(bundle_file).map_err(|source| FederationError::InitialRead {
-        trust_domain: td.clone(),
-        path: bundle_file.clone(),
-        source,
-    })?;
+    let bytes = crate::store::fs::read_optional_off_runtime(bundle_file.clone())
+        .await
+        .and_then(|b| b.ok_or_else(|| std::io::ErrorKind::NotFound.into()))
+        .map_err(|source| FederationError::InitialRead {
+            trust_domain: td.clone(),
+            path: bundle_file.clone(),
+            source,
+        })?;
     let bundle =
-        FederatedBundle::parse(td, &bytes).map_err(|source| FederationError::InitialRefused {
+        PeerBundle::parse(td, &bytes).map_err(|source| FederationError::InitialRefused {
             trust_domain: td.clone(),
             path: bundle_file.clone(),
             source,
@@ -351,7 +364,7 @@ impl Link<'_> {
                     0
                 };
                 self.metrics.record_federated_fetch(td.as_str(), e.label());
-                tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held");
+                tracing::warn!(trust_domain = %td, error = %crate::report::error_chain(&e), "kept the federated bundle held");
                 current_bundle.and_then(|b| b.refresh_hint)
             }
         }
@@ -360,7 +373,7 @@ impl Link<'_> {
     /// Take what the leader kept, when newer than what is held.
     async fn follow(&self) {
         let td = &self.domain.trust_domain;
-        let Some((configmap, _)) = &self.stores.cluster else {
+        let Some(configmap) = self.stores.configmap(td) else {
             return;
         };
         match configmap.load(td).await {
@@ -369,14 +382,14 @@ impl Link<'_> {
                     .current()
                     .is_none_or(|h| kept.fetched_at > h.fetched_at) =>
             {
-                if let Err(e) = self.stores.file.save(td, &kept) {
-                    tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "failed to keep the federated bundle in the state directory");
+                if let Err(e) = self.stores.file(td).save(td, &kept).await {
+                    tracing::warn!(trust_domain = %td, error = %crate::report::error_chain(&e), "failed to keep the federated bundle in the state directory");
                 }
                 self.hold(kept);
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(trust_domain = %td, error = %crate::error_chain(&e), "kept the federated bundle held; the leader's could not be read");
+                tracing::warn!(trust_domain = %td, error = %crate::report::error_chain(&e), "kept the federated bundle held; the leader's could not be read");
             }
         }
     }

@@ -8,22 +8,22 @@
 //! the start: it is the trust meshca holds for a peer, never silently
 //! dropped for a fresh fetch that may not come.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use meshca_provider::TrustDomain;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::bundle::{FederatedBundle, Refused};
+use crate::bundle::spiffe::{PeerBundle, Refused};
+use crate::store::{Over, Store};
 
 /// A peer's bundle as held: validated, and when it was fetched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     /// The bundle.
-    pub bundle: Arc<FederatedBundle>,
+    pub bundle: Arc<PeerBundle>,
     /// When it was fetched (Unix seconds); for the initial bundle, when it
     /// was read.
     pub fetched_at: i64,
@@ -32,17 +32,9 @@ pub struct Held {
 /// Why a held bundle could not be read or kept.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    /// The file exists but cannot be read, or cannot be written.
-    #[error("failed to {action} {}", path.display())]
-    Io {
-        /// `read` or `write`.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The record could not be read or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The record is not one meshca wrote.
     #[error("{place} is not a federated bundle record meshca wrote ({reason}); remove it to start from the configured bundle")]
     Corrupt {
@@ -60,22 +52,22 @@ pub enum StoreError {
         #[source]
         source: Refused,
     },
-    /// The ConfigMap could not be read or written.
-    #[error(transparent)]
-    Kubernetes(#[from] crate::cluster::KubeError),
 }
 
 /// The name of the ConfigMap (in meshca's namespace) of a cluster.
 pub const CONFIGMAP: &str = "meshca-federation";
 
 /// A record as meshca writes it.
-fn encode(trust_domain: &TrustDomain, held: &Held) -> String {
+fn encode(trust_domain: &TrustDomain, held: &Held) -> Result<Vec<u8>, StoreError> {
     let record = Record {
         trust_domain: trust_domain.to_string(),
         fetched_at: held.fetched_at,
         bundle: held.bundle.document.clone(),
     };
-    serde_json::to_string_pretty(&record).unwrap_or_default()
+    Ok(crate::store::to_json(
+        &record,
+        &format!("the federated bundle of {trust_domain}"),
+    )?)
 }
 
 /// A record read from `place`, checked.
@@ -91,11 +83,12 @@ fn decode(trust_domain: &TrustDomain, bytes: &[u8], place: &str) -> Result<Held,
             record.trust_domain
         )));
     }
-    let bundle = FederatedBundle::parse(trust_domain, record.bundle.to_string().as_bytes())
-        .map_err(|source| StoreError::Refused {
+    let bundle = PeerBundle::parse(trust_domain, record.bundle.to_string().as_bytes()).map_err(
+        |source| StoreError::Refused {
             place: place.to_owned(),
             source,
-        })?;
+        },
+    )?;
     Ok(Held {
         bundle: Arc::new(bundle),
         fetched_at: record.fetched_at,
@@ -111,120 +104,46 @@ struct Record {
     bundle: Value,
 }
 
-/// The files under `<state_dir>/federation/`.
+/// Where one peer's bundle is kept: its file under
+/// `<state_dir>/federation/` (bundles are public: 0644), or its key of
+/// the ConfigMap [`CONFIGMAP`] in meshca's namespace.
 #[derive(Clone, Debug)]
-pub struct FileStore {
-    dir: PathBuf,
-}
+pub struct Kept(Store);
 
-impl FileStore {
-    /// The store of `state_dir`.
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            dir: state_dir.join("federation"),
-        }
+impl Kept {
+    /// The file of `trust_domain` under `state_dir`.
+    pub fn file(state_dir: &Path, trust_domain: &TrustDomain) -> Self {
+        let path = state_dir
+            .join("federation")
+            .join(format!("{trust_domain}.json"));
+        Self(Store::file(path, 0o644))
     }
 
-    /// The file of `trust_domain`.
-    pub fn path(&self, trust_domain: &TrustDomain) -> PathBuf {
-        self.dir.join(format!("{trust_domain}.json"))
+    /// The key of `trust_domain` in the ConfigMap of a cluster.
+    pub fn configmap(client: kube::Client, namespace: &str, trust_domain: &TrustDomain) -> Self {
+        let key = format!("{trust_domain}.json");
+        Self(Store::configmap(client, namespace, CONFIGMAP, &key))
     }
 
     /// The bundle held for `trust_domain`, if one was kept.
     ///
     /// # Errors
-    /// [`StoreError`] when a file exists but cannot be used.
-    pub fn load(&self, trust_domain: &TrustDomain) -> Result<Option<Held>, StoreError> {
-        let path = self.path(trust_domain);
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    action: "read",
-                    path,
-                    source,
-                })
-            }
-        };
-        decode(trust_domain, &text, &path.display().to_string()).map(Some)
-    }
-
-    /// Keep `held` for `trust_domain` (atomically; bundles are public, so
-    /// the file is 0644).
-    ///
-    /// # Errors
-    /// [`StoreError::Io`].
-    pub fn save(&self, trust_domain: &TrustDomain, held: &Held) -> Result<(), StoreError> {
-        let path = self.path(trust_domain);
-        let json = encode(trust_domain, held);
-        crate::bundle::write_atomically(&path, json.as_bytes(), 0o644).map_err(|source| {
-            StoreError::Io {
-                action: "write",
-                path,
-                source,
-            }
-        })
-    }
-}
-
-/// The ConfigMap [`CONFIGMAP`] in meshca's namespace: one key
-/// `<trust domain>.json` per peer.
-#[derive(Clone)]
-pub struct ConfigMapStore {
-    api: kube::Api<ConfigMap>,
-    namespace: String,
-}
-
-impl std::fmt::Debug for ConfigMapStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConfigMap {}/{CONFIGMAP}", self.namespace)
-    }
-}
-
-impl ConfigMapStore {
-    /// The store of a cluster.
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
-        Self {
-            api: kube::Api::namespaced(client, namespace),
-            namespace: namespace.to_owned(),
+    /// [`StoreError`] when a record exists but cannot be used.
+    pub async fn load(&self, trust_domain: &TrustDomain) -> Result<Option<Held>, StoreError> {
+        match self.0.load().await? {
+            Some(record) => decode(trust_domain, &record.bytes, &self.0.describe()).map(Some),
+            None => Ok(None),
         }
     }
 
-    fn key(trust_domain: &TrustDomain) -> String {
-        format!("{trust_domain}.json")
-    }
-
-    /// The record kept for `trust_domain`, if any.
+    /// Keep `held` for `trust_domain`, whatever was kept before: a newer
+    /// fetch stands on its own.
     ///
     /// # Errors
-    /// [`StoreError`]: the ConfigMap cannot be read, or the record is
-    /// unusable.
-    pub async fn load(&self, trust_domain: &TrustDomain) -> Result<Option<Held>, StoreError> {
-        let key = Self::key(trust_domain);
-        let action = format!("read ConfigMap {}/{CONFIGMAP}", self.namespace);
-        let Some(text) = self
-            .api
-            .get_opt(CONFIGMAP)
-            .await
-            .map_err(crate::cluster::KubeError::api(action))?
-            .and_then(|cm| cm.data)
-            .and_then(|mut data| data.remove(&key))
-        else {
-            return Ok(None);
-        };
-        let place = format!("ConfigMap {}/{CONFIGMAP} key {key}", self.namespace);
-        decode(trust_domain, text.as_bytes(), &place).map(Some)
-    }
-
-    /// Keep `held` for `trust_domain`.
-    ///
-    /// # Errors
-    /// [`StoreError::Kubernetes`].
+    /// [`StoreError`].
     pub async fn save(&self, trust_domain: &TrustDomain, held: &Held) -> Result<(), StoreError> {
-        let key = Self::key(trust_domain);
-        let json = encode(trust_domain, held);
-        Ok(crate::cluster::write_configmap_key(&self.api, CONFIGMAP, &key, &json).await?)
+        let json = encode(trust_domain, held)?;
+        Ok(self.0.save(&json, Over::Anything).await?)
     }
 }
 
@@ -232,7 +151,7 @@ impl ConfigMapStore {
 mod tests {
     use super::*;
 
-    fn bundle() -> FederatedBundle {
+    fn bundle() -> PeerBundle {
         let key = rcgen::KeyPair::generate().expect("as the test set it up");
         let mut params =
             rcgen::CertificateParams::new(Vec::<String>::new()).expect("as the test set it up");
@@ -242,34 +161,31 @@ mod tests {
             .expect("as the test set it up")
             .der()
             .clone();
-        let doc = crate::jwt::documents::spiffe_bundle(
-            &[der],
-            None,
-            3,
-            std::time::Duration::from_secs(60),
-        );
-        FederatedBundle::parse(
+        let doc =
+            crate::bundle::spiffe::document(&[der], &[], 3, std::time::Duration::from_secs(60));
+        PeerBundle::parse(
             &TrustDomain::new("b.test").expect("valid"),
             doc.to_string().as_bytes(),
         )
         .expect("valid")
     }
 
-    #[test]
-    fn a_kept_bundle_comes_back_and_a_damaged_one_stops_the_start() {
+    #[tokio::test]
+    async fn a_kept_bundle_comes_back_and_a_damaged_one_stops_the_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::new(dir.path());
         let td = TrustDomain::new("b.test").expect("valid");
-        assert_eq!(store.load(&td).expect("nothing kept"), None);
+        let store = Kept::file(dir.path(), &td);
+        assert_eq!(store.load(&td).await.expect("nothing kept"), None);
         let held = Held {
             bundle: Arc::new(bundle()),
             fetched_at: 1234,
         };
-        store.save(&td, &held).expect("saved");
-        assert_eq!(store.load(&td).expect("read"), Some(held));
+        store.save(&td, &held).await.expect("saved");
+        assert_eq!(store.load(&td).await.expect("read"), Some(held));
 
-        std::fs::write(store.path(&td), b"{\"truncated").expect("write");
-        let e = store.load(&td).expect_err("refused");
+        let path = dir.path().join("federation/b.test.json");
+        std::fs::write(path, b"{\"truncated").expect("write");
+        let e = store.load(&td).await.expect_err("refused");
         assert!(e.to_string().contains("b.test.json"), "{e}");
         assert!(matches!(e, StoreError::Corrupt { .. }));
     }

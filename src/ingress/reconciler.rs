@@ -273,7 +273,7 @@ fn error_policy(object: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Con
     );
     let refusal = error.refusal();
     let delay = ctx.hold.failed(reference, &refusal);
-    let error = crate::error_chain(error);
+    let error = crate::report::error_chain(error);
     if matches!(refusal, Refusal::Final { .. }) {
         tracing::error!(%ingress, %error, retry_in = ?delay, "an ingress Secret cannot be written until the cause is fixed; repeating cannot help");
     } else {

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::bundle::BundleReceiver;
 use crate::cluster::{KubeError, Refusal, MANAGED_BY};
-use crate::issuer::{Frontend, Issuer, Outcome};
+use crate::issuer::{self, Frontend, Issuer, Verdict};
 
 /// The field manager of everything meshca applies.
 pub const FIELD_MANAGER: &str = "meshca";
@@ -120,7 +120,7 @@ pub fn fresh_for(
 /// Why a Secret could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// The issuer did not issue its certificate; the outcome says whether
+    /// The issuer did not issue its certificate; the refusal says whether
     /// and when to try again.
     #[error("failed to issue a certificate for {identity} (Secret {secret})")]
     NotIssued {
@@ -130,7 +130,7 @@ pub enum SecretError {
         secret: String,
         /// What the issuer decided.
         #[source]
-        outcome: Outcome,
+        refusal: issuer::Refusal,
     },
     /// The API server refused or could not be reached.
     #[error(transparent)]
@@ -144,15 +144,14 @@ impl SecretError {
     pub fn refusal(&self) -> Refusal {
         match self {
             Self::Kube(KubeError::Api { source, .. }) => Refusal::of(source),
-            Self::NotIssued {
-                outcome: Outcome::Retry(r),
-                ..
-            } => Refusal::Transient {
-                retry_after: Some(r.after),
-            },
-            Self::NotIssued { outcome, .. } => Refusal::Final {
-                code: 0,
-                message: outcome.to_string(),
+            Self::NotIssued { refusal, .. } => match refusal.retry_after() {
+                Some(after) => Refusal::Transient {
+                    retry_after: Some(after),
+                },
+                None => Refusal::Final {
+                    code: 0,
+                    message: crate::report::error_chain(refusal),
+                },
             },
             Self::Kube(_) => Refusal::Transient { retry_after: None },
         }
@@ -206,10 +205,10 @@ pub async fn write(
             lifetime,
         )
         .await
-        .map_err(|outcome| SecretError::NotIssued {
+        .map_err(|refusal| SecretError::NotIssued {
             identity: wanted.identity.clone(),
             secret: format!("{ns}/{name}"),
-            outcome,
+            refusal,
         })?;
     let issued = &own.issued;
     let chain = own.chain_pem();

@@ -101,6 +101,14 @@ impl DenyList {
         }
     }
 
+    /// As [`DenyList::new`], read on the blocking pool: for the daemon.
+    pub async fn open(path: PathBuf) -> Self {
+        Self {
+            file: Arc::new(WatchedFile::open(path).await),
+            cluster: None,
+        }
+    }
+
     /// Also follow the cluster's list.
     pub fn with_cluster(mut self, cluster: ClusterDenyList) -> Self {
         self.cluster = Some(cluster);

@@ -1,5 +1,7 @@
 //! The one contract every frontend renders: an authenticated caller's
-//! request for a certificate goes in, a typed [`Outcome`] comes out.
+//! request for a certificate goes in, the certificate or a typed
+//! [`Refusal`] comes out (a token or a [`TokenRefusal`] for JWT-SVIDs),
+//! classified here once ([`Verdict`]: its code and whose move it is).
 //!
 //! [`Issuer::issue`] does everything between the two, once for every way a
 //! workload asks (the HTTPS API, pod certificates, ingress Secrets, and
@@ -8,35 +10,55 @@
 //! namespace), CSR policy, the lifetime's bounds, the provider call
 //! through the [`Checked`] gate, the record of each signer generation's
 //! latest NotAfter (which decides when an old root may leave the bundle),
-//! and `meshca_certificates_issued_total{frontend,provider,result}`.
+//! and `meshca_certificates_issued_total{frontend,provider,result}`, which
+//! counts the refusals frontends decide before asking ([`Unasked`],
+//! through [`Issuer::refuse`]) alike.
 //!
-//! A frontend only authenticates its caller and renders the outcome: an
-//! HTTP status and JSON body (`api`), a PodCertificateRequest condition
-//! (`pod_certificates`), a requeue (`ingress`).
+//! A frontend only authenticates its caller and renders the verdict: an
+//! HTTP status and JSON body (`api`), a gRPC status (`istio_ca`), a
+//! PodCertificateRequest condition (`pod_certificates`), a requeue
+//! (`ingress`).
 
 mod admission;
 mod config;
 mod deny;
 pub mod deny_configmap;
-mod outcome;
 mod own;
+mod verdict;
 
 pub use admission::Admission;
 pub use config::{LifetimeBounds, Lifetimes, RawLifetimes};
 pub use deny::DenyList;
 #[cfg(test)]
 pub use deny::DenyListError;
-pub use outcome::{Busy, Failure, Outcome, Refused, Retry};
+pub use verdict::{Busy, Class, Code, Refusal, TokenRefusal, Unasked, Verdict};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshca_provider::{Checked, Identity, Issued, LeafProfile, ServerName, ValidatedCsr};
+use meshca_provider::{Identity, Issued, LeafProfile, ServerName, ValidatedCsr};
 use time::OffsetDateTime;
 
 use crate::bundle::{BundleReceiver, TrustBundle};
-use crate::jwt::{JwtSvid, JwtSvids, MintError};
+use crate::jose::{JwtSvid, MintError};
 use crate::metrics::{IssuedLabels, Metrics, TokenLabels};
+use verdict::Standing;
+
+/// Mints JWT-SVIDs for the issuer, which decides whether to ask: the keys
+/// are the JWT-SVID feature's, behind this trait.
+pub trait MintTokens: Send + Sync + std::fmt::Debug {
+    /// A token for `identity` meant for `audience`, living `ttl` (the
+    /// minter's default when `None`, within its bounds).
+    ///
+    /// # Errors
+    /// [`MintError`].
+    fn mint(
+        &self,
+        identity: &Identity,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, MintError>;
+}
 use crate::renewal;
 use crate::rollout::Signer;
 
@@ -156,7 +178,7 @@ pub struct Issuer {
     metrics: Arc<Metrics>,
     denied: DenyList,
     admission: Arc<Admission>,
-    tokens: Option<JwtSvids>,
+    tokens: Option<Arc<dyn MintTokens>>,
 }
 
 impl Issuer {
@@ -184,47 +206,67 @@ impl Issuer {
 
     /// This issuer, minting JWT-SVIDs with `tokens` too.
     #[must_use]
-    pub fn with_tokens(mut self, tokens: JwtSvids) -> Self {
+    pub fn with_tokens(mut self, tokens: Arc<dyn MintTokens>) -> Self {
         self.tokens = Some(tokens);
         self
     }
 
-    /// The JWT-SVID minter, when JWT-SVIDs are enabled.
-    pub fn tokens(&self) -> Option<&JwtSvids> {
-        self.tokens.as_ref()
+    /// Whether this issuer mints JWT-SVIDs.
+    pub fn mints_tokens(&self) -> bool {
+        self.tokens.is_some()
     }
 
     /// Decide a request for a JWT-SVID under the same deny-list, rate
     /// and metrics as certificates; `None` when JWT-SVIDs are disabled.
-    pub fn issue_token(&self, request: TokenRequest<'_>) -> Option<Outcome<JwtSvid>> {
+    pub fn issue_token(&self, request: TokenRequest<'_>) -> Option<Result<JwtSvid, TokenRefusal>> {
         let tokens = self.tokens.as_ref()?;
-        let outcome = match self.admit_identity(request.frontend, request.identity) {
-            Err(not_now) => not_now,
-            Ok(()) => match tokens.mint(request.identity, request.audience, request.ttl) {
-                Ok(svid) => Outcome::Issued(svid),
-                Err(e @ MintError::Audience(_)) => Outcome::Refused(Refused::Audience(e)),
-                Err(e) => Outcome::Failed(Failure::TokenKey(e)),
-            },
-        };
+        let verdict = self
+            .admit_identity(request.frontend, request.identity)
+            .map_err(TokenRefusal::from)
+            .and_then(|()| {
+                tokens
+                    .mint(request.identity, request.audience, request.ttl)
+                    .map_err(|e| match e {
+                        MintError::Audience(a) => TokenRefusal::Audience(a),
+                        other => TokenRefusal::Mint(other),
+                    })
+            });
+        self.count_token(request.frontend, request.credential, verdict.as_ref().err());
+        Some(verdict)
+    }
+
+    /// A token request its frontend refused before asking: counted, and
+    /// returned to render.
+    pub fn refuse_token(
+        &self,
+        frontend: Frontend,
+        credential: &'static str,
+        unasked: Unasked,
+    ) -> TokenRefusal {
+        let refusal = TokenRefusal::Unasked(unasked);
+        self.count_token(frontend, credential, Some(&refusal));
+        refusal
+    }
+
+    fn count_token(
+        &self,
+        frontend: Frontend,
+        credential: &'static str,
+        refusal: Option<&TokenRefusal>,
+    ) {
         self.metrics
             .jwt_svids_issued
             .get_or_create(&TokenLabels {
-                frontend: request.frontend.as_str(),
-                credential: request.credential,
-                result: outcome.code(),
+                frontend: frontend.as_str(),
+                credential,
+                result: refusal.map_or("success", |r| r.code().as_str()),
             })
             .inc();
-        Some(outcome)
     }
 
     /// The configured lifetimes.
     pub fn lifetimes(&self) -> &Lifetimes {
         &self.lifetimes
-    }
-
-    /// The provider signing now.
-    pub fn provider(&self) -> Arc<Checked> {
-        self.signer.current().0
     }
 
     /// The signer slot (generation, switches).
@@ -233,36 +275,45 @@ impl Issuer {
     }
 
     /// Decide `request`, sign it if admitted, count it.
-    pub async fn issue(&self, request: Request<'_>) -> Outcome {
+    ///
+    /// # Errors
+    /// The [`Refusal`], for the frontend to render.
+    pub async fn issue(&self, request: Request<'_>) -> Result<Box<IssuedCertificate>, Refusal> {
+        let verdict = self.decide(&request).await;
+        self.count(request.frontend, verdict.as_ref().err());
+        verdict
+    }
+
+    /// A certificate request its frontend refused before asking (the
+    /// caller's credential, the request's form): counted as the issuer
+    /// counts its own refusals, and returned to render.
+    pub fn refuse(&self, frontend: Frontend, unasked: Unasked) -> Refusal {
+        let refusal = Refusal::Unasked(unasked);
+        self.count(frontend, Some(&refusal));
+        refusal
+    }
+
+    fn count(&self, frontend: Frontend, refusal: Option<&Refusal>) {
         let provider = self.signer.current().0.kind();
-        let outcome = self.decide(&request).await;
         self.metrics
             .certificates_issued
             .get_or_create(&IssuedLabels {
-                frontend: request.frontend.as_str(),
+                frontend: frontend.as_str(),
                 provider: provider.as_str(),
-                result: outcome.code(),
+                result: refusal.map_or("success", |r| r.code().as_str()),
             })
             .inc();
-        outcome
     }
 
-    async fn decide(&self, request: &Request<'_>) -> Outcome {
-        if let Err(not_now) = self.admit_identity(request.frontend, request.identity) {
-            return not_now;
-        }
-        let csr = match ValidatedCsr::with_server_names(
-            request.csr,
-            request.identity,
-            request.server_names,
-        ) {
-            Ok(csr) => csr,
-            Err(e) => return Outcome::Refused(Refused::Csr(e)),
-        };
+    async fn decide(&self, request: &Request<'_>) -> Result<Box<IssuedCertificate>, Refusal> {
+        self.admit_identity(request.frontend, request.identity)?;
+        let csr =
+            ValidatedCsr::with_server_names(request.csr, request.identity, request.server_names)
+                .map_err(Refusal::Csr)?;
         let Some(_permits) = self.admission.enter(request.identity.namespace()) else {
-            return Outcome::Retry(Retry {
-                after: Duration::from_secs(1),
+            return Err(Refusal::Busy {
                 why: Busy::InFlight,
+                after: Duration::from_secs(1),
             });
         };
         self.sign(&csr, &profile(request)).await
@@ -270,29 +321,27 @@ impl Issuer {
 
     /// The deny-list and the identity's rate; the daemon's own
     /// certificate is subject to neither.
-    fn admit_identity<T>(&self, frontend: Frontend, identity: &Identity) -> Result<(), Outcome<T>> {
+    fn admit_identity(&self, frontend: Frontend, identity: &Identity) -> Result<(), Standing> {
         if frontend == Frontend::Daemon {
             return Ok(());
         }
-        let (denied, count) = self
-            .denied
-            .check(identity)
-            .map_err(|e| Outcome::Failed(Failure::DenyList(e)))?;
+        let (denied, count) = self.denied.check(identity).map_err(Standing::Unreadable)?;
         self.metrics
             .identities_denied
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         if denied {
-            return Err(Outcome::Refused(Refused::IdentityDenied(identity.clone())));
+            return Err(Standing::Denied(identity.clone()));
         }
-        self.admission.check_identity(identity).map_err(|after| {
-            Outcome::Retry(Retry {
-                after,
-                why: Busy::IdentityRate,
-            })
-        })
+        self.admission
+            .check_identity(identity)
+            .map_err(|after| Standing::Busy(Busy::IdentityRate, after))
     }
 
-    async fn sign(&self, csr: &ValidatedCsr, profile: &LeafProfile) -> Outcome {
+    async fn sign(
+        &self,
+        csr: &ValidatedCsr,
+        profile: &LeafProfile,
+    ) -> Result<Box<IssuedCertificate>, Refusal> {
         let started = Instant::now();
         // In flight under its generation until recorded: a signer retires
         // only once every signature begun under it is done.
@@ -304,10 +353,7 @@ impl Issuer {
                 provider: signing.provider.kind().as_str(),
             })
             .observe(started.elapsed().as_secs_f64());
-        let issued = match issued {
-            Ok(issued) => issued,
-            Err(e) => return Outcome::of_provider(e),
-        };
+        let issued = issued.map_err(Refusal::Provider)?;
         let generation = signing.generation;
         self.signer
             .record(generation, issued.not_after().unix_timestamp());
@@ -318,7 +364,7 @@ impl Issuer {
             issued.not_after(),
             OffsetDateTime::now_utc(),
         );
-        Outcome::Issued(Box::new(IssuedCertificate {
+        Ok(Box::new(IssuedCertificate {
             trust_bundle: self.bundle.borrow().clone(),
             renew_after,
             generation,

@@ -7,7 +7,7 @@ use meshca_provider::{Identity, ServerName};
 use rcgen::KeyPair;
 use zeroize::Zeroizing;
 
-use super::{Failure, Frontend, IssuedCertificate, Issuer, LifetimeBounds, Outcome, Request};
+use super::{Frontend, IssuedCertificate, Issuer, LifetimeBounds, Refusal, Request};
 
 /// A key made here and the certificate issued for it.
 pub struct OwnCertificate {
@@ -47,25 +47,23 @@ impl Issuer {
     /// `frontend` like any workload's request.
     ///
     /// # Errors
-    /// The outcome, when it is not [`Outcome::Issued`].
+    /// The [`Refusal`].
     pub async fn issue_own(
         &self,
         frontend: Frontend,
         identity: &Identity,
         server_names: &[ServerName],
         lifetime: LifetimeBounds,
-    ) -> Result<OwnCertificate, Outcome> {
+    ) -> Result<OwnCertificate, Refusal> {
         let made = crate::keys::generate().and_then(|key| {
             crate::keys::request_for(&key, identity, server_names).map(|csr| (key, csr))
         });
-        let (key, csr) = made.map_err(|e| Outcome::Failed(Failure::OwnKey(e)))?;
+        let (key, csr) = made.map_err(Refusal::OwnKey)?;
         let request = Request::server(frontend, identity, csr.der(), lifetime, server_names);
-        match self.issue(request).await {
-            Outcome::Issued(issued) => Ok(OwnCertificate {
-                key,
-                issued: *issued,
-            }),
-            other => Err(other),
-        }
+        let issued = self.issue(request).await?;
+        Ok(OwnCertificate {
+            key,
+            issued: *issued,
+        })
     }
 }

@@ -69,7 +69,7 @@ pub async fn keep(
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(error = %crate::error_chain(&e), "failed to keep istiod's Secret");
+                    tracing::warn!(error = %crate::report::error_chain(&e), "failed to keep istiod's Secret");
                     e.refusal().retry_delay(failures)
                 }
             }

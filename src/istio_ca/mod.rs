@@ -86,6 +86,7 @@ pub async fn serve(
     let gate = Arc::new(service::Gate {
         auth,
         cluster_id: config.cluster_id.clone(),
+        issuer: deps.issuer.clone(),
     });
     let service = IstioCa {
         issuer: deps.issuer.clone(),

@@ -10,14 +10,15 @@ use axum::middleware::Next;
 use http::HeaderMap;
 use meshca_provider::Identity;
 use prost_types::value::Kind;
+use rustls_pki_types::CertificateSigningRequestDer;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::node::{self, Denied, NodeAuthorizer};
+use super::node::NodeAuthorizer;
 use super::proto::istio_certificate_service_server::IstioCertificateService;
 use super::proto::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::auth::{AuthError, Authenticator, Caller};
-use crate::issuer::{self, Busy, Frontend, IssuedCertificate, Issuer, Outcome, Refused};
+use crate::issuer::{self, Class, Frontend, IssuedCertificate, Issuer, Refusal, Unasked, Verdict};
 use crate::listener::PeerCertificates;
 use crate::metrics::{ImpersonationLabels, Metrics};
 
@@ -28,88 +29,45 @@ const CLUSTER_KEY: &str = "ClusterID";
 /// ztunnel's key for the identity it asks on a pod's behalf.
 const IMPERSONATED_KEY: &str = "ImpersonatedIdentity";
 
-/// Why a call gets no certificate; mapped to a gRPC status once, in
-/// [`CallError::status`].
+/// The caller names a cluster this CA does not serve.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The caller did not authenticate.
-    #[error(transparent)]
-    Unauthenticated(#[from] AuthError),
-    /// The caller names another cluster.
-    #[error("the request is for cluster {asked:?}, and this CA serves cluster {served:?} (istio_ca.cluster_id)")]
-    WrongCluster {
-        /// The caller's cluster.
-        asked: String,
-        /// `istio_ca.cluster_id`.
-        served: String,
-    },
-    /// A node agent may not have the identity it asked for.
-    #[error(transparent)]
-    Impersonation(#[from] Denied),
-    /// The pods could not be read.
-    #[error(transparent)]
-    PodsUnavailable(#[from] node::Unavailable),
-    /// The `csr` field is not one PEM CSR.
-    #[error("csr must be exactly one PEM \"CERTIFICATE REQUEST\" block: {0}")]
-    Csr(String),
-    /// The issuer did not issue.
-    #[error("{}", crate::error_chain(.0))]
-    Outcome(Outcome),
+#[error("the request is for cluster {asked:?}, and this CA serves cluster {served:?} (istio_ca.cluster_id)")]
+pub struct WrongCluster {
+    /// The caller's cluster (its first 64 characters).
+    asked: String,
+    /// `istio_ca.cluster_id`.
+    served: String,
 }
 
-impl CallError {
-    /// The gRPC status: the code says whose move it is, and a retryable
-    /// refusal carries `google.rpc.RetryInfo`.
-    pub fn status(&self) -> Status {
-        let message = self.to_string();
-        match self {
-            Self::Unauthenticated(AuthError::Unavailable(_)) | Self::PodsUnavailable(_) => {
-                retry_after(Code::Unavailable, message, Duration::from_secs(1))
-            }
-            // As istiod: a caller of another cluster is not authenticated
-            // here (its token is that cluster's to review).
-            Self::Unauthenticated(_) | Self::WrongCluster { .. } => {
-                Status::unauthenticated(message)
-            }
-            Self::Impersonation(_) => Status::permission_denied(message),
-            Self::Csr(_) => Status::invalid_argument(message),
-            Self::Outcome(outcome) => outcome_status(outcome, message),
+/// The issuer's verdict as a gRPC status, decided by its class once: the
+/// code says whose move it is, and a refusal worth a wait carries
+/// `google.rpc.RetryInfo`. As istiod, a caller of another cluster is not
+/// authenticated here (its token is that cluster's to review).
+pub fn status(refusal: &dyn Verdict) -> Status {
+    let message = crate::report::error_chain(refusal);
+    let code = match refusal.class() {
+        Class::Invalid => Code::InvalidArgument,
+        Class::Unauthenticated => Code::Unauthenticated,
+        Class::Forbidden => Code::PermissionDenied,
+        Class::Busy => Code::ResourceExhausted,
+        Class::Unavailable => Code::Unavailable,
+        Class::Rejected | Class::Operator => Code::Internal,
+    };
+    match refusal.retry_after() {
+        Some(after) => {
+            Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(after)))
         }
+        None => Status::new(code, message),
     }
-}
-
-fn outcome_status(outcome: &Outcome, message: String) -> Status {
-    match outcome {
-        Outcome::Refused(Refused::Csr(e)) if e.is_identity_mismatch() => {
-            Status::permission_denied(message)
-        }
-        Outcome::Refused(Refused::IdentityDenied(_) | Refused::ProviderDenied(_)) => {
-            Status::permission_denied(message)
-        }
-        Outcome::Refused(_) => Status::invalid_argument(message),
-        Outcome::Retry(retry) => {
-            let code = match retry.why {
-                Busy::Provider(_) => Code::Unavailable,
-                _ => Code::ResourceExhausted,
-            };
-            retry_after(code, message, retry.after)
-        }
-        Outcome::Failed(_) => Status::internal(message),
-        // Never built: an issued certificate is no error.
-        Outcome::Issued(_) => Status::internal("issued"),
-    }
-}
-
-fn retry_after(code: Code, message: String, after: Duration) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(after)))
 }
 
 /// What authenticates a call before its body is read: the credential and
-/// the cluster it names in its head.
+/// the cluster it names in its head; the issuer counts a refusal.
 #[derive(Debug)]
 pub struct Gate {
     pub(super) auth: Authenticator,
     pub(super) cluster_id: String,
+    pub(super) issuer: Issuer,
 }
 
 /// Authenticate the caller from the request's head, before tonic reads
@@ -128,16 +86,17 @@ pub async fn authenticate_first(
             header_cluster(request.headers()).as_deref(),
         )
         .map(|()| caller),
-        Err(e) => Err(CallError::from(e)),
+        Err(e) => Err(Unasked::Credential(e)),
     };
     match authenticated {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(e) => {
-            tracing::info!(error = %e, "Istio certificate request refused");
-            e.status().into_http()
+        Err(unasked) => {
+            let refusal = gate.issuer.refuse(Frontend::Istio, unasked);
+            tracing::info!(error = %refusal, "Istio certificate request refused");
+            status(&refusal).into_http()
         }
     }
 }
@@ -159,16 +118,17 @@ impl IstioCertificateService for IstioCa {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let (_, extensions, body) = request.into_parts();
         // Set by `authenticate_first`, which every call passes.
-        let caller = extensions
-            .get::<Caller>()
-            .ok_or_else(|| CallError::from(AuthError::Missing).status())?;
+        let Some(caller) = extensions.get::<Caller>() else {
+            let unasked = Unasked::Credential(AuthError::Missing);
+            return Err(status(&self.issuer.refuse(Frontend::Istio, unasked)));
+        };
         match self.create(caller, &body).await {
             Ok(issued) => Ok(Response::new(IstioCertificateResponse {
                 cert_chain: cert_chain(&issued),
             })),
-            Err(e) => {
-                tracing::info!(error = %e, "Istio certificate request refused");
-                Err(e.status())
+            Err(refusal) => {
+                tracing::info!(error = %crate::report::error_chain(&refusal), "Istio certificate request refused");
+                Err(status(&refusal))
             }
         }
     }
@@ -179,10 +139,11 @@ impl IstioCa {
         &self,
         caller: &Caller,
         body: &IstioCertificateRequest,
-    ) -> Result<Box<IssuedCertificate>, CallError> {
-        check_cluster(&self.cluster_id, string_field(body, CLUSTER_KEY))?;
-        let identity = self.identity_for(caller, body).await?;
-        let csr = meshca_provider::pem::decode_one_csr(&body.csr).map_err(CallError::Csr)?;
+    ) -> Result<Box<IssuedCertificate>, Refusal> {
+        let (identity, csr) = self
+            .read(caller, body)
+            .await
+            .map_err(|unasked| self.issuer.refuse(Frontend::Istio, unasked))?;
         let lifetime = self.issuer.lifetimes().for_request(
             u64::try_from(body.validity_duration)
                 .ok()
@@ -190,13 +151,26 @@ impl IstioCa {
                 .map(Duration::from_secs),
         );
         let request = issuer::Request::workload(Frontend::Istio, &identity, csr.as_ref(), lifetime);
-        match self.issuer.issue(request).await {
-            Outcome::Issued(issued) => {
-                tracing::info!(identity = %identity, caller = %caller.identity, serial = issued.issued.serial(), "issued an Istio certificate");
-                Ok(issued)
-            }
-            other => Err(CallError::Outcome(other)),
-        }
+        let issued = self.issuer.issue(request).await?;
+        tracing::info!(identity = %identity, caller = %caller.identity, serial = issued.issued.serial(), "issued an Istio certificate");
+        Ok(issued)
+    }
+
+    /// The identity granted and the CSR, or why the call is refused before
+    /// the issuer is asked.
+    async fn read(
+        &self,
+        caller: &Caller,
+        body: &IstioCertificateRequest,
+    ) -> Result<(Identity, CertificateSigningRequestDer<'static>), Unasked> {
+        check_cluster(&self.cluster_id, string_field(body, CLUSTER_KEY))?;
+        let identity = self.identity_for(caller, body).await?;
+        let csr = meshca_provider::pem::decode_one_csr(&body.csr).map_err(|why| {
+            Unasked::MalformedCsr(format!(
+                "csr must be exactly one PEM \"CERTIFICATE REQUEST\" block: {why}"
+            ))
+        })?;
+        Ok((identity, csr))
     }
 
     /// The caller's own identity, or the one a trusted node agent asks for
@@ -205,19 +179,24 @@ impl IstioCa {
         &self,
         caller: &Caller,
         body: &IstioCertificateRequest,
-    ) -> Result<Identity, CallError> {
+    ) -> Result<Identity, Unasked> {
         let Some(requested) =
             string_field(body, IMPERSONATED_KEY).filter(|id| *id != caller.identity.spiffe_id())
         else {
             return Ok(caller.identity.clone());
         };
-        self.nodes.authorize(caller, requested).await?.map_err(|denied| {
+        let decided = self
+            .nodes
+            .authorize(caller, requested)
+            .await
+            .map_err(|e| Unasked::Unverifiable(Box::new(e)))?;
+        decided.map_err(|denied| {
             self.metrics
                 .istio_impersonations_denied
                 .get_or_create(&ImpersonationLabels { reason: denied.reason() })
                 .inc();
             tracing::warn!(caller = %caller.identity, requested, reason = denied.reason(), "refused a node agent another identity's certificate");
-            CallError::Impersonation(denied)
+            Unasked::NotPermitted(Box::new(denied))
         })
     }
 }
@@ -226,12 +205,12 @@ impl IstioCa {
 /// sends or the request's `ClusterID`, must be this one when named. The
 /// refusal repeats at most 64 characters of what was asked, as it is
 /// logged.
-fn check_cluster(served: &str, asked: Option<&str>) -> Result<(), CallError> {
+fn check_cluster(served: &str, asked: Option<&str>) -> Result<(), Unasked> {
     match asked {
-        Some(asked) if asked != served => Err(CallError::WrongCluster {
+        Some(asked) if asked != served => Err(Unasked::Unauthenticated(Box::new(WrongCluster {
             asked: asked.chars().take(64).collect(),
             served: served.to_owned(),
-        }),
+        }))),
         _ => Ok(()),
     }
 }
@@ -270,11 +249,14 @@ fn cert_chain(issued: &IssuedCertificate) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::issuer::{Failure, Retry};
+    use crate::issuer::Busy;
     use meshca_provider::{CsrError, ProviderError};
 
-    fn code_and_retry(error: CallError) -> (Code, Option<Duration>) {
-        let status = error.status();
+    /// A gRPC code and the retry delay it carries.
+    type Rendered = (Code, Option<Duration>);
+
+    fn code_and_retry(refusal: &dyn Verdict) -> Rendered {
+        let status = status(refusal);
         let retry = status
             .get_details_retry_info()
             .and_then(|info| info.retry_delay);
@@ -282,68 +264,62 @@ mod tests {
     }
 
     #[test]
-    fn each_outcome_has_the_status_that_says_whose_move_it_is() {
-        let retry = |why| {
-            CallError::Outcome(Outcome::Retry(Retry {
-                after: Duration::from_secs(7),
-                why,
-            }))
-        };
-        let cases = [
+    fn each_refusal_has_the_status_that_says_whose_move_it_is() {
+        let seven = Duration::from_secs(7);
+        let cases: Vec<(Box<dyn Verdict>, Rendered)> = vec![
             (
-                retry(Busy::IdentityRate),
-                (Code::ResourceExhausted, Some(Duration::from_secs(7))),
+                Box::new(Refusal::Busy {
+                    why: Busy::IdentityRate,
+                    after: seven,
+                }),
+                (Code::ResourceExhausted, Some(seven)),
             ),
             (
-                retry(Busy::Provider(ProviderError::Unavailable {
+                Box::new(Refusal::Provider(ProviderError::Unavailable {
                     message: "sealed".into(),
-                    retry_after: Duration::from_secs(7),
+                    retry_after: seven,
                 })),
-                (Code::Unavailable, Some(Duration::from_secs(7))),
+                (Code::Unavailable, Some(seven)),
             ),
             (
-                CallError::Unauthenticated(AuthError::Unavailable("down".into())),
+                Box::new(Unasked::Credential(AuthError::Unavailable("down".into()))),
                 (Code::Unavailable, Some(Duration::from_secs(1))),
             ),
             (
-                CallError::Unauthenticated(AuthError::Missing),
+                Box::new(Unasked::Credential(AuthError::Missing)),
                 (Code::Unauthenticated, None),
             ),
             (
-                CallError::WrongCluster {
-                    asked: "east".into(),
-                    served: "Kubernetes".into(),
-                },
+                Box::new(check_cluster("Kubernetes", Some("east")).expect_err("another cluster")),
                 (Code::Unauthenticated, None),
             ),
             (
-                CallError::Impersonation(Denied::NoNode("x".into())),
-                (Code::PermissionDenied, None),
-            ),
-            (
-                CallError::Outcome(Outcome::Refused(Refused::Csr(CsrError::BadSignature))),
-                (Code::InvalidArgument, None),
-            ),
-            (
-                CallError::Csr("none found".into()),
-                (Code::InvalidArgument, None),
-            ),
-            (
-                CallError::Outcome(Outcome::Refused(Refused::ProviderDenied(
-                    ProviderError::Denied("role".into()),
+                Box::new(Unasked::NotPermitted(Box::new(
+                    super::super::node::Denied::NoNode("x".into()),
                 ))),
                 (Code::PermissionDenied, None),
             ),
             (
-                CallError::Outcome(Outcome::Failed(Failure::Provider(
-                    ProviderError::Misconfigured("403".into()),
+                Box::new(Refusal::Csr(CsrError::BadSignature)),
+                (Code::InvalidArgument, None),
+            ),
+            (
+                Box::new(Unasked::MalformedCsr("none found".into())),
+                (Code::InvalidArgument, None),
+            ),
+            (
+                Box::new(Refusal::Provider(ProviderError::Denied("role".into()))),
+                (Code::PermissionDenied, None),
+            ),
+            (
+                Box::new(Refusal::Provider(ProviderError::Misconfigured(
+                    "403".into(),
                 ))),
                 (Code::Internal, None),
             ),
         ];
-        for (error, expected) in cases {
-            let what = error.to_string();
-            assert_eq!(code_and_retry(error), expected, "{what}");
+        for (refusal, expected) in cases {
+            assert_eq!(code_and_retry(refusal.as_ref()), expected, "{refusal}");
         }
     }
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::key::KeyType;
-use super::{MAX_LIFETIME, MIN_TTL};
+use crate::jose::{KeyType, MAX_LIFETIME, MIN_TTL};
 use crate::validation::Errors;
 
 /// JWT-SVIDs as configured and validated.

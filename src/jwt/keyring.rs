@@ -15,8 +15,8 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::key::{KeyError, KeyType, PrivateKey};
 use super::schedule::{KeyTimes, Schedule};
+use crate::jose::{KeyError, KeyType, PrivateKey};
 
 /// A key and its times. The key is shared between snapshots: a change of
 /// times (a signer cut short by its successor) does not touch it.
@@ -91,7 +91,11 @@ impl Keyring {
     }
 
     /// The stored form (private key material).
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    ///
+    /// # Errors
+    /// [`KeyringError::Parse`] if the keys do not serialise (never a
+    /// record written empty).
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
         let stored = Stored {
             keys: self
                 .keys
@@ -104,12 +108,12 @@ impl Keyring {
                 })
                 .collect(),
         };
-        let text = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+        let text = serde_json::to_vec_pretty(&stored).map_err(KeyringError::Parse);
         // The intermediate strings held key material too.
         drop(Zeroizing::new(
             stored.keys.into_iter().map(|k| k.pkcs8).collect::<Vec<_>>(),
         ));
-        Zeroizing::new(text)
+        text.map(Zeroizing::new)
     }
 
     /// Every key held, retired or not.
@@ -227,7 +231,7 @@ mod tests {
             .advance(&schedule(), KeyType::EcP256, now, NewKey::WhenDue)
             .expect("generate")
             .expect("a first key");
-        let again = Keyring::decode(&ring.encode()).expect("decode");
+        let again = Keyring::decode(&ring.encode().expect("encode")).expect("decode");
         assert_eq!(again.keys().len(), 1);
         assert_eq!(again.keys()[0].key.kid(), ring.keys()[0].key.kid());
         assert_eq!(again.keys()[0].times, ring.keys()[0].times);

@@ -110,15 +110,9 @@ impl Limits {
     }
 }
 
-/// The soft open-files limit, from `/proc/self/limits` (1024 if unknown).
+/// The soft open-files limit (1024 if unlimited or unknown).
 fn open_files_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|soft| soft.parse().ok())
-        })
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
         .unwrap_or(1024)
 }

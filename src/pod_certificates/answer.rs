@@ -13,7 +13,7 @@ use meshca_provider::{CsrError, Identity, TrustDomain};
 use time::OffsetDateTime;
 
 use super::config::{SignerName, MIN_LIFETIME};
-use crate::issuer::{Failure, IssuedCertificate, LifetimeBounds, Lifetimes, Outcome, Refused};
+use crate::issuer::{Code, IssuedCertificate, LifetimeBounds, Lifetimes, Refusal, Verdict};
 
 /// What the API server sets when `maxExpirationSeconds` is omitted.
 const DEFAULT_MAX_EXPIRATION: Duration = Duration::from_secs(86_400);
@@ -61,6 +61,14 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Its message, for a refusal (empty for a certificate).
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Issued { .. } => "",
+            Self::Denied { message, .. } | Self::Failed { message, .. } => message,
+        }
+    }
+
     /// Which condition it sets, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -76,9 +84,8 @@ impl Answer {
 pub enum Next {
     /// Not meshca's, or already answered.
     Skip,
-    /// Answer without signing: the request itself is unacceptable (the
-    /// `result` label of the issuance metric says which way).
-    Answer(Answer, &'static str),
+    /// Answer without signing: the request itself is malformed.
+    Refuse(Answer),
     /// Sign the stub CSR for `identity`, within `bounds`.
     Sign {
         /// From the PCR's namespace and ServiceAccount.
@@ -130,16 +137,13 @@ pub fn decide(
         .filter(|a| !a.is_empty())
     {
         let names: Vec<&str> = keys.keys().map(String::as_str).collect();
-        return Next::Answer(
-            Answer::Denied {
-                reason: "UnsupportedAnnotation",
-                message: format!(
-                    "meshca recognises no unverifiedUserAnnotations; remove {}",
-                    names.join(", ")
-                ),
-            },
-            "invalid_request",
-        );
+        return Next::Refuse(Answer::Denied {
+            reason: "UnsupportedAnnotation",
+            message: format!(
+                "meshca recognises no unverifiedUserAnnotations; remove {}",
+                names.join(", ")
+            ),
+        });
     }
     let namespace = pcr.metadata.namespace.as_deref().unwrap_or_default();
     match Identity::new(trust_domain.clone(), namespace, &spec.service_account_name) {
@@ -147,42 +151,43 @@ pub fn decide(
             identity,
             bounds: bounds(spec.max_expiration_seconds, lifetimes),
         },
-        Err(e) => Next::Answer(
-            Answer::Failed {
-                reason: "InvalidIdentity",
-                message: e.to_string(),
-            },
-            "invalid_request",
-        ),
+        Err(e) => Next::Refuse(Answer::Failed {
+            reason: "InvalidIdentity",
+            message: e.to_string(),
+        }),
     }
 }
 
-/// The issuer's outcome as an answer, or `Err(after)` to try again later.
-/// `max_expiration` is the request's `spec.maxExpirationSeconds`, `now` the
-/// time of the status write.
+/// The issuer's verdict as an answer, or `Err(after)` to try again later:
+/// kubelet takes `Denied` and `Failed` as final, so a refusal the issuer
+/// classes as worth a wait is never one. `max_expiration` is the request's
+/// `spec.maxExpirationSeconds`, `now` the time of the status write.
 pub fn after_signing(
-    outcome: Outcome,
+    verdict: Result<Box<IssuedCertificate>, Refusal>,
     max_expiration: Option<i32>,
     now: OffsetDateTime,
 ) -> Result<Answer, Duration> {
-    let message = crate::error_chain(&outcome);
-    let (denied, reason) = match outcome {
-        Outcome::Issued(issued) => return Ok(issued_answer(&issued, max_expiration, now)),
-        Outcome::Retry(retry) => return Err(retry.after),
-        Outcome::Refused(Refused::Csr(CsrError::UnsupportedKey(detail))) => {
+    let refusal = match verdict {
+        Ok(issued) => return Ok(issued_answer(&issued, max_expiration, now)),
+        Err(refusal) => refusal,
+    };
+    if let Some(after) = refusal.retry_after() {
+        return Err(after);
+    }
+    let message = crate::report::error_chain(&refusal);
+    let (denied, reason) = match (&refusal, refusal.code()) {
+        (Refusal::Csr(CsrError::UnsupportedKey(detail)), _) => {
             return Ok(Answer::Denied {
                 reason: "UnsupportedKeyType",
                 message: format!("meshca signs {SUPPORTED_KEY_TYPES} keys; this one is {detail}"),
             })
         }
-        Outcome::Refused(Refused::Csr(_)) => (false, "InvalidStubCSR"),
-        Outcome::Refused(Refused::IdentityDenied(_)) => (true, "IdentityDenied"),
-        Outcome::Refused(Refused::ProviderDenied(_)) => (true, "ProviderDenied"),
-        Outcome::Refused(Refused::Unsupported(_)) => (false, "ProviderCannotSign"),
-        // A token's refusal: never a certificate's outcome.
-        Outcome::Refused(Refused::Audience(_)) => (false, "InvalidRequest"),
-        Outcome::Failed(Failure::DenyList(_)) => (false, "DenyListUnreadable"),
-        Outcome::Failed(_) => (false, "ProviderFailed"),
+        (Refusal::Csr(_), _) => (false, "InvalidStubCSR"),
+        (_, Code::IdentityDenied) => (true, "IdentityDenied"),
+        (_, Code::ProviderDenied) => (true, "ProviderDenied"),
+        (Refusal::Provider(_), Code::InvalidCsr) => (false, "ProviderCannotSign"),
+        (Refusal::DenyList(_), _) => (false, "DenyListUnreadable"),
+        _ => (false, "ProviderFailed"),
     };
     Ok(if denied {
         Answer::Denied { reason, message }

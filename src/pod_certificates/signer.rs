@@ -5,7 +5,7 @@
 //! the leader signs, and the status write carries the resourceVersion it
 //! read, so a second writer gets a conflict instead of doubling the answer.
 //! Signing goes through the [`Issuer`] like every other frontend's (its
-//! admission, deny-list and metrics); this module only renders the outcome
+//! admission, deny-list and metrics); this module only renders the verdict
 //! as the request's status.
 
 use std::collections::HashMap;
@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::answer::{self, Answer, Next};
 use super::config::PodCertificatesConfig;
 use crate::cluster::{is_reason, resilient, Cluster, HoldOff, Refusal};
-use crate::issuer::{Frontend, Issuer, Request};
-use crate::metrics::{IssuedLabels, Metrics, RefusalLabels};
+use crate::issuer::{Frontend, Issuer, Request, Unasked};
+use crate::metrics::{Metrics, RefusalLabels};
 use crate::watched::changes;
 
 /// Signed answers kept for a retried write, at most.
@@ -173,8 +173,9 @@ async fn reconcile(
     );
     let answer = match next {
         Next::Skip => return Ok(Action::await_change()),
-        Next::Answer(a, result) => {
-            count(&ctx, result);
+        Next::Refuse(a) => {
+            let why = Unasked::Malformed(a.message().to_owned());
+            ctx.issuer.refuse(Frontend::PodCertificate, why);
             a
         }
         Next::Sign { identity, bounds } => match unwritten(&ctx, &uid, &pcr) {
@@ -232,9 +233,9 @@ async fn sign(
 ) -> Result<Answer, Action> {
     let csr = &pcr.spec.stub_pkc_s10_request.0;
     let request = Request::workload(Frontend::PodCertificate, identity, csr, bounds);
-    let outcome = ctx.issuer.issue(request).await;
+    let verdict = ctx.issuer.issue(request).await;
     let now = time::OffsetDateTime::now_utc();
-    answer::after_signing(outcome, pcr.spec.max_expiration_seconds, now).map_err(|after| {
+    answer::after_signing(verdict, pcr.spec.max_expiration_seconds, now).map_err(|after| {
         tracing::debug!(pcr = %name_of(pcr), retry_in = ?after, "not signed now; retrying");
         Action::requeue(after.max(Duration::from_millis(50)))
     })
@@ -375,17 +376,6 @@ fn log_answer(pcr: &PodCertificateRequest, answer: &Answer) {
             tracing::info!(%pcr, reason, message, answer = answer.kind(), "answered a pod certificate request without a certificate");
         }
     }
-}
-
-fn count(ctx: &Context, result: &'static str) {
-    ctx.metrics
-        .certificates_issued
-        .get_or_create(&IssuedLabels {
-            frontend: "pod_certificate",
-            provider: ctx.issuer.provider().kind().as_str(),
-            result,
-        })
-        .inc();
 }
 
 /// A std mutex held for a few map operations, never across an await; a

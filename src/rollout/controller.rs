@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Effect, Event, RolloutStatus, StateStore};
+use super::ledger::Writer;
+use super::state::{Effect, Event, RolloutStatus};
 use super::Signer;
 use crate::bundle::{BundleReceiver, PublishStatus};
 use crate::provider::{self, ProviderConfig};
@@ -48,7 +49,7 @@ pub struct Rollout {
     /// Wakes the serving-certificate task for an immediate renewal.
     pub renew_serving: Arc<Notify>,
     /// Where the state is kept.
-    pub store: StateStore,
+    pub store: Writer,
     /// The other replicas' issuance, in a cluster.
     pub peers: Option<super::Peers>,
     /// What building the incoming provider needs.
@@ -182,7 +183,7 @@ impl Rollout {
             Some(peers) => peers
                 .latest(generation)
                 .await
-                .map_err(|e| crate::error_chain(&e)),
+                .map_err(|e| crate::report::error_chain(&e)),
             None => Ok(None),
         };
         let local = self.signer.issued_until(generation);

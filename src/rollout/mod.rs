@@ -9,9 +9,8 @@
 //! 4. **retire**: once the last certificate the previous provider issued
 //!    has expired (tracked at issuance), its anchors leave the bundle.
 //!
-//! Retained anchors and the stage are persisted in the state directory, so
-//! a restart does not drop anchors that valid certificates still chain to.
-
+//! Retained anchors and the stage are persisted (`ledger`), so a restart
+//! does not drop anchors that valid certificates still chain to.
 //!
 //! The stages are a pure state machine ([`RolloutStatus::step`], in
 //! `state`); `controller` is the driver that performs what each step asks
@@ -20,7 +19,6 @@
 //! Leaf renewal timing is another matter, in `crate::renewal`.
 
 mod config;
-pub mod configmap;
 mod controller;
 pub mod ledger;
 mod peers;
@@ -35,4 +33,4 @@ pub use peers::Peers;
 pub use refresh::anchor_refresher;
 pub use report::RotationReport;
 pub use signer::Signer;
-pub use state::{RolloutStatus, Stage, StateStore};
+pub use state::{RolloutStatus, Stage};

@@ -5,7 +5,6 @@
 //! I/O an [`Effect`] asks for and feeds what happened back as an
 //! [`Event`]. Every transition is unit-tested below.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -295,43 +294,6 @@ impl RolloutStatus {
     }
 }
 
-/// Where the rollout state is persisted: always the state directory, and,
-/// in a cluster, a ConfigMap (written by the leader) that outlives pods.
-pub struct StateStore {
-    /// The state directory.
-    pub state_dir: PathBuf,
-    /// The ConfigMap writer's input, in a cluster.
-    pub cluster: Option<tokio::sync::watch::Sender<String>>,
-    /// For `meshca_rotation_ledger_persisted{store="file"}`.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
-
-impl StateStore {
-    /// Persist `status`: the file atomically (0600, synced), off the async
-    /// workers; the ConfigMap through its writer. A failed write is logged
-    /// and shown by the metric; the next change writes the whole ledger
-    /// again.
-    pub async fn save(&self, status: RolloutStatus) {
-        let json = super::ledger::encode(&status);
-        let path = super::ledger::path(&self.state_dir);
-        let bytes = json.clone().into_bytes();
-        let written = tokio::task::spawn_blocking(move || {
-            crate::bundle::write_atomically(&path, &bytes, 0o600)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        if let Err(e) = &written {
-            tracing::error!(error = %e, "failed to persist the rollout ledger to the state directory");
-        }
-        self.metrics
-            .record_ledger_persisted("file", written.is_ok());
-        if let Some(tx) = &self.cluster {
-            tx.send_replace(json);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,13 +506,15 @@ mod tests {
     fn the_persisted_form_keeps_pem_and_rfc3339_and_reads_back_the_same() {
         let s = retiring_after("a", "b", t(100));
         let json: serde_json::Value =
-            serde_json::from_str(&super::super::ledger::encode(&s)).expect("json");
+            serde_json::from_slice(&super::super::ledger::encode(&s).expect("encodes"))
+                .expect("json");
         assert!(json["retained"][0]["pem"]
             .as_str()
             .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")));
         assert_eq!(json["retained"][0]["until"], "2027-01-15T08:01:41Z");
         assert_eq!(json["history"][0][0], "distribute");
-        let back = super::super::ledger::parse(&json.to_string(), "test").expect("parses");
+        let back =
+            super::super::ledger::parse(json.to_string().as_bytes(), "test").expect("parses");
         assert_eq!(back, s);
     }
 
@@ -562,7 +526,8 @@ mod tests {
             "retained": [{ "pem": pem, "until": "2027-01-15T08:01:41Z" }],
             "history": [["switch", "2027-01-15T07:00:00Z"]],
         });
-        let s = super::super::ledger::parse(&old.to_string(), "test").expect("older state");
+        let s =
+            super::super::ledger::parse(old.to_string().as_bytes(), "test").expect("older state");
         assert_eq!(s.retained[0].generation, None);
         assert_eq!(s.retained[0].anchors, anchor(1));
         assert_eq!(s.retained[0].until, Some(t(101)));

@@ -81,7 +81,8 @@ pub fn verification_algorithms() -> WebPkiSupportedAlgorithms {
 
 /// The signature algorithms rustls-webpki verifies certificate chains
 /// with.
-pub fn webpki_algorithms() -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+pub fn webpki_algorithms(
+) -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
     webpki::ALL_VERIFICATION_ALGS
 }
 

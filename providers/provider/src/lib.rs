@@ -13,6 +13,7 @@
 //!
 //! The public interface is:
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::disallowed_methods))]
 
 mod checked;
 pub mod crypto;

@@ -10,6 +10,7 @@
 //!
 //! The public interface is:
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::disallowed_methods))]
 
 mod ca;
 mod error;

@@ -182,7 +182,7 @@ impl Session {
             }
         };
         let (secret, ttl, renewable) = match &self.method {
-            VaultAuth::TokenFile(path) => self.lookup(client, read_secret(path)?).await?,
+            VaultAuth::TokenFile(path) => self.lookup(client, read_secret(path).await?).await?,
             VaultAuth::TokenEnv(var) => {
                 let token = std::env::var(var).map_err(|_| {
                     VaultError::Config(format!("environment variable {var} is not set"))
@@ -194,7 +194,7 @@ impl Session {
                 role,
                 jwt_file,
             } => {
-                let jwt = read_secret(jwt_file)?;
+                let jwt = read_secret(jwt_file).await?;
                 login(
                     format!("auth/{mount}/login"),
                     json!({ "role": role, "jwt": jwt.as_str() }),
@@ -206,7 +206,7 @@ impl Session {
                 role_id,
                 secret_id_file,
             } => {
-                let secret_id = read_secret(secret_id_file)?;
+                let secret_id = read_secret(secret_id_file).await?;
                 login(
                     format!("auth/{mount}/login"),
                     json!({ "role_id": role_id, "secret_id": secret_id.as_str() }),

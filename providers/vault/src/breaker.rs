@@ -9,7 +9,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-
 const BASE: Duration = Duration::from_millis(500);
 const CAP: Duration = Duration::from_secs(30);
 

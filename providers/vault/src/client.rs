@@ -118,7 +118,9 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(config: &VaultConfig) -> Result<Self, ProviderError> {
+    /// A client of `config`; the CA file, if any, is read into `ca_pem`
+    /// by the caller (asynchronously).
+    pub(crate) fn new(config: &VaultConfig, ca_pem: Option<&[u8]>) -> Result<Self, ProviderError> {
         let bad = |m: String| ProviderError::Misconfigured(format!("vault: {m}"));
         let address = config.address.trim_end_matches('/').to_owned();
         if address.starts_with("http://") {
@@ -132,11 +134,9 @@ impl Client {
         }
 
         let mut roots = rustls::RootCertStore::empty();
-        match &config.ca_file {
-            Some(path) => {
-                let pem =
-                    std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-                for cert in CertificateDer::pem_slice_iter(&pem) {
+        match (&config.ca_file, ca_pem) {
+            (Some(path), Some(pem)) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
                     let cert = cert.map_err(|e| bad(format!("{}: {e}", path.display())))?;
                     roots
                         .add(cert)
@@ -146,7 +146,7 @@ impl Client {
                     return Err(bad(format!("{}: no certificates", path.display())));
                 }
             }
-            None => {
+            _ => {
                 let native = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(native.certs);
             }
@@ -321,11 +321,13 @@ impl Client {
 }
 
 /// Read a secret file, trimmed, zeroized on drop.
-pub(crate) fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, VaultError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| VaultError::Config(format!("{}: {e}", path.display())))?;
+pub(crate) async fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, VaultError> {
+    let text = Zeroizing::new(
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| VaultError::Config(format!("{}: {e}", path.display())))?,
+    );
     let trimmed = Zeroizing::new(text.trim().to_owned());
-    drop(Zeroizing::new(text));
     if trimmed.is_empty() {
         return Err(VaultError::Config(format!("{} is empty", path.display())));
     }

@@ -14,6 +14,7 @@
 //!
 //! The public interface is:
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::disallowed_methods))]
 
 mod auth;
 mod breaker;
@@ -93,7 +94,13 @@ impl Vault {
         probe: (ValidatedCsr, LeafProfile),
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
-        let inner = Arc::new(client::Client::new(&config)?);
+        let ca_pem = match &config.ca_file {
+            Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
+                ProviderError::Misconfigured(format!("vault: {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let inner = Arc::new(client::Client::new(&config, ca_pem.as_deref())?);
         inner.login().await.map_err(VaultError::into_provider)?;
         let mut pki = pki::Pki::new(inner.clone(), &config);
         pki.read_role().await;

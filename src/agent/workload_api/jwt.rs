@@ -16,7 +16,7 @@ use tonic::Status;
 
 use super::super::client::{MintedToken, SigningApi};
 use super::super::{AgentError, Held as Credential};
-use crate::jwt::{self, Jwk};
+use crate::jose::{self, Jwk};
 
 /// How old the trust domain's keys may be when a token is validated: a
 /// key removed from the bundle stops validating within this.
@@ -252,7 +252,7 @@ impl Tokens {
         &self,
         audience: &str,
         token: &str,
-    ) -> Result<jwt::Claims, Status> {
+    ) -> Result<jose::Claims, Status> {
         if audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
@@ -270,7 +270,7 @@ impl Tokens {
         // only: a federated key never vouches for this mesh's identities.
         let mut first_error = None;
         for bundle in std::iter::once(&own).chain(federated.iter()) {
-            match jwt::validate(token, &bundle.keys, audience, now) {
+            match jose::validate(token, &bundle.keys, audience, now) {
                 Ok(claims) if bundle.owns(&claims.sub) => return Ok(claims),
                 Ok(claims) => {
                     first_error.get_or_insert_with(|| {

@@ -93,12 +93,19 @@ impl WorkloadApiConfig {
     /// Bind the socket now (so setup errors surface before any work) and
     /// return the publisher and the server task, which runs until
     /// `shutdown` and the publisher's drop, then removes the socket.
-    pub(super) fn build(
+    pub(super) async fn build(
         &self,
         tokens: Arc<Tokens>,
         shutdown: CancellationToken,
     ) -> Result<(Publisher, impl Future<Output = Result<(), AgentError>>), AgentError> {
-        let (listener, bound) = socket::bind(&self.socket, self.mode)?;
+        let (path, mode) = (self.socket.clone(), self.mode);
+        let (listener, bound) = tokio::task::spawn_blocking(move || socket::bind(&path, mode))
+            .await
+            .map_err(|e| {
+                AgentError::Setup(format!(
+                    "binding the Workload API socket was interrupted: {e}"
+                ))
+            })??;
         let (state, receiver) = watch::channel(Served::Pending);
         let service = SpiffeWorkloadApiServer::new(Service {
             state: receiver,

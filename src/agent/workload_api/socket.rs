@@ -28,6 +28,8 @@ struct FileId {
 }
 
 impl FileId {
+    /// Blocking: a stat, at the start and the end of the socket's life.
+    #[allow(clippy::disallowed_methods)]
     fn of(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::symlink_metadata(path)?;
         Ok(Self {
@@ -38,6 +40,8 @@ impl FileId {
 }
 
 impl Drop for Bound {
+    /// Blocking, once, as the agent stops: a stat and an unlink.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         let ours = FileId::of(&self.path).is_ok_and(|id| id == self.created);
         if ours {
@@ -46,7 +50,9 @@ impl Drop for Bound {
     }
 }
 
-/// Listen on `path` with `mode`, replacing a stale socket.
+/// Listen on `path` with `mode`, replacing a stale socket. Blocking: run
+/// on the blocking pool.
+#[allow(clippy::disallowed_methods)]
 pub(super) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, Bound), AgentError> {
     if !ALLOWED_MODES.contains(&mode) {
         return Err(AgentError::Setup(format!(
@@ -71,6 +77,8 @@ pub(super) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, Bound), Agen
 }
 
 /// Remove a socket nobody listens on; refuse to touch anything else.
+/// Blocking, as [`bind`].
+#[allow(clippy::disallowed_methods)]
 fn remove_stale(path: &Path) -> Result<(), AgentError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());

@@ -192,17 +192,17 @@ fn unknown_annotations_are_denied_by_name() {
     });
     let next = decide(&annotated, &signer(), &td(), &lifetimes(DAY));
     assert!(
-        matches!(&next, Next::Answer(Answer::Denied { reason: "UnsupportedAnnotation", message }, "invalid_request") if message.contains("example.com/role")),
+        matches!(&next, Next::Refuse(Answer::Denied { reason: "UnsupportedAnnotation", message }) if message.contains("example.com/role")),
         "{next:?}"
     );
 }
 
-fn signing(outcome: Outcome) -> Result<Answer, Duration> {
-    after_signing(outcome, Some(86_400), OffsetDateTime::now_utc())
+fn signing(refusal: Refusal) -> Result<Answer, Duration> {
+    after_signing(Err(refusal), Some(86_400), OffsetDateTime::now_utc())
 }
 
-fn provider(e: meshca_provider::ProviderError) -> Outcome {
-    Outcome::of_provider(e)
+fn provider(e: meshca_provider::ProviderError) -> Refusal {
+    Refusal::Provider(e)
 }
 
 #[test]
@@ -220,16 +220,12 @@ fn a_provider_that_cannot_sign_a_stub_csr_fails_the_request_with_its_reason() {
 
 #[test]
 fn signing_errors_become_final_answers_or_retries() {
-    let unsupported = signing(Outcome::Refused(Refused::Csr(CsrError::UnsupportedKey(
-        "ECDSA P-521".into(),
-    ))));
+    let unsupported = signing(Refusal::Csr(CsrError::UnsupportedKey("ECDSA P-521".into())));
     assert!(
         matches!(&unsupported, Ok(Answer::Denied { reason: "UnsupportedKeyType", message }) if message.contains("ECDSAP256")),
         "{unsupported:?}"
     );
-    let malformed = signing(Outcome::Refused(Refused::Csr(CsrError::Malformed(
-        "junk".into(),
-    ))));
+    let malformed = signing(Refusal::Csr(CsrError::Malformed("junk".into())));
     assert!(matches!(
         malformed,
         Ok(Answer::Failed {
@@ -257,9 +253,7 @@ fn signing_errors_become_final_answers_or_retries() {
             ..
         })
     ));
-    let unreadable = signing(Outcome::Failed(Failure::DenyList(
-        crate::issuer::DenyListError::ConfigMap,
-    )));
+    let unreadable = signing(Refusal::DenyList(crate::issuer::DenyListError::ConfigMap));
     assert!(
         matches!(
             &unreadable,

@@ -2,6 +2,8 @@
 //! loopback ports chosen by the kernel, real HTTPS clients, CSR builders
 //! and independent verification with rustls-webpki.
 
+#![allow(clippy::disallowed_methods)] // Test support: blocking calls are its business.
+
 pub mod abuse;
 pub mod bench;
 pub mod chart;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use thiserror::Error;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use crate::jwt::Jwk;
+use crate::jose::Jwk;
 
 /// Why a bundle was refused; the bundle held before is kept.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub enum Refused {
 
 /// A validated bundle of a peer trust domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FederatedBundle {
+pub struct PeerBundle {
     /// The document, re-encoded: what meshca serves and hands on.
     pub document: Value,
     /// The `x509-svid` authorities.
@@ -76,7 +76,7 @@ pub struct FederatedBundle {
     pub refresh_hint: Option<Duration>,
 }
 
-impl FederatedBundle {
+impl PeerBundle {
     /// Parse and check a bundle of `trust_domain`: a SPIFFE bundle (JSON),
     /// or PEM certificates (a bundle file written by hand, X.509 only).
     ///
@@ -95,7 +95,7 @@ impl FederatedBundle {
     fn from_pem(trust_domain: &TrustDomain, text: &str) -> Result<Self, Refused> {
         let certs =
             meshca_provider::pem::decode_certificates(text.as_bytes()).map_err(Refused::Parse)?;
-        let document = crate::jwt::documents::spiffe_bundle(&certs, None, 0, Duration::ZERO);
+        let document = super::document(&certs, &[], 0, Duration::ZERO);
         let keys = document["keys"].clone();
         Self::from_document(trust_domain, serde_json::json!({ "keys": keys }))
     }
@@ -268,9 +268,9 @@ mod tests {
     }
 
     fn document(anchor: &CertificateDer<'_>, sequence: u64) -> Vec<u8> {
-        crate::jwt::documents::spiffe_bundle(
+        super::super::document(
             std::slice::from_ref(anchor),
-            None,
+            &[],
             sequence,
             Duration::from_secs(60),
         )
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn a_bundle_meshca_serves_is_accepted_with_its_sequence_and_hint() {
         let anchor = ca(Some("spiffe://b.test"));
-        let b = FederatedBundle::parse(&td("b.test"), &document(&anchor, 7)).expect("valid");
+        let b = PeerBundle::parse(&td("b.test"), &document(&anchor, 7)).expect("valid");
         assert_eq!(b.x509_authorities, vec![anchor]);
         assert_eq!(b.sequence, Some(7));
         assert_eq!(b.refresh_hint, Some(Duration::from_secs(60)));
@@ -292,7 +292,7 @@ mod tests {
     fn pem_reads_as_an_x509_only_bundle() {
         let anchor = ca(None);
         let pem = meshca_provider::pem::encode_certificates([&anchor]);
-        let b = FederatedBundle::parse(&td("b.test"), pem.as_bytes()).expect("valid");
+        let b = PeerBundle::parse(&td("b.test"), pem.as_bytes()).expect("valid");
         assert_eq!(b.x509_authorities, vec![anchor]);
         assert_eq!(b.sequence, None);
     }
@@ -301,25 +301,25 @@ mod tests {
     fn garbage_and_unusable_keys_are_refused_with_the_reason() {
         let b = td("b.test");
         assert!(matches!(
-            FederatedBundle::parse(&b, b"<html>"),
+            PeerBundle::parse(&b, b"<html>"),
             Err(Refused::Parse(_))
         ));
         assert!(matches!(
-            FederatedBundle::parse(&b, b"{\"keys\": []}"),
+            PeerBundle::parse(&b, b"{\"keys\": []}"),
             Err(Refused::Empty)
         ));
         let two = json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["AAAA", "AAAA"]}]});
-        let e = FederatedBundle::parse(&b, two.to_string().as_bytes()).expect_err("refused");
+        let e = PeerBundle::parse(&b, two.to_string().as_bytes()).expect_err("refused");
         assert!(e.to_string().contains("exactly one certificate"), "{e}");
         let no_kid =
             json!({"keys": [{"use": "jwt-svid", "kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]});
-        let e = FederatedBundle::parse(&b, no_kid.to_string().as_bytes()).expect_err("refused");
+        let e = PeerBundle::parse(&b, no_kid.to_string().as_bytes()).expect_err("refused");
         assert!(e.to_string().contains("no kid"), "{e}");
         let mut with_bad_key: Value =
             serde_json::from_slice(&document(&ca(None), 1)).expect("json");
         let keys = with_bad_key["keys"].as_array_mut().expect("keys");
         keys.push(json!({"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": "k", "x": "AAAA", "y": "AAAA"}));
-        let e = FederatedBundle::parse(&b, with_bad_key.to_string().as_bytes())
+        let e = PeerBundle::parse(&b, with_bad_key.to_string().as_bytes())
             .expect_err("the whole bundle is refused");
         assert!(
             matches!(&e, Refused::Key { index: 1, .. }) && e.to_string().contains("32 bytes"),
@@ -327,7 +327,7 @@ mod tests {
         );
         let no_use =
             json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": "AAAA", "y": "AAAA"}]});
-        let e = FederatedBundle::parse(&b, no_use.to_string().as_bytes()).expect_err("refused");
+        let e = PeerBundle::parse(&b, no_use.to_string().as_bytes()).expect_err("refused");
         assert!(e.to_string().contains("states its use"), "{e}");
         let future_use: Value = {
             let mut doc: Value = serde_json::from_slice(&document(&ca(None), 1)).expect("json");
@@ -337,18 +337,18 @@ mod tests {
                 .push(json!({"use": "wit-svid", "kty": "OKP"}));
             doc
         };
-        let ignored = FederatedBundle::parse(&b, future_use.to_string().as_bytes())
+        let ignored = PeerBundle::parse(&b, future_use.to_string().as_bytes())
             .expect("a use meshca does not know is ignored, as the specification asks");
         assert_eq!(ignored.x509_authorities.len(), 1);
         let mut mismatched: Value = serde_json::from_slice(&document(&ca(None), 1)).expect("json");
         mismatched["keys"][0]["x"] = "bm90IHRoZSBrZXk".into();
-        let e = FederatedBundle::parse(&b, mismatched.to_string().as_bytes()).expect_err("refused");
+        let e = PeerBundle::parse(&b, mismatched.to_string().as_bytes()).expect_err("refused");
         assert!(e.to_string().contains("does not match"), "{e}");
     }
 
     #[test]
     fn an_authority_of_another_trust_domain_is_refused() {
-        let e = FederatedBundle::parse(&td("b.test"), &document(&ca(Some("spiffe://c.test")), 1))
+        let e = PeerBundle::parse(&td("b.test"), &document(&ca(Some("spiffe://c.test")), 1))
             .expect_err("refused");
         assert_eq!(
             e,
@@ -363,9 +363,9 @@ mod tests {
     #[test]
     fn the_sequence_never_goes_back() {
         let anchor = ca(None);
-        let held = FederatedBundle::parse(&td("b.test"), &document(&anchor, 10)).expect("valid");
-        let older = FederatedBundle::parse(&td("b.test"), &document(&anchor, 9)).expect("valid");
-        let same = FederatedBundle::parse(&td("b.test"), &document(&anchor, 10)).expect("valid");
+        let held = PeerBundle::parse(&td("b.test"), &document(&anchor, 10)).expect("valid");
+        let older = PeerBundle::parse(&td("b.test"), &document(&anchor, 9)).expect("valid");
+        let same = PeerBundle::parse(&td("b.test"), &document(&anchor, 10)).expect("valid");
         assert_eq!(
             older.follows(Some(&held)),
             Err(Refused::SequenceBackwards { held: 10, got: 9 })

@@ -28,7 +28,11 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    pub(super) fn parse(value: &str) -> Result<Self, String> {
+    /// The key type `value` names (`jwt_svids.key_type`).
+    ///
+    /// # Errors
+    /// A name of no key type.
+    pub fn parse(value: &str) -> Result<Self, String> {
         match value {
             "ec-p256" => Ok(Self::EcP256),
             "ec-p384" => Ok(Self::EcP384),
@@ -287,7 +291,9 @@ impl Jwk {
                 let (n, e) = (decode("n", &self.n)?, decode("e", &self.e)?);
                 rsa_usable(signing::strip_zeros(&n), signing::strip_zeros(&e))
             }
-            (kty, crv) => Err(format!("key type {kty} {crv:?} is not EC P-256/P-384 or RSA")),
+            (kty, crv) => Err(format!(
+                "key type {kty} {crv:?} is not EC P-256/P-384 or RSA"
+            )),
         }
     }
 
@@ -313,14 +319,19 @@ impl Jwk {
     /// Whether `signature` by this key over `message` is valid for `alg`.
     /// An algorithm that does not match the key's type is never valid.
     pub fn verifies(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
-        self.key_for(alg)
-            .is_some_and(|(algorithm, public)| signing::verify(algorithm, &public, message, signature))
+        self.key_for(alg).is_some_and(|(algorithm, public)| {
+            signing::verify(algorithm, &public, message, signature)
+        })
     }
 }
 
 /// Whether `(x, y)` is a point of `crv` (`P-256` or `P-384`).
 fn on_curve(crv: &str, x: &[u8], y: &[u8]) -> Result<(), String> {
-    let curve = if crv == "P-256" { Curve::P256 } else { Curve::P384 };
+    let curve = if crv == "P-256" {
+        Curve::P256
+    } else {
+        Curve::P384
+    };
     let len = curve.coordinate_len();
     if x.len() != len || y.len() != len {
         return Err(format!("x and y must be {len} bytes each on {crv}"));
@@ -336,15 +347,15 @@ fn on_curve(crv: &str, x: &[u8], y: &[u8]) -> Result<(), String> {
 /// Whether an RSA public key is one meshca verifies with: a modulus of
 /// 2048 to 8192 bits, an odd exponent from 3 to 2^33 - 1.
 fn rsa_usable(n: &[u8], e: &[u8]) -> Result<(), String> {
-    let bits = n
-        .first()
-        .map_or(0, |top| (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize));
+    let bits = n.first().map_or(0, |top| {
+        (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+    });
     if !(2048..=8192).contains(&bits) {
         return Err(format!("the RSA modulus has {bits} bits, not 2048 to 8192"));
     }
-    let exponent = e
-        .iter()
-        .try_fold(0u64, |acc, b| acc.checked_mul(256).map(|a| a + u64::from(*b)));
+    let exponent = e.iter().try_fold(0u64, |acc, b| {
+        acc.checked_mul(256).map(|a| a + u64::from(*b))
+    });
     match exponent {
         Some(e) if e % 2 == 1 && (3..(1 << 33)).contains(&e) => Ok(()),
         _ => Err("the RSA public exponent is not an odd number from 3 to 2^33 - 1".into()),
