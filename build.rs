@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // mistake: its codec says INVALID_ARGUMENT where tonic's says INTERNAL.
     tonic_prost_build::configure()
         .build_client(false)
-        .codec_path("crate::istio_ca::codec::StrictCodec")
+        .codec_path("crate::features::istio_ca::codec::StrictCodec")
         .compile_fds(protox::compile(["istio/ca.proto"], ["proto"])?)?;
     Ok(())
 }

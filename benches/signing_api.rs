@@ -13,6 +13,11 @@
 //! second time with a CSR never sent before on every request. CPU comes
 //! from each server's own /proc/<pid>/stat.
 //!
+//! With `MESHCA_BASELINE=<path to another meshca binary>`, that binary is
+//! measured too, alternating with this one (A, B, A, B on the same 64
+//! CSRs), and the ratio of their CPU per certificate is printed: an A/B of
+//! two builds in one run on a noisy machine.
+//!
 //! Needs `wrk` and `cfssl` (`apt-get install wrk golang-cfssl`).
 //! Run: `cargo bench --bench signing_api` (optionally `-- --seconds N`).
 
@@ -59,7 +64,7 @@ fn main() {
         statuses: false,
     };
     let meshca_url = format!("https://127.0.0.1:{api}/v1/certificates");
-    let bearer = Credential::Bearer(token);
+    let bearer = Credential::Bearer(token.clone());
     let runs = [
         (
             "cfssl 1.2 serve (HTTP)",
@@ -130,10 +135,59 @@ fn main() {
         fresh_cost / same_cost,
         peak_rss_mib(meshca.pid())
     );
+    if let Ok(baseline) = std::env::var("MESHCA_BASELINE") {
+        let same = load(&meshca_url, "meshca-same", Credential::None);
+        compare(&baseline, (&meshca, &meshca_url, &token), &same);
+    }
     if results[2].2.answers as usize > fresh.len() {
         println!(
             "note: the fresh run outran its {} CSRs and reused some",
             fresh.len()
         );
     }
+}
+
+/// CPU per certificate of this build and of `baseline`, alternating, on
+/// the same CSRs; prints both and their ratio.
+fn compare(
+    baseline: &str,
+    (this, this_url, this_token): (&ServeProcess, &str, &std::path::Path),
+    same: &Load,
+) {
+    let (other, other_state, other_api) = ServeProcess::with_config(
+        baseline,
+        "api: { per_identity_per_second: 1000000, per_identity_burst: 1000000 }\n",
+    );
+    let other_token = other_state.path().join("bench-token");
+    std::fs::write(&other_token, bench_token(baseline, other_state.path())).expect("token file");
+    let other_url = format!("https://127.0.0.1:{other_api}/v1/certificates");
+    let sides = [
+        (this.pid(), this_url.to_owned(), this_token.to_owned()),
+        (other.pid(), other_url, other_token),
+    ];
+    let mut per_cert = [Vec::new(), Vec::new()];
+    for _round in 0..2 {
+        for (side, (pid, url, token)) in sides.iter().enumerate() {
+            let load = Load {
+                url: url.clone(),
+                credential: Credential::Bearer(token.clone()),
+                ..same.clone()
+            };
+            wrk(&Load {
+                duration: Duration::from_secs(2),
+                ..load.clone()
+            });
+            let (outcome, cpu) = cpu_during(&[*pid], || wrk(&load));
+            outcome.assert_all_answered("A/B");
+            per_cert[side].push(cpu[0] / outcome.answers as f64);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (a, b) = (mean(&per_cert[0]), mean(&per_cert[1]));
+    println!(
+        "A/B, same 64 CSRs, alternating twice: this build {:.4} ms/cert, {baseline} {:.4} ms/cert; this / baseline {:.3}x",
+        a * 1e3,
+        b * 1e3,
+        a / b
+    );
 }

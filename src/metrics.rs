@@ -4,12 +4,13 @@
 //! into it and `/metrics` renders it. Label sets are small and bounded
 //! (provider kinds, result codes, sink names), never identities.
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use rustls_pki_types::CertificateDer;
 use std::sync::Mutex;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -54,37 +55,29 @@ pub struct ProviderLabels {
     pub provider: &'static str,
 }
 
-/// The expiries an outage follows from, as Unix times: once one passes,
-/// workloads stop trusting each other or meshca stops signing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Horizons {
-    /// The first trust anchor to expire.
-    pub anchors: Option<i64>,
-    /// The first intermediate (of the serving chain) to expire.
-    pub intermediate: Option<i64>,
-    /// The signing API's own certificate.
-    pub serving: Option<i64>,
-    /// The provider's credential, when it cannot be renewed or obtained
-    /// again (a Vault token's maximum TTL).
-    pub credential: Option<i64>,
-    /// The last JWT signing key stops signing.
-    pub jwt_key: Option<i64>,
-}
+/// The expiries an outage follows from, as Unix times, by what expires
+/// (`anchors`, `intermediate`, `serving`, `credential`, and what features
+/// add, `jwt_key`): once one passes, workloads stop trusting each other or
+/// meshca stops signing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Horizons(std::collections::BTreeMap<&'static str, i64>);
 
 impl Horizons {
+    /// Set (or, `None`, forget) the horizon `what`.
+    pub fn set(&mut self, what: &'static str, at: Option<i64>) {
+        match at {
+            Some(t) => {
+                self.0.insert(what, t);
+            }
+            None => {
+                self.0.remove(what);
+            }
+        }
+    }
+
     /// Seconds from `now` until the first of them, if any is known.
     pub fn time_to_outage(&self, now: i64) -> Option<i64> {
-        [
-            self.anchors,
-            self.intermediate,
-            self.serving,
-            self.credential,
-            self.jwt_key,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| t - now)
+        self.0.values().min().map(|t| t - now)
     }
 }
 
@@ -119,16 +112,8 @@ pub struct RefusalLabels {
     pub code: u16,
 }
 
-/// Labels of `meshca_istio_impersonations_denied_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ImpersonationLabels {
-    /// Why: `untrusted_caller`, `no_node`, `not_on_node`, `foreign_identity`.
-    pub reason: &'static str,
-}
-
 /// Every metric meshca exports.
 pub struct Metrics {
-    registry: Registry,
     /// Certificates issued or refused, by provider and result.
     pub certificates_issued: Family<IssuedLabels, Counter>,
     /// `meshca_jwt_svids_issued_total`.
@@ -163,78 +148,11 @@ pub struct Metrics {
     /// Writes the API server refused for good (invalid, forbidden): each
     /// is given up, never retried as it was.
     pub kubernetes_writes_refused: Family<RefusalLabels, Counter>,
-    /// Istio node agents refused a certificate on another identity's
-    /// behalf, by reason.
-    pub istio_impersonations_denied: Family<ImpersonationLabels, Counter>,
     /// The cert-manager provider's own metrics, registered whether or not
     /// it signs now, so a provider rolled in at run time records for real.
     pub cert_manager: std::sync::Arc<meshca_cert_manager::CertManagerMetrics>,
-    /// SPIFFE federation: the peers' bundles.
-    federation: FederationMetrics,
-}
-
-/// Labels of the federated bundle gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DomainLabels {
-    /// The peer trust domain.
-    pub trust_domain: String,
-}
-
-/// Labels of `meshca_federated_bundle_fetches_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FetchLabels {
-    /// The peer trust domain.
-    pub trust_domain: String,
-    /// `ok`, `refused`, `unreachable` or `setup`.
-    pub result: &'static str,
-}
-
-/// The federation metrics; the ages are computed at each scrape.
-struct FederationMetrics {
-    age: Family<DomainLabels, Gauge>,
-    sequence: Family<DomainLabels, Gauge>,
-    fetches: Family<FetchLabels, Counter>,
-    fetched_at: Mutex<std::collections::BTreeMap<String, i64>>,
-}
-
-impl FederationMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let this = Self {
-            age: Family::default(),
-            sequence: Family::default(),
-            fetches: Family::default(),
-            fetched_at: Mutex::default(),
-        };
-        registry.register(
-            "federated_bundle_age_seconds",
-            "Seconds since the bundle held for a federated trust domain was fetched",
-            this.age.clone(),
-        );
-        registry.register(
-            "federated_bundle_sequence",
-            "spiffe_sequence of the bundle held for a federated trust domain",
-            this.sequence.clone(),
-        );
-        registry.register(
-            "federated_bundle_fetches",
-            "Fetches of federated bundles, by trust domain and result (ok, refused, unreachable, setup)",
-            this.fetches.clone(),
-        );
-        this
-    }
-
-    fn update_ages(&self, now: i64) {
-        let Ok(fetched) = self.fetched_at.lock() else {
-            return;
-        };
-        for (trust_domain, at) in fetched.iter() {
-            self.age
-                .get_or_create(&DomainLabels {
-                    trust_domain: trust_domain.clone(),
-                })
-                .set(now.saturating_sub(*at));
-        }
-    }
+    /// The registry every metric is in, features' included.
+    registry: Mutex<Registry>,
 }
 
 /// Labels of `meshca_rotation_ledger_persisted`.
@@ -264,120 +182,31 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Create and register every metric.
+    /// Create and register every metric of the daemon's core; features
+    /// register theirs with [`Metrics::register`].
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("meshca");
-        let certificates_issued = Family::<IssuedLabels, Counter>::default();
-        registry.register(
-            "certificates_issued",
-            "Certificate requests answered, by provider and result",
-            certificates_issued.clone(),
-        );
-        let jwt_svids_issued = Family::<TokenLabels, Counter>::default();
-        registry.register(
-            "jwt_svids_issued",
-            "JWT-SVID requests answered, by frontend, credential and result",
-            jwt_svids_issued.clone(),
-        );
-        let sign_duration: HistogramFamily<ProviderLabels> =
-            Family::new_with_constructor(sign_histogram);
-        registry.register(
-            "sign_duration_seconds",
-            "Time the provider took to sign one certificate, by provider",
-            sign_duration.clone(),
-        );
-        let trust_anchor_expiry = Family::<AnchorLabels, Gauge>::default();
-        registry.register(
-            "trust_anchor_expiry_timestamp_seconds",
-            "Unix time at which each published trust anchor expires",
-            trust_anchor_expiry.clone(),
-        );
-        let intermediate_expiry = Gauge::default();
-        registry.register(
-            "intermediate_expiry_timestamp_seconds",
-            "Unix time at which the first intermediate of the chain meshca hands out expires (0: none)",
-            intermediate_expiry.clone(),
-        );
-        let time_to_outage = Gauge::default();
-        registry.register(
-            "time_to_outage_seconds",
-            "Seconds until the first of: a trust anchor, an intermediate or the serving certificate expires, or the provider's credential reaches its maximum TTL",
-            time_to_outage.clone(),
-        );
-        let bundle_publish = Family::<PublishLabels, Counter>::default();
-        registry.register(
+        let mut r = Registry::with_prefix("meshca");
+        let (certificates_issued, jwt_svids_issued, sign_duration) = issuance(&mut r);
+        let (identities_denied, certificates_longer_than_requested, kubernetes_writes_refused) =
+            refusals(&mut r);
+        let (trust_anchor_expiry, intermediate_expiry, serving_cert_expiry, time_to_outage) =
+            expiries(&mut r);
+        let (rotation_generation, rotation_stage, rotation_ledger_persisted) = rotation(&mut r);
+        let bundle_publish = add(
+            &mut r,
             "bundle_publish",
             "Trust bundle publications, by sink and result",
-            bundle_publish.clone(),
+            Family::default(),
         );
-        let bundle_sink_up = Family::<SinkLabels, Gauge>::default();
-        registry.register(
+        let bundle_sink_up = add(
+            &mut r,
             "bundle_sink_up",
             "1 when the sink holds the current trust bundle",
-            bundle_sink_up.clone(),
+            Family::default(),
         );
-        let serving_cert_expiry = Gauge::default();
-        registry.register(
-            "serving_certificate_expiry_timestamp_seconds",
-            "Unix time at which the signing API's own certificate expires",
-            serving_cert_expiry.clone(),
-        );
-        let rotation_generation = Gauge::default();
-        registry.register(
-            "rotation_generation",
-            "Signer generation: one more at every change of signer",
-            rotation_generation.clone(),
-        );
-        let rotation_stage = Family::<StageLabels, Gauge>::default();
-        registry.register(
-            "rotation_stage",
-            "1 for the signer rollout stage in force",
-            rotation_stage.clone(),
-        );
-        let rotation_ledger_persisted = Family::<StoreLabels, Gauge>::default();
-        registry.register(
-            "rotation_ledger_persisted",
-            "1 when the latest rollout ledger is written to the store (file, configmap), 0 while writing it fails",
-            rotation_ledger_persisted.clone(),
-        );
-        let identities_denied = Gauge::default();
-        registry.register(
-            "identities_denied",
-            "Identities on the deny-list (meshca identity deny)",
-            identities_denied.clone(),
-        );
-        let certificates_longer_than_requested = Counter::default();
-        registry.register(
-            "certificates_longer_than_requested",
-            "Leaves issued with a longer lifetime than requested, within certificates.max_ttl",
-            certificates_longer_than_requested.clone(),
-        );
-        let istio_impersonations_denied = Family::<ImpersonationLabels, Counter>::default();
-        registry.register(
-            "istio_impersonations_denied",
-            "Certificates an Istio node agent asked for on another identity's behalf and was refused, by reason",
-            istio_impersonations_denied.clone(),
-        );
-        let kubernetes_writes_refused = Family::<RefusalLabels, Counter>::default();
-        registry.register(
-            "kubernetes_writes_refused",
-            "Writes the Kubernetes API server refused for good (invalid, forbidden), by resource and status; none is retried as it was",
-            kubernetes_writes_refused.clone(),
-        );
-        let cert_manager = std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(
-            &mut registry,
-        ));
+        let cert_manager =
+            std::sync::Arc::new(meshca_cert_manager::CertManagerMetrics::register(&mut r));
         Self {
-            identities_denied,
-            certificates_longer_than_requested,
-            kubernetes_writes_refused,
-            istio_impersonations_denied,
-            cert_manager,
-            federation: FederationMetrics::register(&mut registry),
-            registry,
-            rotation_generation,
-            rotation_stage,
-            rotation_ledger_persisted,
             certificates_issued,
             jwt_svids_issued,
             sign_duration,
@@ -388,6 +217,29 @@ impl Metrics {
             bundle_publish,
             bundle_sink_up,
             serving_cert_expiry,
+            rotation_generation,
+            rotation_stage,
+            rotation_ledger_persisted,
+            identities_denied,
+            certificates_longer_than_requested,
+            kubernetes_writes_refused,
+            cert_manager,
+            registry: Mutex::new(r),
+        }
+    }
+
+    /// Register `metric` as `meshca_<name>`: how a feature adds its own.
+    pub fn register<M: Metric + Clone>(&self, name: &str, help: &str, metric: M) -> M {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(name, help, metric.clone());
+        }
+        metric
+    }
+
+    /// Register `collector`, whose values are computed at each scrape.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register_collector(collector);
         }
     }
 
@@ -417,7 +269,7 @@ impl Metrics {
                 })
                 .set(not_after);
         }
-        self.update_horizons(|h| h.anchors = earliest);
+        self.set_horizon("anchors", earliest);
     }
 
     /// The serving certificate just issued, leaf first: its expiry and
@@ -433,56 +285,20 @@ impl Metrics {
         self.serving_cert_expiry.set(serving.unwrap_or_default());
         self.intermediate_expiry
             .set(intermediate.unwrap_or_default());
-        self.update_horizons(|h| {
-            h.serving = serving;
-            h.intermediate = intermediate;
-        });
+        self.set_horizon("serving", serving);
+        self.set_horizon("intermediate", intermediate);
     }
 
     /// When the provider's credential can no longer be renewed, if ever.
     pub fn record_credential_expiry(&self, expiry: Option<i64>) {
-        self.update_horizons(|h| h.credential = expiry);
+        self.set_horizon("credential", expiry);
     }
 
-    /// When the last JWT signing key stops signing.
-    pub fn record_jwt_key_expiry(&self, expiry: Option<i64>) {
-        self.update_horizons(|h| h.jwt_key = expiry);
-    }
-
-    /// The bundle now held for a federated trust domain.
-    pub fn record_federated_bundle(
-        &self,
-        trust_domain: &str,
-        fetched_at: i64,
-        sequence: Option<u64>,
-    ) {
-        if let Ok(mut fetched) = self.federation.fetched_at.lock() {
-            fetched.insert(trust_domain.to_owned(), fetched_at);
-        }
-        let labels = DomainLabels {
-            trust_domain: trust_domain.to_owned(),
-        };
-        let sequence = sequence.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        self.federation
-            .sequence
-            .get_or_create(&labels)
-            .set(sequence);
-    }
-
-    /// One fetch of a federated bundle and its `result`.
-    pub fn record_federated_fetch(&self, trust_domain: &str, result: &'static str) {
-        self.federation
-            .fetches
-            .get_or_create(&FetchLabels {
-                trust_domain: trust_domain.to_owned(),
-                result,
-            })
-            .inc();
-    }
-
-    fn update_horizons(&self, f: impl FnOnce(&mut Horizons)) {
+    /// When `what` expires (or, `None`, that nothing of it will): one of
+    /// the horizons of `meshca_time_to_outage_seconds`.
+    pub fn set_horizon(&self, what: &'static str, at: Option<i64>) {
         if let Ok(mut h) = self.horizons.lock() {
-            f(&mut h);
+            h.set(what, at);
         }
     }
 
@@ -497,12 +313,79 @@ impl Metrics {
         {
             self.time_to_outage.set(left);
         }
-        self.federation.update_ages(now);
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
         out
     }
+}
+
+/// Register `metric` in `r` and return it.
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+type Issuance = (
+    Family<IssuedLabels, Counter>,
+    Family<TokenLabels, Counter>,
+    HistogramFamily<ProviderLabels>,
+);
+
+fn issuance(r: &mut Registry) -> Issuance {
+    (
+        add(
+            r,
+            "certificates_issued",
+            "Certificate requests answered, by frontend, provider and result",
+            Family::default(),
+        ),
+        add(
+            r,
+            "jwt_svids_issued",
+            "JWT-SVID requests answered, by frontend, credential and result",
+            Family::default(),
+        ),
+        add(
+            r,
+            "sign_duration_seconds",
+            "Time the provider took to sign one certificate, by provider",
+            Family::new_with_constructor(sign_histogram),
+        ),
+    )
+}
+
+fn refusals(r: &mut Registry) -> (Gauge, Counter, Family<RefusalLabels, Counter>) {
+    (
+        add(r, "identities_denied", "Identities on the deny-list (meshca identity deny)", Gauge::default()),
+        add(r, "certificates_longer_than_requested", "Leaves issued with a longer lifetime than requested, within certificates.max_ttl", Counter::default()),
+        add(r, "kubernetes_writes_refused", "Writes the Kubernetes API server refused for good (invalid, forbidden), by resource and status; none is retried as it was", Family::default()),
+    )
+}
+
+fn expiries(r: &mut Registry) -> (Family<AnchorLabels, Gauge>, Gauge, Gauge, Gauge) {
+    (
+        add(r, "trust_anchor_expiry_timestamp_seconds", "Unix time at which each published trust anchor expires", Family::default()),
+        add(r, "intermediate_expiry_timestamp_seconds", "Unix time at which the first intermediate of the chain meshca hands out expires (0: none)", Gauge::default()),
+        add(r, "serving_certificate_expiry_timestamp_seconds", "Unix time at which the signing API's own certificate expires", Gauge::default()),
+        add(r, "time_to_outage_seconds", "Seconds until the first of: a trust anchor, an intermediate or the serving certificate expires, the provider's credential reaches its maximum TTL, or the last JWT signing key stops signing", Gauge::default()),
+    )
+}
+
+fn rotation(
+    r: &mut Registry,
+) -> (
+    Gauge,
+    Family<StageLabels, Gauge>,
+    Family<StoreLabels, Gauge>,
+) {
+    (
+        add(r, "rotation_generation", "Signer generation: one more at every change of signer", Gauge::default()),
+        add(r, "rotation_stage", "1 for the signer rollout stage in force", Family::default()),
+        add(r, "rotation_ledger_persisted", "1 when the latest rollout ledger is written to the store (file, configmap), 0 while writing it fails", Family::default()),
+    )
 }
 
 #[cfg(test)]
@@ -513,16 +396,18 @@ mod tests {
     fn the_outage_is_the_first_horizon() {
         let mut h = Horizons::default();
         assert_eq!(h.time_to_outage(100), None, "nothing known");
-        h.anchors = Some(10_000);
-        h.serving = Some(500);
+        h.set("anchors", Some(10_000));
+        h.set("serving", Some(500));
         assert_eq!(h.time_to_outage(100), Some(400));
-        h.credential = Some(300);
+        h.set("credential", Some(300));
         assert_eq!(
             h.time_to_outage(100),
             Some(200),
             "a Vault token at its max TTL"
         );
-        h.intermediate = Some(50);
+        h.set("intermediate", Some(50));
         assert_eq!(h.time_to_outage(100), Some(-50), "already past: negative");
+        h.set("intermediate", None);
+        assert_eq!(h.time_to_outage(100), Some(200), "forgotten");
     }
 }

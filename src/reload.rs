@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::supervisor::Spawner;
 
 /// How often the file's content is compared with the one last read.
 const POLL: Duration = Duration::from_secs(1);
@@ -88,41 +87,6 @@ pub fn watch_config(
         }
     };
     (rx, task)
-}
-
-/// Follow the configuration in force through `view`, so that a component
-/// sees only its own settings and wakes only when they change.
-pub fn project<T>(
-    source: &watch::Receiver<Arc<Config>>,
-    view: impl Fn(&Config) -> T + Send + 'static,
-    spawner: &Spawner,
-) -> watch::Receiver<T>
-where
-    T: PartialEq + Send + Sync + 'static,
-{
-    let mut source = source.clone();
-    let (tx, rx) = watch::channel(view(&source.borrow_and_update()));
-    spawner.spawn_child("config-projection", |stop| async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                changed = source.changed() => if changed.is_err() {
-                    // No more changes: the settings in force stay.
-                    stop.cancelled().await;
-                    return;
-                },
-            }
-            let next = view(&source.borrow_and_update());
-            tx.send_if_modified(|now| {
-                let changed = *now != next;
-                if changed {
-                    *now = next;
-                }
-                changed
-            });
-        }
-    });
-    rx
 }
 
 #[cfg(test)]

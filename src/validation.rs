@@ -1,6 +1,8 @@
 //! Problems found while validating configuration, each named by the path
 //! of its key, so that every problem in a file is reported at once.
 
+use meshca_provider::ServerName;
+
 /// The problems found so far.
 #[derive(Debug, Default)]
 pub struct Errors(Vec<String>);
@@ -51,4 +53,24 @@ pub fn is_dns_label_of(label: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
+}
+
+/// Names a certificate of meshca's is dialled by, as written under `key`.
+pub fn server_names(key: &str, names: &[String], errors: &mut Errors) -> Vec<ServerName> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let parsed = ServerName::parse(name);
+            if let ServerName::Dns(d) = &parsed {
+                if !is_dns_name(d) && !d.starts_with("*.") {
+                    errors.add(
+                        &format!("{key}[{i}]"),
+                        format!("{name:?} is neither an IP address nor a lower-case DNS name"),
+                    );
+                }
+            }
+            parsed
+        })
+        .collect()
 }

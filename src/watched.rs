@@ -141,24 +141,24 @@ impl<T: DeserializeOwned + Default + Send + Sync + 'static> WatchedFile<T> {
         });
     }
 
-    /// Follow `path`, read once now on the blocking pool.
-    pub async fn open(path: PathBuf) -> Self {
+    /// Follow `path`, read once now on the blocking pool: for the daemon,
+    /// which does not start on a file it cannot use (a missing one is
+    /// the default).
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub async fn open(path: PathBuf) -> Result<Self, Arc<FileError>> {
         let reading = path.clone();
-        match tokio::task::spawn_blocking(move || Self::new(reading)).await {
-            Ok(watched) => watched,
-            // Only a panic in the read: the snapshot says it could not read.
-            Err(e) => Self {
-                current: ArcSwap::from_pointee(Snapshot {
-                    stamp: None,
-                    value: Err(Arc::new(FileError::Io {
-                        source: std::io::Error::other(e.to_string()),
-                        path: path.clone(),
-                    })),
-                }),
-                path,
-                reading: AtomicBool::new(false),
-            },
-        }
+        let watched = tokio::task::spawn_blocking(move || Self::new(reading))
+            .await
+            .map_err(|e| {
+                Arc::new(FileError::Io {
+                    source: std::io::Error::other(e.to_string()),
+                    path,
+                })
+            })?;
+        watched.get()?;
+        Ok(watched)
     }
 
     /// The task that keeps the snapshot current until `shutdown`.
@@ -248,6 +248,43 @@ pub fn changes<T: Send + Sync + 'static>(
         rx.changed().await.ok()?;
         Some(((), rx))
     }))
+}
+
+/// Follow `source` (the configuration in force, say) through `view`, so
+/// that a component sees only its own settings and wakes only when they
+/// change.
+pub fn project<S, T>(
+    source: &tokio::sync::watch::Receiver<S>,
+    view: impl Fn(&S) -> T + Send + 'static,
+    spawner: &crate::supervisor::Spawner,
+) -> tokio::sync::watch::Receiver<T>
+where
+    S: Send + Sync + 'static,
+    T: PartialEq + Send + Sync + 'static,
+{
+    let mut source = source.clone();
+    let (tx, rx) = tokio::sync::watch::channel(view(&source.borrow_and_update()));
+    spawner.spawn_child("config-projection", |stop| async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = source.changed() => if changed.is_err() {
+                    // No more changes: the settings in force stay.
+                    stop.cancelled().await;
+                    return;
+                },
+            }
+            let next = view(&source.borrow_and_update());
+            tx.send_if_modified(|now| {
+                let changed = *now != next;
+                if changed {
+                    *now = next;
+                }
+                changed
+            });
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

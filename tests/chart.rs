@@ -207,14 +207,18 @@ fn the_chart_renders_every_vault_auth_method() {
 
 #[test]
 fn the_chart_renders_jwt_svids_off_by_default_and_as_asked() {
-    assert!(check_objects(&render(&[])).jwt_svids.is_none());
+    let jwt_svids = |c: &meshca::Config| {
+        c.feature::<meshca::JwtSvidsFeature>()
+            .and_then(|f| f.config.clone())
+    };
+    assert!(jwt_svids(&check_objects(&render(&[]))).is_none());
     let config = check_objects(&render(&[
         "jwtSvids.enabled=true",
         "jwtSvids.issuer=https://meshca.a.example",
         "jwtSvids.keyType=ec-p384",
         "jwtSvids.maxTtl=30m",
     ]));
-    let jwt = config.jwt_svids.expect("JWT-SVIDs on");
+    let jwt = jwt_svids(&config).expect("JWT-SVIDs on");
     assert_eq!(jwt.issuer.as_str(), "https://meshca.a.example");
     assert_eq!(jwt.key_type.alg(), "ES384");
     assert_eq!(jwt.max_ttl, std::time::Duration::from_secs(30 * 60));
@@ -236,7 +240,7 @@ fn service_port<'a>(docs: &'a [Value], name: &str) -> (Option<u64>, Option<&'a s
 #[test]
 fn the_chart_renders_federation_off_by_default_and_as_asked() {
     let plain = check_objects(&render(&[]));
-    assert!(plain.federation.endpoint.is_none() && plain.federation.trust_domains.is_empty());
+    assert!(plain.feature::<meshca::FederationFeature>().is_none());
     let docs = render(&[
         "federation.bundleEndpoint.enabled=true",
         "federation.bundleEndpoint.refreshHint=2m",
@@ -246,10 +250,14 @@ fn the_chart_renders_federation_off_by_default_and_as_asked() {
         "federation.trustDomains[0].namespaces[0]=payments",
     ]);
     let config = check_objects(&docs);
-    let endpoint = config.federation.endpoint.as_ref().expect("an endpoint");
+    let federation = &config
+        .feature::<meshca::FederationFeature>()
+        .expect("federation on")
+        .config;
+    let endpoint = federation.endpoint.as_ref().expect("an endpoint");
     assert_eq!(endpoint.listen.port(), 8443);
     assert_eq!(endpoint.refresh_hint, std::time::Duration::from_secs(120));
-    let peer = &config.federation.trust_domains[0];
+    let peer = &federation.trust_domains[0];
     assert_eq!(
         (peer.trust_domain.as_str(), peer.namespaces.as_slice()),
         ("b.example", &["payments".to_owned()][..])
@@ -274,7 +282,9 @@ fn the_chart_renders_federation_off_by_default_and_as_asked() {
 #[test]
 fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
     let plain = render(&[]);
-    assert!(check_objects(&plain).istio_ca.is_none());
+    assert!(check_objects(&plain)
+        .feature::<meshca::IstioCaFeature>()
+        .is_none());
     assert!(
         !plain.iter().any(|d| d["metadata"]["name"]
             .as_str()
@@ -288,7 +298,10 @@ fn the_chart_renders_istios_certificate_service_with_its_port_and_rbac() {
         "istioCa.istiodCertificate.enabled=true",
     ]);
     let config = check_objects(&docs);
-    let istio = config.istio_ca.as_ref().expect("enabled");
+    let istio = &config
+        .feature::<meshca::IstioCaFeature>()
+        .expect("enabled")
+        .config;
     assert_eq!(istio.listen.port(), 15012);
     assert_eq!(istio.cluster_id, "east");
     assert_eq!(
@@ -364,14 +377,14 @@ fn with_ingress_enabled_the_chart_grants_what_the_reconciler_needs_and_configure
         "ingress.clientCertificate.secretName=osm-nginx-client-cert",
     ]);
     let config = check_objects(&docs);
-    assert!(config.ingress.enabled);
-    assert_eq!(
-        config.ingress.backend_protocol,
-        meshca::BackendProtocol::Https
-    );
-    let client = config
-        .ingress
+    let ingress = &config
+        .feature::<meshca::IngressFeature>()
+        .expect("ingress on")
+        .config;
+    assert_eq!(ingress.backend_protocol, meshca::BackendProtocol::Https);
+    let client = ingress
         .client_certificate
+        .as_ref()
         .expect("client certificate");
     assert_eq!(
         client.identity.dns_name(),
@@ -404,11 +417,11 @@ fn with_pod_certificates_enabled_the_chart_grants_the_signer_and_configures_it()
         "ingress.enabled=true",
     ]);
     let config = check_objects(&docs);
-    assert!(config.pod_certificates.enabled);
-    assert_eq!(
-        config.pod_certificates.signer_name.as_str(),
-        "example.com/mesh"
-    );
+    let pod_certificates = &config
+        .feature::<meshca::PodCertificatesFeature>()
+        .expect("pod certificates on")
+        .config;
+    assert_eq!(pod_certificates.signer_name.as_str(), "example.com/mesh");
     let role = docs
         .iter()
         .find(|d| {

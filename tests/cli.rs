@@ -5,20 +5,13 @@
 use meshca_test_support as support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use support::process::free_port;
 
 fn meshca(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN)

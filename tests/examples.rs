@@ -65,7 +65,10 @@ fn load_example(path: &Path) -> Result<meshca::Config, meshca::ConfigError> {
 fn the_istiod_values_point_istio_at_the_example_meshca() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/istio");
     let config = load_example(&dir.join("meshca.yaml")).expect("meshca.yaml");
-    let istio = config.istio_ca.as_ref().expect("istio_ca enabled");
+    let istio = &config
+        .feature::<meshca::IstioCaFeature>()
+        .expect("istio_ca enabled")
+        .config;
     for values in ["istiod-sidecar-values.yaml", "istiod-ambient-values.yaml"] {
         let text = std::fs::read_to_string(dir.join(values)).expect("values");
         let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");

@@ -14,12 +14,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use support::TestDaemon;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use support::process::free_port;
 
 /// A real HTTPS server answering `/status/200`, presenting `chain` + `key`.
 async fn https_backend(

@@ -1,7 +1,8 @@
 //! The issuer is the one contract every frontend renders: the same
 //! deny-list, admission and metrics apply whichever way a workload asks
-//! (the signing API, a PodCertificateRequest, an ingress backend Secret),
-//! and the same refusal means the same thing on each, in its own terms.
+//! (the signing API, Istio's certificate service, a PodCertificateRequest,
+//! an ingress backend Secret), and the same refusal means the same thing
+//! on each, in its own terms.
 
 use meshca_test_support as support;
 
@@ -83,7 +84,12 @@ async fn a_denied_identity_is_refused_by_every_frontend_and_counted_alike() {
         "data": { "denied.yaml": "denied:\n- { namespace: shop, service_account: web, since: '2026-01-01T00:00:00Z' }\n" },
     }));
     backend(&kube, "web");
-    let d = TestDaemon::start(&config(&kube, "")).await;
+    let port = support::process::free_port();
+    let istio = format!(
+        "istio_ca: {{ enabled: true, listen: 127.0.0.1:{port}, serving_dns_names: [{}] }}\n",
+        support::istio::SERVER_NAME
+    );
+    let d = TestDaemon::start(&(config(&kube, "") + &istio)).await;
 
     let token = kube.service_account_token_for("shop", "web", &["meshca"]);
     let (status, _, body) = d
@@ -98,6 +104,16 @@ async fn a_denied_identity_is_refused_by_every_frontend_and_counted_alike() {
         (403, Some("identity_denied"))
     );
 
+    let bound = kube.bound_token("shop", "web-1", &["istio-ca"], 3600);
+    let calls = json!([{ "token": bound, "uri": "spiffe://cluster.local/ns/shop/sa/web" }]);
+    let istio = support::istio::create_certificates(port, &d.bundle_pem().await, &calls).await;
+    assert_eq!(
+        (istio[0]["ok"].as_bool(), istio[0]["code"].as_str()),
+        (Some(false), Some("PERMISSION_DENIED")),
+        "{istio:?}"
+    );
+    assert_eq!(istio[0]["retry_seconds"], serde_json::Value::Null);
+
     pcr(&kube, "web-1", "web");
     let answer = eventually("an answer", Duration::from_secs(15), || {
         condition(&kube, "web-1")
@@ -108,7 +124,7 @@ async fn a_denied_identity_is_refused_by_every_frontend_and_counted_alike() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let metrics = loop {
         let m = d.metrics().await;
-        if ["api", "pod_certificate", "ingress"]
+        if ["api", "istio", "pod_certificate", "ingress"]
             .iter()
             .all(|f| counted(&m, f, "identity_denied"))
         {

@@ -95,7 +95,7 @@ impl ApiError {
         match self {
             // Details stay in the log; the client only learns that it failed.
             Self::Refused(r) if r.code() == Code::Internal => "internal error".into(),
-            Self::Refused(r) => r.to_string(),
+            Self::Refused(r) => crate::report::error_chain(r.as_ref()),
             Self::InvalidRequest(m) => m.clone(),
             Self::NotFound => "no such endpoint; see docs/api.md".into(),
             Self::NotEnabled(what) => format!("{what} is not enabled on this meshca"),
@@ -199,6 +199,7 @@ mod tests {
         let unavailable = ProviderError::Unavailable {
             message: "sealed".into(),
             retry_after: Duration::from_secs(7),
+            source: None,
         };
         assert_eq!(
             answer(unavailable),

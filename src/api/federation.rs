@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiError, ApiState};
-use crate::bundle::spiffe;
+use crate::bundle::spiffe::Served;
 use crate::listener::PeerCertificates;
 
 /// The query of `GET /v1/bundle/spiffe`.
@@ -33,24 +33,8 @@ fn json(document: &Value) -> Response {
 }
 
 /// This trust domain's SPIFFE bundle, numbered by the process's sequence.
-pub(super) async fn own_bundle(State(state): State<Arc<ApiState>>) -> Response {
-    json(&own(&state))
-}
-
-fn own(state: &ApiState) -> Value {
-    let anchors = state.bundle.borrow().clone();
-    let jwt_keys: Vec<_> = state
-        .bundles
-        .jwt
-        .as_ref()
-        .map(|t| t.public_keys().into_iter().map(|(jwk, _)| jwk).collect())
-        .unwrap_or_default();
-    let mut bundle = spiffe::document(anchors.anchors(), &jwt_keys, 0, state.bundles.refresh_hint);
-    let now = time::OffsetDateTime::now_utc()
-        .unix_timestamp()
-        .unsigned_abs();
-    bundle["spiffe_sequence"] = state.spiffe_sequence.of(&bundle["keys"], now).into();
-    bundle
+pub(super) async fn own_bundle(State(spiffe): State<Arc<Served>>) -> Response {
+    json(&spiffe.own())
 }
 
 /// `GET /v1/bundle/spiffe[?trust_domain=TD]`: without credentials for
@@ -66,34 +50,30 @@ pub(super) async fn spiffe_bundle(
         Ok(Query(q)) => q,
         Err(e) => return ApiError::InvalidRequest(e.body_text()).into_response(),
     };
+    let served = &state.spiffe;
     let Some(wanted) = query
         .trust_domain
-        .filter(|td| *td != state.bundles.trust_domain.as_str())
+        .filter(|td| *td != served.trust_domain.as_str())
     else {
-        return json(&own(&state));
+        return json(&served.own());
     };
     let unknown = || ApiError::UnknownTrustDomain(wanted.clone()).into_response();
-    let Some((domain, held)) = state
-        .bundles
-        .federation
-        .as_ref()
-        .and_then(|f| f.get(&wanted))
-    else {
+    let Some(found) = served.peers.as_ref().and_then(|p| p.lookup(&wanted)) else {
         return unknown();
     };
-    if !domain.namespaces.is_empty() {
+    if !found.namespaces.is_empty() {
         match state
             .auth
             .authenticate(&headers, peer.as_ref().map(|p| &p.0))
             .await
         {
-            Ok(caller) if domain.visible_to(&caller.identity) => {}
+            Ok(caller) if found.visible_to(&caller.identity) => {}
             Ok(_) => return unknown(),
             Err(e) => return ApiError::from(e).into_response(),
         }
     }
-    match held {
-        Some(held) => json(&held.bundle.document),
+    match found.document {
+        Some(document) => json(&document),
         None => ApiError::BundleNotHeld(wanted).into_response(),
     }
 }
@@ -112,10 +92,10 @@ pub(super) async fn federated_bundles(
     {
         Ok(caller) => Json(
             state
-                .bundles
-                .federation
+                .spiffe
+                .peers
                 .as_ref()
-                .map(|f| f.visible_to(&caller.identity))
+                .map(|p| p.visible_to(&caller.identity))
                 .unwrap_or_default(),
         )
         .into_response(),

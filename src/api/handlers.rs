@@ -49,7 +49,8 @@ struct CertificateResponse {
     renew_after: String,
 }
 
-pub(super) fn rfc3339(t: OffsetDateTime) -> String {
+/// A time as RFC 3339 text.
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -74,7 +75,7 @@ pub(super) async fn create_certificate(
 /// Read and drop what is left of a refused request's body, within
 /// bounds, for HTTP/1 only: an HTTP/2 answer ends the stream, and flow
 /// control stops the rest of the body at the client.
-pub(super) async fn drain(version: Version, mut body: Body) {
+pub async fn drain(version: Version, mut body: Body) {
     if version >= Version::HTTP_2 {
         return;
     }
@@ -160,7 +161,7 @@ async fn read_request(
     Unasked,
 > {
     let caller = state.auth.authenticate(headers, peer).await?;
-    let request: CertificateRequest = json_body(state, headers, body).await?;
+    let request: CertificateRequest = json_body(state.max_body_bytes, headers, body).await?;
     let ttl = ttl(request.ttl_seconds)?;
     let csr = one_csr(&request.csr)?;
     Ok((caller, ttl, csr))
@@ -168,8 +169,11 @@ async fn read_request(
 
 /// The body as JSON of type `T`: `application/json`, within the size
 /// limit, parsing.
-pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
-    state: &ApiState,
+///
+/// # Errors
+/// [`Unasked`]: another media type, too large, not JSON of `T`.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    limit: usize,
     headers: &HeaderMap,
     body: &mut Body,
 ) -> Result<T, Unasked> {
@@ -181,13 +185,16 @@ pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     if !is_json {
         return Err(Unasked::MediaType);
     }
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = read_body(body, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Unasked::Malformed(format!("invalid JSON body: {e}")))
 }
 
 /// `ttl_seconds` as asked: absent, or more than zero.
-pub(super) fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, Unasked> {
+///
+/// # Errors
+/// [`Unasked::Malformed`] for zero.
+pub fn ttl(seconds: Option<u64>) -> Result<Option<Duration>, Unasked> {
     match seconds {
         Some(0) => Err(Unasked::Malformed(
             "ttl_seconds must be greater than zero".into(),

@@ -24,6 +24,13 @@ use crate::supervisor::Spawner;
 /// How often the monitor probes the provider and the API server.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// A source of `/readyz` reasons: what a feature finds wrong now, read
+/// from state its tasks keep (never a network call of its own).
+pub trait Ready: Send + Sync {
+    /// What is wrong now; empty when all is well.
+    fn problems(&self) -> Vec<String>;
+}
+
 /// What `/readyz` reads.
 #[derive(Clone)]
 pub struct Readiness {
@@ -35,8 +42,8 @@ pub struct Readiness {
     pub failed_tasks: watch::Receiver<Vec<&'static str>>,
     /// Metrics to render on `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The peers' bundles, whose age it reports.
-    pub federation: Option<crate::federation::Federation>,
+    /// The features' sources.
+    pub features: Vec<Arc<dyn Ready>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -106,8 +113,8 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> Response {
     if let Err(why) = r.publish.check() {
         problems.push(format!("trust bundle: {why}"));
     }
-    if let Some(federation) = &r.federation {
-        problems.extend(federation.problems(time::OffsetDateTime::now_utc().unix_timestamp()));
+    for source in &r.features {
+        problems.extend(source.problems());
     }
     for task in r.failed_tasks.borrow().iter() {
         problems.push(format!("background task {task} stopped"));

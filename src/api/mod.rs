@@ -6,13 +6,12 @@ mod error;
 mod federation;
 mod handlers;
 mod health;
-mod jwt;
 mod tls;
 
 pub use config::{ApiLimits, RawApi};
 pub use error::ApiError;
-pub use handlers::parse_request_body;
-pub use health::{health_router, monitor, Readiness};
+pub use handlers::{drain, json_body, parse_request_body, rfc3339, ttl};
+pub use health::{health_router, monitor, Readiness, Ready};
 pub use tls::{serving_certificate, ServingError};
 
 use std::sync::Arc;
@@ -21,33 +20,22 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::Authenticator;
+use crate::bundle::spiffe::Served;
 use crate::bundle::BundleReceiver;
 use crate::issuer::Issuer;
 
 /// Everything the signing API's handlers need.
 #[derive(Debug)]
 pub struct ApiState {
-    issuer: Issuer,
-    auth: Authenticator,
+    /// The issuer every frontend shares.
+    pub issuer: Issuer,
+    /// Caller authentication.
+    pub auth: Authenticator,
     bundle: BundleReceiver,
-    max_body_bytes: usize,
+    /// `api.max_body_bytes`.
+    pub max_body_bytes: usize,
     rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
-    spiffe_sequence: crate::bundle::spiffe::Sequence,
-    bundles: Bundles,
-}
-
-/// What the SPIFFE bundle endpoints and discovery serve besides the
-/// anchors.
-#[derive(Debug)]
-pub struct Bundles {
-    /// JWT-SVIDs' keys and issuer, when enabled.
-    pub jwt: Option<crate::jwt::JwtSvids>,
-    /// This mesh's trust domain.
-    pub trust_domain: meshca_provider::TrustDomain,
-    /// `spiffe_refresh_hint` of this trust domain's bundle.
-    pub refresh_hint: std::time::Duration,
-    /// The peers' bundles, with federation configured.
-    pub federation: Option<crate::federation::Federation>,
+    spiffe: Arc<Served>,
 }
 
 impl ApiState {
@@ -55,19 +43,17 @@ impl ApiState {
     pub fn new(
         issuer: Issuer,
         auth: Authenticator,
-        bundle: BundleReceiver,
         max_body_bytes: usize,
         rollout: tokio::sync::watch::Receiver<crate::rollout::RolloutStatus>,
-        bundles: Bundles,
+        spiffe: Arc<Served>,
     ) -> Self {
         Self {
             issuer,
             auth,
-            bundle,
+            bundle: spiffe.bundle.clone(),
             max_body_bytes,
             rollout,
-            spiffe_sequence: crate::bundle::spiffe::Sequence::default(),
-            bundles,
+            spiffe,
         }
     }
 }
@@ -76,45 +62,29 @@ impl ApiState {
 /// itself refuses far larger ones (`server::MAX_HEAD`) without a body.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// The signing API's routes. Every error, an unknown path or method and
-/// oversized headers included, is answered in the contract's JSON form.
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The signing API's routes, with `extra` (the features') merged in.
+/// Every error, an unknown path or method and oversized headers included,
+/// is answered in the contract's JSON form.
+pub fn router(state: Arc<ApiState>, extra: Vec<Router>) -> Router {
     let routes = Router::new()
         .route("/v1/certificates", post(handlers::create_certificate))
-        .route("/v1/jwt-svids", post(jwt::create_jwt_svid))
         .route("/v1/bundle", get(handlers::get_bundle))
         .route("/v1/bundle/spiffe", get(federation::spiffe_bundle))
         .route("/v1/bundle/federated", get(federation::federated_bundles))
         .route("/v1/identity", get(handlers::get_identity))
-        .route("/v1/rotation", get(handlers::get_rotation));
-    json_errors(with_discovery(routes, &state).with_state(state))
+        .route("/v1/rotation", get(handlers::get_rotation))
+        .with_state(state);
+    json_errors(extra.into_iter().fold(routes, Router::merge))
 }
 
-/// The bundle endpoint's route (`federation.bundle_endpoint`): this
-/// trust domain's SPIFFE bundle at `/`, without credentials.
-pub fn bundle_endpoint_router(state: Arc<ApiState>) -> Router {
+/// This trust domain's SPIFFE bundle at `/`, without credentials: a
+/// bundle endpoint's route.
+pub fn bundle_endpoint_router(spiffe: Arc<Served>) -> Router {
     json_errors(
         Router::new()
             .route("/", get(federation::own_bundle))
-            .with_state(state),
+            .with_state(spiffe),
     )
-}
-
-/// The public listener's routes (`oidc.listen`): OIDC discovery and the
-/// JWKS only, for relying parties outside the mesh.
-pub fn oidc_router(state: Arc<ApiState>) -> Router {
-    json_errors(with_discovery(Router::new(), &state).with_state(state))
-}
-
-/// `routes` plus discovery and the JWKS under the issuer URL's path, when
-/// JWT-SVIDs are enabled.
-fn with_discovery(routes: Router<Arc<ApiState>>, state: &ApiState) -> Router<Arc<ApiState>> {
-    match jwt::discovery_paths(state) {
-        Some((discovery, keys)) => routes
-            .route(&discovery, get(jwt::discovery))
-            .route(&keys, get(jwt::jwks)),
-        None => routes,
-    }
 }
 
 /// 404, 405 and 431 as JSON errors, for any router.

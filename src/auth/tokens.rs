@@ -7,7 +7,7 @@ use meshca_provider::{Identity, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
-use crate::watched::{read_yaml, update_yaml, WatchedFile};
+use crate::watched::{read_yaml, update_yaml, FileError, WatchedFile};
 
 /// Prefix of every token, so a leaked one is recognisable in logs and by
 /// secret scanners.
@@ -103,10 +103,14 @@ fn sha256_hex(token: &str) -> String {
 impl TokenStore {
     /// A store backed by `path`, read on the blocking pool: for the
     /// daemon.
-    pub async fn open(path: PathBuf) -> Self {
-        Self {
-            file: Arc::new(WatchedFile::open(path).await),
-        }
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed: the daemon does not
+    /// start on a token store it cannot read.
+    pub async fn open(path: PathBuf) -> Result<Self, Arc<FileError>> {
+        Ok(Self {
+            file: Arc::new(WatchedFile::open(path).await?),
+        })
     }
 
     /// A store backed by `path`; a missing file is an empty store.

@@ -29,11 +29,14 @@ pub struct RawSecretRef {
     name: String,
 }
 
+/// The OSM bundle Secret, `(namespace, name)`.
+pub const DEFAULT_SECRET: (&str, &str) = ("osm-system", "osm-ca-bundle");
+
 impl Default for RawSecretRef {
     fn default() -> Self {
         Self {
-            namespace: "osm-system".into(),
-            name: "osm-ca-bundle".into(),
+            namespace: DEFAULT_SECRET.0.into(),
+            name: DEFAULT_SECRET.1.into(),
         }
     }
 }

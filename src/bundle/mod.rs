@@ -6,7 +6,6 @@
 //! there. A bundle is never empty: [`TrustBundle::new`] refuses that, so no
 //! sink can be handed one.
 
-mod cluster_trust_bundle;
 mod config;
 mod file;
 mod publisher;
@@ -14,8 +13,7 @@ mod secret;
 pub mod spiffe;
 pub(crate) mod watch;
 
-pub use cluster_trust_bundle::ClusterTrustBundleSink;
-pub use config::{BundleConfig, RawBundle, RawSecretRef};
+pub use config::{BundleConfig, RawBundle, RawSecretRef, DEFAULT_SECRET};
 pub use file::FileSink;
 pub use publisher::{publisher, PublishStatus};
 pub use secret::SecretSink;

@@ -215,49 +215,6 @@ pub async fn rotation_status(config: Option<&Path>) -> ExitCode {
     }
 }
 
-/// `meshca rotate jwt-key`: a new JWT signing key where the daemon keeps
-/// them; the daemon reads it within 30 s.
-pub async fn rotate_jwt_key(config: Option<&Path>) -> ExitCode {
-    let config = match load_config(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let Some(jwt) = &config.jwt_svids else {
-        eprintln!("error: JWT-SVIDs are not enabled in this config (jwt_svids.enabled)");
-        return ExitCode::from(EX_USAGE);
-    };
-    let client = match &config.kubernetes {
-        Some(k) => match crate::cluster::connect(k).await {
-            Ok(client) => client.map(|c| (c, k.namespace.as_str())),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    let store = crate::jwt::KeyStore::new(client, &config.state_dir);
-    let place = store.describe();
-    match crate::jwt::rotate_now(jwt, config.rotation.propagation_delay, store).await {
-        Ok(keyring) => {
-            let Some(new) = keyring.keys().last() else {
-                eprintln!("error: no key was made");
-                return ExitCode::FAILURE;
-            };
-            eprintln!(
-                "published JWT signing key {} in {place}; it signs from {} (the key before it stops signing then)",
-                new.key.kid(),
-                new.times.signs_from
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}", crate::report::error_chain(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// `GET /v1/rotation` from the configured listener, trusting the bundle
 /// file.
 async fn ask_daemon(config: &Config) -> Result<String, String> {

@@ -3,7 +3,6 @@
 //! lives in this module's files.
 
 mod admin;
-mod ingress;
 mod plan;
 
 use std::path::PathBuf;
@@ -12,11 +11,10 @@ use std::time::Duration;
 
 use crate::agent::{AgentConfig, WorkloadApiConfig};
 use crate::config::Config;
-use clap::{Parser, Subcommand, ValueEnum};
+pub(crate) use crate::feature::EX_USAGE;
+use crate::feature::{Common, Features, Settings};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-
-/// Exit status for a configuration or usage problem (sysexits EX_USAGE).
-pub(crate) const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +23,15 @@ pub(crate) const EX_USAGE: u8 = 64;
     about = "Certificate authority for service meshes"
 )]
 struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options of every command.
+#[derive(Args)]
+struct Globals {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -34,8 +41,6 @@ struct Cli {
     /// Log filter (tracing-subscriber syntax); RUST_LOG also works.
     #[arg(long, global = true, default_value = "info", env = "MESHCA_LOG")]
     log_level: String,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,40 +58,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Obtain and renew a workload certificate.
-    Agent {
-        /// Signing API base URL.
-        #[arg(long, default_value = "https://127.0.0.1:9443")]
-        server: String,
-        /// CA bundle to verify the server with.
-        #[arg(long)]
-        ca_file: PathBuf,
-        /// File holding the bearer token (re-read on every request).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Directory for cert.pem, key.pem and ca.pem.
-        #[arg(long, required_unless_present = "workload_api_socket")]
-        out_dir: Option<PathBuf>,
-        /// Also write the SPIFFE file layout into --out-dir
-        /// (credential-bundle.pem, <trust-domain>.trust-bundle.pem).
-        #[arg(long, requires = "out_dir")]
-        spiffe_files: bool,
-        /// Serve the SPIFFE Workload API on this Unix socket.
-        #[arg(long, conflicts_with = "once")]
-        workload_api_socket: Option<PathBuf>,
-        /// Mode of the Workload API socket: 600 (this user) or 660 (and
-        /// its group).
-        #[arg(long, default_value = "600", value_parser = parse_socket_mode)]
-        workload_api_socket_mode: u32,
-        /// Requested certificate lifetime, e.g. 1h (the server clamps it).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
-        /// How often to re-fetch the trust bundle between renewals.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        bundle_refresh: Duration,
-        /// Exit after the first certificate is written.
-        #[arg(long)]
-        once: bool,
-    },
+    Agent(AgentArgs),
     /// Manage static bearer tokens.
     Token {
         #[command(subcommand)]
@@ -108,16 +80,68 @@ enum Command {
         #[command(subcommand)]
         command: RotateCommand,
     },
-    /// Ingress-controller configuration for mesh backends.
-    Ingress {
-        #[command(subcommand)]
-        command: IngressCommand,
-    },
     /// Validate configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+/// The arguments of `meshca agent`.
+#[derive(Args)]
+struct AgentArgs {
+    /// Signing API base URL.
+    #[arg(long, default_value = "https://127.0.0.1:9443")]
+    server: String,
+    /// CA bundle to verify the server with.
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// File holding the bearer token (re-read on every request).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Directory for cert.pem, key.pem and ca.pem.
+    #[arg(long, required_unless_present = "workload_api_socket")]
+    out_dir: Option<PathBuf>,
+    /// Also write the SPIFFE file layout into --out-dir
+    /// (credential-bundle.pem, <trust-domain>.trust-bundle.pem).
+    #[arg(long, requires = "out_dir")]
+    spiffe_files: bool,
+    /// Serve the SPIFFE Workload API on this Unix socket.
+    #[arg(long, conflicts_with = "once")]
+    workload_api_socket: Option<PathBuf>,
+    /// Mode of the Workload API socket: 600 (this user) or 660 (and
+    /// its group).
+    #[arg(long, default_value = "600", value_parser = parse_socket_mode)]
+    workload_api_socket_mode: u32,
+    /// Requested certificate lifetime, e.g. 1h (the server clamps it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// How often to re-fetch the trust bundle between renewals.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    bundle_refresh: Duration,
+    /// Exit after the first certificate is written.
+    #[arg(long)]
+    once: bool,
+}
+
+impl AgentArgs {
+    /// The agent's settings.
+    fn into_config(self) -> AgentConfig {
+        AgentConfig {
+            server: self.server,
+            ca_file: self.ca_file,
+            token_file: self.token_file,
+            out_dir: self.out_dir,
+            spiffe_files: self.spiffe_files,
+            workload_api: self.workload_api_socket.map(|socket| WorkloadApiConfig {
+                socket,
+                mode: self.workload_api_socket_mode,
+            }),
+            ttl: self.ttl,
+            once: self.once,
+            bundle_refresh: self.bundle_refresh,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -191,23 +215,6 @@ enum RotateCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Publish a new JWT-SVID signing key now (in the state directory, or
-    /// the Secret meshca-jwt-keys in a cluster). It signs once
-    /// rotation.propagation_delay has passed (plus 30 s for daemons to read
-    /// it); the key it replaces stays published until its last token
-    /// expires.
-    JwtKey {
-        /// Config file naming where the keys are.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum IngressCommand {
-    /// Print the Ingress(es) of a manifest annotated for a controller, plus
-    /// any extra objects and instructions. Works offline on v1 and v1beta1.
-    Render(ingress::RenderArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,16 +227,80 @@ enum ConfigCommand {
     },
 }
 
+/// What the command line asks for: a command of meshca's, or one a
+/// feature adds.
+enum Job {
+    Builtin(Command),
+    Feature(&'static crate::feature::Command, clap::ArgMatches),
+}
+
+/// meshca's commands and the features'.
+fn command_line() -> clap::Command {
+    let mut command = Cli::command();
+    for added in crate::features::ALL.iter().flat_map(|f| f.commands) {
+        command = match added.under {
+            None => command.subcommand((added.define)()),
+            Some(parent) => command.mut_subcommand(parent, |p| p.subcommand((added.define)())),
+        };
+    }
+    command
+}
+
+/// Parse the command line; exits with clap's message on a usage error.
+fn parse() -> (Globals, Job) {
+    let matches = command_line().get_matches();
+    let globals = Globals::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(job) = feature_job(&matches) {
+        return (globals, job);
+    }
+    let command = Command::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (globals, Job::Builtin(command))
+}
+
+/// The feature's command the matches name, if they name one.
+fn feature_job(matches: &clap::ArgMatches) -> Option<Job> {
+    let (name, sub) = matches.subcommand()?;
+    crate::features::ALL
+        .iter()
+        .flat_map(|f| f.commands)
+        .find_map(|added| {
+            let own = (added.define)().get_name().to_owned();
+            let found = match added.under {
+                None => (name == own).then_some(sub),
+                Some(parent) => (name == parent)
+                    .then(|| sub.subcommand_matches(&own))
+                    .flatten(),
+            };
+            found.map(|m| Job::Feature(added, m.clone()))
+        })
+}
+
+/// A config file, as a feature's command reads it.
+impl Settings for Config {
+    fn common(&self) -> Common<'_> {
+        Config::common(self)
+    }
+
+    fn features(&self) -> &Features {
+        &self.features
+    }
+}
+
+/// [`load_config`], for a feature's command.
+fn load_settings(path: Option<&std::path::Path>) -> Result<Box<dyn Settings>, ExitCode> {
+    load_config(path).map(|c| Box::new(c) as Box<dyn Settings>)
+}
+
 /// Parse the command line, set up logging and the runtime, and run the
 /// command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
-    // ring is the one crypto provider; make it the process default so no
-    // other can be picked up implicitly.
+    let (globals, job) = parse();
+    init_logging(globals.log_format, &globals.log_level);
+    // One crypto provider; make it the process default so no other can be
+    // picked up implicitly.
     crate::crypto::install_default();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads {
+    if let Some(n) = globals.worker_threads {
         runtime.worker_threads(n);
     }
     match runtime.enable_all().build() {
@@ -238,7 +309,12 @@ pub fn main() -> ExitCode {
                 workers = runtime.metrics().num_workers(),
                 "async runtime ready"
             );
-            runtime.block_on(run(cli.command))
+            runtime.block_on(async move {
+                match job {
+                    Job::Builtin(command) => run(command).await,
+                    Job::Feature(added, matches) => (added.run)(matches, load_settings).await,
+                }
+            })
         }
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -274,53 +350,38 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve { config } => serve(config.as_deref()).await,
-        Command::Agent {
-            server,
-            ca_file,
-            token_file,
-            out_dir,
-            spiffe_files,
-            workload_api_socket,
-            workload_api_socket_mode,
-            ttl,
-            bundle_refresh,
-            once,
-        } => {
-            agent(AgentConfig {
-                server,
-                ca_file,
-                token_file,
-                out_dir,
-                spiffe_files,
-                workload_api: workload_api_socket.map(|socket| WorkloadApiConfig {
-                    socket,
-                    mode: workload_api_socket_mode,
-                }),
-                ttl,
-                once,
-                bundle_refresh,
-            })
-            .await
-        }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    config,
-                    namespace,
-                    service_account,
-                },
+        Command::Agent(args) => agent(args.into_config()).await,
+        Command::Token { command } => token(command),
+        Command::Identity {
+            command: IdentityCommand::Deny { identity, config },
+        } => admin::deny_identity(config.as_deref(), &identity, true).await,
+        Command::Identity {
+            command: IdentityCommand::Allow { identity, config },
+        } => admin::deny_identity(config.as_deref(), &identity, false).await,
+        Command::Bundle { config } => admin::print_bundle(config.as_deref()),
+        Command::Rotate {
+            command: RotateCommand::Status { config },
+        } => admin::rotation_status(config.as_deref()).await,
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => admin::check_config(&config),
+    }
+}
+
+/// `meshca token`.
+fn token(command: TokenCommand) -> ExitCode {
+    match command {
+        TokenCommand::Create {
+            config,
+            namespace,
+            service_account,
         } => admin::create_token(config.as_deref(), &namespace, &service_account),
-        Command::Token {
-            command: TokenCommand::List { config },
-        } => admin::list_tokens(config.as_deref()),
-        Command::Token {
-            command:
-                TokenCommand::Revoke {
-                    config,
-                    id,
-                    namespace,
-                    service_account,
-                },
+        TokenCommand::List { config } => admin::list_tokens(config.as_deref()),
+        TokenCommand::Revoke {
+            config,
+            id,
+            namespace,
+            service_account,
         } => {
             let which = match (id, namespace, service_account) {
                 (Some(id), _, _) => crate::auth::Revoke::Id(id),
@@ -335,25 +396,6 @@ async fn run(command: Command) -> ExitCode {
             };
             admin::revoke_tokens(config.as_deref(), &which)
         }
-        Command::Identity {
-            command: IdentityCommand::Deny { identity, config },
-        } => admin::deny_identity(config.as_deref(), &identity, true).await,
-        Command::Identity {
-            command: IdentityCommand::Allow { identity, config },
-        } => admin::deny_identity(config.as_deref(), &identity, false).await,
-        Command::Bundle { config } => admin::print_bundle(config.as_deref()),
-        Command::Rotate {
-            command: RotateCommand::Status { config },
-        } => admin::rotation_status(config.as_deref()).await,
-        Command::Rotate {
-            command: RotateCommand::JwtKey { config },
-        } => admin::rotate_jwt_key(config.as_deref()).await,
-        Command::Ingress {
-            command: IngressCommand::Render(args),
-        } => ingress::render(args),
-        Command::Config {
-            command: ConfigCommand::Check { config },
-        } => admin::check_config(&config),
     }
 }
 

@@ -82,6 +82,9 @@ pub const USER_AGENT: &str = concat!("meshca/", env!("CARGO_PKG_VERSION"));
 /// The label every object meshca writes carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshca");
 
+/// The field manager of everything meshca applies (server-side apply).
+pub const FIELD_MANAGER: &str = "meshca";
+
 /// A new ConfigMap of meshca's, labelled as such, holding `key: value`.
 pub fn new_configmap(
     name: &str,

@@ -3,9 +3,9 @@
 //!
 //! Each area owns its section: the `Raw…` struct as written, its defaults
 //! and its validation live next to the component that uses it (`api`,
-//! `auth`, `bundle`, `cluster`, `ingress`, `issuer`, `provider`,
-//! `rollout`). This module only assembles them and reports every problem at
-//! once. Validation never looks at the environment: whether meshca runs in
+//! `auth`, `bundle`, `cluster`, `issuer`, `provider`, `rollout`), and each
+//! feature reads the sections its definition names (`features::ALL`).
+//! This module only assembles them and reports every problem at once. Validation never looks at the environment: whether meshca runs in
 //! a pod is decided when the daemon connects. `meshca config check` runs
 //! exactly this code.
 
@@ -23,15 +23,11 @@ use crate::api::{ApiLimits, RawApi};
 use crate::auth::{AuthConfig, RawAuth};
 use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
-use crate::federation::{FederationConfig, FederationContext, RawFederation};
-use crate::ingress::{IngressConfig, IngressContext, RawIngress};
+use crate::feature::{Common, Feature, Features, Sections};
 use crate::issuer::{Lifetimes, RawLifetimes};
-use crate::istio_ca::{IstioCaConfig, RawIstioCa};
-use crate::jwt::{JwtConfig, RawJwtSvids, RawOidc};
-use crate::pod_certificates::{PodCertificatesConfig, RawPodCertificates};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
 use crate::rollout::{RawRotation, RotationConfig};
-use crate::validation::{is_dns_name, Errors};
+use crate::validation::Errors;
 
 /// The configuration used when no file is given: Tresor with a generated
 /// ECDSA P-256 root under `./meshca-data`, a file bundle, static tokens.
@@ -90,20 +86,10 @@ pub struct Config {
     pub api: ApiLimits,
     /// The cluster meshca may use; `None` when `kubernetes.enabled: false`.
     pub kubernetes: Option<KubernetesConfig>,
-    /// Ingress policy.
-    pub ingress: IngressConfig,
     /// Signer changes.
     pub rotation: RotationConfig,
-    /// Kubernetes pod certificates.
-    pub pod_certificates: PodCertificatesConfig,
-    /// JWT-SVIDs; `None` when `jwt_svids.enabled: false`.
-    pub jwt_svids: Option<JwtConfig>,
-    /// The public listener of OIDC discovery and the JWKS, if any.
-    pub oidc_listen: Option<SocketAddr>,
-    /// SPIFFE federation: the bundle endpoint and the peers.
-    pub federation: FederationConfig,
-    /// Istio's certificate service; `None` when `istio_ca.enabled: false`.
-    pub istio_ca: Option<IstioCaConfig>,
+    /// The features in force, each with its settings.
+    pub features: Features,
     /// Settings written in the file that will have no effect, for
     /// `meshca config check` to print and `serve` to log.
     pub warnings: Vec<String>,
@@ -115,7 +101,7 @@ pub struct Config {
     pub source_text: Option<Arc<str>>,
 }
 
-/// The file as written.
+/// The core sections of the file as written; the features read theirs.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
@@ -131,14 +117,25 @@ struct RawConfig {
     auth: RawAuth,
     api: RawApi,
     kubernetes: RawKubernetes,
-    ingress: RawIngress,
     rotation: RawRotation,
-    pod_certificates: RawPodCertificates,
-    jwt_svids: RawJwtSvids,
-    oidc: RawOidc,
-    federation: RawFederation,
-    istio_ca: RawIstioCa,
 }
+
+/// The sections [`RawConfig`] reads.
+const CORE_SECTIONS: [&str; 13] = [
+    "trust_domain",
+    "listen",
+    "metrics_listen",
+    "state_dir",
+    "daemon_identity",
+    "server_names",
+    "provider",
+    "certificates",
+    "bundle",
+    "auth",
+    "api",
+    "kubernetes",
+    "rotation",
+];
 
 impl Default for RawConfig {
     fn default() -> Self {
@@ -155,13 +152,7 @@ impl Default for RawConfig {
             auth: RawAuth::default(),
             api: RawApi::default(),
             kubernetes: RawKubernetes::default(),
-            ingress: RawIngress::default(),
             rotation: RawRotation::default(),
-            pod_certificates: RawPodCertificates::default(),
-            jwt_svids: RawJwtSvids::default(),
-            oidc: RawOidc::default(),
-            federation: RawFederation::default(),
-            istio_ca: RawIstioCa::default(),
         }
     }
 }
@@ -212,29 +203,134 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::Syntax {
-                path: if path == "." {
-                    "(top level)".into()
-                } else {
-                    path
-                },
-                message: e.into_inner().to_string(),
-            }
-        })?;
-        let mut config = Self::try_from(raw)?;
-        config.warnings = warnings::warnings(&config, &warnings::written_keys(text));
+        let root = top_level(text)?;
+        let core = root
+            .iter()
+            .filter(|(k, _)| k.as_str().is_some_and(|k| CORE_SECTIONS.contains(&k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<serde_yaml_ng::Mapping>();
+        let raw: RawConfig = serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(core))
+            .map_err(|e| syntax(e.path().to_string(), e.into_inner().to_string()))?;
+        let written = warnings::written_keys(text);
+        let mut config = Self::build(raw, &Sections::new(&root, &written))?;
+        let mut all = warnings::warnings(&config, &written);
+        all.append(&mut config.warnings);
+        config.warnings = all;
         Ok(config)
+    }
+
+    /// The feature of type `T`, when in force.
+    pub fn feature<T: Feature>(&self) -> Option<&T> {
+        self.features.find::<T>()
+    }
+
+    /// What features read besides their own sections, from this config.
+    pub(crate) fn common(&self) -> Common<'_> {
+        let secret = self.bundle.secret.as_ref();
+        Common {
+            trust_domain: Some(&self.trust_domain),
+            trust_domain_text: self.trust_domain.as_str(),
+            daemon_identity: Some(&self.daemon_identity),
+            state_dir: &self.state_dir,
+            lifetimes: &self.certificates,
+            kubernetes: self.kubernetes.as_ref(),
+            bundle_secret: secret.map_or(crate::bundle::DEFAULT_SECRET, |s| {
+                (s.namespace.as_str(), s.name.as_str())
+            }),
+            provider: Some(&self.provider),
+            propagation_delay: self.rotation.propagation_delay,
+        }
+    }
+
+    /// Validate the core sections, then every feature's against them.
+    fn build(raw: RawConfig, sections: &Sections<'_>) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        let core = Core::validate(&raw, &mut errors);
+        let mut warnings = Vec::new();
+        let common = Common {
+            trust_domain: core.trust_domain.as_ref(),
+            trust_domain_text: &raw.trust_domain,
+            daemon_identity: core.daemon_identity.as_ref(),
+            state_dir: &raw.state_dir,
+            lifetimes: &core.certificates,
+            kubernetes: core.kubernetes.as_ref(),
+            bundle_secret: raw.bundle.secret(),
+            provider: core.provider.as_ref(),
+            propagation_delay: core.rotation.propagation_delay,
+        };
+        let mut features = Vec::new();
+        for definition in crate::features::ALL {
+            let configured = (definition.configure)(sections, &common, &mut errors, &mut warnings)
+                .map_err(|e| syntax(e.path, e.message))?;
+            features.extend(configured);
+        }
+        check_listeners(&raw, &features, &mut errors);
+        core.into_config(raw, Features::new(features), warnings, errors)
     }
 }
 
-impl TryFrom<RawConfig> for Config {
-    type Error = ConfigError;
+/// The file's top-level mapping (empty for an empty file); its keys must
+/// be core sections or a feature's.
+fn top_level(text: &str) -> Result<serde_yaml_ng::Mapping, ConfigError> {
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| syntax(".".into(), e.to_string()))?;
+    let root = match value {
+        serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
+        serde_yaml_ng::Value::Mapping(m) => m,
+        _ => return Err(syntax(".".into(), "expected a mapping of sections".into())),
+    };
+    let known: Vec<&str> = CORE_SECTIONS
+        .iter()
+        .copied()
+        .chain(
+            crate::features::ALL
+                .iter()
+                .flat_map(|f| f.sections.iter().copied()),
+        )
+        .collect();
+    for key in root.keys() {
+        let name = key.as_str().unwrap_or_default();
+        if !known.contains(&name) {
+            return Err(syntax(
+                ".".into(),
+                format!(
+                    "unknown field `{name}`, expected one of `{}`",
+                    known.join("`, `")
+                ),
+            ));
+        }
+    }
+    Ok(root)
+}
 
-    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let mut errors = Errors::default();
+/// A syntax error at `path` (`.` is the top level).
+fn syntax(path: String, message: String) -> ConfigError {
+    ConfigError::Syntax {
+        path: if path == "." {
+            "(top level)".into()
+        } else {
+            path
+        },
+        message,
+    }
+}
+
+/// The core sections, validated: each `None` when invalid (the problem is
+/// in the errors).
+struct Core {
+    trust_domain: Option<TrustDomain>,
+    daemon_identity: Option<Identity>,
+    server_names: Vec<ServerName>,
+    certificates: Lifetimes,
+    kubernetes: Option<KubernetesConfig>,
+    provider: Option<ProviderConfig>,
+    bundle: BundleConfig,
+    api: Option<ApiLimits>,
+    rotation: RotationConfig,
+}
+
+impl Core {
+    fn validate(raw: &RawConfig, errors: &mut Errors) -> Self {
         let trust_domain = TrustDomain::new(&raw.trust_domain)
             .map_err(|e| errors.add("trust_domain", e))
             .ok();
@@ -244,18 +340,8 @@ impl TryFrom<RawConfig> for Config {
                 .map_err(|e| errors.add("daemon_identity", e))
                 .ok()
         });
-        let server_names = server_names("server_names", &raw.server_names, &mut errors);
-        if listeners_clash(raw.listen, raw.metrics_listen) {
-            errors.add(
-                "metrics_listen",
-                format!(
-                    "{} would take the port of listen {}",
-                    raw.metrics_listen, raw.listen
-                ),
-            );
-        }
-        let certificates = raw.certificates.validate(&mut errors);
-        let kubernetes = raw.kubernetes.validate(&mut errors);
+        let certificates = raw.certificates.validate(errors);
+        let kubernetes = raw.kubernetes.validate(errors);
         let cluster = kubernetes.is_some();
         let provider = raw.provider.validate(
             &ProviderContext {
@@ -263,9 +349,9 @@ impl TryFrom<RawConfig> for Config {
                 max_ttl: certificates.max_ttl,
                 cluster,
             },
-            &mut errors,
+            errors,
         );
-        let bundle = raw.bundle.validate(&raw.state_dir, cluster, &mut errors);
+        let bundle = raw.bundle.validate(&raw.state_dir, cluster, errors);
         if let (Some(k), Some(secret)) = (&kubernetes, &bundle.secret) {
             if secret.namespace == k.namespace && secret.name == k.root_secret {
                 errors.add(
@@ -274,65 +360,37 @@ impl TryFrom<RawConfig> for Config {
                 );
             }
         }
-        let ingress = raw.ingress.validate(
-            &IngressContext {
-                trust_domain: &raw.trust_domain,
-                lifetimes: &certificates,
-                cluster,
-                bundle_secret: raw.bundle.secret(),
-            },
-            &mut errors,
-        );
-        let api = raw.api.validate(&mut errors);
-        let pod_certificates =
-            raw.pod_certificates
-                .validate(certificates.max_ttl, cluster, &mut errors);
-        let jwt_svids = raw.jwt_svids.validate(&mut errors);
-        if let Some(oidc) = raw.oidc.listen {
-            if !raw.jwt_svids.enabled() {
-                errors.add(
-                    "oidc.listen",
-                    "serves JWT-SVID discovery: needs jwt_svids.enabled: true",
-                );
-            }
-            for (key, other) in [
-                ("listen", raw.listen),
-                ("metrics_listen", raw.metrics_listen),
-            ] {
-                if listeners_clash(oidc, other) {
-                    errors.add(
-                        "oidc.listen",
-                        format!("{oidc} would take the port of {key} {other}"),
-                    );
-                }
-            }
+        Self {
+            server_names: crate::validation::server_names(
+                "server_names",
+                &raw.server_names,
+                errors,
+            ),
+            api: raw.api.validate(errors),
+            rotation: raw.rotation.validate(),
+            trust_domain,
+            daemon_identity,
+            certificates,
+            kubernetes,
+            provider,
+            bundle,
         }
-        let federation = raw.federation.validate(
-            &FederationContext {
-                trust_domain: trust_domain.as_ref(),
-                daemon_identity: daemon_identity.as_ref(),
-            },
-            &mut errors,
-        );
-        let istio_ca = raw.istio_ca.validate(&mut errors);
-        // The first three are checked against each other above; each later
-        // listener must not take the port of any before it.
-        let listeners = [
-            ("listen", Some(raw.listen)),
-            ("metrics_listen", Some(raw.metrics_listen)),
-            ("oidc.listen", raw.oidc.listen),
-            ("federation.bundle_endpoint.listen", raw.federation.listen()),
-            ("istio_ca.listen", raw.istio_ca.listen()),
-        ];
-        for (i, (key, addr)) in listeners.iter().enumerate().skip(3) {
-            let Some(addr) = *addr else { continue };
-            for (other_key, other) in &listeners[..i] {
-                if other.is_some_and(|other| listeners_clash(addr, other)) {
-                    errors.add(key, format!("{addr} would take the port of {other_key}"));
-                }
-            }
-        }
-        match (trust_domain, daemon_identity, provider, api) {
+    }
+
+    fn into_config(
+        self,
+        raw: RawConfig,
+        features: Features,
+        warnings: Vec<String>,
+        errors: Errors,
+    ) -> Result<Config, ConfigError> {
+        let cluster = self.kubernetes.is_some();
+        match (
+            self.trust_domain,
+            self.daemon_identity,
+            self.provider,
+            self.api,
+        ) {
             (Some(trust_domain), Some(daemon_identity), Some(provider), Some(api))
                 if errors.is_empty() =>
             {
@@ -341,21 +399,16 @@ impl TryFrom<RawConfig> for Config {
                     listen: raw.listen,
                     metrics_listen: raw.metrics_listen,
                     daemon_identity,
-                    server_names,
+                    server_names: self.server_names,
                     provider,
-                    certificates,
-                    bundle,
+                    certificates: self.certificates,
+                    bundle: self.bundle,
                     auth: raw.auth.validate(&raw.state_dir, cluster),
                     api,
-                    kubernetes,
-                    ingress,
-                    rotation: raw.rotation.validate(),
-                    pod_certificates,
-                    jwt_svids,
-                    oidc_listen: raw.oidc.listen,
-                    federation,
-                    istio_ca,
-                    warnings: Vec::new(),
+                    kubernetes: self.kubernetes,
+                    rotation: self.rotation,
+                    features,
+                    warnings,
                     state_dir: raw.state_dir,
                     source: None,
                     source_text: None,
@@ -366,33 +419,34 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
+/// No two listeners may bind one port: the core's two, then each
+/// feature's, checked against every one before it.
+fn check_listeners(raw: &RawConfig, features: &[std::sync::Arc<dyn Feature>], errors: &mut Errors) {
+    let listeners: Vec<(&str, SocketAddr)> = [
+        ("listen", raw.listen),
+        ("metrics_listen", raw.metrics_listen),
+    ]
+    .into_iter()
+    .chain(features.iter().flat_map(|f| f.listeners()))
+    .collect();
+    for (i, (key, addr)) in listeners.iter().enumerate().skip(1) {
+        for (other_key, other) in &listeners[..i] {
+            if listeners_clash(*addr, *other) {
+                errors.add(
+                    key,
+                    format!("{addr} would take the port of {other_key} {other}"),
+                );
+            }
+        }
+    }
+}
+
 /// Whether two listeners would bind the same port: the same port (not 0)
 /// on the same address, or on any address when one is unspecified.
 fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// The names the serving certificate carries besides the daemon identity.
-/// Names a certificate of meshca's is dialled by, as written under `key`.
-pub(crate) fn server_names(key: &str, names: &[String], errors: &mut Errors) -> Vec<ServerName> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let parsed = ServerName::parse(name);
-            if let ServerName::Dns(d) = &parsed {
-                if !is_dns_name(d) && !d.starts_with("*.") {
-                    errors.add(
-                        &format!("{key}[{i}]"),
-                        format!("{name:?} is neither an IP address nor a lower-case DNS name"),
-                    );
-                }
-            }
-            parsed
-        })
-        .collect()
 }
 
 #[cfg(test)]

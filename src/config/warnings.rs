@@ -1,6 +1,7 @@
-//! Settings that are valid but will not do what they seem to: a key
-//! written for a feature that is off, a provider section for another
-//! provider. `meshca config check` prints them and `serve` logs them.
+//! Settings that are valid but will not do what they seem to: a cluster
+//! setting without a cluster, a provider section for another provider
+//! (features warn of their own sections as they read them). `meshca config
+//! check` prints them and `serve` logs them.
 //!
 //! Only keys written in the file count; defaults never warn.
 
@@ -59,23 +60,6 @@ pub(super) fn warnings(config: &Config, written: &BTreeSet<String>) -> Vec<Strin
             );
         }
     }
-    if !config.ingress.enabled {
-        for key in [
-            "ingress.backend_protocol",
-            "ingress.monitored_namespaces",
-            "ingress.manage_annotations",
-            "ingress.controller",
-            "ingress.client_certificate",
-        ] {
-            unused(key, "ingress.enabled is false");
-        }
-    }
-    if !config.pod_certificates.enabled {
-        unused(
-            "pod_certificates.signer_name",
-            "pod_certificates.enabled is false",
-        );
-    }
     let kind = config.provider.kind();
     for other in meshca_provider::ProviderKind::ALL {
         if other != kind {
@@ -84,12 +68,6 @@ pub(super) fn warnings(config: &Config, written: &BTreeSet<String>) -> Vec<Strin
                 &format!("provider.kind is {kind}"),
             );
         }
-    }
-    if config.pod_certificates.enabled && config.provider.names_from_profile() == Some(false) {
-        out.push(format!(
-            "pod_certificates: the {kind} provider signs only the names a CSR carries and kubelet's stub CSR carries none, so every PodCertificateRequest will be marked Failed; use a provider that names leaves itself (tresor; vault with use_csr_sans=false), for {} keys",
-            crate::pod_certificates::SUPPORTED_KEY_TYPES
-        ));
     }
     out
 }

@@ -102,11 +102,15 @@ impl DenyList {
     }
 
     /// As [`DenyList::new`], read on the blocking pool: for the daemon.
-    pub async fn open(path: PathBuf) -> Self {
-        Self {
-            file: Arc::new(WatchedFile::open(path).await),
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed: the daemon does not
+    /// start on a deny-list it cannot read.
+    pub async fn open(path: PathBuf) -> Result<Self, Arc<FileError>> {
+        Ok(Self {
+            file: Arc::new(WatchedFile::open(path).await?),
             cluster: None,
-        }
+        })
     }
 
     /// Also follow the cluster's list.

@@ -361,6 +361,7 @@ mod tests {
                 ProviderError::Unavailable {
                     message: "sealed".into(),
                     retry_after: Duration::from_secs(7),
+                    source: None,
                 },
                 "provider_unavailable",
             ),

@@ -61,80 +61,95 @@ pub async fn load_or_create(
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let what = format!("secret {namespace}/{root}");
     let bundle_api = bundle.map(|b| (Api::<Secret>::namespaced(client, &b.namespace), b));
-
-    let (ca, origin) = match api
+    let stored = api
         .get_opt(root)
         .await
-        .map_err(KubeError::api(format!("read {what}")))?
-    {
+        .map_err(KubeError::api(format!("read {what}")))?;
+    let (ca, origin) = match stored {
         Some(s) => (load(&s, &what)?, Origin::Loaded),
         None => {
-            let mut osm = None;
-            if let Some((bapi, b)) = &bundle_api {
-                if let Some(s) = bapi
-                    .get_opt(&b.name)
-                    .await
-                    .map_err(KubeError::api("read the bundle Secret"))?
-                {
-                    if let (Some(cert), Some(key)) = (data(&s, "ca.crt"), data(&s, OSM_KEY)) {
-                        let ca =
-                            CaCertificate::from_pem(cert, &zeroize::Zeroizing::new(key.to_vec()))
-                                .map_err(|e| {
-                                KubeError::Invalid(format!(
-                                    "the OSM root in {}/{}: {e}",
-                                    b.namespace, b.name
-                                ))
-                            })?;
-                        osm = Some(ca);
-                    }
-                }
-            }
-            let (ca, origin) = match osm {
-                Some(ca) => (ca, Origin::Migrated),
-                None => (
-                    generate().map_err(|e| KubeError::Invalid(e.to_string()))?,
-                    Origin::Created,
-                ),
-            };
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(root.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        MANAGED_BY.0.to_owned(),
-                        MANAGED_BY.1.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
+            let (ca, origin) = match &bundle_api {
+                Some((bapi, b)) => match osm_root(bapi, b).await? {
+                    Some(ca) => (ca, Origin::Migrated),
+                    None => (generated(generate)?, Origin::Created),
                 },
-                type_: Some("kubernetes.io/tls".to_owned()),
-                data: Some(BTreeMap::from([
-                    ("tls.crt".to_owned(), ByteString(ca.cert_pem().into_bytes())),
-                    (
-                        "tls.key".to_owned(),
-                        ByteString(ca.key_pem().as_bytes().to_vec()),
-                    ),
-                ])),
-                ..Secret::default()
+                None => (generated(generate)?, Origin::Created),
             };
-            match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => (ca, origin),
-                // Another replica created it first: use theirs.
-                Err(e) if is_reason(&e, 409) => {
-                    let s = api
-                        .get(root)
-                        .await
-                        .map_err(KubeError::api(format!("read {what}")))?;
-                    (load(&s, &what)?, Origin::Loaded)
-                }
-                Err(e) => return Err(KubeError::api(format!("create {what}"))(e)),
-            }
+            create(&api, root, namespace, ca, origin).await?
         }
     };
-
     if let Some((bapi, b)) = &bundle_api {
         remove_osm_key(bapi, b, &ca).await?;
     }
     Ok((ca, origin))
+}
+
+/// A new root from `generate`.
+fn generated(
+    generate: impl FnOnce() -> Result<CaCertificate, meshca_tresor::TresorError>,
+) -> Result<CaCertificate, KubeError> {
+    generate().map_err(|e| KubeError::Invalid(e.to_string()))
+}
+
+/// OSM's root, when the bundle Secret carries its `ca.crt` and
+/// `private.key`.
+async fn osm_root(api: &Api<Secret>, b: &SecretRef) -> Result<Option<CaCertificate>, KubeError> {
+    let Some(s) = api
+        .get_opt(&b.name)
+        .await
+        .map_err(KubeError::api("read the bundle Secret"))?
+    else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (data(&s, "ca.crt"), data(&s, OSM_KEY)) else {
+        return Ok(None);
+    };
+    CaCertificate::from_pem(cert, &zeroize::Zeroizing::new(key.to_vec()))
+        .map(Some)
+        .map_err(|e| KubeError::Invalid(format!("the OSM root in {}/{}: {e}", b.namespace, b.name)))
+}
+
+/// Store `ca` in the root Secret by the API server's atomic create; when
+/// another replica created it first, theirs is loaded instead.
+async fn create(
+    api: &Api<Secret>,
+    root: &str,
+    namespace: &str,
+    ca: CaCertificate,
+    origin: Origin,
+) -> Result<(CaCertificate, Origin), KubeError> {
+    let what = format!("secret {namespace}/{root}");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(root.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_owned(), ByteString(ca.cert_pem().into_bytes())),
+            (
+                "tls.key".to_owned(),
+                ByteString(ca.key_pem().as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok((ca, origin)),
+        Err(e) if is_reason(&e, 409) => {
+            let s = api
+                .get(root)
+                .await
+                .map_err(KubeError::api(format!("read {what}")))?;
+            Ok((load(&s, &what)?, Origin::Loaded))
+        }
+        Err(e) => Err(KubeError::api(format!("create {what}"))(e)),
+    }
 }
 
 /// Remove OSM's `private.key` from the bundle Secret if it is this root's

@@ -1,6 +1,7 @@
 //! One CertificateRequest from creation to deletion.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -146,8 +147,8 @@ fn certificate_request(cm: &CertManager, request_b64: String, leaf: &LeafProfile
 /// Why a CertificateRequest could not be created: the API server busy or
 /// down may pass; a refusal (RBAC, validation, no such namespace) will not
 /// until meshca's configuration or permissions change.
-fn creation_failed(e: &kube::Error, c: &crate::CertManagerConfig) -> ProviderError {
-    match e {
+fn creation_failed(e: kube::Error, c: &crate::CertManagerConfig) -> ProviderError {
+    match &e {
         kube::Error::Api(s)
             if (400..500).contains(&s.code) && !matches!(s.code, 408 | 409 | 429) =>
         {
@@ -157,12 +158,15 @@ fn creation_failed(e: &kube::Error, c: &crate::CertManagerConfig) -> ProviderErr
             ))
         }
         _ => ProviderError::Unavailable {
-            message: format!("failed to create a CertificateRequest: {e}"),
+            message: "failed to create a CertificateRequest".into(),
             retry_after: Duration::from_secs(10),
+            source: Some(Box::new(e)),
         },
     }
 }
 
+/// Create a CertificateRequest for the CSR, wait for its answer (at most
+/// `timeout`), count the outcome; the request is deleted whatever happens.
 pub(crate) async fn issue(
     cm: &CertManager,
     request_b64: String,
@@ -170,15 +174,11 @@ pub(crate) async fn issue(
 ) -> Result<Outcome, ProviderError> {
     let c = &cm.config;
     let cr = certificate_request(cm, request_b64, leaf);
-    let unavailable = |m: String| ProviderError::Unavailable {
-        message: m,
-        retry_after: Duration::from_secs(10),
-    };
     let created = cm
         .api
         .create(&PostParams::default(), &cr)
         .await
-        .map_err(|e| creation_failed(&e, c))?;
+        .map_err(|e| creation_failed(e, c))?;
     cm.metrics.created.inc();
     let name = created.metadata.name.clone().unwrap_or_default();
     let _cleanup = Cleanup {
@@ -186,71 +186,90 @@ pub(crate) async fn issue(
         name: name.clone(),
     };
     let started = Instant::now();
-
-    let selector = format!("metadata.name={name}");
     // Whether an approver has acted, as last seen: a request nobody
     // approves times out for another reason than an issuer that is down.
-    let approved = std::sync::atomic::AtomicBool::new(false);
-    let wait = async {
-        let mut events = watcher(cm.api.clone(), watcher::Config::default().fields(&selector))
-            .default_backoff()
-            .boxed();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                    if condition(&o.data, "Approved").is_some() {
-                        approved.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if let Some(done) = judge(&o.data) {
-                        return done;
-                    }
+    let approved = AtomicBool::new(false);
+    let result = match tokio::time::timeout(c.timeout, answer(cm, &name, &approved)).await {
+        Ok(r) => r,
+        Err(_) => return Err(timed_out(cm, &name, approved.load(Ordering::Relaxed))),
+    };
+    record(cm, &result, started);
+    result
+}
+
+/// Watch the request until it is answered (or deleted); notes in
+/// `approved` whether an approver has acted.
+async fn answer(
+    cm: &CertManager,
+    name: &str,
+    approved: &AtomicBool,
+) -> Result<Outcome, ProviderError> {
+    let selector = format!("metadata.name={name}");
+    let mut events = watcher(cm.api.clone(), watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                if condition(&o.data, "Approved").is_some() {
+                    approved.store(true, Ordering::Relaxed);
                 }
-                Ok(watcher::Event::Delete(_)) => {
-                    return Err(ProviderError::Rejected {
-                        reason: "Deleted".into(),
-                        message: format!(
-                            "CertificateRequest {name} was deleted before it was answered"
-                        ),
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(request = %name, error = %e, "watch of a CertificateRequest failed; resuming with backoff")
+                if let Some(done) = judge(&o.data) {
+                    return done;
                 }
             }
+            Ok(watcher::Event::Delete(_)) => {
+                return Err(ProviderError::Rejected {
+                    reason: "Deleted".into(),
+                    message: format!(
+                        "CertificateRequest {name} was deleted before it was answered"
+                    ),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(request = %name, error = %e, "watch of a CertificateRequest failed; resuming with backoff");
+            }
         }
-        Err(unavailable(
-            "the watch on the CertificateRequest ended".into(),
-        ))
+    }
+    Err(ProviderError::Unavailable {
+        message: "the watch on the CertificateRequest ended".into(),
+        retry_after: Duration::from_secs(10),
+        source: None,
+    })
+}
+
+/// The request went unanswered for `timeout`: nobody approved it, or the
+/// issuer did not sign it. Counted here.
+fn timed_out(cm: &CertManager, name: &str, approved: bool) -> ProviderError {
+    let c = &cm.config;
+    let message = if approved {
+        cm.metrics.outcome("Timeout");
+        format!(
+            "{} {:?} did not answer CertificateRequest {name} within {}s",
+            c.issuer_kind,
+            c.issuer_name,
+            c.timeout.as_secs()
+        )
+    } else {
+        cm.metrics.outcome("NotApproved");
+        format!(
+            "CertificateRequest {name} was not approved within {}s: no approver acted on it (with approver-policy installed, a CertificateRequestPolicy must allow meshca's requests for {} {:?})",
+            c.timeout.as_secs(),
+            c.issuer_kind,
+            c.issuer_name,
+        )
     };
-    let result = match tokio::time::timeout(c.timeout, wait).await {
-        Ok(r) => r,
-        Err(_) if !approved.load(std::sync::atomic::Ordering::Relaxed) => {
-            cm.metrics.outcome("NotApproved");
-            return Err(ProviderError::Unavailable {
-                message: format!(
-                    "CertificateRequest {name} was not approved within {}s: no approver acted on it (with approver-policy installed, a CertificateRequestPolicy must allow meshca's requests for {} {:?})",
-                    c.timeout.as_secs(),
-                    c.issuer_kind,
-                    c.issuer_name,
-                ),
-                retry_after: c.timeout,
-            });
-        }
-        Err(_) => {
-            cm.metrics.outcome("Timeout");
-            return Err(ProviderError::Unavailable {
-                message: format!(
-                    "{} {:?} did not answer CertificateRequest {name} within {}s",
-                    c.issuer_kind,
-                    c.issuer_name,
-                    c.timeout.as_secs()
-                ),
-                retry_after: c.timeout,
-            });
-        }
-    };
-    match &result {
+    ProviderError::Unavailable {
+        message,
+        retry_after: c.timeout,
+        source: None,
+    }
+}
+
+/// Count an answered request's outcome.
+fn record(cm: &CertManager, result: &Result<Outcome, ProviderError>, started: Instant) {
+    match result {
         Ok(_) => {
             cm.metrics.outcome("Issued");
             cm.metrics
@@ -261,5 +280,4 @@ pub(crate) async fn issue(
         Err(ProviderError::Rejected { reason, .. }) => cm.metrics.outcome(reason),
         Err(_) => cm.metrics.outcome("Error"),
     }
-    result
 }

@@ -19,6 +19,9 @@ pub enum ProviderError {
         message: String,
         /// A suggested delay before retrying.
         retry_after: Duration,
+        /// The failure underneath (a connection refused, a timeout).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The backend answered and refused this request (e.g. cert-manager's
     /// `Failed` condition). Repeating the same request will not help.
@@ -50,6 +53,19 @@ pub enum ProviderError {
     /// A local failure while signing (key unusable, encoding failed).
     #[error("failed to sign: {0}")]
     Internal(String),
+}
+
+/// An error and its causes, `outer: inner: innermost`, for a log line or
+/// a message that must say everything at once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 impl ProviderError {

@@ -26,7 +26,7 @@ mod provider;
 
 pub use checked::{Checked, Issued};
 pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};
-pub use error::ProviderError;
+pub use error::{error_chain, ProviderError};
 pub use identity::{uri_names, Identity, IdentityError, TrustDomain};
 pub use leaf::{backdate_for, LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
 pub use provider::{Capabilities, Health, Provider, ProviderKind, SignatureCheck, SignedChain};

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::client::{parse_auth, read_secret, Client, VaultError};
+use crate::error::VaultError;
+use crate::http::Http;
 
 /// How meshca authenticates to Vault. Secrets are only ever read from
 /// files or the environment, never from the config file or command line.
@@ -96,12 +97,12 @@ impl Session {
     }
 
     /// The current token, logging in first if there is none or it expired.
-    pub(crate) async fn token(&self, client: &Client) -> Result<Zeroizing<String>, VaultError> {
+    pub(crate) async fn token(&self, http: &Http) -> Result<Zeroizing<String>, VaultError> {
         let mut current = self.current.lock().await;
         if let Some(t) = current.as_ref().filter(|t| !t.expired()) {
             return Ok(t.secret.clone());
         }
-        let fresh = self.obtain(client).await?;
+        let fresh = self.obtain(http).await?;
         let secret = fresh.secret.clone();
         *current = Some(fresh);
         Ok(secret)
@@ -128,10 +129,10 @@ impl Session {
     }
 
     /// Renew the token if Vault allows it, else obtain a new one.
-    pub(crate) async fn refresh(&self, client: &Client) -> Result<(), VaultError> {
+    pub(crate) async fn refresh(&self, http: &Http) -> Result<(), VaultError> {
         let mut current = self.current.lock().await;
         if let Some(t) = current.as_ref().filter(|t| t.renewable && !t.expired()) {
-            let result = client
+            let result = http
                 .raw(
                     Method::POST,
                     "auth/token/renew-self",
@@ -157,37 +158,20 @@ impl Session {
                 tracing::info!(status = %result.0, "Vault refused to renew the token; obtaining a new one");
             }
         }
-        *current = Some(self.obtain(client).await?);
+        *current = Some(self.obtain(http).await?);
         Ok(())
     }
 
-    async fn obtain(&self, client: &Client) -> Result<Token, VaultError> {
-        let login = |path: String, body: Value| async move {
-            let (status, bytes) = client.raw(Method::POST, &path, None, Some(&body)).await?;
-            if status.is_success() {
-                parse_auth(&bytes)
-            } else if status.is_server_error() {
-                Err(VaultError::Unavailable(format!(
-                    "login answered HTTP {status}"
-                )))
-            } else {
-                Err(VaultError::Forbidden(format!(
-                    "login with {} failed: HTTP {status}: {}",
-                    self.method.describe(),
-                    String::from_utf8_lossy(&bytes)
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
-                )))
-            }
-        };
+    /// A new token: the static one (checked, its TTL learnt), or one
+    /// obtained by logging in.
+    async fn obtain(&self, http: &Http) -> Result<Token, VaultError> {
         let (secret, ttl, renewable) = match &self.method {
-            VaultAuth::TokenFile(path) => self.lookup(client, read_secret(path).await?).await?,
+            VaultAuth::TokenFile(path) => self.lookup(http, read_secret(path).await?).await?,
             VaultAuth::TokenEnv(var) => {
                 let token = std::env::var(var).map_err(|_| {
                     VaultError::Config(format!("environment variable {var} is not set"))
                 })?;
-                self.lookup(client, Zeroizing::new(token)).await?
+                self.lookup(http, Zeroizing::new(token)).await?
             }
             VaultAuth::Kubernetes {
                 mount,
@@ -195,11 +179,8 @@ impl Session {
                 jwt_file,
             } => {
                 let jwt = read_secret(jwt_file).await?;
-                login(
-                    format!("auth/{mount}/login"),
-                    json!({ "role": role, "jwt": jwt.as_str() }),
-                )
-                .await?
+                let body = json!({ "role": role, "jwt": jwt.as_str() });
+                self.login(http, mount, &body).await?
             }
             VaultAuth::AppRole {
                 mount,
@@ -207,11 +188,8 @@ impl Session {
                 secret_id_file,
             } => {
                 let secret_id = read_secret(secret_id_file).await?;
-                login(
-                    format!("auth/{mount}/login"),
-                    json!({ "role_id": role_id, "secret_id": secret_id.as_str() }),
-                )
-                .await?
+                let body = json!({ "role_id": role_id, "secret_id": secret_id.as_str() });
+                self.login(http, mount, &body).await?
             }
         };
         tracing::info!(method = %self.method.describe(), ttl = ?ttl, renewable, "obtained a Vault token");
@@ -223,13 +201,40 @@ impl Session {
         })
     }
 
+    /// Log in at `auth/<mount>/login` with `body`.
+    async fn login(
+        &self,
+        http: &Http,
+        mount: &str,
+        body: &Value,
+    ) -> Result<(Zeroizing<String>, Duration, bool), VaultError> {
+        let path = format!("auth/{mount}/login");
+        let (status, bytes) = http.raw(Method::POST, &path, None, Some(body)).await?;
+        if status.is_success() {
+            parse_auth(&bytes)
+        } else if status.is_server_error() {
+            Err(VaultError::Unavailable(format!(
+                "login answered HTTP {status}"
+            )))
+        } else {
+            Err(VaultError::Forbidden(format!(
+                "login with {} failed: HTTP {status}: {}",
+                self.method.describe(),
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )))
+        }
+    }
+
     /// Check a static token and learn its TTL.
     async fn lookup(
         &self,
-        client: &Client,
+        http: &Http,
         token: Zeroizing<String>,
     ) -> Result<(Zeroizing<String>, Duration, bool), VaultError> {
-        let (status, body) = client
+        let (status, body) = http
             .raw(Method::GET, "auth/token/lookup-self", Some(&token), None)
             .await?;
         if status.is_server_error() {
@@ -243,8 +248,8 @@ impl Session {
                 self.method.describe()
             )));
         }
-        let v: Value =
-            serde_json::from_slice(&body).map_err(|e| VaultError::Protocol(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(VaultError::not_json("auth/token/lookup-self"))?;
         let data = v.get("data");
         let ttl = data
             .and_then(|d| d.get("ttl"))
@@ -273,6 +278,46 @@ impl Session {
         }
         Ok((token, Duration::from_secs(ttl), renewable))
     }
+}
+
+/// Read a secret file, trimmed, zeroized on drop.
+pub(crate) async fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, VaultError> {
+    let text = Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|source| {
+        VaultError::ReadFile {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    let trimmed = Zeroizing::new(text.trim().to_owned());
+    if trimmed.is_empty() {
+        return Err(VaultError::Config(format!("{} is empty", path.display())));
+    }
+    Ok(trimmed)
+}
+
+/// Parse Vault's `auth` block of a login answer.
+pub(crate) fn parse_auth(body: &[u8]) -> Result<(Zeroizing<String>, Duration, bool), VaultError> {
+    let v: Value = serde_json::from_slice(body).map_err(VaultError::not_json("login"))?;
+    let auth = v
+        .get("auth")
+        .ok_or_else(|| VaultError::Protocol("login answer without auth".into()))?;
+    let token = auth
+        .get("client_token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| VaultError::Protocol("login answer without client_token".into()))?;
+    let ttl = auth
+        .get("lease_duration")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let renewable = auth
+        .get("renewable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok((
+        Zeroizing::new(token.to_owned()),
+        Duration::from_secs(ttl),
+        renewable,
+    ))
 }
 
 /// When a static token stops working for good: its expiry if it cannot be

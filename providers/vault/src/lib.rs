@@ -19,10 +19,12 @@
 mod auth;
 mod breaker;
 mod client;
+mod error;
+mod http;
 mod pki;
 
 pub use auth::VaultAuth;
-pub use client::VaultError;
+pub use error::VaultError;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -94,13 +96,8 @@ impl Vault {
         probe: (ValidatedCsr, LeafProfile),
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
-        let ca_pem = match &config.ca_file {
-            Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
-                ProviderError::Misconfigured(format!("vault: {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let inner = Arc::new(client::Client::new(&config, ca_pem.as_deref())?);
+        let files = http::TlsFiles::read(&config).await?;
+        let inner = Arc::new(client::Client::new(&config, &files)?);
         inner.login().await.map_err(VaultError::into_provider)?;
         let mut pki = pki::Pki::new(inner.clone(), &config);
         pki.read_role().await;

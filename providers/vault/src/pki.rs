@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use tokio::sync::RwLock;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::client::{Client, VaultError};
+use crate::client::Client;
+use crate::error::VaultError;
 use crate::VaultConfig;
 
 /// What meshca needs to know of the signing role.
@@ -69,8 +70,8 @@ fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, VaultError> {
         .map_err(|e| VaultError::Protocol(format!("malformed PEM from Vault: {e}")))
 }
 
-fn json(body: &[u8]) -> Result<Value, VaultError> {
-    serde_json::from_slice(body).map_err(|e| VaultError::Protocol(e.to_string()))
+fn json(body: &[u8], what: &'static str) -> Result<Value, VaultError> {
+    serde_json::from_slice(body).map_err(VaultError::not_json(what))
 }
 
 impl Pki {
@@ -92,7 +93,7 @@ impl Pki {
     pub(crate) async fn read_role(&mut self) {
         let path = format!("{}/roles/{}", self.mount, self.role);
         let read = self.client.call(Method::GET, &path, None).await;
-        let settings = read.and_then(|b| json(&b)).map(|v| RoleSettings {
+        let settings = read.and_then(|b| json(&b, "role")).map(|v| RoleSettings {
             use_csr_sans: v
                 .pointer("/data/use_csr_sans")
                 .and_then(Value::as_bool)
@@ -169,6 +170,27 @@ impl Pki {
         csr: &ValidatedCsr,
         leaf: &LeafProfile,
     ) -> Result<SignedChain, VaultError> {
+        let body = self.sign_request(csr, leaf)?;
+        let bytes = self
+            .client
+            .call(
+                Method::POST,
+                &format!("{}/sign/{}", self.mount, self.role),
+                Some(&body),
+            )
+            .await?;
+        let (mut chain, issuers) = signed(&json(&bytes, "sign")?)?;
+        // Intermediates go in the chain; a root there is an anchor instead.
+        let (roots, intermediates): (Vec<_>, Vec<_>) =
+            issuers.into_iter().partition(|c| is_self_signed(c));
+        chain.extend(intermediates);
+        self.know_roots(&roots).await?;
+        Ok(SignedChain(chain))
+    }
+
+    /// The body of a sign request: the CSR, the identity's names, and a
+    /// TTL that fits the window with Vault's backdate.
+    fn sign_request(&self, csr: &ValidatedCsr, leaf: &LeafProfile) -> Result<Value, VaultError> {
         let mut csr_pem = String::new();
         meshca_provider::pem::encode_block("CERTIFICATE REQUEST", csr.der(), &mut csr_pem);
         let identity = leaf.identity();
@@ -178,7 +200,7 @@ impl Pki {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let body = json!({
+        Ok(json!({
             "csr": csr_pem,
             "common_name": identity.dns_name(),
             "alt_names": leaf.dns_names().join(","),
@@ -186,44 +208,12 @@ impl Pki {
             "ip_sans": ips.join(","),
             "ttl": format!("{}s", ttl.as_secs()),
             "format": "pem",
-        });
-        let bytes = self
-            .client
-            .call(
-                Method::POST,
-                &format!("{}/sign/{}", self.mount, self.role),
-                Some(&body),
-            )
-            .await?;
-        let v = json(&bytes)?;
-        let data = v
-            .get("data")
-            .ok_or_else(|| VaultError::Protocol("sign answer without data".into()))?;
-        let certificate = data
-            .get("certificate")
-            .and_then(Value::as_str)
-            .ok_or_else(|| VaultError::Protocol("sign answer without certificate".into()))?;
-        let mut chain = pem_certs(certificate)?;
-        if chain.is_empty() {
-            return Err(VaultError::Protocol(
-                "sign answer with an empty certificate".into(),
-            ));
-        }
-        let mut issuers = Vec::new();
-        if let Some(ca_chain) = data.get("ca_chain").and_then(Value::as_array) {
-            for pem in ca_chain.iter().filter_map(Value::as_str) {
-                issuers.extend(pem_certs(pem)?);
-            }
-        } else if let Some(issuing) = data.get("issuing_ca").and_then(Value::as_str) {
-            issuers.extend(pem_certs(issuing)?);
-        }
-        // Intermediates go in the chain; a root there is an anchor instead.
-        let (roots, intermediates): (Vec<_>, Vec<_>) =
-            issuers.into_iter().partition(|c| is_self_signed(c));
-        chain.extend(intermediates);
+        }))
+    }
 
-        // A root that appeared since the anchors were read (rotation in
-        // Vault) must be known before the leaf is checked against them.
+    /// A root that appeared since the anchors were read (rotation in
+    /// Vault) must be known before the leaf is checked against them.
+    async fn know_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), VaultError> {
         let known = self
             .anchors
             .read()
@@ -237,7 +227,7 @@ impl Pki {
             );
             self.refresh_anchors().await?;
         }
-        Ok(SignedChain(chain))
+        Ok(())
     }
 
     /// The cached anchors, re-read when older than the refresh interval. If
@@ -263,64 +253,31 @@ impl Pki {
 
     /// Read every issuer of the mount and keep the self-signed ones.
     pub(crate) async fn refresh_anchors(&self) -> Result<Vec<CertificateDer<'static>>, VaultError> {
-        let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
-        let mut add = |certs: Vec<CertificateDer<'static>>| {
-            for c in certs {
-                if is_self_signed(&c) && !anchors.contains(&c) {
-                    anchors.push(c);
-                }
-            }
-        };
-        match self
+        let listed = self
             .client
             .call(
                 Method::GET,
                 &format!("{}/issuers?list=true", self.mount),
                 None,
             )
-            .await
-        {
-            Ok(bytes) => {
-                let v = json(&bytes)?;
-                let ids: Vec<String> = v
-                    .pointer("/data/keys")
-                    .and_then(Value::as_array)
-                    .map(|k| {
-                        k.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for id in ids {
-                    let bytes = self
-                        .client
-                        .call(
-                            Method::GET,
-                            &format!("{}/issuer/{id}/json", self.mount),
-                            None,
-                        )
-                        .await?;
-                    let v = json(&bytes)?;
-                    if let Some(cert) = v.pointer("/data/certificate").and_then(Value::as_str) {
-                        add(pem_certs(cert)?);
-                    }
-                    if let Some(chain) = v.pointer("/data/ca_chain").and_then(Value::as_array) {
-                        for pem in chain.iter().filter_map(Value::as_str) {
-                            add(pem_certs(pem)?);
-                        }
-                    }
-                }
-            }
+            .await;
+        let certs = match listed {
+            Ok(bytes) => self.issuers(&json(&bytes, "issuers")?).await?,
             // Engines without the issuers API: the default chain.
             Err(VaultError::NotFound(_)) => {
                 let bytes = self
                     .client
                     .call(Method::GET, &format!("{}/ca_chain", self.mount), None)
                     .await?;
-                add(pem_certs(&String::from_utf8_lossy(&bytes))?);
+                pem_certs(&String::from_utf8_lossy(&bytes))?
             }
             Err(e) => return Err(e),
+        };
+        let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
+        for c in certs {
+            if is_self_signed(&c) && !anchors.contains(&c) {
+                anchors.push(c);
+            }
         }
         if anchors.is_empty() {
             return Err(VaultError::Config(format!(
@@ -331,6 +288,66 @@ impl Pki {
         *self.anchors.write().await = Some((Instant::now(), anchors.clone()));
         Ok(anchors)
     }
+
+    /// Every certificate of the issuers `listed` names: each issuer's own
+    /// and its chain.
+    async fn issuers(&self, listed: &Value) -> Result<Vec<CertificateDer<'static>>, VaultError> {
+        let ids = listed
+            .pointer("/data/keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str);
+        let mut certs = Vec::new();
+        for id in ids {
+            let bytes = self
+                .client
+                .call(
+                    Method::GET,
+                    &format!("{}/issuer/{id}/json", self.mount),
+                    None,
+                )
+                .await?;
+            let v = json(&bytes, "issuer")?;
+            if let Some(cert) = v.pointer("/data/certificate").and_then(Value::as_str) {
+                certs.extend(pem_certs(cert)?);
+            }
+            if let Some(chain) = v.pointer("/data/ca_chain").and_then(Value::as_array) {
+                for pem in chain.iter().filter_map(Value::as_str) {
+                    certs.extend(pem_certs(pem)?);
+                }
+            }
+        }
+        Ok(certs)
+    }
+}
+
+/// The leaf's chain and its issuers, from a sign answer.
+fn signed(
+    answer: &Value,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>), VaultError> {
+    let data = answer
+        .get("data")
+        .ok_or_else(|| VaultError::Protocol("sign answer without data".into()))?;
+    let certificate = data
+        .get("certificate")
+        .and_then(Value::as_str)
+        .ok_or_else(|| VaultError::Protocol("sign answer without certificate".into()))?;
+    let chain = pem_certs(certificate)?;
+    if chain.is_empty() {
+        return Err(VaultError::Protocol(
+            "sign answer with an empty certificate".into(),
+        ));
+    }
+    let mut issuers = Vec::new();
+    if let Some(ca_chain) = data.get("ca_chain").and_then(Value::as_array) {
+        for pem in ca_chain.iter().filter_map(Value::as_str) {
+            issuers.extend(pem_certs(pem)?);
+        }
+    } else if let Some(issuing) = data.get("issuing_ca").and_then(Value::as_str) {
+        issuers.extend(pem_certs(issuing)?);
+    }
+    Ok((chain, issuers))
 }
 
 #[cfg(test)]

@@ -1,13 +1,20 @@
 //! A trust domain's SPIFFE bundle (SPIFFE Trust Domain and Bundle
-//! specification): the document meshca serves for its own trust domain,
-//! and the check of a peer's before it is trusted (`peer`).
+//! specification): the document meshca serves for its own trust domain
+//! ([`Served`]: its anchors and, with JWT-SVIDs, the keys a [`JwtKeys`]
+//! gives), the peers' bundles a [`PeerBundles`] holds, and the check of a
+//! peer's before it is trusted (`peer`).
 
 mod peer;
 
 pub use peer::{PeerBundle, Refused};
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use meshca_provider::Identity;
+
+use super::BundleReceiver;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -15,6 +22,79 @@ use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 use crate::jose::Jwk;
+
+/// How often peers should fetch this trust domain's bundle, unless the
+/// bundle endpoint says otherwise.
+pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(5 * 60);
+
+/// The JWT keys this trust domain's SPIFFE bundle carries.
+pub trait JwtKeys: Send + Sync + std::fmt::Debug {
+    /// The keys relying parties must know now.
+    fn jwt_keys(&self) -> Vec<Jwk>;
+}
+
+/// A peer trust domain's bundle, as a caller may ask for it.
+#[derive(Clone, Debug)]
+pub struct PeerLookup {
+    /// The namespaces whose workloads receive it; empty: every workload.
+    pub namespaces: Vec<String>,
+    /// Its SPIFFE bundle, once fetched.
+    pub document: Option<Value>,
+}
+
+impl PeerLookup {
+    /// Whether a workload of `identity` receives it.
+    pub fn visible_to(&self, identity: &Identity) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == identity.namespace())
+    }
+}
+
+/// The peers' bundles held now.
+pub trait PeerBundles: Send + Sync + std::fmt::Debug {
+    /// The peer `trust_domain`, if it is one.
+    fn lookup(&self, trust_domain: &str) -> Option<PeerLookup>;
+
+    /// The bundles a workload of `identity` receives, keyed by
+    /// `spiffe://<trust domain>` as the Workload API keys them.
+    fn visible_to(&self, identity: &Identity) -> BTreeMap<String, Value>;
+}
+
+/// This trust domain's SPIFFE bundle as served: the anchors in force, the
+/// JWT keys when JWT-SVIDs are on, numbered by a sequence that moves with
+/// every change; and the peers' bundles, with federation.
+#[derive(Debug)]
+pub struct Served {
+    /// This mesh's trust domain.
+    pub trust_domain: meshca_provider::TrustDomain,
+    /// `spiffe_refresh_hint`.
+    pub refresh_hint: Duration,
+    /// The trust bundle.
+    pub bundle: BundleReceiver,
+    /// The JWT keys, with JWT-SVIDs.
+    pub jwt_keys: Option<Arc<dyn JwtKeys>>,
+    /// The peers' bundles, with federation.
+    pub peers: Option<Arc<dyn PeerBundles>>,
+    /// Numbers the documents.
+    pub sequence: Sequence,
+}
+
+impl Served {
+    /// The document now.
+    pub fn own(&self) -> Value {
+        let anchors = self.bundle.borrow().clone();
+        let jwt_keys = self
+            .jwt_keys
+            .as_ref()
+            .map(|k| k.jwt_keys())
+            .unwrap_or_default();
+        let mut bundle = document(anchors.anchors(), &jwt_keys, 0, self.refresh_hint);
+        let now = time::OffsetDateTime::now_utc()
+            .unix_timestamp()
+            .unsigned_abs();
+        bundle["spiffe_sequence"] = self.sequence.of(&bundle["keys"], now).into();
+        bundle
+    }
+}
 
 /// A JWK with the members `extra` adds (`use`, `alg`, `x5c`).
 pub fn member(jwk: &Jwk, extra: Value) -> Value {

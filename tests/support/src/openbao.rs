@@ -24,12 +24,7 @@ pub fn bao_binary() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use crate::process::free_port;
 
 enum Mode {
     Dev,

@@ -105,12 +105,26 @@ pub fn numeric_arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody listens on now, for a test that must know it
+/// before the listener binds (or bind it again after a restart). Taken
+/// below Linux's ephemeral range (32768 and up): a port the kernel gives
+/// for `:0` elsewhere in the suite can then never be this one, while a
+/// test restarts the listener holding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run side by side: each starts at its own place.
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
+    for _ in 0..COUNT {
+        let port = FIRST + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        let port = u16::try_from(port).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 /// utime + stime of `pid` (`"self"` for this process), in seconds.

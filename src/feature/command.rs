@@ -1,0 +1,38 @@
+//! A feature's commands on `meshca`'s command line, so that the command
+//! line, too, names no feature: `meshca ingress render` and
+//! `meshca rotate jwt-key` are defined, parsed and run in their features'
+//! folders.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use futures_util::future::BoxFuture;
+
+use super::{Common, Features};
+
+/// Exit status for a configuration or usage problem (sysexits
+/// `EX_USAGE`).
+pub const EX_USAGE: u8 = 64;
+
+/// A command a feature adds.
+pub struct Command {
+    /// The command it is a subcommand of (`rotate`), or `None` for a
+    /// command of its own.
+    pub under: Option<&'static str>,
+    /// Its name, arguments and help.
+    pub define: fn() -> clap::Command,
+    /// Run it: its matches, and how to read a config file.
+    pub run: fn(clap::ArgMatches, LoadSettings) -> BoxFuture<'static, ExitCode>,
+}
+
+/// Read the config file at a path (the embedded default for `None`); on a
+/// problem, says why on standard error and gives the exit code.
+pub type LoadSettings = fn(Option<&Path>) -> Result<Box<dyn Settings>, ExitCode>;
+
+/// A config file as a feature's command reads it.
+pub trait Settings: Send {
+    /// What every feature reads besides its own sections.
+    fn common(&self) -> Common<'_>;
+    /// The features in force.
+    fn features(&self) -> &Features;
+}

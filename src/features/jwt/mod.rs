@@ -1,0 +1,281 @@
+//! JWT-SVIDs: tokens a workload presents to relying parties that do not
+//! speak mTLS (Vault's JWT auth, cloud workload identity federation),
+//! signed by keys meshca owns whatever provider signs its certificates.
+//!
+//! [`JwtSvids`] is the handle the issuer mints with (`MintTokens`) and
+//! the SPIFFE bundle reads the public keys from (`JwtKeys`); [`start`]
+//! loads the keys (stopping the start when what is stored cannot be
+//! used), makes the first one and returns the keeper that rotates them on
+//! their [`Schedule`]. The OIDC discovery document and the JWKS are
+//! rendered here (`documents`) and served (`api`) by the signing API and
+//! the optional `oidc.listen` listener. `feature` plugs it all into the
+//! daemon.
+
+mod api;
+mod cli;
+mod config;
+pub mod documents;
+mod feature;
+mod keyring;
+mod schedule;
+mod store;
+
+pub use config::{JwtConfig, RawJwtSvids, RawOidc};
+pub use feature::{JwtSvidsFeature, FEATURE};
+pub use keyring::{Keyring, NewKey};
+pub use schedule::Schedule;
+pub use store::{KeyStore, StoreError, SECRET_NAME};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_provider::Identity;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::jose::{self, check_audience, Claims, Jwk, JwtSvid, KeyType, MintError, MIN_TTL};
+use crate::metrics::Metrics;
+
+/// Mints JWT-SVIDs and publishes their keys.
+#[derive(Clone, Debug)]
+pub struct JwtSvids {
+    config: Arc<JwtConfig>,
+    schedule: Schedule,
+    keys: watch::Receiver<Arc<Keyring>>,
+}
+
+impl JwtSvids {
+    /// The configuration in force.
+    pub fn config(&self) -> &JwtConfig {
+        &self.config
+    }
+
+    /// A token for `identity` (authenticated by the caller's frontend)
+    /// meant for `audience`, living `ttl` (the default when `None`, at
+    /// most `max_ttl`).
+    ///
+    /// # Errors
+    /// [`MintError`].
+    pub fn mint(
+        &self,
+        identity: &Identity,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, MintError> {
+        check_audience(audience).map_err(MintError::Audience)?;
+        let ttl = ttl
+            .unwrap_or(self.config.default_ttl)
+            .clamp(MIN_TTL.min(self.config.max_ttl), self.config.max_ttl);
+        let now = OffsetDateTime::now_utc();
+        let keys = self.keys.borrow().clone();
+        let signer = keys.signer(now).ok_or(MintError::NoKey)?;
+        let expires_at = now + ttl;
+        let claims = Claims {
+            sub: identity.spiffe_id(),
+            aud: audience.to_vec(),
+            exp: expires_at.unix_timestamp(),
+            iat: Some(now.unix_timestamp()),
+            nbf: None,
+            iss: Some(self.config.issuer.as_str().to_owned()),
+        };
+        Ok(JwtSvid {
+            token: jose::sign(&signer.key, &claims)?,
+            spiffe_id: claims.sub,
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(expires_at),
+        })
+    }
+
+    /// The public keys relying parties must know now, with their `alg`.
+    pub fn public_keys(&self) -> Vec<(Jwk, &'static str)> {
+        let now = OffsetDateTime::now_utc();
+        self.keys
+            .borrow()
+            .published(&self.schedule, now)
+            .map(|k| (k.key.public().clone(), k.key.key_type().alg()))
+            .collect()
+    }
+}
+
+impl crate::bundle::spiffe::JwtKeys for JwtSvids {
+    fn jwt_keys(&self) -> Vec<Jwk> {
+        self.public_keys().into_iter().map(|(jwk, _)| jwk).collect()
+    }
+}
+
+impl crate::issuer::MintTokens for JwtSvids {
+    fn mint(
+        &self,
+        identity: &Identity,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, MintError> {
+        JwtSvids::mint(self, identity, audience, ttl)
+    }
+}
+
+/// Load the keys from `store` and make the first one if none is stored,
+/// then spawn the keeper that rotates them.
+///
+/// # Errors
+/// [`StoreError`]: keys that are stored but cannot be read or used stop
+/// the start; they are never replaced behind the operator's back.
+pub async fn start(
+    config: JwtConfig,
+    propagation_delay: Duration,
+    store: KeyStore,
+    metrics: Arc<Metrics>,
+) -> Result<(JwtSvids, impl FnOnce(CancellationToken) -> Keeping), StoreError> {
+    let schedule = schedule(&config, propagation_delay);
+    let keeper = Keeper {
+        store,
+        schedule,
+        key_type: config.key_type,
+        metrics,
+    };
+    let keyring = keeper.advance_retrying(NewKey::WhenDue).await?;
+    let (tx, rx) = watch::channel(Arc::new(keyring));
+    let svids = JwtSvids {
+        config: Arc::new(config),
+        schedule,
+        keys: rx,
+    };
+    Ok((svids, move |token| {
+        Box::pin(keeper.run(tx, token)) as Keeping
+    }))
+}
+
+/// The keeper's task.
+pub type Keeping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn schedule(config: &JwtConfig, propagation_delay: Duration) -> Schedule {
+    Schedule {
+        propagation_delay,
+        key_lifetime: config.key_lifetime,
+        max_ttl: config.max_ttl,
+    }
+}
+
+/// Make a key now (`meshca rotate jwt-key`) in `store`: it signs once
+/// `propagation_delay` has passed plus the time daemons take to read the
+/// store; the key it replaces stops signing then. Returns the keys.
+///
+/// # Errors
+/// [`StoreError`]; stored keys that cannot be used are never replaced.
+pub async fn rotate_now(
+    config: &JwtConfig,
+    propagation_delay: Duration,
+    store: KeyStore,
+) -> Result<Keyring, StoreError> {
+    let keeper = Keeper {
+        store,
+        schedule: schedule(config, propagation_delay),
+        key_type: config.key_type,
+        metrics: Arc::new(Metrics::new()),
+    };
+    keeper
+        .advance_retrying(NewKey::Now { lead: FOLLOW_EVERY })
+        .await
+}
+
+/// Keeps the stored keys on schedule.
+struct Keeper {
+    store: KeyStore,
+    schedule: Schedule,
+    key_type: KeyType,
+    metrics: Arc<Metrics>,
+}
+
+/// How often the store is read for keys made elsewhere: by another
+/// replica, or by `meshca rotate jwt-key`.
+const FOLLOW_EVERY: Duration = Duration::from_secs(10);
+
+impl Keeper {
+    /// [`Keeper::advance`], reading again after a conflict or a
+    /// transient failure, five times at most.
+    async fn advance_retrying(&self, new_key: NewKey) -> Result<Keyring, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match self.advance(new_key).await {
+                Ok(keyring) => return Ok(keyring),
+                Err(e) if e.is_transient() && attempts < 5 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Read the stored keys, make a key as `new_key` says and store it; a
+    /// conflict is for the caller to read again.
+    async fn advance(&self, new_key: NewKey) -> Result<Keyring, StoreError> {
+        let loaded = self.store.load().await?;
+        let now = OffsetDateTime::now_utc();
+        let next = loaded
+            .keyring
+            .advance(&self.schedule, self.key_type, now, new_key)
+            .map_err(StoreError::Generate)?;
+        let Some(next) = next else {
+            return Ok(loaded.keyring);
+        };
+        self.store.save(&next, &loaded).await?;
+        if let Some(new) = next.keys().last().filter(|k| k.times.published_at == now) {
+            tracing::info!(kid = new.key.kid(), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
+        }
+        Ok(next)
+    }
+
+    async fn run(self, tx: watch::Sender<Arc<Keyring>>, token: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.advance(NewKey::WhenDue).await {
+                Ok(keyring) => {
+                    failures = 0;
+                    self.metrics.set_horizon(
+                        "jwt_key",
+                        keyring.signs_until().map(OffsetDateTime::unix_timestamp),
+                    );
+                    let wait = self.until_next(&keyring);
+                    tx.send_if_modified(|current| {
+                        let changed = !same_keys(current, &keyring);
+                        if changed {
+                            *current = Arc::new(keyring);
+                        }
+                        changed
+                    });
+                    wait
+                }
+                Err(e) if e.is_conflict() => Duration::ZERO,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = Duration::from_secs(2u64.saturating_pow(failures.min(6)));
+                    tracing::error!(error = %crate::report::error_chain(&e), retry_in = ?wait, "failed to keep the JWT signing keys");
+                    wait
+                }
+            };
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Until the next change of the keys' roles, and no longer than
+    /// [`FOLLOW_EVERY`].
+    fn until_next(&self, keyring: &Keyring) -> Duration {
+        let now = OffsetDateTime::now_utc();
+        keyring
+            .next_change(&self.schedule, now)
+            .map_or(FOLLOW_EVERY, |at| {
+                Duration::try_from(at - now).unwrap_or_default() + Duration::from_millis(10)
+            })
+            .min(FOLLOW_EVERY)
+    }
+}
+
+/// Whether two keyrings hold the same keys with the same times.
+fn same_keys(a: &Keyring, b: &Keyring) -> bool {
+    a.keys().len() == b.keys().len()
+        && a.keys()
+            .iter()
+            .zip(b.keys())
+            .all(|(x, y)| x.key.kid() == y.key.kid() && x.times == y.times)
+}
