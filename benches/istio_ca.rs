@@ -8,7 +8,7 @@
 //!   istio-agent sends it.
 //! - The HTTPS API: `POST /v1/certificates` with the same CSR, also over
 //!   HTTP/2, so that only the API differs.
-//! - The floor: ring's P-256 verify of the CSR plus one P-256 sign, on one
+//! - The floor: aws-lc-rs's P-256 verify of the CSR plus one P-256 sign, on one
 //!   thread in this process: what any CA must spend per certificate.
 //!
 //! h2load (nghttp2) on core 1 drives each API with 8 connections, one
@@ -166,7 +166,7 @@ fn main() {
     );
     println!(
         "{:<34} {:>9} {:>13.4} {:>8.2}",
-        "ring P-256 verify + sign (floor)",
+        "aws-lc-rs P-256 verify + sign (floor)",
         "",
         floor * 1e3,
         1.0

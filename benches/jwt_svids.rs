@@ -5,7 +5,7 @@
 //! - meshca: the real `meshca serve` (embedded default plus
 //!   `jwt_svids.enabled`, ES256), one worker thread on core 0, HTTPS with a
 //!   bearer token; the same daemon signs P-256 certificates for comparison.
-//! - The floor: one ring P-256 sign of a token-sized message, on one
+//! - The floor: one aws-lc-rs P-256 sign of a token-sized message, on one
 //!   thread in this process: what minting any ES256 token costs.
 //!
 //! wrk on core 1 drives each endpoint with 8 keep-alive connections for
@@ -24,22 +24,22 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use meshca_test_support::bench::{
     cpu_during, p256_csrs, pin, write_bodies, wrk, Credential, Load, LOAD_CORE,
 };
 use meshca_test_support::process::{bench_token, cpu_seconds, numeric_arg, pinned, ServeProcess};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 
-/// ring's ES256 signature over a token's signing input (header and claims
+/// aws-lc-rs's ES256 signature over a token's signing input (header and claims
 /// of a JWT-SVID are about 300 bytes): CPU seconds per token.
 fn token_floor(rounds: usize) -> f64 {
     let rng = SystemRandom::new();
     let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
-    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key");
+    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).expect("key");
     let input = [0x65u8; 300];
     let before = cpu_seconds("thread-self");
     for _ in 0..rounds {
@@ -162,7 +162,7 @@ fn main() {
     );
     println!(
         "{:<28} {:>9} {:>8} {:>8} {:>14.4} {:>8.2}",
-        "ring ES256 sign (floor)",
+        "aws-lc-rs ES256 sign (floor)",
         "",
         "",
         "",

@@ -116,7 +116,7 @@ async fn main() {
         "  stand-in API server CPU per PCR (this process, polling included): {:.3?}",
         per(standin_cpu)
     );
-    println!("  crypto floor (ring P-256 verify + sign): {floor:.3?}");
+    println!("  crypto floor (aws-lc-rs P-256 verify + sign): {floor:.3?}");
     println!(
         "  meshca / floor:          {:.2}x",
         meshca_per.as_secs_f64() / floor.as_secs_f64()

@@ -129,10 +129,12 @@ fn client_config_roots(
     for c in CertificateDer::pem_slice_iter(bundle) {
         roots.add(c.expect("cert")).expect("root");
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots)
 }
 
 fn client_config(bundle: &[u8], workload: Workload) -> rustls::ClientConfig {

@@ -5,7 +5,7 @@
 //!   P-256 root), one worker thread on core 0, HTTPS with a bearer token.
 //! - cfssl: `cfssl serve` 1.2 (Debian `golang-cfssl`) with a P-256 CA, on
 //!   core 0, plain HTTP (`/api/v1/cfssl/sign`).
-//! - The floor: ring's P-256 verify of each CSR plus one P-256 sign, on one
+//! - The floor: aws-lc-rs's P-256 verify of each CSR plus one P-256 sign, on one
 //!   thread in this process: what any CA must spend per certificate.
 //!
 //! wrk on core 1 drives each server with 8 keep-alive connections for the
@@ -106,7 +106,7 @@ fn main() {
     );
     println!(
         "{:<34} {:>9} {:>8} {:>8} {:>13.4} {:>8.2}",
-        "ring P-256 verify + sign (floor)",
+        "aws-lc-rs P-256 verify + sign (floor)",
         "",
         "",
         "",

@@ -8,6 +8,8 @@
 //! request names, so naming it fully works with every provider.
 
 use meshca_provider::{Identity, ServerName};
+
+use crate::crypto::names::KeyAlgorithmName;
 use rcgen::{
     CertificateParams, CertificateSigningRequest, DistinguishedName, DnType, KeyPair, SanType,
 };
@@ -17,7 +19,27 @@ use rcgen::{
 /// # Errors
 /// The system random source failed.
 pub fn generate() -> Result<KeyPair, rcgen::Error> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+    generate_as(KeyAlgorithmName::EcdsaP256)
+}
+
+/// A fresh key of `algorithm`: classical, or ML-DSA for a post-quantum
+/// identity.
+///
+/// # Errors
+/// The system random source failed.
+pub fn generate_as(algorithm: KeyAlgorithmName) -> Result<KeyPair, rcgen::Error> {
+    let rsa = |size| KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size);
+    match algorithm {
+        KeyAlgorithmName::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyAlgorithmName::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyAlgorithmName::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        KeyAlgorithmName::Rsa2048 => rsa(rcgen::RsaKeySize::_2048),
+        KeyAlgorithmName::Rsa3072 => rsa(rcgen::RsaKeySize::_3072),
+        KeyAlgorithmName::Rsa4096 => rsa(rcgen::RsaKeySize::_4096),
+        KeyAlgorithmName::MlDsa44 => KeyPair::generate_for(&rcgen::PKCS_ML_DSA_44),
+        KeyAlgorithmName::MlDsa65 => KeyPair::generate_for(&rcgen::PKCS_ML_DSA_65),
+        KeyAlgorithmName::MlDsa87 => KeyPair::generate_for(&rcgen::PKCS_ML_DSA_87),
+    }
 }
 
 /// A CSR for `key` naming `identity` and `extra` server names.

@@ -43,6 +43,7 @@ pub use agent::{run as run_agent, AgentConfig, AgentError, WorkloadApiConfig};
 pub use auth::{AuthError, Revoke, TokenRecord, TokenStore};
 pub use cli::main;
 pub use config::{Config, ConfigError, EMBEDDED_DEFAULT};
+pub use crypto::names::KeyAlgorithmName;
 pub use daemon::{start, DaemonError, RunningDaemon};
 pub use feature::Feature;
 pub use features::events::EventsFeature;

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use crate::bundle::BundleReceiver;
 use crate::cluster::{KubeError, Refusal, FIELD_MANAGER, MANAGED_BY};
+use crate::crypto::names::KeyAlgorithmName;
 use crate::issuer::{self, Frontend, Issuer, Verdict};
 
 /// Label naming what an ingress Secret is for; selects meshca's own.
@@ -199,7 +200,9 @@ pub async fn write(
     let own = issuer
         .issue_own(
             wanted.frontend,
-            &wanted.identity,
+            // Classical: the proxies that read these Secrets (nginx,
+            // Envoy) do not verify ML-DSA chains yet.
+            (&wanted.identity, KeyAlgorithmName::EcdsaP256),
             &wanted.server_names,
             lifetime,
         )

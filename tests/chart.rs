@@ -590,3 +590,43 @@ async fn kubectl_accepts_the_rendered_manifests_in_a_client_dry_run() {
         assert!(stdout.contains(object), "{object} missing from:\n{stdout}");
     }
 }
+
+#[test]
+fn the_chart_renders_post_quantum_roots_and_the_serving_key_algorithm_as_asked() {
+    let plain = check_objects(&render(&[]));
+    assert!(matches!(
+        &plain.provider,
+        meshca::ProviderConfig::Tresor(t) if t.post_quantum.is_none()
+    ));
+    assert_eq!(
+        plain.api.serving_key_algorithm,
+        meshca::KeyAlgorithmName::EcdsaP256
+    );
+    let config = check_objects(&render(&[
+        "tresor.postQuantum.enabled=true",
+        "tresor.postQuantum.keyAlgorithm=ml-dsa-87",
+        "api.servingKeyAlgorithm=ml-dsa-87",
+    ]));
+    let meshca::ProviderConfig::Tresor(tresor) = &config.provider else {
+        panic!("tresor");
+    };
+    assert!(
+        format!("{:?}", tresor.post_quantum).contains("MlDsa87"),
+        "{:?}",
+        tresor.post_quantum
+    );
+    assert_eq!(
+        config.api.serving_key_algorithm,
+        meshca::KeyAlgorithmName::MlDsa87
+    );
+    let vault = check_objects(&render(&[
+        "provider.kind=vault",
+        "vault.auth.method=token",
+        "vault.auth.token.secretName=meshca-vault",
+        "vault.postQuantumRole=meshca-ml-dsa",
+    ]));
+    let meshca::ProviderConfig::Vault(v) = &vault.provider else {
+        panic!("vault");
+    };
+    assert_eq!(v.post_quantum_role.as_deref(), Some("meshca-ml-dsa"));
+}

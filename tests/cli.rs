@@ -61,6 +61,36 @@ listen: 127.0.0.1:8443
 }
 
 #[test]
+fn config_check_names_both_roots_and_refuses_a_post_quantum_root_of_a_classical_algorithm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write =
+        |name: &str, yaml: &str| std::fs::write(dir.path().join(name), yaml).expect("write");
+    write(
+        "pq.yaml",
+        "kubernetes: { enabled: false }\nprovider: { kind: tresor, tresor: { post_quantum: { key_algorithm: ml-dsa-87 } } }\n",
+    );
+    let out = meshca(dir.path(), &["config", "check", "-c", "pq.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("post-quantum root in ./meshca-data/tresor-post-quantum (ml-dsa-87, generated when absent) for ML-DSA keys"),
+        "{stdout}"
+    );
+    write(
+        "classical.yaml",
+        "provider: { kind: tresor, tresor: { post_quantum: { key_algorithm: ecdsa-p256 } } }\n",
+    );
+    let out = meshca(dir.path(), &["config", "check", "-c", "classical.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("provider.tresor.post_quantum.key_algorithm")
+            && stderr.contains("ml-dsa-44, ml-dsa-65, ml-dsa-87"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn config_check_prints_the_jwt_svid_plan_and_refuses_an_issuer_relying_parties_cannot_use() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

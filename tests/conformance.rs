@@ -11,7 +11,9 @@
 //! Each case is generated once per provider (`cargo test --test
 //! conformance -- --list`). Tresor signs in process and has no backend to
 //! lose or misconfigure after start, so the two backend-fault cases exist
-//! for `vault` and `cert_manager` only.
+//! for `vault` and `cert_manager` only. Tresor and Vault run with a
+//! post-quantum (ML-DSA-65) root beside the classical one, so every case
+//! also shows that a second root changes nothing for classical keys.
 
 use meshca_test_support as support;
 
@@ -55,7 +57,10 @@ impl Harness {
         );
         match kind {
             Kind::Tresor => Self {
-                daemon: TestDaemon::start(&common).await,
+                daemon: TestDaemon::start(&format!(
+                    "{common}provider: {{ kind: tresor, tresor: {{ post_quantum: {{ key_algorithm: ml-dsa-65 }} }} }}\n"
+                ))
+                .await,
                 istio_port,
                 bao: None,
                 kube: None,
@@ -63,9 +68,10 @@ impl Harness {
             },
             Kind::Vault => {
                 let bao = OpenBao::dev().await;
-                bao.script("setup-pki.sh", &[]);
+                bao.script("setup-pki.sh", &[("POST_QUANTUM_ROLE", "meshca-ml-dsa")]);
                 let auth = format!("{{ token_file: {} }}", bao.meshca_token_file().display());
-                let yaml = format!("{common}{}", bao.provider_yaml(&auth, ""));
+                let pq = "    post_quantum: { role: meshca-ml-dsa }\n";
+                let yaml = format!("{common}{}", bao.provider_yaml(&auth, pq));
                 Self {
                     daemon: TestDaemon::start(&yaml).await,
                     istio_port,
@@ -95,13 +101,22 @@ impl Harness {
     /// The anchors the backend itself says it signs under.
     fn backend_anchors(&self) -> String {
         if let Some(bao) = &self.bao {
-            return bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+            return ["root-1", "pq-root-1"]
+                .iter()
+                .map(|i| bao.cli(&["read", "-field=certificate", &format!("pki/issuer/{i}")]))
+                .collect::<Vec<_>>()
+                .join("\n");
         }
         if let Some(issuer) = &self.issuer {
             return issuer.ca_pem.clone();
         }
-        std::fs::read_to_string(self.daemon.config.state_dir.join("tresor/root.crt"))
-            .expect("the generated Tresor root")
+        ["tresor", "tresor-post-quantum"]
+            .iter()
+            .map(|d| {
+                let root = self.daemon.config.state_dir.join(d).join("root.crt");
+                std::fs::read_to_string(root).expect("the generated Tresor root")
+            })
+            .collect()
     }
 
     /// Send `csr` with a token for `NS/SA`.
@@ -155,8 +170,8 @@ fn named_csr(key: &KeyPair) -> String {
     support::named_csr_with(key, NS, SA)
 }
 
-/// Keys of every type a CSR may carry; RSA from openssl, since ring does
-/// not generate RSA keys.
+/// Keys of every type a CSR may carry; RSA from openssl, as operators
+/// make them.
 fn keys_of_every_type() -> Vec<(&'static str, KeyPair)> {
     let (rsa, _) = support::rsa_key();
     vec![
@@ -326,9 +341,19 @@ async fn the_backends_anchors_reach_the_bundle(kind: Kind) {
         .text()
         .await
         .expect("text");
-    assert_eq!(certs(&served), from_backend, "{kind:?}: GET /v1/bundle");
+    let sorted = |c: Vec<rustls_pki_types::CertificateDer<'static>>| {
+        let mut der: Vec<Vec<u8>> = c.iter().map(|c| c.to_vec()).collect();
+        der.sort();
+        der
+    };
+    let from_backend = sorted(from_backend);
     assert_eq!(
-        certs(&h.daemon.bundle_pem().await),
+        sorted(certs(&served)),
+        from_backend,
+        "{kind:?}: GET /v1/bundle"
+    );
+    assert_eq!(
+        sorted(certs(&h.daemon.bundle_pem().await)),
         from_backend,
         "{kind:?}: the bundle file"
     );
@@ -417,9 +442,56 @@ async fn a_jwt_svid_names_the_caller_as_its_certificate_does(kind: Kind) {
             .expect("base64url")
     };
     let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
-        .verify(input.as_bytes(), &B64.decode(signature).expect("base64url"))
-        .expect("the token verifies with the published key");
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        point,
+    )
+    .verify(input.as_bytes(), &B64.decode(signature).expect("base64url"))
+    .expect("the token verifies with the published key");
+}
+
+/// A CSR of an ML-DSA-65 key (made by rcgen, naming the caller) is signed
+/// under the provider's post-quantum root, whose chain `cryptography` 51
+/// verifies too; a provider that signs no ML-DSA refuses it by name, as a
+/// request to change, never a server error.
+async fn an_ml_dsa_csr_is_signed_under_the_post_quantum_root_or_refused_by_name(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ML_DSA_65).expect("key");
+    let (status, headers, body) = h.sign(named_csr(&key), 3600).await;
+    if let Kind::CertManager = kind {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_csr", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("cert-manager") && message.contains("ML-DSA"),
+            "{message}"
+        );
+        assert!(headers.get("retry-after").is_none());
+        return;
+    }
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let bundle = h.daemon.bundle_pem().await;
+    support::verify(chain, &bundle, webpki::KeyUsage::client_auth())
+        .unwrap_or_else(|e| panic!("{kind:?}: rustls-webpki refused the chain: {e:?}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain_file, bundle_file) = (dir.path().join("chain.pem"), dir.path().join("bundle.pem"));
+    std::fs::write(&chain_file, chain).expect("chain");
+    std::fs::write(&bundle_file, &bundle).expect("bundle");
+    let repo = support::repo_root();
+    let out = std::process::Command::new(repo.join(".venv-pq/bin/python"))
+        .arg(repo.join("tests/pq/verify.py"))
+        .arg("chain")
+        .args([&chain_file, &bundle_file])
+        .output()
+        .expect("cryptography 51 runs (.ci/run installs it in .venv-pq)");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(seen["ok"], true, "{kind:?}: {seen}");
+    assert_eq!(
+        seen["chain"][0]["signature"], "ML-DSA-65",
+        "{kind:?}: {seen}"
+    );
+    assert_eq!(seen["anchor_key"], "MLDSA65PublicKey", "{kind:?}: {seen}");
 }
 
 /// One module per provider, each case named with it: the cases every
@@ -433,6 +505,7 @@ macro_rules! conformance {
             conformance!(@case $kind, the_backends_anchors_reach_the_bundle);
             conformance!(@case $kind, a_jwt_svid_names_the_caller_as_its_certificate_does);
             conformance!(@case $kind, istios_agents_get_the_callers_identity_and_nobody_elses);
+            conformance!(@case $kind, an_ml_dsa_csr_is_signed_under_the_post_quantum_root_or_refused_by_name);
             $($(conformance!(@case $kind, $extra);)*)?
         }
     };

@@ -236,6 +236,7 @@ impl Agent {
                 ttl: Some(Duration::from_secs(600)),
                 once: false,
                 bundle_refresh: Duration::from_millis(300),
+                key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
             },
             shutdown.clone(),
         ));
@@ -458,6 +459,14 @@ async fn two_meshes_trust_each_other_through_root_rotations() {
     assert_eq!(
         authorities(&held["spiffe://b.test"]),
         authorities(&b_bundle)
+    );
+    // a.test fetched it as every client of meshca connects: with the
+    // hybrid post-quantum key exchange.
+    assert!(
+        b.metrics().await.contains(
+            r#"meshca_tls_handshakes_total{listener="bundle-endpoint",group="X25519MLKEM768"}"#
+        ),
+        "a.test's fetch did not negotiate X25519MLKEM768"
     );
     let (_, none) = get_json(&a.url("/v1/bundle/federated"), &a_client, Some(&other)).await;
     assert_eq!(

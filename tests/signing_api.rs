@@ -544,7 +544,7 @@ async fn the_daemons_own_certificate_is_issued_by_its_provider_and_names_its_hos
     let mut store = rustls::RootCertStore::empty();
     store.add(roots[0].clone()).expect("root");
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .expect("tls12")
@@ -608,7 +608,7 @@ async fn the_daemons_serving_certificate_is_renewed_without_a_restart() {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(certs(&bundle)[0].clone()).expect("root");
             let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
+                rustls::crypto::aws_lc_rs::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .expect("versions")

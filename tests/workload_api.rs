@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use meshca::{AgentConfig, WorkloadApiConfig};
+use meshca::{AgentConfig, KeyAlgorithmName, WorkloadApiConfig};
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use support::TestDaemon;
@@ -51,14 +51,22 @@ impl Agent {
         ttl: Duration,
         before: impl FnOnce(&Path),
     ) -> Self {
-        Self::start_refreshing(d, service_account, ttl, Duration::from_millis(300), before).await
+        let refresh = Duration::from_millis(300);
+        Self::start_refreshing(
+            d,
+            (service_account, KeyAlgorithmName::EcdsaP256),
+            ttl,
+            refresh,
+            before,
+        )
+        .await
     }
 
     /// As [`Agent::start_as`], reading the bundle and the JWT keys every
     /// `bundle_refresh`.
     async fn start_refreshing(
         d: &TestDaemon,
-        service_account: &str,
+        (service_account, key_algorithm): (&str, KeyAlgorithmName),
         ttl: Duration,
         bundle_refresh: Duration,
         before: impl FnOnce(&Path),
@@ -84,6 +92,7 @@ impl Agent {
                 ttl: Some(ttl),
                 once: false,
                 bundle_refresh,
+                key_algorithm,
             },
             shutdown.clone(),
         ));
@@ -465,7 +474,7 @@ async fn a_key_removed_from_the_bundle_stops_validating_at_once() {
     .await;
     let agent = Agent::start_refreshing(
         &d,
-        "web",
+        ("web", KeyAlgorithmName::EcdsaP256),
         Duration::from_secs(3600),
         Duration::from_secs(300),
         |_| {},
@@ -525,5 +534,41 @@ async fn a_key_removed_from_the_bundle_stops_validating_at_once() {
             .is_some_and(|d| d.contains("no key")),
         "{check:?}"
     );
+    agent.stop().await;
+}
+
+/// An agent asked for a post-quantum identity makes an ML-DSA key, is
+/// issued under the post-quantum root, and py-spiffe (over the
+/// `cryptography` that reads ML-DSA) receives that SVID with a bundle
+/// holding both roots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_receives_an_ml_dsa_svid_and_a_bundle_of_both_roots() {
+    let d = TestDaemon::start(
+        "provider: { kind: tresor, tresor: { post_quantum: { key_algorithm: ml-dsa-65 } } }\n",
+    )
+    .await;
+    let agent = Agent::start_refreshing(
+        &d,
+        ("web", KeyAlgorithmName::MlDsa65),
+        Duration::from_secs(3600),
+        Duration::from_secs(300),
+        |_| {},
+    )
+    .await;
+    let fetched = agent.run_client(&["fetch"]).await;
+    let f = &fetched[0];
+    assert_eq!(f["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(f["key_matches"], true, "{f}");
+    assert_eq!(f["ec_key"], false, "an ML-DSA key: {f}");
+    let bundle_pem = pem_of(&f["bundle"]);
+    assert_eq!(support::certs(&bundle_pem).len(), 2, "both roots");
+    support::verify(
+        &pem_of(&f["chain"]),
+        &bundle_pem,
+        webpki::KeyUsage::client_auth(),
+    )
+    .expect("the ML-DSA SVID chains to the bundle");
+    let key = std::fs::read_to_string(agent.out.join("key.pem")).expect("key");
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
     agent.stop().await;
 }

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::{io, AgentError, Held};
+use crate::crypto::names::KeyAlgorithmName;
 use crate::keys;
 
 /// The signing API as the agent reaches it.
@@ -22,6 +23,7 @@ pub(super) struct SigningApi {
     initial_roots: Vec<CertificateDer<'static>>,
     token_file: Option<PathBuf>,
     ttl: Option<Duration>,
+    key_algorithm: KeyAlgorithmName,
 }
 
 #[derive(Deserialize)]
@@ -60,17 +62,13 @@ struct ErrorDetail {
 }
 
 impl SigningApi {
-    pub(super) async fn new(
-        server: &str,
-        ca_file: &Path,
-        token_file: Option<PathBuf>,
-        ttl: Option<Duration>,
-    ) -> Result<Self, AgentError> {
+    pub(super) async fn new(config: &super::AgentConfig) -> Result<Self, AgentError> {
         Ok(Self {
-            base: server.trim_end_matches('/').to_owned(),
-            initial_roots: read_pem_certs(ca_file).await?,
-            token_file,
-            ttl,
+            base: config.server.trim_end_matches('/').to_owned(),
+            initial_roots: read_pem_certs(&config.ca_file).await?,
+            token_file: config.token_file.clone(),
+            ttl: config.ttl,
+            key_algorithm: config.key_algorithm,
         })
     }
 
@@ -97,7 +95,8 @@ impl SigningApi {
         let identity = self
             .whoami(&client, token.as_ref().map(|t| t.as_str()))
             .await?;
-        let key = keys::generate().map_err(|e| AgentError::Setup(e.to_string()))?;
+        let key =
+            keys::generate_as(self.key_algorithm).map_err(|e| AgentError::Setup(e.to_string()))?;
         let csr = keys::request_for(&key, &identity, &[])
             .and_then(|c| c.pem())
             .map_err(|e| AgentError::Setup(e.to_string()))?;

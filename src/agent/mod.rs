@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+pub use crate::crypto::names::KeyAlgorithmName;
 use crate::renewal;
 use client::SigningApi;
 pub use workload_api::WorkloadApiConfig;
@@ -50,6 +51,9 @@ pub struct AgentConfig {
     pub once: bool,
     /// How often the trust bundle is re-fetched between renewals.
     pub bundle_refresh: Duration,
+    /// The workload's key algorithm (`ecdsa-p256` by default; `ml-dsa-65`
+    /// for a post-quantum identity, signed under a post-quantum root).
+    pub key_algorithm: KeyAlgorithmName,
 }
 
 impl AgentConfig {
@@ -197,15 +201,7 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// loop, and failed rounds are retried with backoff.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.check()?;
-    let api = Arc::new(
-        SigningApi::new(
-            &config.server,
-            &config.ca_file,
-            config.token_file.clone(),
-            config.ttl,
-        )
-        .await?,
-    );
+    let api = Arc::new(SigningApi::new(&config).await?);
     // Without a token, renewal rests on the certificate a previous run
     // wrote; with one, every round starts from the token.
     let held = match (&config.out_dir, api.has_token()) {

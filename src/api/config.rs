@@ -4,6 +4,7 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use crate::crypto::names::KeyAlgorithmName;
 use crate::validation::Errors;
 
 /// Limits that protect the signing API.
@@ -18,6 +19,8 @@ pub struct ApiLimits {
     /// Requests one identity may make at once before the sustained rate
     /// applies.
     pub per_identity_burst: NonZeroU32,
+    /// The key algorithm of meshca's own serving certificate.
+    pub serving_key_algorithm: KeyAlgorithmName,
 }
 
 /// `api:` as written.
@@ -28,6 +31,7 @@ pub struct RawApi {
     max_in_flight: usize,
     per_identity_per_second: u32,
     per_identity_burst: u32,
+    serving_key_algorithm: String,
 }
 
 impl Default for RawApi {
@@ -37,6 +41,7 @@ impl Default for RawApi {
             max_in_flight: 1024,
             per_identity_per_second: 50,
             per_identity_burst: 200,
+            serving_key_algorithm: "ecdsa-p256".into(),
         }
     }
 }
@@ -58,11 +63,17 @@ impl RawApi {
         if burst.is_none() {
             errors.add("api.per_identity_burst", "must be at least 1");
         }
+        use KeyAlgorithmName::{EcdsaP256, EcdsaP384, Ed25519, MlDsa44, MlDsa65, MlDsa87};
+        let serving = [EcdsaP256, EcdsaP384, Ed25519, MlDsa44, MlDsa65, MlDsa87];
+        let serving_key_algorithm = KeyAlgorithmName::one_of(&self.serving_key_algorithm, &serving)
+            .map_err(|e| errors.add("api.serving_key_algorithm", e))
+            .ok();
         Some(ApiLimits {
             max_body_bytes: self.max_body_bytes,
             max_in_flight: self.max_in_flight,
             per_identity_per_second: per_second?,
             per_identity_burst: burst?,
+            serving_key_algorithm: serving_key_algorithm?,
         })
     }
 }

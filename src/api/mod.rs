@@ -12,7 +12,7 @@ pub use config::{ApiLimits, RawApi};
 pub use error::ApiError;
 pub use handlers::{drain, json_body, parse_request_body, rfc3339, ttl};
 pub use health::{health_router, monitor, Readiness, Ready};
-pub use tls::{serving_certificate, ServingError};
+pub use tls::{serving_certificate, Serving, ServingError};
 
 use std::sync::Arc;
 

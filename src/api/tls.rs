@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::danger::DeferredClientAuth;
+use crate::crypto::names::KeyAlgorithmName;
 use crate::issuer::{Frontend, Issuer, Refusal, Verdict};
 use crate::listener::ServingTls;
 use crate::metrics::Metrics;
@@ -27,13 +28,12 @@ const RETRY: Duration = Duration::from_secs(5);
 /// The first issuance failed; the daemon cannot serve without it.
 pub async fn serving_certificate(
     issuer: Issuer,
-    identity: Identity,
-    names: Vec<ServerName>,
+    own: Serving,
     metrics: Arc<Metrics>,
     renew_now: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) -> Result<(ServingTls, impl Future<Output = ()>), ServingError> {
-    let (config, not_before, not_after) = issue(&issuer, &identity, &names, &metrics).await?;
+    let (config, not_before, not_after) = issue(&issuer, &own, &metrics).await?;
     let tls: ServingTls = Arc::new(ArcSwap::from_pointee(config));
     let handle = tls.clone();
     let task = async move {
@@ -49,7 +49,7 @@ pub async fn serving_certificate(
                 () = tokio::time::sleep(wait) => {}
                 () = renew_now.notified() => {}
             }
-            match issue(&issuer, &identity, &names, &metrics).await {
+            match issue(&issuer, &own, &metrics).await {
                 Ok((config, nb, na)) => {
                     handle.store(Arc::new(config));
                     tracing::info!(not_after = %na, "renewed the signing API's serving certificate");
@@ -84,15 +84,31 @@ pub enum ServingError {
     Tls(#[source] rustls::Error),
 }
 
+/// What meshca's own serving certificate is for: its identity, the names
+/// it is dialled by, and its key's algorithm (`api.serving_key_algorithm`).
+#[derive(Clone, Debug)]
+pub struct Serving {
+    /// The daemon's identity.
+    pub identity: Identity,
+    /// The names clients dial it by.
+    pub names: Vec<ServerName>,
+    /// The algorithm of its key.
+    pub key_algorithm: KeyAlgorithmName,
+}
+
 async fn issue(
     issuer: &Issuer,
-    identity: &Identity,
-    names: &[ServerName],
+    serving: &Serving,
     metrics: &Metrics,
 ) -> Result<(ServerConfig, OffsetDateTime, OffsetDateTime), ServingError> {
     let lifetime = issuer.lifetimes().for_request(None);
     let own = issuer
-        .issue_own(Frontend::Daemon, identity, names, lifetime)
+        .issue_own(
+            Frontend::Daemon,
+            (&serving.identity, serving.key_algorithm),
+            &serving.names,
+            lifetime,
+        )
         .await
         .map_err(ServingError::NotIssued)?;
     let cert = &own.issued.issued;

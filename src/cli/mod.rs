@@ -122,6 +122,11 @@ struct AgentArgs {
     /// Exit after the first certificate is written.
     #[arg(long)]
     once: bool,
+    /// The workload's key algorithm: ecdsa-p256, ecdsa-p384, ed25519,
+    /// rsa-2048, rsa-3072, rsa-4096, or ml-dsa-44, ml-dsa-65, ml-dsa-87 for
+    /// a post-quantum identity (signed under a post-quantum root).
+    #[arg(long, default_value = "ecdsa-p256")]
+    key_algorithm: crate::crypto::names::KeyAlgorithmName,
 }
 
 impl AgentArgs {
@@ -140,6 +145,7 @@ impl AgentArgs {
             ttl: self.ttl,
             once: self.once,
             bundle_refresh: self.bundle_refresh,
+            key_algorithm: self.key_algorithm,
         }
     }
 }

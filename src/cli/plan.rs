@@ -1,7 +1,7 @@
 //! What `meshca config check` says a config will do: the provider, every
 //! place the bundle goes, how callers authenticate, what listens where.
 
-use meshca_tresor::RootSource;
+use meshca_tresor::{RootKeyAlgorithm, RootSource};
 
 use crate::cluster::Discovery;
 use crate::config::Config;
@@ -48,23 +48,56 @@ fn auth(config: &Config) -> Vec<String> {
 
 fn provider(config: &Config) -> String {
     match &config.provider {
-        ProviderConfig::Tresor(t) => match (&t.root, &config.kubernetes) {
-            (RootSource::Files { cert, .. }, _) => {
-                format!("tresor, root from {}", cert.display())
+        ProviderConfig::Tresor(t) => {
+            let root = tresor_root(&t.root, config, "");
+            match &t.post_quantum {
+                Some(pq) => format!(
+                    "tresor, root {root}; post-quantum root {} for ML-DSA keys",
+                    tresor_root(pq, config, "-post-quantum")
+                ),
+                None => format!("tresor, root {root}"),
             }
-            (RootSource::Generated { .. }, Some(k)) => format!(
-                "tresor, root in the Secret {}/{} (generated when absent)",
-                k.namespace, k.root_secret
-            ),
-            (RootSource::Generated { dir, .. }, None) => {
-                format!("tresor, root in {} (generated when absent)", dir.display())
-            }
-        },
-        ProviderConfig::Vault(v) => format!("vault {} ({}/sign/{})", v.address, v.mount, v.role),
+        }
+        ProviderConfig::Vault(v) => {
+            let pq = v
+                .post_quantum_role
+                .as_ref()
+                .map(|r| format!("; ML-DSA keys by {}/sign/{r}", v.mount))
+                .unwrap_or_default();
+            format!("vault {} ({}/sign/{}{pq})", v.address, v.mount, v.role)
+        }
         ProviderConfig::CertManager(c) => format!(
             "cert-manager {} {} (CertificateRequests in {})",
             c.issuer_kind, c.issuer_name, c.namespace
         ),
+    }
+}
+
+/// Where one of Tresor's roots comes from; `suffix` names its Secret.
+fn tresor_root(source: &RootSource, config: &Config, suffix: &str) -> String {
+    match (source, &config.kubernetes) {
+        (RootSource::Files { cert, .. }, _) => format!("from {}", cert.display()),
+        (RootSource::Generated { algorithm, .. }, Some(k)) => format!(
+            "in the Secret {}/{}{suffix} ({}, generated when absent)",
+            k.namespace,
+            k.root_secret,
+            algorithm_name(*algorithm)
+        ),
+        (RootSource::Generated { dir, algorithm, .. }, None) => format!(
+            "in {} ({}, generated when absent)",
+            dir.display(),
+            algorithm_name(*algorithm)
+        ),
+    }
+}
+
+/// A root algorithm as the config names it.
+fn algorithm_name(algorithm: RootKeyAlgorithm) -> &'static str {
+    match algorithm {
+        RootKeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+        RootKeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+        RootKeyAlgorithm::Ed25519 => "ed25519",
+        RootKeyAlgorithm::MlDsa(level) => level.name(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! module re-exports; what only the daemon needs is built on them here.
 //! Nothing else in meshca names a cryptography library.
 
+pub mod names;
 pub mod signing;
 
 pub use meshca_provider::crypto::*;

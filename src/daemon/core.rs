@@ -239,10 +239,14 @@ pub(super) async fn serving_certificate(
         }
     }
     let token = spawner.child_token();
+    let serving = api::Serving {
+        identity: config.daemon_identity.clone(),
+        names,
+        key_algorithm: config.api.serving_key_algorithm,
+    };
     let (tls, task) = api::serving_certificate(
         issuer.clone(),
-        config.daemon_identity.clone(),
-        names,
+        serving,
         metrics.clone(),
         renew_now.clone(),
         token.clone(),

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -14,7 +16,8 @@ use crate::api::{self, ApiState, Readiness};
 use crate::bundle::PublishStatus;
 use crate::config::Config;
 use crate::feature::{Context, ListenerTls, Plug};
-use crate::listener::{self, Limits};
+use crate::listener::{self, HandshakeLabels, Handshakes, Limits};
+use crate::metrics::Metrics;
 use crate::supervisor::Spawner;
 
 /// Bind and serve every listener; returns where the signing API and the
@@ -26,6 +29,7 @@ pub(super) async fn serve(
     (publish, failed_tasks): (PublishStatus, watch::Receiver<Vec<&'static str>>),
     spawner: &Spawner,
 ) -> Result<(SocketAddr, SocketAddr), DaemonError> {
+    let counts = handshake_counts(&ctx.core.metrics);
     let (api_listener, api_addr) = bind(config.listen).await?;
     let (health_listener, metrics_addr) = bind(config.metrics_listen).await?;
     let mut features = Vec::with_capacity(plug.listeners.len());
@@ -38,6 +42,7 @@ pub(super) async fn serve(
         features.push((wanted.name, bound, addr, tls, wanted.router));
     }
     for (name, bound, addr, tls, router) in features {
+        let tls = (tls, Handshakes::new(name, counts.clone()));
         spawner.spawn_child(name, |token| {
             listener::serve(bound, Some(tls), router, Limits::api(), token)
         });
@@ -57,7 +62,8 @@ pub(super) async fn serve(
         ctx.rollout,
         ctx.spiffe,
     ));
-    let (serving, routes) = (ctx.serving, plug.routes);
+    let serving = (ctx.serving, Handshakes::new("api-server", counts));
+    let routes = plug.routes;
     spawner.spawn_child("api-server", |token| {
         listener::serve(
             api_listener,
@@ -78,6 +84,15 @@ pub(super) async fn serve(
     });
     tracing::info!(%api_addr, %metrics_addr, "meshca is serving");
     Ok((api_addr, metrics_addr))
+}
+
+/// `meshca_tls_handshakes_total`, shared by every TLS listener.
+fn handshake_counts(metrics: &Metrics) -> Family<HandshakeLabels, Counter> {
+    metrics.register(
+        "tls_handshakes",
+        "TLS handshakes completed, by listener and negotiated key exchange group (X25519MLKEM768 is the hybrid post-quantum one)",
+        Family::default(),
+    )
 }
 
 /// Bind `addr`; the address actually bound (port 0 picks one).

@@ -8,6 +8,7 @@ use rcgen::KeyPair;
 use zeroize::Zeroizing;
 
 use super::{Frontend, IssuedCertificate, Issuer, LifetimeBounds, Refusal, Request};
+use crate::crypto::names::KeyAlgorithmName;
 
 /// A key made here and the certificate issued for it.
 pub struct OwnCertificate {
@@ -51,11 +52,11 @@ impl Issuer {
     pub async fn issue_own(
         &self,
         frontend: Frontend,
-        identity: &Identity,
+        (identity, key_algorithm): (&Identity, KeyAlgorithmName),
         server_names: &[ServerName],
         lifetime: LifetimeBounds,
     ) -> Result<OwnCertificate, Refusal> {
-        let made = crate::keys::generate().and_then(|key| {
+        let made = crate::keys::generate_as(key_algorithm).and_then(|key| {
             crate::keys::request_for(&key, identity, server_names).map(|csr| (key, csr))
         });
         let (key, csr) = made.map_err(Refusal::OwnKey)?;

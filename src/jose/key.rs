@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::crypto::names::KeyAlgorithmName;
 use crate::crypto::signing::{self, Algorithm, Curve, KeyPair, PublicKey, SigningError};
 
 /// The kind of key, as `jwt_svids.key_type` names it.
@@ -28,18 +29,18 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    /// The key type `value` names (`jwt_svids.key_type`).
+    /// The key type `value` names (`jwt_svids.key_type`), in meshca's
+    /// vocabulary of key algorithms (`ecdsa-p256`; `ec-p256` is still
+    /// read).
     ///
     /// # Errors
-    /// A name of no key type.
+    /// A name of no key type JWS signs with here.
     pub fn parse(value: &str) -> Result<Self, String> {
-        match value {
-            "ec-p256" => Ok(Self::EcP256),
-            "ec-p384" => Ok(Self::EcP384),
-            "rsa-2048" => Ok(Self::Rsa2048),
-            other => Err(format!(
-                "{other:?} is not one of ec-p256, ec-p384, rsa-2048"
-            )),
+        use crate::crypto::names::KeyAlgorithmName::{EcdsaP256, EcdsaP384, Rsa2048};
+        match KeyAlgorithmName::one_of(value, &[EcdsaP256, EcdsaP384, Rsa2048])? {
+            EcdsaP384 => Ok(Self::EcP384),
+            Rsa2048 => Ok(Self::Rsa2048),
+            _ => Ok(Self::EcP256),
         }
     }
 

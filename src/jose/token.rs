@@ -73,7 +73,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 /// Sign `claims` with `key`.
 ///
 /// # Errors
-/// ring failed to sign.
+/// The crypto library failed to sign.
 pub fn sign(key: &PrivateKey, claims: &Claims) -> Result<String, KeyError> {
     let header = Header {
         alg: key.key_type().alg().into(),

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::body::Deadline;
-use super::{Limits, PeerCertificates};
+use super::{Handshakes, Limits, PeerCertificates};
 
 /// One accepted connection.
 pub(super) struct Connection {
@@ -34,7 +34,7 @@ pub(super) struct Connection {
 impl Connection {
     pub(super) async fn serve_tls(
         self,
-        acceptor: TlsAcceptor,
+        (acceptor, handshakes): (TlsAcceptor, Handshakes),
         stream: tokio::net::TcpStream,
         watcher: Watcher,
     ) {
@@ -51,6 +51,7 @@ impl Connection {
                 return;
             }
         };
+        handshakes.record(tls.get_ref().1.negotiated_key_exchange_group());
         let peer = tls.get_ref().1.peer_certificates().map(|c| {
             PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
         });

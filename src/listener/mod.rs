@@ -26,8 +26,10 @@
 
 mod body;
 mod connection;
+mod handshakes;
 mod limits;
 
+pub use handshakes::{HandshakeLabels, Handshakes};
 pub use limits::Limits;
 
 use std::sync::Arc;
@@ -65,12 +67,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 256 * 1024;
 
 /// Serve `router` on `listener` until `shutdown`, then drain: over TLS
-/// with the configuration current at each accept when `tls` is given,
-/// otherwise plain HTTP. The client's certificates, if any, are attached
-/// to every request of the connection as [`PeerCertificates`].
+/// with the configuration current at each accept when `tls` is given
+/// (each handshake counted by its key exchange group), otherwise plain
+/// HTTP. The client's certificates, if any, are attached to every request
+/// of the connection as [`PeerCertificates`].
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<ServingTls>,
+    tls: Option<(ServingTls, Handshakes)>,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -110,12 +113,14 @@ pub async fn serve(
             limits,
             remote,
         };
-        let acceptor = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
+        let acceptor = tls
+            .as_ref()
+            .map(|(t, counted)| (TlsAcceptor::from(t.load_full()), counted.clone()));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
             match acceptor {
-                Some(acceptor) => connection.serve_tls(acceptor, stream, watcher).await,
+                Some(accept) => connection.serve_tls(accept, stream, watcher).await,
                 None => connection.serve(stream, None, watcher).await,
             }
         });

@@ -9,6 +9,8 @@ use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
 use meshca_vault::{VaultAuth, VaultConfig};
 use serde::Deserialize;
 
+use crate::crypto::names::KeyAlgorithmName;
+use crate::crypto::MlDsaLevel;
 use crate::validation::Errors;
 
 /// Which backend signs, with its settings. Compared by value: a rollout
@@ -126,36 +128,48 @@ impl RawProvider {
 
 // === tresor ===
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-enum RawKeyAlgorithm {
-    #[default]
-    EcdsaP256,
-    EcdsaP384,
-    Ed25519,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawTresor {
-    key_algorithm: RawKeyAlgorithm,
+    key_algorithm: String,
     #[serde(with = "humantime_serde")]
     root_validity: Duration,
     common_name: String,
     root_cert_file: Option<PathBuf>,
     root_key_file: Option<PathBuf>,
     intermediate: Option<RawIntermediate>,
+    post_quantum: Option<RawPostQuantum>,
 }
 
 impl Default for RawTresor {
     fn default() -> Self {
         Self {
-            key_algorithm: RawKeyAlgorithm::EcdsaP256,
+            key_algorithm: "ecdsa-p256".into(),
             root_validity: Duration::from_secs(87_600 * 3600),
             common_name: "meshca root CA".into(),
             root_cert_file: None,
             root_key_file: None,
             intermediate: None,
+            post_quantum: None,
+        }
+    }
+}
+
+/// `provider.tresor.post_quantum`: a second, ML-DSA root.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPostQuantum {
+    key_algorithm: String,
+    root_cert_file: Option<PathBuf>,
+    root_key_file: Option<PathBuf>,
+}
+
+impl Default for RawPostQuantum {
+    fn default() -> Self {
+        Self {
+            key_algorithm: "ml-dsa-65".into(),
+            root_cert_file: None,
+            root_key_file: None,
         }
     }
 }
@@ -165,6 +179,17 @@ impl Default for RawTresor {
 struct RawIntermediate {
     #[serde(with = "humantime_serde")]
     validity: Duration,
+}
+
+/// What a root is, as written under `path` (`provider.tresor` or
+/// `provider.tresor.post_quantum`).
+struct RawRoot<'a> {
+    path: &'static str,
+    key_algorithm: &'a str,
+    allowed: &'static [KeyAlgorithmName],
+    files: (Option<&'a PathBuf>, Option<&'a PathBuf>),
+    /// Where a generated root is kept.
+    dir: PathBuf,
 }
 
 impl RawTresor {
@@ -178,53 +203,103 @@ impl RawTresor {
                 );
             }
         }
-        let root = match (&self.root_cert_file, &self.root_key_file) {
+        let generated = self.root_cert_file.is_none()
+            || self
+                .post_quantum
+                .as_ref()
+                .is_some_and(|pq| pq.root_cert_file.is_none());
+        if generated && self.root_validity <= max_ttl {
+            errors.add(
+                "provider.tresor.root_validity",
+                "must be longer than certificates.max_ttl",
+            );
+        }
+        use KeyAlgorithmName::{EcdsaP256, EcdsaP384, Ed25519, MlDsa44, MlDsa65, MlDsa87};
+        let root = self.root(
+            &RawRoot {
+                path: "provider.tresor",
+                key_algorithm: &self.key_algorithm,
+                allowed: &[EcdsaP256, EcdsaP384, Ed25519],
+                files: (self.root_cert_file.as_ref(), self.root_key_file.as_ref()),
+                dir: cx.state_dir.join("tresor"),
+            },
+            errors,
+        );
+        let post_quantum = self.post_quantum.as_ref().map(|pq| {
+            self.root(
+                &RawRoot {
+                    path: "provider.tresor.post_quantum",
+                    key_algorithm: &pq.key_algorithm,
+                    allowed: &[MlDsa44, MlDsa65, MlDsa87],
+                    files: (pq.root_cert_file.as_ref(), pq.root_key_file.as_ref()),
+                    dir: cx.state_dir.join("tresor-post-quantum"),
+                },
+                errors,
+            )
+        });
+        Some(TresorConfig {
+            root: root?,
+            post_quantum: post_quantum.map(|r| r.ok_or(())).transpose().ok()?,
+            intermediate_validity: self.intermediate.as_ref().map(|i| i.validity),
+        })
+    }
+
+    /// One root's source: its files, checked now, or generated with its
+    /// algorithm.
+    fn root(&self, raw: &RawRoot<'_>, errors: &mut Errors) -> Option<RootSource> {
+        let path = raw.path;
+        let algorithm = KeyAlgorithmName::one_of(raw.key_algorithm, raw.allowed)
+            .map_err(|e| errors.add(&format!("{path}.key_algorithm"), e))
+            .ok()
+            .and_then(root_algorithm);
+        let root = match raw.files {
             (Some(cert), Some(key)) => RootSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
             },
-            (None, None) => {
-                if self.root_validity <= max_ttl {
-                    errors.add(
-                        "provider.tresor.root_validity",
-                        "must be longer than certificates.max_ttl",
-                    );
-                }
-                RootSource::Generated {
-                    dir: cx.state_dir.join("tresor"),
-                    algorithm: match self.key_algorithm {
-                        RawKeyAlgorithm::EcdsaP256 => RootKeyAlgorithm::EcdsaP256,
-                        RawKeyAlgorithm::EcdsaP384 => RootKeyAlgorithm::EcdsaP384,
-                        RawKeyAlgorithm::Ed25519 => RootKeyAlgorithm::Ed25519,
-                    },
-                    validity: self.root_validity,
-                    common_name: self.common_name.clone(),
-                }
-            }
+            (None, None) => RootSource::Generated {
+                dir: raw.dir.clone(),
+                algorithm: algorithm?,
+                validity: self.root_validity,
+                common_name: match algorithm?.is_post_quantum() {
+                    true => format!("{} (post-quantum)", self.common_name),
+                    false => self.common_name.clone(),
+                },
+            },
             (Some(_), None) => {
                 errors.add(
-                    "provider.tresor.root_key_file",
-                    "required when provider.tresor.root_cert_file is set",
+                    &format!("{path}.root_key_file"),
+                    format!("required when {path}.root_cert_file is set"),
                 );
                 return None;
             }
             (None, Some(_)) => {
                 errors.add(
-                    "provider.tresor.root_cert_file",
-                    "required when provider.tresor.root_key_file is set",
+                    &format!("{path}.root_cert_file"),
+                    format!("required when {path}.root_key_file is set"),
                 );
                 return None;
             }
         };
         if let Err(e) = root.check() {
-            errors.add("provider.tresor.root_cert_file", e);
+            errors.add(&format!("{path}.root_cert_file"), e);
             return None;
         }
-        Some(TresorConfig {
-            root,
-            intermediate_validity: self.intermediate.as_ref().map(|i| i.validity),
-        })
+        Some(root)
     }
+}
+
+/// The root algorithm a name means.
+fn root_algorithm(name: KeyAlgorithmName) -> Option<RootKeyAlgorithm> {
+    Some(match name {
+        KeyAlgorithmName::EcdsaP256 => RootKeyAlgorithm::EcdsaP256,
+        KeyAlgorithmName::EcdsaP384 => RootKeyAlgorithm::EcdsaP384,
+        KeyAlgorithmName::Ed25519 => RootKeyAlgorithm::Ed25519,
+        KeyAlgorithmName::MlDsa44 => RootKeyAlgorithm::MlDsa(MlDsaLevel::MlDsa44),
+        KeyAlgorithmName::MlDsa65 => RootKeyAlgorithm::MlDsa(MlDsaLevel::MlDsa65),
+        KeyAlgorithmName::MlDsa87 => RootKeyAlgorithm::MlDsa(MlDsaLevel::MlDsa87),
+        _ => return None,
+    })
 }
 
 // === cert-manager ===
@@ -347,6 +422,15 @@ struct RawVault {
     )]
     anchors_refresh: Duration,
     auth: RawVaultAuth,
+    post_quantum: Option<RawVaultPostQuantum>,
+}
+
+/// `provider.vault.post_quantum`: the role whose issuer signs CSRs of
+/// ML-DSA keys (an ML-DSA issuer of the same mount).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultPostQuantum {
+    role: String,
 }
 
 impl RawVault {
@@ -488,6 +572,7 @@ impl RawVault {
             timeout: self.timeout,
             anchors_refresh: self.anchors_refresh,
             auth: methods.remove(0),
+            post_quantum_role: self.post_quantum.as_ref().map(|p| p.role.clone()),
         })
     }
 }

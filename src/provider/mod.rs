@@ -109,9 +109,30 @@ pub async fn build(config: &ProviderConfig, deps: &Deps) -> Result<Built, BuildE
     })
 }
 
-/// Tresor; with a cluster a generated root lives in its own Secret, so
-/// every replica and every restart signs with the same root.
+/// Tresor; with a cluster a generated root lives in its own Secret (the
+/// post-quantum one in another, `<root_secret>-post-quantum`), so every
+/// replica and every restart signs with the same roots.
 async fn tresor(config: &TresorConfig, deps: &Deps) -> Result<Tresor, BuildError> {
+    let root = tresor_root(&config.root, deps, "").await?;
+    let post_quantum = match &config.post_quantum {
+        Some(source) => Some(tresor_root(source, deps, "-post-quantum").await?),
+        None => None,
+    };
+    Ok(Tresor::from_roots(
+        root,
+        post_quantum,
+        config.intermediate_validity,
+    )?)
+}
+
+/// One of Tresor's roots: from its files or its directory (on the
+/// blocking pool), or, generated with a cluster, from the Secret named
+/// `<root_secret><suffix>`.
+async fn tresor_root(
+    source: &RootSource,
+    deps: &Deps,
+    suffix: &str,
+) -> Result<CaCertificate, BuildError> {
     let (
         Some(cluster),
         RootSource::Generated {
@@ -120,26 +141,36 @@ async fn tresor(config: &TresorConfig, deps: &Deps) -> Result<Tresor, BuildError
             common_name,
             ..
         },
-    ) = (&deps.cluster, &config.root)
+    ) = (&deps.cluster, source)
     else {
-        let config = config.clone();
-        return tokio::task::spawn_blocking(move || Tresor::new(&config))
+        let source = source.clone();
+        let stored = tokio::task::spawn_blocking(move || source.load_or_create())
             .await
-            .map_err(|e| BuildError::Provider(ProviderError::Internal(e.to_string())))?
-            .map_err(BuildError::from);
+            .map_err(|e| BuildError::Provider(ProviderError::Internal(e.to_string())))??;
+        let what = if stored.created {
+            "generated"
+        } else {
+            "loaded"
+        };
+        tracing::info!(subject = %stored.root.subject(), "{what} a Tresor root");
+        return Ok(stored.root);
     };
     let (algorithm, validity, cn) = (*algorithm, *validity, common_name.clone());
     let k = &cluster.config;
+    let secret = format!("{}{suffix}", k.root_secret);
+    // OSM kept its root beside the bundle; only the classical one can be
+    // migrated from there.
+    let osm = deps.bundle_secret.as_ref().filter(|_| suffix.is_empty());
     let (root, origin) = tresor_root::load_or_create(
         cluster.client.clone(),
         &k.namespace,
-        &k.root_secret,
-        deps.bundle_secret.as_ref(),
+        &secret,
+        osm,
         move || CaCertificate::generate_root(algorithm, validity, &cn),
     )
     .await?;
-    tracing::info!(subject = %root.subject(), secret = %format!("{}/{}", k.namespace, k.root_secret), ?origin, "Tresor root ready");
-    Ok(Tresor::from_root(root, config.intermediate_validity)?)
+    tracing::info!(subject = %root.subject(), secret = %format!("{}/{secret}", k.namespace), ?origin, "Tresor root ready");
+    Ok(root)
 }
 
 /// A throwaway request for the daemon's own identity, with which a

@@ -119,6 +119,9 @@ async fn create(
     origin: Origin,
 ) -> Result<(CaCertificate, Origin), KubeError> {
     let what = format!("secret {namespace}/{root}");
+    let key_pem = ca
+        .key_pem()
+        .map_err(|e| KubeError::Invalid(format!("the new root's key for {what}: {e}")))?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(root.to_owned()),
@@ -134,7 +137,7 @@ async fn create(
             ("tls.crt".to_owned(), ByteString(ca.cert_pem().into_bytes())),
             (
                 "tls.key".to_owned(),
-                ByteString(ca.key_pem().as_bytes().to_vec()),
+                ByteString(key_pem.as_bytes().to_vec()),
             ),
         ])),
         ..Secret::default()

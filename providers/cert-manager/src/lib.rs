@@ -29,8 +29,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::Api;
 use meshca_provider::{
-    Capabilities, Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain,
-    ValidatedCsr,
+    Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
+    SignedChain, ValidatedCsr,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -76,10 +76,14 @@ pub struct CertManagerConfig {
 }
 
 /// cert-manager's issuers sign the names a CSR carries, not the ones meshca
-/// would pass: a CSR must name exactly its identity.
+/// would pass: a CSR must name exactly its identity. Its CA issuer signs
+/// no ML-DSA key.
 pub const CAPABILITIES: Capabilities = Capabilities {
     names_from_profile: false,
     hint: None,
+    post_quantum: PostQuantum::Cannot(
+        "cert-manager's issuers do not sign ML-DSA keys; use the tresor or vault provider for post-quantum identities",
+    ),
 };
 
 /// The cert-manager provider.

@@ -12,8 +12,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 use crate::{
-    Capabilities, Health, Identity, LeafProfile, Provider, ProviderError, ProviderKind,
-    SignatureCheck, SignedChain, ValidatedCsr,
+    Capabilities, Health, Identity, LeafProfile, PostQuantum, Provider, ProviderError,
+    ProviderKind, SignatureCheck, SignedChain, ValidatedCsr,
 };
 
 /// How far a backend's clock may put NotBefore in the future before meshca
@@ -152,6 +152,16 @@ impl Checked {
                 leaf.identity().dns_name(),
                 leaf.identity().spiffe_id(),
                 capabilities.hint.map(|h| format!(", or {h}")).unwrap_or_default()
+            )));
+        }
+        if let (true, PostQuantum::Cannot(why)) = (
+            csr.key_algorithm().is_post_quantum(),
+            capabilities.post_quantum,
+        ) {
+            return Err(ProviderError::UnsupportedRequest(format!(
+                "the {} provider cannot sign a certificate for an {} key: {why}; ask with a classical key (ecdsa-p256)",
+                self.inner.kind(),
+                csr.key_algorithm()
             )));
         }
         let SignedChain(chain) = self.inner.sign(csr, leaf).await?;

@@ -1,9 +1,13 @@
-//! The one place meshca's cryptography is chosen: the rustls
-//! [`CryptoProvider`] every TLS configuration is built with (and the
-//! signature algorithms certificates are verified with), the random
-//! source and the digests. Every crate of meshca asks here; none names a
-//! cryptography library itself, so that changing it (to aws-lc-rs, for
-//! post-quantum algorithms) is a change of this file.
+//! The one place meshca's cryptography is chosen: aws-lc-rs, for the
+//! rustls [`CryptoProvider`] every TLS configuration is built with (key
+//! exchange preferring the hybrid X25519MLKEM768, classical groups still
+//! accepted; the signature algorithms certificates are verified with,
+//! ML-DSA included), the random source and the digests. Every crate of
+//! meshca asks here; none names a cryptography library itself.
+
+mod ml_dsa;
+
+pub use ml_dsa::{Level as MlDsaLevel, MlDsaError, MlDsaKey};
 
 use std::sync::Arc;
 
@@ -22,15 +26,17 @@ static VERSIONS: &[&rustls::SupportedProtocolVersion] =
 #[error("the system random source failed")]
 pub struct RandomError;
 
-/// The rustls provider: ring, as compiled in.
+/// The rustls provider: aws-lc-rs, as compiled in (with
+/// `prefer-post-quantum`, X25519MLKEM768 first among its key exchange
+/// groups).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Install [`provider`] as the process default, for libraries that build
 /// their own TLS configurations (the Kubernetes client). Idempotent.
 pub fn install_default() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// A server configuration of [`provider`] and TLS 1.2 and 1.3 only, before
@@ -76,7 +82,7 @@ pub fn client_config_trusting(
 /// The signature algorithms TLS peers and certificate chains are verified
 /// with.
 pub fn verification_algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
 /// The signature algorithms rustls-webpki verifies certificate chains
@@ -91,10 +97,7 @@ pub fn webpki_algorithms(
 /// # Errors
 /// [`RandomError`]: the system has no entropy to give.
 pub fn fill_random(out: &mut [u8]) -> Result<(), RandomError> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new()
-        .fill(out)
-        .map_err(|_| RandomError)
+    aws_lc_rs::rand::fill(out).map_err(|_| RandomError)
 }
 
 /// `N` random bytes.
@@ -123,12 +126,12 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-256 over data given in parts.
-pub struct Sha256(ring::digest::Context);
+pub struct Sha256(aws_lc_rs::digest::Context);
 
 impl Sha256 {
     /// An empty hash.
     pub fn new() -> Self {
-        Self(ring::digest::Context::new(&ring::digest::SHA256))
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
     }
 
     /// Add `data`.

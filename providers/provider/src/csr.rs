@@ -26,7 +26,7 @@ pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
 }
 
 /// The public-key types meshca accepts in a CSR (ECDSA P-256/P-384,
-/// Ed25519, RSA 2048–4096 bits).
+/// Ed25519, RSA 2048–4096 bits, ML-DSA-44/65/87).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyAlgorithm {
@@ -41,6 +41,12 @@ pub enum KeyAlgorithm {
         /// Modulus length in bits, between 2048 and 4096.
         bits: usize,
     },
+    /// ML-DSA-44 (FIPS 204), post-quantum.
+    MlDsa44,
+    /// ML-DSA-65 (FIPS 204), post-quantum.
+    MlDsa65,
+    /// ML-DSA-87 (FIPS 204), post-quantum.
+    MlDsa87,
 }
 
 impl KeyAlgorithm {
@@ -48,6 +54,12 @@ impl KeyAlgorithm {
     /// digitalSignature.
     pub fn is_rsa(self) -> bool {
         matches!(self, Self::Rsa { .. })
+    }
+
+    /// A post-quantum signature key: signed under a post-quantum chain,
+    /// by providers that can.
+    pub fn is_post_quantum(self) -> bool {
+        matches!(self, Self::MlDsa44 | Self::MlDsa65 | Self::MlDsa87)
     }
 }
 
@@ -58,6 +70,9 @@ impl fmt::Display for KeyAlgorithm {
             Self::EcdsaP384 => f.write_str("ECDSA P-384"),
             Self::Ed25519 => f.write_str("Ed25519"),
             Self::Rsa { bits } => write!(f, "RSA {bits}"),
+            Self::MlDsa44 => f.write_str("ML-DSA-44"),
+            Self::MlDsa65 => f.write_str("ML-DSA-65"),
+            Self::MlDsa87 => f.write_str("ML-DSA-87"),
         }
     }
 }
@@ -75,11 +90,11 @@ pub enum CsrError {
     BadSignature,
     /// The request is signed with an algorithm meshca does not accept
     /// (SHA-1 or MD5 digests, for instance).
-    #[error("the certificate request is signed with {0}; accepted are ECDSA and RSA PKCS#1 v1.5 with SHA-256/384/512, and Ed25519")]
+    #[error("the certificate request is signed with {0}; accepted are ECDSA and RSA PKCS#1 v1.5 with SHA-256/384/512, Ed25519 and ML-DSA")]
     WeakSignature(String),
     /// A key type outside the accepted set.
     #[error(
-        "unsupported public key: {0}; accepted are ECDSA P-256/P-384, Ed25519 and RSA 2048-4096"
+        "unsupported public key: {0}; accepted are ECDSA P-256/P-384, Ed25519, RSA 2048-4096 and ML-DSA-44/65/87"
     )]
     UnsupportedKey(String),
     /// The request asks for a CA certificate.
@@ -167,7 +182,7 @@ impl ValidatedCsr {
         if !ACCEPTED_SIGNATURES.contains(signature) {
             return Err(CsrError::WeakSignature(signature_name(signature)));
         }
-        csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+        verify_signature(&csr, der)?;
 
         let allowed = Allowed::new(identity, extra);
         for cn in info.subject.iter_common_name() {
@@ -245,8 +260,14 @@ impl ValidatedCsr {
     }
 }
 
+/// ML-DSA-44, -65 and -87 (FIPS 204; RFC 9881): the key's algorithm
+/// and the signature's alike.
+const OID_ML_DSA_44: Oid<'static> = x509_parser::der_parser::oid!(2.16.840 .1 .101 .3 .4 .3 .17);
+const OID_ML_DSA_65: Oid<'static> = x509_parser::der_parser::oid!(2.16.840 .1 .101 .3 .4 .3 .18);
+const OID_ML_DSA_87: Oid<'static> = x509_parser::der_parser::oid!(2.16.840 .1 .101 .3 .4 .3 .19);
+
 /// Signature algorithms a CSR may be signed with.
-const ACCEPTED_SIGNATURES: [Oid<'static>; 7] = [
+const ACCEPTED_SIGNATURES: [Oid<'static>; 10] = [
     OID_SIG_ECDSA_WITH_SHA256,
     OID_SIG_ECDSA_WITH_SHA384,
     OID_SIG_ECDSA_WITH_SHA512,
@@ -254,7 +275,63 @@ const ACCEPTED_SIGNATURES: [Oid<'static>; 7] = [
     OID_PKCS1_SHA384WITHRSA,
     OID_PKCS1_SHA512WITHRSA,
     OID_SIG_ED25519,
+    OID_ML_DSA_44,
+    OID_ML_DSA_65,
+    OID_ML_DSA_87,
 ];
+
+/// The request's signature, by its own key, with the algorithm the
+/// request names: verified with the same algorithms (rustls-webpki's on
+/// meshca's crypto provider) that verify certificate chains, ML-DSA
+/// included.
+fn verify_signature(csr: &X509CertificationRequest<'_>, der: &[u8]) -> Result<(), CsrError> {
+    let malformed = || CsrError::Malformed("the request's DER is not a PKCS#10 request".into());
+    let info = &csr.certification_request_info;
+    // The AlgorithmIdentifiers as their DER contents, as webpki names
+    // its algorithms: the key's inside the SPKI, the signature's after the
+    // request info.
+    let key_alg = element(info.subject_pki.raw)
+        .and_then(|(_, spki, _)| element(spki))
+        .map(|(_, alg, _)| alg)
+        .ok_or_else(malformed)?;
+    let signature_alg = element(der)
+        .and_then(|(_, request, _)| element(request))
+        .and_then(|(_, _, after_info)| element(after_info))
+        .map(|(_, alg, _)| alg)
+        .ok_or_else(malformed)?;
+    let key = &info.subject_pki.subject_public_key.data;
+    let signature = &csr.signature_value.data;
+    let verified = crate::crypto::webpki_algorithms().iter().any(|alg| {
+        alg.public_key_alg_id().as_ref() == key_alg
+            && alg.signature_alg_id().as_ref() == signature_alg
+            && alg.verify_signature(key, info.raw, signature).is_ok()
+    });
+    if verified {
+        Ok(())
+    } else {
+        Err(CsrError::BadSignature)
+    }
+}
+
+/// The first DER element of `input`: its tag, its contents and what
+/// follows it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(n)?;
+        let len = bytes.iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (len, rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
 
 fn signature_name(oid: &Oid<'_>) -> String {
     x509_parser::oid_registry::OidRegistry::default()
@@ -266,25 +343,9 @@ fn signature_name(oid: &Oid<'_>) -> String {
 /// Whether a DER attribute value (`SET OF`, header included) holds exactly
 /// one element: a second one would be silently ignored by the parser.
 fn holds_one_value(set: &[u8]) -> bool {
-    fn header(b: &[u8]) -> Option<(usize, usize)> {
-        let (&first, rest) = b.get(1..).and_then(|r| r.split_first())?;
-        if first < 0x80 {
-            return Some((2, usize::from(first)));
-        }
-        let n = usize::from(first & 0x7f);
-        let len = rest
-            .get(..n)?
-            .iter()
-            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
-        Some((2 + n, len))
-    }
-    match header(set) {
-        Some((set_header, set_len)) => match set.get(set_header..).and_then(header) {
-            Some((h, len)) => h + len == set_len,
-            None => false,
-        },
-        None => false,
-    }
+    element(set)
+        .and_then(|(_, values, _)| element(values))
+        .is_some_and(|(_, _, after_first)| after_first.is_empty())
 }
 
 fn key_algorithm(
@@ -306,6 +367,14 @@ fn key_algorithm(
         return Err(CsrError::Malformed(
             "an Ed25519 public key must carry no algorithm parameters (RFC 8410)".into(),
         ));
+    }
+    if let Some(ml_dsa) = ml_dsa(alg) {
+        if parameters.is_some() {
+            return Err(CsrError::Malformed(
+                "an ML-DSA public key must carry no algorithm parameters (RFC 9881)".into(),
+            ));
+        }
+        return Ok(ml_dsa);
     }
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki
@@ -342,6 +411,17 @@ fn key_algorithm(
             alg.to_id_string()
         )))
     }
+}
+
+/// The ML-DSA parameter set `alg` names, if it names one.
+fn ml_dsa(alg: &Oid<'_>) -> Option<KeyAlgorithm> {
+    [
+        (OID_ML_DSA_44, KeyAlgorithm::MlDsa44),
+        (OID_ML_DSA_65, KeyAlgorithm::MlDsa65),
+        (OID_ML_DSA_87, KeyAlgorithm::MlDsa87),
+    ]
+    .into_iter()
+    .find_map(|(oid, key)| (oid == *alg).then_some(key))
 }
 
 /// Modulus length in bits, ignoring DER's leading zero bytes.

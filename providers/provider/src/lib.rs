@@ -29,4 +29,6 @@ pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};
 pub use error::{error_chain, ProviderError};
 pub use identity::{uri_names, Identity, IdentityError, TrustDomain};
 pub use leaf::{backdate_for, LeafProfile, ServerName, CLOCK_SKEW_ALLOWANCE};
-pub use provider::{Capabilities, Health, Provider, ProviderKind, SignatureCheck, SignedChain};
+pub use provider::{
+    Capabilities, Health, PostQuantum, Provider, ProviderKind, SignatureCheck, SignedChain,
+};

@@ -49,13 +49,27 @@ pub struct Capabilities {
     pub names_from_profile: bool,
     /// What the operator can change so that it is, when it is not.
     pub hint: Option<&'static str>,
+    /// Whether it signs CSRs of post-quantum (ML-DSA) keys.
+    pub post_quantum: PostQuantum,
+}
+
+/// Whether a backend signs CSRs of post-quantum (ML-DSA) keys, under a
+/// post-quantum chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostQuantum {
+    /// It does.
+    Signs,
+    /// It does not: why, and what would change it, for the refusal.
+    Cannot(&'static str),
 }
 
 impl Capabilities {
-    /// A backend that names leaves from the profile.
-    pub const FULL: Self = Self {
+    /// A backend that names leaves from the profile and signs only
+    /// classical keys.
+    pub const CLASSICAL: Self = Self {
         names_from_profile: true,
         hint: None,
+        post_quantum: PostQuantum::Cannot("this provider signs classical keys only"),
     };
 }
 
@@ -133,6 +147,6 @@ pub trait Provider: Send + Sync + 'static {
     /// What it can sign; [`Checked`](crate::Checked) refuses a request
     /// beyond it before the backend is asked.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::FULL
+        Capabilities::CLASSICAL
     }
 }

@@ -1,8 +1,7 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -10,7 +9,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use crate::key::{load_private_key_pem, RootKeyAlgorithm};
+use crate::key::{load_private_key_pem, CaKey, RootKeyAlgorithm};
 use crate::TresorError;
 
 /// A CA certificate together with the key that signs under it.
@@ -19,7 +18,7 @@ use crate::TresorError;
 /// match the certificate, so any `CaCertificate` can sign.
 pub struct CaCertificate {
     der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     subject: String,
     not_after: OffsetDateTime,
 }
@@ -103,7 +102,7 @@ impl CaCertificate {
         Ok(Self::from_parts(cert.der().clone(), params, key))
     }
 
-    fn from_parts(der: CertificateDer<'static>, params: CertificateParams, key: KeyPair) -> Self {
+    fn from_parts(der: CertificateDer<'static>, params: CertificateParams, key: CaKey) -> Self {
         let subject = params
             .distinguished_name
             .get(&DnType::CommonName)
@@ -142,11 +141,19 @@ impl CaCertificate {
 
     /// The private key as PKCS#8 PEM, zeroized when dropped. Only for
     /// writing to the CA's own 0600 storage.
-    pub fn key_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(self.issuer.key().serialize_pem())
+    ///
+    /// # Errors
+    /// The key could not be encoded.
+    pub fn key_pem(&self) -> Result<Zeroizing<String>, TresorError> {
+        self.issuer.key().serialize_pem()
     }
 
-    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+    /// Whether its key is post-quantum (ML-DSA).
+    pub fn is_post_quantum(&self) -> bool {
+        matches!(self.issuer.key(), CaKey::MlDsa(_))
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, CaKey> {
         &self.issuer
     }
 }

@@ -1,6 +1,7 @@
+use meshca_provider::crypto::{MlDsaKey, MlDsaLevel};
 use pkcs8::der::asn1::ObjectIdentifier;
 use pkcs8::der::{Decode, Encode};
-use rcgen::KeyPair;
+use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
@@ -17,28 +18,115 @@ pub enum RootKeyAlgorithm {
     EcdsaP384,
     /// Ed25519.
     Ed25519,
+    /// ML-DSA (FIPS 204), for a post-quantum root.
+    MlDsa(MlDsaLevel),
 }
 
 impl RootKeyAlgorithm {
-    pub(crate) fn generate(self) -> Result<KeyPair, TresorError> {
+    /// Whether it is a post-quantum algorithm.
+    pub fn is_post_quantum(self) -> bool {
+        matches!(self, Self::MlDsa(_))
+    }
+
+    pub(crate) fn generate(self) -> Result<CaKey, TresorError> {
         let alg = match self {
             Self::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Self::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             Self::Ed25519 => &rcgen::PKCS_ED25519,
+            Self::MlDsa(level) => {
+                let key = MlDsaKey::generate(level).map_err(|e| TresorError::Key(e.to_string()))?;
+                return Ok(CaKey::MlDsa(key));
+            }
         };
-        Ok(KeyPair::generate_for(alg)?)
+        Ok(CaKey::Classical(KeyPair::generate_for(alg)?))
     }
 
     /// The same family as an existing key, for intermediates of a loaded
-    /// root. RSA roots get P-256 intermediates: ring cannot generate RSA.
-    pub(crate) fn like(key: &KeyPair) -> Self {
+    /// root. RSA roots get P-256 intermediates: smaller and faster, and as
+    /// widely verified.
+    pub(crate) fn like(key: &CaKey) -> Self {
         let alg = key.algorithm();
-        if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
-            Self::EcdsaP384
-        } else if alg == &rcgen::PKCS_ED25519 {
-            Self::Ed25519
-        } else {
-            Self::EcdsaP256
+        match key {
+            CaKey::MlDsa(key) => Self::MlDsa(key.level()),
+            CaKey::Classical(_) if alg == &rcgen::PKCS_ECDSA_P384_SHA384 => Self::EcdsaP384,
+            CaKey::Classical(_) if alg == &rcgen::PKCS_ED25519 => Self::Ed25519,
+            CaKey::Classical(_) => Self::EcdsaP256,
+        }
+    }
+}
+
+/// A CA's signing key: a classical one, or ML-DSA (which the certificate
+/// builder can make but not read back, so meshca's crypto module holds
+/// it).
+pub enum CaKey {
+    /// ECDSA, Ed25519 or RSA.
+    Classical(KeyPair),
+    /// ML-DSA.
+    MlDsa(MlDsaKey),
+}
+
+impl std::fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Self::Classical(_) => "classical",
+            Self::MlDsa(key) => key.level().name(),
+        };
+        f.debug_struct("CaKey")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaKey {
+    /// The raw public key, as a certificate's SPKI carries it.
+    pub(crate) fn public_key_raw(&self) -> &[u8] {
+        match self {
+            Self::Classical(key) => key.public_key_raw(),
+            Self::MlDsa(key) => key.public_key(),
+        }
+    }
+
+    /// The key as PKCS#8 PEM, zeroized when dropped.
+    pub(crate) fn serialize_pem(&self) -> Result<Zeroizing<String>, TresorError> {
+        match self {
+            Self::Classical(key) => Ok(Zeroizing::new(key.serialize_pem())),
+            Self::MlDsa(key) => {
+                let der = key
+                    .to_pkcs8()
+                    .map_err(|e| TresorError::Key(e.to_string()))?;
+                let mut pem = Zeroizing::new(String::new());
+                meshca_provider::pem::encode_block("PRIVATE KEY", &der, &mut pem);
+                Ok(pem)
+            }
+        }
+    }
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            Self::Classical(key) => key.der_bytes(),
+            Self::MlDsa(key) => key.public_key(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            Self::Classical(key) => key.algorithm(),
+            Self::MlDsa(key) => match key.level() {
+                MlDsaLevel::MlDsa44 => &rcgen::PKCS_ML_DSA_44,
+                MlDsaLevel::MlDsa65 => &rcgen::PKCS_ML_DSA_65,
+                MlDsaLevel::MlDsa87 => &rcgen::PKCS_ML_DSA_87,
+            },
+        }
+    }
+}
+
+impl SigningKey for CaKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Self::Classical(key) => key.sign(message),
+            Self::MlDsa(key) => key.sign(message).map_err(|_| rcgen::Error::RingUnspecified),
         }
     }
 }
@@ -50,16 +138,21 @@ const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10
 /// PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
 /// (`EC PRIVATE KEY`).
 ///
-/// ring only reads PKCS#8, so the other two are re-wrapped as PKCS#8 first;
-/// the intermediate buffers are zeroized.
+/// The key is read as PKCS#8, so the other two are re-wrapped as PKCS#8
+/// first; the intermediate buffers are zeroized.
 ///
 /// # Errors
-/// [`TresorError::Key`] for anything that is not one of those or that ring
-/// refuses.
-pub fn load_private_key_pem(pem: &[u8]) -> Result<KeyPair, TresorError> {
+/// [`TresorError::Key`] for anything that is not one of those or that the
+/// crypto library refuses.
+pub fn load_private_key_pem(pem: &[u8]) -> Result<CaKey, TresorError> {
     let key = PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| TresorError::Key(format!("no usable PEM private key found: {e}")))?;
     let pkcs8: Zeroizing<Vec<u8>> = match &key {
+        PrivateKeyDer::Pkcs8(k) if is_ml_dsa(k.secret_pkcs8_der()) => {
+            return MlDsaKey::from_pkcs8(k.secret_pkcs8_der())
+                .map(CaKey::MlDsa)
+                .map_err(|e| TresorError::Key(e.to_string()));
+        }
         PrivateKeyDer::Pkcs8(k) => Zeroizing::new(k.secret_pkcs8_der().to_vec()),
         PrivateKeyDer::Pkcs1(k) => wrap_pkcs8(
             RSA_ENCRYPTION,
@@ -78,7 +171,7 @@ pub fn load_private_key_pem(pem: &[u8]) -> Result<KeyPair, TresorError> {
                     "SEC1 EC key lacks its public key; export it with OpenSSL defaults".into(),
                 ));
             }
-            // ring wants the curve only in the PKCS#8 algorithm identifier.
+            // The curve goes in the PKCS#8 algorithm identifier only.
             let inner = sec1::EcPrivateKey {
                 private_key: ec.private_key,
                 parameters: None,
@@ -94,7 +187,20 @@ pub fn load_private_key_pem(pem: &[u8]) -> Result<KeyPair, TresorError> {
         _ => return Err(TresorError::Key("unsupported private key encoding".into())),
     };
     KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
+        .map(CaKey::Classical)
         .map_err(|e| TresorError::Key(format!("unsupported key type: {e}")))
+}
+
+/// The ML-DSA algorithms' arc (2.16.840.1.101.3.4.3.17 to .19).
+const ML_DSA: [ObjectIdentifier; 3] = [
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.17"),
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.18"),
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.19"),
+];
+
+/// Whether the PKCS#8 key `der` is an ML-DSA key.
+fn is_ml_dsa(der: &[u8]) -> bool {
+    pkcs8::PrivateKeyInfo::from_der(der).is_ok_and(|info| ML_DSA.contains(&info.algorithm.oid))
 }
 
 fn wrap_pkcs8(

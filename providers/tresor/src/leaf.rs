@@ -24,6 +24,9 @@ impl PublicKeyData for CsrKey<'_> {
             KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
             KeyAlgorithm::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+            KeyAlgorithm::MlDsa44 => &rcgen::PKCS_ML_DSA_44,
+            KeyAlgorithm::MlDsa65 => &rcgen::PKCS_ML_DSA_65,
+            KeyAlgorithm::MlDsa87 => &rcgen::PKCS_ML_DSA_87,
             _ => &rcgen::PKCS_ECDSA_P256_SHA256,
         }
     }

@@ -3,7 +3,9 @@
 //! Tresor holds its own root: generated on first start and persisted (key
 //! 0600), or brought by the operator as a certificate and key in PEM
 //! (PKCS#8, PKCS#1 or SEC1). Optionally the root only signs an intermediate,
-//! kept in memory, and the intermediate signs leaves.
+//! kept in memory, and the intermediate signs leaves. Beside it Tresor can
+//! hold a post-quantum (ML-DSA) root, kept the same way, under which CSRs
+//! of ML-DSA keys are signed; both roots are trust anchors.
 //!
 //! Leaves are built from policy ([`meshca_provider::LeafProfile`]); of the
 //! CSR only the public key is used.
@@ -20,58 +22,105 @@ mod store;
 
 pub use ca::CaCertificate;
 pub use error::TresorError;
-pub use key::{load_private_key_pem, RootKeyAlgorithm};
+pub use key::{load_private_key_pem, CaKey, RootKeyAlgorithm};
 pub use store::{RootSource, StoredRoot};
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use meshca_provider::{
-    Health, LeafProfile, Provider, ProviderError, ProviderKind, SignatureCheck, SignedChain,
-    ValidatedCsr,
+    Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
+    SignatureCheck, SignedChain, ValidatedCsr,
 };
 use rustls_pki_types::CertificateDer;
 
 /// How Tresor is set up; built by the daemon from its validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TresorConfig {
-    /// Where the root comes from.
+    /// Where the (classical) root comes from.
     pub root: RootSource,
+    /// Where the post-quantum (ML-DSA) root comes from, when there is one:
+    /// CSRs with ML-DSA keys are signed under it.
+    pub post_quantum: Option<RootSource>,
     /// When set, leaves are signed by an intermediate of this lifetime,
-    /// generated at start with the root's key algorithm.
+    /// generated at start with the root's key algorithm (one per root).
     pub intermediate_validity: Option<Duration>,
 }
 
-/// The Tresor provider: signs leaves in-process with its own CA.
-pub struct Tresor {
+/// One root and what signs under it.
+struct Chain {
     signer: CaCertificate,
     /// Certificates between the leaf and the anchor (the intermediate).
-    chain_tail: Vec<CertificateDer<'static>>,
+    tail: Vec<CertificateDer<'static>>,
     anchor: CertificateDer<'static>,
+}
+
+impl Chain {
+    /// Sign with `root`, through a new intermediate when
+    /// `intermediate_validity` is set.
+    fn new(
+        root: CaCertificate,
+        intermediate_validity: Option<Duration>,
+    ) -> Result<Self, TresorError> {
+        let anchor = root.der().clone();
+        let Some(validity) = intermediate_validity else {
+            return Ok(Self {
+                signer: root,
+                tail: Vec::new(),
+                anchor,
+            });
+        };
+        let intermediate = root.issue_intermediate(validity)?;
+        tracing::info!(subject = %intermediate.subject(), "signing leaves with a new intermediate");
+        Ok(Self {
+            tail: vec![intermediate.der().clone()],
+            signer: intermediate,
+            anchor,
+        })
+    }
+}
+
+/// The Tresor provider: signs leaves in-process with its own CA: a
+/// classical root, and optionally a post-quantum one beside it.
+pub struct Tresor {
+    classical: Chain,
+    post_quantum: Option<Chain>,
 }
 
 impl std::fmt::Debug for Tresor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tresor")
-            .field("intermediate", &!self.chain_tail.is_empty())
+            .field("intermediate", &!self.classical.tail.is_empty())
+            .field("post_quantum", &self.post_quantum.is_some())
             .finish_non_exhaustive()
     }
 }
 
+/// Load or create one root, saying which.
+fn stored(source: &RootSource, what: &str) -> Result<CaCertificate, TresorError> {
+    let StoredRoot { root, created } = source.load_or_create()?;
+    if created {
+        tracing::info!(subject = %root.subject(), "generated a new Tresor {what}");
+    } else {
+        tracing::info!(subject = %root.subject(), "loaded the Tresor {what}");
+    }
+    Ok(root)
+}
+
 impl Tresor {
-    /// Load or create the root, then (optionally) an intermediate.
+    /// Load or create the roots, then (optionally) their intermediates.
     ///
     /// # Errors
     /// A root that cannot be read, parsed, or whose key does not match its
-    /// certificate; a root that is not a CA or has expired.
+    /// certificate; a root that is not a CA or has expired; a
+    /// post-quantum root whose key is not ML-DSA.
     pub fn new(config: &TresorConfig) -> Result<Self, TresorError> {
-        let StoredRoot { root, created } = config.root.load_or_create()?;
-        if created {
-            tracing::info!(subject = %root.subject(), "generated a new Tresor root");
-        } else {
-            tracing::info!(subject = %root.subject(), "loaded the Tresor root");
-        }
-        Self::from_root(root, config.intermediate_validity)
+        let root = stored(&config.root, "root")?;
+        let post_quantum = match &config.post_quantum {
+            Some(source) => Some(stored(source, "post-quantum root")?),
+            None => None,
+        };
+        Self::from_roots(root, post_quantum, config.intermediate_validity)
     }
 
     /// Sign with `root` (loaded from wherever the caller keeps it, e.g. a
@@ -84,28 +133,41 @@ impl Tresor {
         root: CaCertificate,
         intermediate_validity: Option<Duration>,
     ) -> Result<Self, TresorError> {
-        let anchor = root.der().clone();
-        match intermediate_validity {
-            None => Ok(Self {
-                signer: root,
-                chain_tail: Vec::new(),
-                anchor,
-            }),
-            Some(validity) => {
-                let intermediate = root.issue_intermediate(validity)?;
-                tracing::info!(subject = %intermediate.subject(), "signing leaves with a new intermediate");
-                Ok(Self {
-                    chain_tail: vec![intermediate.der().clone()],
-                    signer: intermediate,
-                    anchor,
-                })
-            }
-        }
+        Self::from_roots(root, None, intermediate_validity)
     }
 
-    /// The root certificate (the trust anchor).
+    /// Sign with `root`, and CSRs of ML-DSA keys with `post_quantum`.
+    ///
+    /// # Errors
+    /// An intermediate could not be issued; `post_quantum` is not an
+    /// ML-DSA root, or `root` is one.
+    pub fn from_roots(
+        root: CaCertificate,
+        post_quantum: Option<CaCertificate>,
+        intermediate_validity: Option<Duration>,
+    ) -> Result<Self, TresorError> {
+        if root.is_post_quantum() {
+            return Err(TresorError::Key(
+                "the root's key is ML-DSA: a post-quantum root goes in provider.tresor.post_quantum, beside a classical root".into(),
+            ));
+        }
+        if post_quantum.as_ref().is_some_and(|r| !r.is_post_quantum()) {
+            return Err(TresorError::Key(
+                "the post-quantum root's key is not ML-DSA (ml-dsa-44, ml-dsa-65 or ml-dsa-87)"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            classical: Chain::new(root, intermediate_validity)?,
+            post_quantum: post_quantum
+                .map(|r| Chain::new(r, intermediate_validity))
+                .transpose()?,
+        })
+    }
+
+    /// The classical root certificate (a trust anchor).
     pub fn root(&self) -> &CertificateDer<'static> {
-        &self.anchor
+        &self.classical.anchor
     }
 }
 
@@ -115,29 +177,49 @@ impl Provider for Tresor {
         ProviderKind::Tresor
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            names_from_profile: true,
+            hint: None,
+            post_quantum: match self.post_quantum {
+                Some(_) => PostQuantum::Signs,
+                None => PostQuantum::Cannot(
+                    "Tresor has no post-quantum root (provider.tresor.post_quantum)",
+                ),
+            },
+        }
+    }
+
     async fn sign(
         &self,
         csr: &ValidatedCsr,
         profile: &LeafProfile,
     ) -> Result<SignedChain, ProviderError> {
-        let leaf = leaf::sign(&self.signer, csr, profile)
+        let chain = match (&self.post_quantum, csr.key_algorithm().is_post_quantum()) {
+            (Some(pq), true) => pq,
+            _ => &self.classical,
+        };
+        let leaf = leaf::sign(&chain.signer, csr, profile)
             .map_err(|e| ProviderError::Internal(e.to_string()))?;
-        let mut chain = Vec::with_capacity(1 + self.chain_tail.len());
-        chain.push(leaf);
-        chain.extend(self.chain_tail.iter().cloned());
-        Ok(SignedChain(chain))
+        let mut signed = Vec::with_capacity(1 + chain.tail.len());
+        signed.push(leaf);
+        signed.extend(chain.tail.iter().cloned());
+        Ok(SignedChain(signed))
     }
 
     async fn trust_anchors(&self) -> Result<Vec<CertificateDer<'static>>, ProviderError> {
-        Ok(vec![self.anchor.clone()])
+        let pq = self.post_quantum.iter().map(|c| c.anchor.clone());
+        Ok(std::iter::once(self.classical.anchor.clone())
+            .chain(pq)
+            .collect())
     }
 
     async fn health(&self) -> Health {
         Health::Healthy
     }
 
-    /// The signing key was checked against its certificate when loaded, and
-    /// the intermediate was issued here by that root.
+    /// The signing keys were checked against their certificates when
+    /// loaded, and the intermediates were issued here by those roots.
     fn signature_check(&self) -> SignatureCheck {
         SignatureCheck::LocalSigner
     }

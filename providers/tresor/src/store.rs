@@ -173,7 +173,7 @@ fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
     let staging = staging_dir(parent)?;
     write_file(
         &staging.path().join(KEY_FILE),
-        root.key_pem().as_bytes(),
+        root.key_pem()?.as_bytes(),
         0o600,
     )?;
     write_file(

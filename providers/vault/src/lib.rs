@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meshca_provider::{
-    Capabilities, Health, LeafProfile, Provider, ProviderError, ProviderKind, SignedChain,
-    ValidatedCsr,
+    Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
+    SignedChain, ValidatedCsr,
 };
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,9 @@ pub struct VaultConfig {
     pub anchors_refresh: Duration,
     /// How meshca authenticates to Vault.
     pub auth: VaultAuth,
+    /// The role whose (ML-DSA) issuer signs CSRs of ML-DSA keys; none
+    /// signs them without it.
+    pub post_quantum_role: Option<String>,
 }
 
 /// The Vault provider.
@@ -129,6 +132,12 @@ impl Provider for Vault {
         Capabilities {
             names_from_profile: !self.pki.settings.is_some_and(|s| s.use_csr_sans),
             hint: Some("set use_csr_sans=false on the Vault role"),
+            post_quantum: match self.pki.post_quantum_role() {
+                Some(_) => PostQuantum::Signs,
+                None => {
+                    PostQuantum::Cannot("provider.vault.post_quantum names no role for ML-DSA keys")
+                }
+            },
         }
     }
 

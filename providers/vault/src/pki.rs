@@ -50,6 +50,8 @@ pub(crate) struct Pki {
     client: Arc<Client>,
     mount: String,
     role: String,
+    /// The role for CSRs of ML-DSA keys, when there is one.
+    post_quantum_role: Option<String>,
     /// The role as read at start; `None` when meshca's policy cannot read
     /// it.
     pub(crate) settings: Option<RoleSettings>,
@@ -80,6 +82,7 @@ impl Pki {
             client,
             mount: config.mount.trim_matches('/').to_owned(),
             role: config.role.clone(),
+            post_quantum_role: config.post_quantum_role.clone(),
             settings: None,
             measured_backdate: None,
             refresh: config.anchors_refresh,
@@ -126,8 +129,15 @@ impl Pki {
         }
     }
 
+    /// The role that signs CSRs of ML-DSA keys.
+    pub(crate) fn post_quantum_role(&self) -> Option<&str> {
+        self.post_quantum_role.as_deref()
+    }
+
     /// How far Vault backdates NotBefore: as the role states it, else as
-    /// measured at start; `None` when neither is known.
+    /// measured at start; `None` when neither is known. The post-quantum
+    /// role is taken to backdate as the classical one does (set its
+    /// `not_before_duration` alike).
     pub(crate) fn backdate(&self) -> Option<Duration> {
         self.settings
             .and_then(|s| s.backdate)
@@ -171,11 +181,20 @@ impl Pki {
         leaf: &LeafProfile,
     ) -> Result<SignedChain, VaultError> {
         let body = self.sign_request(csr, leaf)?;
+        // An ML-DSA key is signed by the post-quantum role's issuer (the
+        // capabilities keep it from here without one).
+        let role = match (
+            &self.post_quantum_role,
+            csr.key_algorithm().is_post_quantum(),
+        ) {
+            (Some(pq), true) => pq,
+            _ => &self.role,
+        };
         let bytes = self
             .client
             .call(
                 Method::POST,
-                &format!("{}/sign/{}", self.mount, self.role),
+                &format!("{}/sign/{role}", self.mount),
                 Some(&body),
             )
             .await?;

@@ -91,7 +91,7 @@ impl Default for RawJwtSvids {
         Self {
             enabled: false,
             issuer: "https://meshca.example.com".into(),
-            key_type: "ec-p256".into(),
+            key_type: "ecdsa-p256".into(),
             default_ttl: Duration::from_secs(5 * 60),
             max_ttl: Duration::from_secs(60 * 60),
             key_lifetime: Duration::from_secs(24 * 60 * 60),

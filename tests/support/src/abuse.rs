@@ -39,7 +39,7 @@ pub async fn h2_connect(
             .map_err(|e| e.to_string())?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
@@ -225,7 +225,7 @@ pub async fn https_server(
 ) -> u16 {
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.into());
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")

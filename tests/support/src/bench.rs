@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
@@ -73,7 +73,17 @@ pub fn p256_csrs(n: usize) -> Vec<Csr> {
 }
 
 fn one_csr() -> Csr {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    csr_of(&rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// `n` distinct ML-DSA-65 CSRs with an empty subject, as a post-quantum
+/// workload sends them.
+pub fn ml_dsa_65_csrs(n: usize) -> Vec<Csr> {
+    (0..n).map(|_| csr_of(&rcgen::PKCS_ML_DSA_65)).collect()
+}
+
+fn csr_of(algorithm: &'static rcgen::SignatureAlgorithm) -> Csr {
+    let key = rcgen::KeyPair::generate_for(algorithm).expect("key");
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key).expect("csr");
@@ -92,12 +102,30 @@ pub fn write_bodies(path: &Path, field: &str, csrs: &[Csr]) {
     std::fs::write(path, lines.join("\n") + "\n").expect("bodies");
 }
 
-/// ring's P-256 verify (each CSR's own signature, with its own key) plus a
+/// aws-lc-rs's P-256 verify (each CSR's own signature, with its own key) plus a
 /// P-256 sign of a certificate-sized message: the least any CA spends per
 /// certificate. CPU seconds per certificate on this thread.
 pub fn crypto_floor(csrs: &[Csr], rounds: usize) -> f64 {
-    let parsed: Vec<_> = csrs
-        .iter()
+    let parsed = signed_parts(csrs);
+    let rng = SystemRandom::new();
+    let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
+    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).expect("key");
+    let tbs = [0x5au8; 420];
+    let before = cpu_seconds("thread-self");
+    for i in 0..rounds {
+        let (info, public, signature) = &parsed[i % parsed.len()];
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public)
+            .verify(info, signature)
+            .expect("the CSR verifies");
+        key.sign(&rng, &tbs).expect("sign");
+    }
+    (cpu_seconds("thread-self") - before) / rounds as f64
+}
+
+/// Each CSR's signed part, public key and signature.
+fn signed_parts(csrs: &[Csr]) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    csrs.iter()
         .map(|c| {
             let (_, csr) = X509CertificationRequest::from_der(&c.der).expect("csr");
             let info = csr.certification_request_info;
@@ -107,19 +135,25 @@ pub fn crypto_floor(csrs: &[Csr], rounds: usize) -> f64 {
                 csr.signature_value.data.to_vec(),
             )
         })
-        .collect();
-    let rng = SystemRandom::new();
-    let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
-    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key");
-    let tbs = [0x5au8; 420];
+        .collect()
+}
+
+/// As [`crypto_floor`] for ML-DSA-65: each CSR's signature verified, one
+/// ML-DSA-65 signature of a certificate-sized message. CPU seconds per
+/// certificate on this thread.
+pub fn ml_dsa_65_floor(csrs: &[Csr], rounds: usize) -> f64 {
+    use aws_lc_rs::signature::{PqdsaKeyPair, ML_DSA_65, ML_DSA_65_SIGNING};
+    let parsed = signed_parts(csrs);
+    let key = PqdsaKeyPair::generate(&ML_DSA_65_SIGNING).expect("key");
+    let tbs = [0x5au8; 2400];
+    let mut signature = vec![0; ML_DSA_65_SIGNING.signature_len()];
     let before = cpu_seconds("thread-self");
     for i in 0..rounds {
-        let (info, public, signature) = &parsed[i % parsed.len()];
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public)
-            .verify(info, signature)
+        let (info, public, sig) = &parsed[i % parsed.len()];
+        UnparsedPublicKey::new(&ML_DSA_65, public)
+            .verify(info, sig)
             .expect("the CSR verifies");
-        key.sign(&rng, &tbs).expect("sign");
+        key.sign(&tbs, &mut signature).expect("sign");
     }
     (cpu_seconds("thread-self") - before) / rounds as f64
 }

@@ -75,7 +75,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 impl TestDaemon {
@@ -270,7 +270,7 @@ impl TestDaemon {
     }
 }
 
-/// An HTTPS client (rustls, ring) trusting `bundle_pem`, optionally
+/// An HTTPS client (rustls, aws-lc-rs) trusting `bundle_pem`, optionally
 /// presenting a client certificate.
 pub fn client(bundle_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
@@ -278,7 +278,7 @@ pub fn client(bundle_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Clie
         roots.add(c.expect("cert")).expect("root");
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
@@ -392,8 +392,7 @@ pub fn openssl_root(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// A 2048-bit RSA key made by openssl (ring does not generate RSA keys),
-/// with its PEM.
+/// A 2048-bit RSA key made by openssl, with its PEM.
 pub fn rsa_key() -> (KeyPair, String) {
     let out = std::process::Command::new("openssl")
         .args([

@@ -109,16 +109,20 @@ pub fn numeric_arg(name: &str, default: usize) -> usize {
 /// before the listener binds (or bind it again after a restart). Taken
 /// below Linux's ephemeral range (32768 and up): a port the kernel gives
 /// for `:0` elsewhere in the suite can then never be this one, while a
-/// test restarts the listener holding it.
+/// test restarts the listener holding it. Ports handed out are `STRIDE`
+/// apart, since some servers also take the next port (OpenBao's cluster
+/// listener).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const COUNT: u32 = 12_000;
+    const STRIDE: u32 = 4;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Test binaries run side by side: each starts at its own place.
     let seed = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
-    for _ in 0..COUNT {
-        let port = FIRST + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+    for _ in 0..COUNT / STRIDE {
+        let step = NEXT.fetch_add(STRIDE, Ordering::Relaxed);
+        let port = FIRST + (seed - seed % STRIDE + step) % COUNT;
         let port = u16::try_from(port).expect("below 65536");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;

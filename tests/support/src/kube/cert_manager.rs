@@ -221,8 +221,8 @@ pub(crate) fn answer(
     p.use_authority_key_identifier_extension = true;
     let mut serial = [0u8; 16];
     {
-        use ring::rand::SecureRandom;
-        ring::rand::SystemRandom::new()
+        use aws_lc_rs::rand::SecureRandom;
+        aws_lc_rs::rand::SystemRandom::new()
             .fill(&mut serial)
             .expect("random");
     }

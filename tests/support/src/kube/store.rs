@@ -52,9 +52,9 @@ pub(crate) fn stamp(object: &mut Value, def: &ResourceDef, version: &str) {
 }
 
 pub(crate) fn uuid_like() -> String {
-    use ring::rand::SecureRandom;
+    use aws_lc_rs::rand::SecureRandom;
     let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut b)
         .expect("random");
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

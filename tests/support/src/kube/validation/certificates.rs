@@ -166,8 +166,8 @@ fn stub_key(pcr: &Value) -> Result<Vec<u8>, FieldError> {
     let spki = &csr.certification_request_info.subject_pki;
     let kind =
         key_kind(spki).map_err(|m| FieldError::invalid(field, format!("<value omitted>: {m}")))?;
-    // ring, behind x509-parser's verification, has no P-521: those stub
-    // CSRs are admitted unverified (meshca denies the key type anyway).
+    // x509-parser's verification has no P-521: those stub CSRs are
+    // admitted unverified (meshca denies the key type anyway).
     if kind != "ECDSAP521" && csr.verify_signature().is_err() {
         return Err(FieldError::invalid(
             field,
