@@ -303,3 +303,58 @@ async fn vault_without_a_post_quantum_role_refuses_an_ml_dsa_key_by_name() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A post-quantum root added to a running daemon by editing its config
+/// rolls out like any root change: once the new generation signs, the
+/// bundle holds both roots, ML-DSA keys chain to the new one, and
+/// classical workloads still chain to the first root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_post_quantum_root_is_a_staged_rollout_that_keeps_the_classical_root() {
+    let common = "certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 1s }\n";
+    let d = TestDaemon::start_from_file(common).await;
+    let classical_pem = d.bundle_pem().await;
+    let classical = support::certs(&classical_pem);
+    assert_eq!(classical.len(), 1);
+    let before = d.rotation().await["generation"].as_u64();
+    d.rewrite_config(&format!(
+        "{common}provider: {{ kind: tresor, tresor: {{ post_quantum: {{ key_algorithm: ml-dsa-65 }} }} }}\n"
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = d.rotation().await;
+        // Retire keeps the previous generation's anchors until its last
+        // leaf expires; the new generation signs from `reissue` on.
+        let signing = ["reissue", "retire", "steady"].contains(&r["stage"].as_str().unwrap_or(""));
+        if signing && r["generation"].as_u64() > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rollout: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let bundle = support::certs(&d.bundle_pem().await);
+    assert!(bundle.contains(&classical[0]), "the classical root stays");
+    assert_eq!(bundle.len(), 2, "and the post-quantum root joined it");
+    let (token, client) = (d.token("shop", "web"), d.client().await);
+    let (_, csr) = csr_by_cryptography("ml-dsa-65");
+    let (status, _, body) = d
+        .post(&client, Some(&token), &serde_json::json!({ "csr": csr }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let work = tempfile::tempdir().expect("tempdir");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let seen = verified_by_cryptography(work.path(), chain, &d.bundle_path());
+    assert_eq!(seen["anchor_key"], "MLDSA65PublicKey", "{seen}");
+    let (_, csr) = csr_by_cryptography("ecdsa-p256");
+    let (status, _, body) = d
+        .post(&client, Some(&token), &serde_json::json!({ "csr": csr }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let first_root = work.path().join("first-root.pem");
+    std::fs::write(&first_root, &classical_pem).expect("first root");
+    let seen = verified_by_cryptography(work.path(), chain, &first_root);
+    assert_eq!(
+        seen["ok"], true,
+        "still under the first classical root: {seen}"
+    );
+}
