@@ -20,6 +20,7 @@ mod cli;
 mod cluster;
 mod config;
 mod crypto;
+mod custody;
 mod daemon;
 mod feature;
 mod features;
@@ -37,6 +38,7 @@ mod store;
 mod supervisor;
 mod tls_secret;
 mod validation;
+mod vault_connection;
 mod watched;
 
 pub use agent::{run as run_agent, AgentConfig, AgentError, WorkloadApiConfig};

@@ -596,7 +596,7 @@ fn the_chart_renders_post_quantum_roots_and_the_serving_key_algorithm_as_asked()
     let plain = check_objects(&render(&[]));
     assert!(matches!(
         &plain.provider,
-        meshca::ProviderConfig::Tresor(t) if t.post_quantum.is_none()
+        meshca::ProviderConfig::Tresor(t, None) if t.post_quantum.is_none()
     ));
     assert_eq!(
         plain.api.serving_key_algorithm,
@@ -607,7 +607,7 @@ fn the_chart_renders_post_quantum_roots_and_the_serving_key_algorithm_as_asked()
         "tresor.postQuantum.keyAlgorithm=ml-dsa-87",
         "api.servingKeyAlgorithm=ml-dsa-87",
     ]));
-    let meshca::ProviderConfig::Tresor(tresor) = &config.provider else {
+    let meshca::ProviderConfig::Tresor(tresor, None) = &config.provider else {
         panic!("tresor");
     };
     assert!(
@@ -629,4 +629,67 @@ fn the_chart_renders_post_quantum_roots_and_the_serving_key_algorithm_as_asked()
         panic!("vault");
     };
     assert_eq!(v.post_quantum_role.as_deref(), Some("meshca-ml-dsa"));
+}
+
+#[test]
+fn the_chart_renders_transit_key_custody_with_its_credentials_mounted() {
+    let docs = render(&[
+        "keyCustody.kind=transit",
+        "keyCustody.signLeaves=true",
+        "keyCustody.transit.address=https://openbao.openbao:8200",
+        "keyCustody.transit.caSecretName=openbao-ca",
+        "keyCustody.transit.auth.method=approle",
+        "keyCustody.transit.auth.approle.roleId=meshca",
+        "keyCustody.transit.auth.approle.secretIdSecretName=meshca-transit",
+    ]);
+    let config = check_objects(&docs);
+    let meshca::ProviderConfig::Tresor(tresor, Some(custody)) = &config.provider else {
+        panic!("tresor in custody: {:?}", config.provider);
+    };
+    assert!(custody.sign_leaves);
+    assert!(
+        format!("{:?}", tresor.root).contains("InCustody"),
+        "{:?}",
+        tresor.root
+    );
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    let d: Deployment = typed(deployment);
+    let pod = d.spec.template.spec.expect("pod spec");
+    let secrets: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(secrets, ["openbao-ca", "meshca-transit"]);
+    let mounts: Vec<_> = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/etc/meshca/transit-auth"), "{mounts:?}");
+    assert!(mounts.contains(&"/etc/meshca/transit-ca"), "{mounts:?}");
+
+    // The intermediate mode needs the intermediate's validity: helm
+    // renders, and meshca names what is missing.
+    let text = support::chart::render_text(&[
+        "keyCustody.kind=transit",
+        "keyCustody.transit.address=https://openbao.openbao:8200",
+    ]);
+    let config_text = text
+        .split("\n---")
+        .find(|d| d.contains("kind: ConfigMap"))
+        .expect("configmap");
+    let cm: Value = serde_yaml_ng::from_str(config_text).expect("yaml");
+    let yaml = cm["data"]["meshca.yaml"].as_str().expect("meshca.yaml");
+    let err = meshca::Config::from_yaml(yaml).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("provider.tresor.intermediate: required"),
+        "{err}"
+    );
 }

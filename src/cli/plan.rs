@@ -5,6 +5,7 @@ use meshca_tresor::{RootKeyAlgorithm, RootSource};
 
 use crate::cluster::Discovery;
 use crate::config::Config;
+use crate::custody::Backend;
 use crate::provider::ProviderConfig;
 
 /// One line per aspect, for people: the core's, then each feature's.
@@ -48,7 +49,21 @@ fn auth(config: &Config) -> Vec<String> {
 
 fn provider(config: &Config) -> String {
     match &config.provider {
-        ProviderConfig::Tresor(t) => {
+        ProviderConfig::Tresor(t, Some(custody)) => {
+            let Backend::Transit(transit) = &custody.backend;
+            let suffix = format!("-{}", custody.backend.name());
+            let signs = match custody.sign_leaves {
+                true => "the custody key signs every leaf",
+                false => "the custody key signs an intermediate in memory, which signs leaves",
+            };
+            format!(
+                "tresor, root {}; its key in Transit at {} ({}); {signs}",
+                tresor_root(&t.root, config, &suffix),
+                transit.connection.address,
+                transit.mount
+            )
+        }
+        ProviderConfig::Tresor(t, None) => {
             let root = tresor_root(&t.root, config, "");
             match &t.post_quantum {
                 Some(pq) => format!(
@@ -64,7 +79,10 @@ fn provider(config: &Config) -> String {
                 .as_ref()
                 .map(|r| format!("; ML-DSA keys by {}/sign/{r}", v.mount))
                 .unwrap_or_default();
-            format!("vault {} ({}/sign/{}{pq})", v.address, v.mount, v.role)
+            format!(
+                "vault {} ({}/sign/{}{pq})",
+                v.connection.address, v.mount, v.role
+            )
         }
         ProviderConfig::CertManager(c) => format!(
             "cert-manager {} {} (CertificateRequests in {})",
@@ -88,6 +106,24 @@ fn tresor_root(source: &RootSource, config: &Config, suffix: &str) -> String {
             dir.display(),
             algorithm_name(*algorithm)
         ),
+        (
+            RootSource::InCustody {
+                key_name,
+                algorithm,
+                dir,
+                ..
+            },
+            k,
+        ) => {
+            let certificate = match k {
+                Some(k) => format!("the Secret {}/{}{suffix}", k.namespace, k.root_secret),
+                None => dir.display().to_string(),
+            };
+            format!(
+                "key {key_name} ({}, made when absent), certificate in {certificate}",
+                algorithm.name()
+            )
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::api::{ApiLimits, RawApi};
 use crate::auth::{AuthConfig, RawAuth};
 use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
+use crate::custody::RawKeyCustody;
 use crate::feature::{Common, Feature, Features, Sections};
 use crate::issuer::{Lifetimes, RawLifetimes};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
@@ -118,10 +119,11 @@ struct RawConfig {
     api: RawApi,
     kubernetes: RawKubernetes,
     rotation: RawRotation,
+    key_custody: RawKeyCustody,
 }
 
 /// The sections [`RawConfig`] reads.
-const CORE_SECTIONS: [&str; 13] = [
+const CORE_SECTIONS: [&str; 14] = [
     "trust_domain",
     "listen",
     "metrics_listen",
@@ -135,6 +137,7 @@ const CORE_SECTIONS: [&str; 13] = [
     "api",
     "kubernetes",
     "rotation",
+    "key_custody",
 ];
 
 impl Default for RawConfig {
@@ -153,6 +156,7 @@ impl Default for RawConfig {
             api: RawApi::default(),
             kubernetes: RawKubernetes::default(),
             rotation: RawRotation::default(),
+            key_custody: RawKeyCustody::default(),
         }
     }
 }
@@ -343,14 +347,18 @@ impl Core {
         let certificates = raw.certificates.validate(errors);
         let kubernetes = raw.kubernetes.validate(errors);
         let cluster = kubernetes.is_some();
-        let provider = raw.provider.validate(
-            &ProviderContext {
-                state_dir: &raw.state_dir,
-                max_ttl: certificates.max_ttl,
-                cluster,
-            },
-            errors,
-        );
+        let custody = raw.key_custody.validate(errors);
+        let provider = custody.as_ref().ok().and_then(|custody| {
+            raw.provider.validate(
+                &ProviderContext {
+                    state_dir: &raw.state_dir,
+                    max_ttl: certificates.max_ttl,
+                    cluster,
+                    custody: custody.as_ref(),
+                },
+                errors,
+            )
+        });
         let bundle = raw.bundle.validate(&raw.state_dir, cluster, errors);
         if let (Some(k), Some(secret)) = (&kubernetes, &bundle.secret) {
             if secret.namespace == k.namespace && secret.name == k.root_secret {
@@ -480,7 +488,7 @@ mod tests {
         assert_eq!(c.metrics_listen, "127.0.0.1:9090".parse().expect("addr"));
         assert_eq!(c.bundle.file, Path::new("./meshca-data/bundle/ca.crt"));
         assert_eq!(c.trust_domain.as_str(), "cluster.local");
-        let ProviderConfig::Tresor(t) = &c.provider else {
+        let ProviderConfig::Tresor(t, None) = &c.provider else {
             panic!("the default provider is Tresor");
         };
         assert!(matches!(
@@ -525,6 +533,51 @@ mod tests {
         }
     }
 
+    const CUSTODY: &str = "key_custody: { kind: transit, transit: { address: https://bao:8200, auth: { token_env: T } } }\n";
+
+    #[test]
+    fn a_root_in_custody_is_made_there_and_kept_apart_from_a_file_root() {
+        let c = Config::from_yaml(&format!(
+            "{CUSTODY}provider: {{ tresor: {{ key_algorithm: ecdsa-p384, intermediate: {{ validity: 200h }} }} }}\n"
+        ))
+        .expect("valid");
+        let ProviderConfig::Tresor(t, Some(custody)) = &c.provider else {
+            panic!("Tresor in custody: {:?}", c.provider);
+        };
+        assert!(!custody.sign_leaves);
+        assert!(matches!(
+            &t.root,
+            RootSource::InCustody { key_name, dir, algorithm: meshca_provider::crypto::custody::CustodyAlgorithm::EcdsaP384, .. }
+                if key_name == "meshca-root" && dir == Path::new("./meshca-data/tresor-transit")
+        ));
+    }
+
+    #[test]
+    fn what_a_root_in_custody_cannot_have_is_named() {
+        let e = Config::from_yaml(&format!(
+            "{CUSTODY}provider: {{ tresor: {{ key_algorithm: ed25519, root_cert_file: /x, root_key_file: /y, post_quantum: {{}} }} }}\n"
+        ))
+        .expect_err("refused");
+        let msg = e.to_string();
+        for needle in [
+            "provider.tresor.root_cert_file: a root brought as files keeps its key in a file",
+            "provider.tresor.post_quantum: key_custody.kind transit holds no ML-DSA keys",
+            "provider.tresor.intermediate: required with key_custody.kind transit",
+            "provider.tresor.key_algorithm: ed25519 is not usable here",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        let e = Config::from_yaml(
+            "key_custody: { kind: transit, sign_leaves: true, transit: { address: https://bao:8200, auth: { token_env: T } } }\nprovider: { tresor: { intermediate: { validity: 200h } } }\n",
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("remove provider.tresor.intermediate"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn vault_needs_exactly_one_auth_method_and_explicit_http() {
         let e = Config::from_yaml(
@@ -555,6 +608,8 @@ mod tests {
             (v.mount.as_str(), v.role.as_str()),
             ("pki", "openservicemesh")
         );
-        assert!(matches!(v.auth, VaultAuth::AppRole { ref mount, .. } if mount == "approle"));
+        assert!(
+            matches!(v.connection.auth, VaultAuth::AppRole { ref mount, .. } if mount == "approle")
+        );
     }
 }

@@ -68,6 +68,7 @@ pub(super) async fn signing(
         daemon_identity: config.daemon_identity.clone(),
         probe_ttl: config.certificates.min_ttl,
         cert_manager_metrics: metrics.cert_manager.clone(),
+        custody_metrics: crate::custody::CustodyMetrics::register(metrics),
         spawner: spawner.clone(),
     };
     let built = provider::build(&config.provider, &deps).await?;

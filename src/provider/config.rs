@@ -6,19 +6,23 @@ use std::time::Duration;
 use meshca_cert_manager::{CaSource, CertManagerConfig};
 use meshca_provider::ProviderKind;
 use meshca_tresor::{RootKeyAlgorithm, RootSource, TresorConfig};
-use meshca_vault::{VaultAuth, VaultConfig};
+use meshca_vault::VaultConfig;
 use serde::Deserialize;
 
 use crate::crypto::names::KeyAlgorithmName;
 use crate::crypto::MlDsaLevel;
+use crate::custody::CustodyConfig;
 use crate::validation::Errors;
+use crate::vault_connection::{RawConnection, RawVaultAuth};
+use meshca_provider::crypto::custody::CustodyAlgorithm;
 
 /// Which backend signs, with its settings. Compared by value: a rollout
 /// starts when the configuration in force differs from the one applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProviderConfig {
-    /// meshca's own root.
-    Tresor(TresorConfig),
+    /// meshca's own root, and the custodian of its key when it is not
+    /// kept in meshca's files.
+    Tresor(TresorConfig, Option<CustodyConfig>),
     /// A Vault / OpenBao PKI engine.
     Vault(VaultConfig),
     /// cert-manager, through CertificateRequests (needs a cluster).
@@ -30,7 +34,7 @@ impl ProviderConfig {
     /// spells it).
     pub fn kind(&self) -> ProviderKind {
         match self {
-            Self::Tresor(_) => ProviderKind::Tresor,
+            Self::Tresor(..) => ProviderKind::Tresor,
             Self::Vault(_) => ProviderKind::Vault,
             Self::CertManager(_) => ProviderKind::CertManager,
         }
@@ -41,7 +45,7 @@ impl ProviderConfig {
     /// `None` for Vault, whose role decides.
     pub fn names_from_profile(&self) -> Option<bool> {
         match self {
-            Self::Tresor(_) => Some(true),
+            Self::Tresor(..) => Some(true),
             Self::Vault(_) => None,
             Self::CertManager(_) => Some(meshca_cert_manager::CAPABILITIES.names_from_profile),
         }
@@ -84,6 +88,9 @@ pub struct ProviderContext<'a> {
     pub max_ttl: Duration,
     /// Whether a cluster may be used at all.
     pub cluster: bool,
+    /// The custodian of Tresor's root key (`key_custody`), when not
+    /// meshca's files.
+    pub custody: Option<&'a CustodyConfig>,
 }
 
 impl RawProvider {
@@ -111,7 +118,10 @@ impl RawProvider {
             None => None,
         };
         match self.kind {
-            RawProviderKind::Tresor => self.tresor.validate(cx, errors).map(ProviderConfig::Tresor),
+            RawProviderKind::Tresor => self
+                .tresor
+                .validate(cx, errors)
+                .map(|t| ProviderConfig::Tresor(t, cx.custody.cloned())),
             RawProviderKind::Vault => vault.map(ProviderConfig::Vault),
             RawProviderKind::CertManager => {
                 if !cx.cluster {
@@ -237,10 +247,71 @@ impl RawTresor {
                 errors,
             )
         });
+        let root = match cx.custody {
+            Some(custody) => self.root_in_custody(cx, custody, errors),
+            None => root,
+        };
         Some(TresorConfig {
             root: root?,
             post_quantum: post_quantum.map(|r| r.ok_or(())).transpose().ok()?,
             intermediate_validity: self.intermediate.as_ref().map(|i| i.validity),
+        })
+    }
+
+    /// The root whose key `custody` makes and keeps: generated on first
+    /// start, its certificate kept in `<state_dir>/tresor-<backend>` (or
+    /// the cluster), so moving into custody is a new root, rolled out.
+    fn root_in_custody(
+        &self,
+        cx: &ProviderContext<'_>,
+        custody: &CustodyConfig,
+        errors: &mut Errors,
+    ) -> Option<RootSource> {
+        let backend = custody.backend.name();
+        let before = errors.len();
+        if self.root_cert_file.is_some() || self.root_key_file.is_some() {
+            errors.add(
+                "provider.tresor.root_cert_file",
+                format!("a root brought as files keeps its key in a file; with key_custody.kind {backend} meshca makes the root's key in custody: remove root_cert_file and root_key_file, or set key_custody.kind: file"),
+            );
+        }
+        if self.post_quantum.is_some() {
+            errors.add(
+                "provider.tresor.post_quantum",
+                format!("key_custody.kind {backend} holds no ML-DSA keys: remove post_quantum, or set key_custody.kind: file"),
+            );
+        }
+        match (custody.sign_leaves, &self.intermediate) {
+            (false, None) => errors.add(
+                "provider.tresor.intermediate",
+                format!("required with key_custody.kind {backend}: the custody key signs an intermediate kept in memory, which signs leaves (or set key_custody.sign_leaves: true to have it sign every leaf)"),
+            ),
+            (true, Some(_)) => errors.add(
+                "provider.tresor.intermediate",
+                "key_custody.sign_leaves: true has the custody key sign every leaf: remove provider.tresor.intermediate",
+            ),
+            _ => {}
+        }
+        let algorithm = match KeyAlgorithmName::one_of(
+            &self.key_algorithm,
+            &[KeyAlgorithmName::EcdsaP256, KeyAlgorithmName::EcdsaP384],
+        ) {
+            Ok(KeyAlgorithmName::EcdsaP384) => CustodyAlgorithm::EcdsaP384,
+            Ok(_) => CustodyAlgorithm::EcdsaP256,
+            Err(e) => {
+                errors.add(
+                    "provider.tresor.key_algorithm",
+                    format!("{e} (in key custody)"),
+                );
+                return None;
+            }
+        };
+        (errors.len() == before).then(|| RootSource::InCustody {
+            dir: cx.state_dir.join(format!("tresor-{backend}")),
+            key_name: format!("{}-root", custody.key_prefix),
+            algorithm,
+            validity: self.root_validity,
+            common_name: self.common_name.clone(),
         })
     }
 
@@ -448,130 +519,25 @@ impl RawVault {
     }
 }
 
-/// Exactly one of the fields must be set.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVaultAuth {
-    token_file: Option<PathBuf>,
-    token_env: Option<String>,
-    kubernetes: Option<RawVaultKubernetes>,
-    approle: Option<RawVaultAppRole>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVaultKubernetes {
-    #[serde(default = "RawVaultKubernetes::default_mount")]
-    mount: String,
-    role: String,
-    #[serde(default = "RawVaultKubernetes::default_jwt_file")]
-    jwt_file: PathBuf,
-}
-
-impl RawVaultKubernetes {
-    fn default_mount() -> String {
-        "kubernetes".into()
-    }
-    fn default_jwt_file() -> PathBuf {
-        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVaultAppRole {
-    #[serde(default = "RawVaultAppRole::default_mount")]
-    mount: String,
-    role_id: String,
-    secret_id_file: PathBuf,
-}
-
-impl RawVaultAppRole {
-    fn default_mount() -> String {
-        "approle".into()
-    }
-}
-
-impl RawVaultAuth {
-    fn methods(&self) -> Vec<VaultAuth> {
-        let mut methods = Vec::new();
-        if let Some(f) = &self.token_file {
-            methods.push(VaultAuth::TokenFile(f.clone()));
-        }
-        if let Some(e) = &self.token_env {
-            methods.push(VaultAuth::TokenEnv(e.clone()));
-        }
-        if let Some(k) = &self.kubernetes {
-            methods.push(VaultAuth::Kubernetes {
-                mount: k.mount.clone(),
-                role: k.role.clone(),
-                jwt_file: k.jwt_file.clone(),
-            });
-        }
-        if let Some(r) = &self.approle {
-            methods.push(VaultAuth::AppRole {
-                mount: r.mount.clone(),
-                role_id: r.role_id.clone(),
-                secret_id_file: r.secret_id_file.clone(),
-            });
-        }
-        methods
-    }
-}
-
 impl RawVault {
     fn validate(&self, errors: &mut Errors) -> Option<VaultConfig> {
-        let before = errors.len();
-        if self.address.starts_with("http://") {
-            if !self.allow_http {
-                errors.add(
-                    "provider.vault.address",
-                    "plain http:// needs provider.vault.allow_http: true",
-                );
-            }
-        } else if !self.address.starts_with("https://") {
-            errors.add(
-                "provider.vault.address",
-                format!("{:?} must be an https:// URL", self.address),
-            );
-        }
-        let client_cert = match (&self.client_cert_file, &self.client_key_file) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            (None, None) => None,
-            _ => {
-                errors.add(
-                    "provider.vault.client_cert_file",
-                    "client_cert_file and client_key_file go together",
-                );
-                None
-            }
-        };
-        let mut methods = self.auth.methods();
-        if methods.len() != 1 {
-            errors.add(
-                "provider.vault.auth",
-                format!(
-                    "set exactly one of token_file, token_env, kubernetes, approle (found {})",
-                    methods.len()
-                ),
-            );
-        }
-        if self.timeout.is_zero() {
-            errors.add("provider.vault.timeout", "must be greater than zero");
-        }
-        if errors.len() > before {
-            return None;
-        }
-        Some(VaultConfig {
-            address: self.address.clone(),
-            mount: self.mount.clone(),
-            role: self.role.clone(),
-            ca_file: self.ca_file.clone(),
-            client_cert,
+        let connection = RawConnection {
+            address: &self.address,
+            ca_file: self.ca_file.as_ref(),
+            client_cert: (
+                self.client_cert_file.as_ref(),
+                self.client_key_file.as_ref(),
+            ),
             allow_http: self.allow_http,
             timeout: self.timeout,
+            auth: &self.auth,
+        }
+        .validate("provider.vault", errors)?;
+        Some(VaultConfig {
+            connection,
+            mount: self.mount.clone(),
+            role: self.role.clone(),
             anchors_refresh: self.anchors_refresh,
-            auth: methods.remove(0),
             post_quantum_role: self.post_quantum.as_ref().map(|p| p.role.clone()),
         })
     }

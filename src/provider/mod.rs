@@ -25,8 +25,11 @@ use meshca_vault::Vault;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use meshca_provider::crypto::custody::{CustodyError, CustodyKey};
+
 use crate::bundle::SecretRef;
 use crate::cluster::{Cluster, KubeError};
+use crate::custody::{self, CustodyConfig, CustodyMetrics};
 use crate::supervisor::Spawner;
 
 /// Why a provider could not be built.
@@ -38,6 +41,9 @@ pub enum BuildError {
     /// The backend refused or could not be reached.
     #[error("failed to set up the signing provider: {0}")]
     Provider(#[from] ProviderError),
+    /// The custodian of the root's key refused or cannot be reached.
+    #[error("failed to use the key custody")]
+    Custody(#[from] CustodyError),
     /// The root Secret could not be used.
     #[error("failed to keep the Tresor root in the cluster: {0}")]
     Kubernetes(#[from] KubeError),
@@ -60,6 +66,9 @@ pub struct Deps {
     pub probe_ttl: Duration,
     /// Where the cert-manager provider records, whenever it is built.
     pub cert_manager_metrics: Arc<CertManagerMetrics>,
+    /// Where a custodian of Tresor's root key records, whenever one is
+    /// connected.
+    pub custody_metrics: CustodyMetrics,
     /// Where the provider's task runs.
     pub spawner: Spawner,
 }
@@ -81,7 +90,10 @@ pub struct Built {
 pub async fn build(config: &ProviderConfig, deps: &Deps) -> Result<Built, BuildError> {
     let stop = deps.spawner.child_token();
     let provider: Arc<dyn Provider> = match config {
-        ProviderConfig::Tresor(t) => Arc::new(tresor(t, deps).await?),
+        ProviderConfig::Tresor(t, None) => Arc::new(tresor(t, deps).await?),
+        ProviderConfig::Tresor(t, Some(custody)) => {
+            Arc::new(tresor_in_custody(t, custody, deps, &stop).await?)
+        }
         ProviderConfig::Vault(v) => {
             let probe = probe_request(&deps.daemon_identity, deps.probe_ttl)?;
             let (vault, task) = Vault::connect(v.clone(), probe, stop.clone()).await?;
@@ -118,11 +130,97 @@ async fn tresor(config: &TresorConfig, deps: &Deps) -> Result<Tresor, BuildError
         Some(source) => Some(tresor_root(source, deps, "-post-quantum").await?),
         None => None,
     };
-    Ok(Tresor::from_roots(
-        root,
-        post_quantum,
-        config.intermediate_validity,
-    )?)
+    Ok(Tresor::from_roots(root, post_quantum, config.intermediate_validity).await?)
+}
+
+/// Tresor whose root key `custody` holds: the custodian is connected (its
+/// credentials kept fresh until the provider is retired), the root's key
+/// found or made there, and the root's certificate loaded or made and
+/// kept (in its directory, or the Secret `<root_secret>-<backend>`).
+async fn tresor_in_custody(
+    config: &TresorConfig,
+    custody: &CustodyConfig,
+    deps: &Deps,
+    stop: &CancellationToken,
+) -> Result<Tresor, BuildError> {
+    let RootSource::InCustody {
+        dir,
+        key_name,
+        algorithm,
+        validity,
+        common_name,
+    } = &config.root
+    else {
+        return Err(BuildError::Provider(ProviderError::Internal(
+            "a root in custody is configured without its key".into(),
+        )));
+    };
+    let (custodian, task) = custody::connect(custody, &deps.custody_metrics, stop.clone()).await?;
+    deps.spawner.spawn("key-custody", stop.clone(), task);
+    let key = custodian.key(key_name, *algorithm).await?;
+    let (validity, cn) = (*validity, common_name.clone());
+    let root = match &deps.cluster {
+        Some(cluster) => {
+            let k = &cluster.config;
+            let secret = format!("{}-{}", k.root_secret, custody.backend.name());
+            let root = tresor_root::load_or_create_in_custody(
+                cluster.client.clone(),
+                &k.namespace,
+                &secret,
+                key,
+                validity,
+                &cn,
+            )
+            .await?;
+            tracing::info!(subject = %root.subject(), secret = %format!("{}/{secret}", k.namespace), "Tresor root in custody ready");
+            root
+        }
+        None => custody_root_in_dir(dir.clone(), key, validity, &cn).await?,
+    };
+    let tresor = Tresor::from_roots(root, None, config.intermediate_validity).await?;
+    Ok(tresor.with_custody(custodian))
+}
+
+/// The root in custody whose certificate is kept in `dir`: loaded, or
+/// made by the custodian and kept (on the blocking pool).
+async fn custody_root_in_dir(
+    dir: std::path::PathBuf,
+    key: Arc<dyn CustodyKey>,
+    validity: Duration,
+    common_name: &str,
+) -> Result<CaCertificate, BuildError> {
+    let blocking =
+        |e: tokio::task::JoinError| BuildError::Provider(ProviderError::Internal(e.to_string()));
+    let read = dir.clone();
+    let stored = tokio::task::spawn_blocking(move || meshca_tresor::load_custody_root(&read))
+        .await
+        .map_err(blocking)??;
+    if let Some(pem) = stored {
+        let root = CaCertificate::from_custody(&pem, key)?;
+        tracing::info!(subject = %root.subject(), dir = %dir.display(), "loaded the Tresor root in custody");
+        return Ok(root);
+    }
+    let root = CaCertificate::generate_root_in(key.clone(), validity, common_name).await?;
+    let write = dir.clone();
+    let (kept, root) = tokio::task::spawn_blocking(move || {
+        meshca_tresor::save_custody_root(&write, &root).map(|kept| (kept, root))
+    })
+    .await
+    .map_err(blocking)??;
+    if kept {
+        tracing::info!(subject = %root.subject(), dir = %dir.display(), key = key.name(), "generated a new Tresor root in custody");
+        return Ok(root);
+    }
+    // Another process kept its root first: use theirs.
+    let theirs = tokio::task::spawn_blocking(move || meshca_tresor::load_custody_root(&dir))
+        .await
+        .map_err(blocking)??
+        .ok_or_else(|| {
+            BuildError::Provider(ProviderError::Internal(
+                "the root kept by another process vanished".into(),
+            ))
+        })?;
+    Ok(CaCertificate::from_custody(&theirs, key)?)
 }
 
 /// One of Tresor's roots: from its files or its directory (on the

@@ -7,8 +7,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_provider::crypto::custody::CustodyKey;
 use meshca_tresor::CaCertificate;
 
+use super::BuildError;
 use crate::bundle::SecretRef;
 use crate::cluster::{is_reason, KubeError, MANAGED_BY};
 
@@ -122,26 +127,14 @@ async fn create(
     let key_pem = ca
         .key_pem()
         .map_err(|e| KubeError::Invalid(format!("the new root's key for {what}: {e}")))?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(root.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY.0.to_owned(),
-                MANAGED_BY.1.to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_owned(), ByteString(ca.cert_pem().into_bytes())),
-            (
-                "tls.key".to_owned(),
-                ByteString(key_pem.as_bytes().to_vec()),
-            ),
-        ])),
-        ..Secret::default()
-    };
+    let secret = root_secret(
+        (namespace, root),
+        "kubernetes.io/tls",
+        [
+            ("tls.crt", ca.cert_pem().into_bytes()),
+            ("tls.key", key_pem.as_bytes().to_vec()),
+        ],
+    );
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok((ca, origin)),
         Err(e) if is_reason(&e, 409) => {
@@ -187,4 +180,84 @@ async fn remove_osm_key(
         .map_err(KubeError::api("remove private.key from the bundle Secret"))?;
     tracing::info!(secret = %format!("{}/{}", bundle.namespace, bundle.name), "removed the imported root's private.key from the bundle Secret");
     Ok(())
+}
+
+/// The root whose key is in custody, its certificate kept as `ca.crt` in
+/// the Opaque Secret `name` (no key: the custodian keeps it): loaded, or
+/// made by the custodian and stored by the API server's atomic create;
+/// when several replicas race, the loser loads the winner's root (signed
+/// by the same key).
+///
+/// # Errors
+/// API failures; a stored certificate that is not this key's; the
+/// custodian's refusal to sign.
+pub async fn load_or_create_in_custody(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    key: Arc<dyn CustodyKey>,
+    validity: Duration,
+    common_name: &str,
+) -> Result<CaCertificate, BuildError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let what = format!("secret {namespace}/{name}");
+    let from_secret = |s: &Secret, key: Arc<dyn CustodyKey>| {
+        let cert = data(s, CUSTODY_CERT)
+            .ok_or_else(|| KubeError::Invalid(format!("{what} lacks {CUSTODY_CERT}")))?;
+        CaCertificate::from_custody(cert, key)
+            .map_err(|e| KubeError::Invalid(format!("{what}: {e}")))
+    };
+    if let Some(s) = api
+        .get_opt(name)
+        .await
+        .map_err(KubeError::api(format!("read {what}")))?
+    {
+        return Ok(from_secret(&s, key)?);
+    }
+    let root = CaCertificate::generate_root_in(key.clone(), validity, common_name).await?;
+    let secret = root_secret(
+        (namespace, name),
+        "Opaque",
+        [(CUSTODY_CERT, root.cert_pem().into_bytes())],
+    );
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(root),
+        Err(e) if is_reason(&e, 409) => {
+            let s = api
+                .get(name)
+                .await
+                .map_err(KubeError::api(format!("read {what}")))?;
+            Ok(from_secret(&s, key)?)
+        }
+        Err(e) => Err(KubeError::api(format!("create {what}"))(e).into()),
+    }
+}
+
+/// The key of a root-in-custody Secret that holds its certificate.
+const CUSTODY_CERT: &str = "ca.crt";
+
+/// A root Secret meshca manages, of `type_`, holding `data`.
+fn root_secret<const N: usize>(
+    (namespace, name): (&str, &str),
+    type_: &str,
+    data: [(&str, Vec<u8>); N],
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v)))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
 }

@@ -5,6 +5,7 @@
 //! ML-DSA included), the random source and the digests. Every crate of
 //! meshca asks here; none names a cryptography library itself.
 
+pub mod custody;
 mod ml_dsa;
 
 pub use ml_dsa::{Level as MlDsaLevel, MlDsaError, MlDsaKey};
@@ -16,6 +17,27 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WantsServerCert;
 use rustls::{ClientConfig, ConfigBuilder, RootCertStore, ServerConfig, WantsVerifier};
 use thiserror::Error;
+
+/// The first DER element of `input`: its tag, its contents and what
+/// follows it; `None` when it is cut short or its length takes more than
+/// four bytes.
+pub(crate) fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(n)?;
+        let len = bytes.iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (len, rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
 
 /// The TLS versions meshca speaks, as client and server.
 static VERSIONS: &[&rustls::SupportedProtocolVersion] =

@@ -15,6 +15,7 @@ use x509_parser::public_key::PublicKey;
 
 use std::collections::BTreeSet;
 
+use crate::crypto::der_element as element;
 use crate::{Identity, LeafProfile, ServerName};
 
 pub(crate) fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
@@ -311,26 +312,6 @@ fn verify_signature(csr: &X509CertificationRequest<'_>, der: &[u8]) -> Result<()
     } else {
         Err(CsrError::BadSignature)
     }
-}
-
-/// The first DER element of `input`: its tag, its contents and what
-/// follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at_checked(n)?;
-        let len = bytes.iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
-        (len, rest)
-    };
-    let (contents, rest) = rest.split_at_checked(len)?;
-    Some((tag, contents, rest))
 }
 
 fn signature_name(oid: &Oid<'_>) -> String {

@@ -1,4 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
+
+use meshca_provider::crypto::custody::{finish_certificate, CustodyKey};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
@@ -58,6 +61,12 @@ impl CaCertificate {
         let der = CertificateDer::from_pem_slice(cert_pem)
             .map_err(|e| TresorError::Certificate(format!("no PEM certificate found: {e}")))?;
         let key = load_private_key_pem(key_pem)?;
+        Self::checked(der, key)
+    }
+
+    /// `der` with `key`, once the key is the certificate's, the
+    /// certificate a CA, and not expired.
+    fn checked(der: CertificateDer<'_>, key: CaKey) -> Result<Self, TresorError> {
         let (_, cert) =
             X509Certificate::from_der(&der).map_err(|e| TresorError::Certificate(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
@@ -87,19 +96,68 @@ impl CaCertificate {
         })
     }
 
+    /// Generate a self-signed root valid for `validity` whose key is held
+    /// in custody: the custodian signs the root, and the signature is
+    /// checked under the key before the root is used.
+    ///
+    /// # Errors
+    /// The custodian did not sign, or its signature did not verify.
+    pub async fn generate_root_in(
+        key: Arc<dyn CustodyKey>,
+        validity: Duration,
+        common_name: &str,
+    ) -> Result<Self, TresorError> {
+        let key = CaKey::Custody(key);
+        let params = ca_params(common_name, validity, None);
+        let unsigned = params.self_signed(&key)?;
+        let der = finish(&key, unsigned.der()).await?;
+        Ok(Self::from_parts(der, params, key))
+    }
+
+    /// A root certificate brought back from storage, whose key is held in
+    /// custody: refused when the key is not the certificate's, the
+    /// certificate is not a CA, or it expired.
+    ///
+    /// # Errors
+    /// [`TresorError::Certificate`] or [`TresorError::KeyMismatch`].
+    pub fn from_custody(cert_pem: &[u8], key: Arc<dyn CustodyKey>) -> Result<Self, TresorError> {
+        let der = CertificateDer::from_pem_slice(cert_pem)
+            .map_err(|e| TresorError::Certificate(format!("no PEM certificate found: {e}")))?;
+        Self::checked(der, CaKey::Custody(key))
+    }
+
     /// Have this CA sign a new intermediate CA (path length 0) with a fresh
     /// key of the same family, valid for `validity` but never beyond this
-    /// CA.
+    /// CA. A CA whose key is in custody has its custodian sign it, checked.
     ///
     /// # Errors
     /// Key generation or signing failed.
-    pub fn issue_intermediate(&self, validity: Duration) -> Result<Self, TresorError> {
+    pub async fn issue_intermediate(&self, validity: Duration) -> Result<Self, TresorError> {
         let key = RootKeyAlgorithm::like(self.issuer.key()).generate()?;
         let mut params = ca_params("meshca intermediate CA", validity, Some(0));
         params.not_after = params.not_after.min(self.not_after);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Self::from_parts(cert.der().clone(), params, key))
+        let der = self.finish(cert.der()).await?;
+        Ok(Self::from_parts(der, params, key))
+    }
+
+    /// A certificate this CA's builder signed, as it is to be used: for a
+    /// key in custody, the custodian's checked signature in place of the
+    /// empty one; otherwise the certificate as it is.
+    ///
+    /// # Errors
+    /// [`TresorError::Custody`].
+    pub async fn finish(
+        &self,
+        der: &CertificateDer<'_>,
+    ) -> Result<CertificateDer<'static>, TresorError> {
+        finish(self.issuer.key(), der).await
+    }
+
+    /// Whether this CA's key is held in custody.
+    pub fn in_custody(&self) -> bool {
+        self.issuer.key().custody().is_some()
     }
 
     fn from_parts(der: CertificateDer<'static>, params: CertificateParams, key: CaKey) -> Self {
@@ -155,6 +213,17 @@ impl CaCertificate {
 
     pub(crate) fn issuer(&self) -> &Issuer<'static, CaKey> {
         &self.issuer
+    }
+}
+
+/// `der` signed by `key`'s custodian when `key` is in custody.
+async fn finish(
+    key: &CaKey,
+    der: &CertificateDer<'_>,
+) -> Result<CertificateDer<'static>, TresorError> {
+    match key.custody() {
+        Some(custody) => Ok(finish_certificate(der, custody).await?),
+        None => Ok(der.clone().into_owned()),
     }
 }
 

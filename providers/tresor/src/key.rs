@@ -1,3 +1,6 @@
+use std::sync::Arc;
+
+use meshca_provider::crypto::custody::{CustodyAlgorithm, CustodyKey};
 use meshca_provider::crypto::{MlDsaKey, MlDsaLevel};
 use pkcs8::der::asn1::ObjectIdentifier;
 use pkcs8::der::{Decode, Encode};
@@ -48,6 +51,8 @@ impl RootKeyAlgorithm {
         let alg = key.algorithm();
         match key {
             CaKey::MlDsa(key) => Self::MlDsa(key.level()),
+            CaKey::Custody(_) if alg == &rcgen::PKCS_ECDSA_P384_SHA384 => Self::EcdsaP384,
+            CaKey::Custody(_) => Self::EcdsaP256,
             CaKey::Classical(_) if alg == &rcgen::PKCS_ECDSA_P384_SHA384 => Self::EcdsaP384,
             CaKey::Classical(_) if alg == &rcgen::PKCS_ED25519 => Self::Ed25519,
             CaKey::Classical(_) => Self::EcdsaP256,
@@ -55,14 +60,19 @@ impl RootKeyAlgorithm {
     }
 }
 
-/// A CA's signing key: a classical one, or ML-DSA (which the certificate
+/// A CA's signing key: a classical one, ML-DSA (which the certificate
 /// builder can make but not read back, so meshca's crypto module holds
-/// it).
+/// it), or one held in custody (an HSM, a KMS), which only its custodian
+/// can use.
 pub enum CaKey {
     /// ECDSA, Ed25519 or RSA.
     Classical(KeyPair),
     /// ML-DSA.
     MlDsa(MlDsaKey),
+    /// Held in custody. The certificate builder signs with an empty
+    /// signature; [`crate::CaCertificate`] has the custodian sign
+    /// afterwards, and checks what it returns.
+    Custody(Arc<dyn CustodyKey>),
 }
 
 impl std::fmt::Debug for CaKey {
@@ -70,6 +80,7 @@ impl std::fmt::Debug for CaKey {
         let kind = match self {
             Self::Classical(_) => "classical",
             Self::MlDsa(key) => key.level().name(),
+            Self::Custody(key) => key.backend(),
         };
         f.debug_struct("CaKey")
             .field("kind", &kind)
@@ -83,12 +94,26 @@ impl CaKey {
         match self {
             Self::Classical(key) => key.public_key_raw(),
             Self::MlDsa(key) => key.public_key(),
+            Self::Custody(key) => key.public_key(),
+        }
+    }
+
+    /// The key held in custody, if it is.
+    pub(crate) fn custody(&self) -> Option<&dyn CustodyKey> {
+        match self {
+            Self::Custody(key) => Some(key.as_ref()),
+            _ => None,
         }
     }
 
     /// The key as PKCS#8 PEM, zeroized when dropped.
+    ///
+    /// # Errors
+    /// [`TresorError::InCustody`] for a key held in custody: it never
+    /// leaves its custodian.
     pub(crate) fn serialize_pem(&self) -> Result<Zeroizing<String>, TresorError> {
         match self {
+            Self::Custody(key) => Err(TresorError::InCustody(key.name().to_owned())),
             Self::Classical(key) => Ok(Zeroizing::new(key.serialize_pem())),
             Self::MlDsa(key) => {
                 let der = key
@@ -107,6 +132,7 @@ impl PublicKeyData for CaKey {
         match self {
             Self::Classical(key) => key.der_bytes(),
             Self::MlDsa(key) => key.public_key(),
+            Self::Custody(key) => key.public_key(),
         }
     }
 
@@ -118,6 +144,10 @@ impl PublicKeyData for CaKey {
                 MlDsaLevel::MlDsa65 => &rcgen::PKCS_ML_DSA_65,
                 MlDsaLevel::MlDsa87 => &rcgen::PKCS_ML_DSA_87,
             },
+            Self::Custody(key) => match key.algorithm() {
+                CustodyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+                CustodyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            },
         }
     }
 }
@@ -127,6 +157,8 @@ impl SigningKey for CaKey {
         match self {
             Self::Classical(key) => key.sign(message),
             Self::MlDsa(key) => key.sign(message).map_err(|_| rcgen::Error::RingUnspecified),
+            // The placeholder `CaCertificate::finish` replaces.
+            Self::Custody(_) => Ok(Vec::new()),
         }
     }
 }

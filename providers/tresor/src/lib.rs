@@ -23,11 +23,14 @@ mod store;
 pub use ca::CaCertificate;
 pub use error::TresorError;
 pub use key::{load_private_key_pem, CaKey, RootKeyAlgorithm};
+pub use store::{load_custody_root, save_custody_root};
 pub use store::{RootSource, StoredRoot};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use meshca_provider::crypto::custody::Custody;
 use meshca_provider::{
     Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
     SignatureCheck, SignedChain, ValidatedCsr,
@@ -58,7 +61,7 @@ struct Chain {
 impl Chain {
     /// Sign with `root`, through a new intermediate when
     /// `intermediate_validity` is set.
-    fn new(
+    async fn new(
         root: CaCertificate,
         intermediate_validity: Option<Duration>,
     ) -> Result<Self, TresorError> {
@@ -70,8 +73,8 @@ impl Chain {
                 anchor,
             });
         };
-        let intermediate = root.issue_intermediate(validity)?;
-        tracing::info!(subject = %intermediate.subject(), "signing leaves with a new intermediate");
+        let intermediate = root.issue_intermediate(validity).await?;
+        tracing::info!(subject = %intermediate.subject(), in_custody = root.in_custody(), "signing leaves with a new intermediate");
         Ok(Self {
             tail: vec![intermediate.der().clone()],
             signer: intermediate,
@@ -85,6 +88,9 @@ impl Chain {
 pub struct Tresor {
     classical: Chain,
     post_quantum: Option<Chain>,
+    /// The custodian of the root's key, when it has one: Tresor is
+    /// healthy while it can sign.
+    custody: Option<Arc<dyn Custody>>,
 }
 
 impl std::fmt::Debug for Tresor {
@@ -92,56 +98,18 @@ impl std::fmt::Debug for Tresor {
         f.debug_struct("Tresor")
             .field("intermediate", &!self.classical.tail.is_empty())
             .field("post_quantum", &self.post_quantum.is_some())
+            .field("custody", &self.custody.as_ref().map(|c| c.backend()))
             .finish_non_exhaustive()
     }
 }
 
-/// Load or create one root, saying which.
-fn stored(source: &RootSource, what: &str) -> Result<CaCertificate, TresorError> {
-    let StoredRoot { root, created } = source.load_or_create()?;
-    if created {
-        tracing::info!(subject = %root.subject(), "generated a new Tresor {what}");
-    } else {
-        tracing::info!(subject = %root.subject(), "loaded the Tresor {what}");
-    }
-    Ok(root)
-}
-
 impl Tresor {
-    /// Load or create the roots, then (optionally) their intermediates.
-    ///
-    /// # Errors
-    /// A root that cannot be read, parsed, or whose key does not match its
-    /// certificate; a root that is not a CA or has expired; a
-    /// post-quantum root whose key is not ML-DSA.
-    pub fn new(config: &TresorConfig) -> Result<Self, TresorError> {
-        let root = stored(&config.root, "root")?;
-        let post_quantum = match &config.post_quantum {
-            Some(source) => Some(stored(source, "post-quantum root")?),
-            None => None,
-        };
-        Self::from_roots(root, post_quantum, config.intermediate_validity)
-    }
-
-    /// Sign with `root` (loaded from wherever the caller keeps it, e.g. a
-    /// Kubernetes Secret), through a new intermediate when
-    /// `intermediate_validity` is set.
-    ///
-    /// # Errors
-    /// The intermediate could not be issued.
-    pub fn from_root(
-        root: CaCertificate,
-        intermediate_validity: Option<Duration>,
-    ) -> Result<Self, TresorError> {
-        Self::from_roots(root, None, intermediate_validity)
-    }
-
     /// Sign with `root`, and CSRs of ML-DSA keys with `post_quantum`.
     ///
     /// # Errors
     /// An intermediate could not be issued; `post_quantum` is not an
     /// ML-DSA root, or `root` is one.
-    pub fn from_roots(
+    pub async fn from_roots(
         root: CaCertificate,
         post_quantum: Option<CaCertificate>,
         intermediate_validity: Option<Duration>,
@@ -157,12 +125,24 @@ impl Tresor {
                     .into(),
             ));
         }
+        let post_quantum = match post_quantum {
+            Some(root) => Some(Chain::new(root, intermediate_validity).await?),
+            None => None,
+        };
         Ok(Self {
-            classical: Chain::new(root, intermediate_validity)?,
-            post_quantum: post_quantum
-                .map(|r| Chain::new(r, intermediate_validity))
-                .transpose()?,
+            classical: Chain::new(root, intermediate_validity).await?,
+            post_quantum,
+            custody: None,
         })
+    }
+
+    /// Report the health of `custody`, the custodian of the root's key,
+    /// as Tresor's own: without it nothing new can be signed (with an
+    /// intermediate, no rollout; without, no leaf).
+    #[must_use]
+    pub fn with_custody(mut self, custody: Arc<dyn Custody>) -> Self {
+        self.custody = Some(custody);
+        self
     }
 
     /// The classical root certificate (a trust anchor).
@@ -199,8 +179,14 @@ impl Provider for Tresor {
             (Some(pq), true) => pq,
             _ => &self.classical,
         };
-        let leaf = leaf::sign(&chain.signer, csr, profile)
-            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let leaf = leaf::sign(&chain.signer, csr, profile).map_err(TresorError::into_provider)?;
+        // Signed by the custodian, and checked, when the key signing
+        // leaves is in custody.
+        let leaf = chain
+            .signer
+            .finish(&leaf)
+            .await
+            .map_err(TresorError::into_provider)?;
         let mut signed = Vec::with_capacity(1 + chain.tail.len());
         signed.push(leaf);
         signed.extend(chain.tail.iter().cloned());
@@ -214,12 +200,29 @@ impl Provider for Tresor {
             .collect())
     }
 
+    /// With the root's key in custody: unhealthy while the custodian
+    /// cannot sign, if it signs every leaf; with an intermediate in
+    /// memory, leaves are still signed, so the outage is only logged (and
+    /// `meshca_key_custody_up` says it).
     async fn health(&self) -> Health {
-        Health::Healthy
+        let Some(custody) = &self.custody else {
+            return Health::Healthy;
+        };
+        match custody.health().await {
+            Ok(()) => Health::Healthy,
+            Err(e) if self.classical.signer.in_custody() => {
+                Health::Unhealthy(meshca_provider::error_chain(&e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %meshca_provider::error_chain(&e), "the custodian of the root key is unavailable; the intermediate signs on");
+                Health::Healthy
+            }
+        }
     }
 
     /// The signing keys were checked against their certificates when
-    /// loaded, and the intermediates were issued here by those roots.
+    /// loaded, and the intermediates were issued here by those roots;
+    /// every signature a custodian makes is checked when it is made.
     fn signature_check(&self) -> SignatureCheck {
         SignatureCheck::LocalSigner
     }

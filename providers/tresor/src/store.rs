@@ -1,5 +1,4 @@
-// Blocking file I/O by contract: meshca calls `Tresor::new` on the
-// blocking pool.
+// Blocking file I/O by contract: meshca calls these on the blocking pool.
 #![allow(clippy::disallowed_methods)]
 
 use std::fs;
@@ -7,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use meshca_provider::crypto::custody::CustodyAlgorithm;
 
 use crate::{CaCertificate, RootKeyAlgorithm, TresorError};
 
@@ -36,6 +37,23 @@ pub enum RootSource {
         /// Its private key.
         key: PathBuf,
     },
+    /// Generated on first start with a key a custodian (an HSM, a KMS)
+    /// makes and keeps; only the certificate is persisted, in `dir`
+    /// (without a cluster) or in the cluster. The daemon builds it with
+    /// its custodian ([`crate::CaCertificate::generate_root_in`],
+    /// [`load_custody_root`]).
+    InCustody {
+        /// The directory holding the certificate (without a cluster).
+        dir: PathBuf,
+        /// The key's name in custody.
+        key_name: String,
+        /// Its algorithm.
+        algorithm: CustodyAlgorithm,
+        /// Lifetime of a new root.
+        validity: Duration,
+        /// Subject CN of a new root.
+        common_name: String,
+    },
 }
 
 /// A root as loaded, and whether this start created it.
@@ -58,7 +76,7 @@ impl RootSource {
     pub fn check(&self) -> Result<(), TresorError> {
         match self {
             Self::Files { cert, key } => load_files(cert, key).map(drop),
-            Self::Generated { .. } => Ok(()),
+            Self::Generated { .. } | Self::InCustody { .. } => Ok(()),
         }
     }
 
@@ -72,8 +90,11 @@ impl RootSource {
     ///
     /// # Errors
     /// See [`TresorError`].
+    /// A root in custody is not for this function: only its custodian can
+    /// sign it.
     pub fn load_or_create(&self) -> Result<StoredRoot, TresorError> {
         match self {
+            Self::InCustody { key_name, .. } => Err(TresorError::InCustody(key_name.clone())),
             Self::Files { cert, key } => Ok(StoredRoot {
                 root: load_files(cert, key)?,
                 created: false,
@@ -107,6 +128,38 @@ impl RootSource {
             }
         }
     }
+}
+
+/// The certificate of a root whose key is held in custody, kept in `dir`
+/// (`root.crt`, and no key file), or `None` before the first start.
+///
+/// # Errors
+/// The certificate cannot be read, or `dir` holds a key file: it belongs
+/// to a root kept in files, which a custody key must not be mixed with.
+pub fn load_custody_root(dir: &Path) -> Result<Option<Vec<u8>>, TresorError> {
+    remove_staging_debris(dir);
+    if dir.join(KEY_FILE).exists() {
+        return Err(TresorError::Certificate(format!(
+            "{} holds a private key file: it is the directory of a root kept in files, not of one whose key is in custody",
+            dir.display()
+        )));
+    }
+    let cert = dir.join(CERT_FILE);
+    match fs::read(&cert) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", &cert)(e)),
+    }
+}
+
+/// Keep the certificate of a new root whose key is in custody in `dir`,
+/// atomically; false if another process kept one there first (use
+/// theirs, from [`load_custody_root`]).
+///
+/// # Errors
+/// The directory or the file could not be written.
+pub fn save_custody_root(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
+    persist(dir, root)
 }
 
 fn io_err<'a>(
@@ -171,11 +224,14 @@ fn persist(dir: &Path, root: &CaCertificate) -> Result<bool, TresorError> {
     };
     fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let staging = staging_dir(parent)?;
-    write_file(
-        &staging.path().join(KEY_FILE),
-        root.key_pem()?.as_bytes(),
-        0o600,
-    )?;
+    // A key in custody stays there: only its certificate is kept.
+    if !root.in_custody() {
+        write_file(
+            &staging.path().join(KEY_FILE),
+            root.key_pem()?.as_bytes(),
+            0o600,
+        )?;
+    }
     write_file(
         &staging.path().join(CERT_FILE),
         root.cert_pem().as_bytes(),

@@ -13,7 +13,7 @@ use crate::auth::Session;
 use crate::breaker::Breaker;
 use crate::error::{classify, VaultError};
 use crate::http::{Http, TlsFiles};
-use crate::VaultConfig;
+use crate::Connection;
 
 /// The HTTP side of the provider: the transport, the current token, and
 /// the breaker.
@@ -23,9 +23,17 @@ pub(crate) struct Client {
     breaker: Breaker,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// A client of `config`, with its TLS files.
-    pub(crate) fn new(config: &VaultConfig, files: &TlsFiles) -> Result<Self, ProviderError> {
+    pub(crate) fn new(config: &Connection, files: &TlsFiles) -> Result<Self, ProviderError> {
         Ok(Self {
             http: Http::new(config, files)?,
             session: Session::new(config.auth.clone()),

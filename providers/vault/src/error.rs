@@ -101,6 +101,16 @@ impl VaultError {
         }
     }
 
+    /// When the same call may succeed without anyone acting: Vault did not
+    /// answer, cannot serve now, or is being given a rest.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unreachable { .. } | Self::Unavailable(_) => Some(Duration::from_secs(5)),
+            Self::BackingOff(wait) => Some((*wait).max(Duration::from_secs(1))),
+            _ => None,
+        }
+    }
+
     /// Whether the breaker counts it: Vault did not answer, or answered
     /// that it cannot serve.
     pub(crate) fn is_outage(&self) -> bool {

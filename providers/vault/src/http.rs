@@ -12,7 +12,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::error::VaultError;
-use crate::VaultConfig;
+use crate::Connection;
 
 /// The files of the TLS settings, read by the caller without blocking.
 #[derive(Default)]
@@ -25,7 +25,7 @@ pub(crate) struct TlsFiles {
 
 impl TlsFiles {
     /// Read the files `config` names.
-    pub(crate) async fn read(config: &VaultConfig) -> Result<Self, ProviderError> {
+    pub(crate) async fn read(config: &Connection) -> Result<Self, ProviderError> {
         let read = |path: PathBuf| async move {
             tokio::fs::read(&path)
                 .await
@@ -56,7 +56,7 @@ fn bad(message: String) -> ProviderError {
 
 /// The address, trailing `/` removed: `https://`, or `http://` when
 /// allowed.
-fn address(config: &VaultConfig) -> Result<String, ProviderError> {
+fn address(config: &Connection) -> Result<String, ProviderError> {
     let address = config.address.trim_end_matches('/').to_owned();
     if address.starts_with("http://") {
         if !config.allow_http {
@@ -72,7 +72,7 @@ fn address(config: &VaultConfig) -> Result<String, ProviderError> {
 
 /// The roots that verify Vault: the CA file's, else the system's.
 fn roots(
-    config: &VaultConfig,
+    config: &Connection,
     ca_pem: Option<&[u8]>,
 ) -> Result<rustls::RootCertStore, ProviderError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -98,7 +98,7 @@ fn roots(
 
 /// The TLS configuration: the roots, and the client certificate when one
 /// is configured.
-fn tls(config: &VaultConfig, files: &TlsFiles) -> Result<rustls::ClientConfig, ProviderError> {
+fn tls(config: &Connection, files: &TlsFiles) -> Result<rustls::ClientConfig, ProviderError> {
     let builder =
         meshca_provider::crypto::client_config_trusting(roots(config, files.ca.as_deref())?)
             .map_err(|e| bad(e.to_string()))?;
@@ -119,7 +119,7 @@ fn tls(config: &VaultConfig, files: &TlsFiles) -> Result<rustls::ClientConfig, P
 
 impl Http {
     /// The transport of `config`, with its TLS files.
-    pub(crate) fn new(config: &VaultConfig, files: &TlsFiles) -> Result<Self, ProviderError> {
+    pub(crate) fn new(config: &Connection, files: &TlsFiles) -> Result<Self, ProviderError> {
         let address = address(config)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls(config, files)?)

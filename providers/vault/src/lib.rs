@@ -22,9 +22,11 @@ mod client;
 mod error;
 mod http;
 mod pki;
+mod transit;
 
 pub use auth::VaultAuth;
 pub use error::VaultError;
+pub use transit::{Transit, TransitConfig};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -39,17 +41,12 @@ use meshca_provider::{
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-/// How to reach and use Vault; built by the daemon from its validated
-/// config.
+/// How to reach Vault and log in: the same for the PKI provider and for
+/// key custody in Transit.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VaultConfig {
+pub struct Connection {
     /// Base address, e.g. `https://vault.vault:8200`.
     pub address: String,
-    /// Mount path of the PKI engine (default `pki`).
-    pub mount: String,
-    /// The PKI role that signs workload certificates (default
-    /// `openservicemesh`).
-    pub role: String,
     /// CA bundle that verifies Vault's TLS certificate; the system roots
     /// when absent.
     pub ca_file: Option<PathBuf>,
@@ -59,10 +56,23 @@ pub struct VaultConfig {
     pub allow_http: bool,
     /// Time limit of one request to Vault.
     pub timeout: Duration,
-    /// How long the trust anchors read from Vault are reused.
-    pub anchors_refresh: Duration,
     /// How meshca authenticates to Vault.
     pub auth: VaultAuth,
+}
+
+/// How to reach and use Vault; built by the daemon from its validated
+/// config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Where Vault is and how meshca logs in.
+    pub connection: Connection,
+    /// Mount path of the PKI engine (default `pki`).
+    pub mount: String,
+    /// The PKI role that signs workload certificates (default
+    /// `openservicemesh`).
+    pub role: String,
+    /// How long the trust anchors read from Vault are reused.
+    pub anchors_refresh: Duration,
     /// The role whose (ML-DSA) issuer signs CSRs of ML-DSA keys; none
     /// signs them without it.
     pub post_quantum_role: Option<String>,
@@ -99,8 +109,8 @@ impl Vault {
         probe: (ValidatedCsr, LeafProfile),
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), ProviderError> {
-        let files = http::TlsFiles::read(&config).await?;
-        let inner = Arc::new(client::Client::new(&config, &files)?);
+        let files = http::TlsFiles::read(&config.connection).await?;
+        let inner = Arc::new(client::Client::new(&config.connection, &files)?);
         inner.login().await.map_err(VaultError::into_provider)?;
         let mut pki = pki::Pki::new(inner.clone(), &config);
         pki.read_role().await;
@@ -114,7 +124,7 @@ impl Vault {
             let inner = inner.clone();
             async move { inner.maintain_token(shutdown).await }
         };
-        tracing::info!(address = %config.address, mount = %config.mount, role = %config.role, "connected to Vault");
+        tracing::info!(address = %config.connection.address, mount = %config.mount, role = %config.role, "connected to Vault");
         Ok((Self { inner, pki }, maintenance))
     }
 }

@@ -364,6 +364,45 @@ impl OpenBao {
         path
     }
 
+    /// Enable Transit and return a token file whose policy lets meshca
+    /// make, read and sign with its keys (`transit/keys/meshca-*`,
+    /// `transit/sign/meshca-*`) and nothing else: no export.
+    pub fn transit_custody_token(&self) -> PathBuf {
+        self.cli(&["secrets", "enable", "transit"]);
+        let policy = self.dir.path().join("custody.hcl");
+        std::fs::write(
+            &policy,
+            "path \"transit/keys/meshca-*\" { capabilities = [\"create\", \"read\", \"update\"] }\n\
+             path \"transit/sign/meshca-*\" { capabilities = [\"update\"] }\n",
+        )
+        .expect("policy");
+        self.cli(&[
+            "policy",
+            "write",
+            "meshca-custody",
+            &policy.display().to_string(),
+        ]);
+        let token = self.cli(&["token", "create", "-policy=meshca-custody", "-field=token"]);
+        let path = self.dir.path().join("custody-token");
+        std::fs::write(&path, token.trim()).expect("token file");
+        path
+    }
+
+    /// meshca's `key_custody:` YAML for this server's Transit engine, and
+    /// the Tresor settings its mode needs (an intermediate unless every
+    /// leaf is signed in custody).
+    pub fn key_custody_yaml(&self, token_file: &Path, sign_leaves: bool) -> String {
+        let tresor = match sign_leaves {
+            true => "provider: { kind: tresor }\n",
+            false => "provider: { kind: tresor, tresor: { intermediate: { validity: 200h } } }\n",
+        };
+        format!(
+            "{tresor}key_custody:\n  kind: transit\n  sign_leaves: {sign_leaves}\n  transit: {{ address: {}, allow_http: true, timeout: 3s, auth: {{ token_file: {} }} }}\n",
+            self.addr,
+            token_file.display()
+        )
+    }
+
     /// meshca's `provider:` YAML for this server with `auth` (a YAML flow
     /// mapping) and extra vault keys.
     pub fn provider_yaml(&self, auth: &str, extra: &str) -> String {

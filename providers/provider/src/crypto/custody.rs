@@ -1,0 +1,340 @@
+//! Keys held in custody: a KMS or an HSM keeps the private key, and signs
+//! what meshca hands it. meshca sees only the public key.
+//!
+//! Certificates are built in two steps, because the certificate builder
+//! signs synchronously and a custodian answers over the network: the
+//! builder signs with an empty signature, then [`finish_certificate`] has the custodian sign the to-be-signed part and
+//! checks the signature under the public key before the certificate is
+//! used (HSMs have been seen returning invalid ECDSA signatures).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use rustls_pki_types::CertificateDer;
+use thiserror::Error;
+
+use super::der_element as element;
+
+/// The signature algorithms a custody key may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CustodyAlgorithm {
+    /// ECDSA on P-256 with SHA-256 (the default).
+    EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcdsaP384,
+}
+
+impl CustodyAlgorithm {
+    /// Its name in meshca's key algorithm vocabulary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+        }
+    }
+
+    fn verification(self) -> &'static signature::EcdsaVerificationAlgorithm {
+        match self {
+            Self::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
+            Self::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
+        }
+    }
+}
+
+/// Why a custodian did not sign, or could not give a key.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CustodyError {
+    /// The custodian cannot be reached or is not ready (sealed, token
+    /// removed, timed out): trying later may succeed.
+    #[error("{backend} key custody is unavailable: {message}")]
+    Unavailable {
+        /// `transit` or `pkcs11`.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+        /// When to try again.
+        retry_after: Duration,
+        /// The failure underneath.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The custodian refused (credentials, policy, a key that may be
+    /// exported, a key of another type): someone has to act.
+    #[error("{backend} key custody refused: {message}")]
+    Refused {
+        /// `transit` or `pkcs11`.
+        backend: &'static str,
+        /// What was refused, and what to change.
+        message: String,
+    },
+    /// The custodian's signature does not verify under the key's public
+    /// key; nothing signed with it is used.
+    #[error("{backend} key custody returned a signature that does not verify under key {key}")]
+    BadSignature {
+        /// `transit` or `pkcs11`.
+        backend: &'static str,
+        /// The key's name in custody.
+        key: String,
+    },
+    /// What was to be signed is not a certificate built for custody.
+    #[error("not a certificate to finish: {0}")]
+    Malformed(&'static str),
+}
+
+impl CustodyError {
+    /// When the same request may succeed later without anyone acting:
+    /// an unavailable custodian, or a signature that did not verify (the
+    /// next one may).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::BadSignature { .. } => Some(Duration::from_secs(1)),
+            Self::Refused { .. } | Self::Malformed(_) => None,
+        }
+    }
+}
+
+/// A key the custodian holds. Cheap to clone behind an `Arc`.
+#[async_trait]
+pub trait CustodyKey: Send + Sync + std::fmt::Debug {
+    /// The backend's name, for metrics and messages: `transit`, `pkcs11`.
+    fn backend(&self) -> &'static str;
+
+    /// The key's name in custody (a Transit key, a PKCS#11 label).
+    fn name(&self) -> &str;
+
+    /// Its algorithm.
+    fn algorithm(&self) -> CustodyAlgorithm;
+
+    /// The public key as a certificate's subjectPublicKey carries it (the
+    /// uncompressed EC point).
+    fn public_key(&self) -> &[u8];
+
+    /// The custodian's signature over `message`, DER-encoded as X.509
+    /// carries it. Not yet checked: [`finish_certificate`] checks it.
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CustodyError>;
+}
+
+/// A custodian: finds or makes keys by name.
+#[async_trait]
+pub trait Custody: Send + Sync + std::fmt::Debug {
+    /// The backend's name: `transit`, `pkcs11`.
+    fn backend(&self) -> &'static str;
+
+    /// The key called `name`, made non-exportable with `algorithm` when
+    /// it does not exist; refused when it exists with another algorithm
+    /// or can be exported.
+    async fn key(
+        &self,
+        name: &str,
+        algorithm: CustodyAlgorithm,
+    ) -> Result<Arc<dyn CustodyKey>, CustodyError>;
+
+    /// Whether the custodian can sign now; why not otherwise.
+    async fn health(&self) -> Result<(), CustodyError>;
+}
+
+/// Whether `signature` over `message` verifies under `key`'s public key.
+pub fn verifies(key: &dyn CustodyKey, message: &[u8], signature: &[u8]) -> bool {
+    UnparsedPublicKey::new(key.algorithm().verification(), key.public_key())
+        .verify(message, signature)
+        .is_ok()
+}
+
+/// `certificate` (built with an empty signature) signed by `key`: the
+/// custodian signs its to-be-signed part, the signature is checked under
+/// the public key, and the certificate is assembled again.
+///
+/// # Errors
+/// The custodian's [`CustodyError`]; [`CustodyError::BadSignature`] when
+/// the signature does not verify; [`CustodyError::Malformed`] when
+/// `certificate` is not DER of the expected shape.
+pub async fn finish_certificate(
+    certificate: &[u8],
+    key: &dyn CustodyKey,
+) -> Result<CertificateDer<'static>, CustodyError> {
+    let (tbs, algorithm) = unsigned_parts(certificate)?;
+    let signature = key.sign(tbs).await?;
+    if !verifies(key, tbs, &signature) {
+        return Err(CustodyError::BadSignature {
+            backend: key.backend(),
+            key: key.name().to_owned(),
+        });
+    }
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0); // no unused bits
+    bits.extend_from_slice(&signature);
+    let mut body = Vec::with_capacity(tbs.len() + algorithm.len() + bits.len() + 8);
+    body.extend_from_slice(tbs);
+    body.extend_from_slice(algorithm);
+    push_element(&mut body, 0x03, &bits);
+    let mut der = Vec::with_capacity(body.len() + 6);
+    push_element(&mut der, 0x30, &body);
+    Ok(CertificateDer::from(der))
+}
+
+/// The to-be-signed part and the signature algorithm (each a whole DER
+/// element) of a certificate whose signature is empty.
+fn unsigned_parts(certificate: &[u8]) -> Result<(&[u8], &[u8]), CustodyError> {
+    let malformed = CustodyError::Malformed;
+    let (tag, body, rest) = element(certificate).ok_or(malformed("not DER"))?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err(malformed("not one SEQUENCE"));
+    }
+    let (_, _, after_tbs) = element(body).ok_or(malformed("no tbsCertificate"))?;
+    let tbs = &body[..body.len() - after_tbs.len()];
+    let (_, _, after_alg) = element(after_tbs).ok_or(malformed("no signatureAlgorithm"))?;
+    let algorithm = &after_tbs[..after_tbs.len() - after_alg.len()];
+    match element(after_alg) {
+        Some((0x03, [0], [])) => Ok((tbs, algorithm)),
+        _ => Err(malformed("the signature is not the empty placeholder")),
+    }
+}
+
+/// Append a DER element of `tag` holding `contents`.
+fn push_element(out: &mut Vec<u8>, tag: u8, contents: &[u8]) {
+    out.push(tag);
+    let len = contents.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(contents);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A custodian in memory; `corrupt` makes it return bad signatures.
+    #[derive(Debug)]
+    struct Local {
+        key: EcdsaKeyPair,
+        corrupt: AtomicBool,
+    }
+
+    #[async_trait]
+    impl CustodyKey for Local {
+        fn backend(&self) -> &'static str {
+            "local"
+        }
+        fn name(&self) -> &str {
+            "test"
+        }
+        fn algorithm(&self) -> CustodyAlgorithm {
+            CustodyAlgorithm::EcdsaP256
+        }
+        fn public_key(&self) -> &[u8] {
+            self.key.public_key().as_ref()
+        }
+        async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CustodyError> {
+            let mut sig = self
+                .key
+                .sign(&SystemRandom::new(), message)
+                .expect("sign")
+                .as_ref()
+                .to_vec();
+            if self.corrupt.load(Ordering::Relaxed) {
+                let last = sig.len() - 1;
+                sig[last] ^= 1;
+            }
+            Ok(sig)
+        }
+    }
+
+    fn local() -> Local {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+                .expect("generate");
+        Local {
+            key: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+                .expect("key"),
+            corrupt: AtomicBool::new(false),
+        }
+    }
+
+    /// An unsigned certificate as the builder leaves it.
+    fn unsigned(key: &Local) -> Vec<u8> {
+        struct Placeholder<'a>(&'a Local);
+        impl rcgen::PublicKeyData for Placeholder<'_> {
+            fn der_bytes(&self) -> &[u8] {
+                self.0.public_key()
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            }
+        }
+        impl rcgen::SigningKey for Placeholder<'_> {
+            fn sign(&self, _: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+                Ok(Vec::new())
+            }
+        }
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .self_signed(&Placeholder(key))
+            .expect("build")
+            .der()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_finished_certificate_verifies_under_its_key() {
+        let key = local();
+        let cert = finish_certificate(&unsigned(&key), &key)
+            .await
+            .expect("finished");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).expect("x509");
+        assert_eq!(
+            parsed.public_key().subject_public_key.data,
+            key.public_key()
+        );
+        assert!(verifies(
+            &key,
+            parsed.tbs_certificate.as_ref(),
+            &parsed.signature_value.data
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_signature_that_does_not_verify_is_refused() {
+        let key = local();
+        key.corrupt.store(true, Ordering::Relaxed);
+        let err = finish_certificate(&unsigned(&key), &key)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, CustodyError::BadSignature { .. }), "{err}");
+        assert!(err.retry_after().is_some());
+    }
+
+    #[tokio::test]
+    async fn only_a_certificate_with_the_placeholder_is_finished() {
+        let key = local();
+        let done = finish_certificate(&unsigned(&key), &key)
+            .await
+            .expect("finished");
+        let again = finish_certificate(&done, &key).await.expect_err("signed");
+        assert!(matches!(again, CustodyError::Malformed(_)), "{again}");
+        assert!(finish_certificate(b"\x30\x03abc", &key).await.is_err());
+    }
+
+    #[test]
+    fn long_elements_get_long_lengths() {
+        for len in [0usize, 127, 128, 255, 256, 70_000] {
+            let mut out = Vec::new();
+            push_element(&mut out, 0x04, &vec![7; len]);
+            let (tag, contents, rest) = element(&out).expect("reads back");
+            assert_eq!((tag, contents.len(), rest.len()), (0x04, len, 0));
+        }
+    }
+}

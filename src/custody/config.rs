@@ -1,0 +1,235 @@
+//! `key_custody:`: where the keys meshca signs with for a long time are
+//! held.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshca_vault::TransitConfig;
+use serde::Deserialize;
+
+use crate::validation::Errors;
+use crate::vault_connection::{default_timeout, RawConnection, RawVaultAuth};
+
+/// Which custodian holds the keys, when it is not meshca's own files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Vault's or OpenBao's Transit engine.
+    Transit(TransitConfig),
+}
+
+impl Backend {
+    /// Its name, as `key_custody.kind` spells it and metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Transit(_) => "transit",
+        }
+    }
+}
+
+/// Keys held by a custodian. Compared by value, inside the provider's
+/// settings: changing custody is a staged rollout like any signer change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustodyConfig {
+    /// The custodian.
+    pub backend: Backend,
+    /// Whether the custody key signs every leaf (strict, and as fast as
+    /// the custodian) instead of an intermediate kept in memory.
+    pub sign_leaves: bool,
+    /// What the names of meshca's keys in custody start with.
+    pub key_prefix: String,
+}
+
+/// `key_custody:` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeyCustody {
+    kind: RawKind,
+    sign_leaves: bool,
+    transit: Option<RawTransit>,
+}
+
+impl Default for RawKeyCustody {
+    fn default() -> Self {
+        Self {
+            kind: RawKind::File,
+            sign_leaves: false,
+            transit: None,
+        }
+    }
+}
+
+#[derive(Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    File,
+    Transit,
+}
+
+/// `key_custody.transit`: as `provider.vault`, with the Transit mount and
+/// the key names' prefix.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransit {
+    address: String,
+    #[serde(default = "RawTransit::default_mount")]
+    mount: String,
+    #[serde(default = "RawTransit::default_key_prefix")]
+    key_prefix: String,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    auth: RawVaultAuth,
+}
+
+impl RawTransit {
+    fn default_mount() -> String {
+        "transit".into()
+    }
+    fn default_key_prefix() -> String {
+        "meshca".into()
+    }
+}
+
+impl RawKeyCustody {
+    /// The custodian, `None` for `kind: file` (keys in meshca's files, as
+    /// always); `Err` with the problems in `errors`.
+    pub fn validate(&self, errors: &mut Errors) -> Result<Option<CustodyConfig>, ()> {
+        let before = errors.len();
+        let backend = match (self.kind, &self.transit) {
+            (RawKind::File, _) => {
+                if self.sign_leaves {
+                    errors.add(
+                        "key_custody.sign_leaves",
+                        "applies to keys in custody only (kind: transit)",
+                    );
+                }
+                return if errors.len() > before {
+                    Err(())
+                } else {
+                    Ok(None)
+                };
+            }
+            (RawKind::Transit, None) => {
+                errors.add(
+                    "key_custody.transit",
+                    "required when key_custody.kind is transit",
+                );
+                return Err(());
+            }
+            (RawKind::Transit, Some(t)) => t.validate(errors).map(Backend::Transit),
+        };
+        let prefix = match &backend {
+            Some(Backend::Transit(_)) => self.transit.as_ref().map(|t| t.key_prefix.clone()),
+            None => None,
+        };
+        match (backend, prefix) {
+            (Some(backend), Some(key_prefix)) if errors.len() == before => {
+                Ok(Some(CustodyConfig {
+                    backend,
+                    sign_leaves: self.sign_leaves,
+                    key_prefix,
+                }))
+            }
+            _ => Err(()),
+        }
+    }
+}
+
+impl RawTransit {
+    fn validate(&self, errors: &mut Errors) -> Option<TransitConfig> {
+        let valid_name = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !valid_name(&self.key_prefix) {
+            errors.add(
+                "key_custody.transit.key_prefix",
+                format!("{:?} must be letters, digits, - and _", self.key_prefix),
+            );
+        }
+        if self.mount.trim_matches('/').is_empty() {
+            errors.add("key_custody.transit.mount", "must not be empty");
+        }
+        let connection = RawConnection {
+            address: &self.address,
+            ca_file: self.ca_file.as_ref(),
+            client_cert: (
+                self.client_cert_file.as_ref(),
+                self.client_key_file.as_ref(),
+            ),
+            allow_http: self.allow_http,
+            timeout: self.timeout,
+            auth: &self.auth,
+        }
+        .validate("key_custody.transit", errors)?;
+        Some(TransitConfig {
+            connection,
+            mount: self.mount.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> (Result<Option<CustodyConfig>, ()>, Vec<String>) {
+        let raw: RawKeyCustody = serde_yaml_ng::from_str(yaml).expect("yaml");
+        let mut errors = Errors::default();
+        let out = raw.validate(&mut errors);
+        (out, errors.into_vec())
+    }
+
+    #[test]
+    fn file_is_the_default_and_holds_nothing_in_custody() {
+        assert_eq!(validate("{}"), (Ok(None), vec![]));
+    }
+
+    #[test]
+    fn transit_reads_as_the_vault_provider_does() {
+        let (out, errors) = validate(
+            "kind: transit\nsign_leaves: true\ntransit: { address: https://bao:8200, auth: { token_env: BAO_TOKEN } }",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = out.expect("valid").expect("custody");
+        assert!(c.sign_leaves);
+        assert_eq!(c.key_prefix, "meshca");
+        let Backend::Transit(t) = c.backend;
+        assert_eq!(
+            (t.mount.as_str(), t.connection.address.as_str()),
+            ("transit", "https://bao:8200")
+        );
+    }
+
+    #[test]
+    fn bad_transit_settings_are_named() {
+        let (out, errors) = validate(
+            "kind: transit\ntransit: { address: http://bao:8200, key_prefix: 'a/b', auth: {} }",
+        );
+        assert!(out.is_err());
+        let text = errors.join("\n");
+        for path in [
+            "key_custody.transit.key_prefix",
+            "key_custody.transit.address: plain http:// needs key_custody.transit.allow_http",
+            "key_custody.transit.auth: set exactly one",
+        ] {
+            assert!(text.contains(path), "{path} in {text}");
+        }
+        let (_, errors) = validate("kind: transit");
+        assert_eq!(
+            errors,
+            vec!["key_custody.transit: required when key_custody.kind is transit"]
+        );
+        let (_, errors) = validate("sign_leaves: true");
+        assert!(
+            errors[0].starts_with("key_custody.sign_leaves"),
+            "{errors:?}"
+        );
+        assert!(serde_yaml_ng::from_str::<RawKeyCustody>("kind: hsm").is_err());
+    }
+}

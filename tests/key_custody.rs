@@ -1,0 +1,400 @@
+//! Tresor's root key held in OpenBao's Transit engine (a real OpenBao
+//! 2.7): made there non-exportable, never written by meshca, signing
+//! intermediates or every leaf, failing fast while Transit is sealed, and
+//! reached from a file-held root by a staged rollout.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshca_test_support::openbao::OpenBao;
+use meshca_test_support::{self as support, TestDaemon};
+use rustls_pki_types::pem::PemObject;
+use serde_json::{json, Value};
+
+/// Transit enabled, and a token file carrying only meshca's policy.
+fn transit(bao: &OpenBao) -> std::path::PathBuf {
+    bao.transit_custody_token()
+}
+
+/// `key_custody:` for `bao`, and the Tresor settings a mode needs.
+fn custody_yaml(bao: &OpenBao, token_file: &Path, sign_leaves: bool) -> String {
+    bao.key_custody_yaml(token_file, sign_leaves)
+}
+
+/// Transit's own account of meshca's root key.
+fn transit_key(bao: &OpenBao) -> Value {
+    let read = bao.cli(&["read", "-format=json", "transit/keys/meshca-root"]);
+    serde_json::from_str::<Value>(&read).expect("JSON")["data"].clone()
+}
+
+/// Sign a fresh CSR for shop/web; the status, headers and body.
+async fn sign(d: &TestDaemon) -> (u16, reqwest::header::HeaderMap, Value) {
+    let (token, client) = (d.token("shop", "web"), d.client().await);
+    let csr = support::csr(&support::key());
+    d.post(&client, Some(&token), &json!({ "csr": csr })).await
+}
+
+/// Whether Debian's `openssl verify` accepts `chain` against `bundle`.
+fn openssl_verifies(dir: &Path, chain: &str, bundle: &Path) -> bool {
+    let certs = support::certs(chain);
+    let pem = |c: &rustls_pki_types::CertificateDer<'_>| {
+        let mut out = String::new();
+        meshca_provider::pem::encode_block("CERTIFICATE", c, &mut out);
+        out
+    };
+    let leaf = dir.join("leaf.pem");
+    std::fs::write(&leaf, pem(&certs[0])).expect("leaf");
+    let mut verify = Command::new("openssl");
+    verify
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(bundle);
+    if certs.len() > 1 {
+        let untrusted = dir.join("untrusted.pem");
+        std::fs::write(&untrusted, certs[1..].iter().map(pem).collect::<String>()).expect("chain");
+        verify.arg("-untrusted").arg(&untrusted);
+    }
+    verify.arg(&leaf).status().expect("openssl").success()
+}
+
+/// Every file under `dir` that holds a private key.
+fn private_keys_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY"))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_key_is_made_in_transit_never_leaves_it_and_chains_verify_in_both_modes() {
+    for sign_leaves in [false, true] {
+        let bao = OpenBao::dev().await;
+        let token_file = transit(&bao);
+        let mut d = TestDaemon::start(&custody_yaml(&bao, &token_file, sign_leaves)).await;
+        let key = transit_key(&bao);
+        assert_eq!(key["type"], "ecdsa-p256", "{key}");
+        assert_eq!(key["exportable"], false, "{key}");
+        let export = bao.try_cli(&["read", "transit/export/signing-key/meshca-root"]);
+        assert!(export.is_err(), "Transit refuses to export it: {export:?}");
+
+        // The bundle's root is Transit's key.
+        let bundle = d.bundle_pem().await;
+        let anchors = support::certs(&bundle);
+        assert_eq!(anchors.len(), 1);
+        let (_, root) = x509_parser::parse_x509_certificate(&anchors[0]).expect("root");
+        let transit_pem = key["keys"]["1"]["public_key"].as_str().expect("public key");
+        let transit_der =
+            rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(transit_pem.as_bytes())
+                .expect("PEM");
+        assert_eq!(
+            root.public_key().raw,
+            transit_der.as_ref(),
+            "mode {sign_leaves}"
+        );
+
+        let (status, _, body) = sign(&d).await;
+        assert_eq!(status, 200, "{body}");
+        let chain = body["certificate_chain"].as_str().expect("chain");
+        let depth = support::certs(chain).len();
+        assert_eq!(
+            depth,
+            if sign_leaves { 1 } else { 2 },
+            "leaf, and the intermediate unless every leaf is signed in custody"
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        assert!(
+            openssl_verifies(work.path(), chain, &d.bundle_path()),
+            "sign_leaves {sign_leaves}"
+        );
+
+        let metrics = d.metrics().await;
+        assert!(
+            metrics.contains("meshca_key_custody_up{backend=\"transit\"} 1"),
+            "{metrics}"
+        );
+        let signed = metrics
+            .lines()
+            .find(|l| l.starts_with("meshca_key_custody_sign_duration_seconds_count"))
+            .expect("sign duration");
+        let count: u64 = signed
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("count");
+        // The root itself, then the intermediate or the leaf.
+        assert!(count >= 2, "{signed}");
+
+        // The same root after a restart: the certificate is kept, the key
+        // found again in Transit.
+        d.restart().await;
+        assert_eq!(
+            d.bundle_pem().await,
+            bundle,
+            "the same root after a restart"
+        );
+        let (status, _, body) = sign(&d).await;
+        assert_eq!(status, 200, "{body}");
+
+        let keys = private_keys_under(d.dir.path());
+        let custody_dir = d.dir.path().join("tresor-transit");
+        assert!(custody_dir.join("root.crt").exists());
+        assert!(!custody_dir.join("root.key").exists());
+        assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_can_be_exported_or_refused_credentials_stop_the_start() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    bao.cli(&[
+        "write",
+        "transit/keys/meshca-root",
+        "type=ecdsa-p256",
+        "exportable=true",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = support::config_yaml(dir.path(), &custody_yaml(&bao, &token_file, true));
+    let config = meshca::Config::from_yaml(&yaml).expect("valid config");
+    support::install_crypto_provider();
+    let err = meshca::start(config).await.expect_err("refused");
+    let text = support::error_chain(&err);
+    assert!(
+        text.contains("transit/keys/meshca-root can be exported"),
+        "{text}"
+    );
+    assert!(!dir.path().join("tresor").exists(), "no file root instead");
+    assert!(!dir.path().join("tresor-transit").exists());
+
+    std::fs::write(&token_file, "not-a-token").expect("token");
+    let yaml = support::config_yaml(dir.path(), &custody_yaml(&bao, &token_file, false));
+    let config = meshca::Config::from_yaml(&yaml).expect("valid config");
+    let err = meshca::start(config).await.expect_err("refused");
+    let text = support::error_chain(&err);
+    assert!(
+        text.contains("transit key custody refused") && text.contains("403"),
+        "{text}"
+    );
+    assert!(private_keys_under(dir.path()).is_empty());
+}
+
+/// Wait until `/readyz` answers `status`.
+async fn ready_is(d: &TestDaemon, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (now, body) = d.readyz().await;
+        if now == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {now}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_transit_fails_fast_with_retry_after_and_meshca_recovers_by_itself() {
+    let bao = OpenBao::raft().await;
+    let token_file = transit(&bao);
+    let d = TestDaemon::start(&custody_yaml(&bao, &token_file, true)).await;
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let issued_before = d.metrics().await;
+
+    bao.seal();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, headers, body) = sign(&d).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "provider_unavailable", "{body}");
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "fails fast");
+    }
+    let why = ready_is(&d, 503).await;
+    assert!(why.contains("sealed"), "{why}");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("meshca_key_custody_up{backend=\"transit\"} 0"),
+        "{metrics}"
+    );
+    let count = |m: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("meshca_certificates_issued_total")
+                    && l.contains("result=\"success\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(count(&issued_before) >= 1.0, "{issued_before}");
+    assert_eq!(
+        count(&metrics),
+        count(&issued_before),
+        "nothing issued while sealed"
+    );
+
+    bao.unseal().await;
+    ready_is(&d, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = sign(&d).await;
+        if status == 200 {
+            let chain = body["certificate_chain"].as_str().expect("chain");
+            let work = tempfile::tempdir().expect("tempdir");
+            assert!(openssl_verifies(work.path(), chain, &d.bundle_path()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("meshca_key_custody_up{backend=\"transit\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermediate_signs_on_while_transit_is_sealed() {
+    let bao = OpenBao::raft().await;
+    let token_file = transit(&bao);
+    let d = TestDaemon::start(&custody_yaml(&bao, &token_file, false)).await;
+    bao.seal();
+    // The readiness probe (every second) finds Transit sealed...
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !d
+        .metrics()
+        .await
+        .contains("meshca_key_custody_up{backend=\"transit\"} 0")
+    {
+        assert!(Instant::now() < deadline, "the outage is never seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and meshca stays ready and signs with its intermediate.
+    let (ready, why) = d.readyz().await;
+    assert_eq!(ready, 200, "still ready: {why}");
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "the intermediate in memory signs: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_file_root_into_transit_is_a_staged_rollout_no_workload_sees_an_untrusted_chain() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let common = "certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 2s }\n";
+    let d = TestDaemon::start_from_file(common).await;
+    let file_root = support::certs(&d.bundle_pem().await);
+    let before = d.rotation().await["generation"].as_u64();
+    d.rewrite_config(&format!(
+        "{common}{}",
+        custody_yaml(&bao, &token_file, false)
+    ));
+
+    // Renew continuously through the rollout: each chain must verify
+    // against the bundle published at the time it is handed out.
+    let work = tempfile::tempdir().expect("tempdir");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut renewals = 0;
+    loop {
+        let (status, _, body) = sign(&d).await;
+        assert_eq!(status, 200, "{body}");
+        let chain = body["certificate_chain"].as_str().expect("chain");
+        let bundle = std::fs::read_to_string(d.bundle_path()).expect("bundle");
+        let published = work.path().join("published.pem");
+        std::fs::write(&published, &bundle).expect("bundle copy");
+        assert!(
+            openssl_verifies(work.path(), chain, &published),
+            "renewal {renewals}: a chain the bundle does not trust"
+        );
+        renewals += 1;
+        let r = d.rotation().await;
+        let signing = ["reissue", "retire", "steady"].contains(&r["stage"].as_str().unwrap_or(""));
+        if signing && r["generation"].as_u64() > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rollout: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let anchors = support::certs(&d.bundle_pem().await);
+    assert!(
+        anchors.contains(&file_root[0]),
+        "the file root stays until its leaves expire"
+    );
+    assert_eq!(anchors.len(), 2);
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let transit_root = work.path().join("transit-root.pem");
+    std::fs::write(
+        &transit_root,
+        std::fs::read(d.dir.path().join("tresor-transit/root.crt")).expect("custody root"),
+    )
+    .expect("copy");
+    assert!(
+        openssl_verifies(work.path(), chain, &transit_root),
+        "new leaves chain to the root in Transit"
+    );
+    assert!(renewals > 3, "renewed through the rollout ({renewals})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_two_replicas_share_one_root_in_custody_and_no_secret_holds_its_key() {
+    use meshca_test_support::kube::KubeStandIn;
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let kube = KubeStandIn::start().await;
+    let yaml = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n{}",
+        kube.kubeconfig().display(),
+        custody_yaml(&bao, &token_file, false)
+    );
+    let (a, b) = tokio::join!(TestDaemon::start(&yaml), TestDaemon::start(&yaml));
+    let bundle = a.bundle_pem().await;
+    assert_eq!(
+        support::certs(&bundle),
+        support::certs(&b.bundle_pem().await),
+        "one root"
+    );
+
+    let secret = kube
+        .get("", "secrets", "osm-system", "meshca-tresor-root-transit")
+        .expect("the root's certificate in its Secret");
+    let data = secret["data"].as_object().expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"], "{secret}");
+    assert_eq!(secret["type"], "Opaque");
+    assert!(
+        kube.get("", "secrets", "osm-system", "meshca-tresor-root")
+            .is_none(),
+        "no file-held root was made"
+    );
+    // No Secret meshca wrote holds a private key.
+    for s in kube.list("", "secrets", "osm-system") {
+        for (key, value) in s["data"].as_object().into_iter().flatten() {
+            let text = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                value.as_str().unwrap_or(""),
+            )
+            .unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&text).contains("PRIVATE KEY"),
+                "{} holds a private key in {key}",
+                s["metadata"]["name"]
+            );
+        }
+    }
+    let (status, _, body) = sign(&b).await;
+    assert_eq!(status, 200, "{body}");
+    let work = tempfile::tempdir().expect("tempdir");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    assert!(openssl_verifies(work.path(), chain, &a.bundle_path()));
+}
