@@ -4,14 +4,17 @@
 //!
 //! - a file-held root signing leaves, and with an intermediate;
 //! - a root in OpenBao's Transit engine (a dev server, on core 1 with the
-//!   load) with an intermediate, and signing every leaf.
+//!   load) with an intermediate, and signing every leaf;
+//! - a root on a SoftHSM2 token (in meshca's process) with an
+//!   intermediate, and signing every leaf.
 //!
 //! Certificates per second, p99, and CPU per certificate of meshca (and of
 //! OpenBao where it signs); the intermediate mode in custody against the
 //! file-held root with an intermediate (the same chain), which it should
-//! match within 10%: Transit signs only the intermediate, at start.
+//! match within 10%: the custodian signs only the intermediate, at start.
 //!
-//! Needs `wrk` (`apt-get install wrk`) and OpenBao (`.ci/run` installs it).
+//! Needs `wrk` (`apt-get install wrk`), OpenBao and SoftHSM2 (`.ci/run`
+//! installs both).
 //! Run: `cargo bench --bench key_custody` (optionally `-- --seconds N`).
 
 use std::time::Duration;
@@ -31,6 +34,7 @@ fn main() {
     let duration = Duration::from_secs(seconds as u64);
     let dir = tempfile::tempdir().expect("tempdir");
     write_bodies(&dir.path().join("p256"), "csr", &p256_csrs(64));
+    let pkcs11 = softhsm(dir.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,6 +61,19 @@ fn main() {
             bao.key_custody_yaml(&token, true),
             true,
         ),
+        (
+            "pkcs11 + intermediate",
+            format!("{intermediate}{}", pkcs11_yaml(&pkcs11, false)),
+            false,
+        ),
+        (
+            "pkcs11, every leaf",
+            format!(
+                "provider: {{ kind: tresor }}\n{}",
+                pkcs11_yaml(&pkcs11, true)
+            ),
+            false,
+        ),
     ];
     println!("key custody: server on core 0, load and OpenBao on core 1, {seconds} s per run");
     let mut per_cert = Vec::new();
@@ -78,6 +95,54 @@ fn main() {
         "transit, every leaf / file root: {:.3}x meshca CPU per certificate",
         per_cert[3] / per_cert[0]
     );
+    println!(
+        "pkcs11 + intermediate / file root + intermediate: {:.3}x; pkcs11, every leaf / file root: {:.3}x CPU per certificate",
+        per_cert[4] / per_cert[1],
+        per_cert[5] / per_cert[0]
+    );
+}
+
+/// A SoftHSM2 configuration in `dir` with the token `bench` (PIN in
+/// `dir/pin`), for meshca's processes to load.
+fn softhsm(dir: &std::path::Path) -> std::path::PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("token dir");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", tokens.display()),
+    )
+    .expect("conf");
+    // Before any thread or child starts; the daemons inherit it.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let made = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--so-pin",
+            "1234",
+            "--pin",
+            "5678",
+        ])
+        .output()
+        .expect("softhsm2-util (apt-get install softhsm2)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let pin = dir.join("pin");
+    std::fs::write(&pin, "5678").expect("pin");
+    pin
+}
+
+fn pkcs11_yaml(pin: &std::path::Path, sign_leaves: bool) -> String {
+    format!(
+        "key_custody:\n  kind: pkcs11\n  sign_leaves: {sign_leaves}\n  pkcs11: {{ module: /usr/lib/softhsm/libsofthsm2.so, token_label: bench, pin_file: {} }}\n",
+        pin.display()
+    )
 }
 
 /// One setup under load: its meshca CPU per certificate.

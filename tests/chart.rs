@@ -652,18 +652,8 @@ fn the_chart_renders_transit_key_custody_with_its_credentials_mounted() {
         "{:?}",
         tresor.root
     );
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("deployment");
-    let d: Deployment = typed(deployment);
-    let pod = d.spec.template.spec.expect("pod spec");
-    let secrets: Vec<_> = pod
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
-        .collect();
+    let pod = pod_spec(&docs);
+    let secrets = pod_secrets(&pod);
     assert_eq!(secrets, ["openbao-ca", "meshca-transit"]);
     let mounts: Vec<_> = pod.containers[0]
         .volume_mounts
@@ -692,4 +682,55 @@ fn the_chart_renders_transit_key_custody_with_its_credentials_mounted() {
             .contains("provider.tresor.intermediate: required"),
         "{err}"
     );
+}
+
+#[test]
+fn the_chart_renders_pkcs11_key_custody_with_its_pin_from_a_secret() {
+    let docs = render(&[
+        "keyCustody.kind=pkcs11",
+        "keyCustody.signLeaves=true",
+        "keyCustody.pkcs11.tokenLabel=mesh ca",
+        "keyCustody.pkcs11.pinSecretName=meshca-hsm-pin",
+    ]);
+    let config = check_objects(&docs);
+    let meshca::ProviderConfig::Tresor(_, Some(custody)) = &config.provider else {
+        panic!("tresor in custody: {:?}", config.provider);
+    };
+    let text = format!("{:?}", custody.backend);
+    assert!(text.contains("token_label: \"mesh ca\""), "{text}");
+    assert!(text.contains("/etc/meshca/pkcs11-pin/pin"), "{text}");
+    let pod = pod_spec(&docs);
+    let secrets = pod_secrets(&pod);
+    assert_eq!(secrets, ["meshca-hsm-pin"]);
+    let out = std::process::Command::new(support::tool("helm"))
+        .args(["template", "meshca"])
+        .arg(support::repo_root().join("charts/meshca"))
+        .args(["--set", "keyCustody.kind=pkcs11"])
+        .output()
+        .expect("helm");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keyCustody.pkcs11.pinSecretName is required"),
+        "{stderr}"
+    );
+}
+
+/// The Deployment's pod spec.
+fn pod_spec(docs: &[Value]) -> k8s_openapi::api::core::v1::PodSpec {
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    let d: Deployment = typed(deployment);
+    d.spec.template.spec.expect("pod spec")
+}
+
+/// The Secrets the pod mounts.
+fn pod_secrets(pod: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> {
+    pod.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect()
 }

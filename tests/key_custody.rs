@@ -4,13 +4,15 @@
 //! reached from a file-held root by a staged rollout.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use meshca_test_support::custody::{
+    openssl_verifies, private_keys_under, renew_through_rollout, sign,
+};
 use meshca_test_support::openbao::OpenBao;
 use meshca_test_support::{self as support, TestDaemon};
 use rustls_pki_types::pem::PemObject;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Transit enabled, and a token file carrying only meshca's policy.
 fn transit(bao: &OpenBao) -> std::path::PathBuf {
@@ -26,54 +28,6 @@ fn custody_yaml(bao: &OpenBao, token_file: &Path, sign_leaves: bool) -> String {
 fn transit_key(bao: &OpenBao) -> Value {
     let read = bao.cli(&["read", "-format=json", "transit/keys/meshca-root"]);
     serde_json::from_str::<Value>(&read).expect("JSON")["data"].clone()
-}
-
-/// Sign a fresh CSR for shop/web; the status, headers and body.
-async fn sign(d: &TestDaemon) -> (u16, reqwest::header::HeaderMap, Value) {
-    let (token, client) = (d.token("shop", "web"), d.client().await);
-    let csr = support::csr(&support::key());
-    d.post(&client, Some(&token), &json!({ "csr": csr })).await
-}
-
-/// Whether Debian's `openssl verify` accepts `chain` against `bundle`.
-fn openssl_verifies(dir: &Path, chain: &str, bundle: &Path) -> bool {
-    let certs = support::certs(chain);
-    let pem = |c: &rustls_pki_types::CertificateDer<'_>| {
-        let mut out = String::new();
-        meshca_provider::pem::encode_block("CERTIFICATE", c, &mut out);
-        out
-    };
-    let leaf = dir.join("leaf.pem");
-    std::fs::write(&leaf, pem(&certs[0])).expect("leaf");
-    let mut verify = Command::new("openssl");
-    verify
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(bundle);
-    if certs.len() > 1 {
-        let untrusted = dir.join("untrusted.pem");
-        std::fs::write(&untrusted, certs[1..].iter().map(pem).collect::<String>()).expect("chain");
-        verify.arg("-untrusted").arg(&untrusted);
-    }
-    verify.arg(&leaf).status().expect("openssl").success()
-}
-
-/// Every file under `dir` that holds a private key.
-fn private_keys_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY"))
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,29 +256,8 @@ async fn moving_a_file_root_into_transit_is_a_staged_rollout_no_workload_sees_an
 
     // Renew continuously through the rollout: each chain must verify
     // against the bundle published at the time it is handed out.
+    let renewals = renew_through_rollout(&d, before).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut renewals = 0;
-    loop {
-        let (status, _, body) = sign(&d).await;
-        assert_eq!(status, 200, "{body}");
-        let chain = body["certificate_chain"].as_str().expect("chain");
-        let bundle = std::fs::read_to_string(d.bundle_path()).expect("bundle");
-        let published = work.path().join("published.pem");
-        std::fs::write(&published, &bundle).expect("bundle copy");
-        assert!(
-            openssl_verifies(work.path(), chain, &published),
-            "renewal {renewals}: a chain the bundle does not trust"
-        );
-        renewals += 1;
-        let r = d.rotation().await;
-        let signing = ["reissue", "retire", "steady"].contains(&r["stage"].as_str().unwrap_or(""));
-        if signing && r["generation"].as_u64() > before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rollout: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let anchors = support::certs(&d.bundle_pem().await);
     assert!(
         anchors.contains(&file_root[0]),

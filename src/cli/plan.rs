@@ -5,7 +5,6 @@ use meshca_tresor::{RootKeyAlgorithm, RootSource};
 
 use crate::cluster::Discovery;
 use crate::config::Config;
-use crate::custody::Backend;
 use crate::provider::ProviderConfig;
 
 /// One line per aspect, for people: the core's, then each feature's.
@@ -50,17 +49,15 @@ fn auth(config: &Config) -> Vec<String> {
 fn provider(config: &Config) -> String {
     match &config.provider {
         ProviderConfig::Tresor(t, Some(custody)) => {
-            let Backend::Transit(transit) = &custody.backend;
             let suffix = format!("-{}", custody.backend.name());
             let signs = match custody.sign_leaves {
                 true => "the custody key signs every leaf",
                 false => "the custody key signs an intermediate in memory, which signs leaves",
             };
             format!(
-                "tresor, root {}; its key in Transit at {} ({}); {signs}",
+                "tresor, root {}; its key in {}; {signs}",
                 tresor_root(&t.root, config, &suffix),
-                transit.connection.address,
-                transit.mount
+                custody.backend.describe()
             )
         }
         ProviderConfig::Tresor(t, None) => {

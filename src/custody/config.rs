@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use meshca_vault::TransitConfig;
+
+use super::pkcs11::{PinSource, Pkcs11Config};
 use serde::Deserialize;
 
 use crate::validation::Errors;
@@ -15,6 +17,8 @@ use crate::vault_connection::{default_timeout, RawConnection, RawVaultAuth};
 pub enum Backend {
     /// Vault's or OpenBao's Transit engine.
     Transit(TransitConfig),
+    /// A PKCS#11 token (an HSM).
+    Pkcs11(Pkcs11Config),
 }
 
 impl Backend {
@@ -22,6 +26,19 @@ impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Transit(_) => "transit",
+            Self::Pkcs11(_) => "pkcs11",
+        }
+    }
+
+    /// Where the keys are, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Transit(t) => format!("Transit at {} ({})", t.connection.address, t.mount),
+            Self::Pkcs11(p) => format!(
+                "the PKCS#11 token {:?} of {}",
+                p.token_label,
+                p.module.display()
+            ),
         }
     }
 }
@@ -46,6 +63,7 @@ pub struct RawKeyCustody {
     kind: RawKind,
     sign_leaves: bool,
     transit: Option<RawTransit>,
+    pkcs11: Option<RawPkcs11>,
 }
 
 impl Default for RawKeyCustody {
@@ -54,6 +72,7 @@ impl Default for RawKeyCustody {
             kind: RawKind::File,
             sign_leaves: false,
             transit: None,
+            pkcs11: None,
         }
     }
 }
@@ -63,6 +82,7 @@ impl Default for RawKeyCustody {
 enum RawKind {
     File,
     Transit,
+    Pkcs11,
 }
 
 /// `key_custody.transit`: as `provider.vault`, with the Transit mount and
@@ -100,6 +120,7 @@ impl RawKeyCustody {
     pub fn validate(&self, errors: &mut Errors) -> Result<Option<CustodyConfig>, ()> {
         let before = errors.len();
         let backend = match (self.kind, &self.transit) {
+            (RawKind::Pkcs11, _) => self.pkcs11_backend(errors),
             (RawKind::File, _) => {
                 if self.sign_leaves {
                     errors.add(
@@ -124,6 +145,7 @@ impl RawKeyCustody {
         };
         let prefix = match &backend {
             Some(Backend::Transit(_)) => self.transit.as_ref().map(|t| t.key_prefix.clone()),
+            Some(Backend::Pkcs11(_)) => self.pkcs11.as_ref().map(|p| p.key_label_prefix.clone()),
             None => None,
         };
         match (backend, prefix) {
@@ -139,13 +161,80 @@ impl RawKeyCustody {
     }
 }
 
+/// `key_custody.pkcs11`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11 {
+    module: PathBuf,
+    #[serde(default = "RawPkcs11::default_token_label")]
+    token_label: String,
+    pin_file: Option<PathBuf>,
+    pin_env: Option<String>,
+    #[serde(default = "RawTransit::default_key_prefix")]
+    key_label_prefix: String,
+}
+
+impl RawPkcs11 {
+    fn default_token_label() -> String {
+        "meshca".into()
+    }
+}
+
+impl RawKeyCustody {
+    fn pkcs11_backend(&self, errors: &mut Errors) -> Option<Backend> {
+        let Some(p) = &self.pkcs11 else {
+            errors.add(
+                "key_custody.pkcs11",
+                "required when key_custody.kind is pkcs11",
+            );
+            return None;
+        };
+        if !p.module.is_absolute() {
+            errors.add(
+                "key_custody.pkcs11.module",
+                format!("{} must be an absolute path", p.module.display()),
+            );
+        }
+        if p.token_label.is_empty() || p.token_label.len() > 32 {
+            errors.add(
+                "key_custody.pkcs11.token_label",
+                "must be 1 to 32 characters (a PKCS#11 token label)",
+            );
+        }
+        if !valid_name(&p.key_label_prefix) {
+            errors.add(
+                "key_custody.pkcs11.key_label_prefix",
+                format!("{:?} must be letters, digits, - and _", p.key_label_prefix),
+            );
+        }
+        let pin = match (&p.pin_file, &p.pin_env) {
+            (Some(f), None) => Some(PinSource::File(f.clone())),
+            (None, Some(e)) => Some(PinSource::Env(e.clone())),
+            _ => {
+                errors.add(
+                    "key_custody.pkcs11",
+                    "set exactly one of pin_file and pin_env",
+                );
+                None
+            }
+        };
+        Some(Backend::Pkcs11(Pkcs11Config {
+            module: p.module.clone(),
+            token_label: p.token_label.clone(),
+            pin: pin?,
+        }))
+    }
+}
+
+/// A key name or prefix that every custodian takes as it is.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl RawTransit {
     fn validate(&self, errors: &mut Errors) -> Option<TransitConfig> {
-        let valid_name = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        };
         if !valid_name(&self.key_prefix) {
             errors.add(
                 "key_custody.transit.key_prefix",
@@ -199,10 +288,45 @@ mod tests {
         let c = out.expect("valid").expect("custody");
         assert!(c.sign_leaves);
         assert_eq!(c.key_prefix, "meshca");
-        let Backend::Transit(t) = c.backend;
+        let Backend::Transit(t) = c.backend else {
+            panic!("transit");
+        };
         assert_eq!(
             (t.mount.as_str(), t.connection.address.as_str()),
             ("transit", "https://bao:8200")
+        );
+    }
+
+    #[test]
+    fn pkcs11_names_its_module_token_and_pin() {
+        let (out, errors) = validate(
+            "kind: pkcs11\npkcs11: { module: /usr/lib/softhsm/libsofthsm2.so, pin_file: /etc/meshca/pin }",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = out.expect("valid").expect("custody");
+        assert_eq!(c.key_prefix, "meshca");
+        let Backend::Pkcs11(p) = c.backend else {
+            panic!("pkcs11");
+        };
+        assert_eq!(p.token_label, "meshca");
+        assert_eq!(p.pin, PinSource::File("/etc/meshca/pin".into()));
+        let (out, errors) = validate(
+            "kind: pkcs11\npkcs11: { module: softhsm.so, token_label: '', pin_file: /p, pin_env: PIN, key_label_prefix: 'a b' }",
+        );
+        assert!(out.is_err());
+        let text = errors.join("\n");
+        for path in [
+            "key_custody.pkcs11.module: softhsm.so must be an absolute path",
+            "key_custody.pkcs11.token_label",
+            "key_custody.pkcs11.key_label_prefix",
+            "key_custody.pkcs11: set exactly one of pin_file and pin_env",
+        ] {
+            assert!(text.contains(path), "{path} in {text}");
+        }
+        let (_, errors) = validate("kind: pkcs11");
+        assert_eq!(
+            errors,
+            vec!["key_custody.pkcs11: required when key_custody.kind is pkcs11"]
         );
     }
 

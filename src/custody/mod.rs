@@ -1,6 +1,6 @@
 //! Key custody: the long-lived keys meshca signs with (Tresor's root)
-//! held by a custodian that never lets them go, Vault's or OpenBao's
-//! Transit engine, instead of meshca's files.
+//! held by a custodian that never lets them go (Vault's or OpenBao's
+//! Transit engine, or a PKCS#11 token), instead of meshca's files.
 //!
 //! The seam is [`meshca_provider::crypto::custody`]; this module reads
 //! `key_custody:`, connects the custodian, and wraps it so that every
@@ -14,6 +14,7 @@
 //! is back.
 
 mod config;
+mod pkcs11;
 
 pub use config::{Backend, CustodyConfig, RawKeyCustody};
 
@@ -35,7 +36,7 @@ use crate::metrics::Metrics;
 /// Labels of the key-custody metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
-    /// `transit`.
+    /// `transit` or `pkcs11`.
     pub backend: &'static str,
 }
 
@@ -82,7 +83,8 @@ fn sign_buckets() -> Histogram {
 }
 
 /// Connect the custodian `config` names, returning it with the task that
-/// keeps its credentials fresh until `stop`.
+/// keeps its credentials fresh until `stop`, when it has one (Transit's
+/// token; a token's login lasts as long as its sessions).
 ///
 /// # Errors
 /// The custodian refused meshca's credentials or cannot be reached.
@@ -90,17 +92,30 @@ pub async fn connect(
     config: &CustodyConfig,
     metrics: &CustodyMetrics,
     stop: CancellationToken,
-) -> Result<(Arc<dyn Custody>, impl Future<Output = ()> + Send + 'static), CustodyError> {
-    let Backend::Transit(transit) = &config.backend;
-    let connected = Transit::connect(transit, stop).await;
-    metrics.record("transit", &connected.as_ref().map(drop));
+) -> Result<(Arc<dyn Custody>, Option<Task>), CustodyError> {
+    let connected: Result<(Arc<dyn Custody>, Option<Task>), _> = match &config.backend {
+        Backend::Transit(transit) => Transit::connect(transit, stop).await.map(|(t, task)| {
+            (
+                Arc::new(t) as Arc<dyn Custody>,
+                Some(Box::pin(task) as Task),
+            )
+        }),
+        Backend::Pkcs11(token) => pkcs11::Token::open(token)
+            .await
+            .map(|t| (Arc::new(t) as Arc<dyn Custody>, None)),
+    };
+    metrics.record(config.backend.name(), &connected.as_ref().map(drop));
     let (custodian, task) = connected?;
     let observed = Observed {
-        inner: Arc::new(custodian),
+        inner: custodian,
         metrics: metrics.clone(),
     };
     Ok((Arc::new(observed), task))
 }
+
+/// What keeps a custodian's credentials fresh (Transit's token), until
+/// the provider using it is stopped.
+pub type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A custodian whose calls are measured.
 #[derive(Debug)]

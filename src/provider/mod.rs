@@ -156,7 +156,9 @@ async fn tresor_in_custody(
         )));
     };
     let (custodian, task) = custody::connect(custody, &deps.custody_metrics, stop.clone()).await?;
-    deps.spawner.spawn("key-custody", stop.clone(), task);
+    if let Some(task) = task {
+        deps.spawner.spawn("key-custody", stop.clone(), task);
+    }
     let key = custodian.key(key_name, *algorithm).await?;
     let (validity, cn) = (*validity, common_name.clone());
     let root = match &deps.cluster {

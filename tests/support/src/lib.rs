@@ -7,6 +7,7 @@
 pub mod abuse;
 pub mod bench;
 pub mod chart;
+pub mod custody;
 pub mod hold;
 pub mod istio;
 pub mod kube;

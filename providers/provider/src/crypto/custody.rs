@@ -35,6 +35,18 @@ impl CustodyAlgorithm {
         }
     }
 
+    /// The digest of `message` its signatures are made over, for a
+    /// custodian that signs digests (PKCS#11's CKM_ECDSA).
+    pub fn digest(self, message: &[u8]) -> Vec<u8> {
+        let algorithm = match self {
+            Self::EcdsaP256 => &aws_lc_rs::digest::SHA256,
+            Self::EcdsaP384 => &aws_lc_rs::digest::SHA384,
+        };
+        aws_lc_rs::digest::digest(algorithm, message)
+            .as_ref()
+            .to_vec()
+    }
+
     fn verification(self) -> &'static signature::EcdsaVerificationAlgorithm {
         match self {
             Self::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
