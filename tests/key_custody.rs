@@ -331,3 +331,21 @@ async fn in_a_cluster_two_replicas_share_one_root_in_custody_and_no_secret_holds
     let chain = body["certificate_chain"].as_str().expect("chain");
     assert!(openssl_verifies(work.path(), chain, &a.bundle_path()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_root_of_another_key_stops_the_start_and_says_what_to_do() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let yaml = custody_yaml(&bao, &token_file, true);
+    let mut d = TestDaemon::start(&yaml).await;
+    d.stop().await;
+    let other = yaml.replace("transit: {", "transit: { key_prefix: meshca-b,");
+    let config = meshca::Config::from_yaml(&support::config_yaml(d.dir.path(), &other))
+        .expect("valid config");
+    let err = meshca::start(config).await.expect_err("refused");
+    let text = support::error_chain(&err);
+    assert!(
+        text.contains("the root certificate kept for the key transit/keys/meshca-b-root in custody is not of that key"),
+        "{text}"
+    );
+}
