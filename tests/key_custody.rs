@@ -101,7 +101,7 @@ async fn the_root_key_is_made_in_transit_never_leaves_it_and_chains_verify_in_bo
         assert_eq!(status, 200, "{body}");
 
         let keys = private_keys_under(d.dir.path());
-        let custody_dir = d.dir.path().join("tresor-transit");
+        let custody_dir = d.dir.path().join("tresor-transit/meshca-root");
         assert!(custody_dir.join("root.crt").exists());
         assert!(!custody_dir.join("root.key").exists());
         assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
@@ -270,7 +270,8 @@ async fn moving_a_file_root_into_transit_is_a_staged_rollout_no_workload_sees_an
     let transit_root = work.path().join("transit-root.pem");
     std::fs::write(
         &transit_root,
-        std::fs::read(d.dir.path().join("tresor-transit/root.crt")).expect("custody root"),
+        std::fs::read(d.dir.path().join("tresor-transit/meshca-root/root.crt"))
+            .expect("custody root"),
     )
     .expect("copy");
     assert!(
@@ -300,7 +301,12 @@ async fn in_a_cluster_two_replicas_share_one_root_in_custody_and_no_secret_holds
     );
 
     let secret = kube
-        .get("", "secrets", "osm-system", "meshca-tresor-root-transit")
+        .get(
+            "",
+            "secrets",
+            "osm-system",
+            "meshca-tresor-root-transit-meshca-root",
+        )
         .expect("the root's certificate in its Secret");
     let data = secret["data"].as_object().expect("data");
     assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"], "{secret}");
@@ -333,19 +339,65 @@ async fn in_a_cluster_two_replicas_share_one_root_in_custody_and_no_secret_holds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kept_root_of_another_key_stops_the_start_and_says_what_to_do() {
+async fn a_kept_root_whose_key_was_replaced_stops_the_start_and_says_what_to_do() {
     let bao = OpenBao::dev().await;
     let token_file = transit(&bao);
     let yaml = custody_yaml(&bao, &token_file, true);
     let mut d = TestDaemon::start(&yaml).await;
     d.stop().await;
-    let other = yaml.replace("transit: {", "transit: { key_prefix: meshca-b,");
-    let config = meshca::Config::from_yaml(&support::config_yaml(d.dir.path(), &other))
+    // The key is replaced in Transit (an operator deleted and remade it).
+    bao.cli(&[
+        "write",
+        "transit/keys/meshca-root/config",
+        "deletion_allowed=true",
+    ]);
+    bao.cli(&["delete", "transit/keys/meshca-root"]);
+    let config = meshca::Config::from_yaml(&support::config_yaml(d.dir.path(), &yaml))
         .expect("valid config");
     let err = meshca::start(config).await.expect_err("refused");
     let text = support::error_chain(&err);
     assert!(
-        text.contains("the root certificate kept for the key transit/keys/meshca-b-root in custody is not of that key"),
+        text.contains("the root certificate kept for the key transit/keys/meshca-root in custody is not of that key"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_name_is_a_new_root_in_the_same_custody_rolled_out_under_renewals() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let common = "certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 2s }\n";
+    let yaml = custody_yaml(&bao, &token_file, false);
+    let d = TestDaemon::start_from_file(&format!("{common}{yaml}")).await;
+    let first = support::certs(&d.bundle_pem().await);
+    let before = d.rotation().await["generation"].as_u64();
+    let rotated = yaml.replace("transit: {", "transit: { key_prefix: meshca-2026,");
+    d.rewrite_config(&format!("{common}{rotated}"));
+    let renewals = renew_through_rollout(&d, before).await;
+    assert!(renewals > 3, "renewed through the rollout ({renewals})");
+    let anchors = support::certs(&d.bundle_pem().await);
+    assert!(
+        anchors.contains(&first[0]),
+        "the first root stays until its leaves expire"
+    );
+    assert_eq!(anchors.len(), 2);
+    let key = serde_json::from_str::<Value>(&bao.cli(&[
+        "read",
+        "-format=json",
+        "transit/keys/meshca-2026-root",
+    ]))
+    .expect("JSON");
+    assert_eq!(key["data"]["exportable"], false, "{key}");
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let work = tempfile::tempdir().expect("tempdir");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let new_root = d
+        .dir
+        .path()
+        .join("tresor-transit/meshca-2026-root/root.crt");
+    assert!(
+        openssl_verifies(work.path(), chain, &new_root),
+        "new leaves chain to the new key's root"
     );
 }

@@ -165,7 +165,7 @@ async fn the_root_key_is_made_on_the_token_sensitive_and_not_extractable_in_both
         );
         let (status, _, body) = sign(&d).await;
         assert_eq!(status, 200, "{body}");
-        let custody_dir = d.dir.path().join("tresor-pkcs11");
+        let custody_dir = d.dir.path().join("tresor-pkcs11/meshca-root");
         assert!(custody_dir.join("root.crt").exists());
         let keys = private_keys_under(d.dir.path());
         assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
@@ -296,7 +296,7 @@ async fn moving_a_file_root_onto_the_token_is_a_staged_rollout_no_workload_sees_
     assert_eq!(anchors.len(), 2);
     let (status, _, body) = sign(&d).await;
     assert_eq!(status, 200, "{body}");
-    let token_root = d.dir.path().join("tresor-pkcs11/root.crt");
+    let token_root = d.dir.path().join("tresor-pkcs11/meshca-root/root.crt");
     let chain = body["certificate_chain"].as_str().expect("chain");
     assert!(
         openssl_verifies(work.path(), chain, &token_root),

@@ -49,7 +49,12 @@ fn auth(config: &Config) -> Vec<String> {
 fn provider(config: &Config) -> String {
     match &config.provider {
         ProviderConfig::Tresor(t, Some(custody)) => {
-            let suffix = format!("-{}", custody.backend.name());
+            let suffix = match &t.root {
+                RootSource::InCustody { key_name, .. } => {
+                    format!("-{}-{key_name}", custody.backend.name())
+                }
+                _ => String::new(),
+            };
             let signs = match custody.sign_leaves {
                 true => "the custody key signs every leaf",
                 false => "the custody key signs an intermediate in memory, which signs leaves",

@@ -548,7 +548,7 @@ mod tests {
         assert!(matches!(
             &t.root,
             RootSource::InCustody { key_name, dir, algorithm: meshca_provider::crypto::custody::CustodyAlgorithm::EcdsaP384, .. }
-                if key_name == "meshca-root" && dir == Path::new("./meshca-data/tresor-transit")
+                if key_name == "meshca-root" && dir == Path::new("./meshca-data/tresor-transit/meshca-root")
         ));
     }
 

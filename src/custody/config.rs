@@ -204,7 +204,10 @@ impl RawKeyCustody {
         if !valid_name(&p.key_label_prefix) {
             errors.add(
                 "key_custody.pkcs11.key_label_prefix",
-                format!("{:?} must be letters, digits, - and _", p.key_label_prefix),
+                format!(
+                    "{:?} must be lowercase letters, digits and -, at most 40",
+                    p.key_label_prefix
+                ),
             );
         }
         let pin = match (&p.pin_file, &p.pin_env) {
@@ -226,11 +229,14 @@ impl RawKeyCustody {
     }
 }
 
-/// A key name or prefix that every custodian takes as it is.
+/// A key name prefix every custodian takes as it is, and that can name a
+/// Kubernetes Secret: lowercase letters, digits and `-`, at most 40.
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= 40
+        && !s.starts_with('-')
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 impl RawTransit {
@@ -238,7 +244,10 @@ impl RawTransit {
         if !valid_name(&self.key_prefix) {
             errors.add(
                 "key_custody.transit.key_prefix",
-                format!("{:?} must be letters, digits, - and _", self.key_prefix),
+                format!(
+                    "{:?} must be lowercase letters, digits and -, at most 40",
+                    self.key_prefix
+                ),
             );
         }
         if self.mount.trim_matches('/').is_empty() {

@@ -259,8 +259,9 @@ impl RawTresor {
     }
 
     /// The root whose key `custody` makes and keeps: generated on first
-    /// start, its certificate kept in `<state_dir>/tresor-<backend>` (or
-    /// the cluster), so moving into custody is a new root, rolled out.
+    /// start, its certificate kept in `<state_dir>/tresor-<backend>/<key>`
+    /// (or the cluster), so moving into custody, or to another key, is a
+    /// new root, rolled out.
     fn root_in_custody(
         &self,
         cx: &ProviderContext<'_>,
@@ -306,9 +307,13 @@ impl RawTresor {
                 return None;
             }
         };
+        let key_name = format!("{}-root", custody.key_prefix);
         (errors.len() == before).then(|| RootSource::InCustody {
-            dir: cx.state_dir.join(format!("tresor-{backend}")),
-            key_name: format!("{}-root", custody.key_prefix),
+            dir: cx
+                .state_dir
+                .join(format!("tresor-{backend}"))
+                .join(&key_name),
+            key_name,
             algorithm,
             validity: self.root_validity,
             common_name: self.common_name.clone(),

@@ -136,7 +136,7 @@ async fn tresor(config: &TresorConfig, deps: &Deps) -> Result<Tresor, BuildError
 /// Tresor whose root key `custody` holds: the custodian is connected (its
 /// credentials kept fresh until the provider is retired), the root's key
 /// found or made there, and the root's certificate loaded or made and
-/// kept (in its directory, or the Secret `<root_secret>-<backend>`).
+/// kept (in its directory, or the Secret [`custody_secret`]).
 async fn tresor_in_custody(
     config: &TresorConfig,
     custody: &CustodyConfig,
@@ -164,7 +164,7 @@ async fn tresor_in_custody(
     let root = match &deps.cluster {
         Some(cluster) => {
             let k = &cluster.config;
-            let secret = format!("{}-{}", k.root_secret, custody.backend.name());
+            let secret = custody_secret(&k.root_secret, custody, key_name);
             let root = tresor_root::load_or_create_in_custody(
                 cluster.client.clone(),
                 &k.namespace,
@@ -181,6 +181,13 @@ async fn tresor_in_custody(
     };
     let tresor = Tresor::from_roots(root, None, config.intermediate_validity).await?;
     Ok(tresor.with_custody(custodian))
+}
+
+/// The Secret keeping the certificate of the root whose key is `key_name`
+/// with `custody`: one per custodian and key, so that a move to another
+/// key is a new root.
+pub fn custody_secret(root_secret: &str, custody: &CustodyConfig, key_name: &str) -> String {
+    format!("{root_secret}-{}-{key_name}", custody.backend.name())
 }
 
 /// The root in custody whose certificate is kept in `dir`: loaded, or
