@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshca_test_support::custody::{
-    openssl_verifies, private_keys_under, renew_through_rollout, sign,
+    every_way_a_workload_asks_verifies, openssl_verifies, private_keys_under,
+    renew_through_rollout, sign,
 };
 use meshca_test_support::openbao::OpenBao;
 use meshca_test_support::{self as support, TestDaemon};
@@ -400,4 +401,14 @@ async fn a_new_key_name_is_a_new_root_in_the_same_custody_rolled_out_under_renew
         openssl_verifies(work.path(), chain, &new_root),
         "new leaves chain to the new key's root"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_workload_asks_gets_a_chain_to_the_root_in_transit_in_both_modes() {
+    for sign_leaves in [false, true] {
+        let bao = OpenBao::dev().await;
+        let token_file = transit(&bao);
+        let custody = custody_yaml(&bao, &token_file, sign_leaves);
+        every_way_a_workload_asks_verifies(&custody, sign_leaves).await;
+    }
 }

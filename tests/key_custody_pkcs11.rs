@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use meshca_test_support::custody::{
-    files_under, openssl_verifies, private_keys_under, renew_through_rollout, sign,
+    every_way_a_workload_asks_verifies, files_under, openssl_verifies, private_keys_under,
+    renew_through_rollout, sign,
 };
 use meshca_test_support::{self as support, TestDaemon};
 
@@ -17,8 +18,10 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
 
 /// The tokens of this binary, each made with `softhsm2-util`.
-const TOKENS: [&str; 6] = [
+const TOKENS: [&str; 8] = [
     "modes",
+    "frontends",
+    "frontends-leaves",
     "leaves",
     "pin",
     "removed",
@@ -303,4 +306,11 @@ async fn moving_a_file_root_onto_the_token_is_a_staged_rollout_no_workload_sees_
         "new leaves chain to the root on the token"
     );
     assert!(renewals > 3, "renewed through the rollout ({renewals})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_workload_asks_gets_a_chain_to_the_root_on_the_token_in_both_modes() {
+    for (token, sign_leaves) in [("frontends", false), ("frontends-leaves", true)] {
+        every_way_a_workload_asks_verifies(&custody_yaml(token, sign_leaves), sign_leaves).await;
+    }
 }

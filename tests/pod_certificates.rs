@@ -39,25 +39,7 @@ fn pcr(namespace: &str, name: &str, signer: &str, csr_der: &[u8]) -> Value {
 /// A PodCertificateRequest asking for `max` seconds (the API server's
 /// default when `None`).
 fn pcr_for(namespace: &str, name: &str, signer: &str, csr_der: &[u8], max: Option<i64>) -> Value {
-    let mut pcr = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "PodCertificateRequest",
-        "metadata": { "namespace": namespace, "name": name },
-        "spec": {
-            "signerName": signer,
-            "podName": name,
-            "podUID": format!("uid-{name}"),
-            "serviceAccountName": "web",
-            "serviceAccountUID": "uid-web",
-            "nodeName": "node-1",
-            "nodeUID": "uid-node-1",
-            "stubPKCS10Request": STANDARD.encode(csr_der),
-        }
-    });
-    if let Some(m) = max {
-        pcr["spec"]["maxExpirationSeconds"] = json!(m);
-    }
-    pcr
+    KubeStandIn::pod_certificate_request(namespace, name, signer, csr_der, max)
 }
 
 fn create(kube: &KubeStandIn, namespace: &str, name: &str, key_type: &str) {

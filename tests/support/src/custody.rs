@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::kube::KubeStandIn;
 use crate::TestDaemon;
 
 /// Sign a fresh CSR for shop/web; the status, headers and body.
@@ -93,4 +94,93 @@ pub async fn renew_through_rollout(d: &TestDaemon, before: Option<u64>) -> usize
         assert!(Instant::now() < deadline, "no rollout: {r}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every way a workload asks for a certificate, with the root held as
+/// `custody` says (its `provider:` and `key_custody:` YAML): the signing
+/// API, the agent's files, Istio's CA as istio-agent, and a
+/// PodCertificateRequest as kubelet. Each chain must be the leaf alone
+/// when custody signs every leaf (leaf and intermediate otherwise), and
+/// Debian's `openssl verify` must accept it against the published bundle.
+pub async fn every_way_a_workload_asks_verifies(custody: &str, sign_leaves: bool) {
+    const SPIFFE_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    let kube = KubeStandIn::start().await;
+    kube.create_namespace("shop");
+    kube.put_pod("shop", "web-1", "web", Some("node-1"));
+    let port = crate::process::free_port();
+    let d = TestDaemon::start(&format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\npod_certificates: {{ enabled: true }}\nistio_ca: {{ enabled: true, listen: 127.0.0.1:{port}, serving_dns_names: [{}] }}\n{custody}",
+        kube.kubeconfig().display(),
+        crate::istio::SERVER_NAME,
+    ))
+    .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let depth = if sign_leaves { 1 } else { 2 };
+    let check = |what: &str, chain: &str| {
+        assert_eq!(crate::certs(chain).len(), depth, "{what}: {chain}");
+        assert!(
+            openssl_verifies(work.path(), chain, &d.bundle_path()),
+            "{what}: openssl verify refused the chain (sign_leaves {sign_leaves})"
+        );
+    };
+
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    check(
+        "signing API",
+        body["certificate_chain"].as_str().expect("chain"),
+    );
+
+    check("agent", &agent_chain(&d, work.path()).await);
+
+    let token = kube.bound_token("shop", "web-1", &["istio-ca"], 3600);
+    let calls = json!([{ "token": token, "uri": SPIFFE_ID }]);
+    let results = crate::istio::create_certificates(port, &d.bundle_pem().await, &calls).await;
+    assert_eq!(results[0]["ok"], true, "{}", results[0]);
+    check("Istio", &crate::istio::leaf_and_intermediates(&results[0]));
+
+    let (csr, _) = crate::kubelet_stub_csr("ECDSAP256");
+    let signer = "meshca.io/workload";
+    let pcr = KubeStandIn::pod_certificate_request("shop", "web-1", signer, &csr, None);
+    kube.put("certificates.k8s.io", "podcertificaterequests", pcr);
+    let answered = crate::eventually("the pod certificate", Duration::from_secs(20), || {
+        let pcr = kube.get(
+            "certificates.k8s.io",
+            "podcertificaterequests",
+            "shop",
+            "web-1",
+        )?;
+        pcr["status"]["certificateChain"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    check("pod certificate", &answered);
+}
+
+/// The chain `meshca agent --once` writes for shop/web, working in `dir`.
+async fn agent_chain(d: &TestDaemon, dir: &Path) -> String {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, d.token("shop", "web")).expect("token");
+    let out = dir.join("agent");
+    let config = meshca::AgentConfig {
+        server: d.url(""),
+        ca_file: d.bundle_path(),
+        token_file: Some(token_file),
+        out_dir: Some(out.clone()),
+        spiffe_files: false,
+        workload_api: None,
+        ttl: None,
+        once: true,
+        bundle_refresh: Duration::from_secs(1),
+        key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        meshca::run_agent(config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the agent returns")
+    .expect("the agent's first certificate");
+    std::fs::read_to_string(out.join("cert.pem")).expect("cert.pem")
 }

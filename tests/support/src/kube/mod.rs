@@ -507,6 +507,39 @@ impl KubeStandIn {
         token
     }
 
+    /// A PodCertificateRequest as kubelet creates it for pod `name`
+    /// (running as the ServiceAccount `web` on `node-1`), with the stub CSR
+    /// `csr_der`, asking for `max` seconds (the API server's default when
+    /// `None`).
+    pub fn pod_certificate_request(
+        namespace: &str,
+        name: &str,
+        signer: &str,
+        csr_der: &[u8],
+        max: Option<i64>,
+    ) -> Value {
+        use base64::Engine as _;
+        let mut pcr = serde_json::json!({
+            "apiVersion": "certificates.k8s.io/v1",
+            "kind": "PodCertificateRequest",
+            "metadata": { "namespace": namespace, "name": name },
+            "spec": {
+                "signerName": signer,
+                "podName": name,
+                "podUID": format!("uid-{name}"),
+                "serviceAccountName": "web",
+                "serviceAccountUID": "uid-web",
+                "nodeName": "node-1",
+                "nodeUID": "uid-node-1",
+                "stubPKCS10Request": base64::engine::general_purpose::STANDARD.encode(csr_der),
+            }
+        });
+        if let Some(m) = max {
+            pcr["spec"]["maxExpirationSeconds"] = serde_json::json!(m);
+        }
+        pcr
+    }
+
     /// A running pod `namespace/name` as `service_account`, scheduled on
     /// `node` (or not yet scheduled), put as a cluster user would.
     pub fn put_pod(&self, namespace: &str, name: &str, service_account: &str, node: Option<&str>) {
