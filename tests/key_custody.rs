@@ -7,13 +7,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshca_test_support::custody::{
-    every_way_a_workload_asks_verifies, openssl_verifies, private_keys_under,
-    renew_through_rollout, sign,
+    assert_jwt_keys_named_only, every_way_a_workload_asks_verifies, openssl_verifies,
+    private_keys_under, renew_through_rollout, sign,
 };
 use meshca_test_support::openbao::OpenBao;
 use meshca_test_support::{self as support, TestDaemon};
 use rustls_pki_types::pem::PemObject;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Transit enabled, and a token file carrying only meshca's policy.
 fn transit(bao: &OpenBao) -> std::path::PathBuf {
@@ -358,7 +358,7 @@ async fn a_kept_root_whose_key_was_replaced_stops_the_start_and_says_what_to_do(
     let err = meshca::start(config).await.expect_err("refused");
     let text = support::error_chain(&err);
     assert!(
-        text.contains("the root certificate kept for the key transit/keys/meshca-root in custody is not of that key"),
+        text.contains("the root certificate kept for the key meshca-root in transit custody is not of that key"),
         "{text}"
     );
 }
@@ -410,5 +410,156 @@ async fn every_way_a_workload_asks_gets_a_chain_to_the_root_in_transit_in_both_m
         let token_file = transit(&bao);
         let custody = custody_yaml(&bao, &token_file, sign_leaves);
         every_way_a_workload_asks_verifies(&custody, sign_leaves).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_are_signed_in_transit_verify_with_pyjwt_and_fail_fast_while_sealed() {
+    let bao = OpenBao::raft().await;
+    let token_file = transit(&bao);
+    let issuer = "https://meshca.example.com";
+    let jwt = format!("jwt_svids: {{ enabled: true, issuer: \"{issuer}\" }}\n");
+    let mut d =
+        TestDaemon::start(&format!("{}{jwt}", custody_yaml(&bao, &token_file, false))).await;
+    let read = bao.cli(&["read", "-format=json", "transit/keys/meshca-jwt-1"]);
+    let key = serde_json::from_str::<Value>(&read).expect("JSON")["data"].clone();
+    assert_eq!(
+        (&key["type"], &key["exportable"]),
+        (&json!("ecdsa-p256"), &json!(false)),
+        "{key}"
+    );
+
+    let workload = d.token("shop", "web");
+    let ask = json!({ "audience": ["vault"] });
+    let (status, _, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let keys = support::jwt::jwks(&d).await;
+    assert_eq!(
+        support::jwt::pyjwt(&keys, &token, "vault", issuer),
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    // The JWK is Transit's public key: its point ends the SPKI.
+    let pem = key["keys"]["1"]["public_key"].as_str().expect("public key");
+    let spki =
+        rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+    let point = &spki.as_ref()[spki.as_ref().len() - 64..];
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_str().expect("coordinate"))
+            .expect("base64url")
+    };
+    let jwk = &keys["keys"][0];
+    assert_eq!([b64(&jwk["x"]), b64(&jwk["y"])].concat(), point, "{jwk}");
+
+    // meshca keeps the key's name, never key material.
+    assert_jwt_keys_named_only(d.dir.path(), "transit");
+
+    // After a restart: the same key, found again in Transit.
+    d.restart().await;
+    assert_eq!(
+        support::jwt::jwks(&d).await,
+        keys,
+        "the same key after a restart"
+    );
+    assert_eq!(
+        support::jwt::pyjwt(&keys, &token, "vault", issuer),
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+
+    bao.seal();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, headers, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "provider_unavailable", "{body}");
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "fails fast");
+    }
+    bao.unseal().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+        if status == 200 {
+            let token = body["token"].as_str().expect("token");
+            assert_eq!(
+                support::jwt::pyjwt(&keys, token, "vault", issuer),
+                "spiffe://cluster.local/ns/shop/sa/web"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `kid` in `token`'s header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let head = token.split('.').next().expect("a JWS");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .expect("base64url");
+    let header: Value = serde_json::from_slice(&json).expect("JSON header");
+    header["kid"].as_str().expect("kid").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_keys_move_into_transit_by_a_rotation_and_earlier_tokens_still_verify() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let issuer = "https://meshca.example.com";
+    let common = format!(
+        "rotation: {{ propagation_delay: 1s }}\njwt_svids: {{ enabled: true, issuer: \"{issuer}\" }}\n"
+    );
+    let mut d = TestDaemon::start(&common).await;
+    let (workload, ask) = (d.token("shop", "web"), json!({ "audience": ["vault"] }));
+    let (status, _, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    let before = body["token"].as_str().expect("token").to_owned();
+    let own = kid_of(&before);
+
+    // With a custodian, the file key signs on until a rotation.
+    let with_custody = format!("{common}{}", custody_yaml(&bao, &token_file, false));
+    d.restart_with(&with_custody).await;
+    let (_, _, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+    assert_eq!(kid_of(body["token"].as_str().expect("token")), own);
+    let config = d.dir.path().join("custody.yaml");
+    std::fs::write(&config, support::config_yaml(d.dir.path(), &with_custody)).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["rotate", "jwt-key", "--config"])
+        .arg(&config)
+        .output()
+        .expect("meshca rotate jwt-key");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+
+    // The daemon reads the new key, which signs once published long enough.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let after = loop {
+        let (status, _, body) = support::jwt::mint(&d, Some(&workload), &ask).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["token"].as_str().expect("token").to_owned();
+        if kid_of(&token) != own {
+            break token;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key made in Transit never signed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(said.contains(&kid_of(&after)), "{said}");
+    let stored = std::fs::read_to_string(d.dir.path().join("jwt-keys.json")).expect("stored");
+    assert!(stored.contains("meshca-jwt-1"), "{stored}");
+    let keys = support::jwt::jwks(&d).await;
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2), "{keys}");
+    for token in [&before, &after] {
+        assert_eq!(
+            support::jwt::pyjwt(&keys, token, "vault", issuer),
+            "spiffe://cluster.local/ns/shop/sa/web",
+            "tokens of the file key and of the key in Transit verify"
+        );
     }
 }

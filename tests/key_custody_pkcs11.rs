@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use meshca_test_support::custody::{
-    every_way_a_workload_asks_verifies, files_under, openssl_verifies, private_keys_under,
-    renew_through_rollout, sign,
+    assert_jwt_keys_named_only, every_way_a_workload_asks_verifies, files_under, openssl_verifies,
+    private_keys_under, renew_through_rollout, sign,
 };
 use meshca_test_support::{self as support, TestDaemon};
 
@@ -18,8 +18,9 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
 
 /// The tokens of this binary, each made with `softhsm2-util`.
-const TOKENS: [&str; 8] = [
+const TOKENS: [&str; 9] = [
     "modes",
+    "jwt",
     "frontends",
     "frontends-leaves",
     "leaves",
@@ -108,6 +109,28 @@ impl SoftHsm {
     }
 }
 
+/// `pkcs11-tool`'s listing `objects` holds the EC private key `label`,
+/// sensitive and never extractable.
+fn assert_held_on_token(objects: &str, label: &str) {
+    let private = objects
+        .split("Private Key Object")
+        .skip(1)
+        .find(|o| o.contains(&format!("label:      {label}\n")))
+        .unwrap_or_else(|| panic!("no private key {label} on the token: {objects}"));
+    assert!(private.contains("EC"), "{objects}");
+    let access = private
+        .lines()
+        .find(|l| l.contains("Access:"))
+        .expect("access");
+    let flags: Vec<&str> = access
+        .split_once(':')
+        .map(|(_, f)| f.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    assert!(flags.contains(&"sensitive"), "{access}");
+    assert!(flags.contains(&"never extractable"), "{access}");
+    assert!(!flags.contains(&"extractable"), "{access}");
+}
+
 fn custody_yaml(token: &str, sign_leaves: bool) -> String {
     let hsm = softhsm();
     let tresor = match sign_leaves {
@@ -125,24 +148,7 @@ async fn the_root_key_is_made_on_the_token_sensitive_and_not_extractable_in_both
     for (token, sign_leaves) in [("modes", false), ("leaves", true)] {
         let hsm = softhsm();
         let mut d = TestDaemon::start(&custody_yaml(token, sign_leaves)).await;
-        let objects = hsm.objects(token);
-        let private = objects
-            .split("Private Key Object")
-            .nth(1)
-            .expect("a private key on the token");
-        assert!(objects.contains("label:      meshca-root"), "{objects}");
-        assert!(private.contains("EC"), "{objects}");
-        let access = private
-            .lines()
-            .find(|l| l.contains("Access:"))
-            .expect("access");
-        let flags: Vec<&str> = access
-            .split_once(':')
-            .map(|(_, f)| f.split(',').map(str::trim).collect())
-            .unwrap_or_default();
-        assert!(flags.contains(&"sensitive"), "{access}");
-        assert!(flags.contains(&"never extractable"), "{access}");
-        assert!(!flags.contains(&"extractable"), "{access}");
+        assert_held_on_token(&hsm.objects(token), "meshca-root");
 
         let (status, _, body) = sign(&d).await;
         assert_eq!(status, 200, "{body}");
@@ -313,4 +319,35 @@ async fn every_way_a_workload_asks_gets_a_chain_to_the_root_on_the_token_in_both
     for (token, sign_leaves) in [("frontends", false), ("frontends-leaves", true)] {
         every_way_a_workload_asks_verifies(&custody_yaml(token, sign_leaves), sign_leaves).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_are_signed_on_the_token_and_verify_with_pyjwt() {
+    let hsm = softhsm();
+    let issuer = "https://meshca.example.com";
+    let mut d = TestDaemon::start(&format!(
+        "{}jwt_svids: {{ enabled: true, issuer: \"{issuer}\", key_type: ecdsa-p384 }}\n",
+        custody_yaml("jwt", false)
+    ))
+    .await;
+    assert_held_on_token(&hsm.objects("jwt"), "meshca-jwt-1");
+
+    let ask = serde_json::json!({ "audience": ["vault"] });
+    let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let keys = support::jwt::jwks(&d).await;
+    assert_eq!(keys["keys"][0]["alg"], "ES384", "{keys}");
+    assert_eq!(
+        support::jwt::pyjwt(&keys, &token, "vault", issuer),
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    assert_jwt_keys_named_only(d.dir.path(), "pkcs11");
+
+    d.restart().await;
+    assert_eq!(
+        support::jwt::jwks(&d).await,
+        keys,
+        "the same key after a restart, found on the token"
+    );
 }

@@ -23,7 +23,7 @@ use crate::api::{ApiLimits, RawApi};
 use crate::auth::{AuthConfig, RawAuth};
 use crate::bundle::{BundleConfig, RawBundle};
 use crate::cluster::{KubernetesConfig, RawKubernetes};
-use crate::custody::RawKeyCustody;
+use crate::custody::{CustodyConfig, RawKeyCustody};
 use crate::feature::{Common, Feature, Features, Sections};
 use crate::issuer::{Lifetimes, RawLifetimes};
 use crate::provider::{ProviderConfig, ProviderContext, RawProvider};
@@ -77,6 +77,9 @@ pub struct Config {
     pub server_names: Vec<ServerName>,
     /// The signing backend.
     pub provider: ProviderConfig,
+    /// The custodian of meshca's long-lived keys (`key_custody:`); `None`
+    /// for meshca's own files.
+    pub key_custody: Option<CustodyConfig>,
     /// Workload certificate lifetimes.
     pub certificates: Lifetimes,
     /// Where the trust bundle is published.
@@ -242,6 +245,7 @@ impl Config {
                 (s.namespace.as_str(), s.name.as_str())
             }),
             provider: Some(&self.provider),
+            key_custody: self.key_custody.as_ref(),
             propagation_delay: self.rotation.propagation_delay,
         }
     }
@@ -260,6 +264,7 @@ impl Config {
             kubernetes: core.kubernetes.as_ref(),
             bundle_secret: raw.bundle.secret(),
             provider: core.provider.as_ref(),
+            key_custody: core.key_custody.as_ref(),
             propagation_delay: core.rotation.propagation_delay,
         };
         let mut features = Vec::new();
@@ -328,6 +333,7 @@ struct Core {
     certificates: Lifetimes,
     kubernetes: Option<KubernetesConfig>,
     provider: Option<ProviderConfig>,
+    key_custody: Option<CustodyConfig>,
     bundle: BundleConfig,
     api: Option<ApiLimits>,
     rotation: RotationConfig,
@@ -348,6 +354,7 @@ impl Core {
         let kubernetes = raw.kubernetes.validate(errors);
         let cluster = kubernetes.is_some();
         let custody = raw.key_custody.validate(errors);
+        let key_custody = custody.clone().ok().flatten();
         let provider = custody.as_ref().ok().and_then(|custody| {
             raw.provider.validate(
                 &ProviderContext {
@@ -381,6 +388,7 @@ impl Core {
             certificates,
             kubernetes,
             provider,
+            key_custody,
             bundle,
         }
     }
@@ -409,6 +417,7 @@ impl Core {
                     daemon_identity,
                     server_names: self.server_names,
                     provider,
+                    key_custody: self.key_custody,
                     certificates: self.certificates,
                     bundle: self.bundle,
                     auth: raw.auth.validate(&raw.state_dir, cluster),
@@ -576,6 +585,26 @@ mod tests {
                 .contains("remove provider.tresor.intermediate"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn jwt_keys_in_custody_are_ecdsa_keys() {
+        let tresor = "provider: { tresor: { intermediate: { validity: 200h } } }\n";
+        let e = Config::from_yaml(&format!(
+            "{CUSTODY}{tresor}jwt_svids: {{ enabled: true, key_type: rsa-2048 }}\n"
+        ))
+        .expect_err("refused");
+        assert!(
+            e.to_string().contains(
+                "jwt_svids.key_type: RS256: key_custody.kind transit holds ECDSA keys only"
+            ),
+            "{e}"
+        );
+        let c = Config::from_yaml(&format!(
+            "{CUSTODY}{tresor}jwt_svids: {{ enabled: true, key_type: ecdsa-p384 }}\n"
+        ))
+        .expect("P-384 keys are held in custody");
+        assert_eq!(c.key_custody.map(|k| k.key_prefix), Some("meshca".into()));
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub(super) fn core(
         propagation_delay: config.rotation.propagation_delay,
         cluster,
         metrics,
+        key_custody: config.key_custody.clone(),
+        custody_metrics: signing.deps.custody_metrics.clone(),
         bundle: signing.bundle.clone(),
         resync: Arc::new(Notify::new()),
     }

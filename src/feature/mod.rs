@@ -42,6 +42,7 @@ use crate::auth::{Authenticator, TokenReviewer};
 use crate::bundle::spiffe::Served;
 use crate::bundle::BundleReceiver;
 use crate::cluster::Cluster;
+use crate::custody::{CustodyConfig, CustodyMetrics};
 use crate::issuer::{Issuer, Lifetimes};
 use crate::listener::ServingTls;
 use crate::metrics::Metrics;
@@ -171,6 +172,11 @@ pub struct Core {
     pub cluster: Option<Cluster>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The custodian of meshca's long-lived keys (`key_custody:`), when
+    /// not meshca's own files.
+    pub key_custody: Option<CustodyConfig>,
+    /// The key-custody metrics, shared by every user of a custodian.
+    pub custody_metrics: CustodyMetrics,
     /// The trust bundle.
     pub bundle: BundleReceiver,
     /// Wakes the bundle publisher (a sink saw its copy changed).

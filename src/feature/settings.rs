@@ -13,6 +13,7 @@ use serde_yaml_ng::Mapping;
 
 use super::Feature;
 use crate::cluster::KubernetesConfig;
+use crate::custody::CustodyConfig;
 use crate::issuer::Lifetimes;
 use crate::provider::ProviderConfig;
 
@@ -37,6 +38,9 @@ pub struct Common<'a> {
     pub bundle_secret: (&'a str, &'a str),
     /// The signing provider, when valid.
     pub provider: Option<&'a ProviderConfig>,
+    /// The custodian of meshca's long-lived keys (`key_custody:`), when
+    /// not meshca's own files.
+    pub key_custody: Option<&'a CustodyConfig>,
     /// `rotation.propagation_delay`.
     pub propagation_delay: Duration,
 }

@@ -46,13 +46,14 @@ use verdict::Standing;
 
 /// Mints JWT-SVIDs for the issuer, which decides whether to ask: the keys
 /// are the JWT-SVID feature's, behind this trait.
+#[async_trait::async_trait]
 pub trait MintTokens: Send + Sync + std::fmt::Debug {
     /// A token for `identity` meant for `audience`, living `ttl` (the
     /// minter's default when `None`, within its bounds).
     ///
     /// # Errors
     /// [`MintError`].
-    fn mint(
+    async fn mint(
         &self,
         identity: &Identity,
         audience: &[String],
@@ -218,19 +219,24 @@ impl Issuer {
 
     /// Decide a request for a JWT-SVID under the same deny-list, rate
     /// and metrics as certificates; `None` when JWT-SVIDs are disabled.
-    pub fn issue_token(&self, request: TokenRequest<'_>) -> Option<Result<JwtSvid, TokenRefusal>> {
+    pub async fn issue_token(
+        &self,
+        request: TokenRequest<'_>,
+    ) -> Option<Result<JwtSvid, TokenRefusal>> {
         let tokens = self.tokens.as_ref()?;
-        let verdict = self
+        let admitted = self
             .admit_identity(request.frontend, request.identity)
-            .map_err(TokenRefusal::from)
-            .and_then(|()| {
-                tokens
-                    .mint(request.identity, request.audience, request.ttl)
-                    .map_err(|e| match e {
-                        MintError::Audience(a) => TokenRefusal::Audience(a),
-                        other => TokenRefusal::Mint(other),
-                    })
-            });
+            .map_err(TokenRefusal::from);
+        let verdict = match admitted {
+            Ok(()) => tokens
+                .mint(request.identity, request.audience, request.ttl)
+                .await
+                .map_err(|e| match e {
+                    MintError::Audience(a) => TokenRefusal::Audience(a),
+                    other => TokenRefusal::Mint(other),
+                }),
+            Err(refused) => Err(refused),
+        };
         self.count_token(request.frontend, request.credential, verdict.as_ref().err());
         Some(verdict)
     }

@@ -309,6 +309,9 @@ impl Verdict for TokenRefusal {
             Self::IdentityDenied(_) => Code::IdentityDenied,
             Self::Busy { .. } => Code::RateLimited,
             Self::Audience(_) => Code::InvalidRequest,
+            // A key in custody: its custodian is the signing backend.
+            Self::Mint(e) if e.retry_after().is_some() => Code::ProviderUnavailable,
+            Self::Mint(MintError::Sign(e)) if e.is_custody_refusal() => Code::ProviderMisconfigured,
             Self::Mint(_) | Self::DenyList(_) => Code::Internal,
         }
     }
@@ -317,6 +320,7 @@ impl Verdict for TokenRefusal {
         match self {
             Self::Unasked(u) => u.retry_after(),
             Self::Busy { after, .. } => Some(*after),
+            Self::Mint(e) => e.retry_after(),
             _ => None,
         }
     }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use meshca_provider::crypto::custody::CustodyError;
+
 use crate::crypto::names::KeyAlgorithmName;
 use crate::crypto::signing::{self, Algorithm, Curve, KeyPair, PublicKey, SigningError};
 
@@ -88,6 +90,53 @@ pub enum KeyError {
         #[source]
         source: SigningError,
     },
+    /// The custodian could not make or find the key `name`.
+    #[error("failed to make the JWT signing key {name} in key custody")]
+    MakeInCustody {
+        /// Its name in custody.
+        name: String,
+        /// Why.
+        #[source]
+        source: CustodyError,
+    },
+    /// The custodian holding the key did not sign, or signed what does
+    /// not verify.
+    #[error("failed to sign with key {kid} in custody")]
+    Custody {
+        /// The key's ID.
+        kid: String,
+        /// Why.
+        #[source]
+        source: CustodyError,
+    },
+}
+
+impl KeyError {
+    /// When the same signature may be made later without anyone acting:
+    /// a custodian unavailable, or one whose signature did not verify.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Custody { source, .. } | Self::MakeInCustody { source, .. } => {
+                source.retry_after()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether an operator must act on the custodian (credentials,
+    /// policy, a key of another type).
+    pub fn is_custody_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Custody {
+                source: CustodyError::Refused { .. },
+                ..
+            } | Self::MakeInCustody {
+                source: CustodyError::Refused { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// A private signing key (PKCS#8, zeroized on drop) with its public JWK.
@@ -147,11 +196,6 @@ impl PrivateKey {
         })
     }
 
-    /// The RFC 7638 thumbprint of the public key: the `kid`.
-    pub fn kid(&self) -> &str {
-        &self.public.kid
-    }
-
     /// The key's type.
     pub fn key_type(&self) -> KeyType {
         self.key_type
@@ -206,7 +250,7 @@ pub struct Jwk {
 }
 
 impl Jwk {
-    fn ec(key_type: KeyType, point: &[u8]) -> Self {
+    pub(super) fn ec(key_type: KeyType, point: &[u8]) -> Self {
         // An uncompressed point: 0x04 ‖ X ‖ Y.
         let coordinates = &point[1..];
         let (x, y) = coordinates.split_at(coordinates.len() / 2);
@@ -381,7 +425,11 @@ mod tests {
         assert!(!public.verifies("HS256", b"header.claims", &signature));
         let again = PrivateKey::from_pkcs8(key_type, Zeroizing::new(key.pkcs8().to_vec()), "k")
             .expect("reload");
-        assert_eq!(again.kid(), key.kid(), "the kid is the key's, not random");
+        assert_eq!(
+            again.public().kid,
+            key.public().kid,
+            "the kid is the key's, not random"
+        );
     }
 
     #[test]

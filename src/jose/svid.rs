@@ -52,6 +52,17 @@ pub enum MintError {
     Sign(#[from] super::key::KeyError),
 }
 
+impl MintError {
+    /// When the same token may be minted later without anyone acting: the
+    /// custodian of the signing key was unavailable.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Sign(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
 /// What is wrong with the audience a token was asked for.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AudienceError {

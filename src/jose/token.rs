@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use super::key::{Jwk, KeyError, PrivateKey};
+#[cfg(test)]
+use super::key::PrivateKey;
+use super::key::{Jwk, KeyError};
+use super::signer::SigningKey;
 
 /// The longest lifetime a valid token has: `exp` at most this long after
 /// `iat` (or after now, without `iat`). `jwt_svids.max_ttl` cannot exceed
@@ -74,7 +77,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 ///
 /// # Errors
 /// The crypto library failed to sign.
-pub fn sign(key: &PrivateKey, claims: &Claims) -> Result<String, KeyError> {
+pub async fn sign(key: &SigningKey, claims: &Claims) -> Result<String, KeyError> {
     let header = Header {
         alg: key.key_type().alg().into(),
         kid: Some(key.kid().to_owned()),
@@ -82,7 +85,7 @@ pub fn sign(key: &PrivateKey, claims: &Claims) -> Result<String, KeyError> {
         crit: None,
     };
     let input = format!("{}.{}", part(&header), part(claims));
-    let signature = key.sign(input.as_bytes())?;
+    let signature = key.sign(input.as_bytes()).await?;
     Ok(format!("{input}.{}", B64.encode(signature)))
 }
 
@@ -234,7 +237,7 @@ mod tests {
         let keys = [key.public().clone()];
         let now = OffsetDateTime::now_utc();
         let t = now.unix_timestamp();
-        let header = serde_json::json!({ "alg": "ES256", "kid": key.kid(), "typ": "JWT" });
+        let header = serde_json::json!({ "alg": "ES256", "kid": key.public().kid, "typ": "JWT" });
         let claims = |extra: serde_json::Value| {
             let mut c = serde_json::json!({
                 "sub": "spiffe://cluster.local/ns/shop/sa/web",
@@ -294,12 +297,15 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_signed_token_validates_and_every_tampering_is_named() {
-        let key = PrivateKey::generate(KeyType::EcP256).expect("as the test set it up");
+    #[tokio::test]
+    async fn a_signed_token_validates_and_every_tampering_is_named() {
+        let key =
+            SigningKey::Own(PrivateKey::generate(KeyType::EcP256).expect("as the test set it up"));
         let now = OffsetDateTime::now_utc();
         let exp = now.unix_timestamp() + 300;
-        let token = sign(&key, &claims(exp)).expect("as the test set it up");
+        let token = sign(&key, &claims(exp))
+            .await
+            .expect("as the test set it up");
         let keys = [key.public().clone()];
         assert_eq!(validate(&token, &keys, "vault", now), Ok(claims(exp)));
         assert_eq!(

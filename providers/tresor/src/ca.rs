@@ -127,8 +127,9 @@ impl CaCertificate {
             X509Certificate::from_der(&der).map_err(|e| TresorError::Certificate(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key() {
             return Err(TresorError::Certificate(format!(
-                "the root certificate kept for the key {} in custody is not of that key: it belongs to another key (a changed key name or custodian); move the kept certificate away to make a new root, which the rollout brings in beside the old one",
-                key.name()
+                "the root certificate kept for the key {} in {} custody is not of that key: it belongs to another key (a changed key name or custodian); move the kept certificate away to make a new root, which the rollout brings in beside the old one",
+                key.name(),
+                key.backend()
             )));
         }
         Self::checked(der, CaKey::Custody(key))

@@ -185,7 +185,7 @@ impl TransitKey {
         Ok(Self {
             client: transit.client.clone(),
             sign_path: format!("{}/sign/{name}", transit.mount),
-            name: path,
+            name: name.to_owned(),
             version,
             algorithm,
             public_key: point(pem).map_err(refused)?,

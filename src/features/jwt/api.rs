@@ -126,7 +126,7 @@ async fn mint(
         audience: &asked.audience,
         ttl: asked.ttl_seconds.map(Duration::from_secs),
     };
-    let verdict = state.issuer.issue_token(request)?;
+    let verdict = state.issuer.issue_token(request).await?;
     Some(
         verdict
             .inspect(|svid| {

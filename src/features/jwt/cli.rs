@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use clap::{Args, FromArgMatches};
 use futures_util::future::BoxFuture;
 
-use super::{rotate_now, JwtSvidsFeature, KeyStore};
+use tokio_util::sync::CancellationToken;
+
+use super::{rotate_now, JwtSvidsFeature, KeyCustody, KeyStore};
+use crate::custody::CustodyMetrics;
 use crate::feature::{Command, LoadSettings, Settings, EX_USAGE};
+use crate::metrics::Metrics;
 
 /// `meshca rotate jwt-key`.
 pub const ROTATE_KEY: Command = Command {
@@ -64,7 +68,22 @@ async fn rotate(settings: Box<dyn Settings>) -> ExitCode {
     };
     let store = KeyStore::new(client, common.state_dir);
     let place = store.describe();
-    match rotate_now(jwt, common.propagation_delay, store).await {
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let custody = match common.key_custody {
+        Some(c) => {
+            let metrics = CustodyMetrics::register(&Metrics::new());
+            match KeyCustody::connect(c, &metrics, stop).await {
+                Ok((custody, _)) => Some(custody),
+                Err(e) => {
+                    eprintln!("error: {}", crate::report::error_chain(&e));
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    match rotate_now(jwt, common.propagation_delay, store, custody).await {
         Ok(keyring) => {
             let Some(new) = keyring.keys().last() else {
                 eprintln!("error: no key was made");

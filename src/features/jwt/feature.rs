@@ -8,11 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::api::{self, JwtApi};
-use super::{JwtConfig, JwtSvids, KeyStore, RawJwtSvids, RawOidc, SECRET_NAME};
+use meshca_provider::crypto::custody::CustodyError;
+use tokio_util::sync::CancellationToken;
+
+use super::{JwtConfig, JwtSvids, KeyCustody, KeyStore, RawJwtSvids, RawOidc, SECRET_NAME};
+use crate::custody::CustodyConfig;
 use crate::feature::{
     Common, Context, Core, Definition, Feature, FeatureError, Listener, ListenerTls, Plan, Plug,
     Sections, Syntax,
 };
+use crate::jose::SigningKey;
 use crate::validation::Errors;
 
 /// The feature's definition: its sections and how it reads them.
@@ -35,7 +40,7 @@ pub struct JwtSvidsFeature {
 
 fn configure(
     sections: &Sections<'_>,
-    _common: &Common<'_>,
+    common: &Common<'_>,
     errors: &mut Errors,
     _warnings: &mut Vec<String>,
 ) -> Result<Option<Arc<dyn Feature>>, Syntax> {
@@ -47,10 +52,44 @@ fn configure(
             "serves JWT-SVID discovery: needs jwt_svids.enabled: true",
         );
     }
+    let config = raw.validate(errors);
+    if let (Some(jwt), Some(custody)) = (&config, common.key_custody) {
+        if SigningKey::custody_algorithm(jwt.key_type).is_none() {
+            errors.add(
+                "jwt_svids.key_type",
+                format!(
+                    "{}: key_custody.kind {} holds ECDSA keys only; use ecdsa-p256 or ecdsa-p384",
+                    jwt.key_type.alg(),
+                    custody.backend.name()
+                ),
+            );
+        }
+    }
     Ok(Some(Arc::new(JwtSvidsFeature {
-        config: raw.validate(errors),
+        config,
         oidc_listen: oidc.listen,
     })))
+}
+
+/// The custodian JWT signing keys are made in, its credentials kept fresh
+/// by the task `jwt-key-custody` while the feature runs.
+async fn connect_custody(
+    config: &CustodyConfig,
+    core: &Core,
+    plug: &mut Plug,
+) -> Result<KeyCustody, CustodyError> {
+    let stop = CancellationToken::new();
+    let (custody, task) = KeyCustody::connect(config, &core.custody_metrics, stop.clone()).await?;
+    if let Some(task) = task {
+        plug.task("jwt-key-custody", move |token| async move {
+            tokio::select! {
+                () = task => {}
+                () = token.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
+    Ok(custody)
 }
 
 #[async_trait::async_trait]
@@ -71,13 +110,21 @@ impl Feature for JwtSvidsFeature {
             return Plan::default();
         };
         let file = common.state_dir.join("jwt-keys.json");
-        let keys = match common.kubernetes {
+        let stored = match common.kubernetes {
             Some(k) => format!(
                 "the Secret {}/{SECRET_NAME} in a cluster, {} without one",
                 k.namespace,
                 file.display()
             ),
             None => file.display().to_string(),
+        };
+        let keys = match common.key_custody {
+            Some(c) => format!(
+                "{} as {}-jwt-<n>, their names in {stored}",
+                c.backend.describe(),
+                c.key_prefix
+            ),
+            None => stored,
         };
         let public = self
             .oidc_listen
@@ -109,10 +156,19 @@ impl Feature for JwtSvidsFeature {
                 .map(|c| (c.client.clone(), c.config.namespace.as_str())),
             &core.state_dir,
         );
+        let custody = match &core.key_custody {
+            Some(c) => Some(
+                connect_custody(c, core, plug)
+                    .await
+                    .map_err(|e| FeatureError::of(self.name())(Box::new(e)))?,
+            ),
+            None => None,
+        };
         let (svids, keeper) = super::start(
             config.clone(),
             core.propagation_delay,
             store,
+            custody,
             core.metrics.clone(),
         )
         .await

@@ -29,12 +29,17 @@ pub use store::{KeyStore, StoreError, SECRET_NAME};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshca_provider::crypto::custody::{Custody, CustodyError};
 use meshca_provider::Identity;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::jose::{self, check_audience, Claims, Jwk, JwtSvid, KeyType, MintError, MIN_TTL};
+use crate::custody::{self, CustodyConfig, CustodyMetrics};
+use crate::jose::{
+    self, check_audience, Claims, Jwk, JwtSvid, KeyError, KeyType, MintError, PrivateKey,
+    SigningKey, MIN_TTL,
+};
 use crate::metrics::Metrics;
 
 /// Mints JWT-SVIDs and publishes their keys.
@@ -57,7 +62,7 @@ impl JwtSvids {
     ///
     /// # Errors
     /// [`MintError`].
-    pub fn mint(
+    pub async fn mint(
         &self,
         identity: &Identity,
         audience: &[String],
@@ -69,7 +74,7 @@ impl JwtSvids {
             .clamp(MIN_TTL.min(self.config.max_ttl), self.config.max_ttl);
         let now = OffsetDateTime::now_utc();
         let keys = self.keys.borrow().clone();
-        let signer = keys.signer(now).ok_or(MintError::NoKey)?;
+        let signer = keys.signer(now).ok_or(MintError::NoKey)?.key.clone();
         let expires_at = now + ttl;
         let claims = Claims {
             sub: identity.spiffe_id(),
@@ -80,7 +85,7 @@ impl JwtSvids {
             iss: Some(self.config.issuer.as_str().to_owned()),
         };
         Ok(JwtSvid {
-            token: jose::sign(&signer.key, &claims)?,
+            token: jose::sign(&signer, &claims).await?,
             spiffe_id: claims.sub,
             expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(expires_at),
         })
@@ -103,14 +108,15 @@ impl crate::bundle::spiffe::JwtKeys for JwtSvids {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::issuer::MintTokens for JwtSvids {
-    fn mint(
+    async fn mint(
         &self,
         identity: &Identity,
         audience: &[String],
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, MintError> {
-        JwtSvids::mint(self, identity, audience, ttl)
+        JwtSvids::mint(self, identity, audience, ttl).await
     }
 }
 
@@ -124,6 +130,7 @@ pub async fn start(
     config: JwtConfig,
     propagation_delay: Duration,
     store: KeyStore,
+    custody: Option<KeyCustody>,
     metrics: Arc<Metrics>,
 ) -> Result<(JwtSvids, impl FnOnce(CancellationToken) -> Keeping), StoreError> {
     let schedule = schedule(&config, propagation_delay);
@@ -131,9 +138,12 @@ pub async fn start(
         store,
         schedule,
         key_type: config.key_type,
+        custody,
         metrics,
     };
-    let keyring = keeper.advance_retrying(NewKey::WhenDue).await?;
+    let keyring = keeper
+        .advance_retrying(&Keyring::default(), NewKey::WhenDue)
+        .await?;
     let (tx, rx) = watch::channel(Arc::new(keyring));
     let svids = JwtSvids {
         config: Arc::new(config),
@@ -166,16 +176,49 @@ pub async fn rotate_now(
     config: &JwtConfig,
     propagation_delay: Duration,
     store: KeyStore,
+    custody: Option<KeyCustody>,
 ) -> Result<Keyring, StoreError> {
     let keeper = Keeper {
         store,
         schedule: schedule(config, propagation_delay),
         key_type: config.key_type,
+        custody,
         metrics: Arc::new(Metrics::new()),
     };
     keeper
-        .advance_retrying(NewKey::Now { lead: FOLLOW_EVERY })
+        .advance_retrying(&Keyring::default(), NewKey::Now { lead: FOLLOW_EVERY })
         .await
+}
+
+/// The custodian new JWT signing keys are made in (`key_custody:`), and
+/// what their names start with.
+#[derive(Clone, Debug)]
+pub struct KeyCustody {
+    /// The custodian.
+    pub custodian: Arc<dyn Custody>,
+    /// `key_custody`'s key prefix: keys are `<prefix>-jwt-<n>`.
+    pub prefix: String,
+}
+
+impl KeyCustody {
+    /// Connect the custodian `config` names for JWT signing keys, with
+    /// the task that keeps its credentials fresh until `stop`, if any.
+    ///
+    /// # Errors
+    /// The custodian refused meshca's credentials or cannot be reached:
+    /// the start stops, as it does for a provider's custodian.
+    pub async fn connect(
+        config: &CustodyConfig,
+        metrics: &CustodyMetrics,
+        stop: CancellationToken,
+    ) -> Result<(Self, Option<custody::Task>), CustodyError> {
+        let (custodian, task) = custody::connect(config, metrics, stop).await?;
+        let custody = Self {
+            custodian,
+            prefix: config.key_prefix.clone(),
+        };
+        Ok((custody, task))
+    }
 }
 
 /// Keeps the stored keys on schedule.
@@ -183,6 +226,7 @@ struct Keeper {
     store: KeyStore,
     schedule: Schedule,
     key_type: KeyType,
+    custody: Option<KeyCustody>,
     metrics: Arc<Metrics>,
 }
 
@@ -193,10 +237,14 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(10);
 impl Keeper {
     /// [`Keeper::advance`], reading again after a conflict or a
     /// transient failure, five times at most.
-    async fn advance_retrying(&self, new_key: NewKey) -> Result<Keyring, StoreError> {
+    async fn advance_retrying(
+        &self,
+        known: &Keyring,
+        new_key: NewKey,
+    ) -> Result<Keyring, StoreError> {
         let mut attempts = 0;
         loop {
-            match self.advance(new_key).await {
+            match self.advance(known, new_key).await {
                 Ok(keyring) => return Ok(keyring),
                 Err(e) if e.is_transient() && attempts < 5 => attempts += 1,
                 Err(e) => return Err(e),
@@ -204,29 +252,51 @@ impl Keeper {
         }
     }
 
-    /// Read the stored keys, make a key as `new_key` says and store it; a
-    /// conflict is for the caller to read again.
-    async fn advance(&self, new_key: NewKey) -> Result<Keyring, StoreError> {
-        let loaded = self.store.load().await?;
+    /// Read the stored keys (reusing those `known` holds), make a key as
+    /// `new_key` says and store it; a conflict is for the caller to read
+    /// again.
+    async fn advance(&self, known: &Keyring, new_key: NewKey) -> Result<Keyring, StoreError> {
+        let custodian = self.custody.as_ref().map(|c| c.custodian.as_ref());
+        let loaded = self.store.load(known, custodian).await?;
         let now = OffsetDateTime::now_utc();
-        let next = loaded
-            .keyring
-            .advance(&self.schedule, self.key_type, now, new_key)
-            .map_err(StoreError::Generate)?;
-        let Some(next) = next else {
+        let new = match loaded.keyring.due(&self.schedule, now, new_key) {
+            Some(lead) => Some((self.make(&loaded.keyring).await?, lead)),
+            None => None,
+        };
+        let Some(next) = loaded.keyring.advance(&self.schedule, now, new) else {
             return Ok(loaded.keyring);
         };
         self.store.save(&next, &loaded).await?;
         if let Some(new) = next.keys().last().filter(|k| k.times.published_at == now) {
-            tracing::info!(kid = new.key.kid(), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
+            tracing::info!(kid = new.key.kid(), custody = new.key.custody_name(), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
         }
         Ok(next)
+    }
+
+    /// A new key: meshca's own, or made in custody under the next name.
+    async fn make(&self, keyring: &Keyring) -> Result<SigningKey, StoreError> {
+        let Some(custody) = &self.custody else {
+            return PrivateKey::generate(self.key_type)
+                .map(SigningKey::Own)
+                .map_err(StoreError::Generate);
+        };
+        let name = keyring.next_custody_name(&custody.prefix);
+        let made = match SigningKey::custody_algorithm(self.key_type) {
+            Some(algorithm) => custody.custodian.key(&name, algorithm).await,
+            None => Err(CustodyError::Refused {
+                backend: custody.custodian.backend(),
+                message: format!("{:?} keys are not held in custody", self.key_type),
+            }),
+        };
+        made.map(SigningKey::in_custody)
+            .map_err(|source| StoreError::Generate(KeyError::MakeInCustody { name, source }))
     }
 
     async fn run(self, tx: watch::Sender<Arc<Keyring>>, token: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let wait = match self.advance(NewKey::WhenDue).await {
+            let known = tx.borrow().clone();
+            let wait = match self.advance(&known, NewKey::WhenDue).await {
                 Ok(keyring) => {
                     failures = 0;
                     self.metrics.set_horizon(

@@ -5,6 +5,7 @@
 //! in between is a conflict to read again and re-plan: replicas starting
 //! together converge on one key.
 
+use meshca_provider::crypto::custody::Custody;
 use thiserror::Error;
 
 use super::keyring::{Keyring, KeyringError};
@@ -52,12 +53,20 @@ pub enum StoreError {
     /// A new key could not be made.
     #[error("failed to make a JWT signing key")]
     Generate(#[source] crate::jose::KeyError),
+    /// The custodian of stored keys cannot be reached now.
+    #[error("the custodian of the JWT signing keys is unavailable")]
+    CustodyUnavailable(#[source] KeyringError),
 }
 
 impl StoreError {
     /// Whether reading again may help (as opposed to an operator's fix).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Store(e) if e.is_transient())
+        match self {
+            Self::Store(e) => e.is_transient(),
+            Self::CustodyUnavailable(_) => true,
+            Self::Generate(e) => e.retry_after().is_some(),
+            _ => false,
+        }
     }
 
     /// Whether another replica wrote first.
@@ -81,16 +90,25 @@ impl KeyStore {
         self.0.describe()
     }
 
-    /// The stored keys, or none when nothing is stored yet.
+    /// The stored keys, or none when nothing is stored yet: keys `known`
+    /// holds are reused, keys in custody found in `custody`.
     ///
     /// # Errors
     /// [`StoreError`]; what is there but unusable is never "none".
-    pub async fn load(&self) -> Result<Loaded, StoreError> {
+    pub async fn load(
+        &self,
+        known: &Keyring,
+        custody: Option<&dyn Custody>,
+    ) -> Result<Loaded, StoreError> {
         let Some(record) = self.0.load().await? else {
             return Ok(Loaded::default());
         };
-        let keyring =
-            Keyring::decode(&record.bytes).map_err(|e| StoreError::Unusable(self.describe(), e))?;
+        let keyring = Keyring::decode(&record.bytes, known, custody)
+            .await
+            .map_err(|e| match e.retry_after() {
+                Some(_) => StoreError::CustodyUnavailable(e),
+                None => StoreError::Unusable(self.describe(), e),
+            })?;
         Ok(Loaded {
             keyring,
             record: Some(record),

@@ -68,6 +68,22 @@ pub fn private_keys_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The JWT signing keys stored in the state directory `dir` name the key
+/// `meshca-jwt-1` held by `backend` and hold no key material, and no file
+/// under `dir` holds a private key.
+pub fn assert_jwt_keys_named_only(dir: &Path, backend: &str) {
+    let stored = std::fs::read_to_string(dir.join("jwt-keys.json")).expect("stored");
+    let key: Value = serde_json::from_str(&stored).expect("JSON");
+    assert_eq!(
+        key["keys"][0]["custody"],
+        json!({ "backend": backend, "name": "meshca-jwt-1" }),
+        "{stored}"
+    );
+    assert!(!stored.contains("pkcs8"), "{stored}");
+    let keys = private_keys_under(dir);
+    assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
+}
+
 /// Renew as a workload, every 100 ms, until the rollout that started
 /// after generation `before` signs: each chain must verify against the
 /// bundle published when it was handed out. The number of renewals.

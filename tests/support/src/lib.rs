@@ -10,6 +10,7 @@ pub mod chart;
 pub mod custody;
 pub mod hold;
 pub mod istio;
+pub mod jwt;
 pub mod kube;
 pub mod nginx;
 pub mod openbao;
@@ -140,6 +141,18 @@ impl TestDaemon {
     /// and state directory.
     pub async fn restart(&mut self) {
         self.stop().await;
+        let daemon = meshca::start(self.config.clone())
+            .await
+            .expect("daemon restarts");
+        self.daemon = Some(daemon);
+    }
+
+    /// Stop the daemon and start it again on the same state directory
+    /// with `extra` config instead.
+    pub async fn restart_with(&mut self, extra: &str) {
+        self.stop().await;
+        self.config =
+            Config::from_yaml(&config_yaml(self.dir.path(), extra)).expect("valid config");
         let daemon = meshca::start(self.config.clone())
             .await
             .expect("daemon restarts");
