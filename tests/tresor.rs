@@ -280,3 +280,29 @@ async fn p384_and_ed25519_roots_can_be_generated() {
         .unwrap_or_else(|e| panic!("{alg}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intermediate_is_renewed_in_place_so_chains_stay_valid_past_its_validity() {
+    let d = TestDaemon::start(
+        "certificates: { default_ttl: 3s, min_ttl: 1s, max_ttl: 3s }\nprovider:\n  kind: tresor\n  tresor:\n    intermediate: { validity: 9s }\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let bundle = d.bundle_pem().await;
+    let intermediate = |body: &serde_json::Value| {
+        let chain = body["certificate_chain"].as_str().expect("chain");
+        verify(chain, &bundle, webpki::KeyUsage::client_auth()).expect("a valid chain now");
+        certs(chain).remove(1)
+    };
+    let first = intermediate(&issue(&d).await);
+    let mut seen = vec![first];
+    // Past two thirds of the first intermediate's life, and past its end.
+    for at in [7, 11] {
+        tokio::time::sleep(std::time::Duration::from_secs(at).saturating_sub(started.elapsed()))
+            .await;
+        let next = intermediate(&issue(&d).await);
+        assert!(!seen.contains(&next), "a new intermediate by {at} s");
+        seen.push(next);
+    }
+    assert_eq!(d.bundle_pem().await, bundle, "the same root: no rollout");
+}

@@ -23,6 +23,7 @@ pub struct CaCertificate {
     der: CertificateDer<'static>,
     issuer: Issuer<'static, CaKey>,
     subject: String,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 }
 
@@ -80,6 +81,7 @@ impl CaCertificate {
                 ))
             }
         }
+        let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         if not_after <= OffsetDateTime::now_utc() {
             return Err(TresorError::Certificate(format!(
@@ -92,6 +94,7 @@ impl CaCertificate {
             der: der.into_owned(),
             issuer,
             subject,
+            not_before,
             not_after,
         })
     }
@@ -175,11 +178,12 @@ impl CaCertificate {
             .get(&DnType::CommonName)
             .map(|cn| format!("CN={}", dn_value(cn)))
             .unwrap_or_default();
-        let not_after = params.not_after;
+        let (not_before, not_after) = (params.not_before, params.not_after);
         Self {
             der,
             issuer: Issuer::new(params, key),
             subject,
+            not_before,
             not_after,
         }
     }
@@ -194,7 +198,12 @@ impl CaCertificate {
         &self.subject
     }
 
-    /// End of validity.
+    /// Start of validity.
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// When the certificate expires.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
     }

@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::disallowed_methods))]
 
 mod ca;
+mod chain;
 mod error;
 mod key;
 mod leaf;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chain::Chain;
 use meshca_provider::crypto::custody::Custody;
 use meshca_provider::{
     Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
@@ -50,39 +52,6 @@ pub struct TresorConfig {
     pub intermediate_validity: Option<Duration>,
 }
 
-/// One root and what signs under it.
-struct Chain {
-    signer: CaCertificate,
-    /// Certificates between the leaf and the anchor (the intermediate).
-    tail: Vec<CertificateDer<'static>>,
-    anchor: CertificateDer<'static>,
-}
-
-impl Chain {
-    /// Sign with `root`, through a new intermediate when
-    /// `intermediate_validity` is set.
-    async fn new(
-        root: CaCertificate,
-        intermediate_validity: Option<Duration>,
-    ) -> Result<Self, TresorError> {
-        let anchor = root.der().clone();
-        let Some(validity) = intermediate_validity else {
-            return Ok(Self {
-                signer: root,
-                tail: Vec::new(),
-                anchor,
-            });
-        };
-        let intermediate = root.issue_intermediate(validity).await?;
-        tracing::info!(subject = %intermediate.subject(), in_custody = root.in_custody(), "signing leaves with a new intermediate");
-        Ok(Self {
-            tail: vec![intermediate.der().clone()],
-            signer: intermediate,
-            anchor,
-        })
-    }
-}
-
 /// The Tresor provider: signs leaves in-process with its own CA: a
 /// classical root, and optionally a post-quantum one beside it.
 pub struct Tresor {
@@ -96,7 +65,7 @@ pub struct Tresor {
 impl std::fmt::Debug for Tresor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tresor")
-            .field("intermediate", &!self.classical.tail.is_empty())
+            .field("intermediate", &self.classical.has_intermediate())
             .field("post_quantum", &self.post_quantum.is_some())
             .field("custody", &self.custody.as_ref().map(|c| c.backend()))
             .finish_non_exhaustive()
@@ -179,6 +148,7 @@ impl Provider for Tresor {
             (Some(pq), true) => pq,
             _ => &self.classical,
         };
+        let chain = chain.signing().await;
         let leaf = leaf::sign(&chain.signer, csr, profile).map_err(TresorError::into_provider)?;
         // Signed by the custodian, and checked, when the key signing
         // leaves is in custody.
@@ -210,7 +180,7 @@ impl Provider for Tresor {
         };
         match custody.health().await {
             Ok(()) => Health::Healthy,
-            Err(e) if self.classical.signer.in_custody() => {
+            Err(e) if self.classical.signs_in_custody() => {
                 Health::Unhealthy(meshca_provider::error_chain(&e))
             }
             Err(e) => {
