@@ -3,7 +3,7 @@
 //! public key and a name.
 //!
 //! A custodian signs as X.509 carries it (a DER `ECDSA-Sig-Value`); JWS
-//! wants the fixed-width `r ‖ s` (RFC 7518 §3.4). The signature is
+//! wants the fixed-width `r ‖ s` (`custody::jws_signature`). The signature is
 //! checked under the key's public key before the token is handed out,
 //! since HSMs have been seen returning signatures that do not verify.
 
@@ -85,20 +85,12 @@ impl SigningKey {
         }
     }
 
-    /// The key's name in custody; `None` for meshca's own key.
-    pub fn custody_name(&self) -> Option<&str> {
+    /// Where a key in custody is: its custodian (`transit`, `pkcs11`) and
+    /// its name there; `None` for meshca's own key.
+    pub fn custody(&self) -> Option<(&'static str, &str)> {
         match self {
             Self::Own(_) => None,
-            Self::InCustody(k) => Some(k.key.name()),
-        }
-    }
-
-    /// The custodian holding the key (`transit`, `pkcs11`); `None` for
-    /// meshca's own key.
-    pub fn custody_backend(&self) -> Option<&'static str> {
-        match self {
-            Self::Own(_) => None,
-            Self::InCustody(k) => Some(k.key.backend()),
+            Self::InCustody(k) => Some((k.key.backend(), k.key.name())),
         }
     }
 
@@ -128,55 +120,8 @@ impl SigningKey {
         if !custody::verifies(k.key.as_ref(), message, &der) {
             return Err(bad());
         }
-        fixed_width(&der, k.key_type).ok_or_else(bad)
+        custody::jws_signature(k.key.algorithm(), &der).ok_or_else(bad)
     }
-}
-
-/// An `ECDSA-Sig-Value` (DER `SEQUENCE { r INTEGER, s INTEGER }`) as JWS
-/// writes it: `r ‖ s`, each left-padded to the curve's coordinate width.
-/// `None` when it is not such a value for that width.
-fn fixed_width(der: &[u8], key_type: KeyType) -> Option<Vec<u8>> {
-    let width = match key_type {
-        KeyType::EcP256 => 32,
-        KeyType::EcP384 => 48,
-        KeyType::Rsa2048 => return None,
-    };
-    let (tag, body, rest) = element(der)?;
-    if tag != 0x30 || !rest.is_empty() {
-        return None;
-    }
-    let (r_tag, r, rest) = element(body)?;
-    let (s_tag, s, rest) = element(rest)?;
-    if r_tag != 0x02 || s_tag != 0x02 || !rest.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(2 * width);
-    for integer in [r, s] {
-        let magnitude = crate::crypto::signing::strip_zeros(integer);
-        if magnitude.is_empty() || magnitude.len() > width {
-            return None;
-        }
-        out.extend(std::iter::repeat_n(0, width - magnitude.len()));
-        out.extend_from_slice(magnitude);
-    }
-    Some(out)
-}
-
-/// One DER element of `input`: its tag, contents and what follows. Only
-/// the lengths an ECDSA signature of P-256 or P-384 has (short form, or
-/// one length byte).
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81 => {
-            let (&len, rest) = rest.split_first()?;
-            (usize::from(len), rest)
-        }
-        _ => return None,
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 #[cfg(test)]
@@ -233,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_custodians_signature_is_a_jws_signature_its_jwk_verifies() {
         let key = local(false);
-        assert_eq!(key.custody_name(), Some("meshca-jwt-1"));
+        assert_eq!(key.custody(), Some(("local", "meshca-jwt-1")));
         assert!(key.pkcs8().is_none(), "no key material to store");
         for _ in 0..32 {
             let signature = key.sign(b"header.claims").await.expect("signed");
@@ -259,31 +204,5 @@ mod tests {
             "{err:?}"
         );
         assert!(err.retry_after().is_some(), "the next one may verify");
-    }
-
-    #[test]
-    fn short_integers_are_padded_and_what_is_not_a_signature_is_refused() {
-        // r = 1, s = 0x80 (a leading zero keeps it positive).
-        let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80];
-        let fixed = fixed_width(&der, KeyType::EcP256).expect("a signature");
-        assert_eq!(fixed.len(), 64);
-        assert_eq!((fixed[31], fixed[63]), (1, 0x80));
-        assert!(fixed[..31].iter().chain(&fixed[32..63]).all(|b| *b == 0));
-        for bad in [
-            &[0x30, 0x03, 0x02, 0x01, 0x01][..],               // s missing
-            &[0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], // a SET
-            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], // trailing
-            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x05, 0x01], // short
-        ] {
-            assert_eq!(fixed_width(bad, KeyType::EcP256), None, "{bad:02x?}");
-        }
-        let mut long = vec![0x30, 0x26, 0x02, 0x21];
-        long.extend([0x7f; 33]);
-        long.extend([0x02, 0x01, 0x01]);
-        assert_eq!(
-            fixed_width(&long, KeyType::EcP256),
-            None,
-            "r wider than P-256"
-        );
     }
 }

@@ -21,7 +21,7 @@ use crate::ca::CaCertificate;
 use crate::error::TresorError;
 
 /// How long after a failed renewal the next is tried.
-pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(30);
+const RETRY_EVERY: Duration = Duration::from_secs(30);
 
 /// What signs leaves now, and the certificates between it and the root.
 pub(crate) struct Signing {
@@ -44,7 +44,6 @@ pub(crate) struct Chain {
     current: RwLock<Arc<Signing>>,
     renewal: Option<Renewal>,
     pub(crate) anchor: CertificateDer<'static>,
-    root_in_custody: bool,
 }
 
 impl Chain {
@@ -55,7 +54,6 @@ impl Chain {
         intermediate_validity: Option<Duration>,
     ) -> Result<Self, TresorError> {
         let anchor = root.der().clone();
-        let root_in_custody = root.in_custody();
         let Some(validity) = intermediate_validity else {
             let signing = Signing {
                 signer: root,
@@ -65,11 +63,10 @@ impl Chain {
                 current: RwLock::new(Arc::new(signing)),
                 renewal: None,
                 anchor,
-                root_in_custody,
             });
         };
         let intermediate = root.issue_intermediate(validity).await?;
-        tracing::info!(subject = %intermediate.subject(), not_after = %intermediate.not_after(), in_custody = root_in_custody, "signing leaves with a new intermediate");
+        tracing::info!(subject = %intermediate.subject(), not_after = %intermediate.not_after(), in_custody = root.in_custody(), "signing leaves with a new intermediate");
         Ok(Self {
             current: RwLock::new(Arc::new(Signing {
                 tail: vec![intermediate.der().clone()],
@@ -82,7 +79,6 @@ impl Chain {
                 renewing: AtomicBool::new(false),
             }),
             anchor,
-            root_in_custody,
         })
     }
 
@@ -93,7 +89,7 @@ impl Chain {
 
     /// Whether the key signing leaves is the root's, held in custody.
     pub(crate) fn signs_in_custody(&self) -> bool {
-        self.root_in_custody && self.renewal.is_none()
+        self.renewal.is_none() && self.current().signer.in_custody()
     }
 
     fn current(&self) -> Arc<Signing> {
@@ -191,7 +187,7 @@ impl Drop for Renewing<'_> {
 /// Whether an intermediate valid from `not_before` to `not_after` is to be
 /// renewed at `now`: two thirds of its life are over, and no renewal is
 /// held back until later (`not_until`).
-pub(crate) fn renewal_due(
+fn renewal_due(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     not_until: Option<OffsetDateTime>,

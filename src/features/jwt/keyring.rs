@@ -166,8 +166,8 @@ impl Keyring {
                     kid: k.key.kid().to_owned(),
                     key_type: k.key.key_type(),
                     pkcs8: k.key.pkcs8().map(|der| B64.encode(der)),
-                    custody: k.key.custody_name().map(|name| StoredCustody {
-                        backend: k.key.custody_backend().unwrap_or_default().to_owned(),
+                    custody: k.key.custody().map(|(backend, name)| StoredCustody {
+                        backend: backend.to_owned(),
                         name: name.to_owned(),
                     }),
                     times: k.times,
@@ -283,13 +283,7 @@ impl Keyring {
         let n = self
             .keys
             .iter()
-            .filter_map(|k| {
-                k.key
-                    .custody_name()?
-                    .strip_prefix(&stem)?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .filter_map(|k| k.key.custody()?.1.strip_prefix(&stem)?.parse::<u64>().ok())
             .max()
             .unwrap_or(0);
         format!("{stem}{}", n + 1)

@@ -268,7 +268,7 @@ impl Keeper {
         };
         self.store.save(&next, &loaded).await?;
         if let Some(new) = next.keys().last().filter(|k| k.times.published_at == now) {
-            tracing::info!(kid = new.key.kid(), custody = new.key.custody_name(), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
+            tracing::info!(kid = new.key.kid(), custody = new.key.custody().map(|(_, name)| name), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
         }
         Ok(next)
     }

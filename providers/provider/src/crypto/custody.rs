@@ -47,6 +47,14 @@ impl CustodyAlgorithm {
             .to_vec()
     }
 
+    /// The width of one coordinate (and of `r` and `s`), in bytes.
+    fn coordinate_len(self) -> usize {
+        match self {
+            Self::EcdsaP256 => 32,
+            Self::EcdsaP384 => 48,
+        }
+    }
+
     fn verification(self) -> &'static signature::EcdsaVerificationAlgorithm {
         match self {
             Self::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
@@ -186,6 +194,33 @@ pub async fn finish_certificate(
     let mut der = Vec::with_capacity(body.len() + 6);
     push_element(&mut der, 0x30, &body);
     Ok(CertificateDer::from(der))
+}
+
+/// A custodian's signature (a DER `ECDSA-Sig-Value`, `SEQUENCE { r
+/// INTEGER, s INTEGER }`) as JWS writes it (RFC 7518 §3.4): `r ‖ s`, each
+/// left-padded to `algorithm`'s coordinate width. `None` when it is not
+/// such a value for that width.
+pub fn jws_signature(algorithm: CustodyAlgorithm, der: &[u8]) -> Option<Vec<u8>> {
+    let width = algorithm.coordinate_len();
+    let (tag, body, rest) = element(der)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return None;
+    }
+    let (r_tag, r, rest) = element(body)?;
+    let (s_tag, s, rest) = element(rest)?;
+    if r_tag != 0x02 || s_tag != 0x02 || !rest.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(2 * width);
+    for integer in [r, s] {
+        let magnitude = &integer[integer.iter().take_while(|b| **b == 0).count()..];
+        if magnitude.is_empty() || magnitude.len() > width {
+            return None;
+        }
+        out.extend(std::iter::repeat_n(0, width - magnitude.len()));
+        out.extend_from_slice(magnitude);
+    }
+    Some(out)
 }
 
 /// The to-be-signed part and the signature algorithm (each a whole DER
@@ -338,6 +373,40 @@ mod tests {
         let again = finish_certificate(&done, &key).await.expect_err("signed");
         assert!(matches!(again, CustodyError::Malformed(_)), "{again}");
         assert!(finish_certificate(b"\x30\x03abc", &key).await.is_err());
+    }
+
+    #[test]
+    fn jws_signatures_are_padded_and_what_is_not_a_signature_is_refused() {
+        // r = 1, s = 0x80 (a leading zero keeps it positive).
+        let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80];
+        let fixed = jws_signature(CustodyAlgorithm::EcdsaP256, &der).expect("a signature");
+        assert_eq!(fixed.len(), 64);
+        assert_eq!((fixed[31], fixed[63]), (1, 0x80));
+        assert!(fixed[..31].iter().chain(&fixed[32..63]).all(|b| *b == 0));
+        assert_eq!(
+            jws_signature(CustodyAlgorithm::EcdsaP384, &der).map(|f| f.len()),
+            Some(96)
+        );
+        for bad in [
+            &[0x30, 0x03, 0x02, 0x01, 0x01][..],               // s missing
+            &[0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], // a SET
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], // trailing
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x05, 0x01], // short
+        ] {
+            assert_eq!(
+                jws_signature(CustodyAlgorithm::EcdsaP256, bad),
+                None,
+                "{bad:02x?}"
+            );
+        }
+        let mut long = vec![0x30, 0x26, 0x02, 0x21];
+        long.extend([0x7f; 33]);
+        long.extend([0x02, 0x01, 0x01]);
+        assert_eq!(
+            jws_signature(CustodyAlgorithm::EcdsaP256, &long),
+            None,
+            "r wider than P-256"
+        );
     }
 
     #[test]
