@@ -29,6 +29,7 @@ fn agent_config(
         ttl: Some(ttl),
         once: false,
         bundle_refresh: Duration::from_millis(500),
+        crl_refresh: Duration::from_millis(500),
         key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
     }
 }

@@ -236,6 +236,7 @@ impl Agent {
                 ttl: Some(Duration::from_secs(600)),
                 once: false,
                 bundle_refresh: Duration::from_millis(300),
+                crl_refresh: Duration::from_millis(300),
                 key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
             },
             shutdown.clone(),

@@ -80,6 +80,7 @@ fn agent(
             ttl: Some(Duration::from_secs(6)),
             once: false,
             bundle_refresh: Duration::from_millis(300),
+            crl_refresh: Duration::from_millis(300),
             key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
         },
         shutdown,

@@ -297,6 +297,7 @@ async fn a_root_rotated_inside_vault_reaches_the_bundle_and_new_leaves_chain_to_
             ttl: Some(Duration::from_secs(3600)),
             once: false,
             bundle_refresh: Duration::from_millis(300),
+            crl_refresh: Duration::from_millis(300),
             key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
         },
         shutdown.clone(),

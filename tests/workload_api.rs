@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use support::TestDaemon;
 use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 const TRUST_DOMAIN_ID: &str = "spiffe://cluster.local";
 
@@ -92,6 +93,7 @@ impl Agent {
                 ttl: Some(ttl),
                 once: false,
                 bundle_refresh,
+                crl_refresh: bundle_refresh,
                 key_algorithm,
             },
             shutdown.clone(),
@@ -237,6 +239,52 @@ async fn py_spiffe_gets_a_valid_svid_and_bundle_and_renewals_arrive_on_an_open_s
         "push latency from renewal to py-spiffe: {:.1} ms",
         latency * 1000.0
     );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_x509_messages_carry_the_crls_and_a_revocation_reaches_them() {
+    let d = TestDaemon::start_from_file("").await;
+    let agent = Agent::start(&d, Duration::from_secs(3600), |_| {}).await;
+    let crls = |v: &Value, key: &str| v[key].as_array().expect("a list").clone();
+    let first = &agent.run_client(&["crls"]).await[0];
+    for key in ["svid_response", "bundles_response"] {
+        let lists = crls(first, key);
+        assert_eq!(lists.len(), 1, "{key}: the root's list: {first}");
+        assert_eq!(lists[0]["revoked"], serde_json::json!([]), "{first}");
+    }
+    // Revoke the workload's own certificate, as an operator would.
+    let pem = std::fs::read_to_string(agent.out.join("cert.pem")).expect("cert.pem");
+    let der = support::certs(&pem).remove(0);
+    let (_, leaf) = X509Certificate::from_der(&der).expect("leaf");
+    let serial = leaf.raw_serial_as_string().replace(':', "");
+    let config = d.dir.path().join("meshca.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["certificate", "revoke", "--serial", &serial, "-c"])
+        .arg(&config)
+        .output()
+        .expect("meshca");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = serde_json::json!([serial.trim_start_matches('0').to_lowercase()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = &agent.run_client(&["crls"]).await[0];
+        if ["svid_response", "bundles_response"]
+            .iter()
+            .all(|key| crls(now, key)[0]["revoked"] == expected)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revocation never reached the Workload API: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     agent.stop().await;
 }
 

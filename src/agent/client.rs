@@ -127,6 +127,7 @@ impl SigningApi {
             key_pem: Zeroizing::new(key.serialize_pem()),
             bundle_pem: issued.trust_bundle,
             federated: super::Federated::default(),
+            crl_pem: None,
             generation,
         })
     }
@@ -152,6 +153,37 @@ impl SigningApi {
         meshca_provider::pem::decode_certificates(text.as_bytes())
             .map_err(AgentError::InvalidResponse)?;
         Ok((text, generation))
+    }
+
+    /// The CRLs in PEM (`GET /v1/crl`), each checked to be a CRL; `None`
+    /// from a server whose provider cannot revoke, or that predates
+    /// revocation.
+    pub(super) async fn crls(&self, held: &Held) -> Result<Option<String>, AgentError> {
+        let client = self.client(Some(held), false)?;
+        let url = self.url("/v1/crl");
+        let request = client
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "application/x-pem-file");
+        let response = request
+            .send()
+            .await
+            .map_err(|source| AgentError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let response = match refused(response).await {
+            Ok(response) => response,
+            Err(AgentError::Refused {
+                status: 404 | 501, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let text = response
+            .text()
+            .await
+            .map_err(|source| AgentError::Transport { url, source })?;
+        check_crls(&text).map_err(AgentError::InvalidResponse)?;
+        Ok(Some(text))
     }
 
     /// The federated bundles `held`'s identity receives (`GET
@@ -328,6 +360,21 @@ async fn exchange<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
     Ok((body, generation))
+}
+
+/// Every PEM block of `text` is a CRL, and there is one.
+fn check_crls(text: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut count = 0;
+    for crl in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(text.as_bytes()) {
+        let crl = crl.map_err(|e| format!("the CRLs: {e}"))?;
+        x509_parser::parse_x509_crl(&crl).map_err(|e| format!("a CRL does not parse: {e}"))?;
+        count += 1;
+    }
+    match count {
+        0 => Err("the server sent no CRL".into()),
+        _ => Ok(()),
+    }
 }
 
 /// Pass a successful response through; turn an error answer into

@@ -38,6 +38,9 @@ impl Layout {
             ("cert.pem".to_owned(), held.chain_pem.clone().into(), 0o644),
             ("ca.pem".to_owned(), held.bundle_pem.clone().into(), 0o644),
         ];
+        if let Some(crls) = &held.crl_pem {
+            files.push(("crl.pem".to_owned(), crls.clone().into(), 0o644));
+        }
         if self.spiffe {
             let credential = format!("{}{}", held.key_pem.as_str(), held.chain_pem);
             files.push(("credential-bundle.pem".to_owned(), credential.into(), 0o600));

@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub once: bool,
     /// How often the trust bundle is re-fetched between renewals.
     pub bundle_refresh: Duration,
+    /// How often the CRLs are re-fetched: a revocation reaches the
+    /// workload's data plane within this (plus the daemon's few seconds).
+    pub crl_refresh: Duration,
     /// The workload's key algorithm (`ecdsa-p256` by default; `ml-dsa-65`
     /// for a post-quantum identity, signed under a post-quantum root).
     pub key_algorithm: KeyAlgorithmName,
@@ -138,6 +141,8 @@ struct Held {
     bundle_pem: String,
     /// The federated trust domains' bundles this identity receives.
     federated: Federated,
+    /// The CRLs, in PEM, when the server publishes them.
+    crl_pem: Option<String>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     /// The signer generation that issued it, when the server said.
@@ -271,6 +276,13 @@ async fn renew(
                             .unwrap_or_default()
                     }
                 };
+                new.crl_pem = match api.crls(&new).await {
+                    Ok(crls) => crls,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to fetch the CRLs; keeping those held");
+                        held.as_ref().and_then(|h| h.crl_pem.clone())
+                    }
+                };
                 outputs.deliver(&new).await?;
                 outputs.refresh_jwt_keys().await;
                 tracing::info!(not_after = %new.not_after, "delivered a new certificate");
@@ -304,8 +316,9 @@ async fn renew(
     }
 }
 
-/// Wait for the renewal point, following bundle changes meanwhile and
-/// renewing early after a change of signer. False when stopped.
+/// Wait for the renewal point, following bundle and CRL changes
+/// meanwhile and renewing early after a change of signer. False when
+/// stopped.
 async fn follow_until_renewal(
     config: &AgentConfig,
     api: &SigningApi,
@@ -321,50 +334,93 @@ async fn follow_until_renewal(
     );
     let mut renew_at = tokio::time::Instant::now() + renew_in;
     tracing::info!(renew_in = ?renew_in, "next renewal scheduled");
+    let start = tokio::time::Instant::now();
+    let (mut next_bundle, mut next_crl) =
+        (start + config.bundle_refresh, start + config.crl_refresh);
     loop {
-        let next_bundle_check = (tokio::time::Instant::now() + config.bundle_refresh).min(renew_at);
         tokio::select! {
             () = stop.cancelled() => return Ok(false),
-            () = tokio::time::sleep_until(next_bundle_check) => {}
+            () = tokio::time::sleep_until(next_bundle.min(next_crl).min(renew_at)) => {}
         }
-        if tokio::time::Instant::now() >= renew_at {
+        let now = tokio::time::Instant::now();
+        if now >= renew_at {
             return Ok(true);
         }
-        outputs.refresh_jwt_keys().await;
-        let (bundle, generation) = match api.bundle(h).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::warn!(error = %e, "failed to refresh the trust bundle");
-                continue;
+        let mut changed = false;
+        if now >= next_crl {
+            next_crl = now + config.crl_refresh;
+            changed |= refresh_crls(api, h).await;
+        }
+        if now >= next_bundle {
+            next_bundle = now + config.bundle_refresh;
+            outputs.refresh_jwt_keys().await;
+            if let Some((bundles_changed, generation)) = refresh_bundles(api, h).await {
+                changed |= bundles_changed;
+                renew_at = renew_at.min(renewal_after_switch(h, generation).unwrap_or(renew_at));
             }
-        };
-        let mut changed = bundle != h.bundle_pem;
-        h.bundle_pem = bundle;
-        match api.federated(h).await {
-            Ok(federated) if federated != h.federated => {
-                tracing::info!(trust_domains = ?federated.keys().collect::<Vec<_>>(), "the federated bundles changed");
-                h.federated = federated;
-                changed = true;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "failed to refresh the federated bundles"),
         }
         if changed {
             outputs.deliver(h).await?;
-            tracing::info!("the trust bundle changed; delivered it");
+            tracing::info!("the trust bundle or the CRLs changed; delivered them");
         }
-        if let (Some(now), Some(mine)) = (generation, h.generation) {
-            if now != mine {
-                let lifetime = (h.not_after - h.not_before)
-                    .try_into()
-                    .unwrap_or(Duration::ZERO);
-                let soon = tokio::time::Instant::now() + early_renewal(lifetime);
-                if soon < renew_at {
-                    tracing::info!(generation = now, "the signer changed; renewing early");
-                    renew_at = soon;
-                }
-                h.generation = Some(now);
-            }
+    }
+}
+
+/// When to renew after the server said its signer generation is
+/// `generation`: soon when it differs from the held certificate's.
+fn renewal_after_switch(h: &mut Held, generation: Option<u64>) -> Option<tokio::time::Instant> {
+    let (Some(now), Some(mine)) = (generation, h.generation) else {
+        return None;
+    };
+    if now == mine {
+        return None;
+    }
+    h.generation = Some(now);
+    let lifetime = (h.not_after - h.not_before)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tracing::info!(generation = now, "the signer changed; renewing early");
+    Some(tokio::time::Instant::now() + early_renewal(lifetime))
+}
+
+/// Fetch the bundle and the federated bundles into `h`: whether either
+/// changed, and the server's signer generation; `None` when the bundle
+/// could not be fetched.
+async fn refresh_bundles(api: &SigningApi, h: &mut Held) -> Option<(bool, Option<u64>)> {
+    let (bundle, generation) = match api.bundle(h).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to refresh the trust bundle");
+            return None;
+        }
+    };
+    let mut changed = bundle != h.bundle_pem;
+    h.bundle_pem = bundle;
+    match api.federated(h).await {
+        Ok(federated) if federated != h.federated => {
+            tracing::info!(trust_domains = ?federated.keys().collect::<Vec<_>>(), "the federated bundles changed");
+            h.federated = federated;
+            changed = true;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "failed to refresh the federated bundles"),
+    }
+    Some((changed, generation))
+}
+
+/// Fetch the CRLs into `h`; whether they changed. Those held are kept
+/// when the server cannot be asked.
+async fn refresh_crls(api: &SigningApi, h: &mut Held) -> bool {
+    match api.crls(h).await {
+        Ok(crls) if crls != h.crl_pem => {
+            tracing::info!("the CRLs changed");
+            h.crl_pem = crls;
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to refresh the CRLs; keeping those held");
+            false
         }
     }
 }
@@ -382,6 +438,7 @@ async fn load_held(dir: &Path) -> Result<Held, AgentError> {
     let chain_pem = read("cert.pem").await?;
     let key_pem = Zeroizing::new(read("key.pem").await?);
     let bundle_pem = read("ca.pem").await?;
+    let crl_pem = read("crl.pem").await.ok();
     let chain = meshca_provider::pem::decode_certificates(chain_pem.as_bytes())
         .map_err(|e| AgentError::Setup(format!("cert.pem: {e}")))?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
@@ -404,6 +461,7 @@ async fn load_held(dir: &Path) -> Result<Held, AgentError> {
         key_pem,
         bundle_pem,
         federated: Federated::default(),
+        crl_pem,
         not_before,
         not_after,
         generation: None,

@@ -29,6 +29,8 @@ pub(crate) struct Svid {
     /// The federated trust domains' X.509 authorities, concatenated DER,
     /// by `spiffe://<trust domain>`.
     pub federated: std::collections::BTreeMap<String, Vec<u8>>,
+    /// The CRLs, each DER, as the Workload API's `crl` fields carry them.
+    pub crl: Vec<Vec<u8>>,
 }
 
 /// Why a held certificate cannot be served as an X509-SVID.
@@ -51,6 +53,7 @@ impl Svid {
         key_pem: &str,
         bundle_pem: &str,
         federated: &super::Federated,
+        crl_pem: Option<&str>,
     ) -> Result<Self, SvidError> {
         let encoding = |what: &str, e: String| SvidError::Encoding(format!("{what}: {e}"));
         let chain = meshca_provider::pem::decode_certificates(chain_pem.as_bytes())
@@ -59,6 +62,15 @@ impl Svid {
             .map_err(|e| encoding("trust bundle", e))?;
         let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| encoding("private key (PKCS#8)", e.to_string()))?;
+        let crl = crl_pem
+            .map(|pem| {
+                rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                    .map(|c| c.map(|c| c.as_ref().to_vec()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| encoding("CRLs", e.to_string()))?
+            .unwrap_or_default();
         let spiffe_id = identity.spiffe_id();
         check_leaf(&chain[0], &spiffe_id)?;
         Ok(Self {
@@ -80,6 +92,7 @@ impl Svid {
                     )
                 })
                 .collect(),
+            crl,
         })
     }
 }
@@ -140,7 +153,7 @@ mod tests {
 
     fn convert(edit: impl FnOnce(&mut CertificateParams)) -> Result<Svid, SvidError> {
         let (cert, key) = issue(edit);
-        Svid::from_pem(&identity(), &cert, &key, &cert, &Default::default())
+        Svid::from_pem(&identity(), &cert, &key, &cert, &Default::default(), None)
     }
 
     #[test]
@@ -194,6 +207,7 @@ mod tests {
             "-----BEGIN EC PRIVATE KEY-----\n-----END EC PRIVATE KEY-----\n",
             &cert,
             &Default::default(),
+            None,
         )
         .err();
         assert!(matches!(err, Some(SvidError::Encoding(m)) if m.contains("PKCS#8")));

@@ -31,6 +31,12 @@ pub enum ApiError {
     BundleNotHeld(String),
     /// 405 `method_not_allowed`: the endpoint exists, not for this method.
     MethodNotAllowed,
+    /// 501 `not_supported`: the provider signing now cannot do what the
+    /// endpoint serves (revocation with cert-manager); why.
+    NotSupported(String),
+    /// 503 `not_ready`: what the endpoint serves is being made (the first
+    /// CRLs after a start).
+    NotReady(&'static str),
     /// 431 `headers_too_large`: the request headers exceed the limit.
     HeadersTooLarge(usize),
 }
@@ -74,6 +80,8 @@ impl ApiError {
             Self::UnknownTrustDomain(_) => "unknown_trust_domain",
             Self::BundleNotHeld(_) => "bundle_not_held",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotSupported(_) => "not_supported",
+            Self::NotReady(_) => "not_ready",
             Self::HeadersTooLarge(_) => "headers_too_large",
         }
     }
@@ -87,6 +95,8 @@ impl ApiError {
             }
             Self::BundleNotHeld(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -106,6 +116,8 @@ impl ApiError {
                 "the bundle of federated trust domain {td} has not been fetched yet; see meshca_federated_bundle_fetches_total"
             ),
             Self::MethodNotAllowed => "this endpoint does not take this method".into(),
+            Self::NotSupported(why) => why.clone(),
+            Self::NotReady(what) => format!("{what} are being made; try again in a moment"),
             Self::HeadersTooLarge(limit) => {
                 format!("the request headers exceed {limit} bytes")
             }
@@ -116,6 +128,7 @@ impl ApiError {
         match self {
             Self::Refused(r) => r.retry_after(),
             Self::BundleNotHeld(_) => Some(Duration::from_secs(5)),
+            Self::NotReady(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

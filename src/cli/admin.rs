@@ -109,15 +109,9 @@ pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) ->
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let cluster = match &config.kubernetes {
-        Some(k) => match crate::cluster::connect(k).await {
-            Ok(client) => client.map(|c| (c, k.namespace.clone())),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let cluster = match crate::feature::cluster(&config.common()).await {
+        Ok(client) => client.map(|(c, ns)| (c, ns.to_owned())),
+        Err(code) => return code,
     };
     let (changed, place) = match cluster {
         Some((client, ns)) => (

@@ -119,6 +119,10 @@ struct AgentArgs {
     /// How often to re-fetch the trust bundle between renewals.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     bundle_refresh: Duration,
+    /// How often to re-fetch the CRLs (crl.pem, the Workload API's crl
+    /// fields): a revocation reaches this workload within it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    crl_refresh: Duration,
     /// Exit after the first certificate is written.
     #[arg(long)]
     once: bool,
@@ -145,6 +149,7 @@ impl AgentArgs {
             ttl: self.ttl,
             once: self.once,
             bundle_refresh: self.bundle_refresh,
+            crl_refresh: self.crl_refresh,
             key_algorithm: self.key_algorithm,
         }
     }

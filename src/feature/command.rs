@@ -36,3 +36,22 @@ pub trait Settings: Send {
     /// The features in force.
     fn features(&self) -> &Features;
 }
+
+/// The cluster a command's config reaches, with meshca's namespace;
+/// `None` without one. A failure to connect is said on standard error and
+/// is the command's exit status.
+///
+/// # Errors
+/// [`ExitCode::FAILURE`] when the cluster cannot be reached.
+pub async fn cluster<'a>(common: &Common<'a>) -> Result<Option<(kube::Client, &'a str)>, ExitCode> {
+    let Some(k) = common.kubernetes else {
+        return Ok(None);
+    };
+    match crate::cluster::connect(k).await {
+        Ok(client) => Ok(client.map(|c| (c, k.namespace.as_str()))),
+        Err(e) => {
+            eprintln!("error: {}", crate::report::error_chain(&e));
+            Err(ExitCode::FAILURE)
+        }
+    }
+}

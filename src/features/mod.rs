@@ -9,6 +9,7 @@ pub mod ingress;
 pub mod istio_ca;
 pub mod jwt;
 pub mod pod_certificates;
+pub mod revocation;
 
 use crate::feature::Definition;
 
@@ -20,4 +21,5 @@ pub const ALL: &[&Definition] = &[
     &istio_ca::FEATURE,
     &ingress::FEATURE,
     &events::FEATURE,
+    &revocation::FEATURE,
 ];

@@ -5,6 +5,7 @@ line for the Rust test to check.
   client.py fetch             the SVID and bundles, validated by py-spiffe
   client.py watch N SECONDS   an open FetchX509SVID stream until N distinct SVIDs
   client.py bundles N SECONDS an open FetchX509Bundles stream until N messages
+  client.py crls              the CRLs of the first FetchX509SVID and FetchX509Bundles messages
   client.py no-header         a call without the security header
   client.py jwt AUDIENCE      a JWT-SVID, the JWT bundles, and the token validated
   client.py jwt-check TOKEN AUDIENCE   ValidateJWTSVID's verdict on TOKEN
@@ -119,6 +120,27 @@ def bundles(count, seconds):
         if n >= count:
             stream.cancel()
             break
+
+
+def describe_crls(crls):
+    out = []
+    for der in crls:
+        crl = cx509.load_der_x509_crl(der)
+        out.append({
+            "issuer": crl.issuer.rfc4514_string(),
+            "revoked": sorted(format(r.serial_number, "x") for r in crl),
+        })
+    return out
+
+
+def crls():
+    header = [("workload.spiffe.io", "true")]
+    svid = next(raw_stub().FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=header, timeout=10))
+    bundles = next(raw_stub().FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=header, timeout=10))
+    emit({
+        "svid_response": describe_crls(svid.crl),
+        "bundles_response": describe_crls(bundles.crl),
+    })
 
 
 def no_header():
@@ -262,6 +284,8 @@ if __name__ == "__main__":
         bundles(int(args[0]), float(args[1]))
     elif command == "no-header":
         no_header()
+    elif command == "crls":
+        crls()
     elif command == "jwt":
         jwt(args[0])
     elif command == "jwt-fetch":

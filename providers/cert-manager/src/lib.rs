@@ -247,6 +247,14 @@ impl Provider for CertManager {
         CAPABILITIES
     }
 
+    /// cert-manager has no revocation: a CertificateRequest's issuer
+    /// signs and forgets.
+    fn revocation(&self) -> meshca_provider::revocation::Revocation {
+        meshca_provider::revocation::Revocation::Cannot(
+            "cert-manager has no revocation (an issued CertificateRequest cannot be revoked); deny the identity (meshca identity deny) and keep certificates short (certificates.max_ttl), or sign with Tresor",
+        )
+    }
+
     async fn sign(
         &self,
         csr: &ValidatedCsr,

@@ -3,6 +3,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::revocation::{CrlRequest, Revocation, SignedCrl};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 use webpki::{anchor_from_trusted_cert, EndEntityCert, KeyUsage};
@@ -195,6 +196,28 @@ impl Checked {
     /// The backend's health.
     pub async fn health(&self) -> Health {
         self.inner.health().await
+    }
+
+    /// See [`Provider::revocation`].
+    pub fn revocation(&self) -> Revocation {
+        self.inner.revocation()
+    }
+
+    /// The backend's CRLs over `request`.
+    ///
+    /// # Errors
+    /// As the backend's; a backend that cannot revoke is not asked.
+    pub async fn revocation_lists(
+        &self,
+        request: &CrlRequest,
+    ) -> Result<Vec<SignedCrl>, ProviderError> {
+        match self.inner.revocation() {
+            Revocation::SignsCrls => self.inner.revocation_lists(request).await,
+            Revocation::Cannot(why) => Err(ProviderError::Misconfigured(format!(
+                "the {} provider cannot revoke certificates: {why}",
+                self.inner.kind()
+            ))),
+        }
     }
 }
 

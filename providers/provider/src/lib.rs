@@ -23,6 +23,7 @@ mod identity;
 mod leaf;
 pub mod pem;
 mod provider;
+pub mod revocation;
 
 pub use checked::{Checked, Issued};
 pub use csr::{CsrError, KeyAlgorithm, ValidatedCsr};

@@ -3,6 +3,7 @@ use std::fmt;
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
+use crate::revocation::{CrlRequest, Revocation, SignedCrl};
 use crate::{LeafProfile, ProviderError, ValidatedCsr};
 
 /// Which backend signs.
@@ -148,5 +149,29 @@ pub trait Provider: Send + Sync + 'static {
     /// beyond it before the backend is asked.
     fn capabilities(&self) -> Capabilities {
         Capabilities::CLASSICAL
+    }
+
+    /// Whether it can revoke what it issued.
+    fn revocation(&self) -> Revocation {
+        Revocation::Cannot("this provider cannot revoke certificates")
+    }
+
+    /// The CRLs listing `request`'s serials, one per CA it issues under
+    /// (each CA that signs leaves now or signed leaves still valid, and the
+    /// CAs above them, so that a verifier checking every CA of a chain
+    /// finds a list for each). Only asked when [`Provider::revocation`]
+    /// says it signs CRLs.
+    ///
+    /// # Errors
+    /// [`ProviderError`]: the lists could not be signed now.
+    async fn revocation_lists(
+        &self,
+        request: &CrlRequest,
+    ) -> Result<Vec<SignedCrl>, ProviderError> {
+        let _ = request;
+        Err(ProviderError::Misconfigured(format!(
+            "the {} provider cannot revoke certificates",
+            self.kind()
+        )))
     }
 }

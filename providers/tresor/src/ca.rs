@@ -25,6 +25,7 @@ pub struct CaCertificate {
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    last_crl: crate::crl::LastCrl,
 }
 
 impl std::fmt::Debug for CaCertificate {
@@ -96,6 +97,7 @@ impl CaCertificate {
             subject,
             not_before,
             not_after,
+            last_crl: crate::crl::LastCrl::default(),
         })
     }
 
@@ -185,6 +187,7 @@ impl CaCertificate {
             subject,
             not_before,
             not_after,
+            last_crl: crate::crl::LastCrl::default(),
         }
     }
 
@@ -231,6 +234,10 @@ impl CaCertificate {
 
     pub(crate) fn issuer(&self) -> &Issuer<'static, CaKey> {
         &self.issuer
+    }
+
+    pub(crate) fn last_crl(&self) -> &crate::crl::LastCrl {
+        &self.last_crl
     }
 }
 

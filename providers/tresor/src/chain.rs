@@ -17,6 +17,8 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+use meshca_provider::revocation::{CrlRequest, SignedCrl};
+
 use crate::ca::CaCertificate;
 use crate::error::TresorError;
 
@@ -42,6 +44,9 @@ struct Renewal {
 
 pub(crate) struct Chain {
     current: RwLock<Arc<Signing>>,
+    /// Intermediates renewed away whose leaves may still be valid: they
+    /// still sign their CRLs until they expire.
+    replaced: Mutex<Vec<Arc<Signing>>>,
     renewal: Option<Renewal>,
     pub(crate) anchor: CertificateDer<'static>,
 }
@@ -61,6 +66,7 @@ impl Chain {
             };
             return Ok(Self {
                 current: RwLock::new(Arc::new(signing)),
+                replaced: Mutex::default(),
                 renewal: None,
                 anchor,
             });
@@ -72,6 +78,7 @@ impl Chain {
                 tail: vec![intermediate.der().clone()],
                 signer: intermediate,
             })),
+            replaced: Mutex::default(),
             renewal: Some(Renewal {
                 root,
                 validity,
@@ -146,7 +153,14 @@ impl Chain {
                     tail: vec![new.der().clone()],
                     signer: new,
                 });
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = signing.clone();
+                let old = std::mem::replace(
+                    &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+                    signing.clone(),
+                );
+                let mut replaced = self.replaced.lock().unwrap_or_else(PoisonError::into_inner);
+                replaced.retain(|r| r.signer.not_after() > now);
+                replaced.push(old);
+                drop(replaced);
                 later(None);
                 signing
             }
@@ -162,6 +176,34 @@ impl Chain {
                 current.clone()
             }
         }
+    }
+}
+
+impl Chain {
+    /// The CRLs of this chain over `request`: the CA signing leaves now,
+    /// the intermediates it replaced until they expire, and the root
+    /// above them.
+    pub(crate) async fn revocation_lists(
+        &self,
+        request: &CrlRequest,
+    ) -> Result<Vec<SignedCrl>, TresorError> {
+        let current = self.current();
+        let replaced: Vec<Arc<Signing>> = {
+            let replaced = self.replaced.lock().unwrap_or_else(PoisonError::into_inner);
+            replaced
+                .iter()
+                .filter(|r| r.signer.not_after() > request.this_update)
+                .cloned()
+                .collect()
+        };
+        let mut lists = vec![current.signer.crl(request, true).await?];
+        for old in replaced {
+            lists.push(old.signer.crl(request, false).await?);
+        }
+        if let Some(renewal) = &self.renewal {
+            lists.push(renewal.root.crl(request, false).await?);
+        }
+        Ok(lists)
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod ca;
 mod chain;
+mod crl;
 mod error;
 mod key;
 mod leaf;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chain::Chain;
 use meshca_provider::crypto::custody::Custody;
+use meshca_provider::revocation::{CrlRequest, Revocation, SignedCrl};
 use meshca_provider::{
     Capabilities, Health, LeafProfile, PostQuantum, Provider, ProviderError, ProviderKind,
     SignatureCheck, SignedChain, ValidatedCsr,
@@ -188,6 +190,31 @@ impl Provider for Tresor {
                 Health::Healthy
             }
         }
+    }
+
+    fn revocation(&self) -> Revocation {
+        Revocation::SignsCrls
+    }
+
+    /// One CRL per CA of each chain (see [`Chain::revocation_lists`]),
+    /// the classical chain's first.
+    async fn revocation_lists(
+        &self,
+        request: &CrlRequest,
+    ) -> Result<Vec<SignedCrl>, ProviderError> {
+        let mut lists = self
+            .classical
+            .revocation_lists(request)
+            .await
+            .map_err(TresorError::into_provider)?;
+        if let Some(pq) = &self.post_quantum {
+            let more = pq
+                .revocation_lists(request)
+                .await
+                .map_err(TresorError::into_provider)?;
+            lists.extend(more);
+        }
+        Ok(lists)
     }
 
     /// The signing keys were checked against their certificates when

@@ -138,6 +138,14 @@ impl Provider for Vault {
     /// A role with `use_csr_sans` signs only the names a CSR carries; an
     /// unreadable role is taken at its word (meshca's names), and a leaf
     /// without them is refused after signing, naming the setting.
+    /// Vault keeps the list of what its PKI engine revoked (`pki/revoke`)
+    /// and signs the mount's CRL; meshca does not drive it yet.
+    fn revocation(&self) -> meshca_provider::revocation::Revocation {
+        meshca_provider::revocation::Revocation::Cannot(
+            "meshca does not revoke through Vault's PKI engine yet: revoke with `bao write pki/revoke serial_number=...` and serve the mount's CRL (pki/crl), or deny the identity (meshca identity deny)",
+        )
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             names_from_profile: !self.pki.settings.is_some_and(|s| s.use_csr_sans),

@@ -78,6 +78,7 @@ impl Publisher {
             &held.key_pem,
             &held.bundle_pem,
             &held.federated,
+            held.crl_pem.as_deref(),
         ) {
             Ok(svid) => Served::Ready(Arc::new(svid)),
             Err(e) => {
@@ -224,7 +225,7 @@ fn svid_response(svid: &Svid) -> proto::X509svidResponse {
             bundle: svid.bundle.clone(),
             hint: String::new(),
         }],
-        crl: Vec::new(),
+        crl: svid.crl.clone(),
         federated_bundles: svid
             .federated
             .iter()
@@ -235,7 +236,7 @@ fn svid_response(svid: &Svid) -> proto::X509svidResponse {
 
 fn bundles_response(svid: &Svid) -> proto::X509BundlesResponse {
     proto::X509BundlesResponse {
-        crl: Vec::new(),
+        crl: svid.crl.clone(),
         bundles: std::iter::once((svid.trust_domain_id.clone(), svid.bundle.clone()))
             .chain(svid.federated.iter().map(|(k, v)| (k.clone(), v.clone())))
             .collect(),
@@ -373,6 +374,7 @@ impl SpiffeWorkloadApi for Service {
                 a.trust_domain_id == b.trust_domain_id
                     && a.bundle == b.bundle
                     && a.federated == b.federated
+                    && a.crl == b.crl
             },
             bundles_response,
         )))

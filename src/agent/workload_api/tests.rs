@@ -26,6 +26,7 @@ fn held(is_ca: IsCa, bundle_pem: Option<&str>) -> Held {
         bundle_pem: bundle_pem.map_or_else(|| cert.clone(), str::to_owned),
         chain_pem: cert,
         federated: Default::default(),
+        crl_pem: None,
         key_pem: Zeroizing::new(key.serialize_pem()),
         not_before: OffsetDateTime::now_utc(),
         not_after: OffsetDateTime::now_utc() + Duration::from_secs(3600),

@@ -56,15 +56,9 @@ async fn rotate(settings: Box<dyn Settings>) -> ExitCode {
         eprintln!("error: JWT-SVIDs are not enabled in this config (jwt_svids.enabled)");
         return ExitCode::from(EX_USAGE);
     };
-    let client = match common.kubernetes {
-        Some(k) => match crate::cluster::connect(k).await {
-            Ok(client) => client.map(|c| (c, k.namespace.as_str())),
-            Err(e) => {
-                eprintln!("error: {}", crate::report::error_chain(&e));
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let client = match crate::feature::cluster(&common).await {
+        Ok(client) => client,
+        Err(code) => return code,
     };
     let store = KeyStore::new(client, common.state_dir);
     let place = store.describe();

@@ -189,6 +189,7 @@ async fn agent_chain(d: &TestDaemon, dir: &Path) -> String {
         ttl: None,
         once: true,
         bundle_refresh: Duration::from_secs(1),
+        crl_refresh: Duration::from_secs(1),
         key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
     };
     tokio::time::timeout(

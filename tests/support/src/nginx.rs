@@ -27,6 +27,20 @@ impl Drop for Nginx {
     }
 }
 
+impl Nginx {
+    /// Reload the configuration and the files it names (SIGHUP to the
+    /// master), as an operator does after new certificates or CRLs; waits
+    /// for the new workers.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "nginx is gone");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn binary() -> PathBuf {
     for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
         if Path::new(p).exists() {

@@ -1,0 +1,522 @@
+//! Revocation end to end with real verifiers: `meshca certificate revoke`
+//! (the binary), the CRLs at `GET /v1/crl` and in the agent's `crl.pem`,
+//! Debian's nginx terminating mTLS with `ssl_crl`, `openssl verify
+//! -crl_check`, `curl --crlfile`, and `cryptography` checking every CRL's
+//! signature against its issuing CA. The ledger survives a restart, and
+//! one that cannot be read stops the start.
+
+use meshca_test_support as support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use meshca::AgentConfig;
+use support::TestDaemon;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshca");
+
+/// The daemon's config, also written to a file for the CLI.
+async fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
+    let d = TestDaemon::start(extra).await;
+    let path = d.dir.path().join("meshca.yaml");
+    std::fs::write(&path, support::config_yaml(d.dir.path(), extra)).expect("config file");
+    (d, path)
+}
+
+fn meshca(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("meshca runs")
+}
+
+fn revoke(config: &Path, serial: &str) -> Output {
+    meshca(&[
+        "certificate",
+        "revoke",
+        "-c",
+        &config.display().to_string(),
+        "--serial",
+        serial,
+        "--reason",
+        "drill",
+    ])
+}
+
+/// An agent for `ns/sa` writing to `out`, following the bundle and the
+/// CRLs every half second, until the token is cancelled.
+fn agent(d: &TestDaemon, work: &Path, ns: &str, sa: &str) -> (PathBuf, CancellationToken) {
+    let token_file = work.join(format!("{sa}.token"));
+    std::fs::write(&token_file, d.token(ns, sa)).expect("token file");
+    let out = work.join(sa);
+    let config = AgentConfig {
+        server: d.url(""),
+        ca_file: d.bundle_path(),
+        token_file: Some(token_file),
+        out_dir: Some(out.clone()),
+        spiffe_files: false,
+        workload_api: None,
+        ttl: Some(Duration::from_secs(3600)),
+        once: false,
+        bundle_refresh: Duration::from_millis(500),
+        crl_refresh: Duration::from_millis(500),
+        key_algorithm: meshca::KeyAlgorithmName::EcdsaP256,
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(meshca::run_agent(config, stop.clone()));
+    (out, stop)
+}
+
+/// `openssl x509 -serial` of `cert.pem` in `out`: the hexadecimal an
+/// operator copies.
+fn serial_of(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().trim_start_matches("serial=").to_owned()
+}
+
+/// Whether `crl.pem` (every list) names `serial`, as openssl prints it.
+fn crl_lists(crl: &Path, serial: &str) -> bool {
+    let Ok(pem) = std::fs::read_to_string(crl) else {
+        return false;
+    };
+    pem.split_inclusive("-----END X509 CRL-----\n")
+        .any(|block| {
+            let mut child = Command::new("openssl")
+                .args(["crl", "-noout", "-text"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            use std::io::Write;
+            let _ = child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(block.as_bytes());
+            let out = child.wait_with_output().expect("openssl");
+            String::from_utf8_lossy(&out.stdout).contains(&format!("Serial Number: {serial}"))
+        })
+}
+
+async fn wait_until_listed(crl: &Path, serial: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !crl_lists(crl, serial) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never listed {serial}",
+            crl.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `openssl verify -crl_check` of `cert` against the bundle and the CRLs.
+fn openssl_verify(bundle: &Path, crl: &Path, cert: &Path, all: bool) -> (bool, String) {
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg(if all { "-crl_check_all" } else { "-crl_check" })
+        .arg("-CAfile")
+        .arg(bundle)
+        .arg("-CRLfile")
+        .arg(crl)
+        .arg("-untrusted")
+        .arg(cert)
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn nginx_conf(dir: &Path, port: u16, server: &Path) -> PathBuf {
+    let s = server.display();
+    let conf = format!(
+        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
+             ssl_certificate {s}/cert.pem;\n    ssl_certificate_key {s}/key.pem;\n\
+             ssl_client_certificate {s}/ca.pem;\n    ssl_verify_client on;\n    ssl_verify_depth 3;\n\
+             ssl_crl {s}/crl.pem;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        d = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("conf");
+    path
+}
+
+/// curl through nginx with `client`'s certificate: the HTTP status, `000`
+/// when the handshake failed; `crl` makes curl check nginx's certificate
+/// against it.
+fn curl(port: u16, ca: &Path, client: &Path, crl: Option<&Path>) -> String {
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg("--cert")
+        .arg(client.join("cert.pem"))
+        .arg("--key")
+        .arg(client.join("key.pem"))
+        .arg("--resolve")
+        .arg(format!("web.app.cluster.local:{port}:127.0.0.1"));
+    if let Some(crl) = crl {
+        command.arg("--crlfile").arg(crl);
+    }
+    let out = command
+        .arg(format!("https://web.app.cluster.local:{port}/"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+async fn wait_for_file(path: &Path) {
+    support::eventually(&path.display().to_string(), Duration::from_secs(20), || {
+        path.exists().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_refuses_a_revoked_client_within_a_minute_and_still_accepts_another() {
+    let (d, config) = daemon("revocation: { crl_next_update: 1m }\n").await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let (web, _web_stop) = agent(&d, work.path(), "app", "web");
+    let (a, _a_stop) = agent(&d, work.path(), "app", "client-a");
+    let (b, _b_stop) = agent(&d, work.path(), "app", "client-b");
+    for dir in [&web, &a, &b] {
+        wait_for_file(&dir.join("crl.pem")).await;
+    }
+    let nginx_dir = work.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+    let port = support::process::free_port();
+    let conf = nginx_conf(&nginx_dir, port, &web);
+    let nginx = support::nginx::start(&nginx_dir, &conf, port).await;
+    let ca = web.join("ca.pem");
+    assert_eq!(curl(port, &ca, &a, None), "200", "before any revocation");
+    assert_eq!(curl(port, &ca, &b, None), "200");
+
+    let serial = serial_of(&a.join("cert.pem"));
+    let revoked_at = Instant::now();
+    let out = revoke(&config, &serial);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_listed(&web.join("crl.pem"), &serial, Duration::from_secs(50)).await;
+    nginx.reload();
+    let refused = support::eventually(
+        "nginx refusing the revoked client",
+        Duration::from_secs(10),
+        || (curl(port, &ca, &a, None) == "400").then_some(()),
+    );
+    refused.await;
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert_eq!(
+        curl(port, &ca, &b, None),
+        "200",
+        "another workload is still accepted"
+    );
+    let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
+    assert!(log.contains("certificate revoked"), "{log}");
+
+    // openssl agrees, with the lists the agent wrote.
+    let crl = web.join("crl.pem");
+    let (ok, text) = openssl_verify(&ca, &crl, &a.join("cert.pem"), false);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = openssl_verify(&ca, &crl, &b.join("cert.pem"), false);
+    assert!(ok, "{text}");
+
+    // curl agrees when the server's own certificate is revoked: with the
+    // lists it refuses nginx, without them it does not know.
+    let web_serial = serial_of(&web.join("cert.pem"));
+    assert!(revoke(&config, &web_serial).status.success());
+    wait_until_listed(&b.join("crl.pem"), &web_serial, Duration::from_secs(20)).await;
+    assert_eq!(curl(port, &ca, &b, Some(&b.join("crl.pem"))), "000");
+    assert_eq!(curl(port, &ca, &b, None), "200");
+}
+
+/// `cryptography` (PyPI) parses each list and checks its signature under
+/// the CA named its issuer, among `cas`.
+fn cryptography_verifies(crl_pem: &str, cas: &[String], serial: &str) {
+    let script = r#"
+import sys
+from cryptography import x509
+crls_pem, cas_pem, serial = sys.argv[1], sys.argv[2], int(sys.argv[3], 16)
+blocks = [b + "-----END X509 CRL-----\n" for b in crls_pem.split("-----END X509 CRL-----\n") if b.strip()]
+cas = x509.load_pem_x509_certificates(cas_pem.encode())
+for block in blocks:
+    crl = x509.load_pem_x509_crl(block.encode())
+    issuer = [c for c in cas if c.subject == crl.issuer]
+    assert len(issuer) == 1, crl.issuer
+    assert crl.is_signature_valid(issuer[0].public_key()), crl.issuer
+    assert crl.next_update_utc > crl.last_update_utc
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    print(crl.issuer.rfc4514_string(), crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+"#;
+    let python = support::repo_root().join(".venv/bin/python");
+    let out = Command::new(python)
+        .args(["-c", script, crl_pem, &cas.concat(), serial])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.lines().count(),
+        crl_pem.matches("BEGIN X509 CRL").count()
+    );
+}
+
+async fn get_crl(d: &TestDaemon, pem: bool) -> (u16, String, Vec<u8>) {
+    let mut request = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client")
+        .get(d.url("/v1/crl"));
+    if pem {
+        request = request.header("accept", "application/x-pem-file");
+    }
+    let response = request.send().await.expect("GET /v1/crl");
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, kind, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_intermediate_each_ca_signs_its_list_and_verifiers_check_every_level() {
+    let (d, config) = daemon(
+        "provider:\n  kind: tresor\n  tresor:\n    intermediate: { validity: 720h }\nrevocation: { crl_next_update: 5m }\n",
+    )
+    .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let (a, _a) = agent(&d, work.path(), "app", "a");
+    let (b, _b) = agent(&d, work.path(), "app", "b");
+    wait_for_file(&a.join("crl.pem")).await;
+    wait_for_file(&b.join("crl.pem")).await;
+    let serial = serial_of(&a.join("cert.pem"));
+    assert!(revoke(&config, &serial).status.success());
+    wait_until_listed(&b.join("crl.pem"), &serial, Duration::from_secs(20)).await;
+
+    let (status, kind, pem) = get_crl(&d, true).await;
+    assert_eq!((status, kind.as_str()), (200, "application/x-pem-file"));
+    let pem = String::from_utf8(pem).expect("PEM");
+    assert_eq!(
+        pem.matches("BEGIN X509 CRL").count(),
+        2,
+        "the intermediate's and the root's"
+    );
+    let chain = std::fs::read_to_string(a.join("cert.pem")).expect("chain");
+    let intermediate = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .nth(1)
+        .expect("an intermediate")
+        .to_owned();
+    let root = d.bundle_pem().await;
+    cryptography_verifies(&pem, &[intermediate, root], &serial);
+
+    // DER: the intermediate's list, which leaves are checked against.
+    let (status, kind, der) = get_crl(&d, false).await;
+    assert_eq!((status, kind.as_str()), (200, "application/pkix-crl"));
+    let (_, crl) = x509_parser::parse_x509_crl(&der).expect("a DER CRL");
+    assert!(
+        crl.issuer().to_string().contains("intermediate"),
+        "{}",
+        crl.issuer()
+    );
+
+    // openssl checking every level needs both lists; it finds them.
+    let crl_file = b.join("crl.pem");
+    let bundle = d.bundle_path();
+    let (ok, text) = openssl_verify(&bundle, &crl_file, &a.join("cert.pem"), true);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = openssl_verify(&bundle, &crl_file, &b.join("cert.pem"), true);
+    assert!(ok, "{text}");
+
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("meshca_revoked_certificates{provider=\"tresor\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics
+            .matches("meshca_crl_next_update_timestamp_seconds{issuer=")
+            .count(),
+        2,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_survives_a_restart_and_a_ledger_that_cannot_be_read_stops_the_start() {
+    let (mut d, config) = daemon("").await;
+    // An empty list is published from the start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, der) = get_crl(&d, false).await;
+        if status == 200 {
+            let (_, crl) = x509_parser::parse_x509_crl(&der).expect("a DER CRL");
+            assert_eq!(crl.iter_revoked_certificates().count(), 0);
+            break;
+        }
+        assert_eq!(status, 503, "only not_ready before the first lists");
+        assert!(Instant::now() < deadline, "no CRL after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = revoke(&config, "0A:1B:2C");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = revoke(&config, "a1b2c");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already revoked"),
+        "the same serial, written another way: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    d.restart().await;
+    let listed = |pem: &[u8]| String::from_utf8_lossy(pem).contains("BEGIN X509 CRL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pem = loop {
+        let (status, _, pem) = get_crl(&d, true).await;
+        if status == 200 && listed(&pem) {
+            break pem;
+        }
+        assert!(Instant::now() < deadline, "no CRL after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let file = d.dir.path().join("after-restart.pem");
+    std::fs::write(&file, &pem).expect("crl");
+    assert!(
+        crl_lists(&file, "0A1B2C"),
+        "the restarted daemon still lists it"
+    );
+
+    // A ledger that does not parse: the start stops, naming it; nothing
+    // is rewritten.
+    d.stop().await;
+    let ledger = d.dir.path().join("revocations.json");
+    std::fs::write(&ledger, "{\"revoked\": [").expect("corrupt");
+    let err = meshca::start(d.config.clone())
+        .await
+        .expect_err("the start stops");
+    let text = support::error_chain(&err);
+    assert!(
+        text.contains("revocations.json") && text.contains("does not parse"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ledger).expect("as written"),
+        "{\"revoked\": ["
+    );
+    let out = revoke(&config, "0b");
+    assert!(
+        !out.status.success(),
+        "the CLI does not write over it either"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ledger).expect("as written"),
+        "{\"revoked\": ["
+    );
+}
+
+#[test]
+fn the_command_refuses_what_is_not_a_serial_and_a_provider_that_cannot_revoke() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tresor = dir.path().join("tresor.yaml");
+    std::fs::write(&tresor, support::config_yaml(dir.path(), "")).expect("config");
+    for bad in ["xyz", "00", ""] {
+        let out = revoke(&tresor, bad);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a certificate serial number"), "{err}");
+    }
+    assert!(
+        !dir.path().join("revocations.json").exists(),
+        "nothing written"
+    );
+
+    let vault = dir.path().join("vault.yaml");
+    let yaml = "provider:\n  kind: vault\n  vault:\n    address: https://127.0.0.1:8200\n    auth: { token_file: /nonexistent }\n";
+    std::fs::write(&vault, support::config_yaml(dir.path(), yaml)).expect("config");
+    let out = revoke(&vault, "0a");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be revoked by meshca") && err.contains("identity deny"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("revocations.json").exists(),
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        kube.kubeconfig().display()
+    );
+    let (d, config) = daemon(&extra).await;
+    let out = revoke(&config, "0a1b2c");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = kube
+        .get("", "configmaps", "osm-system", "meshca-revocations")
+        .expect("the ledger's ConfigMap");
+    let text = ledger["data"]["revocations.json"]
+        .as_str()
+        .expect("the ledger");
+    assert!(text.contains("\"serial\":\"0a1b2c\""), "{text}");
+    assert!(
+        !d.dir.path().join("revocations.json").exists(),
+        "not in the state directory"
+    );
+
+    // The leader keeps every list in meshca-crl for in-cluster consumers.
+    let file = d.dir.path().join("configmap.crl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pem = kube
+            .get("", "configmaps", "osm-system", "meshca-crl")
+            .and_then(|cm| cm["data"]["ca.crl"].as_str().map(str::to_owned));
+        if let Some(pem) = pem {
+            std::fs::write(&file, pem).expect("crl");
+            if crl_lists(&file, "0A1B2C") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "meshca-crl never listed the serial: {:?}; GET /v1/crl: {}",
+            kube.get("", "configmaps", "osm-system", "meshca-crl"),
+            String::from_utf8_lossy(&get_crl(&d, true).await.2)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
