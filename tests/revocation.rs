@@ -136,6 +136,15 @@ fn openssl_verify(bundle: &Path, crl: &Path, cert: &Path, all: bool) -> (bool, S
     (out.status.success(), text)
 }
 
+/// `openssl verify` with the lists refuses the certificate in `revoked`
+/// as revoked and accepts the one in `other`.
+fn openssl_refuses_only(bundle: &Path, crl: &Path, revoked: &Path, other: &Path, all: bool) {
+    let (ok, text) = openssl_verify(bundle, crl, &revoked.join("cert.pem"), all);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+    let (ok, text) = openssl_verify(bundle, crl, &other.join("cert.pem"), all);
+    assert!(ok, "{text}");
+}
+
 fn nginx_conf(dir: &Path, port: u16, server: &Path) -> PathBuf {
     let s = server.display();
     let conf = format!(
@@ -221,6 +230,7 @@ async fn nginx_refuses_a_revoked_client_within_a_minute_and_still_accepts_anothe
     );
     refused.await;
     let took = revoked_at.elapsed();
+    eprintln!("nginx refused the revoked client {took:?} after meshca certificate revoke");
     assert!(took < Duration::from_secs(60), "took {took:?}");
     assert_eq!(
         curl(port, &ca, &b, None),
@@ -232,10 +242,7 @@ async fn nginx_refuses_a_revoked_client_within_a_minute_and_still_accepts_anothe
 
     // openssl agrees, with the lists the agent wrote.
     let crl = web.join("crl.pem");
-    let (ok, text) = openssl_verify(&ca, &crl, &a.join("cert.pem"), false);
-    assert!(!ok && text.contains("certificate revoked"), "{text}");
-    let (ok, text) = openssl_verify(&ca, &crl, &b.join("cert.pem"), false);
-    assert!(ok, "{text}");
+    openssl_refuses_only(&ca, &crl, &a, &b, false);
 
     // curl agrees when the server's own certificate is revoked: with the
     // lists it refuses nginx, without them it does not know.
@@ -346,10 +353,7 @@ async fn with_an_intermediate_each_ca_signs_its_list_and_verifiers_check_every_l
     // openssl checking every level needs both lists; it finds them.
     let crl_file = b.join("crl.pem");
     let bundle = d.bundle_path();
-    let (ok, text) = openssl_verify(&bundle, &crl_file, &a.join("cert.pem"), true);
-    assert!(!ok && text.contains("certificate revoked"), "{text}");
-    let (ok, text) = openssl_verify(&bundle, &crl_file, &b.join("cert.pem"), true);
-    assert!(ok, "{text}");
+    openssl_refuses_only(&bundle, &crl_file, &a, &b, true);
 
     let metrics = d.metrics().await;
     assert!(
@@ -441,7 +445,7 @@ async fn a_revocation_survives_a_restart_and_a_ledger_that_cannot_be_read_stops_
 }
 
 #[test]
-fn the_command_refuses_what_is_not_a_serial_and_a_provider_that_cannot_revoke() {
+fn the_command_refuses_what_is_not_a_serial_and_a_provider_without_revocation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tresor = dir.path().join("tresor.yaml");
     std::fs::write(&tresor, support::config_yaml(dir.path(), "")).expect("config");
@@ -456,14 +460,14 @@ fn the_command_refuses_what_is_not_a_serial_and_a_provider_that_cannot_revoke() 
         "nothing written"
     );
 
-    let vault = dir.path().join("vault.yaml");
-    let yaml = "provider:\n  kind: vault\n  vault:\n    address: https://127.0.0.1:8200\n    auth: { token_file: /nonexistent }\n";
-    std::fs::write(&vault, support::config_yaml(dir.path(), yaml)).expect("config");
-    let out = revoke(&vault, "0a");
+    let cert_manager = dir.path().join("cert-manager.yaml");
+    let yaml = "kubernetes: { kubeconfig: /nonexistent }\nprovider:\n  kind: cert-manager\n  cert_manager: { issuer_name: osm-ca }\n";
+    std::fs::write(&cert_manager, support::config_yaml(dir.path(), yaml)).expect("config");
+    let out = revoke(&cert_manager, "0a");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot be revoked by meshca") && err.contains("identity deny"),
+        err.contains("cert-manager provider has no revocation") && err.contains("identity deny"),
         "{err}"
     );
     assert!(
@@ -519,4 +523,70 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_openbao_a_revoked_serial_is_in_the_mounts_crl_that_meshca_serves() {
+    let bao = support::openbao::OpenBao::dev().await;
+    bao.script("setup-pki.sh", &[]);
+    let token_file = bao.meshca_token_file();
+    let auth = format!("{{ token_file: {} }}", token_file.display());
+    let (d, config) = daemon(&bao.provider_yaml(&auth, "")).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let (a, _a) = agent(&d, work.path(), "app", "a");
+    let (b, _b) = agent(&d, work.path(), "app", "b");
+    wait_for_file(&a.join("crl.pem")).await;
+    wait_for_file(&b.join("crl.pem")).await;
+    let serial = serial_of(&a.join("cert.pem"));
+    let out = revoke(&config, &serial);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until_listed(&b.join("crl.pem"), &serial, Duration::from_secs(20)).await;
+
+    // OpenBao revoked it: its own record says so, and the list is the
+    // mount's, signed by Vault's root.
+    let colons: Vec<String> = serial
+        .to_lowercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let revoked_at = bao.cli(&[
+        "read",
+        "-field=revocation_time",
+        &format!("pki/cert/{}", colons.join(":")),
+    ]);
+    assert_ne!(revoked_at.trim(), "0", "OpenBao records the revocation");
+    let (status, kind, der) = get_crl(&d, false).await;
+    assert_eq!((status, kind.as_str()), (200, "application/pkix-crl"));
+    let (_, crl) = x509_parser::parse_x509_crl(&der).expect("a DER CRL");
+    assert!(
+        crl.issuer().to_string().contains("meshca Vault root"),
+        "{}",
+        crl.issuer()
+    );
+    let vault_root = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    let crl_pem = String::from_utf8(get_crl(&d, true).await.2).expect("PEM");
+    cryptography_verifies(&crl_pem, &[vault_root], &serial);
+
+    let bundle = d.bundle_path();
+    let crl_file = b.join("crl.pem");
+    openssl_refuses_only(&bundle, &crl_file, &a, &b, false);
+
+    // A serial OpenBao never issued is refused by it ("not found") and
+    // left out; revocations after it still reach the list.
+    let out = revoke(&config, "0badc0de");
+    assert!(out.status.success());
+    let b_serial = serial_of(&b.join("cert.pem"));
+    assert!(revoke(&config, &b_serial).status.success());
+    wait_until_listed(&a.join("crl.pem"), &b_serial, Duration::from_secs(20)).await;
+    assert!(!crl_lists(&a.join("crl.pem"), "0BADC0DE"));
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("meshca_revoked_certificates{provider=\"vault\"} 3"),
+        "{metrics}"
+    );
 }

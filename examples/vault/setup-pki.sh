@@ -60,4 +60,6 @@ path "$MOUNT/roles/$ROLE" { capabilities = ["read"] }
 path "$MOUNT/issuers"    { capabilities = ["list"] }
 path "$MOUNT/issuer/*"   { capabilities = ["read"] }
 path "$MOUNT/ca_chain"   { capabilities = ["read"] }
+path "$MOUNT/revoke"     { capabilities = ["create", "update"] }
+path "$MOUNT/crl"        { capabilities = ["read"] }
 POLICY

@@ -22,6 +22,7 @@ mod client;
 mod error;
 mod http;
 mod pki;
+mod revoke;
 mod transit;
 
 pub use auth::VaultAuth;
@@ -138,12 +139,20 @@ impl Provider for Vault {
     /// A role with `use_csr_sans` signs only the names a CSR carries; an
     /// unreadable role is taken at its word (meshca's names), and a leaf
     /// without them is refused after signing, naming the setting.
-    /// Vault keeps the list of what its PKI engine revoked (`pki/revoke`)
-    /// and signs the mount's CRL; meshca does not drive it yet.
+    /// Vault keeps what its PKI engine revoked and signs the mount's CRL:
+    /// meshca revokes there and serves that CRL.
     fn revocation(&self) -> meshca_provider::revocation::Revocation {
-        meshca_provider::revocation::Revocation::Cannot(
-            "meshca does not revoke through Vault's PKI engine yet: revoke with `bao write pki/revoke serial_number=...` and serve the mount's CRL (pki/crl), or deny the identity (meshca identity deny)",
-        )
+        meshca_provider::revocation::Revocation::SignsCrls
+    }
+
+    async fn revocation_lists(
+        &self,
+        request: &meshca_provider::revocation::CrlRequest,
+    ) -> Result<Vec<meshca_provider::revocation::SignedCrl>, ProviderError> {
+        self.pki
+            .revocation_lists(request)
+            .await
+            .map_err(VaultError::into_provider)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -60,6 +60,7 @@ pub(crate) struct Pki {
     measured_backdate: Option<Duration>,
     refresh: Duration,
     anchors: RwLock<Option<(Instant, Vec<CertificateDer<'static>>)>>,
+    revocations: crate::revoke::Revocations,
 }
 
 fn is_self_signed(der: &[u8]) -> bool {
@@ -87,7 +88,22 @@ impl Pki {
             measured_backdate: None,
             refresh: config.anchors_refresh,
             anchors: RwLock::new(None),
+            revocations: crate::revoke::Revocations::default(),
         }
+    }
+
+    /// The mount's CRL once `request`'s serials are revoked there (see
+    /// [`crate::revoke`]).
+    ///
+    /// # Errors
+    /// [`VaultError`]: Vault could not be asked, or refused.
+    pub(crate) async fn revocation_lists(
+        &self,
+        request: &meshca_provider::revocation::CrlRequest,
+    ) -> Result<Vec<meshca_provider::revocation::SignedCrl>, VaultError> {
+        self.revocations
+            .lists(&self.client, &self.mount, request)
+            .await
     }
 
     /// Read `<mount>/roles/<role>` and say what in it will trouble

@@ -74,9 +74,9 @@ fn run(matches: clap::ArgMatches, load: LoadSettings) -> BoxFuture<'static, Exit
 async fn revoke(settings: Box<dyn Settings>, serial: Serial, reason: Option<String>) -> ExitCode {
     let common = settings.common();
     match common.provider.map(|p| p.kind()) {
-        Some(ProviderKind::Tresor) => {}
+        Some(ProviderKind::Tresor | ProviderKind::Vault) => {}
         Some(other) => {
-            eprintln!("error: the {other} provider's certificates cannot be revoked by meshca (see docs/revocation.md); deny the identity instead: meshca identity deny NAMESPACE/SERVICE_ACCOUNT");
+            eprintln!("error: the {other} provider has no revocation (see docs/revocation.md); deny the identity instead: meshca identity deny NAMESPACE/SERVICE_ACCOUNT");
             return ExitCode::from(EX_USAGE);
         }
         None => {
