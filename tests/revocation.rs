@@ -503,7 +503,13 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
     );
 
     // The leader keeps every list in meshca-crl for in-cluster consumers.
-    let file = d.dir.path().join("configmap.crl");
+    configmap_lists(&kube, d.dir.path(), &["0A1B2C"]).await;
+}
+
+/// Wait until the ConfigMap meshca-crl lists every serial of `serials`
+/// (as openssl prints them).
+async fn configmap_lists(kube: &support::kube::KubeStandIn, dir: &Path, serials: &[&str]) {
+    let file = dir.join("configmap.crl");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let pem = kube
@@ -511,18 +517,60 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
             .and_then(|cm| cm["data"]["ca.crl"].as_str().map(str::to_owned));
         if let Some(pem) = pem {
             std::fs::write(&file, pem).expect("crl");
-            if crl_lists(&file, "0A1B2C") {
-                break;
+            if serials.iter().all(|s| crl_lists(&file, s)) {
+                return;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "meshca-crl never listed the serial: {:?}; GET /v1/crl: {}",
+            "meshca-crl never listed {serials:?}: {:?}",
             kube.get("", "configmaps", "osm-system", "meshca-crl"),
-            String::from_utf8_lossy(&get_crl(&d, true).await.2)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_and_a_change_of_leader_lose_no_revocation() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        kube.kubeconfig().display()
+    );
+    let (mut first, config) = daemon(&extra).await;
+    let second = TestDaemon::start(&extra).await;
+    assert!(revoke(&config, "0a1b2c").status.success());
+    configmap_lists(&kube, first.dir.path(), &["0A1B2C"]).await;
+
+    // The API server down: the command fails saying so and writes
+    // nothing; every replica keeps serving the lists it made.
+    kube.set_unavailable(true);
+    let out = revoke(&config, "0d0e0f");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("meshca-revocations"),
+        "names the ledger: {err}"
+    );
+    for replica in [&first, &second] {
+        let (status, _, pem) = get_crl(replica, true).await;
+        assert_eq!(status, 200);
+        let file = replica.dir.path().join("during-outage.pem");
+        std::fs::write(&file, pem).expect("crl");
+        assert!(crl_lists(&file, "0A1B2C"), "still listed during the outage");
+    }
+    kube.set_unavailable(false);
+
+    // One replica goes: the other leads (or led) and lists both, the
+    // earlier serial read from the ledger, the new one as it lands.
+    first.stop().await;
+    let out = revoke(&config, "0d0e0f");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    configmap_lists(&kube, second.dir.path(), &["0A1B2C", "0D0E0F"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
