@@ -638,3 +638,60 @@ async fn through_openbao_a_revoked_serial_is_in_the_mounts_crl_that_meshca_serve
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_without_revoke_is_asked_once_not_in_a_loop() {
+    let bao = support::openbao::OpenBao::dev_audited().await;
+    bao.script("setup-pki.sh", &[]);
+    // meshca's policy, less the revoke path.
+    let policy = bao.cli(&["policy", "read", "meshca"]);
+    let without: String = policy
+        .lines()
+        .filter(|l| !l.contains("/revoke"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = bao.audit_log().with_file_name("no-revoke.hcl");
+    std::fs::write(&file, without).expect("policy");
+    bao.cli(&[
+        "policy",
+        "write",
+        "meshca-no-revoke",
+        &file.display().to_string(),
+    ]);
+    let token = bao.cli(&[
+        "token",
+        "create",
+        "-policy=meshca-no-revoke",
+        "-field=token",
+    ]);
+    let token_file = file.with_file_name("no-revoke-token");
+    std::fs::write(&token_file, token.trim()).expect("token");
+    let auth = format!("{{ token_file: {} }}", token_file.display());
+    let (d, config) = daemon(&bao.provider_yaml(&auth, "")).await;
+    let (status, _, _) = get_crl(&d, false).await;
+    assert!(status == 200 || status == 503, "{status}");
+
+    assert!(revoke(&config, "0a1b2c").status.success());
+    let revokes = || {
+        std::fs::read_to_string(bao.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "request" && e["request"]["path"] == "pki/revoke")
+            .count()
+    };
+    support::eventually(
+        "meshca asking Vault to revoke",
+        Duration::from_secs(10),
+        || (revokes() > 0).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        revokes() <= 2,
+        "a 403 (asked again once after logging in again) is not retried every tick: {}",
+        revokes()
+    );
+    let (status, _, _) = get_crl(&d, false).await;
+    assert_eq!(status, 200, "the mount's list is still served");
+}

@@ -115,6 +115,7 @@ impl Publisher {
         let mut request: Option<CrlRequest> = None;
         let mut failing = false;
         let mut mirrored: Option<Arc<Published>> = None;
+        let mut refused: Option<Refused> = None;
         loop {
             let now = OffsetDateTime::now_utc();
             if let Some(next) =
@@ -123,7 +124,7 @@ impl Publisher {
                 request = Some(next);
             }
             if let Some(asked) = &request {
-                self.publish(asked).await;
+                self.publish(asked, &mut refused).await;
             }
             self.mirror(&mut mirrored).await;
             tokio::select! {
@@ -148,9 +149,17 @@ impl Publisher {
     }
 
     /// Ask the provider signing now for its lists over `request`, and
-    /// publish them if they changed.
-    async fn publish(&self, request: &CrlRequest) {
-        let (provider, _) = self.signer.current();
+    /// publish them if they changed. A refusal that asking again cannot
+    /// change (`refused`) is not asked again until the request or the
+    /// signer changes; an outage is asked again at the next tick.
+    async fn publish(&self, request: &CrlRequest, refused: &mut Option<Refused>) {
+        let (provider, generation) = self.signer.current();
+        if refused
+            .as_ref()
+            .is_some_and(|r| r.request == *request && r.generation == generation)
+        {
+            return;
+        }
         let lists = match provider.revocation() {
             Revocation::Cannot(why) => {
                 self.crls
@@ -161,11 +170,20 @@ impl Publisher {
         };
         let lists = match lists {
             Ok(lists) => lists,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?TICK, "the provider could not sign the CRLs now; those published stay");
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), retry_in = ?TICK, "the provider did not sign the CRLs; those published stay");
+                tracing::error!(error = %error_chain(&e), "the provider refused to sign the CRLs; those published stay until the ledger or the signer changes");
+                *refused = Some(Refused {
+                    request: request.clone(),
+                    generation,
+                });
                 return;
             }
         };
+        *refused = None;
         let published = Published {
             lists,
             request: request.clone(),
@@ -187,9 +205,7 @@ impl Publisher {
             );
         }
     }
-}
 
-impl Publisher {
     /// On the leader, write the lists published to the ConfigMap when they
     /// are not the ones last written there (`mirrored`).
     async fn mirror(&self, mirrored: &mut Option<Arc<Published>>) {
@@ -215,6 +231,13 @@ impl Publisher {
             }
         }
     }
+}
+
+/// A request the provider refused for good, under the signer generation
+/// that refused it.
+struct Refused {
+    request: CrlRequest,
+    generation: u64,
 }
 
 fn replace(current: &mut Crls, new: Crls) -> bool {
