@@ -504,6 +504,21 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
 
     // The leader keeps every list in meshca-crl for in-cluster consumers.
     configmap_lists(&kube, d.dir.path(), &["0A1B2C"]).await;
+
+    // And records who revoked what, about the ledger.
+    let event = support::eventually("the revocation's Event", Duration::from_secs(10), || {
+        kube.list("events.k8s.io", "events", "osm-system")
+            .into_iter()
+            .find(|e| e["reason"] == "CertificateRevoked")
+    })
+    .await;
+    let note = event["note"].as_str().expect("a note");
+    assert!(
+        note.contains("0a1b2c") && note.contains(": drill"),
+        "{note}"
+    );
+    assert_eq!(event["regarding"]["name"], "meshca-revocations");
+    assert_eq!(event["type"], "Warning");
 }
 
 /// Wait until the ConfigMap meshca-crl lists every serial of `serials`

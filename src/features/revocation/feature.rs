@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::events::Announcer;
 use super::ledger::{Ledger, LedgerStore, CONFIGMAP, KEY};
 use super::metrics::RevocationMetrics;
 use super::publisher::{Crls, Publisher, CONFIGMAP as CRL_CONFIGMAP, CONFIGMAP_KEY};
@@ -99,22 +100,26 @@ impl Feature for RevocationFeature {
             ));
         };
         let (crls, served) = watch::channel(Crls::NotYet);
-        let publisher = Publisher {
-            ledger: store,
-            signer: ctx.issuer.signer().clone(),
-            next_update: self.config.crl_next_update,
-            metrics: RevocationMetrics::register(&ctx.core.metrics),
-            crls,
-            configmap: ctx.core.cluster.as_ref().map(|c| {
-                let store = Store::configmap(
-                    c.client.clone(),
-                    &c.config.namespace,
-                    CRL_CONFIGMAP,
-                    CONFIGMAP_KEY,
-                );
-                (store, c.leader.clone())
-            }),
-        };
+        let publisher =
+            Publisher {
+                ledger: store,
+                signer: ctx.issuer.signer().clone(),
+                next_update: self.config.crl_next_update,
+                metrics: RevocationMetrics::register(&ctx.core.metrics),
+                crls,
+                configmap: ctx.core.cluster.as_ref().map(|c| {
+                    let store = Store::configmap(
+                        c.client.clone(),
+                        &c.config.namespace,
+                        CRL_CONFIGMAP,
+                        CONFIGMAP_KEY,
+                    );
+                    (store, c.leader.clone())
+                }),
+                events: ctx.core.cluster.as_ref().map(|c| {
+                    Announcer::new(c.client.clone(), &c.config.namespace, c.leader.clone())
+                }),
+            };
         plug.route(api::routes(served));
         plug.task("revocation-lists", move |token| {
             publisher.run(ledger, token)

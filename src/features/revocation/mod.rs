@@ -6,11 +6,14 @@
 //! for its CRLs over the serials listed (`publisher`: one list per CA, each
 //! signed by that CA, made again at half of `revocation.crl_next_update`);
 //! `GET /v1/crl` serves them (`api`) and the agent writes them to
-//! `crl.pem`. `feature` plugs it into the daemon.
+//! `crl.pem`; in a cluster the leader keeps them in the ConfigMap
+//! `meshca-crl` and records an Event per revocation (`events`). `feature`
+//! plugs it into the daemon.
 
 mod api;
 mod cli;
 mod config;
+mod events;
 mod feature;
 pub mod ledger;
 mod metrics;

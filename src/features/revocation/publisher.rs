@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::events::Announcer;
 use super::ledger::{Ledger, LedgerStore};
 use super::metrics::RevocationMetrics;
 use crate::report::error_chain;
@@ -102,6 +103,8 @@ pub struct Publisher {
     /// In a cluster, the ConfigMap `meshca-crl` (key `ca.crl`, every list
     /// in PEM) the leader keeps, and whether this replica leads.
     pub configmap: Option<(Store, watch::Receiver<bool>)>,
+    /// In a cluster, the Event of each revocation.
+    pub events: Option<Announcer>,
 }
 
 /// The ConfigMap in-cluster consumers read the lists from.
@@ -133,7 +136,7 @@ impl Publisher {
             }
             match self.ledger.load().await {
                 Ok(read) => {
-                    announce(&ledger, &read);
+                    self.announce(&ledger, &read).await;
                     ledger = read;
                     failing = false;
                 }
@@ -206,6 +209,20 @@ impl Publisher {
         }
     }
 
+    /// Log each revocation that `after` holds and `before` did not, and
+    /// record it as an Event in a cluster.
+    async fn announce(&self, before: &Ledger, after: &Ledger) {
+        for entry in after.entries() {
+            if before.entries().iter().any(|e| e.serial == entry.serial) {
+                continue;
+            }
+            tracing::warn!(serial = %entry.serial, by = %entry.by, reason = entry.reason.as_deref().unwrap_or(""), "certificate revoked; the next CRLs list it");
+            if let Some(events) = &self.events {
+                events.revoked(entry).await;
+            }
+        }
+    }
+
     /// On the leader, write the lists published to the ConfigMap when they
     /// are not the ones last written there (`mirrored`).
     async fn mirror(&self, mirrored: &mut Option<Arc<Published>>) {
@@ -246,15 +263,6 @@ fn replace(current: &mut Crls, new: Crls) -> bool {
     }
     *current = new;
     true
-}
-
-/// Log each revocation that `after` holds and `before` did not.
-fn announce(before: &Ledger, after: &Ledger) {
-    for entry in after.entries() {
-        if !before.entries().iter().any(|e| e.serial == entry.serial) {
-            tracing::warn!(serial = %entry.serial, by = %entry.by, reason = entry.reason.as_deref().unwrap_or(""), "certificate revoked; the next CRLs list it");
-        }
-    }
 }
 
 #[cfg(test)]
