@@ -256,6 +256,11 @@ async fn nginx_refuses_a_revoked_client_within_a_minute_and_still_accepts_anothe
 /// `cryptography` (PyPI) parses each list and checks its signature under
 /// the CA named its issuer, among `cas`.
 fn cryptography_verifies(crl_pem: &str, cas: &[String], serial: &str) {
+    cryptography_in(".venv", crl_pem, cas, serial);
+}
+
+/// [`cryptography_verifies`] with the `cryptography` of `venv`.
+fn cryptography_in(venv: &str, crl_pem: &str, cas: &[String], serial: &str) {
     let script = r#"
 import sys
 from cryptography import x509
@@ -271,7 +276,7 @@ for block in blocks:
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     print(crl.issuer.rfc4514_string(), crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
 "#;
-    let python = support::repo_root().join(".venv/bin/python");
+    let python = support::repo_root().join(venv).join("bin/python");
     let out = Command::new(python)
         .args(["-c", script, crl_pem, &cas.concat(), serial])
         .output()
@@ -709,4 +714,33 @@ async fn a_policy_without_revoke_is_asked_once_not_in_a_loop() {
     );
     let (status, _, _) = get_crl(&d, false).await;
     assert_eq!(status, 200, "the mount's list is still served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_quantum_root_signs_its_own_list_with_ml_dsa() {
+    let (d, config) = daemon(
+        "provider: { kind: tresor, tresor: { post_quantum: { key_algorithm: ml-dsa-65 } } }\n",
+    )
+    .await;
+    assert!(revoke(&config, "0a1b2c").status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pem = loop {
+        let (status, _, pem) = get_crl(&d, true).await;
+        let pem = String::from_utf8(pem).expect("PEM");
+        let file = d.dir.path().join("lists.pem");
+        std::fs::write(&file, &pem).expect("crl");
+        if status == 200 && crl_lists(&file, "0A1B2C") {
+            break pem;
+        }
+        assert!(Instant::now() < deadline, "never listed: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        pem.matches("BEGIN X509 CRL").count(),
+        2,
+        "the classical root's and the ML-DSA root's"
+    );
+    // cryptography 51 (OpenSSL 4) checks the ML-DSA signature under the
+    // post-quantum root, and the ECDSA one under the classical root.
+    cryptography_in(".venv-pq", &pem, &[d.bundle_pem().await], "0a1b2c");
 }
