@@ -744,3 +744,59 @@ async fn a_post_quantum_root_signs_its_own_list_with_ml_dsa() {
     // post-quantum root, and the ECDSA one under the classical root.
     cryptography_in(".venv-pq", &pem, &[d.bundle_pem().await], "0a1b2c");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_the_current_lists_is_answered_not_modified() {
+    let (d, config) = daemon("").await;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let get = |accept: &'static str, tag: Option<String>| {
+        let mut request = client.get(d.url("/v1/crl")).header("accept", accept);
+        if let Some(tag) = tag {
+            request = request.header("if-none-match", tag);
+        }
+        async move {
+            let response = request.send().await.expect("GET /v1/crl");
+            let status = response.status().as_u16();
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (status, etag, response.bytes().await.expect("body").len())
+        }
+    };
+    let pem = "application/x-pem-file";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (_, tag, _) = loop {
+        let answer = get(pem, None).await;
+        if answer.0 == 200 {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no lists");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tag = tag.expect("an ETag");
+    assert_eq!(
+        get(pem, Some(tag.clone())).await,
+        (304, Some(tag.clone()), 0)
+    );
+    let (status, der_tag, _) = get("application/pkix-crl", Some(tag.clone())).await;
+    assert_eq!(status, 200, "the DER list is another representation");
+    assert_ne!(der_tag, Some(tag.clone()));
+
+    assert!(revoke(&config, "0a1b2c").status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, new_tag, len) = get(pem, Some(tag.clone())).await;
+        if status == 200 {
+            assert!(len > 0 && new_tag.is_some_and(|t| t != tag));
+            break;
+        }
+        assert_eq!(status, 304);
+        assert!(Instant::now() < deadline, "the lists never changed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -128,6 +128,7 @@ impl SigningApi {
             bundle_pem: issued.trust_bundle,
             federated: super::Federated::default(),
             crl_pem: None,
+            crl_etag: None,
             generation,
         })
     }
@@ -155,15 +156,17 @@ impl SigningApi {
         Ok((text, generation))
     }
 
-    /// The CRLs in PEM (`GET /v1/crl`), each checked to be a CRL; `None`
-    /// from a server whose provider cannot revoke, or that predates
-    /// revocation.
-    pub(super) async fn crls(&self, held: &Held) -> Result<Option<String>, AgentError> {
+    /// The CRLs in PEM (`GET /v1/crl`), each checked to be a CRL, asked
+    /// only if they changed since those `held` has (its entity tag).
+    pub(super) async fn crls(&self, held: &Held) -> Result<CrlAnswer, AgentError> {
         let client = self.client(Some(held), false)?;
         let url = self.url("/v1/crl");
-        let request = client
+        let mut request = client
             .get(&url)
             .header(reqwest::header::ACCEPT, "application/x-pem-file");
+        if let (Some(_), Some(etag)) = (&held.crl_pem, &held.crl_etag) {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
         let response = request
             .send()
             .await
@@ -171,19 +174,27 @@ impl SigningApi {
                 url: url.clone(),
                 source,
             })?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(CrlAnswer::Unchanged);
+        }
         let response = match refused(response).await {
             Ok(response) => response,
             Err(AgentError::Refused {
                 status: 404 | 501, ..
-            }) => return Ok(None),
+            }) => return Ok(CrlAnswer::NotServed),
             Err(e) => return Err(e),
         };
-        let text = response
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let pem = response
             .text()
             .await
             .map_err(|source| AgentError::Transport { url, source })?;
-        check_crls(&text).map_err(AgentError::InvalidResponse)?;
-        Ok(Some(text))
+        check_crls(&pem).map_err(AgentError::InvalidResponse)?;
+        Ok(CrlAnswer::Lists { pem, etag })
     }
 
     /// The federated bundles `held`'s identity receives (`GET
@@ -360,6 +371,21 @@ async fn exchange<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| AgentError::InvalidResponse(e.to_string()))?;
     Ok((body, generation))
+}
+
+/// What `GET /v1/crl` answered.
+pub(super) enum CrlAnswer {
+    /// The lists held are current (304).
+    Unchanged,
+    /// The lists, and their entity tag.
+    Lists {
+        /// Every list, PEM.
+        pem: String,
+        /// Sent back to ask whether they changed.
+        etag: Option<String>,
+    },
+    /// The server publishes none (its provider cannot revoke).
+    NotServed,
 }
 
 /// Every PEM block of `text` is a CRL, and there is one.

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 pub use crate::crypto::names::KeyAlgorithmName;
 use crate::renewal;
-use client::SigningApi;
+use client::{CrlAnswer, SigningApi};
 pub use workload_api::WorkloadApiConfig;
 pub(crate) use workload_api::ALLOWED_MODES as SOCKET_MODES;
 
@@ -143,6 +143,8 @@ struct Held {
     federated: Federated,
     /// The CRLs, in PEM, when the server publishes them.
     crl_pem: Option<String>,
+    /// Their entity tag, to ask whether they changed.
+    crl_etag: Option<String>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     /// The signer generation that issued it, when the server said.
@@ -276,13 +278,10 @@ async fn renew(
                             .unwrap_or_default()
                     }
                 };
-                new.crl_pem = match api.crls(&new).await {
-                    Ok(crls) => crls,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "failed to fetch the CRLs; keeping those held");
-                        held.as_ref().and_then(|h| h.crl_pem.clone())
-                    }
-                };
+                if let Some(h) = &held {
+                    (new.crl_pem, new.crl_etag) = (h.crl_pem.clone(), h.crl_etag.clone());
+                }
+                refresh_crls(api, &mut new).await;
                 outputs.deliver(&new).await?;
                 outputs.refresh_jwt_keys().await;
                 tracing::info!(not_after = %new.not_after, "delivered a new certificate");
@@ -408,21 +407,25 @@ async fn refresh_bundles(api: &SigningApi, h: &mut Held) -> Option<(bool, Option
     Some((changed, generation))
 }
 
-/// Fetch the CRLs into `h`; whether they changed. Those held are kept
-/// when the server cannot be asked.
+/// Fetch the CRLs into `h` if they changed; whether they did. Those held
+/// are kept when the server cannot be asked.
 async fn refresh_crls(api: &SigningApi, h: &mut Held) -> bool {
-    match api.crls(h).await {
-        Ok(crls) if crls != h.crl_pem => {
-            tracing::info!("the CRLs changed");
-            h.crl_pem = crls;
-            true
-        }
-        Ok(_) => false,
+    let (pem, etag) = match api.crls(h).await {
+        Ok(CrlAnswer::Unchanged) => return false,
+        Ok(CrlAnswer::Lists { pem, etag }) => (Some(pem), etag),
+        Ok(CrlAnswer::NotServed) => (None, None),
         Err(e) => {
             tracing::warn!(error = %e, "failed to refresh the CRLs; keeping those held");
-            false
+            return false;
         }
+    };
+    h.crl_etag = etag;
+    if pem == h.crl_pem {
+        return false;
     }
+    tracing::info!("the CRLs changed");
+    h.crl_pem = pem;
+    true
 }
 
 /// The certificate, key and bundle a previous run left in `dir`.
@@ -462,6 +465,7 @@ async fn load_held(dir: &Path) -> Result<Held, AgentError> {
         bundle_pem,
         federated: Federated::default(),
         crl_pem,
+        crl_etag: None,
         not_before,
         not_after,
         generation: None,

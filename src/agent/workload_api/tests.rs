@@ -27,6 +27,7 @@ fn held(is_ca: IsCa, bundle_pem: Option<&str>) -> Held {
         chain_pem: cert,
         federated: Default::default(),
         crl_pem: None,
+        crl_etag: None,
         key_pem: Zeroizing::new(key.serialize_pem()),
         not_before: OffsetDateTime::now_utc(),
         not_after: OffsetDateTime::now_utc() + Duration::from_secs(3600),

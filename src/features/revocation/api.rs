@@ -2,7 +2,7 @@
 //! (verifiers fetch them before they trust anyone).
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
@@ -34,15 +34,34 @@ async fn get_crl(State(crls): State<watch::Receiver<Crls>>, headers: HeaderMap) 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().starts_with(PEM)));
+    // One tag per representation; a client that holds it gets 304 and no
+    // body (agents ask every few seconds).
+    let etag = format!(
+        "\"{}-{}\"",
+        published.etag(),
+        if wants_pem { "pem" } else { "der" }
+    );
+    let held = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     // Verifiers fetch the lists on their own schedule: never a copy older
-    // than what meshca holds.
-    let cache = (header::CACHE_CONTROL, "no-cache");
+    // than what meshca holds without asking.
+    let cache = [
+        (header::CACHE_CONTROL, "no-cache".to_owned()),
+        (header::ETAG, etag),
+    ];
+    if held {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
     if wants_pem {
-        return ([(header::CONTENT_TYPE, PEM), cache], published.pem()).into_response();
+        return (cache, [(header::CONTENT_TYPE, PEM)], published.pem()).into_response();
     }
     match published.leaf_list() {
         Some(list) => (
-            [(header::CONTENT_TYPE, DER), cache],
+            cache,
+            [(header::CONTENT_TYPE, DER)],
             list.der.as_ref().to_vec(),
         )
             .into_response(),

@@ -43,6 +43,17 @@ impl Published {
         self.lists.iter().find(|l| l.signs_leaves)
     }
 
+    /// The entity tag of these lists, for conditional requests: a digest
+    /// of every list, so that it changes exactly when one does.
+    pub fn etag(&self) -> String {
+        let mut all = Vec::new();
+        for list in &self.lists {
+            all.extend_from_slice(&list.der);
+        }
+        let digest = meshca_provider::crypto::sha256(&all);
+        base16ct::lower::encode_string(&digest[..12])
+    }
+
     /// Every list, in PEM (`X509 CRL` blocks).
     pub fn pem(&self) -> String {
         let mut out = String::new();
