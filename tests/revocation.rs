@@ -465,6 +465,29 @@ fn the_command_refuses_what_is_not_a_serial_and_a_provider_without_revocation() 
         "nothing written"
     );
 
+    // Commands run at once all land: the file is changed under its lock.
+    let running: Vec<_> = (1..=8)
+        .map(|i| {
+            Command::new(BIN)
+                .args(["certificate", "revoke", "-c"])
+                .arg(&tresor)
+                .args(["--serial", &format!("{i:02x}")])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("meshca")
+        })
+        .collect();
+    for mut child in running {
+        assert!(child.wait().expect("wait").success());
+    }
+    let ledger = std::fs::read_to_string(dir.path().join("revocations.json")).expect("ledger");
+    for i in 1..=8 {
+        assert!(
+            ledger.contains(&format!("\"serial\":\"{i:02x}\"")),
+            "{i}: {ledger}"
+        );
+    }
+
     let cert_manager = dir.path().join("cert-manager.yaml");
     let yaml = "kubernetes: { kubeconfig: /nonexistent }\nprovider:\n  kind: cert-manager\n  cert_manager: { issuer_name: osm-ca }\n";
     std::fs::write(&cert_manager, support::config_yaml(dir.path(), yaml)).expect("config");
@@ -475,8 +498,9 @@ fn the_command_refuses_what_is_not_a_serial_and_a_provider_without_revocation() 
         err.contains("cert-manager provider has no revocation") && err.contains("identity deny"),
         "{err}"
     );
-    assert!(
-        !dir.path().join("revocations.json").exists(),
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("revocations.json")).expect("ledger"),
+        ledger,
         "nothing written"
     );
 }

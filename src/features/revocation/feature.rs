@@ -100,26 +100,27 @@ impl Feature for RevocationFeature {
             ));
         };
         let (crls, served) = watch::channel(Crls::NotYet);
-        let publisher =
-            Publisher {
-                ledger: store,
-                signer: ctx.issuer.signer().clone(),
-                next_update: self.config.crl_next_update,
-                metrics: RevocationMetrics::register(&ctx.core.metrics),
-                crls,
-                configmap: ctx.core.cluster.as_ref().map(|c| {
-                    let store = Store::configmap(
-                        c.client.clone(),
-                        &c.config.namespace,
-                        CRL_CONFIGMAP,
-                        CONFIGMAP_KEY,
-                    );
-                    (store, c.leader.clone())
-                }),
-                events: ctx.core.cluster.as_ref().map(|c| {
-                    Announcer::new(c.client.clone(), &c.config.namespace, c.leader.clone())
-                }),
-            };
+        // In a cluster, the leader also keeps the lists in a ConfigMap and
+        // records each revocation as an Event.
+        let (configmap, events) = match ctx.core.cluster.as_ref() {
+            Some(c) => {
+                let (client, namespace) = (c.client.clone(), c.config.namespace.as_str());
+                let store =
+                    Store::configmap(client.clone(), namespace, CRL_CONFIGMAP, CONFIGMAP_KEY);
+                let events = Announcer::new(client, namespace, c.leader.clone());
+                (Some((store, c.leader.clone())), Some(events))
+            }
+            None => (None, None),
+        };
+        let publisher = Publisher {
+            ledger: store,
+            signer: ctx.issuer.signer().clone(),
+            next_update: self.config.crl_next_update,
+            metrics: RevocationMetrics::register(&ctx.core.metrics),
+            crls,
+            configmap,
+            events,
+        };
         plug.route(api::routes(served));
         plug.task("revocation-lists", move |token| {
             publisher.run(ledger, token)

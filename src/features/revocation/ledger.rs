@@ -9,13 +9,13 @@
 //! replica reads. `meshca certificate revoke` writes it; the daemon reads
 //! it and makes the CRLs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meshca_provider::revocation::{Revoked, Serial, SerialError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::store::{Loaded, Over, Store, StoreError};
+use crate::store::{fs, Loaded, Over, Store, StoreError};
 
 /// The ConfigMap that holds the ledger in a cluster.
 pub const CONFIGMAP: &str = "meshca-revocations";
@@ -56,6 +56,10 @@ pub enum LedgerError {
         /// The entry's serial.
         serial: String,
     },
+    /// The write was interrupted (the runtime shutting down); whether it
+    /// landed is for the next read to say.
+    #[error("writing the revocation ledger {0} was interrupted; run the command again")]
+    Interrupted(String),
     /// Other writers kept changing it.
     #[error("the revocation ledger {0} kept changing while it was written; try again")]
     Busy(String),
@@ -172,21 +176,35 @@ impl Ledger {
 
 /// Where the ledger is kept.
 #[derive(Clone, Debug)]
-pub struct LedgerStore(Store);
+pub struct LedgerStore {
+    store: Store,
+    /// The file, without a cluster: revocations are made under its lock,
+    /// since a file has no versions to name what was read.
+    file: Option<PathBuf>,
+}
 
 impl LedgerStore {
     /// In the ConfigMap when meshca reaches a cluster, else in
     /// `state_dir`.
     pub fn new(state_dir: &Path, cluster: Option<(kube::Client, &str)>) -> Self {
-        Self(match cluster {
-            Some((client, namespace)) => Store::configmap(client, namespace, CONFIGMAP, KEY),
-            None => Store::file(state_dir.join(KEY), 0o600),
-        })
+        match cluster {
+            Some((client, namespace)) => Self {
+                store: Store::configmap(client, namespace, CONFIGMAP, KEY),
+                file: None,
+            },
+            None => {
+                let path = state_dir.join(KEY);
+                Self {
+                    store: Store::file(path.clone(), 0o600),
+                    file: Some(path),
+                }
+            }
+        }
     }
 
     /// Where it is, for messages.
     pub fn describe(&self) -> String {
-        self.0.describe()
+        self.store.describe()
     }
 
     /// The ledger; empty when none was ever written.
@@ -198,7 +216,7 @@ impl LedgerStore {
     }
 
     async fn load_versioned(&self) -> Result<(Ledger, Option<Loaded>), LedgerError> {
-        match self.0.load().await? {
+        match self.store.load().await? {
             None => Ok((Ledger::default(), None)),
             Some(loaded) => Ok((
                 Ledger::parse(&loaded.bytes, &self.describe())?,
@@ -207,12 +225,20 @@ impl LedgerStore {
         }
     }
 
-    /// Revoke `entry.serial`, over what was read: another writer's change
-    /// in between is read again and kept.
+    /// Revoke `entry.serial`: in the ConfigMap over what was read (another
+    /// writer's change in between is read again and kept), in the file
+    /// under its lock (two commands at once both land).
     ///
     /// # Errors
     /// [`LedgerError`]: it cannot be read, parsed or written.
     pub async fn revoke(&self, entry: Entry) -> Result<Revoking, LedgerError> {
+        if let Some(path) = self.file.clone() {
+            let place = self.describe();
+            let described = place.clone();
+            return tokio::task::spawn_blocking(move || revoke_in_file(&path, &place, entry))
+                .await
+                .unwrap_or(Err(LedgerError::Interrupted(described)));
+        }
         for _ in 0..5 {
             let (mut ledger, loaded) = self.load_versioned().await?;
             let revoking = ledger.revoke(entry.clone());
@@ -220,7 +246,7 @@ impl LedgerStore {
                 return Ok(revoking);
             }
             let bytes = ledger.encode()?;
-            match self.0.save(&bytes, Over::Read(loaded.as_ref())).await {
+            match self.store.save(&bytes, Over::Read(loaded.as_ref())).await {
                 Ok(()) => return Ok(revoking),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -228,6 +254,37 @@ impl LedgerStore {
         }
         Err(LedgerError::Busy(self.describe()))
     }
+}
+
+/// Read, revoke in and write the ledger file under its lock. Blocking:
+/// for the blocking pool.
+fn revoke_in_file(path: &Path, place: &str, entry: Entry) -> Result<Revoking, LedgerError> {
+    let read = |source| {
+        LedgerError::Store(StoreError::Read {
+            place: place.to_owned(),
+            source,
+        })
+    };
+    fs::with_lock(path, || Ok(revoke_locked(path, place, entry))).map_err(read)?
+}
+
+fn revoke_locked(path: &Path, place: &str, entry: Entry) -> Result<Revoking, LedgerError> {
+    let io = |source, write: bool| {
+        let place = place.to_owned();
+        LedgerError::Store(match write {
+            false => StoreError::Read { place, source },
+            true => StoreError::Write { place, source },
+        })
+    };
+    let mut ledger = match fs::read_optional(path).map_err(|e| io(e, false))? {
+        Some(bytes) => Ledger::parse(&bytes, place)?,
+        None => Ledger::default(),
+    };
+    let revoking = ledger.revoke(entry);
+    if revoking == Revoking::Revoked {
+        fs::write_atomically(path, &ledger.encode()?, 0o600).map_err(|e| io(e, true))?;
+    }
+    Ok(revoking)
 }
 
 #[cfg(test)]
