@@ -824,3 +824,42 @@ async fn a_client_holding_the_current_lists_is_answered_not_modified() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_write_the_api_server_forbids_is_not_repeated_every_tick() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        kube.kubeconfig().display()
+    );
+    let (d, config) = daemon(&extra).await;
+    // The first (empty) lists are written, then updates are forbidden.
+    support::eventually("meshca-crl", Duration::from_secs(20), || {
+        kube.get("", "configmaps", "osm-system", "meshca-crl")
+    })
+    .await;
+    kube.forbid("PUT", "/configmaps/meshca-crl");
+    assert!(revoke(&config, "0a1b2c").status.success());
+    let puts = || {
+        kube.requests()
+            .iter()
+            .filter(|r| r.starts_with("PUT /api/v1/namespaces/osm-system/configmaps/meshca-crl"))
+            .count()
+    };
+    support::eventually("an update of meshca-crl", Duration::from_secs(20), || {
+        (puts() > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        puts(),
+        1,
+        "a 403 waits, rather than being asked again every 2 s"
+    );
+    // The daemon still serves what it made.
+    let (status, _, pem) = get_crl(&d, true).await;
+    assert_eq!(status, 200);
+    let file = d.dir.path().join("served.pem");
+    std::fs::write(&file, pem).expect("crl");
+    assert!(crl_lists(&file, "0A1B2C"));
+}

@@ -128,7 +128,7 @@ impl Publisher {
     pub async fn run(self, mut ledger: Ledger, shutdown: CancellationToken) {
         let mut request: Option<CrlRequest> = None;
         let mut failing = false;
-        let mut mirrored: Option<Arc<Published>> = None;
+        let mut mirror = Mirror::default();
         let mut refused: Option<Refused> = None;
         loop {
             let now = OffsetDateTime::now_utc();
@@ -140,7 +140,7 @@ impl Publisher {
             if let Some(asked) = &request {
                 self.publish(asked, &mut refused).await;
             }
-            self.mirror(&mut mirrored).await;
+            self.mirror(&mut mirror).await;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(TICK) => {}
@@ -235,8 +235,10 @@ impl Publisher {
     }
 
     /// On the leader, write the lists published to the ConfigMap when they
-    /// are not the ones last written there (`mirrored`).
-    async fn mirror(&self, mirrored: &mut Option<Arc<Published>>) {
+    /// are not the ones last written there. A refusal repeating cannot
+    /// fix (RBAC, the 1 MiB limit) waits [`HOLD_OFF`], as every other
+    /// write meshca makes; an outage is tried again at the next tick.
+    async fn mirror(&self, mirror: &mut Mirror) {
         let Some((store, leader)) = &self.configmap else {
             return;
         };
@@ -246,20 +248,43 @@ impl Publisher {
         };
         if !*leader.borrow() {
             // Another replica writes; write again on becoming the leader.
-            *mirrored = None;
+            mirror.written = None;
             return;
         }
-        if mirrored.as_ref().is_some_and(|m| **m == *published) {
+        let now = tokio::time::Instant::now();
+        if mirror.written.as_ref().is_some_and(|m| **m == *published)
+            || mirror.not_before.is_some_and(|t| now < t)
+        {
             return;
         }
         match store.save(published.pem().as_bytes(), Over::Anything).await {
-            Ok(()) => *mirrored = Some(published),
-            Err(e) => {
+            Ok(()) => {
+                *mirror = Mirror {
+                    written: Some(published),
+                    not_before: None,
+                }
+            }
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %error_chain(&e), place = %store.describe(), retry_in = ?TICK, "failed to write the CRLs to the ConfigMap");
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), place = %store.describe(), retry_in = ?HOLD_OFF, "the API server refused the CRLs' ConfigMap; trying again later, fix meshca's RBAC or the ConfigMap meanwhile");
+                mirror.not_before = Some(now + HOLD_OFF);
             }
         }
     }
 }
+
+/// What the leader last wrote to the ConfigMap, and when it may write
+/// after a refusal.
+#[derive(Default)]
+struct Mirror {
+    written: Option<Arc<Published>>,
+    not_before: Option<tokio::time::Instant>,
+}
+
+/// How long a write the API server refused for good waits.
+const HOLD_OFF: Duration = Duration::from_secs(300);
 
 /// A request the provider refused for good, under the signer generation
 /// that refused it.
