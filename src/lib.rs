@@ -56,6 +56,9 @@ pub use features::ingress::{
 pub use features::istio_ca::IstioCaFeature;
 pub use features::jwt::JwtSvidsFeature;
 pub use features::pod_certificates::PodCertificatesFeature;
+pub use features::revocation::index::{
+    Page as CertificateIndexPage, Pages as CertificateIndexPages, Record as IndexedCertificate,
+};
 pub use features::revocation::ledger::{Entry as RevokedEntry, Ledger as RevocationLedger};
 pub use features::revocation::RevocationFeature;
 pub use meshca_provider::{Identity, TrustDomain};

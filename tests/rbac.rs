@@ -63,9 +63,32 @@ async fn sign_with_a_service_account_token(kube: &KubeStandIn, d: &TestDaemon) {
 /// deny` and `allow` editing the deny-list ConfigMap the daemon watches.
 async fn tresor_and_the_deny_list() -> Run {
     let kube = KubeStandIn::start().await;
+    // A page of the certificate index whose certificates have all
+    // expired: the leader deletes it.
+    kube.put(
+        "",
+        "configmaps",
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "meshca-certificates-1000-0a0b0c0d-0", "namespace": "osm-system",
+                          "labels": { "app.kubernetes.io/managed-by": "meshca" } },
+            "data": { "page.json": "{\"until\":1000,\"records\":[]}" },
+        }),
+    );
     let d = TestDaemon::start(&cluster(&kube, "")).await;
     bundle_published(&kube).await;
     sign_with_a_service_account_token(&kube, &d).await;
+    eventually("the passed page deleted", Duration::from_secs(10), || {
+        kube.get(
+            "",
+            "configmaps",
+            "osm-system",
+            "meshca-certificates-1000-0a0b0c0d-0",
+        )
+        .is_none()
+        .then_some(())
+    })
+    .await;
     let config = d.dir.path().join("meshca.yaml");
     std::fs::write(
         &config,
@@ -476,7 +499,7 @@ fn the_audit_tells_a_grant_from_a_refusal() {
         !grants.allows(&entry("get", "secrets", Some("shop"))),
         "the Role is namespaced"
     );
-    assert!(!grants.allows(&entry("delete", "configmaps", Some("osm-system"))));
+    assert!(!grants.allows(&entry("delete", "configmaps", Some("shop"))));
     assert!(
         !grants.allows(&entry("list", "pods", None)),
         "ingress rules are off by default"

@@ -17,6 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshca");
 
+/// The Kubernetes stand-in, and the config lines that reach it.
+async fn stand_in() -> (support::kube::KubeStandIn, String) {
+    let kube = support::kube::KubeStandIn::start().await;
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
+        kube.kubeconfig().display()
+    );
+    (kube, extra)
+}
+
 /// The daemon's config, also written to a file for the CLI.
 async fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
     let d = TestDaemon::start(extra).await;
@@ -507,11 +517,7 @@ fn the_command_refuses_what_is_not_a_serial_and_a_provider_without_revocation() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
-    let kube = support::kube::KubeStandIn::start().await;
-    let extra = format!(
-        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
-        kube.kubeconfig().display()
-    );
+    let (kube, extra) = stand_in().await;
     let (d, config) = daemon(&extra).await;
     let out = revoke(&config, "0a1b2c");
     assert!(
@@ -576,11 +582,7 @@ async fn configmap_lists(kube: &support::kube::KubeStandIn, dir: &Path, serials:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_outage_and_a_change_of_leader_lose_no_revocation() {
-    let kube = support::kube::KubeStandIn::start().await;
-    let extra = format!(
-        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
-        kube.kubeconfig().display()
-    );
+    let (kube, extra) = stand_in().await;
     let (mut first, config) = daemon(&extra).await;
     let second = TestDaemon::start(&extra).await;
     assert!(revoke(&config, "0a1b2c").status.success());
@@ -827,11 +829,7 @@ async fn a_client_holding_the_current_lists_is_answered_not_modified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_write_the_api_server_forbids_is_not_repeated_every_tick() {
-    let kube = support::kube::KubeStandIn::start().await;
-    let extra = format!(
-        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\n",
-        kube.kubeconfig().display()
-    );
+    let (kube, extra) = stand_in().await;
     let (d, config) = daemon(&extra).await;
     // The first (empty) lists are written, then updates are forbidden.
     support::eventually("meshca-crl", Duration::from_secs(20), || {
@@ -862,4 +860,282 @@ async fn a_configmap_write_the_api_server_forbids_is_not_repeated_every_tick() {
     let file = d.dir.path().join("served.pem");
     std::fs::write(&file, pem).expect("crl");
     assert!(crl_lists(&file, "0A1B2C"));
+}
+
+/// A certificate for `ns/sa` through the signing API: its serial as the
+/// API writes it.
+async fn issue_for(d: &TestDaemon, ns: &str, sa: &str) -> String {
+    let (status, _, body) = d
+        .post(
+            &d.client().await,
+            Some(&d.token(ns, sa)),
+            &serde_json::json!({ "csr": support::csr(&support::key()) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["serial"].as_str().expect("a serial").to_owned()
+}
+
+/// `meshca certificate revoke --identity` with `extra` arguments.
+fn revoke_identity(config: &Path, identity: &str, extra: &[&str]) -> Output {
+    let config = config.display().to_string();
+    let mut args = vec![
+        "certificate",
+        "revoke",
+        "-c",
+        &config,
+        "--identity",
+        identity,
+    ];
+    args.extend_from_slice(extra);
+    meshca(&args)
+}
+
+/// `meshca certificate list --identity`, as it ran.
+fn list(config: &Path, identity: &str) -> Output {
+    let config = config.display().to_string();
+    meshca(&["certificate", "list", "-c", &config, "--identity", identity])
+}
+
+/// `meshca certificate list --identity`: (serial, revoked) per line.
+fn listed(config: &Path, identity: &str) -> Vec<(String, String)> {
+    let out = list(config, identity);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<_> = l.split('\t').collect();
+            (cols[0].to_owned(), cols[4].to_owned())
+        })
+        .collect()
+}
+
+async fn wait_until_indexed(config: &Path, identity: &str, serials: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Vec<_> = listed(config, identity).into_iter().map(|l| l.0).collect();
+        if serials.iter().all(|s| now.iter().any(|n| n == s)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{identity}: {now:?} never held {serials:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wait until `GET /v1/crl` (PEM) lists every serial of `serials` (as the
+/// API writes them); returns the file it was written to.
+async fn served_lists(d: &TestDaemon, serials: &[&str]) -> PathBuf {
+    let file = d.dir.path().join("served.pem");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, pem) = get_crl(d, true).await;
+        if status == 200 {
+            std::fs::write(&file, &pem).expect("crl");
+            if serials.iter().all(|s| crl_lists(&file, &s.to_uppercase())) {
+                return file;
+            }
+        }
+        assert!(Instant::now() < deadline, "never listed {serials:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_identity_revokes_every_live_certificate_it_holds_and_denies_it() {
+    let (mut d, config) = daemon("").await;
+    let web = [
+        issue_for(&d, "shop", "web").await,
+        issue_for(&d, "shop", "web").await,
+    ];
+    let db = issue_for(&d, "shop", "db").await;
+    wait_until_indexed(&config, "shop/web", &[&web[0], &web[1]]).await;
+    assert_eq!(
+        listed(&config, "shop/web"),
+        [(web[0].clone(), "no".into()), (web[1].clone(), "no".into())],
+        "in the order issued, none revoked"
+    );
+
+    let out = revoke_identity(&config, "shop/web", &["--reason", "key leaked"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("revoked 2 certificate(s) of shop/web"),
+        "{err}"
+    );
+    let crl = served_lists(&d, &[&web[0], &web[1]]).await;
+    assert!(
+        !crl_lists(&crl, &db.to_uppercase()),
+        "another identity's stays valid"
+    );
+    assert_eq!(
+        listed(&config, "shop/web"),
+        [
+            (web[0].clone(), "yes".into()),
+            (web[1].clone(), "yes".into())
+        ]
+    );
+    // Implied deny: no new certificate for it.
+    let (status, _, body) = d
+        .post(
+            &d.client().await,
+            Some(&d.token("shop", "web")),
+            &serde_json::json!({ "csr": support::csr(&support::key()) }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("identity_denied")),
+        "{body}"
+    );
+
+    // A certificate issued as the daemon stops is written as it stops;
+    // the index outlives the start.
+    let late = issue_for(&d, "shop", "db").await;
+    d.stop().await;
+    let pages = d.dir.path().join("certificates");
+    for page in std::fs::read_dir(&pages).expect("the index's pages") {
+        let mode = page
+            .expect("a page")
+            .metadata()
+            .expect("metadata")
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+    let held: Vec<_> = listed(&config, "shop/db")
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(held, [db.clone(), late]);
+    d.restart().await;
+    assert_eq!(
+        listed(&config, "shop/web").len(),
+        2,
+        "read back after a restart"
+    );
+
+    // A page that cannot be read stops the start and the commands, naming
+    // it; nothing is rewritten.
+    d.stop().await;
+    let page = std::fs::read_dir(&pages)
+        .expect("pages")
+        .map(|p| p.expect("a page").path())
+        .next()
+        .expect("a page");
+    std::fs::write(&page, "{\"until\":1,\"records\":[[\"0A\"").expect("corrupt");
+    let err = meshca::start(d.config.clone())
+        .await
+        .expect_err("the start stops");
+    let text = support::error_chain(&err);
+    let name = page
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        text.contains(&name) && text.contains("does not parse"),
+        "{text}"
+    );
+    let out = list(&config, "shop/db");
+    assert!(
+        !out.status.success(),
+        "the command does not take it as fewer certificates"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
+    assert_eq!(
+        std::fs::read_to_string(&page).expect("as written"),
+        "{\"until\":1,\"records\":[[\"0A\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_to_reissue_only_what_was_issued_before_is_revoked() {
+    let (d, config) = daemon("").await;
+    let old = issue_for(&d, "shop", "api").await;
+    wait_until_indexed(&config, "shop/api", &[&old]).await;
+    let out = revoke_identity(
+        &config,
+        "shop/api",
+        &["--issued-before", "2020-01-01T00:00:00Z", "--allow-reissue"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked 0 certificate(s)"));
+    let out = revoke_identity(&config, "shop/api", &["--allow-reissue"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("revoked 1 certificate(s)"),
+        "{err}"
+    );
+    assert!(!err.contains("denied"), "{err}");
+    // Not denied: the workload gets a new certificate at once, valid.
+    let new = issue_for(&d, "shop", "api").await;
+    let crl = served_lists(&d, &[&old]).await;
+    assert!(!crl_lists(&crl, &new.to_uppercase()));
+    // Usage errors say why and change nothing.
+    for (args, why) in [
+        (vec!["--identity", "shop"], "namespace/service-account"),
+        (
+            vec!["--identity", "shop/api", "--issued-before", "yesterday"],
+            "RFC 3339",
+        ),
+    ] {
+        let config = config.display().to_string();
+        let mut all = vec!["certificate", "revoke", "-c", &config];
+        all.extend(args);
+        let out = meshca(&all);
+        assert_eq!(out.status.code(), Some(64));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(why));
+    }
+    assert_eq!(
+        listed(&config, "shop/api"),
+        [(old, "yes".into()), (new, "no".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_an_identity_is_revoked_from_every_replica() {
+    let (kube, extra) = stand_in().await;
+    let (first, config) = daemon(&extra).await;
+    let second = TestDaemon::start(&extra).await;
+    let serials = [
+        issue_for(&first, "shop", "web").await,
+        issue_for(&second, "shop", "web").await,
+    ];
+    wait_until_indexed(&config, "shop/web", &[&serials[0], &serials[1]]).await;
+    let pages: Vec<_> = kube
+        .list("", "configmaps", "osm-system")
+        .into_iter()
+        .filter(|cm| {
+            cm["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("meshca-certificates-"))
+        })
+        .collect();
+    assert!(pages.len() >= 2, "a page per replica: {pages:?}");
+    assert!(
+        !first.dir.path().join("certificates").exists(),
+        "not in the state directory"
+    );
+
+    let out = revoke_identity(&config, "shop/web", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upper: Vec<_> = serials.iter().map(|s| s.to_uppercase()).collect();
+    configmap_lists(&kube, first.dir.path(), &[&upper[0], &upper[1]]).await;
+    let denied = kube
+        .get("", "configmaps", "osm-system", "meshca-denied")
+        .expect("the deny-list");
+    assert!(denied.to_string().contains("web"), "{denied}");
 }

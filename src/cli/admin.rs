@@ -9,7 +9,6 @@ use meshca_provider::Identity;
 use super::{load_config, EX_USAGE};
 use crate::auth::{Revoke, TokenStore};
 use crate::config::Config;
-use crate::issuer::DenyList;
 
 /// `meshca token create`: print a new token; only its hash is stored.
 pub fn create_token(config: Option<&Path>, namespace: &str, service_account: &str) -> ExitCode {
@@ -109,28 +108,21 @@ pub async fn deny_identity(config: Option<&Path>, identity: &str, deny: bool) ->
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let cluster = match crate::feature::cluster(&config.common()).await {
-        Ok(client) => client.map(|(c, ns)| (c, ns.to_owned())),
+    let common = config.common();
+    let cluster = match crate::feature::cluster(&common).await {
+        Ok(client) => client,
         Err(code) => return code,
     };
-    let (changed, place) = match cluster {
-        Some((client, ns)) => (
-            crate::issuer::deny_configmap::change(client, &ns, (namespace, service_account), deny)
-                .await,
-            format!("ConfigMap {ns}/{}", crate::issuer::deny_configmap::NAME),
-        ),
-        None => {
-            let list = DenyList::new(config.auth.denied_file.clone());
-            (
-                list.change(namespace, service_account, deny)
-                    .map_err(|e| crate::report::error_chain(&e)),
-                list.path().display().to_string(),
-            )
-        }
-    };
+    let changed = crate::issuer::deny_configmap::change_where_kept(
+        common.denied_file,
+        cluster,
+        (namespace, service_account),
+        deny,
+    )
+    .await;
     let verb = if deny { "denied" } else { "allowed" };
     match changed {
-        Ok(changed) => {
+        Ok((changed, place)) => {
             let note = if changed { "" } else { " (already so)" };
             eprintln!(
                 "{namespace}/{service_account} {verb}{note} in {place}; a running daemon applies it within seconds"

@@ -247,6 +247,7 @@ impl Config {
             provider: Some(&self.provider),
             key_custody: self.key_custody.as_ref(),
             propagation_delay: self.rotation.propagation_delay,
+            denied_file: &self.auth.denied_file,
         }
     }
 
@@ -255,6 +256,10 @@ impl Config {
         let mut errors = Errors::default();
         let core = Core::validate(&raw, &mut errors);
         let mut warnings = Vec::new();
+        let denied_file = raw
+            .auth
+            .validate(&raw.state_dir, core.kubernetes.is_some())
+            .denied_file;
         let common = Common {
             trust_domain: core.trust_domain.as_ref(),
             trust_domain_text: &raw.trust_domain,
@@ -266,6 +271,7 @@ impl Config {
             provider: core.provider.as_ref(),
             key_custody: core.key_custody.as_ref(),
             propagation_delay: core.rotation.propagation_delay,
+            denied_file: &denied_file,
         };
         let mut features = Vec::new();
         for definition in crate::features::ALL {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Ready;
 use crate::bundle::spiffe::{JwtKeys, PeerBundles};
 use crate::bundle::BundleSink;
-use crate::issuer::MintTokens;
+use crate::issuer::{MintTokens, RecordIssued};
 use crate::listener::ServingTls;
 use crate::supervisor::Spawner;
 
@@ -41,6 +41,7 @@ pub struct Plug {
     spawner: Spawner,
     pub(crate) sinks: Vec<Arc<dyn BundleSink>>,
     pub(crate) tokens: Option<Arc<dyn MintTokens>>,
+    pub(crate) records: Vec<Arc<dyn RecordIssued>>,
     pub(crate) jwt_keys: Option<Arc<dyn JwtKeys>>,
     pub(crate) peers: Option<Arc<dyn PeerBundles>>,
     pub(crate) refresh_hint: Option<std::time::Duration>,
@@ -57,6 +58,7 @@ impl Plug {
             spawner,
             sinks: Vec::new(),
             tokens: None,
+            records: Vec::new(),
             jwt_keys: None,
             peers: None,
             refresh_hint: None,
@@ -115,6 +117,12 @@ impl Plug {
     /// Mint JWT-SVIDs with `tokens`.
     pub fn tokens(&mut self, tokens: Arc<dyn MintTokens>) {
         self.tokens = Some(tokens);
+    }
+
+    /// Tell `records` of every certificate the issuer hands out (from
+    /// the daemon's own serving certificate on: call it in `prepare`).
+    pub fn record_issued(&mut self, records: Arc<dyn RecordIssued>) {
+        self.records.push(records);
     }
 
     /// Serve `keys` in this trust domain's SPIFFE bundle.

@@ -43,6 +43,8 @@ pub struct Common<'a> {
     pub key_custody: Option<&'a CustodyConfig>,
     /// `rotation.propagation_delay`.
     pub propagation_delay: Duration,
+    /// The deny-list file (`auth.denied_file`), used without a cluster.
+    pub denied_file: &'a Path,
 }
 
 /// A section that does not parse: where, and what is wrong.

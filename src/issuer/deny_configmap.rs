@@ -125,3 +125,33 @@ pub async fn change(
     }
     Err(format!("ConfigMap {NAME} kept changing; try again"))
 }
+
+/// Deny (`deny`) or allow `identity` (`(namespace, service_account)`)
+/// where the daemons read it: the ConfigMap in `cluster` when meshca
+/// reaches one, else the file `denied_file`. Returns whether it changed
+/// and where it is kept.
+///
+/// # Errors
+/// The list cannot be read or written, as one line.
+pub async fn change_where_kept(
+    denied_file: &std::path::Path,
+    cluster: Option<(kube::Client, &str)>,
+    identity: (&str, &str),
+    deny: bool,
+) -> Result<(bool, String), String> {
+    match cluster {
+        Some((client, namespace)) => change(client, namespace, identity, deny)
+            .await
+            .map(|changed| (changed, format!("ConfigMap {namespace}/{NAME}"))),
+        None => {
+            let list = super::DenyList::new(denied_file.to_owned());
+            let (namespace, service_account) = (identity.0.to_owned(), identity.1.to_owned());
+            let place = list.path().display().to_string();
+            tokio::task::spawn_blocking(move || list.change(&namespace, &service_account, deny))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|changed| (changed, place))
+                .map_err(|e| crate::report::error_chain(&e))
+        }
+    }
+}

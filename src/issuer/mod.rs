@@ -60,6 +60,15 @@ pub trait MintTokens: Send + Sync + std::fmt::Debug {
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, MintError>;
 }
+
+/// Told of every certificate issued: the revocation feature's index of
+/// live certificates, behind this trait. Called on the request's path, so
+/// it only takes note (the writing is the recorder's own task).
+pub trait RecordIssued: Send + Sync + std::fmt::Debug {
+    /// `issued` was handed out through `frontend`.
+    fn issued(&self, frontend: Frontend, issued: &Issued);
+}
+
 use crate::renewal;
 use crate::rollout::Signer;
 
@@ -180,6 +189,7 @@ pub struct Issuer {
     denied: DenyList,
     admission: Arc<Admission>,
     tokens: Option<Arc<dyn MintTokens>>,
+    records: Vec<Arc<dyn RecordIssued>>,
 }
 
 impl Issuer {
@@ -202,7 +212,15 @@ impl Issuer {
             denied,
             admission,
             tokens: None,
+            records: Vec::new(),
         }
+    }
+
+    /// This issuer, telling `records` of every certificate it issues.
+    #[must_use]
+    pub fn with_records(mut self, records: Vec<Arc<dyn RecordIssued>>) -> Self {
+        self.records = records;
+        self
     }
 
     /// This issuer, minting JWT-SVIDs with `tokens` too.
@@ -287,6 +305,11 @@ impl Issuer {
     pub async fn issue(&self, request: Request<'_>) -> Result<Box<IssuedCertificate>, Refusal> {
         let verdict = self.decide(&request).await;
         self.count(request.frontend, verdict.as_ref().err());
+        if let Ok(issued) = &verdict {
+            for record in &self.records {
+                record.issued(request.frontend, &issued.issued);
+            }
+        }
         verdict
     }
 

@@ -79,6 +79,38 @@ pub async fn write_atomically_off_runtime(
         .map_err(std::io::Error::other)?
 }
 
+/// The names of the files in `dir`, empty when there is no such
+/// directory.
+///
+/// # Errors
+/// The directory exists but cannot be read.
+pub fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Remove `path`; one already gone is removed.
+///
+/// # Errors
+/// It exists and cannot be removed.
+pub fn remove_optional(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// [`read_optional`] on the blocking pool.
 ///
 /// # Errors

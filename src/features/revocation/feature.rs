@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::events::Announcer;
+use super::index::{self, IndexStore, Recorder};
 use super::ledger::{Ledger, LedgerStore, CONFIGMAP, KEY};
 use super::metrics::RevocationMetrics;
 use super::publisher::{Crls, Publisher, CONFIGMAP as CRL_CONFIGMAP, CONFIGMAP_KEY};
@@ -46,11 +47,47 @@ fn configure(
 }
 
 fn ledger_store(core: &Core) -> LedgerStore {
-    let cluster = core
-        .cluster
+    LedgerStore::new(&core.state_dir, cluster(core))
+}
+
+fn cluster(core: &Core) -> Option<(kube::Client, &str)> {
+    core.cluster
         .as_ref()
-        .map(|c| (c.client.clone(), c.config.namespace.as_str()));
-    LedgerStore::new(&core.state_dir, cluster)
+        .map(|c| (c.client.clone(), c.config.namespace.as_str()))
+}
+
+/// What `prepare` makes for `start`.
+struct Prepared {
+    ledger: (LedgerStore, Ledger),
+    index: (IndexStore, Arc<Recorder>),
+}
+
+/// Read every page of the certificate index (one that cannot be read
+/// stops the start) and take note of every certificate issued from now.
+async fn prepare_index(
+    core: &Core,
+    plug: &mut Plug,
+) -> Result<(IndexStore, Arc<Recorder>), index::IndexError> {
+    let store = IndexStore::new(&core.state_dir, cluster(core));
+    let pages = store.pages().await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let live = pages
+        .iter()
+        .flat_map(|p| &p.records)
+        .filter(|r| r.not_after > now)
+        .count();
+    tracing::info!(live, pages = pages.len(), index = %store.describe(), "read the certificate index");
+    // Named per start: a page has one writer, even across restarts.
+    let random = crate::crypto::random::<4>().map_err(|e| {
+        index::IndexError::Store(crate::store::StoreError::Write {
+            place: store.describe(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    let writer = base16ct::lower::encode_string(&random);
+    let recorder = index::recorder(&writer, core.lifetimes.max_ttl, &core.metrics);
+    plug.record_issued(recorder.clone());
+    Ok((store, recorder))
 }
 
 #[async_trait::async_trait]
@@ -71,11 +108,18 @@ impl Feature for RevocationFeature {
         };
         Plan {
             sinks: Vec::new(),
-            lines: vec![format!(
-                "revocation: CRLs at GET /v1/crl{}, next update {} (made again at half of it); revoked serials kept in {ledger}",
-                common.kubernetes.map(|k| format!(" and in the ConfigMap {}/{CRL_CONFIGMAP} (key {CONFIGMAP_KEY}) in a cluster", k.namespace)).unwrap_or_default(),
-                humantime::format_duration(self.config.crl_next_update)
-            )],
+            lines: vec![
+                format!(
+                    "revocation: CRLs at GET /v1/crl{}, next update {} (made again at half of it); revoked serials kept in {ledger}",
+                    common.kubernetes.map(|k| format!(" and in the ConfigMap {}/{CRL_CONFIGMAP} (key {CONFIGMAP_KEY}) in a cluster", k.namespace)).unwrap_or_default(),
+                    humantime::format_duration(self.config.crl_next_update)
+                ),
+                format!(
+                    "revocation: every certificate issued is indexed (for `meshca certificate revoke --identity`) in {}{}",
+                    common.state_dir.join(index::DIR).display(),
+                    common.kubernetes.map(|k| format!(", or the ConfigMaps {}/{}* in a cluster", k.namespace, index::PREFIX)).unwrap_or_default(),
+                ),
+            ],
         }
     }
 
@@ -89,16 +133,30 @@ impl Feature for RevocationFeature {
             .map_err(|e| FeatureError::of(self.name())(Box::new(e)))?;
         let listed = ledger.listed(time::OffsetDateTime::now_utc()).len();
         tracing::info!(listed, ledger = %store.describe(), "read the revocation ledger");
-        plug.hold::<(LedgerStore, Ledger)>((store, ledger));
+        let index = prepare_index(core, plug)
+            .await
+            .map_err(|e| FeatureError::of(self.name())(Box::new(e)))?;
+        plug.hold(Prepared {
+            ledger: (store, ledger),
+            index,
+        });
         Ok(())
     }
 
     async fn start(&self, ctx: &Context<'_>, plug: &mut Plug) -> Result<(), FeatureError> {
-        let Some((store, ledger)) = plug.take_held::<(LedgerStore, Ledger)>() else {
+        let Some(Prepared {
+            ledger: (store, ledger),
+            index: (index_store, recorder),
+        }) = plug.take_held::<Prepared>()
+        else {
             return Err(FeatureError::of(self.name())(
                 "started without being prepared".into(),
             ));
         };
+        let leader = ctx.core.cluster.as_ref().map(|c| c.leader.clone());
+        plug.task("certificate-index", move |token| {
+            index::write(recorder, index_store, leader, token)
+        });
         let (crls, served) = watch::channel(Crls::NotYet);
         // In a cluster, the leader also keeps the lists in a ConfigMap and
         // records each revocation as an Event.

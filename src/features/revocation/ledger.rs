@@ -116,6 +116,25 @@ impl Ledger {
         Revoking::Revoked
     }
 
+    /// Revoke every serial of `entries`; returns how many were not
+    /// revoked already.
+    pub fn revoke_all(&mut self, entries: Vec<Entry>) -> usize {
+        let mut revoked = 0;
+        for entry in entries {
+            if self.revoke(entry) == Revoking::Revoked {
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+
+    /// Whether `serial` is listed at `now`.
+    pub fn lists(&self, serial: &str, now: OffsetDateTime) -> bool {
+        self.revoked
+            .iter()
+            .any(|e| e.serial == serial && e.listed_until > now)
+    }
+
     /// The serials listed at `now`, in the order they were revoked.
     pub fn listed(&self, now: OffsetDateTime) -> Vec<Revoked> {
         self.revoked
@@ -232,22 +251,35 @@ impl LedgerStore {
     /// # Errors
     /// [`LedgerError`]: it cannot be read, parsed or written.
     pub async fn revoke(&self, entry: Entry) -> Result<Revoking, LedgerError> {
+        Ok(match self.revoke_all(vec![entry]).await? {
+            0 => Revoking::AlreadyRevoked,
+            _ => Revoking::Revoked,
+        })
+    }
+
+    /// Revoke every serial of `entries` in one write, as [`Self::revoke`];
+    /// returns how many were not revoked already.
+    ///
+    /// # Errors
+    /// [`LedgerError`]: it cannot be read, parsed or written; then none
+    /// is revoked.
+    pub async fn revoke_all(&self, entries: Vec<Entry>) -> Result<usize, LedgerError> {
         if let Some(path) = self.file.clone() {
             let place = self.describe();
             let described = place.clone();
-            return tokio::task::spawn_blocking(move || revoke_in_file(&path, &place, entry))
+            return tokio::task::spawn_blocking(move || revoke_in_file(&path, &place, entries))
                 .await
                 .unwrap_or(Err(LedgerError::Interrupted(described)));
         }
         for _ in 0..5 {
             let (mut ledger, loaded) = self.load_versioned().await?;
-            let revoking = ledger.revoke(entry.clone());
-            if revoking == Revoking::AlreadyRevoked {
-                return Ok(revoking);
+            let revoked = ledger.revoke_all(entries.clone());
+            if revoked == 0 {
+                return Ok(revoked);
             }
             let bytes = ledger.encode()?;
             match self.store.save(&bytes, Over::Read(loaded.as_ref())).await {
-                Ok(()) => return Ok(revoking),
+                Ok(()) => return Ok(revoked),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -258,17 +290,17 @@ impl LedgerStore {
 
 /// Read, revoke in and write the ledger file under its lock. Blocking:
 /// for the blocking pool.
-fn revoke_in_file(path: &Path, place: &str, entry: Entry) -> Result<Revoking, LedgerError> {
+fn revoke_in_file(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize, LedgerError> {
     let read = |source| {
         LedgerError::Store(StoreError::Read {
             place: place.to_owned(),
             source,
         })
     };
-    fs::with_lock(path, || Ok(revoke_locked(path, place, entry))).map_err(read)?
+    fs::with_lock(path, || Ok(revoke_locked(path, place, entries))).map_err(read)?
 }
 
-fn revoke_locked(path: &Path, place: &str, entry: Entry) -> Result<Revoking, LedgerError> {
+fn revoke_locked(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize, LedgerError> {
     let io = |source, write: bool| {
         let place = place.to_owned();
         LedgerError::Store(match write {
@@ -280,11 +312,11 @@ fn revoke_locked(path: &Path, place: &str, entry: Entry) -> Result<Revoking, Led
         Some(bytes) => Ledger::parse(&bytes, place)?,
         None => Ledger::default(),
     };
-    let revoking = ledger.revoke(entry);
-    if revoking == Revoking::Revoked {
+    let revoked = ledger.revoke_all(entries);
+    if revoked > 0 {
         fs::write_atomically(path, &ledger.encode()?, 0o600).map_err(|e| io(e, true))?;
     }
-    Ok(revoking)
+    Ok(revoked)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod cli;
 mod config;
 mod events;
 mod feature;
+pub mod index;
 pub mod ledger;
 mod metrics;
 pub mod publisher;
