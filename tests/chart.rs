@@ -632,6 +632,29 @@ fn the_chart_renders_post_quantum_roots_and_the_serving_key_algorithm_as_asked()
 }
 
 #[test]
+fn the_chart_renders_the_revocation_settings() {
+    let revocation = |config: &meshca::Config| {
+        config
+            .feature::<meshca::RevocationFeature>()
+            .expect("always on")
+            .config
+            .clone()
+    };
+    let plain = revocation(&check_objects(&render(&[])));
+    assert_eq!(plain.crl_next_update, std::time::Duration::from_secs(600));
+    assert_eq!(plain.crl_url, None);
+    let set = revocation(&check_objects(&render(&[
+        "revocation.crlNextUpdate=1h",
+        "revocation.crlUrl=http://crl.example/meshca.crl",
+    ])));
+    assert_eq!(set.crl_next_update, std::time::Duration::from_secs(3600));
+    assert_eq!(
+        set.crl_url.as_deref(),
+        Some("http://crl.example/meshca.crl")
+    );
+}
+
+#[test]
 fn the_chart_renders_transit_key_custody_with_its_credentials_mounted() {
     let docs = render(&[
         "keyCustody.kind=transit",

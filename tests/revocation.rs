@@ -897,7 +897,13 @@ fn list(config: &Path, identity: &str) -> Output {
     meshca(&["certificate", "list", "-c", &config, "--identity", identity])
 }
 
-/// `meshca certificate list --identity`: (serial, revoked) per line.
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// `meshca certificate list --identity`: (serial, revoked) per line,
+/// ordered by serial (the command orders by the second of issue).
 fn listed(config: &Path, identity: &str) -> Vec<(String, String)> {
     let out = list(config, identity);
     assert!(
@@ -905,14 +911,16 @@ fn listed(config: &Path, identity: &str) -> Vec<(String, String)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let cols: Vec<_> = l.split('\t').collect();
-            (cols[0].to_owned(), cols[4].to_owned())
-        })
-        .collect()
+    sorted(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let cols: Vec<_> = l.split('\t').collect();
+                (cols[0].to_owned(), cols[4].to_owned())
+            })
+            .collect(),
+    )
 }
 
 async fn wait_until_indexed(config: &Path, identity: &str, serials: &[&str]) {
@@ -959,8 +967,11 @@ async fn revoking_an_identity_revokes_every_live_certificate_it_holds_and_denies
     wait_until_indexed(&config, "shop/web", &[&web[0], &web[1]]).await;
     assert_eq!(
         listed(&config, "shop/web"),
-        [(web[0].clone(), "no".into()), (web[1].clone(), "no".into())],
-        "in the order issued, none revoked"
+        sorted(vec![
+            (web[0].clone(), "no".into()),
+            (web[1].clone(), "no".into())
+        ]),
+        "both, none revoked"
     );
 
     let out = revoke_identity(&config, "shop/web", &["--reason", "key leaked"]);
@@ -977,10 +988,10 @@ async fn revoking_an_identity_revokes_every_live_certificate_it_holds_and_denies
     );
     assert_eq!(
         listed(&config, "shop/web"),
-        [
+        sorted(vec![
             (web[0].clone(), "yes".into()),
             (web[1].clone(), "yes".into())
-        ]
+        ])
     );
     // Implied deny: no new certificate for it.
     let (status, _, body) = d
@@ -1016,7 +1027,7 @@ async fn revoking_an_identity_revokes_every_live_certificate_it_holds_and_denies
         .into_iter()
         .map(|l| l.0)
         .collect();
-    assert_eq!(held, [db.clone(), late]);
+    assert_eq!(held, sorted(vec![db.clone(), late]));
     d.restart().await;
     assert_eq!(
         listed(&config, "shop/web").len(),
@@ -1097,7 +1108,7 @@ async fn allowed_to_reissue_only_what_was_issued_before_is_revoked() {
     }
     assert_eq!(
         listed(&config, "shop/api"),
-        [(old, "yes".into()), (new, "no".into())]
+        sorted(vec![(old, "yes".into()), (new, "no".into())])
     );
 }
 
@@ -1138,4 +1149,100 @@ async fn in_a_cluster_an_identity_is_revoked_from_every_replica() {
         .get("", "configmaps", "osm-system", "meshca-denied")
         .expect("the deny-list");
     assert!(denied.to_string().contains("web"), "{denied}");
+}
+
+/// `openssl verify -crl_download -crl_check`: the CRL fetched from the
+/// leaf's CRL Distribution Points, as a relying party without a CRL file
+/// does.
+fn openssl_fetching(bundle: &Path, cert: &Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["verify", "-crl_download", "-crl_check", "-CAfile"])
+        .arg(bundle)
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_names_its_crl_and_openssl_fetches_it_from_there() {
+    // A plain HTTP server for the list, as an operator would publish the
+    // ConfigMap meshca-crl or GET /v1/crl.
+    let served = tempfile::tempdir().expect("tempdir");
+    let port = support::process::free_port();
+    let _http = support::bench::Reaped(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(served.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    support::process::wait_for_port(port);
+    let url = format!("http://127.0.0.1:{port}/meshca.crl");
+    let (d, config) = daemon(&format!("revocation: {{ crl_url: \"{url}\" }}\n")).await;
+    let (status, _, body) = d
+        .post(
+            &d.client().await,
+            Some(&d.token("shop", "web")),
+            &serde_json::json!({ "csr": support::csr(&support::key()) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cert = d.dir.path().join("web.pem");
+    std::fs::write(&cert, body["certificate_chain"].as_str().expect("chain")).expect("cert");
+    let ext = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    let ext = String::from_utf8_lossy(&ext.stdout);
+    assert!(ext.contains(&format!("URI:{url}")), "{ext}");
+
+    let publish = |der: &[u8]| std::fs::write(served.path().join("meshca.crl"), der).expect("crl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let der = loop {
+        let (status, _, der) = get_crl(&d, false).await;
+        if status == 200 {
+            break der;
+        }
+        assert!(Instant::now() < deadline, "no CRL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    publish(&der);
+    let (ok, text) = openssl_fetching(&d.bundle_path(), &cert);
+    assert!(ok, "valid while not revoked: {text}");
+
+    let serial = body["serial"].as_str().expect("serial");
+    assert!(revoke(&config, serial).status.success());
+    served_lists(&d, &[serial]).await;
+    publish(&get_crl(&d, false).await.2);
+    let (ok, text) = openssl_fetching(&d.bundle_path(), &cert);
+    assert!(!ok && text.contains("certificate revoked"), "{text}");
+
+    // A URL a fetcher cannot use is refused, naming the key.
+    let bad = d.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        support::config_yaml(
+            d.dir.path(),
+            "revocation: { crl_url: \"ldap://x/cn=ca\" }\n",
+        ),
+    )
+    .expect("config");
+    let out = meshca(&["config", "check", "-c", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("revocation.crl_url"), "{text}");
 }

@@ -159,7 +159,8 @@ async fn build(
     let publish = core::publish_bundle(config, &core, &signing, &mut plug, spawner).await;
     let minter = plug.tokens.take();
     let issuer = core::issuer(config, &core, &signing, (files.denied, minter), spawner)
-        .with_records(std::mem::take(&mut plug.records));
+        .with_records(std::mem::take(&mut plug.records))
+        .with_crl_url(plug.crl_url.take());
     let renew_serving = Arc::new(Notify::new());
     let serving =
         core::serving_certificate(config, &issuer, &metrics, &renew_serving, spawner).await?;

@@ -42,6 +42,7 @@ pub struct Plug {
     pub(crate) sinks: Vec<Arc<dyn BundleSink>>,
     pub(crate) tokens: Option<Arc<dyn MintTokens>>,
     pub(crate) records: Vec<Arc<dyn RecordIssued>>,
+    pub(crate) crl_url: Option<String>,
     pub(crate) jwt_keys: Option<Arc<dyn JwtKeys>>,
     pub(crate) peers: Option<Arc<dyn PeerBundles>>,
     pub(crate) refresh_hint: Option<std::time::Duration>,
@@ -59,6 +60,7 @@ impl Plug {
             sinks: Vec::new(),
             tokens: None,
             records: Vec::new(),
+            crl_url: None,
             jwt_keys: None,
             peers: None,
             refresh_hint: None,
@@ -123,6 +125,12 @@ impl Plug {
     /// the daemon's own serving certificate on: call it in `prepare`).
     pub fn record_issued(&mut self, records: Arc<dyn RecordIssued>) {
         self.records.push(records);
+    }
+
+    /// Name `url` as the CRL distribution point of every leaf the issuer
+    /// hands out (call it in `prepare`).
+    pub fn crl_url(&mut self, url: String) {
+        self.crl_url = Some(url);
     }
 
     /// Serve `keys` in this trust domain's SPIFFE bundle.

@@ -190,6 +190,7 @@ pub struct Issuer {
     admission: Arc<Admission>,
     tokens: Option<Arc<dyn MintTokens>>,
     records: Vec<Arc<dyn RecordIssued>>,
+    crl_url: Option<String>,
 }
 
 impl Issuer {
@@ -213,7 +214,16 @@ impl Issuer {
             admission,
             tokens: None,
             records: Vec::new(),
+            crl_url: None,
         }
+    }
+
+    /// This issuer, naming `url` as every leaf's CRL distribution point
+    /// (where the provider builds the leaf).
+    #[must_use]
+    pub fn with_crl_url(mut self, url: Option<String>) -> Self {
+        self.crl_url = url;
+        self
     }
 
     /// This issuer, telling `records` of every certificate it issues.
@@ -345,7 +355,8 @@ impl Issuer {
                 after: Duration::from_secs(1),
             });
         };
-        self.sign(&csr, &profile(request)).await
+        let profile = profile(request).with_crl_url(self.crl_url.clone());
+        self.sign(&csr, &profile).await
     }
 
     /// The deny-list and the identity's rate; the daemon's own

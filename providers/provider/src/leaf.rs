@@ -80,6 +80,10 @@ pub struct LeafProfile {
     /// Whether the identity's DNS name is a SAN (always, but for a leaf
     /// named only by its SPIFFE ID: see [`LeafProfile::spiffe_id_only`]).
     identity_dns: bool,
+    /// Where relying parties fetch the CRL covering it, written into the
+    /// leaf by providers that build it (Tresor); a Vault mount and a
+    /// cert-manager issuer write their own.
+    crl_url: Option<String>,
 }
 
 impl LeafProfile {
@@ -94,7 +98,20 @@ impl LeafProfile {
             ceiling: lifetime,
             extra_names: Vec::new(),
             identity_dns: true,
+            crl_url: None,
         }
+    }
+
+    /// Name `url` as the leaf's CRL distribution point.
+    #[must_use]
+    pub fn with_crl_url(mut self, url: Option<String>) -> Self {
+        self.crl_url = url;
+        self
+    }
+
+    /// The CRL distribution point to write, if any.
+    pub fn crl_url(&self) -> Option<&str> {
+        self.crl_url.as_deref()
     }
 
     /// The same workload leaf named by its SPIFFE ID alone (an X509-SVID's

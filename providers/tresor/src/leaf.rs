@@ -1,7 +1,7 @@
 use meshca_provider::{backdate_for, KeyAlgorithm, LeafProfile, ValidatedCsr};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -81,6 +81,13 @@ pub(crate) fn sign(
     params.not_after = (params.not_before + profile.lifetime()).min(ca.not_after());
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
+    params.crl_distribution_points = profile
+        .crl_url()
+        .map(|url| CrlDistributionPoint {
+            uris: vec![url.to_owned()],
+        })
+        .into_iter()
+        .collect();
 
     let cert = params.signed_by(&CsrKey(csr), ca.issuer())?;
     Ok(cert.der().clone())

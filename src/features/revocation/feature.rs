@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use meshca_provider::ProviderKind;
 use tokio::sync::watch;
 
 use super::events::Announcer;
@@ -36,14 +37,21 @@ pub struct RevocationFeature {
 
 fn configure(
     sections: &Sections<'_>,
-    _common: &Common<'_>,
+    common: &Common<'_>,
     errors: &mut Errors,
-    _warnings: &mut Vec<String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Arc<dyn Feature>>, Syntax> {
     let raw: RawRevocation = sections.get("revocation")?;
-    Ok(raw
-        .validate(errors)
-        .map(|config| Arc::new(RevocationFeature { config }) as Arc<dyn Feature>))
+    let config = raw.validate(errors);
+    let kind = common.provider.map(|p| p.kind());
+    if config.as_ref().is_some_and(|c| c.crl_url.is_some()) {
+        match kind {
+            Some(ProviderKind::Vault) => warnings.push("revocation.crl_url has no effect with the vault provider: the PKI mount writes its own CRL Distribution Points (bao write <mount>/config/urls crl_distribution_points=URL)".into()),
+            Some(ProviderKind::CertManager) => warnings.push("revocation.crl_url has no effect with the cert-manager provider: its issuer writes what it writes, and it has no revocation".into()),
+            _ => {}
+        }
+    }
+    Ok(config.map(|config| Arc::new(RevocationFeature { config }) as Arc<dyn Feature>))
 }
 
 fn ledger_store(core: &Core) -> LedgerStore {
@@ -133,6 +141,9 @@ impl Feature for RevocationFeature {
             .map_err(|e| FeatureError::of(self.name())(Box::new(e)))?;
         let listed = ledger.listed(time::OffsetDateTime::now_utc()).len();
         tracing::info!(listed, ledger = %store.describe(), "read the revocation ledger");
+        if let Some(url) = &self.config.crl_url {
+            plug.crl_url(url.clone());
+        }
         let index = prepare_index(core, plug)
             .await
             .map_err(|e| FeatureError::of(self.name())(Box::new(e)))?;
