@@ -1,8 +1,9 @@
 //! The issuer is the one contract every frontend renders: the same
 //! deny-list, admission and metrics apply whichever way a workload asks
 //! (the signing API, Istio's certificate service, a PodCertificateRequest,
-//! an ingress backend Secret), and the same refusal means the same thing
-//! on each, in its own terms.
+//! an ingress backend Secret), the same refusal means the same thing on
+//! each, in its own terms, and every certificate issued is indexed under
+//! its identity.
 
 use meshca_test_support as support;
 
@@ -76,6 +77,19 @@ fn counted(metrics: &str, frontend: &str, result: &str) -> bool {
     ))
 }
 
+/// `POST /v1/certificates` as shop/web, with its ServiceAccount token.
+async fn ask_as_web(kube: &KubeStandIn, d: &TestDaemon) -> (u16, serde_json::Value) {
+    let token = kube.service_account_token_for("shop", "web", &["meshca"]);
+    let (status, _, body) = d
+        .post(
+            &d.client().await,
+            Some(&token),
+            &json!({ "csr": support::named_csr("shop", "web") }),
+        )
+        .await;
+    (status, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_identity_is_refused_by_every_frontend_and_counted_alike() {
     let kube = KubeStandIn::start().await;
@@ -91,14 +105,7 @@ async fn a_denied_identity_is_refused_by_every_frontend_and_counted_alike() {
     );
     let d = TestDaemon::start(&(config(&kube, "") + &istio)).await;
 
-    let token = kube.service_account_token_for("shop", "web", &["meshca"]);
-    let (status, _, body) = d
-        .post(
-            &d.client().await,
-            Some(&token),
-            &json!({ "csr": support::named_csr("shop", "web") }),
-        )
-        .await;
+    let (status, body) = ask_as_web(&kube, &d).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("identity_denied"))
@@ -178,4 +185,76 @@ async fn the_identity_rate_holds_every_frontend_back_and_each_retries() {
             "{frontend}: {metrics}"
         );
     }
+}
+
+/// Every frontend's certificate goes through the issuer, so each is in the
+/// certificate index under the identity it was issued to, and revoking
+/// the identity revokes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frontends_certificate_is_indexed_and_revoked_with_its_identity() {
+    let kube = KubeStandIn::start().await;
+    backend(&kube, "web");
+    let port = support::process::free_port();
+    let extra = config(&kube, "")
+        + &format!(
+            "istio_ca: {{ enabled: true, listen: 127.0.0.1:{port}, serving_dns_names: [{}] }}\n",
+            support::istio::SERVER_NAME
+        );
+    let d = TestDaemon::start(&extra).await;
+    let config_file = d.dir.path().join("meshca.yaml");
+    std::fs::write(&config_file, support::config_yaml(d.dir.path(), &extra)).expect("config");
+
+    let (status, body) = ask_as_web(&kube, &d).await;
+    assert_eq!(status, 200, "{body}");
+    let bound = kube.bound_token("shop", "web-1", &["istio-ca"], 3600);
+    let calls = json!([{ "token": bound, "uri": "spiffe://cluster.local/ns/shop/sa/web" }]);
+    let istio = support::istio::create_certificates(port, &d.bundle_pem().await, &calls).await;
+    assert_eq!(istio[0]["ok"].as_bool(), Some(true), "{istio:?}");
+    pcr(&kube, "web-1", "web");
+
+    let meshca = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .args(args)
+            .arg("-c")
+            .arg(&config_file)
+            .output()
+            .expect("meshca runs")
+    };
+    let frontends = || {
+        let out = meshca(&["certificate", "list", "--identity", "shop/web"]);
+        let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split('\t').nth(1).map(str::to_owned))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    let want = ["api", "ingress", "istio", "pod_certificate"];
+    let seen = eventually("every frontend indexed", Duration::from_secs(20), || {
+        let seen = frontends();
+        (seen == want).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen, want);
+
+    let out = meshca(&[
+        "certificate",
+        "revoke",
+        "--identity",
+        "shop/web",
+        "--allow-reissue",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let listed =
+        String::from_utf8_lossy(&meshca(&["certificate", "list", "--identity", "shop/web"]).stdout)
+            .into_owned();
+    let rows: Vec<_> = listed.lines().skip(1).collect();
+    assert!(rows.len() >= 4, "{listed}");
+    assert!(
+        rows.iter().all(|r| r.ends_with("\tyes")),
+        "every one revoked:\n{listed}"
+    );
 }
