@@ -50,6 +50,15 @@ pub enum KeyringError {
     /// A stored key is neither meshca's own nor in custody.
     #[error("the stored JWT signing key {0} has neither key material nor a key in custody")]
     Incomplete(String),
+    /// A stored key is recorded as held in custody with a type custody
+    /// never holds (meshca makes RS256 keys only as its own).
+    #[error("the stored JWT signing key {kid} is recorded as an {alg} key in key custody, which holds only ES256 and ES384 keys: remove the entry (meshca never writes one)")]
+    NotCustodial {
+        /// The key's ID.
+        kid: String,
+        /// Its algorithm.
+        alg: &'static str,
+    },
     /// A stored key is held by a custodian meshca is not configured with.
     #[error("the JWT signing key {kid} is held in {backend} key custody as {name}, but key_custody.kind is {configured}: configure that custodian again")]
     Elsewhere {
@@ -315,6 +324,12 @@ async fn in_custody(
     held: StoredCustody,
     custody: Option<&dyn Custody>,
 ) -> Result<SigningKey, KeyringError> {
+    let Some(algorithm) = SigningKey::custody_algorithm(key_type) else {
+        return Err(KeyringError::NotCustodial {
+            kid,
+            alg: key_type.alg(),
+        });
+    };
     let custody = match custody {
         Some(c) if c.backend() == held.backend => c,
         other => {
@@ -326,8 +341,6 @@ async fn in_custody(
             })
         }
     };
-    let algorithm =
-        SigningKey::custody_algorithm(key_type).ok_or(KeyringError::Incomplete(kid.clone()))?;
     let found =
         custody
             .key(&held.name, algorithm)
@@ -427,6 +440,16 @@ mod tests {
             matches!(&err, KeyringError::Incomplete(k) if k == "k2"),
             "{err}"
         );
+        let rsa_held = br#"{"keys":[{"kid":"k5","key_type":"rsa-2048",
+            "custody":{"backend":"transit","name":"meshca-jwt-5"},
+            "published_at":"2026-01-01T00:00:00Z","signs_from":"2026-01-01T00:00:00Z",
+            "signs_until":"2026-01-02T00:00:00Z"}]}"#;
+        let err = decode(rsa_held).await.expect_err("refused");
+        assert!(
+            matches!(&err, KeyringError::NotCustodial { kid, alg: "RS256" } if kid == "k5"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("only ES256 and ES384"), "{err}");
     }
 
     #[tokio::test]
