@@ -300,6 +300,25 @@ async fn large_unauthenticated_bodies_are_refused_before_they_are_read() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_unauthenticated_bodies_to_the_revocation_endpoint_are_refused_unread() {
+    let t = Target::start();
+    let idle = idle_rss(&t).await;
+    let attacked = (t.api, "/v1/revocations", false);
+    let attack = unauthenticated_streams(&t, attacked, 5, 5, Bytes::from(vec![b'{'; 3_900_000]));
+    // The legitimate caller keeps asking for certificates meanwhile.
+    let (ended, peak, mut latencies) = under_attack(&t, (t.api, API, false), attack).await;
+    for (how, after, sent) in &ended {
+        assert_eq!(how.code(), "401", "{how:?}");
+        assert!(*after < Duration::from_secs(2), "answered after {after:?}");
+        assert!(
+            *sent <= 128 * 1024,
+            "{sent} bytes of an unauthenticated body were let through"
+        );
+    }
+    report(attacked.1, idle, peak, &mut latencies);
+}
+
 /// `streams` streams without a credential on each of `connections`
 /// connections to `port`, each sending `body` (as flow control lets it)
 /// and never ending; how each ended, after how long, with how many bytes

@@ -643,10 +643,13 @@ fn the_chart_renders_the_revocation_settings() {
     let plain = revocation(&check_objects(&render(&[])));
     assert_eq!(plain.crl_next_update, std::time::Duration::from_secs(600));
     assert_eq!(plain.crl_url, None);
+    assert!(plain.admins.is_empty(), "no one revokes through the API");
     let set = revocation(&check_objects(&render(&[
         "revocation.crlNextUpdate=1h",
         "revocation.crlUrl=http://crl.example/meshca.crl",
+        "revocation.admins={ops/revoker,security/incident-bot}",
     ])));
+    assert_eq!(set.admins, ["ops/revoker", "security/incident-bot"]);
     assert_eq!(set.crl_next_update, std::time::Duration::from_secs(3600));
     assert_eq!(
         set.crl_url.as_deref(),

@@ -862,9 +862,8 @@ async fn a_configmap_write_the_api_server_forbids_is_not_repeated_every_tick() {
     assert!(crl_lists(&file, "0A1B2C"));
 }
 
-/// A certificate for `ns/sa` through the signing API: its serial as the
-/// API writes it.
-async fn issue_for(d: &TestDaemon, ns: &str, sa: &str) -> String {
+/// `POST /v1/certificates` as `ns/sa`: the status and the body.
+async fn ask_for(d: &TestDaemon, ns: &str, sa: &str) -> (u16, serde_json::Value) {
     let (status, _, body) = d
         .post(
             &d.client().await,
@@ -872,6 +871,13 @@ async fn issue_for(d: &TestDaemon, ns: &str, sa: &str) -> String {
             &serde_json::json!({ "csr": support::csr(&support::key()) }),
         )
         .await;
+    (status, body)
+}
+
+/// A certificate for `ns/sa` through the signing API: its serial as the
+/// API writes it.
+async fn issue_for(d: &TestDaemon, ns: &str, sa: &str) -> String {
+    let (status, body) = ask_for(d, ns, sa).await;
     assert_eq!(status, 200, "{body}");
     body["serial"].as_str().expect("a serial").to_owned()
 }
@@ -994,13 +1000,7 @@ async fn revoking_an_identity_revokes_every_live_certificate_it_holds_and_denies
         ])
     );
     // Implied deny: no new certificate for it.
-    let (status, _, body) = d
-        .post(
-            &d.client().await,
-            Some(&d.token("shop", "web")),
-            &serde_json::json!({ "csr": support::csr(&support::key()) }),
-        )
-        .await;
+    let (status, body) = ask_for(&d, "shop", "web").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("identity_denied")),
@@ -1115,12 +1115,14 @@ async fn allowed_to_reissue_only_what_was_issued_before_is_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_an_identity_is_revoked_from_every_replica() {
     let (kube, extra) = stand_in().await;
+    let extra = format!("{extra}revocation: {{ admins: [ops/revoker] }}\n");
     let (first, config) = daemon(&extra).await;
     let second = TestDaemon::start(&extra).await;
     let serials = [
         issue_for(&first, "shop", "web").await,
         issue_for(&second, "shop", "web").await,
     ];
+    let db = issue_for(&first, "shop", "db").await;
     wait_until_indexed(&config, "shop/web", &[&serials[0], &serials[1]]).await;
     let pages: Vec<_> = kube
         .list("", "configmaps", "osm-system")
@@ -1149,6 +1151,31 @@ async fn in_a_cluster_an_identity_is_revoked_from_every_replica() {
         .get("", "configmaps", "osm-system", "meshca-denied")
         .expect("the deny-list");
     assert!(denied.to_string().contains("web"), "{denied}");
+
+    // The admin API of one replica revokes what another issued, through
+    // the same ConfigMaps.
+    let (status, answer) = ask_to_revoke(
+        &second,
+        Some(&second.token("ops", "revoker")),
+        &format!("{{\"serial\": \"{db}\"}}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    configmap_lists(
+        &kube,
+        first.dir.path(),
+        &[&upper[0], &upper[1], &db.to_uppercase()],
+    )
+    .await;
+    let ledger = kube
+        .get("", "configmaps", "osm-system", "meshca-revocations")
+        .expect("the ledger");
+    assert!(
+        ledger
+            .to_string()
+            .contains("spiffe://cluster.local/ns/ops/sa/revoker"),
+        "{ledger}"
+    );
 }
 
 /// `openssl verify -crl_download -crl_check`: the CRL fetched from the
@@ -1191,13 +1218,7 @@ async fn a_leaf_names_its_crl_and_openssl_fetches_it_from_there() {
     support::process::wait_for_port(port);
     let url = format!("http://127.0.0.1:{port}/meshca.crl");
     let (d, config) = daemon(&format!("revocation: {{ crl_url: \"{url}\" }}\n")).await;
-    let (status, _, body) = d
-        .post(
-            &d.client().await,
-            Some(&d.token("shop", "web")),
-            &serde_json::json!({ "csr": support::csr(&support::key()) }),
-        )
-        .await;
+    let (status, body) = ask_for(&d, "shop", "web").await;
     assert_eq!(status, 200, "{body}");
     let cert = d.dir.path().join("web.pem");
     std::fs::write(&cert, body["certificate_chain"].as_str().expect("chain")).expect("cert");
@@ -1245,4 +1266,119 @@ async fn a_leaf_names_its_crl_and_openssl_fetches_it_from_there() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("revocation.crl_url"), "{text}");
+}
+
+/// `POST /v1/revocations` with `body` (JSON text) as `token`'s caller:
+/// the status and the body.
+async fn ask_to_revoke(
+    d: &TestDaemon,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = d
+        .client()
+        .await
+        .post(d.url("/v1/revocations"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON body"))
+}
+
+fn code(body: &serde_json::Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_revokes_for_the_identities_listed_and_refuses_everyone_else() {
+    let (d, config) = daemon("revocation: { admins: [ops/revoker] }\n").await;
+    let web = [
+        issue_for(&d, "shop", "web").await,
+        issue_for(&d, "shop", "web").await,
+    ];
+    let db = issue_for(&d, "shop", "db").await;
+    wait_until_indexed(&config, "shop/web", &[&web[0], &web[1]]).await;
+    let ledger = d.dir.path().join("revocations.json");
+    let admin = d.token("ops", "revoker");
+    let serial = format!("{{\"serial\": \"{db}\"}}");
+
+    // Who may not: refused from the head, before the body is read (one
+    // larger than api.max_body_bytes is not answered too_large).
+    let large = format!(
+        "{{\"serial\": \"{db}\", \"reason\": \"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    for (token, status, why) in [
+        (None, 401, "unauthenticated"),
+        (Some(d.token("shop", "web")), 403, "not_permitted"),
+    ] {
+        for body in [&serial, &large] {
+            let (got, answer) = ask_to_revoke(&d, token.as_deref(), body).await;
+            assert_eq!((got, code(&answer)), (status, why), "{answer}");
+        }
+    }
+    // What is not a request to revoke one thing.
+    for bad in [
+        "{}".to_owned(),
+        "{\"serial\": \"zz\"}".to_owned(),
+        format!("{{\"serial\": \"{db}\", \"identity\": \"shop/web\"}}"),
+        format!("{{\"serial\": \"{db}\", \"allow_reissue\": true}}"),
+        "{\"identity\": \"shop\"}".to_owned(),
+        "{\"identity\": \"shop/web\", \"issued_before\": \"yesterday\"}".to_owned(),
+        format!("{{\"serial\": \"{db}\", \"reason\": \"a\\nb\"}}"),
+        format!("{{\"serial\": \"{db}\", \"why\": \"x\"}}"),
+    ] {
+        let (status, answer) = ask_to_revoke(&d, Some(&admin), &bad).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (400, "invalid_request"),
+            "{bad}: {answer}"
+        );
+    }
+    assert!(!ledger.exists(), "nothing was revoked");
+    assert!(listed(&config, "shop/web").iter().all(|(_, r)| r == "no"));
+
+    // An admin revokes a serial, recorded under its SPIFFE ID; again is
+    // no change.
+    let (status, answer) = ask_to_revoke(&d, Some(&admin), &serial).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["revoked"][0]["serial"], db.as_str(), "{answer}");
+    assert_eq!(answer["identity_denied"], false);
+    let (status, again) = ask_to_revoke(&d, Some(&admin), &serial).await;
+    assert_eq!(
+        (status, again["revoked"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{again}"
+    );
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ledger).expect("ledger")).expect("json");
+    assert_eq!(
+        kept["revoked"][0]["by"], "spiffe://cluster.local/ns/ops/sa/revoker",
+        "{kept}"
+    );
+
+    // And an identity: both its certificates, denied from now on.
+    let (status, answer) = ask_to_revoke(
+        &d,
+        Some(&admin),
+        "{\"identity\": \"shop/web\", \"reason\": \"key leaked\"}",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let revoked: Vec<String> = answer["revoked"]
+        .as_array()
+        .expect("revoked")
+        .iter()
+        .map(|c| c["serial"].as_str().expect("serial").to_owned())
+        .collect();
+    assert_eq!(sorted(revoked), sorted(web.to_vec()), "{answer}");
+    assert_eq!(answer["revoked"][0]["frontend"], "api");
+    assert_eq!(answer["identity_denied"], true);
+    served_lists(&d, &[&db, &web[0], &web[1]]).await;
+    let (status, body) = ask_for(&d, "shop", "web").await;
+    assert_eq!((status, code(&body)), (403, "identity_denied"), "{body}");
 }

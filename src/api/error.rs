@@ -39,6 +39,15 @@ pub enum ApiError {
     NotReady(&'static str),
     /// 431 `headers_too_large`: the request headers exceed the limit.
     HeadersTooLarge(usize),
+    /// 403 `not_permitted`: an authenticated caller this endpoint is not
+    /// for (an identity not in `revocation.admins`); why.
+    NotPermitted(String),
+    /// 503 `state_unavailable`: where meshca keeps the state the request
+    /// changes (the API server) cannot be used now; what failed.
+    StateUnavailable(String),
+    /// 500 `state_unusable`: that state cannot be read or written until
+    /// an operator acts (a ledger that does not parse); what failed.
+    StateUnusable(String),
 }
 
 #[derive(Serialize)]
@@ -83,6 +92,9 @@ impl ApiError {
             Self::NotSupported(_) => "not_supported",
             Self::NotReady(_) => "not_ready",
             Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::NotPermitted(_) => "not_permitted",
+            Self::StateUnavailable(_) => "state_unavailable",
+            Self::StateUnusable(_) => "state_unusable",
         }
     }
 
@@ -98,6 +110,9 @@ impl ApiError {
             Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NotPermitted(_) => StatusCode::FORBIDDEN,
+            Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StateUnusable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -116,7 +131,10 @@ impl ApiError {
                 "the bundle of federated trust domain {td} has not been fetched yet; see meshca_federated_bundle_fetches_total"
             ),
             Self::MethodNotAllowed => "this endpoint does not take this method".into(),
-            Self::NotSupported(why) => why.clone(),
+            Self::NotSupported(why)
+            | Self::NotPermitted(why)
+            | Self::StateUnavailable(why)
+            | Self::StateUnusable(why) => why.clone(),
             Self::NotReady(what) => format!("{what} are being made; try again in a moment"),
             Self::HeadersTooLarge(limit) => {
                 format!("the request headers exceed {limit} bytes")
@@ -129,6 +147,7 @@ impl ApiError {
             Self::Refused(r) => r.retry_after(),
             Self::BundleNotHeld(_) => Some(Duration::from_secs(5)),
             Self::NotReady(_) => Some(Duration::from_secs(1)),
+            Self::StateUnavailable(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

@@ -21,6 +21,9 @@ pub struct RevocationConfig {
     pub crl_next_update: Duration,
     /// The CRL Distribution Points URL written into leaves, if any.
     pub crl_url: Option<String>,
+    /// The identities (`namespace/service-account`) that may revoke
+    /// through `POST /v1/revocations`; none by default.
+    pub admins: Vec<String>,
 }
 
 /// `revocation:` as written.
@@ -30,6 +33,7 @@ pub struct RawRevocation {
     #[serde(with = "humantime_serde")]
     crl_next_update: Duration,
     crl_url: Option<String>,
+    admins: Vec<String>,
 }
 
 impl Default for RawRevocation {
@@ -37,6 +41,7 @@ impl Default for RawRevocation {
         Self {
             crl_next_update: Duration::from_secs(10 * 60),
             crl_url: None,
+            admins: Vec::new(),
         }
     }
 }
@@ -79,9 +84,16 @@ impl RawRevocation {
             valid = false;
             None
         });
-        valid.then_some(RevocationConfig {
+        for (i, admin) in self.admins.iter().enumerate() {
+            if let Err(e) = super::revoking::parse_identity(admin) {
+                errors.add(&format!("revocation.admins[{i}]"), e);
+                valid = false;
+            }
+        }
+        valid.then(|| RevocationConfig {
             crl_next_update: next,
             crl_url: url,
+            admins: self.admins.clone(),
         })
     }
 }

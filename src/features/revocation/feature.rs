@@ -3,6 +3,7 @@
 //! /v1/crl`, and `meshca certificate revoke`.
 
 use std::any::Any;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use meshca_provider::ProviderKind;
@@ -13,7 +14,8 @@ use super::index::{self, IndexStore, Recorder};
 use super::ledger::{Ledger, LedgerStore, CONFIGMAP, KEY};
 use super::metrics::RevocationMetrics;
 use super::publisher::{Crls, Publisher, CONFIGMAP as CRL_CONFIGMAP, CONFIGMAP_KEY};
-use super::{api, RawRevocation, RevocationConfig};
+use super::revoking::Revoker;
+use super::{admin, api, RawRevocation, RevocationConfig};
 use crate::feature::{
     Common, Context, Core, Definition, Feature, FeatureError, Plan, Plug, Sections, Syntax,
 };
@@ -33,6 +35,9 @@ pub const FEATURE: Definition = Definition {
 pub struct RevocationFeature {
     /// `revocation:`.
     pub config: RevocationConfig,
+    /// `auth.denied_file`: where revoking an identity denies it without a
+    /// cluster.
+    pub denied_file: PathBuf,
 }
 
 fn configure(
@@ -51,7 +56,12 @@ fn configure(
             _ => {}
         }
     }
-    Ok(config.map(|config| Arc::new(RevocationFeature { config }) as Arc<dyn Feature>))
+    Ok(config.map(|config| {
+        Arc::new(RevocationFeature {
+            config,
+            denied_file: common.denied_file.to_owned(),
+        }) as Arc<dyn Feature>
+    }))
 }
 
 fn ledger_store(core: &Core) -> LedgerStore {
@@ -190,6 +200,18 @@ impl Feature for RevocationFeature {
             configmap,
             events,
         };
+        plug.route(admin::routes(Arc::new(admin::AdminApi {
+            auth: ctx.auth.clone(),
+            admins: self.config.admins.clone(),
+            revoker: Revoker::new(
+                &ctx.core.state_dir,
+                &self.denied_file,
+                cluster(ctx.core),
+                ctx.core.lifetimes.max_ttl,
+            ),
+            max_body_bytes: ctx.max_body_bytes,
+            crls: served.clone(),
+        })));
         plug.route(api::routes(served));
         plug.task("revocation-lists", move |token| {
             publisher.run(ledger, token)

@@ -116,13 +116,14 @@ impl Ledger {
         Revoking::Revoked
     }
 
-    /// Revoke every serial of `entries`; returns how many were not
-    /// revoked already.
-    pub fn revoke_all(&mut self, entries: Vec<Entry>) -> usize {
-        let mut revoked = 0;
+    /// Revoke every serial of `entries`; returns those not revoked
+    /// already.
+    pub fn revoke_all(&mut self, entries: Vec<Entry>) -> Vec<String> {
+        let mut revoked = Vec::new();
         for entry in entries {
+            let serial = entry.serial.clone();
             if self.revoke(entry) == Revoking::Revoked {
-                revoked += 1;
+                revoked.push(serial);
             }
         }
         revoked
@@ -251,19 +252,19 @@ impl LedgerStore {
     /// # Errors
     /// [`LedgerError`]: it cannot be read, parsed or written.
     pub async fn revoke(&self, entry: Entry) -> Result<Revoking, LedgerError> {
-        Ok(match self.revoke_all(vec![entry]).await? {
-            0 => Revoking::AlreadyRevoked,
-            _ => Revoking::Revoked,
+        Ok(match self.revoke_all(vec![entry]).await?.is_empty() {
+            true => Revoking::AlreadyRevoked,
+            false => Revoking::Revoked,
         })
     }
 
     /// Revoke every serial of `entries` in one write, as [`Self::revoke`];
-    /// returns how many were not revoked already.
+    /// returns the serials not revoked already.
     ///
     /// # Errors
     /// [`LedgerError`]: it cannot be read, parsed or written; then none
     /// is revoked.
-    pub async fn revoke_all(&self, entries: Vec<Entry>) -> Result<usize, LedgerError> {
+    pub async fn revoke_all(&self, entries: Vec<Entry>) -> Result<Vec<String>, LedgerError> {
         if let Some(path) = self.file.clone() {
             let place = self.describe();
             let described = place.clone();
@@ -274,7 +275,7 @@ impl LedgerStore {
         for _ in 0..5 {
             let (mut ledger, loaded) = self.load_versioned().await?;
             let revoked = ledger.revoke_all(entries.clone());
-            if revoked == 0 {
+            if revoked.is_empty() {
                 return Ok(revoked);
             }
             let bytes = ledger.encode()?;
@@ -290,7 +291,11 @@ impl LedgerStore {
 
 /// Read, revoke in and write the ledger file under its lock. Blocking:
 /// for the blocking pool.
-fn revoke_in_file(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize, LedgerError> {
+fn revoke_in_file(
+    path: &Path,
+    place: &str,
+    entries: Vec<Entry>,
+) -> Result<Vec<String>, LedgerError> {
     let read = |source| {
         LedgerError::Store(StoreError::Read {
             place: place.to_owned(),
@@ -300,7 +305,11 @@ fn revoke_in_file(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize
     fs::with_lock(path, || Ok(revoke_locked(path, place, entries))).map_err(read)?
 }
 
-fn revoke_locked(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize, LedgerError> {
+fn revoke_locked(
+    path: &Path,
+    place: &str,
+    entries: Vec<Entry>,
+) -> Result<Vec<String>, LedgerError> {
     let io = |source, write: bool| {
         let place = place.to_owned();
         LedgerError::Store(match write {
@@ -313,7 +322,7 @@ fn revoke_locked(path: &Path, place: &str, entries: Vec<Entry>) -> Result<usize,
         None => Ledger::default(),
     };
     let revoked = ledger.revoke_all(entries);
-    if revoked > 0 {
+    if !revoked.is_empty() {
         fs::write_atomically(path, &ledger.encode()?, 0o600).map_err(|e| io(e, true))?;
     }
     Ok(revoked)

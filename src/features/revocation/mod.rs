@@ -10,6 +10,7 @@
 //! `meshca-crl` and records an Event per revocation (`events`). `feature`
 //! plugs it into the daemon.
 
+mod admin;
 mod api;
 mod cli;
 mod config;
@@ -19,6 +20,7 @@ pub mod index;
 pub mod ledger;
 mod metrics;
 pub mod publisher;
+pub mod revoking;
 
 pub use config::{RawRevocation, RevocationConfig};
 pub use feature::{RevocationFeature, FEATURE};

@@ -12,11 +12,11 @@ use std::process::ExitCode;
 use clap::{Args, FromArgMatches};
 use futures_util::future::BoxFuture;
 use meshca_provider::revocation::Serial;
-use meshca_provider::{ProviderKind, CLOCK_SKEW_ALLOWANCE};
-use time::OffsetDateTime;
+use meshca_provider::ProviderKind;
 
-use super::ledger::{Entry, LedgerStore, Revoking};
-use crate::feature::{Command, Common, LoadSettings, Settings, EX_USAGE};
+use super::ledger::Revoking;
+use super::revoking::{parse_identity, Asked, ByIdentity, Revoker};
+use crate::feature::{Command, LoadSettings, Settings, EX_USAGE};
 
 /// `meshca certificate`, with `revoke` and `list`.
 pub const CERTIFICATE: Command = Command {
@@ -96,7 +96,7 @@ fn run(matches: clap::ArgMatches, load: LoadSettings) -> BoxFuture<'static, Exit
             }
             Some(("list", matches)) => {
                 let args = ListArgs::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
-                if let Err(e) = identity::parse(&args.identity) {
+                if let Err(e) = parse_identity(&args.identity) {
                     eprintln!("error: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
@@ -116,7 +116,7 @@ fn run(matches: clap::ArgMatches, load: LoadSettings) -> BoxFuture<'static, Exit
 /// What `revoke` was asked to revoke.
 enum What {
     Serial(Serial),
-    Identity(identity::Revoke),
+    Identity(ByIdentity),
 }
 
 impl What {
@@ -125,11 +125,10 @@ impl What {
             (Some(serial), _) => Ok(Self::Serial(
                 Serial::parse(serial).map_err(|e| e.to_string())?,
             )),
-            (None, Some(identity)) => Ok(Self::Identity(identity::Revoke::of(
-                identity,
-                args.issued_before.as_deref(),
-                args.allow_reissue,
-            )?)),
+            (None, Some(identity)) => Ok(Self::Identity(
+                ByIdentity::of(identity, args.issued_before.as_deref(), args.allow_reissue)
+                    .map_err(|e| e.replace("issued-before", "--issued-before"))?,
+            )),
             (None, None) => Err("name a --serial or an --identity".into()),
         }
     }
@@ -161,48 +160,37 @@ async fn revoke(settings: Box<dyn Settings>, what: What, reason: Option<String>)
             return ExitCode::from(EX_USAGE);
         }
     }
-    match what {
-        What::Serial(serial) => revoke_serial(&common, serial, reason).await,
-        What::Identity(revoke) => revoke.run(&common, reason).await,
-    }
-}
-
-/// The ledger's entry revoking `serial` at `now`.
-fn entry(
-    common: &Common<'_>,
-    serial: &Serial,
-    now: OffsetDateTime,
-    reason: Option<String>,
-) -> Entry {
-    Entry {
-        serial: serial.to_string(),
-        revoked_at: now,
-        // No certificate issued before now lives longer than max_ttl
-        // (plus its backdating).
-        listed_until: now + common.lifetimes.max_ttl + 2 * CLOCK_SKEW_ALLOWANCE,
-        by: std::env::var("USER").unwrap_or_else(|_| "an unnamed user".into()),
-        reason,
-    }
-}
-
-async fn revoke_serial(common: &Common<'_>, serial: Serial, reason: Option<String>) -> ExitCode {
-    let client = match crate::feature::cluster(common).await {
+    let cluster = match crate::feature::cluster(&common).await {
         Ok(client) => client,
         Err(code) => return code,
     };
-    let store = LedgerStore::new(common.state_dir, client);
-    let entry = entry(common, &serial, OffsetDateTime::now_utc(), reason);
-    let until = entry.listed_until;
-    match store.revoke(entry).await {
+    let revoker = Revoker::new(
+        common.state_dir,
+        common.denied_file,
+        cluster,
+        common.lifetimes.max_ttl,
+    );
+    let asked = Asked {
+        by: std::env::var("USER").unwrap_or_else(|_| "an unnamed user".into()),
+        reason,
+    };
+    match what {
+        What::Serial(serial) => revoke_serial(&revoker, serial, &asked).await,
+        What::Identity(what) => identity::revoke(&revoker, &what, &asked).await,
+    }
+}
+
+async fn revoke_serial(revoker: &Revoker, serial: Serial, asked: &Asked) -> ExitCode {
+    let ledger = revoker.ledger().describe();
+    match revoker.serial(&serial, asked).await {
         Ok(Revoking::Revoked) => {
             eprintln!(
-                "revoked {serial} in {}; the CRLs list it from their next update (within seconds) until {until}",
-                store.describe()
+                "revoked {serial} in {ledger}; the CRLs list it from their next update (within seconds) until no certificate with it can be valid"
             );
             ExitCode::SUCCESS
         }
         Ok(Revoking::AlreadyRevoked) => {
-            eprintln!("{serial} was already revoked ({})", store.describe());
+            eprintln!("{serial} was already revoked ({ledger})");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -18,15 +18,13 @@ mod recorder;
 mod store;
 
 pub use page::{Page, Record, PREFIX};
-pub use recorder::{Pages, Recorder, FLUSH};
+pub use recorder::{run as write, Pages, Recorder, FLUSH};
 pub use store::{IndexError, IndexStore, DIR};
 
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -93,14 +91,4 @@ pub fn recorder(writer: &str, max_ttl: std::time::Duration, metrics: &Metrics) -
         page::window(max_ttl),
         IndexMetrics::register(metrics),
     ))
-}
-
-/// The task that writes `recorder`'s pages to `store`.
-pub async fn write(
-    recorder: Arc<Recorder>,
-    store: IndexStore,
-    leader: Option<watch::Receiver<bool>>,
-    token: CancellationToken,
-) {
-    recorder::run(recorder, store, leader, token).await;
 }
