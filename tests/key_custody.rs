@@ -110,6 +110,47 @@ async fn the_root_key_is_made_in_transit_never_leaves_it_and_chains_verify_in_bo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_root_in_transit_signs_every_leaf_with_pkcs1_and_chains_verify() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let yaml = custody_yaml(&bao, &token_file, true).replace(
+        "provider: { kind: tresor }",
+        "provider: { kind: tresor, tresor: { key_algorithm: rsa-3072 } }",
+    );
+    let d = TestDaemon::start(&yaml).await;
+    let key = transit_key(&bao);
+    assert_eq!(
+        (&key["type"], &key["exportable"]),
+        (&json!("rsa-3072"), &json!(false)),
+        "{key}"
+    );
+    let bundle = d.bundle_pem().await;
+    let anchors = support::certs(&bundle);
+    let (_, root) = x509_parser::parse_x509_certificate(&anchors[0]).expect("root");
+    let transit_pem = key["keys"]["1"]["public_key"].as_str().expect("public key");
+    let transit_der =
+        rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(transit_pem.as_bytes())
+            .expect("PEM");
+    assert_eq!(root.public_key().raw, transit_der.as_ref());
+    for _ in 0..3 {
+        let (status, _, body) = sign(&d).await;
+        assert_eq!(status, 200, "{body}");
+        let chain = body["certificate_chain"].as_str().expect("chain");
+        let certs = support::certs(chain);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0]).expect("leaf");
+        assert_eq!(
+            leaf.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.11",
+            "sha256WithRSAEncryption (PKCS#1 v1.5), not PSS"
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        assert!(openssl_verifies(work.path(), chain, &d.bundle_path()));
+    }
+    let keys = private_keys_under(d.dir.path());
+    assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_can_be_exported_or_refused_credentials_stop_the_start() {
     let bao = OpenBao::dev().await;
     let token_file = transit(&bao);

@@ -18,8 +18,9 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
 
 /// The tokens of this binary, each made with `softhsm2-util`.
-const TOKENS: [&str; 9] = [
+const TOKENS: [&str; 10] = [
     "modes",
+    "rsa",
     "jwt",
     "frontends",
     "frontends-leaves",
@@ -112,12 +113,18 @@ impl SoftHsm {
 /// `pkcs11-tool`'s listing `objects` holds the EC private key `label`,
 /// sensitive and never extractable.
 fn assert_held_on_token(objects: &str, label: &str) {
+    assert_held_as(objects, label, "EC");
+}
+
+/// As [`assert_held_on_token`], for a key `pkcs11-tool` describes as
+/// `kind` (`EC`, `RSA`).
+fn assert_held_as(objects: &str, label: &str, kind: &str) {
     let private = objects
         .split("Private Key Object")
         .skip(1)
         .find(|o| o.contains(&format!("label:      {label}\n")))
         .unwrap_or_else(|| panic!("no private key {label} on the token: {objects}"));
-    assert!(private.contains("EC"), "{objects}");
+    assert!(private.starts_with(&format!("; {kind}")), "{objects}");
     let access = private
         .lines()
         .find(|l| l.contains("Access:"))
@@ -179,6 +186,49 @@ async fn the_root_key_is_made_on_the_token_sensitive_and_not_extractable_in_both
         let keys = private_keys_under(d.dir.path());
         assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_root_is_made_on_the_token_and_signs_the_intermediate() {
+    let hsm = softhsm();
+    let yaml = custody_yaml("rsa", false).replace(
+        "tresor: { intermediate",
+        "tresor: { key_algorithm: rsa-2048, intermediate",
+    );
+    let d = TestDaemon::start(&yaml).await;
+    let objects = hsm.objects("rsa");
+    assert_held_as(&objects, "meshca-root", "RSA");
+    let public = objects
+        .split("Public Key Object")
+        .skip(1)
+        .find(|o| o.contains("label:      meshca-root\n"))
+        .expect("the public key");
+    assert!(public.starts_with("; RSA 2048 bits"), "{objects}");
+    let private = objects
+        .split("Private Key Object")
+        .nth(1)
+        .expect("the private key");
+    let usage = private
+        .lines()
+        .find(|l| l.contains("Usage:"))
+        .expect("usage");
+    assert_eq!(usage.trim(), "Usage:      sign", "a CA key only signs");
+
+    let bundle = d.bundle_pem().await;
+    let anchors = support::certs(&bundle);
+    let (_, root) = x509_parser::parse_x509_certificate(&anchors[0]).expect("root");
+    assert_eq!(
+        root.signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.11",
+        "sha256WithRSAEncryption, signed on the token"
+    );
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    let work = tempfile::tempdir().expect("tempdir");
+    assert!(openssl_verifies(work.path(), chain, &d.bundle_path()));
+    let keys = private_keys_under(d.dir.path());
+    assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

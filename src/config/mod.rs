@@ -568,6 +568,24 @@ mod tests {
     }
 
     #[test]
+    fn an_rsa_root_may_be_made_in_custody() {
+        let c = Config::from_yaml(&format!(
+            "{CUSTODY}provider: {{ tresor: {{ key_algorithm: rsa-3072, intermediate: {{ validity: 200h }} }} }}\n"
+        ))
+        .expect("valid");
+        let ProviderConfig::Tresor(t, Some(_)) = &c.provider else {
+            panic!("Tresor in custody: {:?}", c.provider);
+        };
+        assert!(matches!(
+            &t.root,
+            RootSource::InCustody {
+                algorithm: meshca_provider::crypto::custody::CustodyAlgorithm::Rsa3072,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn what_a_root_in_custody_cannot_have_is_named() {
         let e = Config::from_yaml(&format!(
             "{CUSTODY}provider: {{ tresor: {{ key_algorithm: ed25519, root_cert_file: /x, root_key_file: /y, post_quantum: {{}} }} }}\n"

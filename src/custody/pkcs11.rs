@@ -418,12 +418,7 @@ impl TokenKey {
             }
             Ok(())
         })?;
-        let Some(Pair {
-            held,
-            point,
-            params,
-        }) = inner.with_session(|s| read_pair(s, label))?
-        else {
+        let Some(Pair { held, public }) = inner.with_session(|s| read_pair(s, label))? else {
             return Err(refused(format!(
                 "token {:?} has no private and public key labelled {label:?}",
                 inner.label
@@ -440,19 +435,14 @@ impl TokenKey {
                 inner.label
             )));
         }
-        if params != curve_oid(algorithm) {
-            return Err(refused(format!(
-                "the key {label:?} on token {:?} is not {}: give meshca another label",
-                inner.label,
-                algorithm.name()
-            )));
-        }
+        let point = public.key_of(algorithm).map_err(|why| {
+            refused(format!(
+                "the key {label:?} on token {:?} {why}: give meshca another label",
+                inner.label
+            ))
+        })?;
         Ok(Self {
-            point: unwrap_octet_string(&point).ok_or_else(|| {
-                refused(format!(
-                    "the public key {label:?} has a malformed CKA_EC_POINT"
-                ))
-            })?,
+            point,
             inner,
             label: label.to_owned(),
             algorithm,
@@ -464,10 +454,42 @@ impl TokenKey {
 struct Pair {
     /// The private key's CKA_SENSITIVE and CKA_EXTRACTABLE.
     held: Vec<Attribute>,
-    /// The public key's CKA_EC_POINT.
-    point: Vec<u8>,
-    /// Its CKA_EC_PARAMS.
-    params: Vec<u8>,
+    /// The public key.
+    public: PublicHalf,
+}
+
+/// A public key as the token holds it.
+enum PublicHalf {
+    /// CKA_EC_POINT and CKA_EC_PARAMS.
+    Ec { point: Vec<u8>, params: Vec<u8> },
+    /// CKA_MODULUS and CKA_PUBLIC_EXPONENT.
+    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    /// A key of another type.
+    Other(KeyType),
+}
+
+impl PublicHalf {
+    /// The public key as X.509 carries it, when it is a key of
+    /// `algorithm`; what it is otherwise.
+    fn key_of(&self, algorithm: CustodyAlgorithm) -> Result<Vec<u8>, String> {
+        let not = || format!("is not {}", algorithm.name());
+        match (self, algorithm.rsa_bits()) {
+            (Self::Ec { point, params }, None) if *params == curve_oid(algorithm) => {
+                unwrap_octet_string(point).ok_or_else(|| "has a malformed CKA_EC_POINT".into())
+            }
+            (Self::Rsa { modulus, exponent }, Some(bits)) => {
+                let significant = modulus.iter().skip_while(|b| **b == 0).count();
+                match u32::try_from(significant * 8) == Ok(bits) {
+                    true => Ok(meshca_provider::crypto::custody::rsa_public_key(
+                        modulus, exponent,
+                    )),
+                    false => Err(format!("{} (its modulus has {significant} bytes)", not())),
+                }
+            }
+            (Self::Other(kind), _) => Err(format!("{} (CKA_KEY_TYPE {kind})", not())),
+            _ => Err(not()),
+        }
+    }
 }
 
 /// The pair labelled `label`, when both halves are on the token.
@@ -481,12 +503,33 @@ fn read_pair(session: &Session, label: &str) -> cryptoki::error::Result<Option<P
         private,
         &[AttributeType::Sensitive, AttributeType::Extractable],
     )?;
-    let ec = session.get_attributes(public, &[AttributeType::EcPoint, AttributeType::EcParams])?;
-    Ok(Some(Pair {
-        held,
-        point: attribute_bytes(&ec, 0),
-        params: attribute_bytes(&ec, 1),
-    }))
+    let kind = match session
+        .get_attributes(public, &[AttributeType::KeyType])?
+        .first()
+    {
+        Some(Attribute::KeyType(kind)) => *kind,
+        _ => KeyType::GENERIC_SECRET,
+    };
+    let public = if kind == KeyType::EC {
+        let ec =
+            session.get_attributes(public, &[AttributeType::EcPoint, AttributeType::EcParams])?;
+        PublicHalf::Ec {
+            point: attribute_bytes(&ec, 0),
+            params: attribute_bytes(&ec, 1),
+        }
+    } else if kind == KeyType::RSA {
+        let rsa = session.get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
+        PublicHalf::Rsa {
+            modulus: attribute_bytes(&rsa, 0),
+            exponent: attribute_bytes(&rsa, 1),
+        }
+    } else {
+        PublicHalf::Other(kind)
+    };
+    Ok(Some(Pair { held, public }))
 }
 
 /// The one object of `class` labelled `label`.
@@ -502,45 +545,75 @@ fn find(
     Ok(found.first().copied())
 }
 
-/// A new EC key pair labelled `label`, the private half sensitive and
-/// never extractable.
+/// A new key pair labelled `label` (EC on the algorithm's curve, or RSA
+/// with its modulus and the exponent 65537), the private half sensitive
+/// and never extractable.
 fn make(
     session: &Session,
     label: &str,
     algorithm: CustodyAlgorithm,
 ) -> cryptoki::error::Result<()> {
     let label = label.as_bytes().to_vec();
-    let public = [
+    let (mechanism, shape, kind) = match algorithm.rsa_bits() {
+        None => (
+            Mechanism::EccKeyPairGen,
+            vec![Attribute::EcParams(curve_oid(algorithm))],
+            KeyType::EC,
+        ),
+        Some(bits) => (
+            Mechanism::RsaPkcsKeyPairGen,
+            vec![
+                Attribute::ModulusBits(u64::from(bits).into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            ],
+            KeyType::RSA,
+        ),
+    };
+    let mut public = vec![
         Attribute::Token(true),
         Attribute::Verify(true),
-        Attribute::EcParams(curve_oid(algorithm)),
         Attribute::Label(label.clone()),
     ];
-    let private = [
+    public.extend(shape);
+    let mut private = vec![
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        Attribute::KeyType(KeyType::EC),
+        Attribute::KeyType(kind),
         Attribute::Label(label),
     ];
+    if kind == KeyType::RSA {
+        // A CA key signs; an RSA key would otherwise decrypt and unwrap too.
+        private.extend([Attribute::Decrypt(false), Attribute::Unwrap(false)]);
+        public.extend([Attribute::Encrypt(false), Attribute::Wrap(false)]);
+    }
     session
-        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .generate_key_pair(&mechanism, &public, &private)
         .map(drop)
 }
 
 /// The bytes of attribute `i` of `attributes` (EC point or parameters).
 fn attribute_bytes(attributes: &[Attribute], i: usize) -> Vec<u8> {
     match attributes.get(i) {
-        Some(Attribute::EcPoint(b) | Attribute::EcParams(b)) => b.clone(),
+        Some(
+            Attribute::EcPoint(b)
+            | Attribute::EcParams(b)
+            | Attribute::Modulus(b)
+            | Attribute::PublicExponent(b),
+        ) => b.clone(),
         _ => Vec::new(),
     }
 }
 
-/// The named curve's OID, DER-encoded, as CKA_EC_PARAMS holds it.
+/// The named curve's OID, DER-encoded, as CKA_EC_PARAMS holds it (empty
+/// for RSA).
 fn curve_oid(algorithm: CustodyAlgorithm) -> Vec<u8> {
     match algorithm {
+        CustodyAlgorithm::Rsa2048 | CustodyAlgorithm::Rsa3072 | CustodyAlgorithm::Rsa4096 => {
+            Vec::new()
+        }
         // 1.2.840.10045.3.1.7 (prime256v1)
         CustodyAlgorithm::EcdsaP256 => {
             vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
@@ -583,20 +656,33 @@ impl CustodyKey for TokenKey {
         &self.point
     }
 
-    /// CKM_ECDSA over the message's digest; the token's `r || s` becomes
-    /// the DER signature X.509 carries. The key is looked up by label per
-    /// call: handles do not outlive a token that was pulled.
+    /// ECDSA: CKM_ECDSA over the message's digest, the token's `r || s`
+    /// made the DER signature X.509 carries. RSA: CKM_SHA256_RSA_PKCS over
+    /// the message, whose signature X.509 carries as it is. The key is
+    /// looked up by label per call: handles do not outlive a token that
+    /// was pulled.
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CustodyError> {
-        let digest = self.algorithm.digest(message);
+        let rsa = self.algorithm.rsa_bits().is_some();
+        let input = match rsa {
+            true => message.to_vec(),
+            false => self.algorithm.digest(message),
+        };
         let (inner, label) = (self.inner.clone(), self.label.clone());
         let raw = blocking(move || {
             inner.with_session(|s| {
                 let key = find(s, ObjectClass::PRIVATE_KEY, &label)?
                     .ok_or(CkError::Pkcs11(RvError::KeyHandleInvalid, Function::Sign))?;
-                s.sign(&Mechanism::Ecdsa, key, &digest)
+                let mechanism = match rsa {
+                    true => Mechanism::Sha256RsaPkcs,
+                    false => Mechanism::Ecdsa,
+                };
+                s.sign(&mechanism, key, &input)
             })
         })
         .await??;
+        if rsa {
+            return Ok(raw);
+        }
         der_signature(&raw).ok_or_else(|| {
             refused(format!(
                 "the token's signature with {:?} is not r || s of {} bytes",
@@ -673,5 +759,37 @@ mod tests {
         assert_eq!(unwrap_octet_string(&long).expect("point").len(), 97);
         assert!(unwrap_octet_string(&[0x04, 2, 0x02, 1]).is_none());
         assert!(unwrap_octet_string(&[0x04, 9, 0x04]).is_none());
+    }
+
+    #[test]
+    fn a_public_key_of_another_family_or_size_is_named() {
+        let rsa = PublicHalf::Rsa {
+            modulus: vec![0xc0; 256],
+            exponent: vec![1, 0, 1],
+        };
+        let der = rsa.key_of(CustodyAlgorithm::Rsa2048).expect("2048 bits");
+        assert_eq!(
+            &der[..4],
+            &[0x30, 0x82, 0x01, 0x0a],
+            "SEQUENCE of 266 bytes"
+        );
+        let e = rsa.key_of(CustodyAlgorithm::Rsa3072).expect_err("not 3072");
+        assert!(e.contains("rsa-3072") && e.contains("256 bytes"), "{e}");
+        assert!(rsa.key_of(CustodyAlgorithm::EcdsaP256).is_err());
+        let ec = PublicHalf::Ec {
+            point: vec![0x04, 0x03, 0x04, 0x01, 0x02],
+            params: curve_oid(CustodyAlgorithm::EcdsaP256),
+        };
+        assert_eq!(
+            ec.key_of(CustodyAlgorithm::EcdsaP256),
+            Ok(vec![0x04, 0x01, 0x02])
+        );
+        assert!(ec.key_of(CustodyAlgorithm::EcdsaP384).is_err());
+        assert!(ec.key_of(CustodyAlgorithm::Rsa2048).is_err());
+        let other = PublicHalf::Other(KeyType::DSA);
+        assert!(other
+            .key_of(CustodyAlgorithm::EcdsaP256)
+            .expect_err("DSA")
+            .contains("CKA_KEY_TYPE"));
     }
 }

@@ -31,12 +31,10 @@ pub struct InCustody {
 }
 
 impl SigningKey {
-    /// The key `key` in custody, with its JWK.
-    pub fn in_custody(key: Arc<dyn CustodyKey>) -> Self {
-        let key_type = match key.algorithm() {
-            CustodyAlgorithm::EcdsaP256 => KeyType::EcP256,
-            CustodyAlgorithm::EcdsaP384 => KeyType::EcP384,
-        };
+    /// The key `key` in custody, with its JWK: an EC key of `key_type`
+    /// (custodians hold JWT keys of the types [`Self::custody_algorithm`]
+    /// names).
+    pub fn in_custody(key: Arc<dyn CustodyKey>, key_type: KeyType) -> Self {
         let public = Jwk::ec(key_type, key.public_key());
         Self::InCustody(InCustody {
             key,
@@ -172,7 +170,7 @@ mod tests {
                 .expect("as the test set it up");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
             .expect("as the test set it up");
-        SigningKey::in_custody(Arc::new(Local { pair, spoil }))
+        SigningKey::in_custody(Arc::new(Local { pair, spoil }), KeyType::EcP256)
     }
 
     #[tokio::test]

@@ -225,16 +225,20 @@ impl RawTresor {
             );
         }
         use KeyAlgorithmName::{EcdsaP256, EcdsaP384, Ed25519, MlDsa44, MlDsa65, MlDsa87};
-        let root = self.root(
-            &RawRoot {
-                path: "provider.tresor",
-                key_algorithm: &self.key_algorithm,
-                allowed: &[EcdsaP256, EcdsaP384, Ed25519],
-                files: (self.root_cert_file.as_ref(), self.root_key_file.as_ref()),
-                dir: cx.state_dir.join("tresor"),
-            },
-            errors,
-        );
+        // A root in custody has its own rules (RSA too, no files).
+        let root = match cx.custody {
+            Some(custody) => self.root_in_custody(cx, custody, errors),
+            None => self.root(
+                &RawRoot {
+                    path: "provider.tresor",
+                    key_algorithm: &self.key_algorithm,
+                    allowed: &[EcdsaP256, EcdsaP384, Ed25519],
+                    files: (self.root_cert_file.as_ref(), self.root_key_file.as_ref()),
+                    dir: cx.state_dir.join("tresor"),
+                },
+                errors,
+            ),
+        };
         let post_quantum = self.post_quantum.as_ref().map(|pq| {
             self.root(
                 &RawRoot {
@@ -247,10 +251,6 @@ impl RawTresor {
                 errors,
             )
         });
-        let root = match cx.custody {
-            Some(custody) => self.root_in_custody(cx, custody, errors),
-            None => root,
-        };
         Some(TresorConfig {
             root: root?,
             post_quantum: post_quantum.map(|r| r.ok_or(())).transpose().ok()?,
@@ -295,9 +295,18 @@ impl RawTresor {
         }
         let algorithm = match KeyAlgorithmName::one_of(
             &self.key_algorithm,
-            &[KeyAlgorithmName::EcdsaP256, KeyAlgorithmName::EcdsaP384],
+            &[
+                KeyAlgorithmName::EcdsaP256,
+                KeyAlgorithmName::EcdsaP384,
+                KeyAlgorithmName::Rsa2048,
+                KeyAlgorithmName::Rsa3072,
+                KeyAlgorithmName::Rsa4096,
+            ],
         ) {
             Ok(KeyAlgorithmName::EcdsaP384) => CustodyAlgorithm::EcdsaP384,
+            Ok(KeyAlgorithmName::Rsa2048) => CustodyAlgorithm::Rsa2048,
+            Ok(KeyAlgorithmName::Rsa3072) => CustodyAlgorithm::Rsa3072,
+            Ok(KeyAlgorithmName::Rsa4096) => CustodyAlgorithm::Rsa4096,
             Ok(_) => CustodyAlgorithm::EcdsaP256,
             Err(e) => {
                 errors.add(

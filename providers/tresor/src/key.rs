@@ -147,6 +147,9 @@ impl PublicKeyData for CaKey {
             Self::Custody(key) => match key.algorithm() {
                 CustodyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
                 CustodyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+                CustodyAlgorithm::Rsa2048
+                | CustodyAlgorithm::Rsa3072
+                | CustodyAlgorithm::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
             },
         }
     }

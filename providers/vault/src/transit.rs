@@ -215,15 +215,21 @@ impl CustodyKey for TransitKey {
     /// hashed by Transit, the signature in ASN.1 DER as X.509 carries it.
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CustodyError> {
         let hash = match self.algorithm {
-            CustodyAlgorithm::EcdsaP256 => "sha2-256",
             CustodyAlgorithm::EcdsaP384 => "sha2-384",
+            _ => "sha2-256",
         };
-        let body = json!({
+        // ECDSA as X.509 carries it (DER, not JWS's r || s); RSA as
+        // PKCS#1 v1.5, which rcgen names the certificate's algorithm as
+        // (Transit's default for RSA is PSS).
+        let mut body = json!({
             "input": STANDARD.encode(message),
             "hash_algorithm": hash,
             "marshaling_algorithm": "asn1",
             "key_version": self.version,
         });
+        if self.algorithm.rsa_bits().is_some() {
+            body["signature_algorithm"] = json!("pkcs1v15");
+        }
         let answer = self
             .client
             .call(Method::POST, &self.sign_path, Some(&body))
@@ -250,6 +256,9 @@ fn transit_type(algorithm: CustodyAlgorithm) -> &'static str {
     match algorithm {
         CustodyAlgorithm::EcdsaP256 => "ecdsa-p256",
         CustodyAlgorithm::EcdsaP384 => "ecdsa-p384",
+        CustodyAlgorithm::Rsa2048 => "rsa-2048",
+        CustodyAlgorithm::Rsa3072 => "rsa-3072",
+        CustodyAlgorithm::Rsa4096 => "rsa-4096",
     }
 }
 

@@ -349,7 +349,7 @@ async fn in_custody(
                 kid: kid.clone(),
                 source,
             })?;
-    let key = SigningKey::in_custody(found);
+    let key = SigningKey::in_custody(found, key_type);
     if key.kid() != kid {
         return Err(KeyringError::Replaced {
             kid,

@@ -288,7 +288,7 @@ impl Keeper {
                 message: format!("{:?} keys are not held in custody", self.key_type),
             }),
         };
-        made.map(SigningKey::in_custody)
+        made.map(|key| SigningKey::in_custody(key, self.key_type))
             .map_err(|source| StoreError::Generate(KeyError::MakeInCustody { name, source }))
     }
 

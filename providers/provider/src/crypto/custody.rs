@@ -24,6 +24,12 @@ pub enum CustodyAlgorithm {
     EcdsaP256,
     /// ECDSA on P-384 with SHA-384.
     EcdsaP384,
+    /// RSA with a 2048-bit modulus, PKCS#1 v1.5 signatures over SHA-256.
+    Rsa2048,
+    /// RSA with a 3072-bit modulus, as `Rsa2048`.
+    Rsa3072,
+    /// RSA with a 4096-bit modulus, as `Rsa2048`.
+    Rsa4096,
 }
 
 impl CustodyAlgorithm {
@@ -32,6 +38,19 @@ impl CustodyAlgorithm {
         match self {
             Self::EcdsaP256 => "ecdsa-p256",
             Self::EcdsaP384 => "ecdsa-p384",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    /// The modulus length of an RSA key, in bits; `None` for ECDSA.
+    pub fn rsa_bits(self) -> Option<u32> {
+        match self {
+            Self::EcdsaP256 | Self::EcdsaP384 => None,
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
         }
     }
 
@@ -39,28 +58,51 @@ impl CustodyAlgorithm {
     /// custodian that signs digests (PKCS#11's CKM_ECDSA).
     pub fn digest(self, message: &[u8]) -> Vec<u8> {
         let algorithm = match self {
-            Self::EcdsaP256 => &aws_lc_rs::digest::SHA256,
             Self::EcdsaP384 => &aws_lc_rs::digest::SHA384,
+            _ => &aws_lc_rs::digest::SHA256,
         };
         aws_lc_rs::digest::digest(algorithm, message)
             .as_ref()
             .to_vec()
     }
 
-    /// The width of one coordinate (and of `r` and `s`), in bytes.
-    fn coordinate_len(self) -> usize {
+    /// The width of one coordinate (and of `r` and `s`), in bytes; `None`
+    /// for RSA.
+    fn coordinate_len(self) -> Option<usize> {
         match self {
-            Self::EcdsaP256 => 32,
-            Self::EcdsaP384 => 48,
+            Self::EcdsaP256 => Some(32),
+            Self::EcdsaP384 => Some(48),
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => None,
         }
     }
 
-    fn verification(self) -> &'static signature::EcdsaVerificationAlgorithm {
+    fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
         match self {
             Self::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
             Self::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => &signature::RSA_PKCS1_2048_8192_SHA256,
         }
     }
+}
+
+/// An RSA public key as a certificate's subjectPublicKey carries it (RFC
+/// 8017 `RSAPublicKey`), from its modulus and public exponent as unsigned
+/// big-endian integers (PKCS#11's CKA_MODULUS and CKA_PUBLIC_EXPONENT).
+pub fn rsa_public_key(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(modulus.len() + exponent.len() + 16);
+    for integer in [modulus, exponent] {
+        let magnitude = &integer[integer.iter().take_while(|b| **b == 0).count()..];
+        // A positive INTEGER whose top bit is set takes a leading zero.
+        let mut contents = Vec::with_capacity(magnitude.len() + 1);
+        if magnitude.first().is_none_or(|b| b & 0x80 != 0) {
+            contents.push(0);
+        }
+        contents.extend_from_slice(magnitude);
+        push_element(&mut body, 0x02, &contents);
+    }
+    let mut der = Vec::with_capacity(body.len() + 4);
+    push_element(&mut der, 0x30, &body);
+    der
 }
 
 /// Why a custodian did not sign, or could not give a key.
@@ -196,12 +238,14 @@ pub async fn finish_certificate(
     Ok(CertificateDer::from(der))
 }
 
-/// A custodian's signature (a DER `ECDSA-Sig-Value`, `SEQUENCE { r
-/// INTEGER, s INTEGER }`) as JWS writes it (RFC 7518 §3.4): `r ‖ s`, each
-/// left-padded to `algorithm`'s coordinate width. `None` when it is not
-/// such a value for that width.
+/// A custodian's signature as JWS writes it (RFC 7518 §3.3, §3.4): an RSA
+/// signature as it is; a DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER, s
+/// INTEGER }`) as `r ‖ s`, each left-padded to `algorithm`'s coordinate
+/// width. `None` when it is not such a value for that width.
 pub fn jws_signature(algorithm: CustodyAlgorithm, der: &[u8]) -> Option<Vec<u8>> {
-    let width = algorithm.coordinate_len();
+    let Some(width) = algorithm.coordinate_len() else {
+        return Some(der.to_vec());
+    };
     let (tag, body, rest) = element(der)?;
     if tag != 0x30 || !rest.is_empty() {
         return None;
@@ -417,5 +461,34 @@ mod tests {
             let (tag, contents, rest) = element(&out).expect("reads back");
             assert_eq!((tag, contents.len(), rest.len()), (0x04, len, 0));
         }
+    }
+
+    #[test]
+    fn an_rsa_public_key_is_written_as_x509_carries_it() {
+        use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+        let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("key");
+        let public = key.public_key();
+        let (n, e) = (public.modulus(), public.exponent());
+        assert_eq!(
+            rsa_public_key(
+                n.big_endian_without_leading_zero(),
+                e.big_endian_without_leading_zero()
+            ),
+            public.as_ref()
+        );
+        // PKCS#11 may hand the modulus with a leading zero byte.
+        let mut padded = vec![0];
+        padded.extend_from_slice(n.big_endian_without_leading_zero());
+        assert_eq!(
+            rsa_public_key(&padded, &[1, 0, 1]),
+            public.as_ref(),
+            "65537, as CKA_PUBLIC_EXPONENT holds it"
+        );
+        let sig = jws_signature(CustodyAlgorithm::Rsa2048, &[1, 2, 3]);
+        assert_eq!(
+            sig.as_deref(),
+            Some(&[1u8, 2, 3][..]),
+            "RS256 is the raw signature"
+        );
     }
 }
