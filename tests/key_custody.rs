@@ -604,3 +604,31 @@ async fn jwt_keys_move_into_transit_by_a_rotation_and_earlier_tokens_still_verif
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_jwt_key_is_deleted_from_transit() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let d = TestDaemon::start(&format!(
+        "rotation: {{ propagation_delay: 2s }}\n{}jwt_svids: {{ enabled: true, issuer: \"https://meshca.example.com\", default_ttl: 10s, max_ttl: 10s, key_lifetime: 12s }}\n",
+        custody_yaml(&bao, &token_file, false)
+    ))
+    .await;
+    let ask = json!({ "audience": ["vault"] });
+    let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    let held = |name: &str| {
+        bao.try_cli(&["read", &format!("transit/keys/{name}")])
+            .is_ok()
+    };
+    assert!(held("meshca-jwt-1"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held("meshca-jwt-1") {
+        assert!(Instant::now() < deadline, "meshca-jwt-1 was never deleted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(held("meshca-jwt-2"), "its successor stays");
+    assert!(held("meshca-root"), "the root's key is never deleted");
+    let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -18,8 +18,9 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
 
 /// The tokens of this binary, each made with `softhsm2-util`.
-const TOKENS: [&str; 10] = [
+const TOKENS: [&str; 11] = [
     "modes",
+    "retire",
     "rsa",
     "jwt",
     "frontends",
@@ -400,4 +401,64 @@ async fn jwt_svids_are_signed_on_the_token_and_verify_with_pyjwt() {
         keys,
         "the same key after a restart, found on the token"
     );
+}
+
+/// The labels of the private keys `pkcs11-tool` lists on token `label`.
+fn private_key_labels(hsm: &SoftHsm, token: &str) -> Vec<String> {
+    hsm.objects(token)
+        .split("Private Key Object")
+        .skip(1)
+        .filter_map(|o| {
+            o.lines()
+                .find_map(|l| l.trim().strip_prefix("label:"))
+                .map(|l| l.trim().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_jwt_key_is_destroyed_on_the_token() {
+    let hsm = softhsm();
+    let d = TestDaemon::start(&format!(
+        "rotation: {{ propagation_delay: 2s }}\n{}jwt_svids: {{ enabled: true, issuer: \"https://meshca.example.com\", default_ttl: 10s, max_ttl: 10s, key_lifetime: 12s }}\n",
+        custody_yaml("retire", false)
+    ))
+    .await;
+    let ask = serde_json::json!({ "audience": ["vault"] });
+    let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(private_key_labels(hsm, "retire").contains(&"meshca-jwt-1".to_owned()));
+    // The first key is succeeded after 10 s and retired once its last
+    // token (10 s) has expired.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = private_key_labels(hsm, "retire");
+        if !held.contains(&"meshca-jwt-1".to_owned()) {
+            assert!(
+                held.iter()
+                    .any(|l| l.starts_with("meshca-jwt-") && l != "meshca-jwt-1"),
+                "its successors stay: {held:?}"
+            );
+            assert!(
+                !hsm.tool(&[
+                    "--token-label",
+                    "retire",
+                    "--list-objects",
+                    "--type",
+                    "pubkey"
+                ])
+                .contains("label:      meshca-jwt-1\n"),
+                "the public half is gone too"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "meshca-jwt-1 was never destroyed: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The keys in force still sign.
+    let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -149,6 +149,10 @@ impl Custody for Observed {
             .record(self.backend(), &health.as_ref().copied());
         health
     }
+
+    async fn destroy(&self, name: &str) -> Result<(), CustodyError> {
+        self.inner.destroy(name).await
+    }
 }
 
 /// A key whose signatures are timed.

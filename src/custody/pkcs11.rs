@@ -380,6 +380,22 @@ impl Custody for Token {
         let inner = self.inner.clone();
         blocking(move || inner.with_session(|s| s.get_session_info().map(drop))).await?
     }
+
+    /// Both halves of the pair labelled `name`, whichever are there.
+    async fn destroy(&self, name: &str) -> Result<(), CustodyError> {
+        let (inner, label) = (self.inner.clone(), name.to_owned());
+        blocking(move || {
+            inner.with_session(|s| {
+                for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                    if let Some(object) = find(s, class, &label)? {
+                        s.destroy_object(object)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await?
+    }
 }
 
 /// A key on the token, found by its label.

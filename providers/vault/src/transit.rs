@@ -134,6 +134,25 @@ impl Custody for Transit {
     async fn health(&self) -> Result<(), CustodyError> {
         self.client.health().await.map_err(custody_error)
     }
+
+    /// Transit deletes only a key configured `deletion_allowed`: set it,
+    /// then delete (meshca's policy needs `delete` on its keys).
+    async fn destroy(&self, name: &str) -> Result<(), CustodyError> {
+        let path = format!("{}/keys/{name}", self.mount);
+        let allow = json!({ "deletion_allowed": true });
+        let deleted = match self
+            .client
+            .call(Method::POST, &format!("{path}/config"), Some(&allow))
+            .await
+        {
+            Ok(_) => self.client.call(Method::DELETE, &path, None).await,
+            Err(e) => Err(e),
+        };
+        match deleted {
+            Ok(_) | Err(VaultError::NotFound(_)) => Ok(()),
+            Err(e) => Err(custody_error(e)),
+        }
+    }
 }
 
 /// One Transit key, at the version its public key was read from.

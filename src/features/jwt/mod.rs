@@ -270,7 +270,39 @@ impl Keeper {
         if let Some(new) = next.keys().last().filter(|k| k.times.published_at == now) {
             tracing::info!(kid = new.key.kid(), custody = new.key.custody().map(|(_, name)| name), signs_from = %new.times.signs_from, store = %self.store.describe(), "published a new JWT signing key");
         }
+        self.destroy_retired(&loaded.keyring, &next).await;
         Ok(next)
+    }
+
+    /// Destroy in custody the keys `before` held that `after` no longer
+    /// does: their last token has expired. Only the replica whose write
+    /// retired them gets here (a write over another's fails first). A
+    /// failure is logged once and the key left: repeating would not help
+    /// a refusal, and a dead key costs only room in the custodian.
+    async fn destroy_retired(&self, before: &Keyring, after: &Keyring) {
+        let Some(custody) = &self.custody else {
+            return;
+        };
+        let retired = before
+            .keys()
+            .iter()
+            .filter(|k| !after.keys().iter().any(|a| a.key.kid() == k.key.kid()));
+        for key in retired {
+            let Some((_, name)) = key.key.custody() else {
+                continue;
+            };
+            match custody.custodian.destroy(name).await {
+                Ok(()) => tracing::info!(
+                    kid = key.key.kid(),
+                    name,
+                    backend = custody.custodian.backend(),
+                    "destroyed a retired JWT signing key in custody"
+                ),
+                Err(e) => {
+                    tracing::warn!(kid = key.key.kid(), name, error = %crate::report::error_chain(&e), "failed to destroy a retired JWT signing key in custody; it signs nothing, delete it there yourself")
+                }
+            }
+        }
     }
 
     /// A new key: meshca's own, or made in custody under the next name.

@@ -365,14 +365,14 @@ impl OpenBao {
     }
 
     /// Enable Transit and return a token file whose policy lets meshca
-    /// make, read and sign with its keys (`transit/keys/meshca-*`,
+    /// make, read, sign with and delete its keys (`transit/keys/meshca-*`,
     /// `transit/sign/meshca-*`) and nothing else: no export.
     pub fn transit_custody_token(&self) -> PathBuf {
         self.cli(&["secrets", "enable", "transit"]);
         let policy = self.dir.path().join("custody.hcl");
         std::fs::write(
             &policy,
-            "path \"transit/keys/meshca-*\" { capabilities = [\"create\", \"read\", \"update\"] }\n\
+            "path \"transit/keys/meshca-*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\"] }\n\
              path \"transit/sign/meshca-*\" { capabilities = [\"update\"] }\n",
         )
         .expect("policy");

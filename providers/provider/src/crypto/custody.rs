@@ -197,6 +197,11 @@ pub trait Custody: Send + Sync + std::fmt::Debug {
 
     /// Whether the custodian can sign now; why not otherwise.
     async fn health(&self) -> Result<(), CustodyError>;
+
+    /// Destroy the key called `name`: one meshca made and uses no more (a
+    /// JWT signing key whose last token has expired), so that custodians
+    /// do not fill with dead keys. A key gone already is not an error.
+    async fn destroy(&self, name: &str) -> Result<(), CustodyError>;
 }
 
 /// Whether `signature` over `message` verifies under `key`'s public key.
