@@ -235,18 +235,24 @@ struct Keeper {
 const FOLLOW_EVERY: Duration = Duration::from_secs(10);
 
 impl Keeper {
-    /// [`Keeper::advance`], reading again after a conflict or a
-    /// transient failure, five times at most.
+    /// [`Keeper::advance`], reading again after a conflict at once, or
+    /// after a transient failure (the API server busy) a moment later;
+    /// five times at most.
     async fn advance_retrying(
         &self,
         known: &Keyring,
         new_key: NewKey,
     ) -> Result<Keyring, StoreError> {
-        let mut attempts = 0;
+        let mut attempts = 0u32;
         loop {
             match self.advance(known, new_key).await {
                 Ok(keyring) => return Ok(keyring),
-                Err(e) if e.is_transient() && attempts < 5 => attempts += 1,
+                Err(e) if e.is_transient() && attempts < 5 => {
+                    attempts += 1;
+                    if !e.is_conflict() {
+                        tokio::time::sleep(Duration::from_millis(200) * attempts).await;
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
