@@ -550,24 +550,30 @@ async fn server_side_apply_tracks_field_managers_conflicts_and_removals() {
 }
 
 /// An apply patch sent without `fieldManager`, which kube-rs will not send.
-async fn reqwest_apply_without_manager(kube: &KubeStandIn) -> u16 {
+/// A plain HTTPS client trusting the stand-in, for requests no typed
+/// client makes.
+fn http_client(kube: &KubeStandIn) -> reqwest::Client {
     support::install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(kube.ca_pem().as_bytes()).expect("ca");
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .add_root_certificate(ca)
         .build()
-        .expect("client");
-    http.patch(format!(
-        "{}/api/v1/namespaces/demo/configmaps/c",
-        kube.url()
-    ))
-    .header("content-type", "application/apply-patch+yaml")
-    .body(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#)
-    .send()
-    .await
-    .expect("sent")
-    .status()
-    .as_u16()
+        .expect("client")
+}
+
+async fn reqwest_apply_without_manager(kube: &KubeStandIn) -> u16 {
+    http_client(kube)
+        .patch(format!(
+            "{}/api/v1/namespaces/demo/configmaps/c",
+            kube.url()
+        ))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#)
+        .send()
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
 }
 
 fn kubectl(kube: &KubeStandIn, args: &[&str]) -> std::process::Output {
@@ -647,4 +653,58 @@ async fn kubectl_can_create_get_patch_and_delete_through_the_stand_in() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+}
+
+/// `SelfSubjectReview` as kube-apiserver answers it: kubectl's own client
+/// (`kubectl auth whoami`) learns the kubeconfig's user, a ServiceAccount
+/// token is its account, an unknown token is 401 and a body of another
+/// kind 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_subject_reviews_name_the_credentials_user_and_refuse_an_unknown_token() {
+    let kube = std::sync::Arc::new(KubeStandIn::start().await);
+    let k = kube.clone();
+    let out = tokio::task::spawn_blocking(move || kubectl(&k, &["auth", "whoami", "-o", "json"]))
+        .await
+        .expect("joined");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let review: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        support::kube::ADMIN_USER,
+        "{review}"
+    );
+
+    let http = http_client(&kube);
+    let ask = |token: String, body: &'static str| {
+        http.post(format!(
+            "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            kube.url()
+        ))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+    };
+    let review = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let sa = kube.service_account_token_for("shop", "web", &["meshca"]);
+    let answer = ask(sa.clone(), review).await.expect("sent");
+    assert_eq!(answer.status().as_u16(), 201);
+    let answer: Value = answer.json().await.expect("JSON");
+    assert_eq!(
+        answer["status"]["userInfo"]["username"],
+        "system:serviceaccount:shop:web"
+    );
+    let unknown = ask("nope".into(), review).await.expect("sent");
+    assert_eq!(unknown.status().as_u16(), 401);
+    let other = ask(
+        sa,
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview"}"#,
+    )
+    .await
+    .expect("sent");
+    assert_eq!(other.status().as_u16(), 400);
 }

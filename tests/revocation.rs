@@ -532,6 +532,12 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
         .as_str()
         .expect("the ledger");
     assert!(text.contains("\"serial\":\"0a1b2c\""), "{text}");
+    // Who revoked is the user the API server authenticates the command's
+    // kubeconfig as (a SelfSubjectReview), not $USER.
+    assert!(
+        text.contains(&format!("\"by\":\"{}\"", support::kube::ADMIN_USER)),
+        "{text}"
+    );
     assert!(
         !d.dir.path().join("revocations.json").exists(),
         "not in the state directory"
@@ -549,7 +555,9 @@ async fn in_a_cluster_the_ledger_and_the_lists_are_configmaps() {
     .await;
     let note = event["note"].as_str().expect("a note");
     assert!(
-        note.contains("0a1b2c") && note.contains(": drill"),
+        note.contains("0a1b2c")
+            && note.contains(": drill")
+            && note.contains(support::kube::ADMIN_USER),
         "{note}"
     );
     assert_eq!(event["regarding"]["name"], "meshca-revocations");

@@ -362,6 +362,33 @@ pub async fn probe(client: &kube::Client) -> Result<(), String> {
     }
 }
 
+/// Who the API server takes `client`'s credential for (a
+/// `SelfSubjectReview`, Kubernetes 1.28 and later, open to every
+/// authenticated user): what an operator's command records as its author.
+///
+/// # Errors
+/// [`KubeError::Api`]: the API server refused or is older; or its answer
+/// names no user.
+pub async fn user_of(client: &kube::Client) -> Result<String, KubeError> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = reviews
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+        .map_err(KubeError::api(
+            "ask the API server who this credential is (SelfSubjectReview)",
+        ))?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| KubeError::Invalid("the SelfSubjectReview names no user".into()))
+}
+
 /// A client for the configured cluster, or `None` when [`Discovery`]
 /// finds none (outside a pod with nothing configured).
 ///

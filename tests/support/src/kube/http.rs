@@ -338,6 +338,9 @@ async fn serve(
     if target.def.plural == "tokenreviews" {
         return token_review(inner, headers, body);
     }
+    if target.def.plural == "selfsubjectreviews" {
+        return self_subject_review(inner, method, headers, body);
+    }
     match *method {
         Method::GET if target.name.is_some() => get(inner, &target),
         Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {

@@ -64,6 +64,7 @@ pub use resources::Options;
 use resources::*;
 use store::*;
 use tls::*;
+pub use token_review::ADMIN_USER;
 use token_review::*;
 use writes::*;
 
@@ -220,7 +221,7 @@ impl KubeStandIn {
             &path,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
-                 users:\n- name: admin\n  user:\n    token: stand-in-admin\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: admin\n    namespace: osm-system\n\
+                 users:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: admin\n    namespace: osm-system\n\
                  current-context: stand-in\n",
                 self.url()
             ),

@@ -176,6 +176,14 @@ pub(crate) fn resources(options: &Options) -> Vec<ResourceDef> {
             namespaced: false,
             status: false,
         },
+        ResourceDef {
+            group: "authentication.k8s.io",
+            versions: vec!["v1"],
+            plural: "selfsubjectreviews",
+            kind: "SelfSubjectReview",
+            namespaced: false,
+            status: false,
+        },
     ];
     if options.pod_certificates {
         r.push(ResourceDef {

@@ -98,6 +98,87 @@ pub(crate) fn token_review(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> 
     )
 }
 
+/// The token of the kubeconfig the stand-in writes.
+pub const ADMIN_TOKEN: &str = "stand-in-admin";
+
+/// The user the kubeconfig's token authenticates, as kube-apiserver names
+/// an administrator (kind's and kubeadm's `kubernetes-admin`).
+pub const ADMIN_USER: &str = "kubernetes-admin";
+
+/// `SelfSubjectReview` (authentication.k8s.io/v1, GA in 1.28): create
+/// only, open to every authenticated user (the `system:basic-user`
+/// ClusterRole), answering who the request's credential authenticates;
+/// 401 for a token no authenticator accepts, 400 for a body of another
+/// kind.
+pub(crate) fn self_subject_review(
+    inner: &Inner,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    if *method != Method::POST {
+        return status_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on selfsubjectreviews"),
+            "selfsubjectreviews",
+            "",
+        );
+    }
+    // kubectl sends protobuf (the kind is in its TypeMeta, as text);
+    // others JSON.
+    let protobuf = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/vnd.kubernetes.protobuf"));
+    let kind = match protobuf {
+        true => body
+            .windows(17)
+            .any(|w| w == b"SelfSubjectReview")
+            .then_some("SelfSubjectReview"),
+        false => serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|r| r.get("kind").and_then(Value::as_str).map(str::to_owned))
+            .filter(|k| k == "SelfSubjectReview")
+            .map(|_| "SelfSubjectReview"),
+    };
+    if kind != Some("SelfSubjectReview") {
+        return status_error(
+            400,
+            "BadRequest",
+            "the body is not a SelfSubjectReview".into(),
+            "selfsubjectreviews",
+            "",
+        );
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let user = if token == ADMIN_TOKEN {
+        json!({ "username": ADMIN_USER, "groups": ["kubeadm:cluster-admins", "system:authenticated"] })
+    } else {
+        match inner.tokens.lock().expect("lock").get(token) {
+            Some(sa) => json!({
+                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
+                "uid": sa.uid,
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
+            }),
+            None => return status_error(401, "Unauthorized", "Unauthorized".into(), "", ""),
+        }
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": { "creationTimestamp": null },
+            "status": { "userInfo": user },
+        }),
+    )
+}
+
 /// As kube-apiserver's ServiceAccount token authenticator: an expired
 /// token is refused, and a token bound to a pod is refused once that pod
 /// is gone or another pod took its name. An accepted bound token's `extra`
