@@ -1304,6 +1304,25 @@ fn code(body: &serde_json::Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_revokes_for_the_identities_listed_and_refuses_everyone_else() {
     let (d, config) = daemon("revocation: { admins: [ops/revoker] }\n").await;
+    let check = meshca(&["config", "check", "-c", &config.display().to_string()]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("POST /v1/revocations open to ops/revoker"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let bad = d.dir.path().join("bad-admins.yaml");
+    std::fs::write(
+        &bad,
+        support::config_yaml(d.dir.path(), "revocation: { admins: [ops] }\n"),
+    )
+    .expect("config");
+    let out = meshca(&["config", "check", "-c", &bad.display().to_string()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("revocation.admins[0]"),
+        "{text}"
+    );
     let web = [
         issue_for(&d, "shop", "web").await,
         issue_for(&d, "shop", "web").await,

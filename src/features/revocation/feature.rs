@@ -124,9 +124,14 @@ impl Feature for RevocationFeature {
             ),
             None => file.display().to_string(),
         };
+        let admins = match self.config.admins.as_slice() {
+            [] => "no identity (revocation.admins is empty)".to_owned(),
+            admins => admins.join(", "),
+        };
         Plan {
             sinks: Vec::new(),
             lines: vec![
+                format!("revocation: POST /v1/revocations open to {admins}"),
                 format!(
                     "revocation: CRLs at GET /v1/crl{}, next update {} (made again at half of it); revoked serials kept in {ledger}",
                     common.kubernetes.map(|k| format!(" and in the ConfigMap {}/{CRL_CONFIGMAP} (key {CONFIGMAP_KEY}) in a cluster", k.namespace)).unwrap_or_default(),
