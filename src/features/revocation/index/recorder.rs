@@ -236,13 +236,12 @@ pub async fn run(
     let mut flush = tokio::time::interval(FLUSH);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(SWEEP);
-    let mut leader = writing.sweeper.clone();
     loop {
         tokio::select! {
             () = token.cancelled() => break,
             _ = flush.tick() => writing.flush().await,
             _ = sweep.tick() => writing.sweep().await,
-            () = became_leader(&mut leader) => writing.sweep().await,
+            () = became_leader(&mut writing.sweeper) => writing.sweep().await,
         }
     }
     writing.not_before = None;
