@@ -13,6 +13,7 @@ fn every_example_config_is_valid() {
         "examples/pod-certificates",
         "examples/federation",
         "examples/istio",
+        "examples/hsm",
     ] {
         for entry in
             std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("examples")
@@ -28,7 +29,31 @@ fn every_example_config_is_valid() {
             }
         }
     }
-    assert!(seen >= 8, "examples found: {seen}");
+    assert!(seen >= 10, "examples found: {seen}");
+}
+
+/// The host service of `examples/hsm` is a unit systemd takes: its
+/// commands (here pointing at this build) and settings are checked by
+/// `systemd-analyze verify`.
+#[test]
+fn the_host_service_unit_verifies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("examples/hsm/meshca.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/meshca serve -c /etc/meshca/meshca.yaml"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("meshca.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/meshca", env!("CARGO_BIN_EXE_meshca")),
+    )
+    .expect("unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd, which .ci/run installs)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
 
 #[test]

@@ -18,8 +18,9 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
 
 /// The tokens of this binary, each made with `softhsm2-util`.
-const TOKENS: [&str; 11] = [
+const TOKENS: [&str; 12] = [
     "modes",
+    "example",
     "retire",
     "rsa",
     "jwt",
@@ -461,4 +462,36 @@ async fn a_retired_jwt_key_is_destroyed_on_the_token() {
     // The keys in force still sign.
     let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// `examples/hsm/meshca-pkcs11.yaml` as written, but for its own state
+/// directory, listeners, and this run's token and PIN file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_service_example_runs_with_softhsm() {
+    let hsm = softhsm();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hsm/meshca-pkcs11.yaml"),
+    )
+    .expect("the example");
+    let pin = "/run/credentials/meshca.service/pkcs11-pin";
+    assert!(example.contains("token_label: meshca") && example.contains(pin));
+    let extra: String = example
+        .lines()
+        .filter(|l| {
+            !["state_dir:", "listen:", "metrics_listen:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("token_label: meshca", "token_label: example")
+        .replace(pin, &hsm.pin_file().display().to_string());
+    let d = TestDaemon::start(&extra).await;
+    assert_held_on_token(&hsm.objects("example"), "meshca-root");
+    let (status, _, body) = sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["certificate_chain"].as_str().expect("chain");
+    assert_eq!(support::certs(chain).len(), 2, "leaf and intermediate");
+    let work = tempfile::tempdir().expect("tempdir");
+    assert!(openssl_verifies(work.path(), chain, &d.bundle_path()));
 }
