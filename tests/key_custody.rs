@@ -632,3 +632,59 @@ async fn a_retired_jwt_key_is_deleted_from_transit() {
     let (status, _, body) = support::jwt::mint(&d, Some(&d.token("shop", "web")), &ask).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_makes_the_new_key_in_transit_and_rolls_it_out_under_renewals() {
+    let bao = OpenBao::dev().await;
+    let token_file = transit(&bao);
+    let common = "certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 2s }\n";
+    let d = TestDaemon::start_from_file(&format!(
+        "{common}{}",
+        custody_yaml(&bao, &token_file, false)
+    ))
+    .await;
+    let first = support::certs(&d.bundle_pem().await);
+    let before = d.rotation().await["generation"].as_u64();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["rotate", "root", "-c"])
+        .arg(d.dir.path().join("meshca.yaml"))
+        .output()
+        .expect("meshca runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let renewals = renew_through_rollout(&d, before).await;
+    assert!(renewals > 3, "renewed through the rollout ({renewals})");
+    let read = bao.cli(&["read", "-format=json", "transit/keys/meshca-root-g1"]);
+    let key = serde_json::from_str::<Value>(&read).expect("JSON")["data"].clone();
+    assert_eq!(
+        (&key["type"], &key["exportable"]),
+        (&json!("ecdsa-p256"), &json!(false)),
+        "the new key, made in the same custody: {key}"
+    );
+    assert!(
+        bao.try_cli(&["read", "transit/keys/meshca-root"]).is_ok(),
+        "the first stays"
+    );
+    let anchors = support::certs(&d.bundle_pem().await);
+    assert_eq!(anchors.len(), 2);
+    assert!(anchors.contains(&first[0]));
+    let kept = support::certs(
+        &std::fs::read_to_string(d.dir.path().join("tresor-transit/meshca-root-g1/root.crt"))
+            .expect("the new root's certificate"),
+    );
+    let (_, root) = x509_parser::parse_x509_certificate(&kept[0]).expect("root");
+    let pem = key["keys"]["1"]["public_key"].as_str().expect("public key");
+    let spki =
+        rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+    assert_eq!(
+        root.public_key().raw,
+        spki.as_ref(),
+        "its key is Transit's new key"
+    );
+    let keys = private_keys_under(d.dir.path());
+    assert!(keys.is_empty(), "no private key in state_dir: {keys:?}");
+}

@@ -987,3 +987,167 @@ async fn a_ledger_the_configmap_keeps_refusing_shows_and_lands_once_it_can() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `meshca rotate root` with its config file, as an operator runs it.
+fn rotate_root(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["rotate", "root", "-c"])
+        .arg(config)
+        .output()
+        .expect("meshca runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_makes_a_new_root_beside_the_first_and_rolls_it_out_under_renewals() {
+    let common = "certificates: { default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }\nbundle: { refresh_interval: 1s }\nrotation: { propagation_delay: 2s }\n";
+    let mut d = TestDaemon::start_from_file(common).await;
+    let first = certs(&d.bundle_pem().await);
+    let before = d.rotation().await["generation"].as_u64();
+    let config = d.dir.path().join("meshca.yaml");
+    let out = rotate_root(&config);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("root generation 1"),
+        "{said}"
+    );
+
+    let renewals = support::custody::renew_through_rollout(&d, before).await;
+    assert!(renewals > 3, "renewed through the rollout ({renewals})");
+    let anchors = certs(&d.bundle_pem().await);
+    assert_eq!(
+        anchors.len(),
+        2,
+        "the first root stays until its leaves expire"
+    );
+    assert!(anchors.contains(&first[0]));
+    let second = d.dir.path().join("tresor-g1/root.crt");
+    let (status, _, body) = support::custody::sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    let work = tempfile::tempdir().expect("tempdir");
+    assert!(
+        support::custody::openssl_verifies(
+            work.path(),
+            body["certificate_chain"].as_str().expect("chain"),
+            &second
+        ),
+        "new leaves chain to the new root alone"
+    );
+    assert!(
+        d.dir.path().join("tresor/root.key").exists(),
+        "the first root is kept"
+    );
+
+    // A restart signs with the new root at once, and rolls nothing out.
+    let after = d.rotation().await["generation"].as_u64();
+    d.restart().await;
+    assert_eq!(certs(&d.bundle_pem().await).len(), 2);
+    let (status, _, body) = support::custody::sign(&d).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(support::custody::openssl_verifies(
+        work.path(),
+        body["certificate_chain"].as_str().expect("chain"),
+        &second
+    ));
+    assert_eq!(d.rotation().await["generation"].as_u64(), after);
+
+    // A generation that cannot be read stops the start: it is never
+    // taken for the first root.
+    d.stop().await;
+    let record = d.dir.path().join("root-generation.json");
+    std::fs::write(&record, "{\"generation\": -1}").expect("corrupt");
+    let e = meshca::start(d.config.clone()).await.expect_err("refused");
+    let text = support::error_chain(&e);
+    assert!(
+        text.contains("root generation") && text.contains("does not parse"),
+        "{text}"
+    );
+    let out = rotate_root(&config);
+    assert!(!out.status.success(), "nor rotated over");
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("kept"),
+        "{\"generation\": -1}"
+    );
+}
+
+#[test]
+fn rotate_root_refuses_a_root_brought_as_files_and_other_providers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = support::openssl_root(dir.path(), "operator");
+    let config = dir.path().join("meshca.yaml");
+    for (provider, what) in [
+        (yaml(&root), "brought as files"),
+        (
+            "provider: { kind: vault, vault: { address: http://127.0.0.1:1, allow_http: true, auth: { token_env: VAULT_TOKEN } } }\n".to_owned(),
+            "vault",
+        ),
+    ] {
+        std::fs::write(&config, support::config_yaml(dir.path(), &provider)).expect("config");
+        let out = rotate_root(&config);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{said}");
+        assert!(said.contains(what), "{said}");
+        assert!(!dir.path().join("root-generation.json").exists());
+    }
+}
+
+/// The root a replica's certificate chains to: the issuer of the leaf it
+/// hands out now.
+async fn signing_root_subject(d: &TestDaemon) -> String {
+    let (status, _, body) = support::custody::sign(d).await;
+    assert_eq!(status, 200, "{body}");
+    let leaf = certs(body["certificate_chain"].as_str().expect("chain"));
+    let (_, c) = X509Certificate::from_der(&leaf[0]).expect("leaf");
+    c.issuer().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_every_replica_follows_rotate_root_to_one_new_root() {
+    let kube = support::kube::KubeStandIn::start().await;
+    let extra = format!(
+        "kubernetes: {{ kubeconfig: {}, lease_duration: 3s }}\ncertificates: {{ default_ttl: 1h, min_ttl: 1s, max_ttl: 2h }}\nbundle: {{ refresh_interval: 1s }}\nrotation: {{ propagation_delay: 2s }}\n",
+        kube.kubeconfig().display()
+    );
+    let a = TestDaemon::start(&extra).await;
+    let b = TestDaemon::start(&extra).await;
+    let first = signing_root_subject(&a).await;
+    assert_eq!(signing_root_subject(&b).await, first, "one root");
+    let before = [
+        a.rotation().await["generation"].as_u64(),
+        b.rotation().await["generation"].as_u64(),
+    ];
+    let config = a.dir.path().join("meshca.yaml");
+    std::fs::write(&config, support::config_yaml(a.dir.path(), &extra)).expect("config");
+    let out = rotate_root(&config);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("meshca-root-generation"),
+        "{said}"
+    );
+    assert!(!a.dir.path().join("root-generation.json").exists());
+
+    for (d, before) in [(&a, before[0]), (&b, before[1])] {
+        support::custody::renew_through_rollout(d, before).await;
+    }
+    let secret = kube
+        .get("", "secrets", "osm-system", "meshca-tresor-root-g1")
+        .expect("the new root's Secret");
+    assert!(secret["data"]["tls.crt"].is_string(), "{secret}");
+    let second = signing_root_subject(&a).await;
+    assert_eq!(
+        signing_root_subject(&b).await,
+        second,
+        "one new root for both"
+    );
+    let serials = |d: &TestDaemon| {
+        let d = d.bundle_path();
+        certs(&std::fs::read_to_string(d).expect("bundle")).len()
+    };
+    assert_eq!((serials(&a), serials(&b)), (2, 2), "both roots published");
+    let record = kube
+        .get("", "configmaps", "osm-system", "meshca-root-generation")
+        .expect("the generation");
+    assert!(
+        record.to_string().contains(support::kube::ADMIN_USER),
+        "who rotated: {record}"
+    );
+}

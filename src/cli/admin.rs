@@ -201,6 +201,41 @@ pub async fn rotation_status(config: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `meshca rotate root`: the next root generation, where the daemons
+/// read it. Only a root meshca makes can be rotated so.
+pub async fn rotate_root(config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !config.provider.rotates_root() {
+        eprintln!("error: meshca rotate root makes a new Tresor root, and the {} provider{} has none to make: change the provider's settings instead (a new root_cert_file/root_key_file, a Vault mount's issuer), which rolls out the same way", config.provider.kind(), match config.provider.kind() { meshca_provider::ProviderKind::Tresor => " with a root brought as files", _ => "" });
+        return ExitCode::from(EX_USAGE);
+    }
+    let mut cluster = None;
+    if let Some(k) = &config.kubernetes {
+        match crate::cluster::connect(k).await {
+            Ok(client) => cluster = client.map(|c| (c, k.namespace.as_str())),
+            Err(e) => {
+                eprintln!("error: {}", crate::report::error_chain(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let by = crate::feature::author(cluster.as_ref().map(|(c, _)| c)).await;
+    let store = crate::provider::root_generation::GenerationStore::new(&config.state_dir, cluster);
+    match store.advance(&by).await {
+        Ok(n) => {
+            eprintln!("root generation {n} in {}: the daemons make the new root within seconds and roll it out (follow with meshca rotate status)", store.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: nothing rotated: {}", crate::report::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `GET /v1/rotation` from the configured listener, trusting the bundle
 /// file.
 async fn ask_daemon(config: &Config) -> Result<String, String> {

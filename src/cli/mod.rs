@@ -226,6 +226,17 @@ enum RotateCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Make a new Tresor root (a new key, in the same custody when the
+    /// root's key is held in one) and roll it out: published beside the
+    /// current root, signing after rotation.propagation_delay, the old
+    /// root retired once its last certificate has expired. Recorded in the
+    /// state directory, or the ConfigMap meshca-root-generation in a
+    /// cluster, which every daemon follows within seconds
+    Root {
+        /// Config file naming the provider and the state directory.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,6 +384,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Rotate {
             command: RotateCommand::Status { config },
         } => admin::rotation_status(config.as_deref()).await,
+        Command::Rotate {
+            command: RotateCommand::Root { config },
+        } => admin::rotate_root(config.as_deref()).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => admin::check_config(&config),

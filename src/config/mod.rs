@@ -568,6 +568,31 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_root_is_kept_beside_the_earlier_ones() {
+        let c = Config::from_yaml("{}").expect("valid");
+        let ProviderConfig::Tresor(t, None) = &c.provider.at_root_generation(2) else {
+            panic!("Tresor: {:?}", c.provider);
+        };
+        assert!(matches!(
+            &t.root,
+            RootSource::Generated { dir, generation: 2, .. } if dir == Path::new("./meshca-data/tresor-g2")
+        ));
+        assert_eq!(c.provider.at_root_generation(0), c.provider);
+        let c = Config::from_yaml(&format!(
+            "{CUSTODY}provider: {{ tresor: {{ intermediate: {{ validity: 200h }} }} }}\n"
+        ))
+        .expect("valid");
+        let ProviderConfig::Tresor(t, Some(_)) = &c.provider.at_root_generation(1) else {
+            panic!("Tresor in custody: {:?}", c.provider);
+        };
+        assert!(matches!(
+            &t.root,
+            RootSource::InCustody { key_name, dir, .. }
+                if key_name == "meshca-root-g1" && dir == Path::new("./meshca-data/tresor-transit/meshca-root-g1")
+        ));
+    }
+
+    #[test]
     fn an_rsa_root_may_be_made_in_custody() {
         let c = Config::from_yaml(&format!(
             "{CUSTODY}provider: {{ tresor: {{ key_algorithm: rsa-3072, intermediate: {{ validity: 200h }} }} }}\n"

@@ -22,12 +22,15 @@ use crate::issuer::{deny_configmap, Admission, DenyList, Issuer, MintTokens};
 use crate::listener::ServingTls;
 use crate::metrics::Metrics;
 use crate::provider;
+use crate::provider::root_generation::GenerationStore;
 use crate::rollout::{self, Rollout, RolloutStatus, Signer, Target};
 use crate::supervisor::Spawner;
 
 /// What signs and what the bundle holds, as built at start.
 pub(super) struct Signing {
     pub(super) signer: Arc<Signer>,
+    /// The root generation in force (`meshca rotate root`), followed.
+    root_generation: watch::Receiver<u32>,
     restored: RolloutStatus,
     bundle_tx: watch::Sender<Arc<TrustBundle>>,
     bundle: BundleReceiver,
@@ -71,8 +74,14 @@ pub(super) async fn signing(
         custody_metrics: crate::custody::CustodyMetrics::register(metrics),
         spawner: spawner.clone(),
     };
-    let built = provider::build(&config.provider, &deps).await?;
-    tracing::info!(provider = %built.provider.kind(), "signing provider ready");
+    let generations = GenerationStore::new(
+        &config.state_dir,
+        cluster.map(|c| (c.client.clone(), c.config.namespace.as_str())),
+    );
+    let generation = generations.load().await?;
+    let built = provider::build(&config.provider.at_root_generation(generation), &deps).await?;
+    tracing::info!(provider = %built.provider.kind(), root_generation = generation, "signing provider ready");
+    let root_generation = follow_root_generation(generations, generation, spawner);
     let (persisted, _) = ledger_places(config, cluster).load().await?;
     let now = time::OffsetDateTime::now_utc();
     let kind = built.provider.kind();
@@ -89,11 +98,84 @@ pub(super) async fn signing(
     let (bundle_tx, bundle) = watch::channel(Arc::new(bundle));
     Ok(Signing {
         signer: Signer::new(built.provider, built.stop, restored.generation),
+        root_generation,
         restored,
         bundle_tx,
         bundle,
         deps,
     })
+}
+
+/// How often the root generation is read again.
+const ROOT_GENERATION_EVERY: Duration = Duration::from_secs(5);
+
+/// The root generation, read again every [`ROOT_GENERATION_EVERY`]; one
+/// that cannot be read keeps the generation in force (logged once).
+fn follow_root_generation(
+    store: GenerationStore,
+    now: u32,
+    spawner: &Spawner,
+) -> watch::Receiver<u32> {
+    let (tx, rx) = watch::channel(now);
+    spawner.spawn_child("root-generation", |stop| async move {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(ROOT_GENERATION_EVERY) => {}
+            }
+            match store.load().await {
+                Ok(n) => {
+                    failing = false;
+                    if tx.send_if_modified(|g| std::mem::replace(g, n) != n) {
+                        tracing::info!(root_generation = n, place = %store.describe(), "the root generation changed: rolling out the new root");
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %crate::report::error_chain(&e), "failed to read the root generation; the one in force stays");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    rx
+}
+
+/// What the rollout aims at: the configured provider, its root at the
+/// generation in force; again on every change of either.
+fn rollout_target(
+    config: &watch::Receiver<Arc<Config>>,
+    generation: &watch::Receiver<u32>,
+    spawner: &Spawner,
+) -> watch::Receiver<Target> {
+    let view = |c: &Config, n: u32| Target {
+        provider: c.provider.at_root_generation(n),
+        propagation_delay: c.rotation.propagation_delay,
+    };
+    let (mut config, mut generation) = (config.clone(), generation.clone());
+    let first = view(&config.borrow_and_update(), *generation.borrow_and_update());
+    let (tx, rx) = watch::channel(first);
+    spawner.spawn_child("rollout-target", |stop| async move {
+        // A source that can change no more (no config file) is left out.
+        let (mut config_open, mut generation_open) = (true, true);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                r = config.changed(), if config_open => config_open = r.is_ok(),
+                r = generation.changed(), if generation_open => generation_open = r.is_ok(),
+            }
+            let next = view(&config.borrow_and_update(), *generation.borrow_and_update());
+            tx.send_if_modified(|now| {
+                let changed = *now != next;
+                if changed {
+                    *now = next;
+                }
+                changed
+            });
+        }
+    });
+    rx
 }
 
 /// Where the rollout ledger is persisted.
@@ -294,14 +376,7 @@ pub(super) fn spawn_rollout(
     if let Some(task) = configmap {
         spawner.spawn_child("rollout-configmap", |token| task.run(token));
     }
-    let target = crate::watched::project(
-        config_rx,
-        |c| Target {
-            provider: c.provider.clone(),
-            propagation_delay: c.rotation.propagation_delay,
-        },
-        spawner,
-    );
+    let target = rollout_target(config_rx, &signing.root_generation, spawner);
     let peers = cluster.map(|c| {
         let peers = rollout::Peers::new(
             c.client.clone(),

@@ -48,6 +48,10 @@ pub enum DaemonError {
     /// The rollout ledger exists but cannot be read.
     #[error(transparent)]
     Ledger(#[from] rollout::ledger::LedgerError),
+    /// The root generation (`meshca rotate root`) exists but cannot be
+    /// read: signing with an earlier root is not an option.
+    #[error(transparent)]
+    RootGeneration(#[from] crate::provider::root_generation::GenerationError),
     /// A state file (the token store, the deny-list) exists but cannot be
     /// used: meshca does not start as if it were empty.
     #[error(transparent)]

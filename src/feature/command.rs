@@ -55,3 +55,23 @@ pub async fn cluster<'a>(common: &Common<'a>) -> Result<Option<(kube::Client, &'
         }
     }
 }
+
+/// Who runs a command that changes shared state, for its record: in a
+/// cluster, the user the API server authenticates the kubeconfig as
+/// (`SelfSubjectReview`); otherwise, or when it cannot say (with a
+/// warning), `$USER`, marked as the operating system's.
+pub async fn author(cluster: Option<&kube::Client>) -> String {
+    if let Some(client) = cluster {
+        match crate::cluster::user_of(client).await {
+            Ok(user) => return user,
+            Err(e) => eprintln!(
+                "warning: recording $USER as the author: {}",
+                crate::report::error_chain(&e)
+            ),
+        }
+    }
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() => format!("{user} (local user)"),
+        _ => "an unnamed local user".into(),
+    }
+}

@@ -25,7 +25,7 @@ mod command;
 mod plug;
 mod settings;
 
-pub use command::{cluster, Command, LoadSettings, Settings, EX_USAGE};
+pub use command::{author, cluster, Command, LoadSettings, Settings, EX_USAGE};
 pub use plug::{Listener, ListenerTls, Plug};
 pub use settings::{Common, Features, Sections, Syntax};
 

@@ -30,6 +30,41 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// This provider with Tresor's root at generation `n` (`meshca rotate
+    /// root`): a root meshca makes (in files or in custody) is the `n`th
+    /// made in turn, kept beside the earlier ones under names of its own
+    /// ([`super::root_generation::named`]), so that moving to it is a
+    /// rollout like any signer change. A root brought as files and the
+    /// other providers are as they are.
+    pub fn at_root_generation(&self, n: u32) -> Self {
+        let mut out = self.clone();
+        if let Self::Tresor(t, _) = &mut out {
+            match &mut t.root {
+                RootSource::Generated {
+                    dir, generation, ..
+                } => {
+                    let name = dir.file_name().map(|f| f.to_string_lossy().into_owned());
+                    let name =
+                        super::root_generation::named(name.as_deref().unwrap_or("tresor"), n);
+                    *dir = dir.with_file_name(name);
+                    *generation = n;
+                }
+                RootSource::InCustody { dir, key_name, .. } => {
+                    *key_name = super::root_generation::named(key_name, n);
+                    *dir = dir.with_file_name(key_name.as_str());
+                }
+                RootSource::Files { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// Whether `meshca rotate root` applies: Tresor with a root meshca
+    /// makes.
+    pub fn rotates_root(&self) -> bool {
+        matches!(self, Self::Tresor(t, _) if !matches!(t.root, RootSource::Files { .. }))
+    }
+
     /// The configured kind (`provider.kind`, as `ProviderKind::as_str`
     /// spells it).
     pub fn kind(&self) -> ProviderKind {
@@ -350,6 +385,7 @@ impl RawTresor {
                     true => format!("{} (post-quantum)", self.common_name),
                     false => self.common_name.clone(),
                 },
+                generation: 0,
             },
             (Some(_), None) => {
                 errors.add(

@@ -11,6 +11,7 @@
 //! [`build`].
 
 mod config;
+pub mod root_generation;
 mod tresor_root;
 
 pub use config::{section, ProviderConfig, ProviderContext, RawProvider};
@@ -125,7 +126,13 @@ pub async fn build(config: &ProviderConfig, deps: &Deps) -> Result<Built, BuildE
 /// post-quantum one in another, `<root_secret>-post-quantum`), so every
 /// replica and every restart signs with the same roots.
 async fn tresor(config: &TresorConfig, deps: &Deps) -> Result<Tresor, BuildError> {
-    let root = tresor_root(&config.root, deps, "").await?;
+    // A rotated root's Secret is named as its directory: `<root_secret>-g<N>`.
+    let generation = match &config.root {
+        RootSource::Generated { generation, .. } => *generation,
+        _ => 0,
+    };
+    let suffix = root_generation::named("", generation);
+    let root = tresor_root(&config.root, deps, &suffix).await?;
     let post_quantum = match &config.post_quantum {
         Some(source) => Some(tresor_root(source, deps, "-post-quantum").await?),
         None => None,

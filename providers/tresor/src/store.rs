@@ -28,6 +28,10 @@ pub enum RootSource {
         validity: Duration,
         /// Subject CN of a new root.
         common_name: String,
+        /// Which of the roots made in turn this is (0 for the first): a
+        /// rotation makes the next beside it, in its own `dir`, and a
+        /// daemon in a cluster keeps it apart in the same way.
+        generation: u32,
     },
     /// Brought by the operator: a PEM certificate and a PEM key (PKCS#8,
     /// PKCS#1 or SEC1).
@@ -104,6 +108,7 @@ impl RootSource {
                 algorithm,
                 validity,
                 common_name,
+                ..
             } => {
                 remove_staging_debris(dir);
                 if dir.join(CERT_FILE).exists() {

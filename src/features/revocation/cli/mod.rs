@@ -172,31 +172,12 @@ async fn revoke(settings: Box<dyn Settings>, what: What, reason: Option<String>)
         common.lifetimes.max_ttl,
     );
     let asked = Asked {
-        by: author(cluster_client.as_ref()).await,
+        by: crate::feature::author(cluster_client.as_ref()).await,
         reason,
     };
     match what {
         What::Serial(serial) => revoke_serial(&revoker, serial, &asked).await,
         What::Identity(what) => identity::revoke(&revoker, &what, &asked).await,
-    }
-}
-
-/// Who revokes, for the ledger and the Event: in a cluster, the user the
-/// API server authenticates the kubeconfig as; otherwise (or when it
-/// cannot say) `$USER`, marked as the operating system's.
-async fn author(cluster: Option<&kube::Client>) -> String {
-    if let Some(client) = cluster {
-        match crate::cluster::user_of(client).await {
-            Ok(user) => return user,
-            Err(e) => eprintln!(
-                "warning: recording $USER as who revoked: {}",
-                crate::report::error_chain(&e)
-            ),
-        }
-    }
-    match std::env::var("USER") {
-        Ok(user) if !user.is_empty() => format!("{user} (local user)"),
-        _ => "an unnamed local user".into(),
     }
 }
 
